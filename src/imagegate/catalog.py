@@ -1,0 +1,144 @@
+"""The model catalog: models, size tables, prices and per-provider parameter handling, as data.
+
+The built-in entries live in `data/models.json`; a config file may add or replace entries.
+Adding a model is adding an entry; nothing here or in the router names a model.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Mode = Literal["t2i", "edit"]
+Availability = Literal["required", "supported", "not_available"]
+Handling = Literal["passthrough", "renamed", "converted", "emulated", "not_available"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SizeEntry(_Strict):
+    aspect_ratio: str
+    resolution: str
+    width: int = Field(gt=0)
+    height: int = Field(gt=0)
+
+
+class PixelLimits(_Strict):
+    """For models that take any W and H within limits instead of a size table."""
+
+    min_side: int = Field(default=64, gt=0)
+    max_side: int = Field(gt=0)
+    max_pixels: int = Field(gt=0)
+    min_pixels: int = Field(default=0, ge=0)
+    multiple_of: int = Field(default=8, gt=0)
+
+
+class Price(_Strict):
+    per_image: float = Field(ge=0)
+    currency: str = "USD"
+    by_resolution: dict[str, float] = Field(default_factory=dict)
+
+    def for_resolution(self, tier: str) -> float:
+        return self.by_resolution.get(tier, self.per_image)
+
+
+class ParamSpec(_Strict):
+    type: Literal["string", "integer", "boolean", "number", "file"]
+    description: str
+    t2i: Availability
+    edit: Availability
+    values: list[str] | None = None
+    default: Any = None
+    minimum: float | None = None
+    maximum: float | None = None
+    provider: str | None = None  # the spec's label for provider-specific parameters
+
+    def availability(self, mode: Mode) -> Availability:
+        return self.t2i if mode == "t2i" else self.edit
+
+
+class ParamHandlingSpec(_Strict):
+    handling: Handling
+    to: str | None = None  # the upstream field it becomes (renamed / converted)
+    how: str | None = None  # a sentence for people reading GET /models
+
+
+class ProviderBinding(_Strict):
+    upstream_model: str
+    max_images_per_call: int = Field(default=1, ge=1)
+    native_output_formats: list[str] = Field(default_factory=list)
+    parameters: dict[str, ParamHandlingSpec] = Field(default_factory=dict)
+
+    def handling(self, param: str) -> ParamHandlingSpec | None:
+        return self.parameters.get(param)
+
+
+class ModelEntry(_Strict):
+    id: str
+    name: str
+    description: str = ""
+    owned_by: str = "imagegate"
+    modes: list[Mode]
+    resolution_kind: Literal["k", "megapixels"] = "k"
+    resolution_tiers: list[str]
+    default_resolution: str
+    default_aspect_ratio: str = "1:1"
+    max_input_images: int = Field(default=1, ge=1)
+    input_formats: list[str] = Field(default_factory=lambda: ["png", "jpeg", "webp"])
+    sizes: list[SizeEntry] | None = None
+    pixel_limits: PixelLimits | None = None
+    # Ratios a flexible model accepts; a table model takes its ratios from `sizes`.
+    aspect_ratios: list[str] | None = None
+    price: Price
+    parameters: dict[str, ParamSpec]
+    providers: dict[str, ProviderBinding]  # in priority order
+
+    @model_validator(mode="after")
+    def _has_one_size_model(self) -> ModelEntry:
+        if (self.sizes is None) == (self.pixel_limits is None):
+            raise ValueError(f"model {self.id}: give exactly one of `sizes` or `pixel_limits`")
+        if self.pixel_limits is not None and not self.aspect_ratios:
+            raise ValueError(f"model {self.id}: a flexible model needs `aspect_ratios`")
+        if self.default_resolution not in self.resolution_tiers:
+            raise ValueError(f"model {self.id}: default_resolution not in resolution_tiers")
+        return self
+
+    def supported_ratios(self) -> list[str]:
+        if self.sizes is not None:
+            return list(dict.fromkeys(s.aspect_ratio for s in self.sizes))
+        return list(self.aspect_ratios or [])
+
+
+class Catalog:
+    """Model id -> entry, in the order they were added."""
+
+    def __init__(self, entries: list[ModelEntry]) -> None:
+        self._models: dict[str, ModelEntry] = {}
+        for entry in entries:
+            self.add(entry)
+
+    def add(self, entry: ModelEntry) -> None:
+        self._models[entry.id] = entry
+
+    def get(self, model_id: str) -> ModelEntry | None:
+        return self._models.get(model_id)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._models.values())
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+
+def parse_entries(raw: dict[str, Any]) -> list[ModelEntry]:
+    return [ModelEntry.model_validate(m) for m in raw.get("models", [])]
+
+
+def load_builtin_catalog() -> Catalog:
+    text = resources.files("imagegate").joinpath("data/models.json").read_text("utf-8")
+    return Catalog(parse_entries(json.loads(text)))

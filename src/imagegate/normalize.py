@@ -1,0 +1,301 @@
+"""Size and layout matching: pure functions, no I/O.
+
+Precedence: `size` (WxH) > `aspect_ratio` + `resolution` > `aspect_ratio` > `resolution` > model default.
+`size` as W:H is the same as `aspect_ratio`. Shapes match by |ln(r1/r2)|, scales by log distance of
+pixel counts (for K tiers that is the log distance of the number), ties go to the larger value.
+Every value that ends up different from what was asked is reported as an `Adjustment`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+
+from .catalog import ModelEntry, PixelLimits
+from .errors import InvalidRequest
+
+# Float noise must not decide a tie that the spec resolves "to the larger".
+_TIE_EPSILON = 1e-9
+_NUMBER = r"(\d+(?:\.\d+)?|\.\d+)"
+_SIZE_PIXELS = re.compile(rf"^\s*{_NUMBER}\s*[x×X*]\s*{_NUMBER}\s*$")
+_RATIO = re.compile(rf"^\s*{_NUMBER}\s*[:/]\s*{_NUMBER}\s*$")
+_K_TIER = re.compile(rf"^\s*{_NUMBER}\s*[kK]\s*$")
+_MP_TIER = re.compile(rf"^\s*{_NUMBER}\s*(?:mp|MP|Mp|megapixels?)?\s*$")
+
+
+@dataclass(frozen=True)
+class Adjustment:
+    """A request value the gateway changed or did not apply, and why."""
+
+    param: str
+    requested: str
+    applied: str
+
+    def header_value(self) -> str:
+        return f"{self.param}={self.requested}->{self.applied}"
+
+
+@dataclass(frozen=True)
+class Layout:
+    aspect_ratio: str
+    resolution: str
+    width: int
+    height: int
+    adjustments: tuple[Adjustment, ...] = ()
+
+
+# --- parsing -------------------------------------------------------------------------------
+
+
+def parse_ratio(text: str, param: str = "aspect_ratio") -> float:
+    match = _RATIO.match(text)
+    if not match:
+        raise InvalidRequest(
+            f"Invalid {param} {text!r}: expected W:H with positive numbers, e.g. '16:9'.", param=param
+        )
+    w, h = float(match.group(1)), float(match.group(2))
+    if w <= 0 or h <= 0:
+        raise InvalidRequest(f"Invalid {param} {text!r}: both sides must be positive.", param=param)
+    return w / h
+
+
+def parse_pixels(text: str) -> tuple[int, int] | None:
+    """'1024x768' -> (1024, 768); None when `text` is not of the WxH form."""
+    match = _SIZE_PIXELS.match(text)
+    if not match:
+        return None
+    w, h = float(match.group(1)), float(match.group(2))
+    if w != int(w) or h != int(h) or w <= 0 or h <= 0:
+        raise InvalidRequest(
+            f"Invalid size {text!r}: width and height must be positive whole pixels.", param="size"
+        )
+    return int(w), int(h)
+
+
+def tier_pixels(tier: str, kind: str) -> float:
+    """The pixel count a catalog tier stands for: 'NK' is (N*1024)^2, megapixel tiers N*10^6."""
+    if kind == "k":
+        match = _K_TIER.match(tier)
+        if not match:
+            raise ValueError(f"not a K tier: {tier!r}")
+        return (float(match.group(1)) * 1024) ** 2
+    return float(tier) * 1_000_000
+
+
+def parse_resolution(text: str) -> float | None:
+    """A requested tier as a pixel count; None for 'auto'. Accepts '2K', '0.5k', '1MP', '0.25'."""
+    cleaned = text.strip()
+    if cleaned.lower() == "auto":
+        return None
+    match = _K_TIER.match(cleaned)
+    if match:
+        pixels = (float(match.group(1)) * 1024) ** 2
+    else:
+        match = _MP_TIER.match(cleaned)
+        if not match:
+            raise InvalidRequest(
+                f"Invalid resolution {text!r}: expected 'auto', a K tier such as '1K' or '4K', "
+                "or megapixels such as '0.25' or '1MP'.",
+                param="resolution",
+            )
+        pixels = float(match.group(1)) * 1_000_000
+    if pixels <= 0:
+        raise InvalidRequest(f"Invalid resolution {text!r}: must be above zero.", param="resolution")
+    return pixels
+
+
+# --- matching ------------------------------------------------------------------------------
+
+
+def _nearest(target: float, candidates: list[tuple[str, float]]) -> str:
+    """Candidate nearest to `target` by |ln(a/b)|; ties go to the larger value."""
+    best_name, best_value, best_distance = "", 0.0, math.inf
+    for name, value in candidates:
+        distance = abs(math.log(target / value))
+        closer = distance < best_distance - _TIE_EPSILON
+        tie_but_larger = abs(distance - best_distance) <= _TIE_EPSILON and value > best_value
+        if closer or tie_but_larger:
+            best_name, best_value, best_distance = name, value, distance
+    return best_name
+
+
+def ratio_value(ratio: str) -> float:
+    w, h = ratio.split(":")
+    return float(w) / float(h)
+
+
+def nearest_ratio(target: float, supported: list[str]) -> str:
+    return _nearest(target, [(r, ratio_value(r)) for r in supported])
+
+
+def nearest_tier(pixels: float, tiers: list[str], kind: str) -> str:
+    return _nearest(pixels, [(t, tier_pixels(t, kind)) for t in tiers])
+
+
+def reduced_ratio(width: int, height: int) -> str:
+    fraction = Fraction(width, height)
+    return f"{fraction.numerator}:{fraction.denominator}"
+
+
+# --- dimension clamping for flexible models -----------------------------------------------
+
+
+def _round_to(value: float, multiple: int) -> int:
+    return max(multiple, int(round(value / multiple)) * multiple)
+
+
+def clamp_dimensions(width: float, height: float, limits: PixelLimits) -> tuple[int, int]:
+    """Scale (width, height) into the limits keeping the aspect ratio, then round to the multiple."""
+    scale = 1.0
+    longest, shortest = max(width, height), min(width, height)
+    if longest > limits.max_side:
+        scale = limits.max_side / longest
+    if width * height * scale * scale > limits.max_pixels:
+        scale = min(scale, math.sqrt(limits.max_pixels / (width * height)))
+    if scale == 1.0:
+        if shortest < limits.min_side:
+            scale = limits.min_side / shortest
+        if limits.min_pixels and width * height * scale * scale < limits.min_pixels:
+            scale = max(scale, math.sqrt(limits.min_pixels / (width * height)))
+        # Growing to a minimum must not break a maximum; the maxima win.
+        if longest * scale > limits.max_side:
+            scale = limits.max_side / longest
+    m = limits.multiple_of
+    w, h = _round_to(width * scale, m), _round_to(height * scale, m)
+    # Rounding up may overshoot a maximum by one step: step the larger side down.
+    while (max(w, h) > limits.max_side or w * h > limits.max_pixels) and max(w, h) > m:
+        if w >= h:
+            w -= m
+        else:
+            h -= m
+    return w, h
+
+
+# --- the resolver --------------------------------------------------------------------------
+
+
+def _table_dimensions(model: ModelEntry, ratio: str, tier: str) -> tuple[int, int] | None:
+    for entry in model.sizes or []:
+        if entry.aspect_ratio == ratio and entry.resolution == tier:
+            return entry.width, entry.height
+    return None
+
+
+def _tiers_with_ratio(model: ModelEntry, ratio: str) -> list[str]:
+    return [t for t in model.resolution_tiers if _table_dimensions(model, ratio, t) is not None]
+
+
+def _layout_from_pixels(model: ModelEntry, w: int, h: int, text: str) -> Layout:
+    """`size` as WxH: it sets both shape and scale."""
+    if model.sizes is not None:
+        ratio = nearest_ratio(w / h, model.supported_ratios())
+        candidates = []
+        for tier in _tiers_with_ratio(model, ratio):
+            tw, th = _table_dimensions(model, ratio, tier)  # type: ignore[misc]
+            candidates.append((tier, float(tw * th)))
+        tier = _nearest(float(w * h), candidates)
+        width, height = _table_dimensions(model, ratio, tier)  # type: ignore[misc]
+    else:
+        assert model.pixel_limits is not None
+        width, height = clamp_dimensions(w, h, model.pixel_limits)
+        ratio = reduced_ratio(width, height)
+        tier = nearest_tier(float(width * height), model.resolution_tiers, model.resolution_kind)
+    adjustments = ()
+    if (width, height) != (w, h):
+        adjustments = (Adjustment("size", text.strip(), f"{width}x{height}"),)
+    return Layout(ratio, tier, width, height, adjustments)
+
+
+def _flexible_dimensions(model: ModelEntry, ratio: float, tier: str) -> tuple[int, int]:
+    assert model.pixel_limits is not None
+    pixels = tier_pixels(tier, model.resolution_kind)
+    return clamp_dimensions(math.sqrt(pixels * ratio), math.sqrt(pixels / ratio), model.pixel_limits)
+
+
+def resolve_layout(
+    model: ModelEntry,
+    *,
+    size: str | None = None,
+    aspect_ratio: str | None = None,
+    resolution: str | None = None,
+    input_shape: tuple[int, int] | None = None,
+) -> Layout:
+    """Turn the request's size, aspect_ratio and resolution into one supported output layout.
+
+    `input_shape` is the (width, height) of an edit's first image: with no shape asked for,
+    an edit keeps its shape, while text-to-image uses the model's default ratio.
+    """
+    adjustments: list[Adjustment] = []
+    size = size.strip() if size else None
+    if size and size.lower() == "auto":
+        size = None
+
+    if size is not None:
+        pixels = parse_pixels(size)
+        if pixels is not None:
+            for ignored, value in (("aspect_ratio", aspect_ratio), ("resolution", resolution)):
+                if value:
+                    adjustments.append(Adjustment(ignored, value, "ignored (size takes precedence)"))
+            layout = _layout_from_pixels(model, *pixels, size)
+            return Layout(
+                layout.aspect_ratio,
+                layout.resolution,
+                layout.width,
+                layout.height,
+                tuple(adjustments) + layout.adjustments,
+            )
+        if _RATIO.match(size):
+            if aspect_ratio:
+                adjustments.append(Adjustment("aspect_ratio", aspect_ratio, "ignored (size takes precedence)"))
+            return _with(resolve_layout(model, aspect_ratio=size, resolution=resolution, input_shape=input_shape),
+                         adjustments, rename=("aspect_ratio", "size"))
+        raise InvalidRequest(
+            f"Invalid size {size!r}: expected WxH pixels such as '1024x1024', a ratio such as '16:9', or 'auto'.",
+            param="size",
+        )
+
+    # Shape.
+    supported = model.supported_ratios()
+    if aspect_ratio and aspect_ratio.strip().lower() != "auto":
+        wanted = parse_ratio(aspect_ratio)
+        ratio = nearest_ratio(wanted, supported)
+        # '32:18' is 16:9 exactly: a different spelling of the same shape is no adjustment.
+        if abs(ratio_value(ratio) - wanted) > _TIE_EPSILON:
+            adjustments.append(Adjustment("aspect_ratio", aspect_ratio.strip(), ratio))
+    elif input_shape is not None:
+        wanted = input_shape[0] / input_shape[1]
+        ratio = nearest_ratio(wanted, supported)
+    else:
+        wanted = ratio_value(model.default_aspect_ratio)
+        ratio = nearest_ratio(wanted, supported)
+
+    # Scale.
+    tier = model.default_resolution
+    if resolution:
+        requested_pixels = parse_resolution(resolution)
+        if requested_pixels is not None:
+            tiers = model.resolution_tiers if model.sizes is None else _tiers_with_ratio(model, ratio)
+            tier = nearest_tier(requested_pixels, tiers, model.resolution_kind)
+            if abs(tier_pixels(tier, model.resolution_kind) - requested_pixels) > 1e-6 * requested_pixels:
+                adjustments.append(Adjustment("resolution", resolution.strip(), tier))
+
+    if model.sizes is not None:
+        dims = _table_dimensions(model, ratio, tier)
+        if dims is None:  # a sparse table: fall back to the ratio's nearest tier
+            tier = nearest_tier(tier_pixels(tier, model.resolution_kind), _tiers_with_ratio(model, ratio),
+                                model.resolution_kind)
+            dims = _table_dimensions(model, ratio, tier)
+        assert dims is not None
+        width, height = dims
+    else:
+        width, height = _flexible_dimensions(model, ratio_value(ratio), tier)
+    return Layout(ratio, tier, width, height, tuple(adjustments))
+
+
+def _with(layout: Layout, extra: list[Adjustment], rename: tuple[str, str]) -> Layout:
+    """Prepend `extra` and report adjustments of `rename[0]` under the name the user used."""
+    old, new = rename
+    renamed = tuple(Adjustment(new, a.requested, a.applied) if a.param == old else a for a in layout.adjustments)
+    return Layout(layout.aspect_ratio, layout.resolution, layout.width, layout.height, tuple(extra) + renamed)
