@@ -1,0 +1,101 @@
+"""Settings, built once from the environment (and an optional TOML file) and passed in.
+
+Environment: IMAGEGATE_* for the gateway itself; GEMINI_API_KEY / GEMINI_BASE_URL and
+OPENAI_API_KEY / OPENAI_BASE_URL enable providers with no config file.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ProviderSettings(BaseModel):
+    api_key: str | None = None
+    base_url: str | None = None
+    timeout: float | None = None
+
+
+class FileConfig(BaseModel):
+    """What a TOML config file may hold (IMAGEGATE_CONFIG)."""
+
+    providers: dict[str, ProviderSettings] = Field(default_factory=dict)
+    # Extra catalog entries, in the same shape as data/models.json's "models" list.
+    models: list[dict[str, Any]] = Field(default_factory=list)
+    # model id -> provider ids in priority order.
+    routing: dict[str, list[str]] = Field(default_factory=dict)
+
+
+def _env(name: str, *more: str) -> Any:
+    return Field(default=None, validation_alias=AliasChoices(name, *more))
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="IMAGEGATE_", extra="ignore", populate_by_name=True)
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_keys: str = ""  # IMAGEGATE_API_KEYS, comma-separated static keys
+    data_dir: Path = Path.home() / ".imagegate"
+    public_url: str | None = None  # base of result URLs; default http://host:port
+    config: Path | None = None  # IMAGEGATE_CONFIG, a TOML file
+    result_ttl_seconds: float = 3600.0  # IMAGEGATE_RESULT_TTL_SECONDS
+    upstream_timeout_seconds: float = 300.0  # 4K images can take a minute or more
+    max_upload_bytes: int = 50 * 1024 * 1024  # per request body
+    max_image_bytes: int = 20 * 1024 * 1024  # per image, uploaded or fetched
+    max_image_pixels: int = 64_000_000
+    max_upstream_response_bytes: int = 256 * 1024 * 1024
+    allow_private_urls: bool = False  # IMAGEGATE_ALLOW_PRIVATE_URLS: lets image URLs reach private nets
+    # When some of the parallel calls behind n > 1 fail: "partial" returns what succeeded
+    # (and says so), "fail" turns any failure into an error.
+    n_failure_policy: str = "partial"
+
+    gemini_api_key: str | None = _env("GEMINI_API_KEY")
+    gemini_base_url: str | None = _env("GEMINI_BASE_URL")
+    openai_api_key: str | None = _env("OPENAI_API_KEY")
+    openai_base_url: str | None = _env("OPENAI_BASE_URL")
+
+    @field_validator("n_failure_policy")
+    @classmethod
+    def _policy(cls, value: str) -> str:
+        if value not in ("partial", "fail"):
+            raise ValueError("IMAGEGATE_N_FAILURE_POLICY must be 'partial' or 'fail'")
+        return value
+
+    @property
+    def static_keys(self) -> list[str]:
+        return [k.strip() for k in self.api_keys.split(",") if k.strip()]
+
+    @property
+    def base_public_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "imagegate.db"
+
+    def file_config(self) -> FileConfig:
+        if self.config is None:
+            return FileConfig()
+        with open(self.config, "rb") as fh:
+            return FileConfig.model_validate(tomllib.load(fh))
+
+    def provider_settings(self, provider_id: str, file_config: FileConfig) -> ProviderSettings:
+        """Environment first, then the config file fills what the environment leaves out."""
+        from_env = ProviderSettings(
+            api_key=getattr(self, f"{provider_id}_api_key", None),
+            base_url=getattr(self, f"{provider_id}_base_url", None),
+        )
+        from_file = file_config.providers.get(provider_id, ProviderSettings())
+        return ProviderSettings(
+            api_key=from_env.api_key or from_file.api_key,
+            base_url=from_env.base_url or from_file.base_url,
+            timeout=from_file.timeout,
+        )

@@ -1,0 +1,73 @@
+"""Wires settings into the long-lived services: database, stores, providers, router, service.
+
+The server opens one `Gateway` in its lifespan; the CLI opens one per command.
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+import httpx
+
+from .catalog import Catalog, load_builtin_catalog, parse_entries
+from .config import FileConfig, Settings
+from .db import Database
+from .keys import KeyStore
+from .providers import PROVIDER_CLASSES, ImageProvider
+from .router import Router
+from .service import ImageService
+from .storage import LocalResultStore
+from .usage import UsageLog
+
+
+def build_catalog(file_config: FileConfig) -> Catalog:
+    catalog = load_builtin_catalog()
+    for entry in parse_entries({"models": file_config.models}):
+        catalog.add(entry)
+    return catalog
+
+
+def build_providers(
+    settings: Settings, file_config: FileConfig, client: httpx.AsyncClient
+) -> dict[str, ImageProvider]:
+    """Every provider whose key is set, in the environment or the config file."""
+    providers: dict[str, ImageProvider] = {}
+    for provider_id, cls in PROVIDER_CLASSES.items():
+        conf = settings.provider_settings(provider_id, file_config)
+        if not conf.api_key:
+            continue
+        provider = cls(api_key=conf.api_key, base_url=conf.base_url or cls.default_base_url, client=client)
+        provider.timeout = conf.timeout or settings.upstream_timeout_seconds
+        provider.max_response_bytes = settings.max_upstream_response_bytes
+        providers[provider_id] = provider
+    return providers
+
+
+class Gateway:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.db = Database(settings.database_path)
+        self.keys = KeyStore(self.db, settings.static_keys)
+        self.store = LocalResultStore(self.db, settings.data_dir / "results", settings.result_ttl_seconds)
+        self.usage = UsageLog(self.db)
+        file_config = settings.file_config()
+        self.catalog = build_catalog(file_config)
+        # One pooled client for all upstream traffic; per-call timeouts are set by each request.
+        self.client = httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=512, max_keepalive_connections=128), timeout=30.0
+        )
+        self.providers = build_providers(settings, file_config, self.client)
+        self.router = Router(self.catalog, self.providers, file_config.routing)
+        self.service = ImageService(settings, self.router, self.store, self.usage, self.client)
+
+    async def __aenter__(self) -> Gateway:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+        self.db.close()

@@ -1,0 +1,78 @@
+"""API keys: stored hashed, checked in constant time; static keys may also come from the environment.
+
+Keys are long random tokens, so one SHA-256 is the right hash (a slow password hash buys nothing
+against 256 bits of entropy and would cost every request). Auth is on as soon as any key exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from dataclasses import dataclass
+
+from .db import Database
+
+KEY_PREFIX = "ig-"
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    id: str
+    name: str
+    prefix: str
+    created_at: float
+    revoked_at: float | None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+
+class KeyStore:
+    def __init__(self, db: Database, static_keys: list[str] | None = None) -> None:
+        self.db = db
+        self._static_hashes = [hash_key(k) for k in (static_keys or []) if k]
+
+    def create(self, name: str) -> tuple[KeyRecord, str]:
+        """Make a key; the plaintext is returned once and never stored."""
+        plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
+        record = KeyRecord(
+            id="key_" + secrets.token_hex(6), name=name, prefix=plaintext[:10], created_at=time.time(),
+            revoked_at=None,
+        )
+        self.db.execute(
+            "INSERT INTO api_keys (id, name, prefix, key_hash, created_at) VALUES (?, ?, ?, ?, ?)",
+            (record.id, record.name, record.prefix, hash_key(plaintext), record.created_at),
+        )
+        return record, plaintext
+
+    def list(self) -> list[KeyRecord]:
+        rows = self.db.execute("SELECT id, name, prefix, created_at, revoked_at FROM api_keys ORDER BY created_at")
+        return [KeyRecord(*row) for row in rows]
+
+    def revoke(self, key_id: str) -> bool:
+        rows = self.db.execute(
+            "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL RETURNING id",
+            (time.time(), key_id),
+        )
+        return bool(rows)
+
+    def auth_required(self) -> bool:
+        if self._static_hashes:
+            return True
+        return bool(self.db.execute("SELECT 1 FROM api_keys WHERE revoked_at IS NULL LIMIT 1"))
+
+    def verify(self, key: str) -> str | None:
+        """The key's id ('static' for environment keys) when it is valid and active, else None."""
+        digest = hash_key(key)
+        for static in self._static_hashes:
+            if hmac.compare_digest(static, digest):
+                return "static"
+        rows = self.db.execute("SELECT id FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL", (digest,))
+        return str(rows[0][0]) if rows else None

@@ -1,0 +1,136 @@
+"""The parameter normalization engine: raw request fields -> typed values, checked against the
+catalog's declarations for the model and for the provider that will serve it. Pure, no I/O.
+
+For each field:
+- the model's `parameters` say whether it is required / supported / not available per mode, and
+  its type, allowed values and range;
+- the provider binding says how it reaches the upstream: passthrough, renamed, converted,
+  emulated (done by the gateway) or not available (a 400 naming the parameter and model);
+- a field neither declares is passed straight through to the upstream.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .catalog import Mode, ModelEntry, ParamSpec, ProviderBinding
+from .errors import InvalidRequest, UnsupportedParameter
+
+# Handled by the gateway itself for every provider; never forwarded as options.
+GATEWAY_PARAMS = frozenset(
+    {"model", "prompt", "n", "size", "aspect_ratio", "resolution", "seed", "response_format",
+     "output_format", "output_compression", "image", "images", "mask", "user", "sync_mode"}
+)
+# Aliases users send for the same value; the canonical spelling is no adjustment.
+VALUE_ALIASES = {"output_format": {"jpg": "jpeg"}}
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+@dataclass
+class NormalizedParams:
+    values: dict[str, Any]  # typed, known parameters that were given (or defaulted)
+    options: dict[str, Any] = field(default_factory=dict)  # provider-handled known params
+    extra: dict[str, Any] = field(default_factory=dict)  # unknown: passed through
+    ignored: list[tuple[str, str]] = field(default_factory=list)  # (param, why) not applied
+
+    def get(self, name: str, default: Any = None) -> Any:
+        value = self.values.get(name)
+        return default if value is None else value
+
+
+def _coerce(name: str, spec: ParamSpec, raw: Any) -> Any:
+    """Type-check one value against its spec; form fields arrive as strings."""
+    if spec.type == "boolean":
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and raw.strip().lower() in _TRUE | _FALSE:
+            return raw.strip().lower() in _TRUE
+        raise InvalidRequest(f"'{name}' must be a boolean, got {raw!r}.", param=name)
+    if spec.type in ("integer", "number"):
+        value = _number(name, spec, raw)
+        lo, hi = spec.minimum, spec.maximum
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise InvalidRequest(f"'{name}' must be between {lo:g} and {hi:g}, got {raw!r}.", param=name)
+        return value
+    if spec.type == "string":
+        if isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
+            raise InvalidRequest(f"'{name}' must be a string, got {raw!r}.", param=name)
+        value = str(raw).strip()
+        value = VALUE_ALIASES.get(name, {}).get(value.lower(), value)
+        if spec.values is not None:
+            match = next((v for v in spec.values if v.lower() == value.lower()), None)
+            if match is None and name not in ("resolution",):  # tiers are matched, not enumerated
+                raise InvalidRequest(
+                    f"'{name}' must be one of {', '.join(spec.values)}; got {raw!r}.", param=name
+                )
+            value = match or value
+        return value
+    return raw
+
+
+def _number(name: str, spec: ParamSpec, raw: Any) -> int | float:
+    if isinstance(raw, bool):
+        raise InvalidRequest(f"'{name}' must be a number, got {raw!r}.", param=name)
+    try:
+        value = float(raw)
+    except (TypeError, ValueError) as exc:
+        raise InvalidRequest(f"'{name}' must be a number, got {raw!r}.", param=name) from exc
+    if spec.type == "integer":
+        if value != int(value):
+            raise InvalidRequest(f"'{name}' must be a whole number, got {raw!r}.", param=name)
+        return int(value)
+    return value
+
+
+def _is_default(spec: ParamSpec, value: Any) -> bool:
+    return value is None or (spec.default is not None and value == spec.default)
+
+
+def normalize_params(
+    raw: dict[str, Any], *, model: ModelEntry, provider_id: str, binding: ProviderBinding, mode: Mode
+) -> NormalizedParams:
+    """Check and type every field of a request for one model, mode and provider."""
+    result = NormalizedParams(values={})
+    for name, value in raw.items():
+        if name in ("model", "image", "images", "mask") or value is None:
+            continue  # the model is resolved before; files are checked by the image pipeline
+        spec = model.parameters.get(name)
+        if spec is None:
+            result.extra[name] = value
+            continue
+        typed = _coerce(name, spec, value)
+        if spec.availability(mode) == "not_available":
+            if _is_default(spec, typed):
+                result.ignored.append((name, "not available on this model; default value ignored"))
+                continue
+            raise UnsupportedParameter(
+                f"Parameter '{name}' is not available for model '{model.id}'"
+                + (" in edit mode." if mode == "edit" else " in text-to-image mode."),
+                param=name,
+            )
+        handling = binding.handling(name)
+        if handling is not None and handling.handling == "not_available":
+            if _is_default(spec, typed):
+                result.ignored.append((name, f"not available on provider {provider_id}; default value ignored"))
+                continue
+            raise UnsupportedParameter(
+                f"Parameter '{name}' is not available for model '{model.id}' on provider '{provider_id}'"
+                + (f": {handling.how}." if handling.how else "."),
+                param=name,
+            )
+        result.values[name] = typed
+        if name not in GATEWAY_PARAMS:
+            result.options[name] = typed
+    _check_required(result, model, mode)
+    return result
+
+
+def _check_required(result: NormalizedParams, model: ModelEntry, mode: Mode) -> None:
+    for name, spec in model.parameters.items():
+        if spec.type == "file" or spec.availability(mode) != "required":
+            continue
+        value = result.values.get(name)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            raise InvalidRequest(f"'{name}' is required.", param=name, code="missing_required_parameter")

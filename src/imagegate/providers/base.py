@@ -1,0 +1,84 @@
+"""The small provider interface: what every upstream adapter takes and gives back.
+
+An adapter turns one `ProviderRequest` (already normalized by the gateway) into its upstream's
+wire call and the answer back into `ProviderImage`s. It raises only `imagegate.errors`.
+The gateway, not the adapter, does `n` splitting, output formats, hosting and usage.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import httpx
+
+from ..catalog import ProviderBinding
+from ..normalize import Layout
+
+
+@dataclass(frozen=True)
+class InputImage:
+    data: bytes
+    mime_type: str
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class ProviderRequest:
+    """One upstream call's worth of work. `options` holds the recognized, provider-handled
+    parameters (e.g. `enable_web_search`) and `extra` the unrecognized ones, passed through."""
+
+    mode: str  # "t2i" or "edit"
+    prompt: str
+    layout: Layout
+    binding: ProviderBinding
+    n: int = 1
+    seed: int | None = None
+    images: tuple[InputImage, ...] = ()
+    mask: InputImage | None = None
+    output_format: str | None = None  # only set when the upstream can produce it natively
+    output_compression: int | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ProviderImage:
+    data: bytes
+    mime_type: str
+
+
+@dataclass
+class ProviderResult:
+    images: list[ProviderImage]
+    text: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+class ImageProvider(ABC):
+    """One upstream service. Instances are long-lived and share one httpx client."""
+
+    provider_id: ClassVar[str]
+    # The environment variables that enable this provider with no config file.
+    key_env_var: ClassVar[str]
+    base_url_env_var: ClassVar[str]
+    default_base_url: ClassVar[str]
+
+    def __init__(self, *, api_key: str, base_url: str, client: httpx.AsyncClient) -> None:
+        self.api_key = api_key
+        self.base_url = base_url.rstrip("/")
+        self.client = client
+
+    @abstractmethod
+    async def generate(self, request: ProviderRequest) -> ProviderResult: ...
+
+    @abstractmethod
+    async def edit(self, request: ProviderRequest) -> ProviderResult: ...
+
+    async def run(self, request: ProviderRequest) -> ProviderResult:
+        if request.mode == "edit":
+            return await self.edit(request)
+        return await self.generate(request)

@@ -1,0 +1,189 @@
+"""Google Gemini API, native `generateContent`: `{base}/v1beta/models/{model}:generateContent`.
+
+Prompt and input images go as parts of one user turn; shape and scale as
+`generationConfig.imageConfig.aspectRatio` / `imageSize`. Images come back as inline data.
+Safety blocks arrive as HTTP 200 and are turned into errors here. Gemini 3 Pro Image sends
+interim "thought" images before its answer: those parts carry `thought: true` and are skipped.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from ..errors import ContentPolicyViolation, ImagegateError, UpstreamError
+from .base import ImageProvider, InputImage, ProviderImage, ProviderRequest, ProviderResult
+from .upstream import error_for_status, parse_json, retry_after_seconds, send
+
+# Finish and block reasons that mean "the safety system said no" rather than "it failed".
+SAFETY_REASONS = frozenset(
+    {"SAFETY", "PROHIBITED_CONTENT", "BLOCKLIST", "SPII", "RECITATION", "IMAGE_SAFETY",
+     "IMAGE_PROHIBITED_CONTENT", "IMAGE_RECITATION", "MODEL_ARMOR", "JAILBREAK"}
+)
+HARM_CATEGORIES = (
+    "HARM_CATEGORY_HARASSMENT",
+    "HARM_CATEGORY_HATE_SPEECH",
+    "HARM_CATEGORY_SEXUALLY_EXPLICIT",
+    "HARM_CATEGORY_DANGEROUS_CONTENT",
+)
+# safety_tolerance (fal's 1 strictest .. 6 most permissive) onto Gemini's thresholds.
+TOLERANCE_THRESHOLDS = {
+    "1": "BLOCK_LOW_AND_ABOVE", "2": "BLOCK_LOW_AND_ABOVE",
+    "3": "BLOCK_MEDIUM_AND_ABOVE", "4": "BLOCK_MEDIUM_AND_ABOVE",
+    "5": "BLOCK_ONLY_HIGH", "6": "BLOCK_ONLY_HIGH",
+}
+MASK_NOTE = (
+    "The last image is a mask for the first image: change only the areas where the mask is "
+    "transparent and keep everything else exactly as it is."
+)
+
+
+def _inline(image: InputImage) -> dict[str, Any]:
+    return {"inline_data": {"mime_type": image.mime_type, "data": base64.b64encode(image.data).decode("ascii")}}
+
+
+def set_path(body: dict[str, Any], dotted: str, value: Any) -> None:
+    """body['a']['b'] = value for 'a.b', creating dicts on the way."""
+    *parents, leaf = dotted.split(".")
+    node = body
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[leaf] = value
+
+
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            deep_merge(base[key], value)
+        else:
+            base[key] = value
+
+
+def build_body(request: ProviderRequest) -> dict[str, Any]:
+    parts: list[dict[str, Any]] = [{"text": request.prompt}]
+    parts += [_inline(image) for image in request.images]
+    if request.mask is not None:
+        parts += [{"text": MASK_NOTE}, _inline(request.mask)]
+    body: dict[str, Any] = {
+        "contents": [{"role": "user", "parts": parts}],
+        "generationConfig": {
+            "responseModalities": ["TEXT", "IMAGE"],
+            "imageConfig": {"aspectRatio": request.layout.aspect_ratio, "imageSize": request.layout.resolution},
+        },
+    }
+    if request.seed is not None:
+        seed_handling = request.binding.handling("seed")
+        set_path(body, (seed_handling.to if seed_handling and seed_handling.to else "generationConfig.seed"),
+                 request.seed)
+    _apply_options(body, request.options)
+    deep_merge(body, request.extra)
+    return body
+
+
+def _apply_options(body: dict[str, Any], options: dict[str, Any]) -> None:
+    if options.get("enable_web_search"):
+        body.setdefault("tools", []).append({"google_search": {}})
+    threshold = None
+    if "safety_tolerance" in options:
+        threshold = TOLERANCE_THRESHOLDS[str(options["safety_tolerance"])]
+    if "safety_filter_level" in options:  # the more specific of the two wins
+        threshold = str(options["safety_filter_level"]).upper()
+    if threshold is not None:
+        body["safetySettings"] = [{"category": c, "threshold": threshold} for c in HARM_CATEGORIES]
+
+
+def _google_error(provider: str, status: int, data: Any, retry_after: float | None) -> ImagegateError:
+    message = f"HTTP {status}"
+    if isinstance(data, dict) and isinstance(data.get("error"), dict):
+        err = data["error"]
+        message = f"{err.get('status', '')} {err.get('message', '')}".strip()
+        for detail in err.get("details") or []:
+            delay = str(detail.get("retryDelay", "")) if isinstance(detail, dict) else ""
+            if retry_after is None and delay.endswith("s"):
+                try:
+                    retry_after = float(delay[:-1])
+                except ValueError:
+                    pass
+    return error_for_status(provider, status, message, retry_after=retry_after)
+
+
+def parse_response(data: Any, *, keep_all_images: bool) -> ProviderResult:
+    if not isinstance(data, dict):
+        raise UpstreamError("gemini sent an unexpected response.", code="upstream_bad_response")
+    candidates = data.get("candidates") or []
+    feedback = data.get("promptFeedback") or {}
+    if not candidates:
+        reason = feedback.get("blockReason")
+        if reason:
+            detail = feedback.get("blockReasonMessage") or ""
+            raise ContentPolicyViolation(
+                f"The prompt was blocked by the upstream safety system ({reason}). {detail}".strip(), param="prompt"
+            )
+        raise UpstreamError("gemini returned no candidates.", code="no_image_generated")
+    candidate = candidates[0] if isinstance(candidates[0], dict) else {}
+    parts = ((candidate.get("content") or {}).get("parts")) or []
+    images: list[ProviderImage] = []
+    texts: list[str] = []
+    for part in parts:
+        if not isinstance(part, dict) or part.get("thought"):
+            continue  # interim "thinking" images and thought text are not the answer
+        inline = part.get("inlineData") or part.get("inline_data")
+        if inline:
+            mime = inline.get("mimeType") or inline.get("mime_type") or "image/png"
+            try:
+                images.append(ProviderImage(base64.b64decode(inline["data"]), mime))
+            except (KeyError, ValueError) as exc:
+                raise UpstreamError("gemini sent an image that is not valid base64.",
+                                    code="upstream_bad_response") from exc
+        elif isinstance(part.get("text"), str):
+            texts.append(part["text"])
+    text = "\n".join(t for t in texts if t.strip()) or None
+    reason = candidate.get("finishReason")
+    if not images:
+        message = candidate.get("finishMessage") or text or ""
+        if reason in SAFETY_REASONS:
+            raise ContentPolicyViolation(
+                f"The upstream safety system stopped the image ({reason}). {message}".strip(), param="prompt"
+            )
+        raise UpstreamError(f"gemini returned no image (finishReason {reason}). {message}".strip(),
+                            code="no_image_generated")
+    usage = data.get("usageMetadata") or {}
+    return ProviderResult(
+        images=images if keep_all_images else images[:1],
+        text=text,
+        input_tokens=int(usage.get("promptTokenCount") or 0),
+        output_tokens=int(usage.get("candidatesTokenCount") or 0),
+    )
+
+
+class GeminiProvider(ImageProvider):
+    provider_id = "gemini"
+    key_env_var = "GEMINI_API_KEY"
+    base_url_env_var = "GEMINI_BASE_URL"
+    default_base_url = "https://generativelanguage.googleapis.com"
+
+    timeout: float = 300.0
+    max_response_bytes: int = 256 * 1024 * 1024
+
+    async def generate(self, request: ProviderRequest) -> ProviderResult:
+        return await self._generate_content(request)
+
+    async def edit(self, request: ProviderRequest) -> ProviderResult:
+        return await self._generate_content(request)
+
+    async def _generate_content(self, request: ProviderRequest) -> ProviderResult:
+        url = f"{self.base_url}/v1beta/models/{request.binding.upstream_model}:generateContent"
+        response = await send(
+            self.client, "POST", url, provider=self.provider_id, timeout=self.timeout,
+            max_bytes=self.max_response_bytes, json=build_body(request),
+            headers={"x-goog-api-key": self.api_key},
+        )
+        retry_after = retry_after_seconds(response.headers)
+        if response.status_code != 200:
+            try:
+                data = parse_json(self.provider_id, response.body)
+            except UpstreamError:
+                data = None
+            raise _google_error(self.provider_id, response.status_code, data, retry_after)
+        keep_all = request.options.get("limit_generations") is False
+        return parse_response(parse_json(self.provider_id, response.body), keep_all_images=keep_all)

@@ -1,0 +1,149 @@
+"""Any OpenAI-compatible Images upstream (OpenAI itself, a hosted gateway, another imagegate).
+
+Generations are JSON, edits multipart (`image[]`, `mask`, every other field as a form field).
+Which of our normalized values are sent, and under what name, comes from the catalog binding.
+The gateway always asks for `b64_json`; a `url` answer is downloaded all the same.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from ..errors import ContentPolicyViolation, ImagegateError, UpstreamError
+from ..imaging import MIME_BY_FORMAT, sniff_format
+from .base import ImageProvider, ProviderImage, ProviderRequest, ProviderResult
+from .upstream import error_for_status, parse_json, retry_after_seconds, send
+
+POLICY_CODES = frozenset({"content_policy_violation", "moderation_blocked"})
+
+
+def _sent_name(request: ProviderRequest, param: str) -> str | None:
+    """The upstream field name for a gateway value, or None when the binding does not send it."""
+    handling = request.binding.handling(param)
+    if handling is None or handling.handling in ("emulated", "not_available"):
+        return None
+    return handling.to or param
+
+
+def build_fields(request: ProviderRequest) -> dict[str, Any]:
+    layout = request.layout
+    values: dict[str, Any] = {
+        "size": f"{layout.width}x{layout.height}",
+        "aspect_ratio": layout.aspect_ratio,
+        "resolution": layout.resolution,
+        "seed": request.seed,
+        "output_format": request.output_format,
+        "output_compression": request.output_compression if request.output_format else None,
+    }
+    fields: dict[str, Any] = {"model": request.binding.upstream_model, "prompt": request.prompt,
+                              "n": request.n, "response_format": "b64_json"}
+    for param, value in values.items():
+        name = _sent_name(request, param)
+        if name is not None and value is not None:
+            fields[name] = value
+    fields.update(request.options)
+    fields.update(request.extra)
+    return fields
+
+
+def _form_pairs(key: str, value: Any) -> list[tuple[str, str]]:
+    """Flatten like the openai SDK does: dicts to key[sub], lists to key[], bools to true/false."""
+    if isinstance(value, dict):
+        return [pair for sub, v in value.items() for pair in _form_pairs(f"{key}[{sub}]", v)]
+    if isinstance(value, list):
+        return [pair for v in value for pair in _form_pairs(f"{key}[]", v)]
+    if isinstance(value, bool):
+        return [(key, "true" if value else "false")]
+    return [(key, str(value))]
+
+
+def _error(provider: str, status: int, data: Any, retry_after: float | None) -> ImagegateError:
+    err = data.get("error") if isinstance(data, dict) else None
+    if isinstance(err, dict):
+        message = str(err.get("message") or f"HTTP {status}")
+        if err.get("code") in POLICY_CODES:
+            return ContentPolicyViolation(f"{provider}: {message}", param=err.get("param") or "prompt")
+    else:
+        message = f"HTTP {status}"
+    return error_for_status(provider, status, message, retry_after=retry_after)
+
+
+class OpenAIProvider(ImageProvider):
+    provider_id = "openai"
+    key_env_var = "OPENAI_API_KEY"
+    base_url_env_var = "OPENAI_BASE_URL"
+    default_base_url = "https://api.openai.com/v1"
+
+    timeout: float = 300.0
+    max_response_bytes: int = 256 * 1024 * 1024
+
+    @property
+    def _auth(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.api_key}"}
+
+    async def generate(self, request: ProviderRequest) -> ProviderResult:
+        return await self._call("/images/generations", json=build_fields(request))
+
+    async def edit(self, request: ProviderRequest) -> ProviderResult:
+        data = [pair for key, value in build_fields(request).items() for pair in _form_pairs(key, value)]
+        files: list[tuple[str, tuple[str, bytes, str]]] = []
+        for index, image in enumerate(request.images):
+            ext = (sniff_format(image.data) or "png").replace("jpeg", "jpg")
+            files.append(("image[]", (f"image-{index}.{ext}", image.data, image.mime_type)))
+        if request.mask is not None:
+            files.append(("mask", ("mask.png", request.mask.data, request.mask.mime_type)))
+        return await self._call("/images/edits", data=data, files=files)
+
+    async def _call(self, path: str, **body: Any) -> ProviderResult:
+        response = await send(
+            self.client, "POST", self.base_url + path, provider=self.provider_id, timeout=self.timeout,
+            max_bytes=self.max_response_bytes, headers=self._auth, **body,
+        )
+        if response.status_code != 200:
+            try:
+                data = parse_json(self.provider_id, response.body)
+            except UpstreamError:
+                data = None
+            raise _error(self.provider_id, response.status_code, data, retry_after_seconds(response.headers))
+        return await self._parse(parse_json(self.provider_id, response.body))
+
+    async def _parse(self, data: Any) -> ProviderResult:
+        items = data.get("data") if isinstance(data, dict) else None
+        if not isinstance(items, list) or not items:
+            raise UpstreamError(f"{self.provider_id} returned no images.", code="no_image_generated")
+        images: list[ProviderImage] = []
+        texts: list[str] = []
+        for item in items:
+            if not isinstance(item, dict):
+                raise UpstreamError(f"{self.provider_id} sent a malformed image entry.", code="upstream_bad_response")
+            images.append(await self._image_bytes(item))
+            if item.get("revised_prompt"):
+                texts.append(str(item["revised_prompt"]))
+        usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+        return ProviderResult(
+            images=images, text=texts[0] if texts else None,
+            input_tokens=int(usage.get("input_tokens") or 0), output_tokens=int(usage.get("output_tokens") or 0),
+        )
+
+    async def _image_bytes(self, item: dict[str, Any]) -> ProviderImage:
+        if item.get("b64_json"):
+            try:
+                raw = base64.b64decode(item["b64_json"])
+            except ValueError as exc:
+                raise UpstreamError(f"{self.provider_id} sent invalid base64.", code="upstream_bad_response") from exc
+        elif item.get("url"):
+            # The upstream is the operator's choice, so its result URLs are trusted like it is.
+            response = await send(self.client, "GET", str(item["url"]), provider=self.provider_id,
+                                  timeout=self.timeout, max_bytes=self.max_response_bytes)
+            if response.status_code != 200:
+                raise UpstreamError(f"Downloading the {self.provider_id} result gave HTTP {response.status_code}.")
+            raw = response.body
+        else:
+            raise UpstreamError(f"{self.provider_id} sent an image with neither b64_json nor url.",
+                                code="upstream_bad_response")
+        fmt = sniff_format(raw)
+        if fmt is None:
+            raise UpstreamError(f"{self.provider_id} sent bytes that are not an image.", code="upstream_bad_response")
+        return ProviderImage(raw, MIME_BY_FORMAT[fmt])
+

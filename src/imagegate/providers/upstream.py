@@ -1,0 +1,102 @@
+"""HTTP to upstreams, and the one place where their failures become imagegate errors.
+
+Transport exceptions are translated most specific first; HTTP statuses by `error_for_status`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from ..errors import (
+    ImagegateError,
+    InvalidRequest,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+
+
+@dataclass(frozen=True)
+class UpstreamResponse:
+    status_code: int
+    headers: httpx.Headers
+    body: bytes
+
+
+def transport_error(provider: str, exc: httpx.HTTPError) -> ImagegateError:
+    """Map an httpx exception; a test checks that every httpx error class lands somewhere."""
+    if isinstance(exc, httpx.TimeoutException):
+        return UpstreamTimeout(f"{provider} did not answer in time ({type(exc).__name__}).")
+    if isinstance(exc, (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)):
+        return UpstreamUnavailable(f"Could not talk to {provider}: {type(exc).__name__}.",
+                                   code="upstream_connection_error")
+    return UpstreamError(f"Request to {provider} failed: {type(exc).__name__}: {exc}")
+
+
+async def send(
+    client: httpx.AsyncClient,
+    method: str,
+    url: str,
+    *,
+    provider: str,
+    timeout: float,
+    max_bytes: int,
+    **kwargs: Any,
+) -> UpstreamResponse:
+    """One request with a timeout and a cap on the response size (streamed, never buffered past it)."""
+    try:
+        async with client.stream(method, url, timeout=timeout, **kwargs) as response:
+            chunks: list[bytes] = []
+            total = 0
+            async for chunk in response.aiter_bytes():
+                total += len(chunk)
+                if total > max_bytes:
+                    raise UpstreamError(f"{provider} sent a response larger than {max_bytes} bytes.",
+                                        code="upstream_response_too_large")
+                chunks.append(chunk)
+            return UpstreamResponse(response.status_code, response.headers, b"".join(chunks))
+    except httpx.HTTPError as exc:
+        raise transport_error(provider, exc) from exc
+
+
+def parse_json(provider: str, body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UpstreamError(f"{provider} sent a response that is not valid JSON.",
+                            code="upstream_bad_response") from exc
+
+
+def retry_after_seconds(headers: httpx.Headers) -> float | None:
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+def error_for_status(
+    provider: str, status: int, message: str, *, retry_after: float | None = None
+) -> ImagegateError:
+    """An upstream's HTTP error as ours. The client can fix a 400/422 (bad input), so it stays a
+    400; the client cannot fix our upstream key or a missing upstream model, so those are 502."""
+    text = f"{provider} returned HTTP {status}: {message}"
+    if status in (400, 422):
+        return InvalidRequest(text, code="upstream_rejected_request")
+    if status in (401, 403):
+        return UpstreamError(text, code="upstream_auth_failed")
+    if status in (408, 504):
+        return UpstreamTimeout(text, retry_after=retry_after)
+    if status == 429:
+        return UpstreamUnavailable(text, code="upstream_rate_limited", retry_after=retry_after)
+    if status == 503:
+        return UpstreamUnavailable(text, retry_after=retry_after)
+    return UpstreamError(text)

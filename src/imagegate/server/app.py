@@ -1,0 +1,98 @@
+"""create_app(settings): the ASGI application, served under /v1 and /openai/v1."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Mount, Route
+
+from ..config import Settings
+from ..errors import ImagegateError, InvalidRequest, NotFound
+from ..gateway import Gateway
+from . import routes
+from .middleware import BodySizeLimitMiddleware, RequestIdMiddleware
+from .render import error_response
+
+log = logging.getLogger("imagegate")
+PURGE_INTERVAL_SECONDS = 300.0
+
+API_ROUTES = [
+    Route("/images/generations", routes.generations, methods=["POST"]),
+    Route("/images/edits", routes.edits, methods=["POST"]),
+    Route("/models", routes.list_models, methods=["GET"]),
+    Route("/models/{model_id:path}", routes.get_model, methods=["GET"]),
+    Route("/results/{name}", routes.get_result, methods=["GET"]),
+]
+
+
+async def _imagegate_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ImagegateError)
+    return error_response(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return error_response(NotFound(f"No route {request.method} {request.url.path}."))
+    if exc.status_code == 405:
+        err = InvalidRequest(f"Method {request.method} is not allowed on {request.url.path}.",
+                             code="method_not_allowed")
+        err.status_code = 405
+        return error_response(err)
+    return error_response(InvalidRequest(str(exc.detail)))
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(ImagegateError("The server had an error while processing your request."))
+
+
+async def _purge_loop(gateway: Gateway) -> None:
+    while True:
+        await asyncio.sleep(PURGE_INTERVAL_SECONDS)
+        try:
+            await asyncio.to_thread(gateway.store.purge_expired)
+        except Exception:  # keep purging later; one failed sweep must not stop the loop
+            log.exception("purging expired results failed")
+
+
+def create_app(settings: Settings) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with Gateway(settings) as gateway:
+            app.state.gateway = gateway
+            if not gateway.providers:
+                log.warning("no provider configured: set GEMINI_API_KEY or OPENAI_API_KEY")
+            if not gateway.keys.auth_required():
+                log.warning("no API keys configured: the gateway accepts unauthenticated requests")
+            purger = asyncio.create_task(_purge_loop(gateway))
+            try:
+                yield
+            finally:
+                purger.cancel()
+
+    return Starlette(
+        routes=[
+            Mount("/v1", routes=API_ROUTES),
+            Mount("/openai/v1", routes=API_ROUTES),
+            Route("/health", routes.health, methods=["GET"]),
+        ],
+        middleware=[
+            Middleware(RequestIdMiddleware),
+            Middleware(BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes),
+        ],
+        exception_handlers={
+            ImagegateError: _imagegate_error,
+            HTTPException: _http_error,
+            Exception: _unexpected_error,
+        },
+        lifespan=lifespan,
+    )

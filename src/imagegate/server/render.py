@@ -1,0 +1,96 @@
+"""Outcomes and errors -> OpenAI-shaped JSON responses with imagegate's headers."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from starlette.responses import Response
+
+from ..catalog import ModelEntry
+from ..errors import ImagegateError
+from ..router import Router
+from ..service import ImagesOutcome
+
+ADJUSTED_HEADER = "x-imagegate-adjusted"
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(json.dumps(body, separators=(",", ":")), status_code=status, headers=headers,
+                    media_type="application/json")
+
+
+def error_response(exc: ImagegateError) -> Response:
+    return json_response(exc.to_openai_json(), exc.status_code, exc.headers())
+
+
+def images_response(outcome: ImagesOutcome) -> Response:
+    data = []
+    for image in outcome.images:
+        item: dict[str, Any] = {"revised_prompt": outcome.revised_prompt}
+        if image.url is not None:
+            item["url"] = image.url
+        else:
+            item["b64_json"] = base64.b64encode(image.data).decode("ascii")
+        data.append(item)
+    effective = outcome.effective()
+    body = {
+        "created": outcome.created,
+        "data": data,
+        "output_format": effective["output_format"],
+        "size": f"{effective['width']}x{effective['height']}",
+        "usage": {
+            "images": len(outcome.images),
+            "cost": outcome.cost,
+            "currency": outcome.currency,
+            "input_tokens": outcome.input_tokens,
+            "output_tokens": outcome.output_tokens,
+            "total_tokens": outcome.input_tokens + outcome.output_tokens,
+        },
+        "effective": effective,
+        "adjustments": [
+            {"param": a.param, "requested": a.requested, "applied": a.applied} for a in outcome.adjustments
+        ],
+    }
+    headers = {"x-imagegate-provider": outcome.provider, "x-imagegate-model": outcome.model}
+    if outcome.adjustments:
+        headers[ADJUSTED_HEADER] = "; ".join(a.header_value() for a in outcome.adjustments)
+    return json_response(body, headers=headers)
+
+
+def model_card(model: ModelEntry, router: Router) -> dict[str, Any]:
+    """Everything a client needs to know about a model, straight from the catalog."""
+    configured = router.available_providers(model)
+    return {
+        "id": model.id,
+        "object": "model",
+        "created": 0,
+        "owned_by": model.owned_by,
+        "name": model.name,
+        "description": model.description,
+        "available": bool(configured),
+        "modes": model.modes,
+        "parameters": {name: spec.model_dump(exclude_none=True) for name, spec in model.parameters.items()},
+        "resolution_tiers": model.resolution_tiers,
+        "default_resolution": model.default_resolution,
+        "aspect_ratios": model.supported_ratios(),
+        "sizes": [s.model_dump() for s in model.sizes] if model.sizes is not None else None,
+        "pixel_limits": model.pixel_limits.model_dump() if model.pixel_limits else None,
+        "max_input_images": model.max_input_images,
+        "input_formats": model.input_formats,
+        "price": model.price.model_dump(),
+        "providers": [
+            {
+                "id": provider_id,
+                "configured": provider_id in configured,
+                "upstream_model": model.providers[provider_id].upstream_model,
+                "max_images_per_call": model.providers[provider_id].max_images_per_call,
+                "parameters": {
+                    name: h.model_dump(exclude_none=True)
+                    for name, h in model.providers[provider_id].parameters.items()
+                },
+            }
+            for provider_id in router.provider_order(model)
+        ],
+    }

@@ -1,0 +1,75 @@
+"""Route handlers: authenticate, parse, call the service, render. Nothing else."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+
+from ..errors import AuthenticationFailed, NotFound
+from ..gateway import Gateway
+from ..service import ImageJob
+from .parsing import parse_edit, parse_generation
+from .render import images_response, json_response, model_card
+
+
+def _gateway(request: Request) -> Gateway:
+    gateway: Gateway = request.app.state.gateway
+    return gateway
+
+
+async def authenticate(request: Request) -> str | None:
+    """The caller's key id, or None when the gateway has no keys at all (open mode)."""
+    keys = _gateway(request).keys
+    if not keys.auth_required():
+        return None
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthenticationFailed("Missing API key. Send 'Authorization: Bearer YOUR_KEY'.")
+    key_id = keys.verify(token.strip())
+    if key_id is None:
+        raise AuthenticationFailed("Incorrect API key provided.")
+    return key_id
+
+
+async def _run(request: Request, job: ImageJob, key_id: str | None) -> Response:
+    job.request_id = request.scope["state"]["request_id"]
+    job.key_id = key_id
+    outcome = await _gateway(request).service.create(job)
+    return images_response(outcome)
+
+
+async def generations(request: Request) -> Response:
+    key_id = await authenticate(request)
+    return await _run(request, await parse_generation(request), key_id)
+
+
+async def edits(request: Request) -> Response:
+    key_id = await authenticate(request)
+    return await _run(request, await parse_edit(request), key_id)
+
+
+async def list_models(request: Request) -> Response:
+    await authenticate(request)
+    router = _gateway(request).router
+    return json_response({"object": "list", "data": [model_card(m, router) for m in router.catalog]})
+
+
+async def get_model(request: Request) -> Response:
+    await authenticate(request)
+    router = _gateway(request).router
+    return json_response(model_card(router.model(request.path_params["model_id"]), router))
+
+
+async def get_result(request: Request) -> Response:
+    """Result URLs are capabilities (256-bit tokens), so they need no API key, like signed URLs."""
+    stored = _gateway(request).store.get(request.path_params["name"])
+    if stored is None:
+        raise NotFound("This result does not exist or has expired.", code="result_not_found")
+    return FileResponse(stored.path, media_type=stored.content_type,
+                        headers={"cache-control": "private, max-age=3600"})
+
+
+async def health(request: Request) -> Response:
+    gateway = _gateway(request)
+    return json_response({"status": "ok", "providers": sorted(gateway.providers)})

@@ -1,0 +1,264 @@
+"""One image request from parsed fields to finished images: route, normalize, call, convert, host.
+
+The HTTP layer and the CLI both call `ImageService.create()`; neither knows about providers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio.to_thread
+import httpx
+
+from . import imaging
+from .catalog import Mode, ModelEntry
+from .config import Settings
+from .errors import ImagegateError, InvalidRequest
+from .fetch import fetch_image_url
+from .normalize import Adjustment, Layout, resolve_layout
+from .params import NormalizedParams, normalize_params
+from .providers import InputImage, ProviderImage, ProviderRequest, ProviderResult
+from .router import Route, Router
+from .storage import LocalResultStore
+from .usage import UsageLog, UsageRecord
+
+# An image is either uploaded bytes or a URL / data URI to fetch.
+ImageSource = bytes | str
+
+
+@dataclass
+class ImageJob:
+    mode: Mode
+    params: dict[str, Any]
+    images: list[ImageSource] = field(default_factory=list)
+    mask: ImageSource | None = None
+    request_id: str = ""
+    key_id: str | None = None
+
+
+@dataclass(frozen=True)
+class OutputImage:
+    data: bytes
+    format: str
+    width: int
+    height: int
+    url: str | None = None
+
+    @property
+    def mime_type(self) -> str:
+        return imaging.MIME_BY_FORMAT[self.format]
+
+
+@dataclass
+class ImagesOutcome:
+    created: int
+    model: str
+    provider: str
+    layout: Layout
+    images: list[OutputImage]
+    response_format: str
+    revised_prompt: str | None
+    seed: int | None
+    adjustments: list[Adjustment]
+    n_requested: int
+    failed_calls: int
+    cost: float
+    currency: str
+    input_tokens: int
+    output_tokens: int
+
+    def effective(self) -> dict[str, Any]:
+        first = self.images[0]
+        return {
+            "model": self.model,
+            "provider": self.provider,
+            "aspect_ratio": self.layout.aspect_ratio,
+            "resolution": self.layout.resolution,
+            "width": first.width,
+            "height": first.height,
+            "output_format": first.format,
+            "response_format": self.response_format,
+            "n": len(self.images),
+            "seed": self.seed,
+        }
+
+
+class ImageService:
+    def __init__(
+        self,
+        settings: Settings,
+        router: Router,
+        store: LocalResultStore,
+        usage: UsageLog,
+        client: httpx.AsyncClient,
+        default_model: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.router = router
+        self.store = store
+        self.usage = usage
+        self.client = client
+        self.default_model = default_model or next(iter(router.catalog)).id
+
+    async def create(self, job: ImageJob) -> ImagesOutcome:
+        # 1. Route and check every field against the catalog.
+        model_id = str(job.params.get("model") or self.default_model)
+        route = self.router.route(model_id)
+        if job.mode not in route.model.modes:
+            raise InvalidRequest(f"Model '{model_id}' does not support {job.mode} requests.", param="model")
+        params = normalize_params(job.params, model=route.model, provider_id=route.provider_id,
+                                  binding=route.binding, mode=job.mode)
+        # 2. Inputs, then the layout (an edit keeps its first image's shape by default).
+        images, mask = await self._load_inputs(job, route.model)
+        input_shape = (images[0].width, images[0].height) if images else None
+        layout = resolve_layout(route.model, size=params.get("size"), aspect_ratio=params.get("aspect_ratio"),
+                                resolution=params.get("resolution"), input_shape=input_shape)
+        adjustments = list(layout.adjustments) + [Adjustment(p, "given", why) for p, why in params.ignored]
+        response_format = params.get("response_format", "url")
+        if params.get("sync_mode") and response_format != "b64_json":
+            if "response_format" in params.values:
+                adjustments.append(Adjustment("response_format", response_format, "b64_json (sync_mode)"))
+            response_format = "b64_json"
+        # 3. Upstream calls, n split across parallel calls.
+        results, errors = await self._call_upstream(route, job.mode, params, layout, images, mask)
+        delivered = [img for result in results for img in result.images]
+        if not delivered or (errors and self.settings.n_failure_policy == "fail"):
+            raise errors[0] if errors else ImagegateError("The upstream returned no images.")
+        n = params.get("n", 1)
+        if errors:
+            adjustments.append(Adjustment("n", str(n), f"{len(delivered)} ({len(errors)} upstream calls failed)"))
+        # 4. Output pipeline.
+        outputs = await self._finish_images(delivered, params, images, mask, route)
+        adjustments += _dimension_adjustments(layout, outputs)
+        if response_format == "url" and not params.get("sync_mode"):
+            outputs = [await self._host(o) for o in outputs]
+        outcome = self._outcome(route, layout, outputs, results, params, response_format, adjustments,
+                                len(errors))
+        await anyio.to_thread.run_sync(self.usage.record, self._usage_record(job, route, outcome, params))
+        return outcome
+
+    async def _load_inputs(
+        self, job: ImageJob, model: ModelEntry
+    ) -> tuple[list[InputImage], InputImage | None]:
+        if job.mode == "edit" and not job.images:
+            raise InvalidRequest("'image' is required for edits.", param="image", code="missing_required_parameter")
+        if len(job.images) > model.max_input_images:
+            raise InvalidRequest(
+                f"'image' takes at most {model.max_input_images} images for model '{model.id}'; got {len(job.images)}.",
+                param="image",
+            )
+        images = await asyncio.gather(*(self._load_image(src, "image", model.input_formats) for src in job.images))
+        mask = None
+        if job.mask is not None:
+            if job.mode != "edit":
+                raise InvalidRequest("'mask' is only for edits.", param="mask")
+            mask = await self._load_image(job.mask, "mask", ["png"])
+            first = images[0]
+            if (mask.width, mask.height) != (first.width, first.height):
+                raise InvalidRequest(
+                    f"'mask' is {mask.width}x{mask.height} but the first image is {first.width}x{first.height}; "
+                    "they must be the same size.", param="mask",
+                )
+        return list(images), mask
+
+    async def _load_image(self, source: ImageSource, param: str, allowed: list[str]) -> InputImage:
+        s = self.settings
+        if isinstance(source, str):
+            source = await fetch_image_url(source, client=self.client, param=param, max_bytes=s.max_image_bytes,
+                                           allow_private=s.allow_private_urls)
+        elif len(source) > s.max_image_bytes:
+            raise InvalidRequest(f"'{param}' is larger than {s.max_image_bytes} bytes.", param=param,
+                                 code="payload_too_large")
+        data = source
+        fmt, width, height = await anyio.to_thread.run_sync(
+            lambda: imaging.check_image(data, param=param, allowed=allowed, max_pixels=s.max_image_pixels)
+        )
+        return InputImage(data, imaging.MIME_BY_FORMAT[fmt], width, height)
+
+    async def _call_upstream(
+        self, route: Route, mode: Mode, params: NormalizedParams, layout: Layout, images: list[InputImage],
+        mask: InputImage | None,
+    ) -> tuple[list[ProviderResult], list[ImagegateError]]:
+        """One call per `max_images_per_call` images, all at once; image i gets seed + i."""
+        n = int(params.get("n", 1))
+        per_call = route.binding.max_images_per_call
+        counts = [min(per_call, n - start) for start in range(0, n, per_call)]
+        seed = params.get("seed")
+        output_format = params.get("output_format")
+        native = output_format if output_format in route.binding.native_output_formats else None
+        requests = [
+            ProviderRequest(
+                mode=mode, prompt=params.get("prompt"), layout=layout, binding=route.binding,
+                n=count, seed=None if seed is None else seed + offset, images=tuple(images),
+                mask=mask, output_format=native, output_compression=params.get("output_compression"),
+                options=params.options, extra=params.extra,
+            )
+            for offset, count in zip(range(0, n, per_call), counts)
+        ]
+        outcomes = await asyncio.gather(*(route.provider.run(r) for r in requests), return_exceptions=True)
+        results = [o for o in outcomes if isinstance(o, ProviderResult)]
+        errors: list[ImagegateError] = []
+        for o in outcomes:
+            if isinstance(o, ImagegateError):
+                errors.append(o)
+            elif isinstance(o, BaseException):
+                raise o  # a bug, not an upstream failure: let the error handler log it as a 500
+        return results, errors
+
+    async def _finish_images(
+        self, delivered: list[ProviderImage], params: NormalizedParams, images: list[InputImage],
+        mask: InputImage | None, route: Route,
+    ) -> list[OutputImage]:
+        handling = route.binding.handling("mask")
+        composite = mask is not None and handling is not None and handling.handling == "emulated"
+        target = params.get("output_format")
+        compression = params.get("output_compression")
+
+        def finish(image: ProviderImage) -> OutputImage:
+            data = image.data
+            if composite:
+                assert mask is not None
+                data = imaging.composite_masked_edit(images[0].data, data, mask.data)
+            data, fmt = imaging.convert(data, target, compression)
+            width, height = imaging.dimensions(data)
+            return OutputImage(data, fmt, width, height)
+
+        return list(await asyncio.gather(*(anyio.to_thread.run_sync(finish, img) for img in delivered)))
+
+    async def _host(self, image: OutputImage) -> OutputImage:
+        name = await anyio.to_thread.run_sync(self.store.put, image.data, image.mime_type)
+        url = f"{self.settings.base_public_url}/v1/results/{name}"
+        return OutputImage(image.data, image.format, image.width, image.height, url)
+
+    def _outcome(
+        self, route: Route, layout: Layout, outputs: list[OutputImage], results: list[ProviderResult],
+        params: NormalizedParams, response_format: str, adjustments: list[Adjustment], failed_calls: int,
+    ) -> ImagesOutcome:
+        price = route.model.price
+        return ImagesOutcome(
+            created=int(time.time()), model=route.model.id, provider=route.provider_id, layout=layout,
+            images=outputs, response_format=response_format,
+            revised_prompt=next((r.text for r in results if r.text), None), seed=params.get("seed"),
+            adjustments=adjustments, n_requested=int(params.get("n", 1)), failed_calls=failed_calls,
+            cost=round(price.for_resolution(layout.resolution) * len(outputs), 6), currency=price.currency,
+            input_tokens=sum(r.input_tokens for r in results), output_tokens=sum(r.output_tokens for r in results),
+        )
+
+    @staticmethod
+    def _usage_record(job: ImageJob, route: Route, outcome: ImagesOutcome, params: NormalizedParams) -> UsageRecord:
+        return UsageRecord(
+            request_id=job.request_id, key_id=job.key_id, user=params.get("user"), model=outcome.model,
+            provider=outcome.provider, mode=job.mode, images=len(outcome.images), cost=outcome.cost,
+            input_tokens=outcome.input_tokens, output_tokens=outcome.output_tokens,
+        )
+
+
+def _dimension_adjustments(layout: Layout, outputs: list[OutputImage]) -> list[Adjustment]:
+    """The provider decides the final pixels; say so when they differ from the size table."""
+    first = outputs[0]
+    if (first.width, first.height) == (layout.width, layout.height):
+        return []
+    return [Adjustment("size", f"{layout.width}x{layout.height}", f"{first.width}x{first.height} (as produced)")]

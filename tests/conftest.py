@@ -1,0 +1,125 @@
+"""Shared fixtures: fake upstreams on loopback, a real gateway server, the openai SDK client.
+
+The gateway gets its settings as an object, never from the developer's environment.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from openai import OpenAI
+
+from imagegate.config import Settings
+from imagegate.server import create_app
+
+from .fakes.gemini import FakeGemini
+from .fakes.openai_upstream import FakeOpenAI
+from .fakes.server import LoopbackServer
+
+API_KEY = "sk-test-gateway"
+PROVIDER_ENV = ("GEMINI_API_KEY", "GEMINI_BASE_URL", "OPENAI_API_KEY", "OPENAI_BASE_URL", "GOOGLE_API_KEY")
+
+
+@pytest.fixture(autouse=True)
+def clean_environ(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No test sees the developer's keys or data directory."""
+    for name in list(os.environ):
+        if name.startswith("IMAGEGATE_") or name in PROVIDER_ENV:
+            monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("IMAGEGATE_DATA_DIR", str(tmp_path / "data"))
+
+
+@pytest.fixture(scope="session")
+def fake_gemini_server() -> Iterator[FakeGemini]:
+    with FakeGemini() as fake:
+        yield fake
+
+
+@pytest.fixture
+def fake_gemini(fake_gemini_server: FakeGemini) -> Iterator[FakeGemini]:
+    fake_gemini_server.reset()
+    fake_gemini_server.output_mime = "image/png"
+    fake_gemini_server.images_per_response = 1
+    yield fake_gemini_server
+    fake_gemini_server.reset()
+
+
+@pytest.fixture(scope="session")
+def fake_openai_server() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI() as fake:
+        yield fake
+
+
+@pytest.fixture
+def fake_openai(fake_openai_server: FakeOpenAI) -> Iterator[FakeOpenAI]:
+    fake_openai_server.reset()
+    yield fake_openai_server
+    fake_openai_server.reset()
+
+
+def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "data_dir": tmp_path / "data",
+        "api_keys": API_KEY,
+        "allow_private_urls": True,  # the tests' image servers are on loopback
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+class RunningGateway:
+    def __init__(self, server: LoopbackServer, settings: Settings) -> None:
+        self.server = server
+        self.settings = settings
+        self.url = server.url
+
+    def client(self, api_key: str = API_KEY, **kwargs: Any) -> OpenAI:
+        kwargs.setdefault("max_retries", 0)
+        kwargs.setdefault("timeout", 60)
+        return OpenAI(api_key=api_key, base_url=f"{self.url}/v1", **kwargs)
+
+
+def start_gateway(settings: Settings) -> LoopbackServer:
+    """Run the real app with uvicorn on a loopback port; public URL points at it."""
+    server = LoopbackServer(create_app(settings), lifespan="on")
+    server.start()
+    return server
+
+
+@pytest.fixture
+def gateway_factory(tmp_path: Path) -> Iterator[Any]:
+    """gateway_factory(**settings) -> RunningGateway; all are stopped after the test."""
+    servers: list[LoopbackServer] = []
+
+    def factory(**overrides: Any) -> RunningGateway:
+        settings = make_settings(tmp_path, **overrides)
+        # The port is only known once listening: serve first, then fix the public URL.
+        holder: dict[str, str] = {}
+        if settings.public_url is None:
+            settings.public_url = "http://placeholder"
+        server = start_gateway(settings)
+        servers.append(server)
+        holder["url"] = server.url
+        if settings.public_url == "http://placeholder":
+            settings.public_url = server.url
+        return RunningGateway(server, settings)
+
+    yield factory
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def gateway(gateway_factory: Any, fake_gemini: FakeGemini) -> RunningGateway:
+    """A gateway whose Gemini provider is the fake."""
+    result: RunningGateway = gateway_factory(gemini_api_key=fake_gemini.api_key, gemini_base_url=fake_gemini.base_url)
+    return result
+
+
+@pytest.fixture
+def client(gateway: RunningGateway) -> OpenAI:
+    return gateway.client()
