@@ -49,6 +49,11 @@ class Layout:
 # --- parsing -------------------------------------------------------------------------------
 
 
+def _sane(value: float) -> bool:
+    """Positive, and small enough that ratios and logs of it stay finite."""
+    return 0 < value < 1e12
+
+
 def parse_ratio(text: str, param: str = "aspect_ratio") -> float:
     match = _RATIO.match(text)
     if not match:
@@ -56,7 +61,7 @@ def parse_ratio(text: str, param: str = "aspect_ratio") -> float:
             f"Invalid {param} {text!r}: expected W:H with positive numbers, e.g. '16:9'.", param=param
         )
     w, h = float(match.group(1)), float(match.group(2))
-    if w <= 0 or h <= 0:
+    if not (_sane(w) and _sane(h)):
         raise InvalidRequest(f"Invalid {param} {text!r}: both sides must be positive.", param=param)
     return w / h
 
@@ -67,7 +72,7 @@ def parse_pixels(text: str) -> tuple[int, int] | None:
     if not match:
         return None
     w, h = float(match.group(1)), float(match.group(2))
-    if w != int(w) or h != int(h) or w <= 0 or h <= 0:
+    if not (_sane(w) and _sane(h)) or w != int(w) or h != int(h):
         raise InvalidRequest(
             f"Invalid size {text!r}: width and height must be positive whole pixels.", param="size"
         )
@@ -101,8 +106,9 @@ def parse_resolution(text: str) -> float | None:
                 param="resolution",
             )
         pixels = float(match.group(1)) * 1_000_000
-    if pixels <= 0:
-        raise InvalidRequest(f"Invalid resolution {text!r}: must be above zero.", param="resolution")
+    if not _sane(pixels):
+        raise InvalidRequest(f"Invalid resolution {text!r}: must be a finite number above zero.",
+                             param="resolution")
     return pixels
 
 
@@ -142,35 +148,51 @@ def reduced_ratio(width: int, height: int) -> str:
 # --- dimension clamping for flexible models -----------------------------------------------
 
 
-def _round_to(value: float, multiple: int) -> int:
-    return max(multiple, int(round(value / multiple)) * multiple)
+def _fits(w: int, h: int, limits: PixelLimits) -> bool:
+    return (
+        limits.min_side <= min(w, h)
+        and max(w, h) <= limits.max_side
+        and limits.min_pixels <= w * h <= limits.max_pixels
+    )
+
+
+def _scale_into(width: float, height: float, limits: PixelLimits) -> float:
+    """The factor that brings (width, height) inside the limits; maxima win over minima."""
+    scale = 1.0
+    longest, shortest = max(width, height), min(width, height)
+    if shortest < limits.min_side:
+        scale = limits.min_side / shortest
+    if limits.min_pixels and width * height * scale * scale < limits.min_pixels:
+        scale = max(scale, math.sqrt(limits.min_pixels / (width * height)))
+    if longest * scale > limits.max_side:
+        scale = limits.max_side / longest
+    if width * height * scale * scale > limits.max_pixels:
+        scale = math.sqrt(limits.max_pixels / (width * height))
+    return scale
 
 
 def clamp_dimensions(width: float, height: float, limits: PixelLimits) -> tuple[int, int]:
-    """Scale (width, height) into the limits keeping the aspect ratio, then round to the multiple."""
-    scale = 1.0
-    longest, shortest = max(width, height), min(width, height)
-    if longest > limits.max_side:
-        scale = limits.max_side / longest
-    if width * height * scale * scale > limits.max_pixels:
-        scale = min(scale, math.sqrt(limits.max_pixels / (width * height)))
-    if scale == 1.0:
-        if shortest < limits.min_side:
-            scale = limits.min_side / shortest
-        if limits.min_pixels and width * height * scale * scale < limits.min_pixels:
-            scale = max(scale, math.sqrt(limits.min_pixels / (width * height)))
-        # Growing to a minimum must not break a maximum; the maxima win.
-        if longest * scale > limits.max_side:
-            scale = limits.max_side / longest
-    m = limits.multiple_of
-    w, h = _round_to(width * scale, m), _round_to(height * scale, m)
-    # Rounding up may overshoot a maximum by one step: step the larger side down.
-    while (max(w, h) > limits.max_side or w * h > limits.max_pixels) and max(w, h) > m:
-        if w >= h:
-            w -= m
-        else:
-            h -= m
-    return w, h
+    """Scale (width, height) into the limits keeping the aspect ratio, then round each side to
+    the multiple: of the floor/ceil combinations that fit, the one closest in ratio wins
+    (then the one closest in area)."""
+    scale = _scale_into(width, height, limits)
+    w, h, m = width * scale, height * scale, limits.multiple_of
+    wanted = math.log(width / height)
+    options = {
+        (max(m, math.floor(w / m) * m) + dw * m, max(m, math.floor(h / m) * m) + dh * m)
+        for dw in (0, 1) for dh in (0, 1)
+    }
+    fitting = [(cw, ch) for cw, ch in options if _fits(cw, ch, limits)]
+    if fitting:
+        area = w * h
+        return min(fitting, key=lambda c: (round(abs(math.log(c[0] / c[1]) - wanted), 12),
+                                           abs(math.log(c[0] * c[1] / area))))
+    # Limits too tight for this ratio on the grid: keep the maxima, give up on the ratio.
+    cw, ch = max(m, math.floor(w / m) * m), max(m, math.floor(h / m) * m)
+    floor_side = math.floor(limits.max_side / m) * m
+    cw, ch = min(cw, floor_side), min(ch, floor_side)
+    min_side = math.ceil(limits.min_side / m) * m
+    return max(cw, min(min_side, floor_side)), max(ch, min(min_side, floor_side))
 
 
 # --- the resolver --------------------------------------------------------------------------
@@ -236,7 +258,7 @@ def resolve_layout(
         pixels = parse_pixels(size)
         if pixels is not None:
             for ignored, value in (("aspect_ratio", aspect_ratio), ("resolution", resolution)):
-                if value:
+                if value and value.strip().lower() != "auto":
                     adjustments.append(Adjustment(ignored, value, "ignored (size takes precedence)"))
             layout = _layout_from_pixels(model, *pixels, size)
             return Layout(
@@ -247,7 +269,8 @@ def resolve_layout(
                 tuple(adjustments) + layout.adjustments,
             )
         if _RATIO.match(size):
-            if aspect_ratio:
+            parse_ratio(size, "size")  # a bad ratio here is the size's fault
+            if aspect_ratio and aspect_ratio.strip().lower() != "auto":
                 adjustments.append(Adjustment("aspect_ratio", aspect_ratio, "ignored (size takes precedence)"))
             return _with(resolve_layout(model, aspect_ratio=size, resolution=resolution, input_shape=input_shape),
                          adjustments, rename=("aspect_ratio", "size"))
@@ -291,6 +314,11 @@ def resolve_layout(
         width, height = dims
     else:
         width, height = _flexible_dimensions(model, ratio_value(ratio), tier)
+        # Clamping to the pixel limits can land nearer another tier: name the one delivered.
+        delivered = nearest_tier(float(width * height), model.resolution_tiers, model.resolution_kind)
+        if delivered != tier:
+            adjustments.append(Adjustment("resolution", resolution.strip() if resolution else tier, delivered))
+            tier = delivered
     return Layout(ratio, tier, width, height, tuple(adjustments))
 
 
