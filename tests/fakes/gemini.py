@@ -1,0 +1,487 @@
+"""Fake Gemini API (`POST /v1beta/models/{model}:generateContent`) on real loopback HTTP.
+
+Mirrors the wire format in spec/providers.md section 2: proto-JSON requests (camelCase or
+snake_case), Google error bodies, HTTP-200 safety outcomes and "thinking" interim images,
+so gateway bugs show up as the same 400s/edge cases the real API would produce.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+import re
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from .common import (
+    BaseFake,
+    Delay,
+    Hang,
+    MalformedJSON,
+    RawResponse,
+    RecordedRequest,
+    json_response,
+    parse_json,
+    raw_response,
+)
+from .images import color_for, detect_mime, image_size, solid_image, solid_png
+
+__all__ = [
+    "ASPECT_RATIOS",
+    "IMAGE_SIZES",
+    "PRO_SIZES",
+    "Delay",
+    "FakeGemini",
+    "FinishBlocked",
+    "GeminiError",
+    "Hang",
+    "MalformedJSON",
+    "PromptBlocked",
+    "RawResponse",
+    "RecordedRequest",
+    "TextOnly",
+]
+
+ASPECT_RATIOS = ("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9")
+IMAGE_SIZES = ("1K", "2K", "4K")
+
+# Nano Banana Pro output pixels per (aspectRatio, imageSize): spec/nano-banana-pro.txt.
+PRO_SIZES: dict[tuple[str, str], tuple[int, int]] = {
+    ("4:3", "1K"): (1183, 887),
+    ("4:5", "1K"): (916, 1145),
+    ("5:4", "1K"): (1145, 916),
+    ("1:1", "1K"): (1024, 1024),
+    ("3:4", "1K"): (887, 1182),
+    ("2:3", "1K"): (836, 1254),
+    ("3:2", "1K"): (1254, 836),
+    ("9:16", "1K"): (768, 1365),
+    ("16:9", "1K"): (1365, 768),
+    ("21:9", "1K"): (1563, 670),
+    ("21:9", "2K"): (3129, 1341),
+    ("3:4", "2K"): (1774, 2365),
+    ("4:3", "2K"): (2365, 1774),
+    ("4:5", "2K"): (1832, 2290),
+    ("5:4", "2K"): (2290, 1832),
+    ("9:16", "2K"): (1536, 2731),
+    ("16:9", "2K"): (2731, 1536),
+    ("1:1", "2K"): (2048, 2048),
+    ("2:3", "2K"): (1672, 2508),
+    ("3:2", "2K"): (2508, 1672),
+    ("3:4", "4K"): (3548, 4730),
+    ("2:3", "4K"): (3345, 5017),
+    ("5:4", "4K"): (4580, 3664),
+    ("1:1", "4K"): (4096, 4096),
+    ("9:16", "4K"): (3072, 5461),
+    ("16:9", "4K"): (5461, 3072),
+    ("4:3", "4K"): (4729, 3547),
+    ("3:2", "4K"): (5016, 3344),
+    ("4:5", "4K"): (3663, 4579),
+    ("21:9", "4K"): (6256, 2681),
+}
+
+USAGE = {"promptTokenCount": 17, "candidatesTokenCount": 1290, "totalTokenCount": 1307}
+THOUGHT_COLOR = (255, 0, 255)  # the 8x8 interim "thought" image is magenta
+
+# Field names the real API knows (camelCase; snake_case is accepted and canonicalised).
+_TOP_LEVEL = {
+    "contents", "generationConfig", "safetySettings", "tools",
+    "systemInstruction", "toolConfig", "cachedContent",
+}
+_CONTENT = {"role", "parts"}
+_PART_DATA = {"text", "inlineData", "fileData", "functionCall", "functionResponse",
+              "executableCode", "codeExecutionResult"}
+_PART = _PART_DATA | {"thought", "thoughtSignature", "videoMetadata", "partMetadata"}
+_BLOB = {"mimeType", "data"}
+_GENERATION_CONFIG = {
+    "stopSequences", "responseMimeType", "responseSchema", "responseJsonSchema",
+    "responseModalities", "candidateCount", "maxOutputTokens", "temperature", "topP", "topK",
+    "seed", "presencePenalty", "frequencyPenalty", "responseLogprobs", "logprobs",
+    "enableEnhancedCivicAnswers", "speechConfig", "thinkingConfig", "imageConfig",
+    "mediaResolution",
+}
+_IMAGE_CONFIG = {"aspectRatio", "imageSize"}  # the rest of ImageConfig is Vertex-only
+_MODALITIES = {"TEXT", "IMAGE", "AUDIO"}
+
+
+# --- scripted behaviours -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GeminiError:
+    """Answer with HTTP `status` and Google's error body; `retry_after_s` adds a RetryInfo
+    detail (retryDelay "Ns"), which is where Google puts the back-off hint (no header)."""
+
+    status: int
+    google_status: str
+    message: str
+    retry_after_s: float | None = None
+
+
+@dataclass(frozen=True)
+class PromptBlocked:
+    """HTTP 200, no candidates, `promptFeedback.blockReason` (+ `blockReasonMessage`)."""
+
+    reason: str = "SAFETY"
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class FinishBlocked:
+    """HTTP 200, one candidate with `finishReason=reason`, a text part and no image."""
+
+    reason: str = "IMAGE_SAFETY"
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class TextOnly:
+    """HTTP 200, finishReason STOP, only a text part (the model "forgot" the image)."""
+
+    text: str = "I can describe it, but here is no image."
+
+
+class _Reject(Exception):
+    """A request the real API would refuse; carries the Google error to send."""
+
+    def __init__(self, status: int, google_status: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.google_status = google_status
+        self.message = message
+
+
+def _invalid(message: str) -> _Reject:
+    return _Reject(400, "INVALID_ARGUMENT", message)
+
+
+def google_error_body(status: int, google_status: str, message: str,
+                      retry_after_s: float | None = None) -> dict[str, Any]:
+    error: dict[str, Any] = {"code": status, "message": message, "status": google_status}
+    if retry_after_s is not None:
+        delay = f"{retry_after_s:g}s"
+        error["details"] = [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": delay}]
+    return {"error": error}
+
+
+# --- request parsing / validation ----------------------------------------------------------
+
+
+def _camel(name: str) -> str:
+    """Proto-JSON accepts snake_case too; compare everything in camelCase."""
+    head, *rest = name.split("_")
+    return head + "".join(word[:1].upper() + word[1:] for word in rest)
+
+
+def _fields(obj: Any, allowed: set[str], where: str) -> dict[str, Any]:
+    """Canonicalise keys to camelCase; unknown names are a 400, as in the real API."""
+    if not isinstance(obj, dict):
+        raise _invalid(f"Invalid value at '{where}', expected an object." if where else
+                       "Invalid JSON payload received. Expected an object.")
+    out: dict[str, Any] = {}
+    for key, value in obj.items():
+        name = _camel(key)
+        if name not in allowed:
+            at = f" at '{where}'" if where else ""
+            raise _invalid(f'Invalid JSON payload received. Unknown name "{key}"{at}: Cannot find field.')
+        out[name] = value
+    return out
+
+
+@dataclass
+class ParsedRequest:
+    prompt: str
+    images: list[bytes]
+    aspect_ratio: str | None
+    image_size: str | None
+    seed: int | None
+    modalities: list[str] | None
+
+
+def _decode_b64(data: Any, where: str) -> bytes:
+    """Proto-JSON bytes: standard or URL-safe base64; anything else (a data: URL) is a 400."""
+    if isinstance(data, str):
+        try:
+            if re.fullmatch(r"[A-Za-z0-9+/]*={0,2}", data):
+                return base64.b64decode(data, validate=True)
+            if re.fullmatch(r"[A-Za-z0-9_-]*={0,2}", data):
+                return base64.urlsafe_b64decode(data + "=" * (-len(data) % 4))
+        except (binascii.Error, ValueError):
+            pass
+    shown = str(data)[:40]
+    raise _invalid(f"Invalid value at '{where}' (TYPE_BYTES), Base64 decoding failed for \"{shown}\"")
+
+
+def _parse_blob(blob: Any, where: str) -> bytes | None:
+    """Decode an inline image; its declared mime type must match its bytes (open-webui#25127)."""
+    fields = _fields(blob, _BLOB, where)
+    mime = fields.get("mimeType")
+    if not isinstance(mime, str) or not mime:
+        raise _invalid(f"* GenerateContentRequest.{where}.mime_type: mime_type is not specified")
+    data = _decode_b64(fields.get("data", ""), f"{where}.data")
+    if not mime.startswith("image/"):
+        return None
+    actual = detect_mime(data)
+    if actual is None:
+        raise _invalid("Unable to process input image. Please retry or report in "
+                       "https://developers.generativeai.google/guide/troubleshooting")
+    if actual != mime:
+        raise _invalid(f"Unable to process input image: the declared mime type {mime} does "
+                       f"not match the image data ({actual}).")
+    return data
+
+
+def _parse_part(part: Any, where: str, texts: list[str], images: list[bytes]) -> None:
+    fields = _fields(part, _PART, where)
+    data_fields = [name for name in fields if name in _PART_DATA]
+    if len(data_fields) != 1:
+        raise _invalid(f"* GenerateContentRequest.{where}.data: required oneof field 'data' "
+                       "must have one initialized field")
+    if "text" in fields:
+        if not isinstance(fields["text"], str) or not fields["text"]:
+            raise _invalid("Unable to submit request because it has an empty text parameter. "
+                           "Add a value to the parameter and try again.")
+        texts.append(fields["text"])
+    elif "inlineData" in fields:
+        image = _parse_blob(fields["inlineData"], f"{where}.inline_data")
+        if image is not None:
+            images.append(image)
+
+
+def _parse_contents(contents: Any) -> tuple[str, list[bytes]]:
+    if not isinstance(contents, list) or not contents:
+        raise _invalid("* GenerateContentRequest.contents: contents is not specified")
+    texts: list[str] = []
+    images: list[bytes] = []
+    for i, content in enumerate(contents):
+        fields = _fields(content, _CONTENT, f"contents[{i}]")
+        parts = fields.get("parts")
+        if not isinstance(parts, list) or not parts:
+            raise _invalid(f"* GenerateContentRequest.contents[{i}].parts: contents.parts must not be empty.")
+        role = fields.get("role", "user")
+        if role not in ("user", "model"):
+            raise _invalid(f"Please use a valid role: user, model. (got {role!r})")
+        # Earlier model turns are validated but are not part of "the prompt".
+        sink_texts, sink_images = (texts, images) if role == "user" else ([], [])
+        for j, part in enumerate(parts):
+            _parse_part(part, f"contents[{i}].parts[{j}]", sink_texts, sink_images)
+    return "\n".join(texts), images
+
+
+def _parse_seed(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or not re.fullmatch(r"-?\d+", str(value)):
+        raise _invalid(f"Invalid value at 'generation_config.seed' (TYPE_INT32), {value!r}")
+    return int(value)
+
+
+def _parse_modalities(value: Any) -> list[str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise _invalid("Invalid value at 'generation_config.response_modalities', expected a list.")
+    out = []
+    for i, item in enumerate(value):
+        if not isinstance(item, str) or item.upper() not in _MODALITIES:
+            raise _invalid(f"Invalid value at 'generation_config.response_modalities[{i}]' "
+                           f"(type.googleapis.com/google.ai.generativelanguage.v1beta."
+                           f"GenerationConfig.Modality), {item!r}")
+        out.append(item.upper())
+    return out
+
+
+def _parse_image_config(value: Any) -> tuple[str | None, str | None]:
+    if value is None:
+        return None, None
+    fields = _fields(value, _IMAGE_CONFIG, "generation_config.image_config")
+    ratio, size = fields.get("aspectRatio"), fields.get("imageSize")
+    if ratio is not None and ratio not in ASPECT_RATIOS:
+        raise _invalid(f"* GenerateContentRequest.generation_config.image_config.aspect_ratio: "
+                       f"Unsupported aspect ratio {ratio!r}. Supported: {', '.join(ASPECT_RATIOS)}.")
+    if size is not None and size not in IMAGE_SIZES:  # "1k" is rejected: uppercase K only
+        raise _invalid(f"* GenerateContentRequest.generation_config.image_config.image_size: "
+                       f"Unsupported image size {size!r}. Supported: 1K, 2K, 4K.")
+    return ratio, size
+
+
+def parse_request(body: Any) -> ParsedRequest:
+    """Validate a generateContent body the way the real endpoint does; raise _Reject."""
+    top = _fields(body, _TOP_LEVEL, "")
+    if "contents" not in top:
+        raise _invalid("* GenerateContentRequest.contents: contents is not specified")
+    prompt, images = _parse_contents(top["contents"])
+    config = _fields(top.get("generationConfig", {}), _GENERATION_CONFIG, "generation_config")
+    ratio, size = _parse_image_config(config.get("imageConfig"))
+    return ParsedRequest(
+        prompt=prompt,
+        images=images,
+        aspect_ratio=ratio,
+        image_size=size,
+        seed=_parse_seed(config.get("seed")),
+        modalities=_parse_modalities(config.get("responseModalities")),
+    )
+
+
+def nearest_ratio(width: int, height: int) -> str:
+    """The supported ratio closest (in log space) to an input image's shape."""
+    target = math.log(width / height)
+
+    def distance(ratio: str) -> float:
+        w, h = ratio.split(":")
+        return abs(math.log(int(w) / int(h)) - target)
+
+    return min(ASPECT_RATIOS, key=distance)
+
+
+# --- the fake ------------------------------------------------------------------------------
+
+
+class FakeGemini(BaseFake):
+    """Fake Gemini generateContent upstream. `with FakeGemini() as fake: fake.base_url`."""
+
+    def __init__(
+        self,
+        *,
+        api_key: str = "test-gemini-key",
+        output_mime: str = "image/png",
+        images_per_response: int = 1,
+        thought_images: int = 1,
+        known_models: set[str] | None = None,
+    ) -> None:
+        super().__init__()
+        self.api_key = api_key
+        self.output_mime = output_mime
+        self.images_per_response = images_per_response
+        self.thought_images = thought_images
+        self.known_models = known_models  # None: every model name exists
+        self._settings = dict(api_key=api_key, output_mime=output_mime, images_per_response=images_per_response,
+                              thought_images=thought_images, known_models=known_models)
+
+    def reset(self) -> None:
+        """Clear recordings/queue/counters and restore the constructor settings."""
+        super().reset()
+        for name, value in self._settings.items():
+            setattr(self, name, value)
+
+    @property
+    def base_url(self) -> str:
+        """What to give the client as base URL (it appends /v1beta/models/...)."""
+        return self.url
+
+    def app(self) -> Starlette:
+        return Starlette(routes=[Route("/v1beta/models/{rest:path}", self._handle, methods=["POST"])])
+
+    async def _handle(self, request: Request) -> Response:
+        recorded = await self.record(request)
+        async with self.track():
+            return await self._respond(request, recorded)
+
+    async def _respond(self, request: Request, recorded: RecordedRequest) -> Response:
+        model, _, method = request.path_params["rest"].rpartition(":")
+        recorded.model = model or None
+        ok, recorded.json = parse_json(recorded.body)
+        try:
+            self._check_auth(request)
+            if method != "generateContent" or not model:
+                raise _Reject(404, "NOT_FOUND", f"Method not found: {request.url.path}")
+            if self.known_models is not None and model not in self.known_models:
+                raise _Reject(404, "NOT_FOUND", f"models/{model} is not found for API version "
+                              "v1beta, or is not supported for generateContent.")
+            if not ok:
+                raise _invalid("Invalid JSON payload received. Unexpected token.")
+            parsed = parse_request(recorded.json)
+        except _Reject as reject:
+            return json_response(reject.status, google_error_body(reject.status, reject.google_status, reject.message))
+        return await self._apply(self.next_behaviour(), request, model, parsed)
+
+    def _check_auth(self, request: Request) -> None:
+        key = request.headers.get("x-goog-api-key") or request.query_params.get("key")
+        if key != self.api_key:
+            raise _Reject(403, "PERMISSION_DENIED", "API key not valid. Please pass a valid API key.")
+
+    async def _apply(self, behaviour: Any, request: Request, model: str, parsed: ParsedRequest) -> Response:
+        """Turn one scripted behaviour (None = success) into the HTTP answer."""
+        if isinstance(behaviour, (Hang, Delay)):
+            await self.sleep(request, behaviour.seconds)
+            return await self._success(model, parsed)
+        if isinstance(behaviour, GeminiError):
+            body = google_error_body(behaviour.status, behaviour.google_status, behaviour.message,
+                                     behaviour.retry_after_s)
+            return json_response(behaviour.status, body)
+        if isinstance(behaviour, PromptBlocked):
+            return json_response(200, self._prompt_blocked(model, behaviour))
+        if isinstance(behaviour, FinishBlocked):
+            return json_response(200, self._finish_blocked(model, behaviour))
+        if isinstance(behaviour, TextOnly):
+            return json_response(200, self._envelope(model, [{"text": behaviour.text}], "STOP"))
+        if isinstance(behaviour, MalformedJSON):
+            return Response(behaviour.body or '{"candidates": [', media_type="application/json")
+        if isinstance(behaviour, RawResponse):
+            return raw_response(behaviour)
+        if behaviour is None:
+            return await self._success(model, parsed)
+        raise TypeError(f"FakeGemini cannot apply behaviour {behaviour!r}")
+
+    def _envelope(self, model: str, parts: list[dict[str, Any]], finish: str,
+                  finish_message: str | None = None) -> dict[str, Any]:
+        candidate: dict[str, Any] = {"content": {"role": "model", "parts": parts},
+                                     "finishReason": finish, "index": 0}
+        if finish_message is not None:
+            candidate["finishMessage"] = finish_message
+        return {"candidates": [candidate], "usageMetadata": dict(USAGE),
+                "modelVersion": model, "responseId": secrets.token_urlsafe(12)}
+
+    def _prompt_blocked(self, model: str, blocked: PromptBlocked) -> dict[str, Any]:
+        feedback: dict[str, Any] = {"blockReason": blocked.reason}
+        if blocked.message is not None:
+            feedback["blockReasonMessage"] = blocked.message
+        return {"promptFeedback": feedback,
+                "usageMetadata": {"promptTokenCount": 17, "totalTokenCount": 17},
+                "modelVersion": model, "responseId": secrets.token_urlsafe(12)}
+
+    def _finish_blocked(self, model: str, blocked: FinishBlocked) -> dict[str, Any]:
+        parts = [{"text": "I'm unable to create that image."}]
+        return self._envelope(model, parts, blocked.reason, blocked.message)
+
+    async def _success(self, model: str, parsed: ParsedRequest) -> Response:
+        parts = await run_in_threadpool(self._success_parts, parsed)
+        return json_response(200, self._envelope(model, parts, "STOP"))
+
+    def output_size(self, parsed: ParsedRequest) -> tuple[int, int]:
+        """Pixel size from the Pro table; without aspectRatio, follow the first input image."""
+        ratio = parsed.aspect_ratio
+        if ratio is None:
+            ratio = nearest_ratio(*image_size(parsed.images[0])) if parsed.images else "1:1"
+        return PRO_SIZES[(ratio, parsed.image_size or "1K")]
+
+    def _success_parts(self, parsed: ParsedRequest) -> list[dict[str, Any]]:
+        """Thought image(s), then text, then the final image(s), as Gemini 3 Pro Image does."""
+        wants_text = parsed.modalities is None or "TEXT" in parsed.modalities
+        wants_image = parsed.modalities is None or "IMAGE" in parsed.modalities
+        parts: list[dict[str, Any]] = []
+        if wants_image:
+            thought = _b64(solid_png(8, 8, THOUGHT_COLOR))
+            parts += [{"inlineData": {"mimeType": "image/png", "data": thought}, "thought": True}] * self.thought_images
+        if wants_text or not wants_image:
+            parts.append({"text": f"Here is your image: {parsed.prompt}"})
+        if wants_image:
+            width, height = self.output_size(parsed)
+            seed_text = parsed.prompt + ("" if parsed.seed is None else str(parsed.seed))
+            for i in range(self.images_per_response):
+                color = color_for(seed_text if i == 0 else f"{seed_text}#{i}")
+                data = _b64(solid_image(self.output_mime, width, height, color))
+                parts.append({"inlineData": {"mimeType": self.output_mime, "data": data},
+                              "thoughtSignature": "sig"})
+        return parts
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")

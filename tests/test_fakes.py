@@ -1,0 +1,240 @@
+"""The fake upstreams themselves, over real HTTP: if these break, every gateway test lies."""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.fakes.gemini import (
+    PRO_SIZES,
+    Delay,
+    FakeGemini,
+    FinishBlocked,
+    GeminiError,
+    Hang,
+    MalformedJSON,
+    PromptBlocked,
+)
+from tests.fakes.images import color_for, detect_mime, image_size, pixel_at, solid_jpeg, solid_png
+from tests.fakes.openai_upstream import FakeOpenAI, OpenAIError
+
+GEMINI_PATH = "/v1beta/models/gemini-3-pro-image-preview:generateContent"
+
+
+@pytest.fixture
+def gemini() -> Iterator[FakeGemini]:
+    with FakeGemini() as fake:
+        yield fake
+
+
+@pytest.fixture
+def openai_fake() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI() as fake:
+        yield fake
+
+
+def _gemini_post(fake: FakeGemini, body: dict, key: str = "test-gemini-key") -> httpx.Response:
+    return httpx.post(fake.base_url + GEMINI_PATH, json=body, headers={"x-goog-api-key": key}, timeout=10)
+
+
+def _text_body(prompt: str, **image_config: str) -> dict:
+    body: dict = {"contents": [{"role": "user", "parts": [{"text": prompt}]}]}
+    if image_config:
+        body["generationConfig"] = {"responseModalities": ["TEXT", "IMAGE"], "imageConfig": image_config}
+    return body
+
+
+def _oa_headers(key: str = "test-openai-key") -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"}
+
+
+# --- Gemini ---------------------------------------------------------------------------------
+
+
+def test_gemini_success_shape_and_thought_part(gemini: FakeGemini) -> None:
+    resp = _gemini_post(gemini, _text_body("a cat", aspectRatio="16:9", imageSize="2K"))
+    assert resp.status_code == 200
+    body = resp.json()
+    candidate = body["candidates"][0]
+    assert candidate["finishReason"] == "STOP"
+    assert body["usageMetadata"]["totalTokenCount"] == 1307
+    assert body["modelVersion"] == "gemini-3-pro-image-preview"
+    thought, text, final = candidate["content"]["parts"]
+    assert thought["thought"] is True and image_size(base64.b64decode(thought["inlineData"]["data"])) == (8, 8)
+    assert text == {"text": "Here is your image: a cat"}
+    image = base64.b64decode(final["inlineData"]["data"])
+    assert final["inlineData"]["mimeType"] == "image/png" and "thought" not in final
+    assert image_size(image) == PRO_SIZES[("16:9", "2K")] == (2731, 1536)
+    assert pixel_at(image) == color_for("a cat")
+    recorded = gemini.requests[0]
+    assert recorded.model == "gemini-3-pro-image-preview"
+    assert recorded.headers["x-goog-api-key"] == "test-gemini-key"
+    assert recorded.json["contents"][0]["parts"][0]["text"] == "a cat"
+
+
+def test_gemini_snake_case_inline_image_and_query_key(gemini: FakeGemini) -> None:
+    png = base64.b64encode(solid_png(300, 200, (1, 2, 3))).decode()
+    body = {"contents": [{"parts": [{"text": "edit"}, {"inline_data": {"mime_type": "image/png", "data": png}}]}],
+            "generation_config": {"seed": 7}}
+    resp = httpx.post(gemini.base_url + GEMINI_PATH + "?key=test-gemini-key", json=body, timeout=10)
+    assert resp.status_code == 200
+    final = resp.json()["candidates"][0]["content"]["parts"][-1]
+    image = base64.b64decode(final["inlineData"]["data"])
+    assert image_size(image) == PRO_SIZES[("3:2", "1K")]  # nearest ratio to the 300x200 input
+    assert pixel_at(image) == color_for("edit7")
+
+
+def test_gemini_bad_key_is_403(gemini: FakeGemini) -> None:
+    resp = _gemini_post(gemini, _text_body("x"), key="wrong")
+    assert resp.status_code == 403
+    assert resp.json()["error"] == {
+        "code": 403,
+        "message": "API key not valid. Please pass a valid API key.",
+        "status": "PERMISSION_DENIED",
+    }
+    assert len(gemini.requests) == 1  # rejected requests are recorded too
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        _text_body("x", imageSize="1k"),
+        _text_body("x", aspectRatio="7:3"),
+        {**_text_body("x"), "n": 2},
+        {"contents": [{"parts": [{"inlineData": {"mimeType": "image/png",
+                                                 "data": base64.b64encode(solid_jpeg(8, 8)).decode()}}]}]},
+    ],
+    ids=["lowercase-size", "bad-ratio", "unknown-field", "mime-mismatch"],
+)
+def test_gemini_invalid_requests_are_400(gemini: FakeGemini, body: dict) -> None:
+    resp = _gemini_post(gemini, body)
+    assert resp.status_code == 400
+    assert resp.json()["error"]["status"] == "INVALID_ARGUMENT"
+
+
+def test_gemini_unknown_field_message(gemini: FakeGemini) -> None:
+    resp = _gemini_post(gemini, {**_text_body("x"), "n": 2})
+    assert resp.json()["error"]["message"] == 'Invalid JSON payload received. Unknown name "n": Cannot find field.'
+
+
+def test_gemini_scripted_behaviours(gemini: FakeGemini) -> None:
+    gemini.enqueue(
+        GeminiError(429, "RESOURCE_EXHAUSTED", "quota", retry_after_s=23),
+        PromptBlocked("PROHIBITED_CONTENT", "nope"),
+        FinishBlocked(),
+        MalformedJSON(),
+    )
+    err = _gemini_post(gemini, _text_body("x"))
+    assert err.status_code == 429
+    assert err.json()["error"]["details"][0]["retryDelay"] == "23s"
+    blocked = _gemini_post(gemini, _text_body("x")).json()
+    assert "candidates" not in blocked
+    assert blocked["promptFeedback"] == {"blockReason": "PROHIBITED_CONTENT", "blockReasonMessage": "nope"}
+    finish = _gemini_post(gemini, _text_body("x")).json()["candidates"][0]
+    assert finish["finishReason"] == "IMAGE_SAFETY"
+    assert all("inlineData" not in part for part in finish["content"]["parts"])
+    malformed = _gemini_post(gemini, _text_body("x"))
+    assert malformed.status_code == 200 and malformed.text == '{"candidates": ['
+    assert _gemini_post(gemini, _text_body("x")).status_code == 200  # queue drained
+
+
+def test_gemini_concurrency_and_extra_images() -> None:
+    with FakeGemini(output_mime="image/jpeg", images_per_response=2) as fake:
+        fake.default_behaviour = Delay(0.3)
+        results: list[httpx.Response] = []
+        threads = [threading.Thread(target=lambda: results.append(_gemini_post(fake, _text_body("p"))))
+                   for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert fake.max_concurrency == 3 and fake.active == 0
+        parts = results[0].json()["candidates"][0]["content"]["parts"]
+        finals = [p for p in parts if "inlineData" in p and not p.get("thought")]
+        assert len(finals) == 2
+        assert detect_mime(base64.b64decode(finals[0]["inlineData"]["data"])) == "image/jpeg"
+
+
+# --- OpenAI ---------------------------------------------------------------------------------
+
+
+def test_openai_generation_b64(openai_fake: FakeOpenAI) -> None:
+    resp = httpx.post(openai_fake.base_url + "/images/generations", headers=_oa_headers(),
+                      json={"model": "gpt-image-1", "prompt": "dog", "n": 2, "size": "512x256",
+                            "output_format": "webp"}, timeout=10)
+    assert resp.status_code == 200
+    body = resp.json()
+    assert len(body["data"]) == 2 and body["usage"]["output_tokens"] > 0
+    first = base64.b64decode(body["data"][0]["b64_json"])
+    assert detect_mime(first) == "image/webp" and image_size(first) == (512, 256)
+    assert openai_fake.requests[0].model == "gpt-image-1"
+
+
+def test_openai_bad_key_and_scripted_error(openai_fake: FakeOpenAI) -> None:
+    resp = httpx.post(openai_fake.base_url + "/images/generations", headers=_oa_headers("nope"),
+                      json={"prompt": "x"}, timeout=10)
+    assert resp.status_code == 401
+    assert resp.json()["error"]["code"] == "invalid_api_key"
+    openai_fake.enqueue(OpenAIError(429, "slow down", type="requests", code="rate_limit_exceeded", retry_after_s=2))
+    resp = httpx.post(openai_fake.base_url + "/images/generations", headers=_oa_headers(),
+                      json={"prompt": "x"}, timeout=10)
+    assert resp.status_code == 429 and resp.headers["retry-after"] == "2"
+    assert resp.json()["error"] == {"message": "slow down", "type": "requests", "param": None,
+                                    "code": "rate_limit_exceeded"}
+
+
+def test_openai_multipart_edit_recorded(openai_fake: FakeOpenAI) -> None:
+    files = [
+        ("image[]", ("a.png", solid_png(64, 64, (1, 1, 1)), "image/png")),
+        ("image[]", ("b.jpg", solid_jpeg(32, 32), "image/jpeg")),
+        ("mask", ("mask.png", solid_png(64, 64, (0, 0, 0, 0)), "image/png")),
+    ]
+    resp = httpx.post(openai_fake.base_url + "/images/edits", headers=_oa_headers(),
+                      data={"prompt": "add hat", "model": "gpt-image-1", "image_config[aspect_ratio]": "16:9"},
+                      files=files, timeout=10)
+    assert resp.status_code == 200, resp.text
+    recorded = openai_fake.requests[0]
+    assert recorded.form == {"prompt": "add hat", "model": "gpt-image-1", "image_config[aspect_ratio]": "16:9"}
+    assert [(f.field_name, f.filename, f.content_type) for f in recorded.files] == [
+        ("image[]", "a.png", "image/png"), ("image[]", "b.jpg", "image/jpeg"), ("mask", "mask.png", "image/png")]
+    assert image_size(recorded.files[0].data) == (64, 64)
+
+
+def test_openai_mask_size_mismatch_is_400(openai_fake: FakeOpenAI) -> None:
+    files = [("image", ("a.png", solid_png(64, 64), "image/png")),
+             ("mask", ("m.png", solid_png(32, 32), "image/png"))]
+    resp = httpx.post(openai_fake.base_url + "/images/edits", headers=_oa_headers(),
+                      data={"prompt": "x"}, files=files, timeout=10)
+    assert resp.status_code == 400 and resp.json()["error"]["param"] == "mask"
+
+
+def test_openai_json_edit_and_url_response(openai_fake: FakeOpenAI) -> None:
+    data_url = "data:image/png;base64," + base64.b64encode(solid_png(16, 16)).decode()
+    resp = httpx.post(openai_fake.base_url + "/images/edits", headers=_oa_headers(),
+                      json={"prompt": "blue", "images": [{"image_url": data_url}], "response_format": "url"},
+                      timeout=10)
+    assert resp.status_code == 200, resp.text
+    url = resp.json()["data"][0]["url"]
+    assert url.startswith(openai_fake.url + "/files/") and url.endswith(".png")
+    image = httpx.get(url, timeout=10)
+    assert image.status_code == 200 and image.headers["content-type"] == "image/png"
+    assert pixel_at(image.content) == color_for("blue")
+    assert len(openai_fake.downloads) == 1
+
+
+def test_hang_ends_when_client_gives_up(gemini: FakeGemini) -> None:
+    gemini.enqueue(Hang(30))
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(gemini.base_url + GEMINI_PATH, json=_text_body("x"),
+                   headers={"x-goog-api-key": "test-gemini-key"}, timeout=0.2)
+    deadline = time.monotonic() + 2
+    while gemini.cancelled == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert gemini.cancelled == 1 and gemini.active == 0
+    gemini.reset()
+    assert gemini.requests == [] and gemini.cancelled == 0
