@@ -135,10 +135,24 @@ class Catalog:
         return len(self._models)
 
 
-def parse_entries(raw: dict[str, Any]) -> list[ModelEntry]:
-    return [ModelEntry.model_validate(m) for m in raw.get("models", [])]
+def parse_entries(raw: dict[str, Any], default_parameters: dict[str, Any] | None = None) -> list[ModelEntry]:
+    """Validate catalog entries; each gets the gateway's core parameters unless it redefines them."""
+    defaults = default_parameters or {}
+    entries = []
+    for model in raw.get("models", []):
+        merged = dict(model)
+        merged["parameters"] = {**defaults, **model.get("parameters", {})}
+        entries.append(ModelEntry.model_validate(merged))
+    return entries
+
+
+def builtin_data() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(
+        resources.files("imagegate").joinpath("data/models.json").read_text("utf-8")
+    )
+    return data
 
 
 def load_builtin_catalog() -> Catalog:
-    text = resources.files("imagegate").joinpath("data/models.json").read_text("utf-8")
-    return Catalog(parse_entries(json.loads(text)))
+    data = builtin_data()
+    return Catalog(parse_entries(data, data.get("default_parameters")))

@@ -9,7 +9,7 @@ from types import TracebackType
 
 import httpx
 
-from .catalog import Catalog, load_builtin_catalog, parse_entries
+from .catalog import Catalog, builtin_data, load_builtin_catalog, parse_entries
 from .config import FileConfig, Settings
 from .db import Database
 from .keys import KeyStore
@@ -22,7 +22,7 @@ from .usage import UsageLog
 
 def build_catalog(file_config: FileConfig) -> Catalog:
     catalog = load_builtin_catalog()
-    for entry in parse_entries({"models": file_config.models}):
+    for entry in parse_entries({"models": file_config.models}, builtin_data().get("default_parameters")):
         catalog.add(entry)
     return catalog
 

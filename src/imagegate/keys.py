@@ -1,7 +1,8 @@
 """API keys: stored hashed, checked in constant time; static keys may also come from the environment.
 
 Keys are long random tokens, so one SHA-256 is the right hash (a slow password hash buys nothing
-against 256 bits of entropy and would cost every request). Auth is on as soon as any key exists.
+against 256 bits of entropy and would cost every request). Auth is on as soon as any key exists,
+and stays on when the last stored key is revoked (revoking must never open the gateway).
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ class KeyStore:
     def auth_required(self) -> bool:
         if self._static_hashes:
             return True
-        return bool(self.db.execute("SELECT 1 FROM api_keys WHERE revoked_at IS NULL LIMIT 1"))
+        return bool(self.db.execute("SELECT 1 FROM api_keys LIMIT 1"))
 
     def verify(self, key: str) -> str | None:
         """The key's id ('static' for environment keys) when it is valid and active, else None."""
