@@ -1,0 +1,5 @@
+"""`python -m imagegate` is the `imagegate` command."""
+
+from .cli import cli
+
+cli()
