@@ -145,30 +145,51 @@ def _summary(outcome: ImagesOutcome) -> str:
     return text
 
 
+def _remote_error(response: httpx.Response) -> ImagegateError:
+    """The server's OpenAI-style error, keeping its HTTP status."""
+    try:
+        error = response.json().get("error") or {}
+    except ValueError:
+        error = {}
+    message = str(error.get("message") or f"{response.status_code} {response.reason_phrase}")
+    exc = ImagegateError(message, code=error.get("code") or "http_error", param=error.get("param"))
+    exc.status_code = response.status_code
+    return exc
+
+
+def _post_remote(job: ImageJob, base: str, client: httpx.Client) -> httpx.Response:
+    if job.mode == "t2i":
+        return client.post(f"{base}/v1/images/generations", json=job.params)
+    files: list[tuple[str, tuple[str, bytes, str]]] = [
+        ("image[]", (f"image-{i}", data, "application/octet-stream"))
+        for i, data in enumerate(job.images) if isinstance(data, bytes)
+    ]
+    if isinstance(job.mask, bytes):
+        files.append(("mask", ("mask.png", job.mask, "image/png")))
+    form = {k: json.dumps(v) if isinstance(v, (dict, list)) else str(v) for k, v in job.params.items()}
+    return client.post(f"{base}/v1/images/edits", data=form, files=files)
+
+
 def _run_remote(job: ImageJob, server: str, api_key: str | None) -> tuple[list[tuple[bytes, str]], str]:
     base = server.rstrip("/")
     headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
-    with httpx.Client(timeout=600.0, headers=headers) as client:
-        if job.mode == "t2i":
-            response = client.post(f"{base}/v1/images/generations", json=job.params)
-        else:
-            files: list[tuple[str, tuple[str, bytes, str]]] = [
-                ("image[]", (f"image-{i}", data, "application/octet-stream"))
-                for i, data in enumerate(job.images) if isinstance(data, bytes)
-            ]
-            if isinstance(job.mask, bytes):
-                files.append(("mask", ("mask.png", job.mask, "image/png")))
-            form = {k: json.dumps(v) if isinstance(v, (dict, list)) else str(v) for k, v in job.params.items()}
-            response = client.post(f"{base}/v1/images/edits", data=form, files=files)
-    body = response.json()
-    if response.status_code != 200:
-        error = body.get("error", {})
-        raise ImagegateError(str(error.get("message")), code=error.get("code"))
-    fmt = body.get("output_format") or "png"
-    images = [(base64.b64decode(item["b64_json"]), fmt) for item in body["data"]]
+    try:
+        with httpx.Client(timeout=600.0, headers=headers) as client:
+            response = _post_remote(job, base, client)
+        if response.status_code != 200:
+            raise _remote_error(response)
+        body = response.json()
+        fmt = body.get("output_format") or "png"
+        images = [(base64.b64decode(item["b64_json"]), fmt) for item in body["data"]]
+    except httpx.HTTPError as exc:
+        raise ImagegateError(f"Could not reach {base}: {exc}", code="connection_error") from exc
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ImagegateError(f"{base} did not answer like an imagegate server.", code="bad_response") from exc
     usage = body.get("usage", {})
     summary = (f"{response.headers.get('x-imagegate-model')} via {response.headers.get('x-imagegate-provider')}: "
                f"{len(images)} image(s) {body.get('size')} {fmt}, ${usage.get('cost', 0):.3f}")
+    for adj in body.get("adjustments") or []:
+        summary += f"\n  adjusted {adj.get('param')}: {adj.get('requested')} -> {adj.get('applied')}"
     return images, summary
 
 
@@ -183,6 +204,7 @@ def _write_outputs(files: list[tuple[bytes, str]], output: str | None) -> list[P
         else:
             out = Path(output)
             path = out.with_name(f"{out.stem}-{index}{out.suffix or '.' + ext}")
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
         paths.append(path)
     return paths

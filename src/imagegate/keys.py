@@ -12,6 +12,7 @@ import hmac
 import secrets
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 from .db import Database
 
@@ -35,7 +36,17 @@ class KeyRecord:
         return self.revoked_at is None
 
 
+class KeyChecker(Protocol):
+    """What the HTTP layer needs: is auth on, and whose key is this."""
+
+    def auth_required(self) -> bool: ...
+
+    def verify(self, key: str) -> str | None: ...
+
+
 class KeyStore:
+    """Keys in the embedded database, plus the static ones from the environment."""
+
     def __init__(self, db: Database, static_keys: list[str] | None = None) -> None:
         self.db = db
         self._static_hashes = [hash_key(k) for k in (static_keys or []) if k]

@@ -16,15 +16,17 @@ import httpx
 from . import imaging
 from .catalog import Mode, ModelEntry
 from .config import Settings
-from .errors import ImagegateError, InvalidRequest
+from .errors import ImagegateError, InvalidRequest, UpstreamError
 from .fetch import fetch_image_url
 from .normalize import Adjustment, Layout, resolve_layout
 from .params import NormalizedParams, normalize_params
 from .providers import InputImage, ProviderImage, ProviderRequest, ProviderResult
 from .router import Route, Router
-from .storage import LocalResultStore
-from .usage import UsageLog, UsageRecord
+from .storage import ResultStore
+from .usage import UsageRecord, UsageSink
 
+# Upstream images are decoded for conversion; 4K outputs are ~17 MP, so this only stops bombs.
+MAX_UPSTREAM_PIXELS = 100_000_000
 # An image is either uploaded bytes or a URL / data URI to fetch.
 ImageSource = bytes | str
 
@@ -37,6 +39,7 @@ class ImageJob:
     mask: ImageSource | None = None
     request_id: str = ""
     key_id: str | None = None
+    image_param: str = "image"  # the field the images came in, for error messages ("images" in JSON)
 
 
 @dataclass(frozen=True)
@@ -91,8 +94,8 @@ class ImageService:
         self,
         settings: Settings,
         router: Router,
-        store: LocalResultStore,
-        usage: UsageLog,
+        store: ResultStore,
+        usage: UsageSink,
         client: httpx.AsyncClient,
         default_model: str | None = None,
     ) -> None:
@@ -143,14 +146,16 @@ class ImageService:
     async def _load_inputs(
         self, job: ImageJob, model: ModelEntry
     ) -> tuple[list[InputImage], InputImage | None]:
+        param = job.image_param
         if job.mode == "edit" and not job.images:
-            raise InvalidRequest("'image' is required for edits.", param="image", code="missing_required_parameter")
+            raise InvalidRequest(f"'{param}' is required for edits.", param=param, code="missing_required_parameter")
         if len(job.images) > model.max_input_images:
             raise InvalidRequest(
-                f"'image' takes at most {model.max_input_images} images for model '{model.id}'; got {len(job.images)}.",
-                param="image",
+                f"'{param}' takes at most {model.max_input_images} images for model '{model.id}'; "
+                f"got {len(job.images)}.",
+                param=param,
             )
-        images = await asyncio.gather(*(self._load_image(src, "image", model.input_formats) for src in job.images))
+        images = await asyncio.gather(*(self._load_image(src, param, model.input_formats) for src in job.images))
         mask = None
         if job.mask is not None:
             if job.mode != "edit":
@@ -219,6 +224,7 @@ class ImageService:
 
         def finish(image: ProviderImage) -> OutputImage:
             data = image.data
+            _check_upstream_image(data, MAX_UPSTREAM_PIXELS)
             if composite:
                 assert mask is not None
                 data = imaging.composite_masked_edit(images[0].data, data, mask.data)
@@ -254,6 +260,18 @@ class ImageService:
             provider=outcome.provider, mode=job.mode, images=len(outcome.images), cost=outcome.cost,
             input_tokens=outcome.input_tokens, output_tokens=outcome.output_tokens,
         )
+
+
+def _check_upstream_image(data: bytes, max_pixels: int) -> None:
+    """Upstream bytes are decoded for conversion too: the same bomb guard as for uploads."""
+    try:
+        width, height = imaging.dimensions(data)
+    except Exception as exc:
+        raise UpstreamError("The upstream sent bytes that are not a readable image.",
+                            code="upstream_bad_response") from exc
+    if width * height > max_pixels:
+        raise UpstreamError(f"The upstream sent a {width}x{height} image, over the pixel limit.",
+                            code="upstream_response_too_large")
 
 
 def _dimension_adjustments(layout: Layout, outputs: list[OutputImage]) -> list[Adjustment]:

@@ -10,6 +10,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from .db import Database
 from .imaging import FORMAT_BY_MIME
@@ -19,6 +20,16 @@ from .imaging import FORMAT_BY_MIME
 class StoredResult:
     path: Path
     content_type: str
+
+
+class ResultStore(Protocol):
+    """What the service needs from a result store; S3-compatible storage can implement it."""
+
+    def put(self, data: bytes, content_type: str) -> str: ...
+
+    def get(self, name: str) -> StoredResult | None: ...
+
+    def purge_expired(self) -> int: ...
 
 
 class LocalResultStore:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 from .db import Database
 
@@ -20,6 +21,10 @@ class UsageRecord:
     cost: float
     input_tokens: int
     output_tokens: int
+
+
+class UsageSink(Protocol):
+    def record(self, usage: UsageRecord) -> None: ...
 
 
 class UsageLog:

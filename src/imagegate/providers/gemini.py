@@ -12,6 +12,7 @@ import base64
 from typing import Any
 
 from ..errors import ContentPolicyViolation, ImagegateError, UpstreamError
+from ..imaging import MIME_BY_FORMAT, sniff_format
 from .base import ImageProvider, InputImage, ProviderImage, ProviderRequest, ProviderResult
 from .upstream import error_for_status, parse_json, retry_after_seconds, send
 
@@ -107,11 +108,44 @@ def _google_error(provider: str, status: int, data: Any, retry_after: float | No
     return error_for_status(provider, status, message, retry_after=retry_after)
 
 
+def _bad_response(what: str) -> UpstreamError:
+    return UpstreamError(f"gemini sent {what}.", code="upstream_bad_response")
+
+
+def _dict(value: Any, what: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _bad_response(f"a malformed {what}")
+    return value
+
+
+def _list(value: Any, what: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise _bad_response(f"a malformed {what}")
+    return value
+
+
+def _image_part(inline: Any) -> ProviderImage:
+    """Decode an inlineData blob strictly and trust the bytes, not the declared mime type."""
+    blob = _dict(inline, "inlineData")
+    try:
+        raw = base64.b64decode(blob.get("data", ""), validate=True)
+    except (ValueError, TypeError) as exc:
+        raise _bad_response("an image that is not valid base64") from exc
+    fmt = sniff_format(raw)
+    if fmt is None:
+        raise _bad_response("inline data that is not an image")
+    return ProviderImage(raw, MIME_BY_FORMAT[fmt])
+
+
 def parse_response(data: Any, *, keep_all_images: bool) -> ProviderResult:
     if not isinstance(data, dict):
-        raise UpstreamError("gemini sent an unexpected response.", code="upstream_bad_response")
-    candidates = data.get("candidates") or []
-    feedback = data.get("promptFeedback") or {}
+        raise _bad_response("an unexpected response")
+    candidates = _list(data.get("candidates"), "candidates list")
+    feedback = _dict(data.get("promptFeedback"), "promptFeedback")
     if not candidates:
         reason = feedback.get("blockReason")
         if reason:
@@ -120,8 +154,8 @@ def parse_response(data: Any, *, keep_all_images: bool) -> ProviderResult:
                 f"The prompt was blocked by the upstream safety system ({reason}). {detail}".strip(), param="prompt"
             )
         raise UpstreamError("gemini returned no candidates.", code="no_image_generated")
-    candidate = candidates[0] if isinstance(candidates[0], dict) else {}
-    parts = ((candidate.get("content") or {}).get("parts")) or []
+    candidate = _dict(candidates[0], "candidate")
+    parts = _list(_dict(candidate.get("content"), "content").get("parts"), "parts list")
     images: list[ProviderImage] = []
     texts: list[str] = []
     for part in parts:
@@ -129,12 +163,7 @@ def parse_response(data: Any, *, keep_all_images: bool) -> ProviderResult:
             continue  # interim "thinking" images and thought text are not the answer
         inline = part.get("inlineData") or part.get("inline_data")
         if inline:
-            mime = inline.get("mimeType") or inline.get("mime_type") or "image/png"
-            try:
-                images.append(ProviderImage(base64.b64decode(inline["data"]), mime))
-            except (KeyError, ValueError) as exc:
-                raise UpstreamError("gemini sent an image that is not valid base64.",
-                                    code="upstream_bad_response") from exc
+            images.append(_image_part(inline))
         elif isinstance(part.get("text"), str):
             texts.append(part["text"])
     text = "\n".join(t for t in texts if t.strip()) or None
@@ -147,7 +176,7 @@ def parse_response(data: Any, *, keep_all_images: bool) -> ProviderResult:
             )
         raise UpstreamError(f"gemini returned no image (finishReason {reason}). {message}".strip(),
                             code="no_image_generated")
-    usage = data.get("usageMetadata") or {}
+    usage = _dict(data.get("usageMetadata"), "usageMetadata")
     return ProviderResult(
         images=images if keep_all_images else images[:1],
         text=text,

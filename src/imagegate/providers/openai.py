@@ -48,7 +48,10 @@ def build_fields(request: ProviderRequest) -> dict[str, Any]:
 
 
 def _form_pairs(key: str, value: Any) -> list[tuple[str, str]]:
-    """Flatten like the openai SDK does: dicts to key[sub], lists to key[], bools to true/false."""
+    """Flatten like the openai SDK does: dicts to key[sub], lists to key[], bools to true/false,
+    None left out."""
+    if value is None:
+        return []
     if isinstance(value, dict):
         return [pair for sub, v in value.items() for pair in _form_pairs(f"{key}[{sub}]", v)]
     if isinstance(value, list):
@@ -86,7 +89,10 @@ class OpenAIProvider(ImageProvider):
         return await self._call("/images/generations", json=build_fields(request))
 
     async def edit(self, request: ProviderRequest) -> ProviderResult:
-        data = [pair for key, value in build_fields(request).items() for pair in _form_pairs(key, value)]
+        data: dict[str, list[str]] = {}
+        for key, value in build_fields(request).items():
+            for name, text in _form_pairs(key, value):
+                data.setdefault(name, []).append(text)
         files: list[tuple[str, tuple[str, bytes, str]]] = []
         for index, image in enumerate(request.images):
             ext = (sniff_format(image.data) or "png").replace("jpeg", "jpg")

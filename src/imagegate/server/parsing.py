@@ -122,14 +122,15 @@ def _image_ref(value: Any, param: str) -> ImageSource:
 
 
 def _json_edit(body: dict[str, Any]) -> ImageJob:
+    param = "images" if "images" in body else "image"
     raw = body.pop("images", None)
     if raw is None:
         raw = body.pop("image", None)
     else:
         body.pop("image", None)
     refs = raw if isinstance(raw, list) else ([] if raw is None else [raw])
-    images = [_image_ref(ref, "images") for ref in refs]
+    images = [_image_ref(ref, param) for ref in refs]
     mask_raw = body.pop("mask", None)
     mask = _image_ref(mask_raw, "mask") if mask_raw not in (None, "") else None
     mode: Mode = "edit"
-    return ImageJob(mode=mode, params=body, images=images, mask=mask)
+    return ImageJob(mode=mode, params=body, images=images, mask=mask, image_param=param)

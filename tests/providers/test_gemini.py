@@ -1,0 +1,639 @@
+"""Contract tests of the Gemini adapter against the fake generateContent upstream (real HTTP).
+
+The adapter is called directly: a `ProviderRequest` built from the catalog binding and a layout
+from `resolve_layout`, no gateway server. Spec: /work/shared/spec/providers.md section 2.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import socket
+import ssl
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from imagegate.catalog import load_builtin_catalog
+from imagegate.errors import (
+    ContentPolicyViolation,
+    ImagegateError,
+    InvalidRequest,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from imagegate.normalize import Layout, resolve_layout
+from imagegate.providers import GeminiProvider, InputImage, ProviderRequest, ProviderResult
+from tests.fakes.gemini import (
+    PRO_SIZES,
+    THOUGHT_COLOR,
+    FakeGemini,
+    FinishBlocked,
+    GeminiError,
+    Hang,
+    MalformedJSON,
+    PromptBlocked,
+    RawResponse,
+    TextOnly,
+)
+from tests.fakes.images import color_for, detect_mime, image_size, pixel_at, solid_jpeg, solid_png, solid_webp
+
+MODEL = load_builtin_catalog().get("gemini-3-pro-image-preview")
+assert MODEL is not None
+BINDING = MODEL.providers["gemini"]
+PATH = "/v1beta/models/gemini-3-pro-image-preview:generateContent"
+HARM_CATEGORIES = {
+    "HARM_CATEGORY_HARASSMENT",
+    "HARM_CATEGORY_HATE_SPEECH",
+    "HARM_CATEGORY_SEXUALLY_EXPLICIT",
+    "HARM_CATEGORY_DANGEROUS_CONTENT",
+}
+
+PNG = InputImage(solid_png(64, 48, (10, 200, 30)), "image/png", 64, 48)
+JPEG = InputImage(solid_jpeg(40, 40, (200, 10, 30)), "image/jpeg", 40, 40)
+WEBP = InputImage(solid_webp(32, 32, (1, 2, 250)), "image/webp", 32, 32)
+MASK = InputImage(solid_png(64, 48, (0, 0, 0, 0)), "image/png", 64, 48)
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def make_request(prompt: str = "a red fox in snow", *, layout: Layout | None = None,
+                 mode: str | None = None, **kwargs: Any) -> ProviderRequest:
+    if mode is None:
+        mode = "edit" if kwargs.get("images") else "t2i"
+    return ProviderRequest(mode=mode, prompt=prompt, layout=layout or resolve_layout(MODEL),
+                           binding=BINDING, **kwargs)
+
+
+# Built once: loading the CA bundle per client costs ~0.1 s a test (all traffic here is plain HTTP).
+SSL_CONTEXT = ssl.create_default_context()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(verify=SSL_CONTEXT) as client:
+        yield client
+
+
+@pytest.fixture
+def provider(fake_gemini: FakeGemini, http: httpx.AsyncClient) -> GeminiProvider:
+    return GeminiProvider(api_key=fake_gemini.api_key, base_url=fake_gemini.base_url, client=http)
+
+
+async def sent_body(provider: GeminiProvider, fake: FakeGemini, request: ProviderRequest) -> dict[str, Any]:
+    """Run the request through the fake (which validates it like the real API) and return the body."""
+    result = await provider.run(request)
+    assert isinstance(result, ProviderResult)
+    assert len(fake.requests) == 1
+    body = fake.requests[0].json
+    assert isinstance(body, dict)
+    return body
+
+
+async def raised(provider: GeminiProvider, request: ProviderRequest | None = None) -> ImagegateError:
+    with pytest.raises(ImagegateError) as info:
+        await provider.run(request or make_request())
+    return info.value
+
+
+# --- request wire format --------------------------------------------------------------------
+
+
+async def test_url_header_and_prompt(provider: GeminiProvider, fake_gemini: FakeGemini) -> None:
+    body = await sent_body(provider, fake_gemini, make_request("a lighthouse at dusk"))
+    recorded = fake_gemini.requests[0]
+    assert recorded.method == "POST"
+    assert recorded.path == PATH
+    assert recorded.model == "gemini-3-pro-image-preview"
+    assert recorded.headers["x-goog-api-key"] == fake_gemini.api_key
+    assert "key" not in recorded.query  # the key travels in the header, not the URL
+    assert recorded.headers["content-type"].startswith("application/json")
+    assert body["contents"][0]["role"] == "user"
+    assert body["contents"][0]["parts"][0] == {"text": "a lighthouse at dusk"}
+    assert len(body["contents"][0]["parts"]) == 1
+    assert body["generationConfig"]["responseModalities"] == ["TEXT", "IMAGE"]
+
+
+async def test_base_url_trailing_slash_is_harmless(fake_gemini: FakeGemini, http: httpx.AsyncClient) -> None:
+    provider = GeminiProvider(api_key=fake_gemini.api_key, base_url=fake_gemini.base_url + "/", client=http)
+    await provider.run(make_request())
+    assert fake_gemini.requests[0].path == PATH
+
+
+@pytest.mark.parametrize(
+    ("layout_args", "ratio", "tier"),
+    [
+        ({}, "1:1", "1K"),
+        ({"aspect_ratio": "16:9", "resolution": "2K"}, "16:9", "2K"),
+        ({"aspect_ratio": "21:9", "resolution": "4K"}, "21:9", "4K"),
+        ({"aspect_ratio": "9:16"}, "9:16", "1K"),
+        ({"aspect_ratio": "4:5", "resolution": "4K"}, "4:5", "4K"),
+        ({"size": "2508x1672"}, "3:2", "2K"),
+    ],
+    ids=["default", "16:9-2K", "21:9-4K", "9:16", "4:5-4K", "size-WxH"],
+)
+async def test_image_config_from_layout(provider: GeminiProvider, fake_gemini: FakeGemini,
+                                        layout_args: dict[str, str], ratio: str, tier: str) -> None:
+    layout = resolve_layout(MODEL, **layout_args)
+    assert (layout.aspect_ratio, layout.resolution) == (ratio, tier)
+    result = await provider.run(make_request(layout=layout))
+    body = fake_gemini.requests[0].json
+    assert body["generationConfig"]["imageConfig"] == {"aspectRatio": ratio, "imageSize": tier}
+    # The fake answers with the real Pro pixel size for that config: the catalog's table agrees.
+    assert image_size(result.images[0].data) == (layout.width, layout.height) == PRO_SIZES[(ratio, tier)]
+
+
+async def test_seed_goes_where_the_binding_says(provider: GeminiProvider, fake_gemini: FakeGemini) -> None:
+    handling = BINDING.handling("seed")
+    assert handling is not None and handling.handling == "renamed" and handling.to == "generationConfig.seed"
+    body = await sent_body(provider, fake_gemini, make_request("seeded", seed=4242))
+    assert body["generationConfig"]["seed"] == 4242
+    assert "seed" not in body
+
+
+async def test_no_seed_no_seed_field(provider: GeminiProvider, fake_gemini: FakeGemini) -> None:
+    body = await sent_body(provider, fake_gemini, make_request())
+    assert "seed" not in body["generationConfig"]
+    assert "tools" not in body and "safetySettings" not in body
+
+
+async def test_seed_zero_is_sent(provider: GeminiProvider, fake_gemini: FakeGemini) -> None:
+    body = await sent_body(provider, fake_gemini, make_request(seed=0))
+    assert body["generationConfig"]["seed"] == 0
+
+
+async def test_input_images_become_inline_data_parts(provider: GeminiProvider, fake_gemini: FakeGemini) -> None:
+    body = await sent_body(provider, fake_gemini, make_request("combine", images=(PNG, JPEG, WEBP)))
+    parts = body["contents"][0]["parts"]
+    assert parts[0] == {"text": "combine"}
+    assert parts[1:] == [
+        {"inline_data": {"mime_type": "image/png", "data": b64(PNG.data)}},
+        {"inline_data": {"mime_type": "image/jpeg", "data": b64(JPEG.data)}},
+        {"inline_data": {"mime_type": "image/webp", "data": b64(WEBP.data)}},
+    ]
+
+
+async def test_edit_without_aspect_ratio_still_sends_layout(provider: GeminiProvider,
+                                                            fake_gemini: FakeGemini) -> None:
+    layout = resolve_layout(MODEL, input_shape=(PNG.width, PNG.height))  # 64x48 -> 4:3
+    body = await sent_body(provider, fake_gemini, make_request(images=(PNG,), layout=layout))
+    assert body["generationConfig"]["imageConfig"] == {"aspectRatio": "4:3", "imageSize": "1K"}
+
+
+async def test_mask_is_a_text_part_plus_an_extra_image(provider: GeminiProvider, fake_gemini: FakeGemini) -> None:
+    body = await sent_body(provider, fake_gemini, make_request("paint a hat", images=(PNG,), mask=MASK))
+    parts = body["contents"][0]["parts"]
+    assert len(parts) == 4
+    assert parts[0] == {"text": "paint a hat"}
+    assert parts[1] == {"inline_data": {"mime_type": "image/png", "data": b64(PNG.data)}}
+    assert set(parts[2]) == {"text"} and "mask" in parts[2]["text"].lower()
+    assert parts[3] == {"inline_data": {"mime_type": "image/png", "data": b64(MASK.data)}}
+
+
+async def test_web_search_adds_google_search_tool(provider: GeminiProvider, fake_gemini: FakeGemini) -> None:
+    body = await sent_body(provider, fake_gemini, make_request(options={"enable_web_search": True}))
+    assert body["tools"] == [{"google_search": {}}]
+
+
+async def test_web_search_false_adds_no_tool(provider: GeminiProvider, fake_gemini: FakeGemini) -> None:
+    body = await sent_body(provider, fake_gemini, make_request(options={"enable_web_search": False}))
+    assert "tools" not in body
+
+
+def _thresholds(body: dict[str, Any]) -> dict[str, str]:
+    settings = body["safetySettings"]
+    assert len(settings) == 4
+    out = {s["category"]: s["threshold"] for s in settings}
+    assert set(out) == HARM_CATEGORIES
+    return out
+
+
+@pytest.mark.parametrize("level", ["block_low_and_above", "block_medium_and_above", "block_only_high"])
+async def test_safety_filter_level_sets_all_categories(provider: GeminiProvider, fake_gemini: FakeGemini,
+                                                       level: str) -> None:
+    body = await sent_body(provider, fake_gemini, make_request(options={"safety_filter_level": level}))
+    assert set(_thresholds(body).values()) == {level.upper()}
+
+
+@pytest.mark.parametrize(
+    ("tolerance", "threshold"),
+    [("1", "BLOCK_LOW_AND_ABOVE"), ("2", "BLOCK_LOW_AND_ABOVE"), ("3", "BLOCK_MEDIUM_AND_ABOVE"),
+     ("4", "BLOCK_MEDIUM_AND_ABOVE"), ("5", "BLOCK_ONLY_HIGH"), ("6", "BLOCK_ONLY_HIGH")],
+)
+async def test_safety_tolerance_thresholds(provider: GeminiProvider, fake_gemini: FakeGemini,
+                                           tolerance: str, threshold: str) -> None:
+    body = await sent_body(provider, fake_gemini, make_request(options={"safety_tolerance": tolerance}))
+    assert set(_thresholds(body).values()) == {threshold}
+
+
+async def test_safety_filter_level_wins_over_tolerance(provider: GeminiProvider, fake_gemini: FakeGemini) -> None:
+    options = {"safety_tolerance": "1", "safety_filter_level": "block_only_high"}
+    body = await sent_body(provider, fake_gemini, make_request(options=options))
+    assert set(_thresholds(body).values()) == {"BLOCK_ONLY_HIGH"}
+
+
+async def test_emulated_options_are_not_sent(provider: GeminiProvider, fake_gemini: FakeGemini) -> None:
+    """limit_generations is the gateway's business: nothing of it reaches Google."""
+    body = await sent_body(provider, fake_gemini, make_request(options={"limit_generations": True}))
+    assert "limit_generations" not in repr(body)
+    assert set(body) == {"contents", "generationConfig"}
+
+
+async def test_extra_is_deep_merged(provider: GeminiProvider, fake_gemini: FakeGemini) -> None:
+    layout = resolve_layout(MODEL, aspect_ratio="16:9", resolution="2K")
+    extra = {"generationConfig": {"temperature": 0.3}, "systemInstruction": {"parts": [{"text": "be brief"}]}}
+    body = await sent_body(provider, fake_gemini, make_request(layout=layout, seed=5, extra=extra))
+    config = body["generationConfig"]
+    assert config["temperature"] == 0.3
+    assert config["imageConfig"] == {"aspectRatio": "16:9", "imageSize": "2K"}
+    assert config["responseModalities"] == ["TEXT", "IMAGE"]
+    assert config["seed"] == 5
+    assert body["systemInstruction"] == {"parts": [{"text": "be brief"}]}
+
+
+async def test_extra_overrides_leaf_values(provider: GeminiProvider, fake_gemini: FakeGemini) -> None:
+    extra = {"generationConfig": {"imageConfig": {"imageSize": "2K"}, "responseModalities": ["IMAGE"]}}
+    body = await sent_body(provider, fake_gemini, make_request(extra=extra))
+    assert body["generationConfig"]["imageConfig"] == {"aspectRatio": "1:1", "imageSize": "2K"}
+    assert body["generationConfig"]["responseModalities"] == ["IMAGE"]
+
+
+async def test_build_does_not_mutate_the_request(provider: GeminiProvider, fake_gemini: FakeGemini) -> None:
+    extra = {"generationConfig": {"temperature": 0.3}}
+    options = {"enable_web_search": True}
+    request = make_request(extra=extra, options=options)
+    await provider.run(request)
+    await provider.run(request)
+    assert extra == {"generationConfig": {"temperature": 0.3}}
+    assert options == {"enable_web_search": True}
+    assert fake_gemini.requests[0].json == fake_gemini.requests[1].json
+    assert fake_gemini.requests[1].json["tools"] == [{"google_search": {}}]
+
+
+# --- catalog <-> adapter drift ----------------------------------------------------------------
+
+
+def lookup(node: Any, path: str) -> list[Any]:
+    """Values at a declared path: 'a.b', 'a[0].b', 'a.parts[].inline_data' ([] = any element)."""
+    nodes = [node]
+    for token in re.findall(r"\[\d*\]|[^.\[\]]+", path):
+        found: list[Any] = []
+        for current in nodes:
+            if token == "[]":
+                found.extend(current if isinstance(current, list) else [])
+            elif token.startswith("["):
+                index = int(token[1:-1])
+                if isinstance(current, list) and index < len(current):
+                    found.append(current[index])
+            elif isinstance(current, dict) and token in current:
+                found.append(current[token])
+        nodes = found
+    return nodes
+
+
+_LAYOUT = resolve_layout(MODEL, aspect_ratio="21:9", resolution="2K")
+
+
+def _all_thresholds(threshold: str) -> Callable[[list[Any]], bool]:
+    return lambda values: (len(values) == 1 and len(values[0]) == 4
+                           and {s["threshold"] for s in values[0]} == {threshold}
+                           and {s["category"] for s in values[0]} == HARM_CATEGORIES)
+
+
+# param -> (ProviderRequest arguments that use it, check of the values found at `to`)
+DRIFT_CASES: dict[str, tuple[dict[str, Any], Callable[[list[Any]], bool]]] = {
+    "prompt": ({"prompt": "drift check"}, lambda v: v == ["drift check"]),
+    "image": ({"images": (PNG, JPEG)},
+              lambda v: v == [{"mime_type": "image/png", "data": b64(PNG.data)},
+                              {"mime_type": "image/jpeg", "data": b64(JPEG.data)}]),
+    "size": ({"layout": resolve_layout(MODEL, size="3129x1341")},
+             lambda v: v == [{"aspectRatio": "21:9", "imageSize": "2K"}]),
+    "aspect_ratio": ({"layout": _LAYOUT}, lambda v: v == ["21:9"]),
+    "resolution": ({"layout": _LAYOUT}, lambda v: v == ["2K"]),
+    "seed": ({"seed": 987}, lambda v: v == [987]),
+    "enable_web_search": ({"options": {"enable_web_search": True}}, lambda v: v == [[{"google_search": {}}]]),
+    "safety_filter_level": ({"options": {"safety_filter_level": "block_medium_and_above"}},
+                            _all_thresholds("BLOCK_MEDIUM_AND_ABOVE")),
+    "safety_tolerance": ({"options": {"safety_tolerance": "5"}}, _all_thresholds("BLOCK_ONLY_HIGH")),
+}
+SENT_PARAMS = [name for name, h in BINDING.parameters.items() if h.handling in ("renamed", "converted")]
+
+
+def test_binding_declares_sent_params() -> None:
+    assert {"prompt", "seed", "aspect_ratio", "resolution", "enable_web_search"} <= set(SENT_PARAMS)
+    for name in SENT_PARAMS:
+        handling = BINDING.parameters[name]
+        assert handling.to, f"{name} is {handling.handling} but declares no `to` path"
+        assert name in DRIFT_CASES, f"binding sends {name!r} to {handling.to!r}: add a drift case for it"
+
+
+@pytest.mark.parametrize("param", SENT_PARAMS)
+async def test_declared_target_path_is_in_the_body(provider: GeminiProvider, fake_gemini: FakeGemini,
+                                                   param: str) -> None:
+    handling = BINDING.parameters[param]
+    if param not in DRIFT_CASES:
+        pytest.fail(f"no drift case for {param!r} (declared {handling.handling} to {handling.to!r})")
+    arguments, check = DRIFT_CASES[param]
+    body = await sent_body(provider, fake_gemini, make_request(**arguments))
+    assert handling.to is not None
+    values = lookup(body, handling.to)
+    assert values, f"{param}: nothing at declared path {handling.to!r} in {sorted(body)}"
+    assert check(values), f"{param}: unexpected value(s) at {handling.to!r}: {values!r}"
+
+
+@pytest.mark.parametrize("param", [n for n, h in BINDING.parameters.items()
+                                   if h.handling in ("emulated", "not_available")])
+def test_emulated_params_declare_no_target(param: str) -> None:
+    assert BINDING.parameters[param].to is None
+
+
+def test_lookup_helper() -> None:
+    body = {"a": [{"parts": [{"x": 1}, {"y": 2}, {"x": 3}]}], "b": {"c": 4}}
+    assert lookup(body, "a[0].parts[].x") == [1, 3]
+    assert lookup(body, "b.c") == [4]
+    assert lookup(body, "a[1].parts") == []
+    assert lookup(body, "b.d") == []
+
+
+# --- responses --------------------------------------------------------------------------------
+
+
+async def test_thought_image_is_skipped(provider: GeminiProvider, fake_gemini: FakeGemini) -> None:
+    result = await provider.run(make_request("an orange cat"))
+    assert len(result.images) == 1
+    image = result.images[0]
+    assert image.mime_type == "image/png"
+    assert image_size(image.data) == (1024, 1024)  # not the 8x8 thought image
+    assert pixel_at(image.data)[:3] == color_for("an orange cat")
+    assert pixel_at(image.data)[:3] != THOUGHT_COLOR
+
+
+async def test_two_thought_images_are_skipped(provider: GeminiProvider, fake_gemini: FakeGemini) -> None:
+    fake_gemini.thought_images = 2
+    result = await provider.run(make_request("two thoughts", options={"limit_generations": False}))
+    assert [image_size(i.data) for i in result.images] == [(1024, 1024)]
+
+
+async def test_seed_reaches_the_model(provider: GeminiProvider, fake_gemini: FakeGemini) -> None:
+    result = await provider.run(make_request("seeded fox", seed=7))
+    assert pixel_at(result.images[0].data)[:3] == color_for("seeded fox7")
+
+
+async def test_text_and_usage(provider: GeminiProvider, fake_gemini: FakeGemini) -> None:
+    result = await provider.run(make_request("a blue bird"))
+    assert result.text == "Here is your image: a blue bird"
+    assert result.input_tokens == 17
+    assert result.output_tokens == 1290
+
+
+async def test_output_mime_jpeg(provider: GeminiProvider, fake_gemini: FakeGemini) -> None:
+    fake_gemini.output_mime = "image/jpeg"
+    result = await provider.run(make_request())
+    assert result.images[0].mime_type == "image/jpeg"
+    assert detect_mime(result.images[0].data) == "image/jpeg"
+
+
+async def test_output_mime_webp(provider: GeminiProvider, fake_gemini: FakeGemini) -> None:
+    fake_gemini.output_mime = "image/webp"
+    result = await provider.run(make_request())
+    assert result.images[0].mime_type == "image/webp"
+    assert detect_mime(result.images[0].data) == "image/webp"
+
+
+async def test_all_images_kept_when_limit_generations_false(provider: GeminiProvider,
+                                                            fake_gemini: FakeGemini) -> None:
+    fake_gemini.images_per_response = 3
+    result = await provider.run(make_request("three", options={"limit_generations": False}))
+    assert len(result.images) == 3
+    colors = [pixel_at(i.data)[:3] for i in result.images]
+    assert colors == [color_for("three"), color_for("three#1"), color_for("three#2")]
+
+
+@pytest.mark.parametrize("options", [{}, {"limit_generations": True}], ids=["default", "true"])
+async def test_one_image_by_default(provider: GeminiProvider, fake_gemini: FakeGemini,
+                                    options: dict[str, Any]) -> None:
+    fake_gemini.images_per_response = 3
+    result = await provider.run(make_request("three", options=options))
+    assert len(result.images) == 1
+    assert pixel_at(result.images[0].data)[:3] == color_for("three")
+
+
+async def test_edit_mode_uses_the_same_endpoint(provider: GeminiProvider, fake_gemini: FakeGemini) -> None:
+    result = await provider.edit(make_request(images=(PNG,), layout=resolve_layout(MODEL, aspect_ratio="4:3")))
+    assert fake_gemini.requests[0].path == PATH
+    assert image_size(result.images[0].data) == PRO_SIZES[("4:3", "1K")]
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reason", ["SAFETY", "PROHIBITED_CONTENT", "BLOCKLIST", "IMAGE_SAFETY"])
+async def test_prompt_blocked_is_content_policy(provider: GeminiProvider, fake_gemini: FakeGemini,
+                                                reason: str) -> None:
+    fake_gemini.enqueue(PromptBlocked(reason, "blocked for a reason"))
+    err = await raised(provider)
+    assert isinstance(err, ContentPolicyViolation)
+    assert err.status_code == 400
+    assert err.code == "content_policy_violation"
+    assert reason in err.message
+
+
+@pytest.mark.parametrize("reason", ["IMAGE_SAFETY", "SAFETY", "PROHIBITED_CONTENT", "IMAGE_PROHIBITED_CONTENT"])
+async def test_finish_blocked_is_content_policy(provider: GeminiProvider, fake_gemini: FakeGemini,
+                                                reason: str) -> None:
+    fake_gemini.enqueue(FinishBlocked(reason))
+    err = await raised(provider)
+    assert isinstance(err, ContentPolicyViolation)
+    assert err.status_code == 400
+    assert err.code == "content_policy_violation"
+    assert reason in err.message
+
+
+@pytest.mark.parametrize("behaviour", [FinishBlocked("NO_IMAGE"), FinishBlocked("OTHER"), TextOnly()],
+                         ids=["NO_IMAGE", "OTHER", "TextOnly"])
+async def test_no_image_is_upstream_error(provider: GeminiProvider, fake_gemini: FakeGemini, behaviour: Any) -> None:
+    fake_gemini.enqueue(behaviour)
+    err = await raised(provider)
+    assert type(err) is UpstreamError
+    assert err.status_code == 502
+    assert err.code == "no_image_generated"
+
+
+async def test_rate_limit_uses_retry_info(provider: GeminiProvider, fake_gemini: FakeGemini) -> None:
+    fake_gemini.enqueue(GeminiError(429, "RESOURCE_EXHAUSTED", "You exceeded your current quota", retry_after_s=23))
+    err = await raised(provider)
+    assert isinstance(err, UpstreamUnavailable)
+    assert err.status_code == 503
+    assert err.retry_after == 23
+    assert err.headers() == {"retry-after": "23"}
+    assert "RESOURCE_EXHAUSTED" in err.message
+
+
+async def test_rate_limit_without_retry_info(provider: GeminiProvider, fake_gemini: FakeGemini) -> None:
+    fake_gemini.enqueue(GeminiError(429, "RESOURCE_EXHAUSTED", "quota"))
+    err = await raised(provider)
+    assert isinstance(err, UpstreamUnavailable)
+    assert err.retry_after is None
+
+
+async def test_unavailable_is_503(provider: GeminiProvider, fake_gemini: FakeGemini) -> None:
+    fake_gemini.enqueue(GeminiError(503, "UNAVAILABLE", "The model is overloaded."))
+    err = await raised(provider)
+    assert isinstance(err, UpstreamUnavailable)
+    assert err.status_code == 503
+
+
+async def test_internal_is_502(provider: GeminiProvider, fake_gemini: FakeGemini) -> None:
+    fake_gemini.enqueue(GeminiError(500, "INTERNAL", "An internal error has occurred."))
+    err = await raised(provider)
+    assert type(err) is UpstreamError
+    assert err.status_code == 502
+
+
+async def test_deadline_exceeded_is_504(provider: GeminiProvider, fake_gemini: FakeGemini) -> None:
+    fake_gemini.enqueue(GeminiError(504, "DEADLINE_EXCEEDED", "Deadline exceeded"))
+    err = await raised(provider)
+    assert isinstance(err, UpstreamTimeout)
+    assert err.status_code == 504
+
+
+async def test_invalid_argument_is_400(provider: GeminiProvider, fake_gemini: FakeGemini) -> None:
+    fake_gemini.enqueue(GeminiError(400, "INVALID_ARGUMENT", "Request contains an invalid argument."))
+    err = await raised(provider)
+    assert isinstance(err, InvalidRequest)
+    assert err.status_code == 400
+    assert err.code == "upstream_rejected_request"
+    assert "INVALID_ARGUMENT" in err.message and "invalid argument" in err.message
+
+
+async def test_fake_validation_error_is_400(provider: GeminiProvider, fake_gemini: FakeGemini) -> None:
+    """A body the API itself rejects (here an unknown field via extra) surfaces as a 400."""
+    err = await raised(provider, make_request(extra={"generationConfig": {"bogusField": 1}}))
+    assert isinstance(err, InvalidRequest)
+    assert err.code == "upstream_rejected_request"
+    assert "bogusField" in err.message
+
+
+async def test_bad_key_is_502_auth_failed(fake_gemini: FakeGemini, http: httpx.AsyncClient) -> None:
+    provider = GeminiProvider(api_key="wrong-key", base_url=fake_gemini.base_url, client=http)
+    err = await raised(provider)
+    assert type(err) is UpstreamError
+    assert err.status_code == 502
+    assert err.code == "upstream_auth_failed"
+
+
+async def test_unknown_model_is_502(provider: GeminiProvider, fake_gemini: FakeGemini) -> None:
+    fake_gemini.known_models = {"some-other-model"}
+    err = await raised(provider)
+    assert type(err) is UpstreamError
+    assert err.status_code == 502
+
+
+async def test_hang_times_out_quickly(provider: GeminiProvider, fake_gemini: FakeGemini) -> None:
+    fake_gemini.enqueue(Hang(10))
+    provider.timeout = 0.3
+    start = time.monotonic()
+    err = await raised(provider)
+    assert time.monotonic() - start < 3
+    assert isinstance(err, UpstreamTimeout)
+    assert err.status_code == 504
+    assert err.code == "upstream_timeout"
+
+
+async def test_malformed_json_is_bad_response(provider: GeminiProvider, fake_gemini: FakeGemini) -> None:
+    fake_gemini.enqueue(MalformedJSON())
+    err = await raised(provider)
+    assert type(err) is UpstreamError
+    assert err.code == "upstream_bad_response"
+
+
+async def test_html_error_page_is_mapped_by_status(provider: GeminiProvider, fake_gemini: FakeGemini) -> None:
+    fake_gemini.enqueue(RawResponse(502, "<html><body>Bad Gateway</body></html>"))
+    err = await raised(provider)
+    assert type(err) is UpstreamError
+    assert err.status_code == 502
+
+
+async def test_html_503_page_is_unavailable(provider: GeminiProvider, fake_gemini: FakeGemini) -> None:
+    fake_gemini.enqueue(RawResponse(503, "<html>busy</html>", headers={"Retry-After": "9"}))
+    err = await raised(provider)
+    assert isinstance(err, UpstreamUnavailable)
+    assert err.retry_after == 9
+
+
+@pytest.mark.parametrize("body", ["[]", '"text"', "{}", '{"candidates": []}'])
+async def test_unexpected_json_shapes(provider: GeminiProvider, fake_gemini: FakeGemini, body: str) -> None:
+    fake_gemini.enqueue(RawResponse(200, body, content_type="application/json"))
+    err = await raised(provider)
+    assert isinstance(err, UpstreamError) and err.status_code == 502
+    assert err.code in ("upstream_bad_response", "no_image_generated")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"candidates": [{"content": {"parts": [{"inlineData": "abc"}]}, "finishReason": "STOP"}]}',
+        '{"candidates": [{"content": "oops", "finishReason": "STOP"}]}',
+        '{"promptFeedback": "blocked"}',
+    ],
+    ids=["inlineData-not-object", "content-not-object", "promptFeedback-not-object"],
+)
+async def test_malformed_structure_is_bad_response(provider: GeminiProvider, fake_gemini: FakeGemini,
+                                                   body: str) -> None:
+    fake_gemini.enqueue(RawResponse(200, body, content_type="application/json"))
+    err = await raised(provider)
+    assert isinstance(err, UpstreamError)
+    assert err.code == "upstream_bad_response"
+
+
+async def test_invalid_base64_is_bad_response(provider: GeminiProvider, fake_gemini: FakeGemini) -> None:
+    body = '{"candidates": [{"content": {"parts": [{"inlineData": {"mimeType": "image/png", "data": "abc"}}]}}]}'
+    fake_gemini.enqueue(RawResponse(200, body, content_type="application/json"))
+    err = await raised(provider)
+    assert isinstance(err, UpstreamError)
+    assert err.code == "upstream_bad_response"
+
+
+async def test_connection_refused(http: httpx.AsyncClient) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    provider = GeminiProvider(api_key="k", base_url=f"http://127.0.0.1:{port}", client=http)
+    err = await raised(provider)
+    assert isinstance(err, UpstreamUnavailable)
+    assert err.status_code == 503
+    assert err.code == "upstream_connection_error"
+
+
+async def test_response_too_large(provider: GeminiProvider, fake_gemini: FakeGemini) -> None:
+    provider.max_response_bytes = 1000
+    err = await raised(provider)
+    assert type(err) is UpstreamError
+    assert err.status_code == 502
+    assert err.code == "upstream_response_too_large"
+
+
+async def test_provider_recovers_after_errors(provider: GeminiProvider, fake_gemini: FakeGemini) -> None:
+    """One failure does not poison the shared client: the next call succeeds."""
+    fake_gemini.enqueue(GeminiError(503, "UNAVAILABLE", "busy"), MalformedJSON())
+    for _ in range(2):
+        await raised(provider)
+    result = await provider.run(make_request())
+    assert len(result.images) == 1
+    assert len(fake_gemini.requests) == 3
+
+
+@pytest.mark.parametrize("data", ["aGVsbG8=", "!!!!", ""], ids=["hello-bytes", "non-alphabet", "empty"])
+async def test_non_image_data_is_bad_response(provider: GeminiProvider, fake_gemini: FakeGemini, data: str) -> None:
+    body = ('{"candidates": [{"content": {"parts": [{"inlineData": {"mimeType": "image/png", "data": "%s"}}]},'
+            ' "finishReason": "STOP"}]}' % data)
+    fake_gemini.enqueue(RawResponse(200, body, content_type="application/json"))
+    err = await raised(provider)
+    assert isinstance(err, UpstreamError)
+    assert err.code == "upstream_bad_response"
