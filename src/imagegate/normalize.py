@@ -224,7 +224,7 @@ def _layout_from_pixels(model: ModelEntry, w: int, h: int, text: str) -> Layout:
         width, height = clamp_dimensions(w, h, model.pixel_limits)
         ratio = reduced_ratio(width, height)
         tier = nearest_tier(float(width * height), model.resolution_tiers, model.resolution_kind)
-    adjustments = ()
+    adjustments: tuple[Adjustment, ...] = ()
     if (width, height) != (w, h):
         adjustments = (Adjustment("size", text.strip(), f"{width}x{height}"),)
     return Layout(ratio, tier, width, height, adjustments)

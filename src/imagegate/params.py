@@ -49,25 +49,29 @@ def _coerce(name: str, spec: ParamSpec, raw: Any) -> Any:
             return raw.strip().lower() in _TRUE
         raise InvalidRequest(f"'{name}' must be a boolean, got {raw!r}.", param=name)
     if spec.type in ("integer", "number"):
-        value = _number(name, spec, raw)
+        number = _number(name, spec, raw)
         lo, hi = spec.minimum, spec.maximum
-        if (lo is not None and value < lo) or (hi is not None and value > hi):
-            raise InvalidRequest(f"'{name}' must be between {lo:g} and {hi:g}, got {raw!r}.", param=name)
-        return value
+        if (lo is not None and number < lo) or (hi is not None and number > hi):
+            bounds = f"between {lo:g} and {hi:g}" if lo is not None and hi is not None else (
+                f"at least {lo:g}" if lo is not None else f"at most {hi:g}")
+            raise InvalidRequest(f"'{name}' must be {bounds}, got {raw!r}.", param=name)
+        return number
     if spec.type == "string":
-        if isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
-            raise InvalidRequest(f"'{name}' must be a string, got {raw!r}.", param=name)
-        value = str(raw).strip()
-        value = VALUE_ALIASES.get(name, {}).get(value.lower(), value)
-        if spec.values is not None:
-            match = next((v for v in spec.values if v.lower() == value.lower()), None)
-            if match is None and name not in ("resolution",):  # tiers are matched, not enumerated
-                raise InvalidRequest(
-                    f"'{name}' must be one of {', '.join(spec.values)}; got {raw!r}.", param=name
-                )
-            value = match or value
-        return value
+        return _string(name, spec, raw)
     return raw
+
+
+def _string(name: str, spec: ParamSpec, raw: Any) -> str:
+    if isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
+        raise InvalidRequest(f"'{name}' must be a string, got {raw!r}.", param=name)
+    text = str(raw).strip()
+    text = VALUE_ALIASES.get(name, {}).get(text.lower(), text)
+    if spec.values is None or name == "resolution":  # tiers are matched, not enumerated
+        return text
+    match = next((v for v in spec.values if v.lower() == text.lower()), None)
+    if match is None:
+        raise InvalidRequest(f"'{name}' must be one of {', '.join(spec.values)}; got {raw!r}.", param=name)
+    return match
 
 
 def _number(name: str, spec: ParamSpec, raw: Any) -> int | float:

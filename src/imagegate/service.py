@@ -27,6 +27,8 @@ from .usage import UsageRecord, UsageSink
 
 # Upstream images are decoded for conversion; 4K outputs are ~17 MP, so this only stops bombs.
 MAX_UPSTREAM_PIXELS = 100_000_000
+# Seeds are int32 upstream; image i of n gets seed + i, wrapping inside the range.
+SEED_RANGE = 2**31
 # An image is either uploaded bytes or a URL / data URI to fetch.
 ImageSource = bytes | str
 
@@ -197,11 +199,11 @@ class ImageService:
         requests = [
             ProviderRequest(
                 mode=mode, prompt=params.get("prompt"), layout=layout, binding=route.binding,
-                n=count, seed=None if seed is None else seed + offset, images=tuple(images),
+                n=count, seed=None if seed is None else (seed + offset) % SEED_RANGE, images=tuple(images),
                 mask=mask, output_format=native, output_compression=params.get("output_compression"),
                 options=params.options, extra=params.extra,
             )
-            for offset, count in zip(range(0, n, per_call), counts)
+            for offset, count in zip(range(0, n, per_call), counts, strict=True)
         ]
         outcomes = await asyncio.gather(*(route.provider.run(r) for r in requests), return_exceptions=True)
         results = [o for o in outcomes if isinstance(o, ProviderResult)]

@@ -9,9 +9,8 @@ from __future__ import annotations
 import base64
 import re
 import socket
-import ssl
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -69,16 +68,6 @@ def make_request(prompt: str = "a red fox in snow", *, layout: Layout | None = N
         mode = "edit" if kwargs.get("images") else "t2i"
     return ProviderRequest(mode=mode, prompt=prompt, layout=layout or resolve_layout(MODEL),
                            binding=BINDING, **kwargs)
-
-
-# Built once: loading the CA bundle per client costs ~0.1 s a test (all traffic here is plain HTTP).
-SSL_CONTEXT = ssl.create_default_context()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(verify=SSL_CONTEXT) as client:
-        yield client
 
 
 @pytest.fixture

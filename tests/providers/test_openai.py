@@ -7,9 +7,7 @@ through its `openai` binding (an OpenAI-compatible upstream). Spec: providers.md
 from __future__ import annotations
 
 import base64
-import ssl
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -62,16 +60,6 @@ def make_request(prompt: str = "a red fox in snow", *, layout: Layout | None = N
 def sdk_form_items(fields: dict[str, Any]) -> list[tuple[str, str]]:
     """How openai-python serializes non-file multipart fields (array_format="brackets")."""
     return Querystring(array_format="brackets").stringify_items(fields)
-
-
-# Built once: loading the CA bundle per client costs ~0.1 s a test (all traffic here is plain HTTP).
-SSL_CONTEXT = ssl.create_default_context()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(verify=SSL_CONTEXT) as client:
-        yield client
 
 
 @pytest.fixture

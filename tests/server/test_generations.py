@@ -254,3 +254,12 @@ def test_default_model_is_the_flagship(client: OpenAI, fake_gemini: FakeGemini) 
     result = client.images.generate(prompt="no model given", response_format="b64_json")
     assert result.model_extra["effective"]["model"] == MODEL
     assert fake_gemini.requests[-1].model == MODEL
+
+
+def test_seeds_for_n_wrap_inside_the_int32_range(client: OpenAI, fake_gemini: FakeGemini) -> None:
+    client.images.generate(model=MODEL, prompt="edge", n=2, response_format="b64_json",
+                           extra_body={"seed": 2**31 - 1})
+    assert sorted(r.json["generationConfig"]["seed"] for r in fake_gemini.requests) == [0, 2**31 - 1]
+    with pytest.raises(Exception) as info:
+        client.images.generate(model=MODEL, prompt="edge", extra_body={"seed": 2**31})
+    assert getattr(info.value, "param", None) == "seed"

@@ -66,6 +66,9 @@ class ImageProvider(ABC):
     key_env_var: ClassVar[str]
     base_url_env_var: ClassVar[str]
     default_base_url: ClassVar[str]
+    # Per upstream call; the gateway sets both from its settings.
+    timeout: float = 300.0
+    max_response_bytes: int = 256 * 1024 * 1024
 
     def __init__(self, *, api_key: str, base_url: str, client: httpx.AsyncClient) -> None:
         self.api_key = api_key

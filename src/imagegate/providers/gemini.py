@@ -191,9 +191,6 @@ class GeminiProvider(ImageProvider):
     base_url_env_var = "GEMINI_BASE_URL"
     default_base_url = "https://generativelanguage.googleapis.com"
 
-    timeout: float = 300.0
-    max_response_bytes: int = 256 * 1024 * 1024
-
     async def generate(self, request: ProviderRequest) -> ProviderResult:
         return await self._generate_content(request)
 

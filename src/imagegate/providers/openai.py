@@ -78,9 +78,6 @@ class OpenAIProvider(ImageProvider):
     base_url_env_var = "OPENAI_BASE_URL"
     default_base_url = "https://api.openai.com/v1"
 
-    timeout: float = 300.0
-    max_response_bytes: int = 256 * 1024 * 1024
-
     @property
     def _auth(self) -> dict[str, str]:
         return {"authorization": f"Bearer {self.api_key}"}
