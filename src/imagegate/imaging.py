@@ -22,6 +22,7 @@ MIME_BY_FORMAT = {
     "avif": "image/avif",
 }
 FORMAT_BY_MIME = {mime: fmt for fmt, mime in MIME_BY_FORMAT.items()}
+LOSSLESS = ("png", "gif")  # output_compression does not apply to these
 _PIL_NAMES = {"png": "PNG", "jpeg": "JPEG", "gif": "GIF", "webp": "WEBP", "avif": "AVIF"}
 
 # Our own cap does the real guarding; Pillow's must not fire first with a different error.
@@ -104,7 +105,8 @@ def convert(data: bytes, target: str | None, compression: int | None) -> tuple[b
     if current is None:
         with Image.open(io.BytesIO(data)) as img:
             current = (img.format or "png").lower()
-    if target is None or (target == current and (compression is None or target in ("png", "gif"))):
+    target = target or current  # no format asked for: keep the upstream's
+    if target == current and (compression is None or target in LOSSLESS):
         return data, current
     if target not in _PIL_NAMES:
         raise InvalidRequest(f"Unsupported output_format {target!r}.", param="output_format")

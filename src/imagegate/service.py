@@ -138,6 +138,10 @@ class ImageService:
         # 4. Output pipeline.
         outputs = await self._finish_images(delivered, params, images, mask, route)
         adjustments += _dimension_adjustments(layout, outputs)
+        compression = params.get("output_compression")
+        if compression is not None and outputs[0].format in imaging.LOSSLESS:
+            adjustments.append(Adjustment("output_compression", str(compression),
+                                          f"ignored ({outputs[0].format} is lossless)"))
         if response_format == "url" and not params.get("sync_mode"):
             outputs = [await self._host(o) for o in outputs]
         outcome = self._outcome(route, layout, outputs, results, params, response_format, adjustments,

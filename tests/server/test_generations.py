@@ -263,3 +263,21 @@ def test_seeds_for_n_wrap_inside_the_int32_range(client: OpenAI, fake_gemini: Fa
     with pytest.raises(Exception) as info:
         client.images.generate(model=MODEL, prompt="edge", extra_body={"seed": 2**31})
     assert getattr(info.value, "param", None) == "seed"
+
+
+def test_output_compression_on_a_lossless_format_is_reported(gateway: RunningGateway,
+                                                             fake_gemini: FakeGemini) -> None:
+    response = gateway.client().images.with_raw_response.generate(
+        model=MODEL, prompt="p", response_format="b64_json", output_format="png", output_compression=40)
+    assert "output_compression=40->ignored (png is lossless)" in response.headers["x-imagegate-adjusted"]
+
+
+def test_output_compression_without_format_recompresses_a_lossy_upstream(client: OpenAI,
+                                                                        fake_gemini: FakeGemini) -> None:
+    fake_gemini.output_mime = "image/jpeg"
+    plain = client.images.generate(model=MODEL, prompt="q", response_format="b64_json")
+    squeezed = client.images.generate(model=MODEL, prompt="q", response_format="b64_json", output_compression=1)
+    plain_bytes = base64.b64decode(plain.data[0].b64_json or "")
+    squeezed_bytes = base64.b64decode(squeezed.data[0].b64_json or "")
+    assert detect_mime(squeezed_bytes) == "image/jpeg"
+    assert squeezed_bytes != plain_bytes
