@@ -385,6 +385,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gateway-prefix", default="",
                         help="command prefix for the gateway, e.g. a profiler: "
                              "\"py-spy record -o gw.txt -f raw --\" (CPU figures then include the wrapper)")
+    parser.add_argument("--gateway-workers", type=int, default=1,
+                        help="`imagegate serve --workers` (default 1; with more, the gateway CPU column "
+                             "counts only the supervisor process)")
     parser.add_argument("--keep-data", action="store_true", help="keep the temp dir (logs, gateway data)")
     args = parser.parse_args(argv)
     if args.requests is None:
@@ -410,7 +413,7 @@ async def run_all(args: argparse.Namespace, upstream_url: str, gateway_url: str,
         for fmt in args.formats
     ]
     results: list[RunResult] = []
-    for concurrency, total in zip(args.concurrency, args.requests):
+    for concurrency, total in zip(args.concurrency, args.requests, strict=True):
         for target in [direct, *gateways]:
             label = f"{target.name}{'/' + target.response_format if target.response_format else ''}"
             print(f"  {label:<16} clients={concurrency:<3} requests={total} ...", end="", flush=True,
@@ -448,7 +451,8 @@ def main(argv: list[str] | None = None) -> int:
                   "IMAGEGATE_API_KEYS": GATEWAY_KEY, "IMAGEGATE_DATA_DIR": str(tmp / "data"),
                   "IMAGEGATE_PUBLIC_URL": gateway_url}
         gw_argv = [*shlex.split(args.gateway_prefix), *gateway_command(), "serve", "--host", HOST,
-                   "--port", str(gw_port), "--log-level", args.gateway_log_level]
+                   "--port", str(gw_port), "--log-level", args.gateway_log_level,
+                   "--workers", str(args.gateway_workers)]
         gateway = Child("gateway", gw_argv, gw_env, tmp / "gateway.log")
         children.append(gateway)
 

@@ -534,7 +534,8 @@ def imagegate_command() -> list[str]:
     return [sys.executable, "-c", "from imagegate.cli import cli; cli()"]
 
 
-def test_serve_smoke(fake_gemini: FakeGemini, tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_serve_smoke(fake_gemini: FakeGemini, tmp_path: Path, workers: int) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = dict(os.environ)
@@ -547,7 +548,8 @@ def test_serve_smoke(fake_gemini: FakeGemini, tmp_path: Path) -> None:
     log = tmp_path / "serve.log"
     with open(log, "wb") as log_file:
         proc = subprocess.Popen(
-            [*imagegate_command(), "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+            [*imagegate_command(), "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+             "--workers", str(workers)],
             env=env, stdout=log_file, stderr=subprocess.STDOUT,
         )
         try:
@@ -563,13 +565,15 @@ def test_serve_smoke(fake_gemini: FakeGemini, tmp_path: Path) -> None:
                 time.sleep(0.1)
 
             client = OpenAI(api_key=API_KEY, base_url=f"{base}/v1", max_retries=0, timeout=30)
-            result = client.images.generate(model=MODEL, prompt="served")
-            url = result.data[0].url
-            assert url is not None and url.startswith(base + "/")
-            downloaded = httpx.get(url, timeout=10)
-            assert downloaded.status_code == 200
-            assert image_size(downloaded.content) == (1024, 1024)
-            assert len(fake_gemini.requests) == 1
+            # With several workers, a result stored by one is served by any (shared data dir).
+            for _ in range(2 * workers):
+                result = client.images.generate(model=MODEL, prompt="served")
+                url = result.data[0].url
+                assert url is not None and url.startswith(base + "/")
+                downloaded = httpx.get(url, timeout=10)
+                assert downloaded.status_code == 200
+                assert image_size(downloaded.content) == (1024, 1024)
+            assert len(fake_gemini.requests) == 2 * workers
 
             denied = httpx.post(f"{base}/v1/images/generations", json={"prompt": "x"}, timeout=10)
             assert denied.status_code == 401

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -36,8 +37,10 @@ def cli() -> None:
 @cli.command()
 @click.option("--host", default=None, help="Interface to bind (default 127.0.0.1 or IMAGEGATE_HOST).")
 @click.option("--port", default=None, type=int, help="Port (default 8000 or IMAGEGATE_PORT).")
+@click.option("--workers", default=None, type=click.IntRange(min=1),
+              help="Server processes (default 1 or IMAGEGATE_WORKERS).")
 @click.option("--log-level", default="info", show_default=True)
-def serve(host: str | None, port: int | None, log_level: str) -> None:
+def serve(host: str | None, port: int | None, workers: int | None, log_level: str) -> None:
     """Serve the API (under /v1 and /openai/v1)."""
     import uvicorn
 
@@ -48,8 +51,16 @@ def serve(host: str | None, port: int | None, log_level: str) -> None:
         overrides["host"] = host
     if port is not None:
         overrides["port"] = port
+    if workers is not None:
+        overrides["workers"] = workers
     settings = Settings(**overrides)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=log_level)
+    if settings.workers == 1:
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=log_level)
+        return
+    # Worker processes build their own settings from the environment: hand them ours.
+    os.environ.update({"IMAGEGATE_HOST": settings.host, "IMAGEGATE_PORT": str(settings.port)})
+    uvicorn.run("imagegate.server.app:app_from_env", factory=True, workers=settings.workers,
+                host=settings.host, port=settings.port, log_level=log_level)
 
 
 def _image_options(fn: Any) -> Any:

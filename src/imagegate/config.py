@@ -39,6 +39,7 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8000
+    workers: int = 1  # IMAGEGATE_WORKERS: server processes; base64 and JSON work is CPU-bound
     api_keys: str = ""  # IMAGEGATE_API_KEYS, comma-separated static keys
     data_dir: Path = Path.home() / ".imagegate"
     public_url: str | None = None  # base of result URLs; default http://host:port

@@ -6,6 +6,7 @@ The HTTP layer and the CLI both call `ImageService.create()`; neither knows abou
 from __future__ import annotations
 
 import asyncio
+import binascii
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,11 +47,15 @@ class ImageJob:
 
 @dataclass(frozen=True)
 class OutputImage:
-    data: bytes
+    blob: imaging.ImageBytes
     format: str
     width: int
     height: int
     url: str | None = None
+
+    @property
+    def data(self) -> bytes:
+        return self.blob.data
 
     @property
     def mime_type(self) -> str:
@@ -136,13 +141,14 @@ class ImageService:
         if errors:
             adjustments.append(Adjustment("n", str(n), f"{len(delivered)} ({len(errors)} upstream calls failed)"))
         # 4. Output pipeline.
-        outputs = await self._finish_images(delivered, params, images, mask, route)
+        hosted = response_format == "url" and not params.get("sync_mode")
+        outputs = await self._finish_images(delivered, params, images, mask, route, hosted)
         adjustments += _dimension_adjustments(layout, outputs)
         compression = params.get("output_compression")
         if compression is not None and outputs[0].format in imaging.LOSSLESS:
             adjustments.append(Adjustment("output_compression", str(compression),
                                           f"ignored ({outputs[0].format} is lossless)"))
-        if response_format == "url" and not params.get("sync_mode"):
+        if hosted:
             outputs = [await self._host(o) for o in outputs]
         outcome = self._outcome(route, layout, outputs, results, params, response_format, adjustments,
                                 len(errors))
@@ -221,29 +227,41 @@ class ImageService:
 
     async def _finish_images(
         self, delivered: list[ProviderImage], params: NormalizedParams, images: list[InputImage],
-        mask: InputImage | None, route: Route,
+        mask: InputImage | None, route: Route, hosted: bool,
     ) -> list[OutputImage]:
+        """Composite, convert and measure each image in a worker thread. Hosted images are fully
+        decoded here, so a broken upstream image fails as the upstream's fault."""
         handling = route.binding.handling("mask")
         composite = mask is not None and handling is not None and handling.handling == "emulated"
         target = params.get("output_format")
         compression = params.get("output_compression")
 
         def finish(image: ProviderImage) -> OutputImage:
-            data = image.data
-            _check_upstream_image(data, MAX_UPSTREAM_PIXELS)
-            if composite:
-                assert mask is not None
-                data = imaging.composite_masked_edit(images[0].data, data, mask.data)
-            data, fmt = imaging.convert(data, target, compression)
-            width, height = imaging.dimensions(data)
-            return OutputImage(data, fmt, width, height)
+            blob = image.blob
+            try:
+                _check_upstream_image(blob, MAX_UPSTREAM_PIXELS)
+                if composite:
+                    assert mask is not None
+                    blob = imaging.ImageBytes(imaging.composite_masked_edit(images[0].data, blob.data, mask.data))
+                blob, fmt = imaging.convert(blob, target, compression)
+                _, width, height = imaging.probe(blob)
+                # Make the form the response needs here, off the event loop.
+                if hosted:
+                    blob.data  # noqa: B018 - decode now, inside the error mapping
+                else:
+                    blob.b64  # noqa: B018
+            except (binascii.Error, OSError, SyntaxError, ValueError) as exc:
+                # Only the head was checked on arrival; the rest of the upstream's image is broken.
+                raise UpstreamError("The upstream sent an image that cannot be decoded.",
+                                    code="upstream_bad_response") from exc
+            return OutputImage(blob, fmt, width, height)
 
         return list(await asyncio.gather(*(anyio.to_thread.run_sync(finish, img) for img in delivered)))
 
     async def _host(self, image: OutputImage) -> OutputImage:
-        name = await anyio.to_thread.run_sync(self.store.put, image.data, image.mime_type)
+        name = await anyio.to_thread.run_sync(lambda: self.store.put(image.data, image.mime_type))
         url = f"{self.settings.base_public_url}/v1/results/{name}"
-        return OutputImage(image.data, image.format, image.width, image.height, url)
+        return OutputImage(image.blob, image.format, image.width, image.height, url)
 
     def _outcome(
         self, route: Route, layout: Layout, outputs: list[OutputImage], results: list[ProviderResult],
@@ -268,13 +286,9 @@ class ImageService:
         )
 
 
-def _check_upstream_image(data: bytes, max_pixels: int) -> None:
+def _check_upstream_image(blob: imaging.ImageBytes, max_pixels: int) -> None:
     """Upstream bytes are decoded for conversion too: the same bomb guard as for uploads."""
-    try:
-        width, height = imaging.dimensions(data)
-    except Exception as exc:
-        raise UpstreamError("The upstream sent bytes that are not a readable image.",
-                            code="upstream_bad_response") from exc
+    _, width, height = imaging.probe(blob)
     if width * height > max_pixels:
         raise UpstreamError(f"The upstream sent a {width}x{height} image, over the pixel limit.",
                             code="upstream_response_too_large")

@@ -175,3 +175,26 @@ def test_server_survives_a_burst_of_bad_requests(gateway: RunningGateway, fake_g
         assert 400 <= response.status_code < 500, (body, response.text)
         assert "error" in response.json()
     assert post(gateway, {"model": MODEL, "prompt": "still alive", "response_format": "b64_json"}).status_code == 200
+
+
+def test_image_broken_after_its_header_is_a_502_when_it_must_be_decoded(gateway: RunningGateway,
+                                                                         fake_gemini: FakeGemini) -> None:
+    """Only the head of an upstream image is checked on arrival; a broken rest surfaces as soon
+    as the gateway needs the bytes (hosting, conversion) and is the upstream's fault."""
+    import base64
+    import io
+    import json
+    import os
+
+    from PIL import Image
+
+    noise = io.BytesIO()
+    Image.frombytes("RGB", (400, 400), os.urandom(400 * 400 * 3)).save(noise, format="PNG")
+    good = base64.b64encode(noise.getvalue()).decode()
+    assert len(good) > 4 * 64 * 1024  # longer than the head the gateway checks on arrival
+    broken = good[: len(good) // 2] + "!!!!" + good[len(good) // 2 + 4:]
+    body = {"candidates": [{"content": {"role": "model", "parts": [
+        {"inlineData": {"mimeType": "image/png", "data": broken}}]}, "finishReason": "STOP", "index": 0}]}
+    fake_gemini.enqueue(RawResponse(200, json.dumps(body), content_type="application/json"))
+    assert_error(post(gateway, {"model": MODEL, "prompt": "p", "response_format": "url"}), 502,
+                 code="upstream_bad_response")

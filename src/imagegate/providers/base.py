@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import httpx
 
 from ..catalog import ProviderBinding
+from ..imaging import ImageBytes
 from ..normalize import Layout
 
 
@@ -46,8 +47,12 @@ class ProviderRequest:
 
 @dataclass(frozen=True)
 class ProviderImage:
-    data: bytes
+    blob: ImageBytes
     mime_type: str
+
+    @property
+    def data(self) -> bytes:
+        return self.blob.data
 
 
 @dataclass

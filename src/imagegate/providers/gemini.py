@@ -12,7 +12,7 @@ import base64
 from typing import Any
 
 from ..errors import ContentPolicyViolation, ImagegateError, UpstreamError
-from ..imaging import MIME_BY_FORMAT, sniff_format
+from ..imaging import MIME_BY_FORMAT, decode_b64_image
 from .base import ImageProvider, InputImage, ProviderImage, ProviderRequest, ProviderResult
 from .upstream import error_for_status, parse_json, retry_after_seconds, send
 
@@ -129,16 +129,17 @@ def _list(value: Any, what: str) -> list[Any]:
 
 
 def _image_part(inline: Any) -> ProviderImage:
-    """Decode an inlineData blob strictly and trust the bytes, not the declared mime type."""
+    """Check an inlineData blob from its head; trust the bytes, not the declared mime type.
+    The base64 text is kept as it is, so a b64_json answer can reuse it without decoding."""
     blob = _dict(inline, "inlineData")
+    data = blob.get("data")
+    if not isinstance(data, str):
+        raise _bad_response("an inlineData part without base64 data")
     try:
-        raw = base64.b64decode(blob.get("data", ""), validate=True)
-    except (ValueError, TypeError) as exc:
-        raise _bad_response("an image that is not valid base64") from exc
-    fmt = sniff_format(raw)
-    if fmt is None:
-        raise _bad_response("inline data that is not an image")
-    return ProviderImage(raw, MIME_BY_FORMAT[fmt])
+        image, fmt = decode_b64_image(data)
+    except ValueError as exc:
+        raise _bad_response(f"inline data that is {exc}") from exc
+    return ProviderImage(image, MIME_BY_FORMAT[fmt])
 
 
 def parse_response(data: Any, *, keep_all_images: bool) -> ProviderResult:

@@ -7,11 +7,10 @@ The gateway always asks for `b64_json`; a `url` answer is downloaded all the sam
 
 from __future__ import annotations
 
-import base64
 from typing import Any
 
 from ..errors import ContentPolicyViolation, ImagegateError, UpstreamError
-from ..imaging import MIME_BY_FORMAT, sniff_format
+from ..imaging import MIME_BY_FORMAT, ImageBytes, decode_b64_image, sniff_format
 from .base import ImageProvider, ProviderImage, ProviderRequest, ProviderResult
 from .upstream import error_for_status, parse_json, retry_after_seconds, send
 
@@ -130,23 +129,23 @@ class OpenAIProvider(ImageProvider):
         )
 
     async def _image_bytes(self, item: dict[str, Any]) -> ProviderImage:
-        if item.get("b64_json"):
+        b64, url = item.get("b64_json"), item.get("url")
+        if isinstance(b64, str) and b64:
             try:
-                raw = base64.b64decode(item["b64_json"])
+                blob, fmt = decode_b64_image(b64)
             except ValueError as exc:
-                raise UpstreamError(f"{self.provider_id} sent invalid base64.", code="upstream_bad_response") from exc
-        elif item.get("url"):
-            # The upstream is the operator's choice, so its result URLs are trusted like it is.
-            response = await send(self.client, "GET", str(item["url"]), provider=self.provider_id,
-                                  timeout=self.timeout, max_bytes=self.max_response_bytes)
-            if response.status_code != 200:
-                raise UpstreamError(f"Downloading the {self.provider_id} result gave HTTP {response.status_code}.")
-            raw = response.body
-        else:
+                raise UpstreamError(f"{self.provider_id} sent b64_json that is {exc}.",
+                                    code="upstream_bad_response") from exc
+            return ProviderImage(blob, MIME_BY_FORMAT[fmt])
+        if not (isinstance(url, str) and url):
             raise UpstreamError(f"{self.provider_id} sent an image with neither b64_json nor url.",
                                 code="upstream_bad_response")
-        fmt = sniff_format(raw)
-        if fmt is None:
+        # The upstream is the operator's choice, so its result URLs are trusted like it is.
+        response = await send(self.client, "GET", url, provider=self.provider_id,
+                              timeout=self.timeout, max_bytes=self.max_response_bytes)
+        if response.status_code != 200:
+            raise UpstreamError(f"Downloading the {self.provider_id} result gave HTTP {response.status_code}.")
+        sniffed = sniff_format(response.body)
+        if sniffed is None:
             raise UpstreamError(f"{self.provider_id} sent bytes that are not an image.", code="upstream_bad_response")
-        return ProviderImage(raw, MIME_BY_FORMAT[fmt])
-
+        return ProviderImage(ImageBytes(response.body), MIME_BY_FORMAT[sniffed])

@@ -96,3 +96,8 @@ def create_app(settings: Settings) -> Starlette:
         },
         lifespan=lifespan,
     )
+
+
+def app_from_env() -> Starlette:
+    """The app factory uvicorn's worker processes import (each builds its own settings)."""
+    return create_app(Settings())

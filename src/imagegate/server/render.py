@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import base64
 import json
+import secrets
 from typing import Any
 
 from starlette.responses import Response
@@ -26,13 +26,19 @@ def error_response(exc: ImagegateError) -> Response:
 
 
 def images_response(outcome: ImagesOutcome) -> Response:
+    # Base64 needs no JSON escaping, so it is spliced in after encoding the rest: json.dumps
+    # would otherwise scan megabytes of it character by character.
+    nonce = secrets.token_hex(8)
+    splices: dict[str, str] = {}
     data = []
-    for image in outcome.images:
+    for index, image in enumerate(outcome.images):
         item: dict[str, Any] = {"revised_prompt": outcome.revised_prompt}
         if image.url is not None:
             item["url"] = image.url
         else:
-            item["b64_json"] = base64.b64encode(image.data).decode("ascii")
+            placeholder = f"b64-{nonce}-{index}"
+            splices[f'"{placeholder}"'] = f'"{image.blob.b64}"'
+            item["b64_json"] = placeholder
         data.append(item)
     effective = outcome.effective()
     body = {
@@ -56,7 +62,19 @@ def images_response(outcome: ImagesOutcome) -> Response:
     headers = {"x-imagegate-provider": outcome.provider, "x-imagegate-model": outcome.model}
     if outcome.adjustments:
         headers[ADJUSTED_HEADER] = "; ".join(a.header_value() for a in outcome.adjustments)
-    return json_response(body, headers=headers)
+    return Response(_splice(json.dumps(body, separators=(",", ":")), splices), headers=headers,
+                    media_type="application/json")
+
+
+def _splice(text: str, splices: dict[str, str]) -> str:
+    """Replace each placeholder (in order of appearance) in one pass over the small JSON text."""
+    pieces, position = [], 0
+    for placeholder, value in splices.items():
+        found = text.index(placeholder, position)
+        pieces += [text[position:found], value]
+        position = found + len(placeholder)
+    pieces.append(text[position:])
+    return "".join(pieces)
 
 
 def model_card(model: ModelEntry, router: Router) -> dict[str, Any]:
