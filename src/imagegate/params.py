@@ -16,6 +16,7 @@ from typing import Any
 
 from .catalog import Mode, ModelEntry, ParamSpec, ProviderBinding
 from .errors import InvalidRequest, UnsupportedParameter
+from .normalize import Adjustment
 
 # Handled by the gateway itself for every provider; never forwarded as options.
 GATEWAY_PARAMS = frozenset(
@@ -33,7 +34,7 @@ class NormalizedParams:
     values: dict[str, Any]  # typed, known parameters that were given (or defaulted)
     options: dict[str, Any] = field(default_factory=dict)  # provider-handled known params
     extra: dict[str, Any] = field(default_factory=dict)  # unknown: passed through
-    ignored: list[tuple[str, str]] = field(default_factory=list)  # (param, why) not applied
+    ignored: list[Adjustment] = field(default_factory=list)  # given, but not applied
 
     def get(self, name: str, default: Any = None) -> Any:
         value = self.values.get(name)
@@ -88,6 +89,10 @@ def _number(name: str, spec: ParamSpec, raw: Any) -> int | float:
     return value
 
 
+def _text(value: Any) -> str:
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
 def _is_default(spec: ParamSpec, value: Any) -> bool:
     return value is None or (spec.default is not None and value == spec.default)
 
@@ -107,7 +112,7 @@ def normalize_params(
         typed = _coerce(name, spec, value)
         if spec.availability(mode) == "not_available":
             if _is_default(spec, typed):
-                result.ignored.append((name, "not available on this model; default value ignored"))
+                result.ignored.append(Adjustment(name, _text(typed), "ignored (not available on this model)"))
                 continue
             raise UnsupportedParameter(
                 f"Parameter '{name}' is not available for model '{model.id}'"
@@ -117,7 +122,8 @@ def normalize_params(
         handling = binding.handling(name)
         if handling is not None and handling.handling == "not_available":
             if _is_default(spec, typed):
-                result.ignored.append((name, f"not available on provider {provider_id}; default value ignored"))
+                result.ignored.append(
+                    Adjustment(name, _text(typed), f"ignored (not available on provider {provider_id})"))
                 continue
             raise UnsupportedParameter(
                 f"Parameter '{name}' is not available for model '{model.id}' on provider '{provider_id}'"

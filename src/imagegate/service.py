@@ -73,8 +73,6 @@ class ImagesOutcome:
     revised_prompt: str | None
     seed: int | None
     adjustments: list[Adjustment]
-    n_requested: int
-    failed_calls: int
     cost: float
     currency: str
     input_tokens: int
@@ -126,7 +124,7 @@ class ImageService:
         input_shape = (images[0].width, images[0].height) if images else None
         layout = resolve_layout(route.model, size=params.get("size"), aspect_ratio=params.get("aspect_ratio"),
                                 resolution=params.get("resolution"), input_shape=input_shape)
-        adjustments = list(layout.adjustments) + [Adjustment(p, "given", why) for p, why in params.ignored]
+        adjustments = list(layout.adjustments) + params.ignored
         response_format = params.get("response_format", "url")
         if params.get("sync_mode") and response_format != "b64_json":
             if "response_format" in params.values:
@@ -150,8 +148,7 @@ class ImageService:
                                           f"ignored ({outputs[0].format} is lossless)"))
         if hosted:
             outputs = [await self._host(o) for o in outputs]
-        outcome = self._outcome(route, layout, outputs, results, params, response_format, adjustments,
-                                len(errors))
+        outcome = self._outcome(route, layout, outputs, results, params, response_format, adjustments)
         await anyio.to_thread.run_sync(self.usage.record, self._usage_record(job, route, outcome, params))
         return outcome
 
@@ -265,14 +262,14 @@ class ImageService:
 
     def _outcome(
         self, route: Route, layout: Layout, outputs: list[OutputImage], results: list[ProviderResult],
-        params: NormalizedParams, response_format: str, adjustments: list[Adjustment], failed_calls: int,
+        params: NormalizedParams, response_format: str, adjustments: list[Adjustment],
     ) -> ImagesOutcome:
         price = route.model.price
         return ImagesOutcome(
             created=int(time.time()), model=route.model.id, provider=route.provider_id, layout=layout,
             images=outputs, response_format=response_format,
             revised_prompt=next((r.text for r in results if r.text), None), seed=params.get("seed"),
-            adjustments=adjustments, n_requested=int(params.get("n", 1)), failed_calls=failed_calls,
+            adjustments=adjustments,
             cost=round(price.for_resolution(layout.resolution) * len(outputs), 6), currency=price.currency,
             input_tokens=sum(r.input_tokens for r in results), output_tokens=sum(r.output_tokens for r in results),
         )

@@ -78,7 +78,8 @@ def test_default_value_of_unavailable_parameter_is_accepted_and_reported(gateway
     response = post(gateway, {"model": MODEL, "prompt": "p", "allow_fallback_model": False,
                               "response_format": "b64_json"})
     assert response.status_code == 200
-    assert "allow_fallback_model=given->not available" in response.headers["x-imagegate-adjusted"]
+    header = response.headers["x-imagegate-adjusted"]
+    assert "allow_fallback_model=false->ignored (not available on provider gemini)" in header
 
 
 def test_sdk_raises_typed_errors(client: openai.OpenAI, fake_gemini: FakeGemini) -> None:

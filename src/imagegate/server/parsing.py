@@ -18,7 +18,8 @@ from ..catalog import Mode
 from ..errors import InvalidRequest
 from ..service import ImageJob, ImageSource
 
-_BRACKETS = re.compile(r"\[([^\]]*)\]")
+_BRACKETS = re.compile(r"\[([^\[\]]*)\]")
+_FIELD = re.compile(r"([^\[\]]+)((?:\[[^\[\]]*\])+)")
 MAX_FILES = 32
 MAX_FIELDS = 1000
 
@@ -59,25 +60,24 @@ async def parse_edit(request: Request) -> ImageJob:
 
 
 def _set_nested(target: dict[str, Any], key: str, value: str) -> None:
-    """'a[b][c]' = v -> target['a']['b']['c'] = v; 'a[]' appends to a list."""
-    head = key.split("[", 1)[0]
-    subkeys = _BRACKETS.findall(key[len(head):])
-    if not subkeys:
-        target[head] = value
+    """'a[b][c]' = v sets target['a']['b']['c']; 'a[]' appends to target['a']."""
+    match = _FIELD.fullmatch(key)
+    if match is None:
+        target[key] = value
         return
+    path = [match.group(1), *_BRACKETS.findall(match.group(2))]
     node: Any = target
-    path = [head] + subkeys
-    for i, part in enumerate(path[:-1]):
-        nxt = path[i + 1]
-        default: Any = [] if nxt == "" else {}
-        node = node.setdefault(part, default) if isinstance(node, dict) else node
-    last = path[-1]
-    if last == "" and isinstance(node, list):
+    for part, following in zip(path, path[1:], strict=False):
+        container: Any = [] if following == "" else {}
+        child = node.setdefault(part, container) if isinstance(node, dict) else None
+        if type(child) is not type(container):
+            raise InvalidRequest(f"Form field {key!r} conflicts with another field of that name.",
+                                 param=path[0])
+        node = child
+    if path[-1] == "":
         node.append(value)
-    elif isinstance(node, dict):
-        node[last] = value
     else:
-        raise InvalidRequest(f"Malformed form field name {key!r}.", param=head)
+        node[path[-1]] = value
 
 
 async def _parse_multipart_edit(request: Request) -> ImageJob:
