@@ -43,6 +43,7 @@ class ImageJob:
     request_id: str = ""
     key_id: str | None = None
     image_param: str = "image"  # the field the images came in, for error messages ("images" in JSON)
+    public_base_url: str | None = None  # base of result URLs; default from the settings
 
 
 @dataclass(frozen=True)
@@ -147,7 +148,8 @@ class ImageService:
             adjustments.append(Adjustment("output_compression", str(compression),
                                           f"ignored ({outputs[0].format} is lossless)"))
         if hosted:
-            outputs = [await self._host(o) for o in outputs]
+            base = job.public_base_url or self.settings.base_public_url
+            outputs = [await self._host(o, base) for o in outputs]
         outcome = self._outcome(route, layout, outputs, results, params, response_format, adjustments)
         await anyio.to_thread.run_sync(self.usage.record, self._usage_record(job, route, outcome, params))
         return outcome
@@ -255,9 +257,9 @@ class ImageService:
 
         return list(await asyncio.gather(*(anyio.to_thread.run_sync(finish, img) for img in delivered)))
 
-    async def _host(self, image: OutputImage) -> OutputImage:
+    async def _host(self, image: OutputImage, base_url: str) -> OutputImage:
         name = await anyio.to_thread.run_sync(lambda: self.store.put(image.data, image.mime_type))
-        url = f"{self.settings.base_public_url}/v1/results/{name}"
+        url = f"{base_url}/v1/results/{name}"
         return OutputImage(image.blob, image.format, image.width, image.height, url)
 
     def _outcome(

@@ -281,3 +281,13 @@ def test_output_compression_without_format_recompresses_a_lossy_upstream(client:
     squeezed_bytes = base64.b64decode(squeezed.data[0].b64_json or "")
     assert detect_mime(squeezed_bytes) == "image/jpeg"
     assert squeezed_bytes != plain_bytes
+
+
+def test_wildcard_bind_without_public_url_uses_the_request_host(gateway_factory: Any,
+                                                               fake_gemini: FakeGemini) -> None:
+    gw = gateway_factory(gemini_api_key=fake_gemini.api_key, gemini_base_url=fake_gemini.base_url,
+                         host="0.0.0.0", port=1, public_url=None)
+    gw.settings.public_url = None  # the factory fills it in; this gateway must work it out itself
+    url = gw.client().images.generate(model=MODEL, prompt="p").data[0].url or ""
+    assert url.startswith(gw.url + "/v1/results/")
+    assert httpx.get(url).status_code == 200

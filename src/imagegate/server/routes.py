@@ -32,9 +32,19 @@ async def authenticate(request: Request) -> str | None:
     return key_id
 
 
+def _public_base_url(request: Request) -> str:
+    """IMAGEGATE_PUBLIC_URL, else host and port; on a wildcard bind (0.0.0.0) the host the
+    client used is the only address known to reach us."""
+    settings = _gateway(request).settings
+    if settings.public_url is None and settings.host in ("0.0.0.0", "::", ""):
+        return str(request.base_url).rstrip("/")
+    return settings.base_public_url
+
+
 async def _run(request: Request, job: ImageJob, key_id: str | None) -> Response:
     job.request_id = request.scope["state"]["request_id"]
     job.key_id = key_id
+    job.public_base_url = _public_base_url(request)
     outcome = await _gateway(request).service.create(job)
     return images_response(outcome)
 
