@@ -71,7 +71,7 @@ def _image_options(fn: Any) -> Any:
         click.option("--resolution", default=None, help='Tier, e.g. "1K", "2K", "4K".'),
         click.option("--n", "n", default=None, type=int, help="Number of images."),
         click.option("--seed", default=None, type=int),
-        click.option("--output-format", default=None, type=click.Choice(["png", "jpeg", "gif", "webp", "avif"])),
+        click.option("--output-format", default=None, type=click.Choice(["png", "jpeg", "jpg", "gif", "webp", "avif"])),
         click.option("--output-compression", default=None, type=int, help="0-100 for jpeg, webp, avif."),
         click.option("--param", "extra", multiple=True, metavar="KEY=VALUE",
                      help="Any other parameter, e.g. --param enable_web_search=true."),
