@@ -137,6 +137,10 @@ def _run_job(job: ImageJob, kw: dict[str, Any]) -> None:
             err_console.print(f"[red]error[/red] ({exc.status_code} {exc.code}): {exc.message}")
             sys.exit(1)
     for path in _write_outputs(files, kw.get("output")):
+        suffix_format = SUFFIX_FORMATS.get(path.suffix.lower())
+        written = files[0][1]
+        if suffix_format != written:
+            err_console.print(f"[yellow]note[/yellow]: {path} holds {written.upper()} data despite its name")
         click.echo(str(path))
     err_console.print(summary)
 

@@ -40,11 +40,22 @@ def decode_data_uri(uri: str, param: str) -> bytes:
         raise InvalidRequest(f"'{param}' data URI has invalid base64.", param=param) from exc
 
 
+def _host_and_port(url: str, param: str) -> tuple[str, int]:
+    try:
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as exc:  # a bad port or an unclosed IPv6 bracket
+        raise InvalidRequest(f"'{param}' is not a valid URL: {exc}.", param=param) from exc
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidRequest(f"'{param}' must be an http(s) URL or a data URI.", param=param)
+    return parts.hostname, port
+
+
 async def _check_host(host: str, port: int, param: str) -> None:
     loop = asyncio.get_running_loop()
     try:
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
+    except (socket.gaierror, UnicodeError) as exc:  # UnicodeError: a host name IDNA cannot encode
         raise InvalidRequest(f"'{param}': cannot resolve host {host!r}.", param=param) from exc
     for info in infos:
         if not is_public_address(str(info[4][0])):
@@ -94,12 +105,9 @@ async def fetch_image_url(
             raise PayloadTooLarge(f"'{param}' is larger than {max_bytes} bytes.", param=param)
         return data
     for _ in range(MAX_REDIRECTS + 1):
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise InvalidRequest(f"'{param}' must be an http(s) URL or a data URI.", param=param)
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+        host, port = _host_and_port(url, param)
         if not allow_private:
-            await _check_host(parts.hostname, port, param)
+            await _check_host(host, port, param)
         try:
             async with client.stream("GET", url, follow_redirects=False, timeout=timeout) as response:
                 peer = _peer_address(response)
@@ -115,7 +123,7 @@ async def fetch_image_url(
                         code="image_fetch_failed",
                     )
                 return await _read_capped(response, max_bytes, param)
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL, UnicodeError) as exc:
             raise InvalidRequest(f"'{param}': could not fetch the URL ({type(exc).__name__}).", param=param,
                                  code="image_fetch_failed") from exc
     raise InvalidRequest(f"'{param}': too many redirects.", param=param, code="image_fetch_failed")

@@ -27,6 +27,8 @@ FORMAT_BY_MIME = {mime: fmt for fmt, mime in MIME_BY_FORMAT.items()}
 LOSSLESS = ("png", "gif")  # output_compression does not apply to these
 _PIL_NAMES = {"png": "PNG", "jpeg": "JPEG", "gif": "GIF", "webp": "WEBP", "avif": "AVIF"}
 
+_EXIF_ORIENTATION = 0x0112
+_QUARTER_TURNS = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 HEAD_BYTES = 64 * 1024  # enough for the header of every format we read
 
 
@@ -116,7 +118,8 @@ def sniff_format(data: bytes) -> str | None:
 def check_image(
     data: bytes, *, param: str, allowed: list[str], max_pixels: int
 ) -> tuple[str, int, int]:
-    """Validate an uploaded image fully; returns (format, width, height) or raises a 400."""
+    """Validate an uploaded image fully; returns (format, width, height) as displayed (EXIF
+    orientation applied) or raises a 400."""
     fmt = sniff_format(data)
     if fmt not in allowed:
         names = ", ".join(f.upper() for f in allowed)
@@ -132,6 +135,8 @@ def check_image(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 img.load()  # catches truncated and corrupt files now, not inside a provider
+            if img.getexif().get(_EXIF_ORIENTATION) in _QUARTER_TURNS:
+                width, height = height, width  # a phone photo's shape is the one it is shown in
     except InvalidImage:
         raise
     except Exception as exc:

@@ -18,11 +18,12 @@ from .errors import InvalidRequest
 
 # Float noise must not decide a tie that the spec resolves "to the larger".
 _TIE_EPSILON = 1e-9
-_NUMBER = r"(\d+(?:\.\d+)?|\.\d+)"
-_SIZE_PIXELS = re.compile(rf"^\s*{_NUMBER}\s*[x×X*]\s*{_NUMBER}\s*$")
-_RATIO = re.compile(rf"^\s*{_NUMBER}\s*[:/]\s*{_NUMBER}\s*$")
-_K_TIER = re.compile(rf"^\s*{_NUMBER}\s*[kK]\s*$")
-_MP_TIER = re.compile(rf"^\s*{_NUMBER}\s*(?:mp|MP|Mp|megapixels?)?\s*$")
+# ASCII digits and plain spaces only, anchored with \Z: values end up in a response header.
+_NUMBER = r"([0-9]+(?:\.[0-9]+)?|\.[0-9]+)"
+_SIZE_PIXELS = re.compile(rf"^ *{_NUMBER} *[x×X*] *{_NUMBER} *\Z")
+_RATIO = re.compile(rf"^ *{_NUMBER} *[:/] *{_NUMBER} *\Z")
+_K_TIER = re.compile(rf"^ *{_NUMBER} *[kK] *\Z")
+_MP_TIER = re.compile(rf"^ *{_NUMBER} *(?:mp|MP|Mp|megapixels?)? *\Z")
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,9 @@ class Adjustment:
     applied: str
 
     def header_value(self) -> str:
-        return f"{self.param}={self.requested}->{self.applied}"
+        # unicode_escape keeps a header to printable ASCII whatever the client sent.
+        text = f"{self.param}={self.requested}->{self.applied}"
+        return text.encode("unicode_escape").decode("ascii").replace(";", "\\x3b")
 
 
 @dataclass(frozen=True)
@@ -257,9 +260,10 @@ def resolve_layout(
     if size is not None:
         pixels = parse_pixels(size)
         if pixels is not None:
+            _check_ignored(aspect_ratio, resolution)
             for ignored, value in (("aspect_ratio", aspect_ratio), ("resolution", resolution)):
                 if value and value.strip().lower() != "auto":
-                    adjustments.append(Adjustment(ignored, value, "ignored (size takes precedence)"))
+                    adjustments.append(Adjustment(ignored, value.strip(), "ignored (size takes precedence)"))
             layout = _layout_from_pixels(model, *pixels, size)
             return Layout(
                 layout.aspect_ratio,
@@ -270,8 +274,9 @@ def resolve_layout(
             )
         if _RATIO.match(size):
             parse_ratio(size, "size")  # a bad ratio here is the size's fault
+            _check_ignored(aspect_ratio, None)
             if aspect_ratio and aspect_ratio.strip().lower() != "auto":
-                adjustments.append(Adjustment("aspect_ratio", aspect_ratio, "ignored (size takes precedence)"))
+                adjustments.append(Adjustment("aspect_ratio", aspect_ratio.strip(), "ignored (size takes precedence)"))
             return _with(resolve_layout(model, aspect_ratio=size, resolution=resolution, input_shape=input_shape),
                          adjustments, rename=("aspect_ratio", "size"))
         raise InvalidRequest(
@@ -320,6 +325,14 @@ def resolve_layout(
             adjustments.append(Adjustment("resolution", resolution.strip() if resolution else tier, delivered))
             tier = delivered
     return Layout(ratio, tier, width, height, tuple(adjustments))
+
+
+def _check_ignored(aspect_ratio: str | None, resolution: str | None) -> None:
+    """Values that `size` overrides must still be valid: a typo is a 400, not silently dropped."""
+    if aspect_ratio and aspect_ratio.strip().lower() != "auto":
+        parse_ratio(aspect_ratio)
+    if resolution:
+        parse_resolution(resolution)
 
 
 def _with(layout: Layout, extra: list[Adjustment], rename: tuple[str, str]) -> Layout:

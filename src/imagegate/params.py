@@ -11,6 +11,7 @@ For each field:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,8 +54,8 @@ def _coerce(name: str, spec: ParamSpec, raw: Any) -> Any:
         number = _number(name, spec, raw)
         lo, hi = spec.minimum, spec.maximum
         if (lo is not None and number < lo) or (hi is not None and number > hi):
-            bounds = f"between {lo:g} and {hi:g}" if lo is not None and hi is not None else (
-                f"at least {lo:g}" if lo is not None else f"at most {hi:g}")
+            bounds = f"between {_text(lo)} and {_text(hi)}" if lo is not None and hi is not None else (
+                f"at least {_text(lo)}" if lo is not None else f"at most {_text(hi)}")
             raise InvalidRequest(f"'{name}' must be {bounds}, got {raw!r}.", param=name)
         return number
     if spec.type == "string":
@@ -80,8 +81,10 @@ def _number(name: str, spec: ParamSpec, raw: Any) -> int | float:
         raise InvalidRequest(f"'{name}' must be a number, got {raw!r}.", param=name)
     try:
         value = float(raw)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise InvalidRequest(f"'{name}' must be a number, got {raw!r}.", param=name) from exc
+    if not math.isfinite(value):
+        raise InvalidRequest(f"'{name}' must be a finite number, got {raw!r}.", param=name)
     if spec.type == "integer":
         if value != int(value):
             raise InvalidRequest(f"'{name}' must be a whole number, got {raw!r}.", param=name)
@@ -90,7 +93,11 @@ def _number(name: str, spec: ParamSpec, raw: Any) -> int | float:
 
 
 def _text(value: Any) -> str:
-    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def _is_default(spec: ParamSpec, value: Any) -> bool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import binascii
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,6 +53,7 @@ class OutputImage:
     format: str
     width: int
     height: int
+    revised_prompt: str | None = None
     url: str | None = None
 
     @property
@@ -71,7 +73,6 @@ class ImagesOutcome:
     layout: Layout
     images: list[OutputImage]
     response_format: str
-    revised_prompt: str | None
     seed: int | None
     adjustments: list[Adjustment]
     cost: float
@@ -127,18 +128,12 @@ class ImageService:
                                 resolution=params.get("resolution"), input_shape=input_shape)
         adjustments = list(layout.adjustments) + params.ignored
         response_format = params.get("response_format", "url")
-        if params.get("sync_mode") and response_format != "b64_json":
-            if "response_format" in params.values:
-                adjustments.append(Adjustment("response_format", response_format, "b64_json (sync_mode)"))
-            response_format = "b64_json"
         # 3. Upstream calls, n split across parallel calls.
         results, errors = await self._call_upstream(route, job.mode, params, layout, images, mask)
         delivered = [img for result in results for img in result.images]
         if not delivered or (errors and self.settings.n_failure_policy == "fail"):
             raise errors[0] if errors else ImagegateError("The upstream returned no images.")
-        n = params.get("n", 1)
-        if errors:
-            adjustments.append(Adjustment("n", str(n), f"{len(delivered)} ({len(errors)} upstream calls failed)"))
+        adjustments += _count_adjustments(params.get("n", 1), len(delivered), len(errors))
         # 4. Output pipeline.
         hosted = response_format == "url" and not params.get("sync_mode")
         outputs = await self._finish_images(delivered, params, images, mask, route, hosted)
@@ -150,6 +145,8 @@ class ImageService:
         if hosted:
             base = job.public_base_url or self.settings.base_public_url
             outputs = [await self._host(o, base) for o in outputs]
+        elif response_format == "url":  # sync_mode: the media comes back inline, as a data URI
+            outputs = [dataclasses.replace(o, url=f"data:{o.mime_type};base64,{o.blob.b64}") for o in outputs]
         outcome = self._outcome(route, layout, outputs, results, params, response_format, adjustments)
         await anyio.to_thread.run_sync(self.usage.record, self._usage_record(job, route, outcome, params))
         return outcome
@@ -253,14 +250,14 @@ class ImageService:
                 # Only the head was checked on arrival; the rest of the upstream's image is broken.
                 raise UpstreamError("The upstream sent an image that cannot be decoded.",
                                     code="upstream_bad_response") from exc
-            return OutputImage(blob, fmt, width, height)
+            return OutputImage(blob, fmt, width, height, image.revised_prompt)
 
         return list(await asyncio.gather(*(anyio.to_thread.run_sync(finish, img) for img in delivered)))
 
     async def _host(self, image: OutputImage, base_url: str) -> OutputImage:
         name = await anyio.to_thread.run_sync(lambda: self.store.put(image.data, image.mime_type))
         url = f"{base_url}/v1/results/{name}"
-        return OutputImage(image.blob, image.format, image.width, image.height, url)
+        return dataclasses.replace(image, url=url)
 
     def _outcome(
         self, route: Route, layout: Layout, outputs: list[OutputImage], results: list[ProviderResult],
@@ -270,7 +267,7 @@ class ImageService:
         return ImagesOutcome(
             created=int(time.time()), model=route.model.id, provider=route.provider_id, layout=layout,
             images=outputs, response_format=response_format,
-            revised_prompt=next((r.text for r in results if r.text), None), seed=params.get("seed"),
+            seed=params.get("seed"),
             adjustments=adjustments,
             cost=round(price.for_resolution(layout.resolution) * len(outputs), 6), currency=price.currency,
             input_tokens=sum(r.input_tokens for r in results), output_tokens=sum(r.output_tokens for r in results),
@@ -291,6 +288,14 @@ def _check_upstream_image(blob: imaging.ImageBytes, max_pixels: int) -> None:
     if width * height > max_pixels:
         raise UpstreamError(f"The upstream sent a {width}x{height} image, over the pixel limit.",
                             code="upstream_response_too_large")
+
+
+def _count_adjustments(n: int, delivered: int, failed_calls: int) -> list[Adjustment]:
+    """Fewer images than asked (failed calls, a short upstream) or more (limit_generations off)."""
+    if delivered == n:
+        return []
+    why = f"{failed_calls} upstream calls failed" if failed_calls else "as many as the upstream returned"
+    return [Adjustment("n", str(n), f"{delivered} ({why})")]
 
 
 def _dimension_adjustments(layout: Layout, outputs: list[OutputImage]) -> list[Adjustment]:

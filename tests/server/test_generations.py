@@ -209,9 +209,14 @@ def test_unknown_parameters_pass_straight_through(client: OpenAI, fake_gemini: F
     assert body["systemInstruction"] == {"parts": [{"text": "be brief"}]}
 
 
-def test_sync_mode_returns_b64_and_stores_nothing(gateway: RunningGateway, fake_gemini: FakeGemini) -> None:
+def test_sync_mode_returns_data_uris_and_stores_nothing(gateway: RunningGateway, fake_gemini: FakeGemini) -> None:
     result = gateway.client().images.generate(model=MODEL, prompt="p", extra_body={"sync_mode": True})
-    assert result.data[0].b64_json and result.data[0].url is None
+    url = result.data[0].url or ""
+    assert url.startswith("data:image/png;base64,") and result.data[0].b64_json is None
+    assert image_size(base64.b64decode(url.split(",", 1)[1])) == (1024, 1024)
+    as_b64 = gateway.client().images.generate(model=MODEL, prompt="p", response_format="b64_json",
+                                              extra_body={"sync_mode": True})
+    assert as_b64.data[0].b64_json and as_b64.data[0].url is None
     results_dir = gateway.settings.data_dir / "results"
     assert not any(results_dir.iterdir())
 

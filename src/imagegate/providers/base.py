@@ -49,10 +49,20 @@ class ProviderRequest:
 class ProviderImage:
     blob: ImageBytes
     mime_type: str
+    revised_prompt: str | None = None  # text the model returned with this image
 
     @property
     def data(self) -> bytes:
         return self.blob.data
+
+
+def token_count(value: Any) -> int:
+    """A usage figure from an upstream, or 0 when it is missing or garbled (never worth a 500)."""
+    try:
+        count = int(value)
+    except (TypeError, ValueError, OverflowError):
+        return 0
+    return max(count, 0)
 
 
 @dataclass

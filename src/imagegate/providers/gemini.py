@@ -13,7 +13,7 @@ from typing import Any
 
 from ..errors import ContentPolicyViolation, ImagegateError, UpstreamError
 from ..imaging import MIME_BY_FORMAT, decode_b64_image
-from .base import ImageProvider, InputImage, ProviderImage, ProviderRequest, ProviderResult
+from .base import ImageProvider, InputImage, ProviderImage, ProviderRequest, ProviderResult, token_count
 from .upstream import error_for_status, parse_json, retry_after_seconds, send
 
 # Finish and block reasons that mean "the safety system said no" rather than "it failed".
@@ -178,11 +178,12 @@ def parse_response(data: Any, *, keep_all_images: bool) -> ProviderResult:
         raise UpstreamError(f"gemini returned no image (finishReason {reason}). {message}".strip(),
                             code="no_image_generated")
     usage = _dict(data.get("usageMetadata"), "usageMetadata")
+    kept = images if keep_all_images else images[:1]
     return ProviderResult(
-        images=images if keep_all_images else images[:1],
+        images=[ProviderImage(image.blob, image.mime_type, text) for image in kept],
         text=text,
-        input_tokens=int(usage.get("promptTokenCount") or 0),
-        output_tokens=int(usage.get("candidatesTokenCount") or 0),
+        input_tokens=token_count(usage.get("promptTokenCount")),
+        output_tokens=token_count(usage.get("candidatesTokenCount")),
     )
 
 

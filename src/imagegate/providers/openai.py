@@ -11,7 +11,7 @@ from typing import Any
 
 from ..errors import ContentPolicyViolation, ImagegateError, UpstreamError
 from ..imaging import MIME_BY_FORMAT, ImageBytes, decode_b64_image, sniff_format
-from .base import ImageProvider, ProviderImage, ProviderRequest, ProviderResult
+from .base import ImageProvider, ProviderImage, ProviderRequest, ProviderResult, token_count
 from .upstream import error_for_status, parse_json, retry_after_seconds, send
 
 POLICY_CODES = frozenset({"content_policy_violation", "moderation_blocked"})
@@ -119,13 +119,15 @@ class OpenAIProvider(ImageProvider):
         for item in items:
             if not isinstance(item, dict):
                 raise UpstreamError(f"{self.provider_id} sent a malformed image entry.", code="upstream_bad_response")
-            images.append(await self._image_bytes(item))
-            if item.get("revised_prompt"):
-                texts.append(str(item["revised_prompt"]))
+            image = await self._image_bytes(item)
+            text = str(item["revised_prompt"]) if item.get("revised_prompt") else None
+            images.append(ProviderImage(image.blob, image.mime_type, text))
+            if text:
+                texts.append(text)
         usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
         return ProviderResult(
             images=images, text=texts[0] if texts else None,
-            input_tokens=int(usage.get("input_tokens") or 0), output_tokens=int(usage.get("output_tokens") or 0),
+            input_tokens=token_count(usage.get("input_tokens")), output_tokens=token_count(usage.get("output_tokens")),
         )
 
     async def _image_bytes(self, item: dict[str, Any]) -> ProviderImage:

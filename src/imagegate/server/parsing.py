@@ -28,8 +28,9 @@ async def read_json(request: Request) -> dict[str, Any]:
     body = await request.body()
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidRequest("The request body is not valid JSON.", code="invalid_json") from exc
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise InvalidRequest("The request body is not valid JSON (or is nested too deeply).",
+                             code="invalid_json") from exc
     if not isinstance(data, dict):
         raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
     return data

@@ -32,13 +32,13 @@ def images_response(outcome: ImagesOutcome) -> Response:
     splices: dict[str, str] = {}
     data = []
     for index, image in enumerate(outcome.images):
-        item: dict[str, Any] = {"revised_prompt": outcome.revised_prompt}
-        if image.url is not None:
+        item: dict[str, Any] = {"revised_prompt": image.revised_prompt}
+        if image.url is not None and not image.url.startswith("data:"):
             item["url"] = image.url
-        else:
+        else:  # base64 payloads: b64_json, or a data URI under sync_mode
             placeholder = f"b64-{nonce}-{index}"
-            splices[f'"{placeholder}"'] = f'"{image.blob.b64}"'
-            item["b64_json"] = placeholder
+            splices[f'"{placeholder}"'] = f'"{image.url or image.blob.b64}"'
+            item["url" if image.url else "b64_json"] = placeholder
         data.append(item)
     effective = outcome.effective()
     body = {

@@ -76,8 +76,9 @@ async def get_result(request: Request) -> Response:
     stored = _gateway(request).store.get(request.path_params["name"])
     if stored is None:
         raise NotFound("This result does not exist or has expired.", code="result_not_found")
+    max_age = int(min(3600, _gateway(request).settings.result_ttl_seconds))
     return FileResponse(stored.path, media_type=stored.content_type,
-                        headers={"cache-control": "private, max-age=3600"})
+                        headers={"cache-control": f"private, max-age={max_age}"})
 
 
 async def health(request: Request) -> Response:
