@@ -21,7 +21,8 @@ from .fakes.openai_upstream import FakeOpenAI
 from .fakes.server import LoopbackServer
 
 API_KEY = "sk-test-gateway"
-PROVIDER_ENV = ("GEMINI_API_KEY", "GEMINI_BASE_URL", "OPENAI_API_KEY", "OPENAI_BASE_URL", "GOOGLE_API_KEY")
+PROVIDER_ENV = ("GEMINI_API_KEY", "GEMINI_BASE_URL", "OPENAI_API_KEY", "OPENAI_BASE_URL", "GOOGLE_API_KEY",
+                "REPLICATE_API_TOKEN", "REPLICATE_BASE_URL", "FAL_KEY", "FAL_BASE_URL")
 
 
 @pytest.fixture(autouse=True)
@@ -66,6 +67,9 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "data_dir": tmp_path / "data",
         "api_keys": API_KEY,
         "allow_private_urls": True,  # the tests' image servers are on loopback
+        # One attempt per provider, so a scripted upstream failure shows as the client sees it;
+        # the resilience tests turn retries on explicitly.
+        "retry_attempts": 1,
     }
     values.update(overrides)
     return Settings(**values)

@@ -70,12 +70,17 @@ class ParamHandlingSpec(_Strict):
 
 class ProviderBinding(_Strict):
     upstream_model: str
+    # Some upstreams serve edits from another endpoint (fal's ".../edit").
+    upstream_model_edit: str | None = None
     max_images_per_call: int = Field(default=1, ge=1)
     native_output_formats: list[str] = Field(default_factory=list)
     parameters: dict[str, ParamHandlingSpec] = Field(default_factory=dict)
 
     def handling(self, param: str) -> ParamHandlingSpec | None:
         return self.parameters.get(param)
+
+    def upstream_for(self, mode: str) -> str:
+        return self.upstream_model_edit if mode == "edit" and self.upstream_model_edit else self.upstream_model
 
 
 class ModelEntry(_Strict):
@@ -95,6 +100,8 @@ class ModelEntry(_Strict):
     # Ratios a flexible model accepts; a table model takes its ratios from `sizes`.
     aspect_ratios: list[str] | None = None
     price: Price
+    # Served instead when the caller allows it and every provider of this model is at capacity.
+    fallback_model: str | None = None
     parameters: dict[str, ParamSpec]
     providers: dict[str, ProviderBinding]  # in priority order
 

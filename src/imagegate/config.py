@@ -54,9 +54,23 @@ class Settings(BaseSettings):
     # When some of the parallel calls behind n > 1 fail: "partial" returns what succeeded
     # (and says so), "fail" turns any failure into an error.
     n_failure_policy: str = "partial"
+    # Resilience: a request never runs past its deadline; each provider gets a few attempts with
+    # exponential backoff and jitter before the next provider is tried; a provider that keeps
+    # failing is skipped for a cool-down (circuit breaker).
+    request_timeout_seconds: float = 600.0
+    retry_attempts: int = 2  # per provider, per upstream call
+    retry_backoff_seconds: float = 0.5  # first delay; doubles, with full jitter
+    retry_max_delay_seconds: float = 8.0  # a longer Retry-After moves on to the next provider
+    breaker_failures: int = 5  # consecutive failures that open a provider's circuit
+    breaker_cooldown_seconds: float = 30.0
+    idempotency_ttl_seconds: float = 86400.0
 
     gemini_api_key: str | None = _env("GEMINI_API_KEY")
     gemini_base_url: str | None = _env("GEMINI_BASE_URL")
+    replicate_api_key: str | None = _env("REPLICATE_API_TOKEN")
+    replicate_base_url: str | None = _env("REPLICATE_BASE_URL")
+    fal_api_key: str | None = _env("FAL_KEY")
+    fal_base_url: str | None = _env("FAL_BASE_URL")
     openai_api_key: str | None = _env("OPENAI_API_KEY")
     openai_base_url: str | None = _env("OPENAI_BASE_URL")
 

@@ -14,6 +14,7 @@ from .config import FileConfig, Settings
 from .db import Database
 from .keys import KeyStore
 from .providers import PROVIDER_CLASSES, ImageProvider
+from .resilience import CircuitBreaker
 from .router import Router
 from .service import ImageService
 from .storage import LocalResultStore
@@ -57,7 +58,8 @@ class Gateway:
             limits=httpx.Limits(max_connections=512, max_keepalive_connections=128), timeout=30.0
         )
         self.providers = build_providers(settings, file_config, self.client)
-        self.router = Router(self.catalog, self.providers, file_config.routing)
+        breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown_seconds)
+        self.router = Router(self.catalog, self.providers, file_config.routing, breaker)
         self.service = ImageService(settings, self.router, self.store, self.usage, self.client)
 
     async def __aenter__(self) -> Gateway:

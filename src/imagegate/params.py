@@ -104,10 +104,8 @@ def _is_default(spec: ParamSpec, value: Any) -> bool:
     return value is None or (spec.default is not None and value == spec.default)
 
 
-def normalize_params(
-    raw: dict[str, Any], *, model: ModelEntry, provider_id: str, binding: ProviderBinding, mode: Mode
-) -> NormalizedParams:
-    """Check and type every field of a request for one model, mode and provider."""
+def normalize_params(raw: dict[str, Any], *, model: ModelEntry, mode: Mode) -> NormalizedParams:
+    """Check and type every field of a request against the model (providers come later)."""
     result = NormalizedParams(values={})
     for name, value in raw.items():
         if name in ("model", "image", "images", "mask") or value is None:
@@ -126,22 +124,45 @@ def normalize_params(
                 + (" in edit mode." if mode == "edit" else " in text-to-image mode."),
                 param=name,
             )
-        handling = binding.handling(name)
-        if handling is not None and handling.handling == "not_available":
-            if _is_default(spec, typed):
-                result.ignored.append(
-                    Adjustment(name, _text(typed), f"ignored (not available on provider {provider_id})"))
-                continue
-            raise UnsupportedParameter(
-                f"Parameter '{name}' is not available for model '{model.id}' on provider '{provider_id}'"
-                + (f": {handling.how}." if handling.how else "."),
-                param=name,
-            )
         result.values[name] = typed
         if name not in GATEWAY_PARAMS:
             result.options[name] = typed
     _check_required(result, model, mode)
     return result
+
+
+def unavailable_on(params: NormalizedParams, binding: ProviderBinding) -> set[str]:
+    """Given parameters (default values aside) that this provider declares not available."""
+    return {
+        name for name in params.values
+        if (h := binding.handling(name)) is not None and h.handling == "not_available"
+    }
+
+
+def provider_view(
+    params: NormalizedParams, *, model: ModelEntry, provider_id: str, binding: ProviderBinding,
+    strict: set[str],
+) -> NormalizedParams:
+    """The request as one provider gets it. A parameter it declares not available is a 400 when
+    it is in `strict` (no configured provider can honour it); otherwise it is left out and the
+    response says so, since the router only sends it here when no better provider is left."""
+    view = NormalizedParams(values=dict(params.values), options=dict(params.options), extra=params.extra,
+                            ignored=list(params.ignored))
+    for name in sorted(unavailable_on(params, binding)):
+        value = view.values.pop(name)
+        view.options.pop(name, None)
+        how = binding.handling(name)
+        if _is_default(model.parameters[name], value):
+            view.ignored.append(Adjustment(name, _text(value), f"ignored (not available on provider {provider_id})"))
+        elif name in strict:
+            raise UnsupportedParameter(
+                f"Parameter '{name}' is not available for model '{model.id}' on provider '{provider_id}'"
+                + (f": {how.how}." if how is not None and how.how else "."),
+                param=name,
+            )
+        else:
+            view.ignored.append(Adjustment(name, _text(value), f"not applied (provider {provider_id} lacks it)"))
+    return view
 
 
 def _check_required(result: NormalizedParams, model: ModelEntry, mode: Mode) -> None:

@@ -1,4 +1,10 @@
-"""Which provider serves a model: the first configured one in the model's priority order."""
+"""Which providers serve a model, in what order.
+
+The catalog (or the config file's `[routing]`) gives the priority order; only configured
+providers count. Providers that can honour every provider-specific parameter of the request
+come first; a provider whose circuit is open goes last (it is still tried when nothing else is
+left, so a request is never refused only because the breaker is cautious).
+"""
 
 from __future__ import annotations
 
@@ -6,15 +12,20 @@ from dataclasses import dataclass
 
 from .catalog import Catalog, ModelEntry, ProviderBinding
 from .errors import ModelNotFound, UpstreamUnavailable
-from .providers import ImageProvider
+from .providers import PROVIDER_CLASSES, ImageProvider
+from .resilience import CircuitBreaker
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Route:
     model: ModelEntry
     provider_id: str
     binding: ProviderBinding
     provider: ImageProvider
+
+    def unsupported(self, given: set[str]) -> set[str]:
+        """The given parameters this provider declares not available."""
+        return {p for p in given if (h := self.binding.handling(p)) is not None and h.handling == "not_available"}
 
 
 class Router:
@@ -23,10 +34,12 @@ class Router:
         catalog: Catalog,
         providers: dict[str, ImageProvider],
         order_overrides: dict[str, list[str]] | None = None,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self.catalog = catalog
         self.providers = providers
         self.order_overrides = order_overrides or {}
+        self.breaker = breaker or CircuitBreaker(threshold=5, cooldown=30.0)
 
     def provider_order(self, model: ModelEntry) -> list[str]:
         order = self.order_overrides.get(model.id) or list(model.providers)
@@ -41,15 +54,21 @@ class Router:
             raise ModelNotFound(f"The model '{model_id}' does not exist.", param="model")
         return model
 
-    def route(self, model_id: str) -> Route:
+    def routes(self, model_id: str, given: set[str] | None = None) -> list[Route]:
+        """Configured routes for a model, best first (see the module docstring)."""
         model = self.model(model_id)
         available = self.available_providers(model)
         if not available:
-            envs = ", ".join(f"{p.upper()}_API_KEY" for p in model.providers)
+            envs = ", ".join(PROVIDER_CLASSES[p].key_env_var for p in model.providers if p in PROVIDER_CLASSES)
             raise UpstreamUnavailable(
                 f"No provider is configured for model '{model_id}'. Set one of: {envs}.",
                 param="model",
                 code="provider_not_configured",
             )
-        provider_id = available[0]
-        return Route(model, provider_id, model.providers[provider_id], self.providers[provider_id])
+        routes = [Route(model, p, model.providers[p], self.providers[p]) for p in available]
+        wanted = given or set()
+        # sorted() is stable: within each group the priority order stays.
+        return sorted(routes, key=lambda r: (self.breaker.is_open(r.provider_id), len(r.unsupported(wanted))))
+
+    def route(self, model_id: str) -> Route:
+        return self.routes(model_id)[0]

@@ -9,6 +9,7 @@ import asyncio
 import binascii
 import dataclasses
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,19 +19,19 @@ import httpx
 from . import imaging
 from .catalog import Mode, ModelEntry
 from .config import Settings
-from .errors import ImagegateError, InvalidRequest, UpstreamError
+from .dispatch import CallPlan, Dispatcher, Served
+from .errors import ImagegateError, InvalidRequest, UpstreamError, UpstreamUnavailable
 from .fetch import fetch_image_url
 from .normalize import Adjustment, Layout, resolve_layout
-from .params import NormalizedParams, normalize_params
-from .providers import InputImage, ProviderImage, ProviderRequest, ProviderResult
+from .params import NormalizedParams, normalize_params, provider_view, unavailable_on
+from .providers import InputImage, ProviderImage
+from .resilience import is_capacity, is_upstream_failure
 from .router import Route, Router
 from .storage import ResultStore
 from .usage import UsageRecord, UsageSink
 
 # Upstream images are decoded for conversion; 4K outputs are ~17 MP, so this only stops bombs.
 MAX_UPSTREAM_PIXELS = 100_000_000
-# Seeds are int32 upstream; image i of n gets seed + i, wrapping inside the range.
-SEED_RANGE = 2**31
 # An image is either uploaded bytes or a URL / data URI to fetch.
 ImageSource = bytes | str
 
@@ -112,31 +113,43 @@ class ImageService:
         self.usage = usage
         self.client = client
         self.default_model = default_model or next(iter(router.catalog)).id
+        self.dispatcher = Dispatcher(settings, router.breaker)
 
-    async def create(self, job: ImageJob) -> ImagesOutcome:
-        # 1. Route and check every field against the catalog.
+    async def create(self, job: ImageJob, *, fallback_from: str | None = None) -> ImagesOutcome:
+        # 1. The model, and every field checked against it.
         model_id = str(job.params.get("model") or self.default_model)
-        route = self.router.route(model_id)
-        if job.mode not in route.model.modes:
+        model = self.router.model(model_id)
+        if job.mode not in model.modes:
             raise InvalidRequest(f"Model '{model_id}' does not support {job.mode} requests.", param="model")
-        params = normalize_params(job.params, model=route.model, provider_id=route.provider_id,
-                                  binding=route.binding, mode=job.mode)
-        # 2. Inputs, then the layout (an edit keeps its first image's shape by default).
-        images, mask = await self._load_inputs(job, route.model)
+        params = normalize_params(job.params, model=model, mode=job.mode)
+        # 2. Providers, best first, each with its own view of the parameters (400s happen here,
+        #    before anything is sent anywhere).
+        routes = self.router.routes(model_id, given=set(params.values))
+        strict = set.intersection(*(unavailable_on(params, r.binding) for r in routes))
+        views = {r.provider_id: provider_view(params, model=model, provider_id=r.provider_id, binding=r.binding,
+                                              strict=strict) for r in routes}
+        # 3. Inputs, then the layout (an edit keeps its first image's shape by default).
+        images, mask = await self._load_inputs(job, model)
         input_shape = (images[0].width, images[0].height) if images else None
-        layout = resolve_layout(route.model, size=params.get("size"), aspect_ratio=params.get("aspect_ratio"),
+        layout = resolve_layout(model, size=params.get("size"), aspect_ratio=params.get("aspect_ratio"),
                                 resolution=params.get("resolution"), input_shape=input_shape)
-        adjustments = list(layout.adjustments) + params.ignored
+        # 4. Upstream calls: n split, retried, failed over, within the deadline.
+        n = int(params.get("n", 1))
+        served, errors = await self.dispatcher.run(routes, views, CallPlan(job.mode, layout, tuple(images), mask), n)
+        delivered = [(item.route, image) for item in served for image in item.result.images]
+        if not delivered:
+            if self._may_fall_back(model, params, errors, fallback_from):
+                return await self._fall_back(job, model)
+            raise _most_relevant(errors)
+        if errors and self.settings.n_failure_policy == "fail":
+            raise _most_relevant(errors)
+        served_by = dict.fromkeys(item.route.provider_id for item in served)
+        adjustments = list(layout.adjustments) + _unique(a for p in served_by for a in views[p].ignored)
+        adjustments += _count_adjustments(n, len(delivered), len(errors))
+        # 5. Output pipeline.
         response_format = params.get("response_format", "url")
-        # 3. Upstream calls, n split across parallel calls.
-        results, errors = await self._call_upstream(route, job.mode, params, layout, images, mask)
-        delivered = [img for result in results for img in result.images]
-        if not delivered or (errors and self.settings.n_failure_policy == "fail"):
-            raise errors[0] if errors else ImagegateError("The upstream returned no images.")
-        adjustments += _count_adjustments(params.get("n", 1), len(delivered), len(errors))
-        # 4. Output pipeline.
         hosted = response_format == "url" and not params.get("sync_mode")
-        outputs = await self._finish_images(delivered, params, images, mask, route, hosted)
+        outputs = await self._finish_images(delivered, params, images, mask, hosted)
         adjustments += _dimension_adjustments(layout, outputs)
         compression = params.get("output_compression")
         if compression is not None and outputs[0].format in imaging.LOSSLESS:
@@ -147,9 +160,33 @@ class ImageService:
             outputs = [await self._host(o, base) for o in outputs]
         elif response_format == "url":  # sync_mode: the media comes back inline, as a data URI
             outputs = [dataclasses.replace(o, url=f"data:{o.mime_type};base64,{o.blob.b64}") for o in outputs]
-        outcome = self._outcome(route, layout, outputs, results, params, response_format, adjustments)
-        await anyio.to_thread.run_sync(self.usage.record, self._usage_record(job, route, outcome, params))
+        if fallback_from is not None:
+            adjustments.insert(0, Adjustment("model", fallback_from, f"{model_id} (allow_fallback_model)"))
+        outcome = self._outcome(model, served, layout, outputs, params, response_format, adjustments)
+        await anyio.to_thread.run_sync(self.usage.record, self._usage_record(job, outcome, params))
         return outcome
+
+    @staticmethod
+    def _may_fall_back(model: ModelEntry, params: NormalizedParams, errors: list[ImagegateError],
+                       fallback_from: str | None) -> bool:
+        """`allow_fallback_model`: only when every provider of the model is at capacity."""
+        return (
+            bool(params.get("allow_fallback_model")) and model.fallback_model is not None
+            and fallback_from is None and bool(errors) and all(is_capacity(e) for e in errors)
+        )
+
+    async def _fall_back(self, job: ImageJob, model: ModelEntry) -> ImagesOutcome:
+        assert model.fallback_model is not None
+        params = {k: v for k, v in job.params.items() if k != "allow_fallback_model"}
+        params["model"] = model.fallback_model
+        try:
+            return await self.create(dataclasses.replace(job, params=params), fallback_from=model.id)
+        except ImagegateError as exc:
+            raise UpstreamUnavailable(
+                f"Every provider of '{model.id}' is at capacity, and the fallback model "
+                f"'{model.fallback_model}' failed too: {exc.message}", code="upstream_at_capacity",
+                retry_after=exc.retry_after,
+            ) from exc
 
     async def _load_inputs(
         self, job: ImageJob, model: ModelEntry
@@ -191,48 +228,18 @@ class ImageService:
         )
         return InputImage(data, imaging.MIME_BY_FORMAT[fmt], width, height)
 
-    async def _call_upstream(
-        self, route: Route, mode: Mode, params: NormalizedParams, layout: Layout, images: list[InputImage],
-        mask: InputImage | None,
-    ) -> tuple[list[ProviderResult], list[ImagegateError]]:
-        """One call per `max_images_per_call` images, all at once; image i gets seed + i."""
-        n = int(params.get("n", 1))
-        per_call = route.binding.max_images_per_call
-        counts = [min(per_call, n - start) for start in range(0, n, per_call)]
-        seed = params.get("seed")
-        output_format = params.get("output_format")
-        native = output_format if output_format in route.binding.native_output_formats else None
-        requests = [
-            ProviderRequest(
-                mode=mode, prompt=params.get("prompt"), layout=layout, binding=route.binding,
-                n=count, seed=None if seed is None else (seed + offset) % SEED_RANGE, images=tuple(images),
-                mask=mask, output_format=native, output_compression=params.get("output_compression"),
-                options=params.options, extra=params.extra,
-            )
-            for offset, count in zip(range(0, n, per_call), counts, strict=True)
-        ]
-        outcomes = await asyncio.gather(*(route.provider.run(r) for r in requests), return_exceptions=True)
-        results = [o for o in outcomes if isinstance(o, ProviderResult)]
-        errors: list[ImagegateError] = []
-        for o in outcomes:
-            if isinstance(o, ImagegateError):
-                errors.append(o)
-            elif isinstance(o, BaseException):
-                raise o  # a bug, not an upstream failure: let the error handler log it as a 500
-        return results, errors
-
     async def _finish_images(
-        self, delivered: list[ProviderImage], params: NormalizedParams, images: list[InputImage],
-        mask: InputImage | None, route: Route, hosted: bool,
+        self, delivered: list[tuple[Route, ProviderImage]], params: NormalizedParams, images: list[InputImage],
+        mask: InputImage | None, hosted: bool,
     ) -> list[OutputImage]:
         """Composite, convert and measure each image in a worker thread. Hosted images are fully
         decoded here, so a broken upstream image fails as the upstream's fault."""
-        handling = route.binding.handling("mask")
-        composite = mask is not None and handling is not None and handling.handling == "emulated"
         target = params.get("output_format")
         compression = params.get("output_compression")
 
-        def finish(image: ProviderImage) -> OutputImage:
+        def finish(route: Route, image: ProviderImage) -> OutputImage:
+            handling = route.binding.handling("mask")
+            composite = mask is not None and handling is not None and handling.handling == "emulated"
             blob = image.blob
             try:
                 _check_upstream_image(blob, MAX_UPSTREAM_PIXELS)
@@ -252,7 +259,7 @@ class ImageService:
                                     code="upstream_bad_response") from exc
             return OutputImage(blob, fmt, width, height, image.revised_prompt)
 
-        return list(await asyncio.gather(*(anyio.to_thread.run_sync(finish, img) for img in delivered)))
+        return list(await asyncio.gather(*(anyio.to_thread.run_sync(finish, r, img) for r, img in delivered)))
 
     async def _host(self, image: OutputImage, base_url: str) -> OutputImage:
         name = await anyio.to_thread.run_sync(lambda: self.store.put(image.data, image.mime_type))
@@ -260,26 +267,37 @@ class ImageService:
         return dataclasses.replace(image, url=url)
 
     def _outcome(
-        self, route: Route, layout: Layout, outputs: list[OutputImage], results: list[ProviderResult],
+        self, model: ModelEntry, served: list[Served], layout: Layout, outputs: list[OutputImage],
         params: NormalizedParams, response_format: str, adjustments: list[Adjustment],
     ) -> ImagesOutcome:
-        price = route.model.price
+        price = model.price
+        providers = ",".join(dict.fromkeys(item.route.provider_id for item in served))
         return ImagesOutcome(
-            created=int(time.time()), model=route.model.id, provider=route.provider_id, layout=layout,
-            images=outputs, response_format=response_format,
-            seed=params.get("seed"),
-            adjustments=adjustments,
+            created=int(time.time()), model=model.id, provider=providers, layout=layout,
+            images=outputs, response_format=response_format, seed=params.get("seed"), adjustments=adjustments,
             cost=round(price.for_resolution(layout.resolution) * len(outputs), 6), currency=price.currency,
-            input_tokens=sum(r.input_tokens for r in results), output_tokens=sum(r.output_tokens for r in results),
+            input_tokens=sum(item.result.input_tokens for item in served),
+            output_tokens=sum(item.result.output_tokens for item in served),
         )
 
     @staticmethod
-    def _usage_record(job: ImageJob, route: Route, outcome: ImagesOutcome, params: NormalizedParams) -> UsageRecord:
+    def _usage_record(job: ImageJob, outcome: ImagesOutcome, params: NormalizedParams) -> UsageRecord:
         return UsageRecord(
             request_id=job.request_id, key_id=job.key_id, user=params.get("user"), model=outcome.model,
             provider=outcome.provider, mode=job.mode, images=len(outcome.images), cost=outcome.cost,
             input_tokens=outcome.input_tokens, output_tokens=outcome.output_tokens,
         )
+
+
+def _most_relevant(errors: list[ImagegateError]) -> ImagegateError:
+    """The client's own mistake beats any upstream trouble; otherwise the last provider's error."""
+    if not errors:
+        return ImagegateError("The upstream returned no images.")
+    return next((e for e in errors if not is_upstream_failure(e)), errors[-1])
+
+
+def _unique(adjustments: Iterable[Adjustment]) -> list[Adjustment]:
+    return list(dict.fromkeys(adjustments))
 
 
 def _check_upstream_image(blob: imaging.ImageBytes, max_pixels: int) -> None:

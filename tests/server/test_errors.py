@@ -65,7 +65,7 @@ def test_bad_parameters_are_400_naming_the_param(gateway: RunningGateway, fake_g
 
 
 @pytest.mark.parametrize("param,value", [("quality", "high"), ("style", "vivid"), ("background", "transparent"),
-                                         ("allow_fallback_model", True), ("stream", True)])
+                                         ("stream", True)])
 def test_parameters_not_available_are_400_naming_param_and_model(gateway: RunningGateway, param: str,
                                                                   value: Any) -> None:
     error = assert_error(post(gateway, {"model": MODEL, "prompt": "p", param: value}), 400, param=param,
@@ -75,11 +75,12 @@ def test_parameters_not_available_are_400_naming_param_and_model(gateway: Runnin
 
 def test_default_value_of_unavailable_parameter_is_accepted_and_reported(gateway: RunningGateway,
                                                                          fake_gemini: FakeGemini) -> None:
-    response = post(gateway, {"model": MODEL, "prompt": "p", "allow_fallback_model": False,
+    response = post(gateway, {"model": MODEL, "prompt": "p", "stream": False, "quality": "auto",
                               "response_format": "b64_json"})
     assert response.status_code == 200
     header = response.headers["x-imagegate-adjusted"]
-    assert "allow_fallback_model=false->ignored (not available on provider gemini)" in header
+    assert "stream=false->ignored (not available on this model)" in header
+    assert "quality=auto->ignored (not available on this model)" in header
 
 
 def test_sdk_raises_typed_errors(client: openai.OpenAI, fake_gemini: FakeGemini) -> None:

@@ -1,0 +1,129 @@
+"""Calling upstreams for one request: n split into calls, retries with backoff, failover to the
+next provider, the circuit breaker, and one deadline over all of it.
+
+`n` images are "slots" (a seed offset and a count). Each provider gets the pending slots split
+into calls of at most its `max_images_per_call`, all in parallel; slots whose calls fail for an
+upstream reason move on to the next provider, slots refused for a client reason (bad input,
+content policy) are final. Nothing here outlives the request's deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from .config import Settings
+from .errors import ImagegateError, UpstreamTimeout
+from .normalize import Layout
+from .params import NormalizedParams
+from .providers import InputImage, ProviderRequest, ProviderResult
+from .resilience import CircuitBreaker, backoff_delay, is_retryable, is_upstream_failure
+from .router import Route
+
+# Seeds are int32 upstream; image i of n gets seed + i, wrapping inside the range.
+SEED_RANGE = 2**31
+
+
+@dataclass(frozen=True)
+class CallPlan:
+    """What every upstream call of one request shares."""
+
+    mode: str
+    layout: Layout
+    images: tuple[InputImage, ...]
+    mask: InputImage | None
+
+
+@dataclass(frozen=True)
+class Served:
+    """One successful upstream call and who served it."""
+
+    route: Route
+    result: ProviderResult
+
+
+@dataclass(frozen=True)
+class _Slot:
+    offset: int  # image index of the first image, for its seed
+    count: int
+
+
+class Dispatcher:
+    def __init__(self, settings: Settings, breaker: CircuitBreaker) -> None:
+        self.settings = settings
+        self.breaker = breaker
+
+    async def run(
+        self, routes: list[Route], views: dict[str, NormalizedParams], plan: CallPlan, n: int
+    ) -> tuple[list[Served], list[ImagegateError]]:
+        """All calls for `n` images within the request deadline (then UpstreamTimeout, 504)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.request_timeout_seconds
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await self._fill(routes, views, plan, n)
+        except TimeoutError as exc:
+            raise UpstreamTimeout(
+                f"The request did not finish within its deadline of {self.settings.request_timeout_seconds:g} s.",
+                code="request_timeout",
+            ) from exc
+
+    async def _fill(
+        self, routes: list[Route], views: dict[str, NormalizedParams], plan: CallPlan, n: int
+    ) -> tuple[list[Served], list[ImagegateError]]:
+        served: list[Served] = []
+        errors: list[ImagegateError] = []
+        pending = [_Slot(0, n)]
+        for route in routes:
+            if not pending:
+                break
+            per_call = route.binding.max_images_per_call
+            calls = [_Slot(s.offset + i, min(per_call, s.count - i)) for s in pending for i in range(0, s.count, per_call)]
+            outcomes = await asyncio.gather(
+                *(self._attempts(route, self._request(route, views[route.provider_id], plan, c)) for c in calls),
+                return_exceptions=True,
+            )
+            pending = []
+            for call, outcome in zip(calls, outcomes, strict=True):
+                if isinstance(outcome, ProviderResult):
+                    served.append(Served(route, outcome))
+                elif isinstance(outcome, ImagegateError):
+                    errors.append(outcome)
+                    if is_upstream_failure(outcome):
+                        pending.append(call)  # worth trying on the next provider
+                else:
+                    raise outcome  # a bug, not an upstream failure: the error handler logs a 500
+        return served, errors
+
+    def _request(self, route: Route, view: NormalizedParams, plan: CallPlan, slot: _Slot) -> ProviderRequest:
+        seed = view.get("seed")
+        output_format = view.get("output_format")
+        return ProviderRequest(
+            mode=plan.mode, prompt=view.get("prompt"), layout=plan.layout, binding=route.binding, n=slot.count,
+            seed=None if seed is None else (seed + slot.offset) % SEED_RANGE, images=plan.images, mask=plan.mask,
+            output_format=output_format if output_format in route.binding.native_output_formats else None,
+            output_compression=view.get("output_compression"), options=view.options, extra=view.extra,
+        )
+
+    async def _attempts(self, route: Route, request: ProviderRequest) -> ProviderResult:
+        """Up to `retry_attempts` tries on one provider, with backoff and jitter in between."""
+        settings = self.settings
+        for attempt in range(settings.retry_attempts):
+            try:
+                result = await route.provider.run(request)
+            except ImagegateError as error:
+                if not is_upstream_failure(error):
+                    raise
+                self.breaker.record_failure(route.provider_id)
+                last = attempt + 1 >= settings.retry_attempts
+                if last or not is_retryable(error) or self.breaker.is_open(route.provider_id):
+                    raise
+                delay = backoff_delay(attempt, settings.retry_backoff_seconds, settings.retry_max_delay_seconds,
+                                      error.retry_after)
+                if delay > settings.retry_max_delay_seconds:
+                    raise  # the upstream asks for a long pause: the next provider is faster
+                await asyncio.sleep(delay)
+                continue
+            self.breaker.record_success(route.provider_id)
+            return result
+        raise AssertionError("unreachable")
