@@ -16,8 +16,10 @@ from openai import OpenAI
 from imagegate.config import Settings
 from imagegate.server import create_app
 
+from .fakes.fal import FakeFal
 from .fakes.gemini import FakeGemini
 from .fakes.openai_upstream import FakeOpenAI
+from .fakes.replicate import FakeReplicate
 from .fakes.server import LoopbackServer
 
 API_KEY = "sk-test-gateway"
@@ -62,6 +64,32 @@ def fake_openai(fake_openai_server: FakeOpenAI) -> Iterator[FakeOpenAI]:
     fake_openai_server.reset()
 
 
+@pytest.fixture(scope="session")
+def fake_replicate_server() -> Iterator[FakeReplicate]:
+    with FakeReplicate() as fake:
+        yield fake
+
+
+@pytest.fixture
+def fake_replicate(fake_replicate_server: FakeReplicate) -> Iterator[FakeReplicate]:
+    fake_replicate_server.reset()
+    yield fake_replicate_server
+    fake_replicate_server.reset()
+
+
+@pytest.fixture(scope="session")
+def fake_fal_server() -> Iterator[FakeFal]:
+    with FakeFal() as fake:
+        yield fake
+
+
+@pytest.fixture
+def fake_fal(fake_fal_server: FakeFal) -> Iterator[FakeFal]:
+    fake_fal_server.reset()
+    yield fake_fal_server
+    fake_fal_server.reset()
+
+
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "data_dir": tmp_path / "data",
@@ -70,6 +98,7 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         # One attempt per provider, so a scripted upstream failure shows as the client sees it;
         # the resilience tests turn retries on explicitly.
         "retry_attempts": 1,
+        "poll_interval_seconds": 0.01,  # Replicate and fal are polled; the fakes answer at once
     }
     values.update(overrides)
     return Settings(**values)

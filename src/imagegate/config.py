@@ -64,6 +64,7 @@ class Settings(BaseSettings):
     breaker_failures: int = 5  # consecutive failures that open a provider's circuit
     breaker_cooldown_seconds: float = 30.0
     idempotency_ttl_seconds: float = 86400.0
+    poll_interval_seconds: float | None = None  # Replicate / fal status polling; None: each adapter's own
 
     gemini_api_key: str | None = _env("GEMINI_API_KEY")
     gemini_base_url: str | None = _env("GEMINI_BASE_URL")

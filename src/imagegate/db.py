@@ -33,6 +33,14 @@ CREATE TABLE IF NOT EXISTS results (
     expires_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS results_expiry ON results (expires_at);
+CREATE TABLE IF NOT EXISTS idempotency (
+    scope TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    status INTEGER,
+    headers TEXT,
+    body BLOB,
+    expires_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS usage (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     request_id TEXT NOT NULL,

@@ -12,6 +12,7 @@ import httpx
 from .catalog import Catalog, builtin_data, load_builtin_catalog, parse_entries
 from .config import FileConfig, Settings
 from .db import Database
+from .idempotency import IdempotencyStore
 from .keys import KeyStore
 from .providers import PROVIDER_CLASSES, ImageProvider
 from .resilience import CircuitBreaker
@@ -40,6 +41,8 @@ def build_providers(
         provider = cls(api_key=conf.api_key, base_url=conf.base_url or cls.default_base_url, client=client)
         provider.timeout = conf.timeout or settings.upstream_timeout_seconds
         provider.max_response_bytes = settings.max_upstream_response_bytes
+        if settings.poll_interval_seconds is not None and hasattr(provider, "poll_interval"):
+            provider.poll_interval = settings.poll_interval_seconds
         providers[provider_id] = provider
     return providers
 
@@ -51,6 +54,7 @@ class Gateway:
         self.keys = KeyStore(self.db, settings.static_keys)
         self.store = LocalResultStore(self.db, settings.data_dir / "results", settings.result_ttl_seconds)
         self.usage = UsageLog(self.db)
+        self.idempotency = IdempotencyStore(self.db, settings.idempotency_ttl_seconds)
         file_config = settings.file_config()
         self.catalog = build_catalog(file_config)
         # One pooled client for all upstream traffic; per-call timeouts are set by each request.

@@ -81,10 +81,10 @@ class KeyStore:
         return bool(self.db.execute("SELECT 1 FROM api_keys LIMIT 1"))
 
     def verify(self, key: str) -> str | None:
-        """The key's id ('static' for environment keys) when it is valid and active, else None."""
+        """The key's id ('static-<hash prefix>' for environment keys) when valid and active, else None."""
         digest = hash_key(key)
         for static in self._static_hashes:
             if hmac.compare_digest(static, digest):
-                return "static"
+                return f"static-{static[:12]}"  # distinct per key, never the key itself
         rows = self.db.execute("SELECT id FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL", (digest,))
         return str(rows[0][0]) if rows else None

@@ -22,7 +22,7 @@ from .normalize import Adjustment
 # Handled by the gateway itself for every provider; never forwarded as options.
 GATEWAY_PARAMS = frozenset(
     {"model", "prompt", "n", "size", "aspect_ratio", "resolution", "seed", "response_format",
-     "output_format", "output_compression", "image", "images", "mask", "user", "sync_mode"}
+     "output_format", "output_compression", "image", "images", "mask", "user"}
 )
 # Aliases users send for the same value; the canonical spelling is no adjustment.
 VALUE_ALIASES = {"output_format": {"jpg": "jpeg"}}

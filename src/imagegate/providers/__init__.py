@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 from .base import ImageProvider, InputImage, ProviderImage, ProviderRequest, ProviderResult
+from .fal import FalProvider
 from .gemini import GeminiProvider
 from .openai import OpenAIProvider
+from .replicate import ReplicateProvider
 
 PROVIDER_CLASSES: dict[str, type[ImageProvider]] = {
     GeminiProvider.provider_id: GeminiProvider,
+    ReplicateProvider.provider_id: ReplicateProvider,
+    FalProvider.provider_id: FalProvider,
     OpenAIProvider.provider_id: OpenAIProvider,
 }
 
 __all__ = [
     "PROVIDER_CLASSES",
+    "FalProvider",
     "GeminiProvider",
     "ImageProvider",
     "InputImage",
@@ -20,4 +25,5 @@ __all__ = [
     "ProviderImage",
     "ProviderRequest",
     "ProviderResult",
+    "ReplicateProvider",
 ]

@@ -41,7 +41,11 @@ def build_fields(request: ProviderRequest) -> dict[str, Any]:
         name = _sent_name(request, param)
         if name is not None and value is not None:
             fields[name] = value
-    fields.update(request.options)
+    for param, value in request.options.items():
+        declared = request.binding.handling(param) is not None
+        name = _sent_name(request, param) if declared else param
+        if name is not None:  # emulated options are the gateway's business, not the upstream's
+            fields[name] = value
     fields.update(request.extra)
     return fields
 

@@ -60,6 +60,7 @@ async def _purge_loop(gateway: Gateway) -> None:
         await asyncio.sleep(PURGE_INTERVAL_SECONDS)
         try:
             await asyncio.to_thread(gateway.store.purge_expired)
+            await asyncio.to_thread(gateway.idempotency.purge_expired)
         except Exception:  # keep purging later; one failed sweep must not stop the loop
             log.exception("purging expired results failed")
 

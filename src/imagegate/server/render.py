@@ -47,6 +47,8 @@ def images_response(outcome: ImagesOutcome) -> Response:
         "output_format": effective["output_format"],
         "size": f"{effective['width']}x{effective['height']}",
         "usage": {
+            "model": outcome.model,
+            "provider": outcome.provider,
             "images": len(outcome.images),
             "cost": outcome.cost,
             "currency": outcome.currency,

@@ -7,6 +7,7 @@ from starlette.responses import FileResponse, Response
 
 from ..errors import AuthenticationFailed, NotFound
 from ..gateway import Gateway
+from ..idempotency import StoredResponse, idempotency_scope
 from ..service import ImageJob
 from .parsing import parse_edit, parse_generation
 from .render import images_response, json_response, model_card
@@ -42,11 +43,30 @@ def _public_base_url(request: Request) -> str:
 
 
 async def _run(request: Request, job: ImageJob, key_id: str | None) -> Response:
+    gateway = _gateway(request)
     job.request_id = request.scope["state"]["request_id"]
     job.key_id = key_id
     job.public_base_url = _public_base_url(request)
-    outcome = await _gateway(request).service.create(job)
-    return images_response(outcome)
+
+    async def produce() -> StoredResponse:
+        response = images_response(await gateway.service.create(job))
+        headers = {k: v for k, v in response.headers.items() if k != "content-length"}
+        headers["x-imagegate-original-request-id"] = job.request_id
+        return StoredResponse(response.status_code, headers, bytes(response.body))
+
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return images_response(await gateway.service.create(job))
+    scope = idempotency_scope(key, key_id, request.url.path)
+    stored, replayed = await gateway.idempotency.run_once(scope, produce, gateway.settings.request_timeout_seconds)
+    return _replay(stored, replayed=replayed)
+
+
+def _replay(stored: StoredResponse, *, replayed: bool) -> Response:
+    headers = dict(stored.headers)
+    if replayed:
+        headers["x-imagegate-idempotent-replayed"] = "true"
+    return Response(stored.body, status_code=stored.status, headers=headers)
 
 
 async def generations(request: Request) -> Response:
