@@ -115,7 +115,8 @@ class ImageService:
         self.default_model = default_model or next(iter(router.catalog)).id
         self.dispatcher = Dispatcher(settings, router.breaker)
 
-    async def create(self, job: ImageJob, *, fallback_from: str | None = None) -> ImagesOutcome:
+    async def create(self, job: ImageJob, *, fallback_from: str | None = None,
+                     carried: list[Adjustment] | None = None) -> ImagesOutcome:
         # 1. The model, and every field checked against it.
         model_id = str(job.params.get("model") or self.default_model)
         model = self.router.model(model_id)
@@ -161,7 +162,8 @@ class ImageService:
         elif response_format == "url":  # sync_mode: the media comes back inline, as a data URI
             outputs = [dataclasses.replace(o, url=f"data:{o.mime_type};base64,{o.blob.b64}") for o in outputs]
         if fallback_from is not None:
-            adjustments.insert(0, Adjustment("model", fallback_from, f"{model_id} (allow_fallback_model)"))
+            adjustments[:0] = [Adjustment("model", fallback_from, f"{model_id} (allow_fallback_model)"),
+                               *(carried or [])]
         outcome = self._outcome(model, served, layout, outputs, params, response_format, adjustments)
         await anyio.to_thread.run_sync(self.usage.record, self._usage_record(job, outcome, params))
         return outcome
@@ -177,16 +179,35 @@ class ImageService:
 
     async def _fall_back(self, job: ImageJob, model: ModelEntry) -> ImagesOutcome:
         assert model.fallback_model is not None
-        params = {k: v for k, v in job.params.items() if k != "allow_fallback_model"}
-        params["model"] = model.fallback_model
+        fallback = self.router.model(model.fallback_model)
+        params, dropped = self._fallback_params(job, fallback)
         try:
-            return await self.create(dataclasses.replace(job, params=params), fallback_from=model.id)
+            return await self.create(dataclasses.replace(job, params=params), fallback_from=model.id,
+                                     carried=dropped)
         except ImagegateError as exc:
             raise UpstreamUnavailable(
                 f"Every provider of '{model.id}' is at capacity, and the fallback model "
                 f"'{model.fallback_model}' failed too: {exc.message}", code="upstream_at_capacity",
                 retry_after=exc.retry_after,
             ) from exc
+
+    def _fallback_params(self, job: ImageJob, fallback: ModelEntry) -> tuple[dict[str, Any], list[Adjustment]]:
+        """The request as the fallback model can take it: what it lacks is left out and said so,
+        instead of failing a request the caller allowed to degrade."""
+        routes = self.router.routes(fallback.id)
+        params: dict[str, Any] = {"model": fallback.id}
+        dropped: list[Adjustment] = []
+        for name, value in job.params.items():
+            if name in ("model", "allow_fallback_model") or value is None:
+                continue
+            spec = fallback.parameters.get(name)
+            honoured = spec is not None and spec.availability(job.mode) != "not_available" and any(
+                (h := r.binding.handling(name)) is None or h.handling != "not_available" for r in routes)
+            if honoured or name == "prompt":
+                params[name] = value
+            else:
+                dropped.append(Adjustment(name, str(value), f"not applied (fallback model {fallback.id} lacks it)"))
+        return params, dropped
 
     async def _load_inputs(
         self, job: ImageJob, model: ModelEntry

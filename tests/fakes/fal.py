@@ -12,6 +12,11 @@ output images served from `/files/` (or inlined as data URIs with `sync_mode`).
         cancel:  PUT  {fake.base_url}/fal-ai/nano-banana-pro/requests/{id}/cancel
 
 A job reports IN_QUEUE for `queue_polls` status polls, IN_PROGRESS for one, then COMPLETED.
+
+`fal-ai/nano-banana` (and its `/edit`) has its own, smaller schema (prompt, num_images, aspect_ratio
+without "auto", output_format, sync_mode, limit_generations, and image_urls for edits; no
+resolution, seed, safety_tolerance or web search; UNCONFIRMED, from third-party copies) and renders
+the Gemini 2.5 Flash size table (1K only).
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from .common import (
     parse_json,
     raw_response,
 )
-from .gemini import PRO_SIZES
+from .gemini import FLASH_SIZES, PRO_SIZES
 from .images import color_for, detect_mime, solid_image
 
 __all__ = [
@@ -53,6 +58,7 @@ __all__ = [
     "Hang",
     "MalformedJSON",
     "MissingFiles",
+    "NANO_BANANA",
     "NoImages",
     "NoQueueUrls",
     "OnResult",
@@ -82,6 +88,14 @@ _STRINGS = ("prompt", "system_prompt")
 _INTS = ("num_images", "seed")
 GENERATE_FIELDS = frozenset({*_ENUMS, *_BOOLS, *_STRINGS, *_INTS})
 EDIT_FIELDS = GENERATE_FIELDS | {"image_urls"}
+
+# fal-ai/nano-banana: the fields it takes (UNCONFIRMED, from third-party copies of its schema).
+NANO_BANANA = "fal-ai/nano-banana"
+NANO_BANANA_ASPECT_RATIOS = tuple(r for r in ASPECT_RATIOS if r != "auto")
+NANO_BANANA_GENERATE_FIELDS = frozenset({"prompt", "num_images", "aspect_ratio", "output_format", "sync_mode",
+                                         "limit_generations"})
+NANO_BANANA_EDIT_FIELDS = NANO_BANANA_GENERATE_FIELDS | {"image_urls"}
+NANO_BANANA_MAX_IMAGE_URLS = 10
 
 POLICY_MESSAGE = ("The content could not be processed because it contained material flagged by a "
                   "content checker.")
@@ -203,8 +217,9 @@ def _item(loc: list[Any], msg: str, type_: str, **more: Any) -> dict[str, Any]:
 # --- input validation (pydantic v1 style, like fal's 422s) -------------------------------------
 
 
-def _check_scalar(name: str, value: Any) -> dict[str, Any] | None:
+def _check_scalar(name: str, value: Any, enums: dict[str, tuple[str, ...]] | None = None) -> dict[str, Any] | None:
     loc = ["body", name]
+    enums = _ENUMS if enums is None else enums
     if name in _STRINGS and not isinstance(value, str):
         return _item(loc, "str type expected", "type_error.str")
     if name in _BOOLS and not isinstance(value, bool):
@@ -218,10 +233,10 @@ def _check_scalar(name: str, value: Any) -> dict[str, Any] | None:
         if name == "num_images" and value > MAX_NUM_IMAGES:
             return _item(loc, f"ensure this value is less than or equal to {MAX_NUM_IMAGES}",
                          "value_error.number.not_le", ctx={"limit_value": MAX_NUM_IMAGES})
-    if name in _ENUMS and value not in _ENUMS[name]:  # an integer 4 is not the string "4"
-        permitted = ", ".join(f"'{v}'" for v in _ENUMS[name])
+    if name in enums and value not in enums[name]:  # an integer 4 is not the string "4"
+        permitted = ", ".join(f"'{v}'" for v in enums[name])
         return _item(loc, f"value is not a valid enumeration member; permitted: {permitted}", "type_error.enum",
-                     ctx={"enum_values": list(_ENUMS[name])})
+                     ctx={"enum_values": list(enums[name])})
     return None
 
 
@@ -245,11 +260,16 @@ def _decode_image_url(url: Any, index: int) -> tuple[bytes | None, dict[str, Any
     return data, None
 
 
-def validate_input(body: Any, *, edit: bool) -> tuple[dict[str, Any], list[bytes]]:
-    """Check a submit body as fal's schema does; raise _Reject(422) with every problem found."""
+def validate_input(body: Any, *, edit: bool, app: str | None = None) -> tuple[dict[str, Any], list[bytes]]:
+    """Check a submit body as fal's schema does (fal-ai/nano-banana's own when `app` is it);
+    raise _Reject(422) with every problem found."""
     if not isinstance(body, dict):
         raise _Reject(422, {"detail": [_item(["body"], "value is not a valid dict", "type_error.dict")]})
+    enums = _ENUMS
     allowed = EDIT_FIELDS if edit else GENERATE_FIELDS
+    if app == NANO_BANANA:
+        allowed = NANO_BANANA_EDIT_FIELDS if edit else NANO_BANANA_GENERATE_FIELDS
+        enums = {**_ENUMS, "aspect_ratio": NANO_BANANA_ASPECT_RATIOS}
     problems: list[dict[str, Any]] = []
     for key in body:
         if key not in allowed:
@@ -260,7 +280,7 @@ def validate_input(body: Any, *, edit: bool) -> tuple[dict[str, Any], list[bytes
             problems.append(_item(["body", key], "field required", "value_error.missing"))
     for key, value in body.items():
         if key in allowed and key != "image_urls":
-            problem = _check_scalar(key, value)
+            problem = _check_scalar(key, value, enums)
             if problem is not None:
                 problems.append(problem)
     images: list[bytes] = []
@@ -268,6 +288,10 @@ def validate_input(body: Any, *, edit: bool) -> tuple[dict[str, Any], list[bytes
         urls = body["image_urls"]
         if not isinstance(urls, list):
             problems.append(_item(["body", "image_urls"], "value is not a valid list", "type_error.list"))
+        elif app == NANO_BANANA and len(urls) > NANO_BANANA_MAX_IMAGE_URLS:
+            problems.append(_item(["body", "image_urls"], f"ensure this value has at most "
+                                  f"{NANO_BANANA_MAX_IMAGE_URLS} items", "value_error.list.max_items",
+                                  ctx={"limit_value": NANO_BANANA_MAX_IMAGE_URLS}))
         else:
             for index, url in enumerate(urls):
                 data, problem = _decode_image_url(url, index)
@@ -388,7 +412,7 @@ class FakeFal(BaseFake):
         ok, recorded.json = parse_json(recorded.body)
         if not ok:
             raise _Reject(422, {"detail": [_item(["body", 0], "Expecting value", "value_error.jsondecode")]})
-        body, images = validate_input(recorded.json, edit=edit)
+        body, images = validate_input(recorded.json, edit=edit, app=app)
         behaviour = self.next_behaviour()
         if isinstance(behaviour, (Hang, Delay)):
             await self.sleep(request, behaviour.seconds)
@@ -516,9 +540,12 @@ class FakeFal(BaseFake):
     # --- output ---
 
     def output_size(self, job: FalJob) -> tuple[int, int]:
-        """Pixels from the Nano Banana Pro table; "auto" (the /edit default) renders 1:1."""
+        """Pixels from the Nano Banana Pro table (the Flash table for fal-ai/nano-banana); "auto"
+        (the /edit default) renders 1:1."""
         default_ratio = "auto" if job.endpoint.endswith("/edit") else "1:1"
         ratio = job.input.get("aspect_ratio", default_ratio)
+        if job.app == NANO_BANANA:
+            return FLASH_SIZES["1:1" if ratio == "auto" else ratio]
         return PRO_SIZES[("1:1" if ratio == "auto" else ratio, job.input.get("resolution", "1K"))]
 
     def _render(self, job: FalJob) -> dict[str, Any]:

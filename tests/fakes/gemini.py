@@ -36,6 +36,8 @@ from .images import color_for, detect_mime, image_size, solid_image, solid_png
 
 __all__ = [
     "ASPECT_RATIOS",
+    "FLASH_MODELS",
+    "FLASH_SIZES",
     "IMAGE_SIZES",
     "PRO_SIZES",
     "Delay",
@@ -85,6 +87,22 @@ PRO_SIZES: dict[tuple[str, str], tuple[int, int]] = {
     ("3:2", "4K"): (5016, 3344),
     ("4:5", "4K"): (3663, 4579),
     ("21:9", "4K"): (6256, 2681),
+}
+
+# Nano Banana (gemini-2.5-flash-image) has one size per aspectRatio (1K only; imageSize is
+# ignored, spec/providers.md section 2.2), and it does not "think", so it sends no interim images.
+FLASH_MODELS = frozenset({"gemini-2.5-flash-image"})
+FLASH_SIZES: dict[str, tuple[int, int]] = {
+    "1:1": (1024, 1024),
+    "2:3": (832, 1248),
+    "3:2": (1248, 832),
+    "3:4": (864, 1184),
+    "4:3": (1184, 864),
+    "4:5": (896, 1152),
+    "5:4": (1152, 896),
+    "9:16": (768, 1344),
+    "16:9": (1344, 768),
+    "21:9": (1536, 672),
 }
 
 USAGE = {"promptTokenCount": 17, "candidatesTokenCount": 1290, "totalTokenCount": 1307}
@@ -452,28 +470,32 @@ class FakeGemini(BaseFake):
         return self._envelope(model, parts, blocked.reason, blocked.message)
 
     async def _success(self, model: str, parsed: ParsedRequest) -> Response:
-        parts = await run_in_threadpool(self._success_parts, parsed)
+        parts = await run_in_threadpool(self._success_parts, parsed, model)
         return json_response(200, self._envelope(model, parts, "STOP"))
 
-    def output_size(self, parsed: ParsedRequest) -> tuple[int, int]:
-        """Pixel size from the Pro table; without aspectRatio, follow the first input image."""
+    def output_size(self, parsed: ParsedRequest, model: str | None = None) -> tuple[int, int]:
+        """Pixel size from the Pro table (the Flash table for FLASH_MODELS, whatever imageSize
+        says); without aspectRatio, follow the first input image."""
         ratio = parsed.aspect_ratio
         if ratio is None:
             ratio = nearest_ratio(*image_size(parsed.images[0])) if parsed.images else "1:1"
+        if model in FLASH_MODELS:
+            return FLASH_SIZES[ratio]
         return PRO_SIZES[(ratio, parsed.image_size or "1K")]
 
-    def _success_parts(self, parsed: ParsedRequest) -> list[dict[str, Any]]:
-        """Thought image(s), then text, then the final image(s), as Gemini 3 Pro Image does."""
+    def _success_parts(self, parsed: ParsedRequest, model: str | None = None) -> list[dict[str, Any]]:
+        """Thought image(s), then text, then the final image(s), as Gemini 3 Pro Image does
+        (FLASH_MODELS send no thought images)."""
         wants_text = parsed.modalities is None or "TEXT" in parsed.modalities
         wants_image = parsed.modalities is None or "IMAGE" in parsed.modalities
         parts: list[dict[str, Any]] = []
-        if wants_image:
+        if wants_image and model not in FLASH_MODELS:
             thought = _b64(solid_png(8, 8, THOUGHT_COLOR))
             parts += [{"inlineData": {"mimeType": "image/png", "data": thought}, "thought": True}] * self.thought_images
         if wants_text or not wants_image:
             parts.append({"text": f"Here is your image: {parsed.prompt}"})
         if wants_image:
-            width, height = self.output_size(parsed)
+            width, height = self.output_size(parsed, model)
             seed_text = parsed.prompt + ("" if parsed.seed is None else str(parsed.seed))
             for i in range(self.images_per_response):
                 color = color_for(seed_text if i == 0 else f"{seed_text}#{i}")

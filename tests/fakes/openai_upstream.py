@@ -59,6 +59,8 @@ _COMMON = {"prompt", "model", "n", "size", "quality", "response_format", "output
 GENERATION_PARAMS = _COMMON | {"moderation", "style"}
 EDIT_FORM_PARAMS = _COMMON | {"input_fidelity"}  # plus the image / image[] / mask files
 EDIT_JSON_PARAMS = (_COMMON - {"response_format"}) | {"images", "mask", "moderation", "input_fidelity"}
+# What GPT image models (gpt-image-1) take as `size` (spec/providers.md section 1.1).
+GPT_IMAGE_SIZES = ("auto", "1024x1024", "1536x1024", "1024x1536")
 
 
 @dataclass(frozen=True)
@@ -229,15 +231,27 @@ def _image_ref(ref: Any, where: str) -> bytes | None:
 
 
 class FakeOpenAI(BaseFake):
-    """Fake OpenAI Images upstream. `with FakeOpenAI() as fake: fake.base_url` (.../v1)."""
+    """Fake OpenAI Images upstream. `with FakeOpenAI() as fake: fake.base_url` (.../v1).
 
-    def __init__(self, *, api_key: str = "test-openai-key", strict_params: bool = False) -> None:
+    Opt-in GPT image model strictness (both empty by default, so any model takes anything):
+    `reject_response_format_models` - models that answer 400 unknown_parameter to any
+    `response_format` (GPT image models always return b64_json and refuse the field);
+    `fixed_size_models` - models that take only GPT_IMAGE_SIZES as `size`.
+    """
+
+    def __init__(self, *, api_key: str = "test-openai-key", strict_params: bool = False,
+                 reject_response_format_models: set[str] | None = None,
+                 fixed_size_models: set[str] | None = None) -> None:
         super().__init__()
         self.api_key = api_key
         self.strict_params = strict_params  # True: unknown parameters -> 400 unknown_parameter
+        self.reject_response_format_models: set[str] = set(reject_response_format_models or ())
+        self.fixed_size_models: set[str] = set(fixed_size_models or ())
         self.files: dict[str, tuple[bytes, str]] = {}  # served at /files/{name}
         self.downloads: list[str] = []  # names fetched from /files/
-        self._settings = dict(api_key=api_key, strict_params=strict_params)
+        self._settings = dict(api_key=api_key, strict_params=strict_params,
+                              reject_response_format_models=frozenset(reject_response_format_models or ()),
+                              fixed_size_models=frozenset(fixed_size_models or ()))
 
     def reset(self) -> None:
         """Clear recordings/queue/counters/files and restore the constructor settings."""
@@ -245,7 +259,7 @@ class FakeOpenAI(BaseFake):
         self.files.clear()
         self.downloads.clear()
         for name, value in self._settings.items():
-            setattr(self, name, value)
+            setattr(self, name, set(value) if isinstance(value, frozenset) else value)
 
     @property
     def base_url(self) -> str:
@@ -280,8 +294,19 @@ class FakeOpenAI(BaseFake):
         if request.headers.get("authorization") != f"Bearer {self.api_key}":
             raise _Reject(401, "Incorrect API key provided", code="invalid_api_key")
 
+    def _check_model_rules(self, fields: dict[str, Any]) -> None:
+        """The opt-in GPT image model rules (see the class docstring)."""
+        model = fields.get("model")
+        if model in self.reject_response_format_models and fields.get("response_format") not in (None, ""):
+            raise _bad("Unknown parameter: 'response_format'.", "response_format", "unknown_parameter")
+        size = fields.get("size")
+        if model in self.fixed_size_models and size not in (None, "") and size not in GPT_IMAGE_SIZES:
+            raise _bad(f"Invalid value: '{size}'. Supported values are: '1024x1024', '1024x1536', '1536x1024', "
+                       "and 'auto'.", "size")
+
     async def _parse_generation(self, request: Request, recorded: RecordedRequest) -> ImageJob:
         body = self._json_body(recorded)
+        self._check_model_rules(body)
         return parse_job(body, GENERATION_PARAMS, self.strict_params)
 
     async def _parse_edit(self, request: Request, recorded: RecordedRequest) -> ImageJob:
@@ -317,6 +342,7 @@ class FakeOpenAI(BaseFake):
             mask = _image_ref(body["mask"], "mask")
             if mask is not None and images[0] is not None:
                 _check_mask(mask, images[0])
+        self._check_model_rules(body)
         job = parse_job(body, EDIT_JSON_PARAMS, self.strict_params)
         job.input_images = [data for data in images if data is not None]
         return job
@@ -335,6 +361,7 @@ class FakeOpenAI(BaseFake):
         if masks:
             _check_mask(masks[0], images[0])
         allowed = EDIT_FORM_PARAMS | {"image", "image[]", "mask"}
+        self._check_model_rules(fields)
         job = parse_job(fields | {p.field_name: "" for p in files}, allowed, self.strict_params)
         job.input_images = images
         return job

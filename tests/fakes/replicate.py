@@ -1,10 +1,17 @@
 """Fake Replicate predictions API (google/nano-banana-pro) on real loopback HTTP.
 
-Mirrors spec/providers.md section 3: `POST /v1/models/{owner}/{name}/predictions` (with
+Mirrors spec/providers.md sections 3 and 5: `POST /v1/models/{owner}/{name}/predictions` (with
 `Prefer: wait` and `Cancel-After`), `GET /v1/predictions/{id}`, `POST .../cancel`, Bearer
 auth, RFC 7807 errors and 422 input validation against the Nano Banana Pro schema. A
 prediction goes `starting` -> `processing` -> terminal over polls, so adapters must poll; its
 output is a URL under the fake's own `/files/` (or a `data:` URI, or a list, seedream style).
+
+Two more models have their own input schema (anything else is validated as Nano Banana Pro):
+`google/nano-banana` (prompt, image_input, aspect_ratio, output_format; one size per ratio, the
+Gemini 2.5 Flash table) and `bytedance/seedream-4` (size 1K/2K/4K/custom, width/height with
+custom, aspect_ratio, sequential_image_generation, max_images, enhance_prompt; up to 10 input
+images; the output is always an array of URIs, one image unless sequential_image_generation is
+"auto", then max_images of them).
 
     with FakeReplicate() as fake:
         fake.enqueue(PredictionStuck())   # the next create never finishes
@@ -15,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import re
 import secrets
 from dataclasses import dataclass, field
@@ -38,12 +46,14 @@ from .common import (
     parse_json,
     raw_response,
 )
-from .gemini import ASPECT_RATIOS, PRO_SIZES, nearest_ratio
+from .gemini import ASPECT_RATIOS, FLASH_SIZES, PRO_SIZES, nearest_ratio
 from .images import color_for, detect_mime, image_size, solid_image
 
 __all__ = [
     "CAPACITY_ERROR",
+    "NANO_BANANA",
     "SAFETY_ERROR",
+    "SEEDREAM_4",
     "CapacityFailure",
     "Delay",
     "FakeReplicate",
@@ -75,6 +85,19 @@ TERMINAL = frozenset({"succeeded", "failed", "canceled", "aborted"})
 MIME_BY_OUTPUT_FORMAT = {"jpg": "image/jpeg", "png": "image/png"}
 CAPACITY_ERROR = "Service is currently unavailable due to high demand. Please try again later. (E003)"
 SAFETY_ERROR = "The input or output was flagged as sensitive. Please try again with different inputs. (E005)"
+# google/nano-banana (Gemini 2.5 Flash Image): no resolution, safety or fallback inputs (UNCONFIRMED,
+# from third-party copies of the schema).
+NANO_BANANA = "google/nano-banana"
+NANO_BANANA_FIELDS = {"prompt", "image_input", "aspect_ratio", "output_format"}
+# bytedance/seedream-4 (spec/providers.md section 5).
+SEEDREAM_4 = "bytedance/seedream-4"
+SEEDREAM_FIELDS = {"prompt", "image_input", "size", "width", "height", "aspect_ratio",
+                   "sequential_image_generation", "max_images", "enhance_prompt"}
+SEEDREAM_SIZES = ("1K", "2K", "4K", "custom")
+SEEDREAM_ASPECT_RATIOS = ("match_input_image", "1:1", "4:3", "3:4", "16:9", "9:16", "3:2", "2:3", "21:9")
+SEEDREAM_SEQUENTIAL = ("disabled", "auto")
+SEEDREAM_MAX_IMAGE_INPUTS = 10
+SEEDREAM_MIN_SIDE, SEEDREAM_MAX_SIDE = 1024, 4096
 _DURATION = re.compile(r"(?:\d+(?:\.\d+)?(?:ns|us|µs|ms|s|m|h))+")
 _PREFER = re.compile(r"\s*wait(?:\s*=\s*(\d+))?\s*")
 _DATA_URI = re.compile(r"data:([\w.+/-]+);base64,(.*)", flags=re.DOTALL)
@@ -202,15 +225,15 @@ def _decode_data_uri(uri: str) -> bytes | None:
         return None
 
 
-def _image_input(errors: list[dict[str, str]], value: Any) -> list[bytes]:
-    """Check image_input (array of http(s) or data URIs, <= 14); decoded data-URI images out."""
+def _image_input(errors: list[dict[str, str]], value: Any, max_items: int = MAX_IMAGE_INPUTS) -> list[bytes]:
+    """Check image_input (array of http(s) or data URIs, <= max_items); decoded data-URI images out."""
     if not isinstance(value, list):
         errors.append({"type": "array_type", "field": "input.image_input",
                        "description": "Invalid type. Expected: array, given: " + type(value).__name__})
         return []
-    if len(value) > MAX_IMAGE_INPUTS:
+    if len(value) > max_items:
         errors.append({"type": "array_max_items", "field": "input.image_input",
-                       "description": f"Array must have at most {MAX_IMAGE_INPUTS} items"})
+                       "description": f"Array must have at most {max_items} items"})
     images: list[bytes] = []
     for i, uri in enumerate(value):
         where = f"input.image_input.{i}"
@@ -256,6 +279,90 @@ def validate_input(data: Any, *, allow_max_images: bool) -> list[bytes]:
         detail = "".join(f"- {e['field']}: {e['description']}\n" for e in errors)
         raise _Reject(422, "Input validation failed", detail, invalid_fields=errors)
     return images
+
+
+def _raise_if(errors: list[dict[str, str]]) -> None:
+    if errors:
+        detail = "".join(f"- {e['field']}: {e['description']}\n" for e in errors)
+        raise _Reject(422, "Input validation failed", detail, invalid_fields=errors)
+
+
+def _object_with(data: Any, allowed: set[str]) -> list[dict[str, str]]:
+    """The input must be an object with a prompt and no other fields than `allowed`."""
+    if not isinstance(data, dict):
+        raise _Reject(422, "Input validation failed", "- input: Invalid type. Expected: object\n")
+    errors: list[dict[str, str]] = []
+    for name in sorted(set(data) - allowed):
+        errors.append({"type": "additional_property_not_allowed", "field": "input",
+                       "description": f"Additional property {name} is not allowed"})
+    prompt = data.get("prompt")
+    if not isinstance(prompt, str) or not prompt:
+        errors.append({"type": "required", "field": "input", "description": "prompt is required"})
+    return errors
+
+
+def _int_in(errors: list[dict[str, str]], data: dict[str, Any], name: str, low: int, high: int) -> None:
+    value = data.get(name)
+    if name in data and (isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high):
+        errors.append({"type": "number_all_of", "field": f"input.{name}",
+                       "description": f"Must be an integer between {low} and {high}"})
+
+
+def validate_nano_banana_input(data: Any) -> list[bytes]:
+    """Validate like the google/nano-banana schema (no resolution, safety or fallback inputs)."""
+    errors = _object_with(data, NANO_BANANA_FIELDS)
+    _enum(errors, data, "aspect_ratio", INPUT_ASPECT_RATIOS)
+    _enum(errors, data, "output_format", OUTPUT_FORMATS)
+    images = _image_input(errors, data.get("image_input", []))
+    _raise_if(errors)
+    return images
+
+
+def validate_seedream_input(data: Any) -> list[bytes]:
+    """Validate like the bytedance/seedream-4 schema (spec/providers.md section 5)."""
+    errors = _object_with(data, SEEDREAM_FIELDS)
+    _enum(errors, data, "size", SEEDREAM_SIZES)
+    _enum(errors, data, "aspect_ratio", SEEDREAM_ASPECT_RATIOS)
+    _enum(errors, data, "sequential_image_generation", SEEDREAM_SEQUENTIAL)
+    _int_in(errors, data, "width", SEEDREAM_MIN_SIDE, SEEDREAM_MAX_SIDE)
+    _int_in(errors, data, "height", SEEDREAM_MIN_SIDE, SEEDREAM_MAX_SIDE)
+    _int_in(errors, data, "max_images", 1, MAX_IMAGES)
+    if "enhance_prompt" in data and not isinstance(data["enhance_prompt"], bool):
+        errors.append({"type": "invalid_type", "field": "input.enhance_prompt",
+                       "description": "Invalid type. Expected: boolean"})
+    inputs = data.get("image_input", [])
+    images = _image_input(errors, inputs, SEEDREAM_MAX_IMAGE_INPUTS)
+    count = data.get("max_images", 1)
+    if isinstance(inputs, list) and isinstance(count, int) and len(inputs) + count > MAX_IMAGES:
+        errors.append({"type": "number_all_of", "field": "input.max_images",
+                       "description": f"Input images plus max_images must not exceed {MAX_IMAGES}"})
+    _raise_if(errors)
+    return images
+
+
+def seedream_size(data: dict[str, Any], images: list[bytes]) -> tuple[int, int]:
+    """Output pixels: width x height with size=custom; otherwise the tier's pixel count at the
+    ratio (match_input_image: the first input's shape, else square), kept within 1024..4096 a
+    side and rounded to multiples of 16 (the real per-tier table is UNCONFIRMED)."""
+    size = data.get("size", "2K")
+    if size == "custom":
+        return int(data.get("width", 2048)), int(data.get("height", 2048))
+    ratio_name = data.get("aspect_ratio", "match_input_image")
+    if ratio_name == "match_input_image":
+        w, h = image_size(images[0]) if images else (1, 1)
+        ratio = w / h
+    else:
+        rw, rh = ratio_name.split(":")
+        ratio = int(rw) / int(rh)
+    pixels = (int(size[:-1]) * 1024) ** 2
+    width, height = math.sqrt(pixels * ratio), math.sqrt(pixels / ratio)
+    scale = max(1.0, SEEDREAM_MIN_SIDE / min(width, height))
+    scale = min(scale, SEEDREAM_MAX_SIDE / max(width, height))
+
+    def side(value: float) -> int:
+        return min(SEEDREAM_MAX_SIDE, max(SEEDREAM_MIN_SIDE, round(value * scale / 16) * 16))
+
+    return side(width), side(height)
 
 
 def _check_headers(request: Request) -> tuple[str | None, str | None]:
@@ -380,7 +487,13 @@ class FakeReplicate(BaseFake):
         prefer, cancel_after = _check_headers(request)
         if "input" not in recorded.json:
             raise _Reject(422, "Input validation failed", "- (root): input is required\n")
-        images = validate_input(recorded.json["input"], allow_max_images=self.array_output)
+        data = recorded.json["input"]
+        if model == SEEDREAM_4:
+            images = validate_seedream_input(data)
+        elif model == NANO_BANANA:
+            images = validate_nano_banana_input(data)
+        else:
+            images = validate_input(data, allow_max_images=self.array_output)
         return Prediction(id=secrets.token_hex(10), model=model, input=recorded.json["input"], images=images,
                           prefer=prefer, cancel_after=cancel_after, created_at=_now())
 
@@ -433,14 +546,26 @@ class FakeReplicate(BaseFake):
         else:
             uris = await run_in_threadpool(self._outputs, prediction)
             prediction.status = "succeeded"
-            prediction.output = uris if self.array_output else uris[0]
+            prediction.output = uris if self.array_output or prediction.model == SEEDREAM_4 else uris[0]
 
     def output_size(self, prediction: Prediction) -> tuple[int, int]:
-        """Pixel size from the Pro table; match_input_image follows the first input image."""
+        """Pixel size from the Pro table (the Flash table for google/nano-banana, seedream_size for
+        bytedance/seedream-4); match_input_image follows the first input image."""
+        if prediction.model == SEEDREAM_4:
+            return seedream_size(prediction.input, prediction.images)
         ratio = prediction.input.get("aspect_ratio", "match_input_image")
         if ratio == "match_input_image":
             ratio = nearest_ratio(*image_size(prediction.images[0])) if prediction.images else "1:1"
+        if prediction.model == NANO_BANANA:
+            return FLASH_SIZES[ratio]
         return PRO_SIZES[(ratio, prediction.input.get("resolution", "2K"))]
+
+    @staticmethod
+    def output_count(prediction: Prediction) -> int:
+        """max_images images; seedream makes more than one only with sequential_image_generation=auto."""
+        if prediction.model == SEEDREAM_4 and prediction.input.get("sequential_image_generation") != "auto":
+            return 1
+        return int(prediction.input.get("max_images", 1))
 
     def _outputs(self, prediction: Prediction) -> list[str]:
         """Image i is a solid color_for(prompt) (i == 0) or color_for(f"{prompt}#{i}")."""
@@ -450,7 +575,7 @@ class FakeReplicate(BaseFake):
         width, height = self.output_size(prediction)
         prompt = prediction.input["prompt"]
         uris = []
-        for i in range(int(prediction.input.get("max_images", 1))):
+        for i in range(self.output_count(prediction)):
             data = solid_image(mime, width, height, color_for(prompt if i == 0 else f"{prompt}#{i}"))
             name = f"{prediction.id}-{i}.{fmt}"
             if isinstance(outcome, OutputNotImage):

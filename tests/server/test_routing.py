@@ -132,7 +132,7 @@ def test_edits_through_replicate_and_fal(gateway_factory: Any, fake_replicate: F
     from ..fakes.images import solid_png
 
     image = solid_png(600, 800, (200, 10, 10))
-    for fake, settings in ((fake_replicate, keys(replicate=fake_replicate)), (fake_fal, keys(fal=fake_fal))):
+    for settings in (keys(replicate=fake_replicate), keys(fal=fake_fal)):
         gw = gateway_factory(**settings)
         response = httpx.post(f"{gw.url}/v1/images/edits", headers=AUTH, timeout=30,
                               data={"model": MODEL, "prompt": "edit", "response_format": "b64_json"},

@@ -69,9 +69,13 @@ def build_body(request: ProviderRequest) -> dict[str, Any]:
         "contents": [{"role": "user", "parts": parts}],
         "generationConfig": {
             "responseModalities": ["TEXT", "IMAGE"],
-            "imageConfig": {"aspectRatio": request.layout.aspect_ratio, "imageSize": request.layout.resolution},
+            "imageConfig": {"aspectRatio": request.layout.aspect_ratio},
         },
     }
+    # Models with one fixed tier (gemini-2.5-flash-image) take no imageSize: the binding says so.
+    resolution = request.binding.handling("resolution")
+    if resolution is None or resolution.handling not in ("emulated", "not_available"):
+        body["generationConfig"]["imageConfig"]["imageSize"] = request.layout.resolution
     if request.seed is not None:
         seed_handling = request.binding.handling("seed")
         set_path(body, (seed_handling.to if seed_handling and seed_handling.to else "generationConfig.seed"),

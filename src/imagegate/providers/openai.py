@@ -2,7 +2,8 @@
 
 Generations are JSON, edits multipart (`image[]`, `mask`, every other field as a form field).
 Which of our normalized values are sent, and under what name, comes from the catalog binding.
-The gateway always asks for `b64_json`; a `url` answer is downloaded all the same.
+The gateway asks for `b64_json` where the binding says the upstream takes `response_format`; a `url`
+answer is downloaded all the same.
 """
 
 from __future__ import annotations
@@ -35,8 +36,13 @@ def build_fields(request: ProviderRequest) -> dict[str, Any]:
         "output_format": request.output_format,
         "output_compression": request.output_compression if request.output_format else None,
     }
-    fields: dict[str, Any] = {"model": request.binding.upstream_model, "prompt": request.prompt,
-                              "n": request.n, "response_format": "b64_json"}
+    fields: dict[str, Any] = {"model": request.binding.upstream_for(request.mode), "prompt": request.prompt,
+                              "n": request.n}
+    # Ask for base64 where the upstream takes the field (dall-e, another imagegate); GPT image
+    # models always answer base64 and reject it, so their binding declares no `to`.
+    response_format = request.binding.handling("response_format")
+    if response_format is not None and response_format.to:
+        fields[response_format.to] = "b64_json"
     for param, value in values.items():
         name = _sent_name(request, param)
         if name is not None and value is not None:

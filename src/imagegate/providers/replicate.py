@@ -105,6 +105,10 @@ def build_input(request: ProviderRequest) -> dict[str, Any]:
         "n": request.n if request.n > 1 else None,
     })
     body: dict[str, Any] = {}
+    if _takes_custom_size(request):
+        # A flexible model: the layout's exact (clamped) pixels say everything ratio and tier would.
+        values["aspect_ratio"] = values["resolution"] = None
+        body.update(size="custom", width=request.layout.width, height=request.layout.height)
     for param, value in values.items():
         name = input_field(request, param)
         if name is not None and value is not None:
@@ -117,6 +121,12 @@ def build_input(request: ProviderRequest) -> dict[str, Any]:
             body[name] = value
     body.update(request.extra)
     return body
+
+
+def _takes_custom_size(request: ProviderRequest) -> bool:
+    """The binding sends `size` as width and height (seedream's size=custom)."""
+    size = request.binding.handling("size")
+    return size is not None and size.to is not None and "input.width" in size.to
 
 
 def cancel_after(timeout: float) -> str:
