@@ -25,7 +25,7 @@ from imagegate.errors import (
     UpstreamUnavailable,
 )
 from imagegate.normalize import Layout, resolve_layout
-from imagegate.providers import InputImage, ProviderRequest, ProviderResult
+from imagegate.providers import ProviderRequest, ProviderResult
 from imagegate.providers.fal import FalProvider, build_input, fallback_urls
 from imagegate.providers.gemini import MASK_NOTE
 from tests.fakes.fal import (
@@ -45,7 +45,9 @@ from tests.fakes.fal import (
     StuckInQueue,
     description_for,
 )
-from tests.fakes.images import color_for, detect_mime, image_size, pixel_at, solid_jpeg, solid_png, solid_webp
+from tests.fakes.images import color_for, detect_mime, image_size, pixel_at, solid_jpeg
+
+from .inputs import JPEG, MASK, PNG, WEBP, data_uri
 
 _MODEL = load_builtin_catalog().get("gemini-3-pro-image-preview")
 assert _MODEL is not None
@@ -54,14 +56,6 @@ BINDING = MODEL.providers["fal"]
 GENERATE_PATH = "/fal-ai/nano-banana-pro"
 EDIT_PATH = "/fal-ai/nano-banana-pro/edit"
 
-PNG = InputImage(solid_png(64, 48, (10, 200, 30)), "image/png", 64, 48)
-JPEG = InputImage(solid_jpeg(40, 40, (200, 10, 30)), "image/jpeg", 40, 40)
-WEBP = InputImage(solid_webp(32, 32, (1, 2, 250)), "image/webp", 32, 32)
-MASK = InputImage(solid_png(64, 48, (0, 0, 0, 0)), "image/png", 64, 48)
-
-
-def data_uri(image: InputImage) -> str:
-    return f"data:{image.mime_type};base64,{base64.b64encode(image.data).decode('ascii')}"
 
 
 def make_request(prompt: str = "a red fox in snow", *, layout: Layout | None = None,

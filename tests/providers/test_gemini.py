@@ -26,7 +26,7 @@ from imagegate.errors import (
     UpstreamUnavailable,
 )
 from imagegate.normalize import Layout, resolve_layout
-from imagegate.providers import GeminiProvider, InputImage, ProviderRequest, ProviderResult
+from imagegate.providers import GeminiProvider, ProviderRequest, ProviderResult
 from tests.fakes.gemini import (
     PRO_SIZES,
     THOUGHT_COLOR,
@@ -39,7 +39,9 @@ from tests.fakes.gemini import (
     RawResponse,
     TextOnly,
 )
-from tests.fakes.images import color_for, detect_mime, image_size, pixel_at, solid_jpeg, solid_png, solid_webp
+from tests.fakes.images import color_for, detect_mime, image_size, pixel_at
+
+from .inputs import JPEG, MASK, PNG, WEBP
 
 MODEL = load_builtin_catalog().get("gemini-3-pro-image-preview")
 assert MODEL is not None
@@ -52,10 +54,6 @@ HARM_CATEGORIES = {
     "HARM_CATEGORY_DANGEROUS_CONTENT",
 }
 
-PNG = InputImage(solid_png(64, 48, (10, 200, 30)), "image/png", 64, 48)
-JPEG = InputImage(solid_jpeg(40, 40, (200, 10, 30)), "image/jpeg", 40, 40)
-WEBP = InputImage(solid_webp(32, 32, (1, 2, 250)), "image/webp", 32, 32)
-MASK = InputImage(solid_png(64, 48, (0, 0, 0, 0)), "image/png", 64, 48)
 
 
 def b64(data: bytes) -> str:

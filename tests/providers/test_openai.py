@@ -24,9 +24,9 @@ from imagegate.errors import (
     UpstreamUnavailable,
 )
 from imagegate.normalize import Layout, resolve_layout
-from imagegate.providers import InputImage, OpenAIProvider, ProviderRequest
+from imagegate.providers import OpenAIProvider, ProviderRequest
 from imagegate.providers.openai import _form_pairs
-from tests.fakes.images import color_for, detect_mime, image_size, pixel_at, solid_jpeg, solid_png
+from tests.fakes.images import color_for, detect_mime, image_size, pixel_at, solid_jpeg
 from tests.fakes.openai_upstream import (
     INPUT_TOKENS_PER_IMAGE,
     OUTPUT_TOKENS_PER_IMAGE,
@@ -37,13 +37,12 @@ from tests.fakes.openai_upstream import (
     RawResponse,
 )
 
+from .inputs import JPEG, MASK, PNG
+
 MODEL = load_builtin_catalog().get("gemini-3-pro-image-preview")
 assert MODEL is not None
 BINDING = MODEL.providers["openai"]
 
-PNG = InputImage(solid_png(64, 48, (10, 200, 30)), "image/png", 64, 48)
-JPEG = InputImage(solid_jpeg(40, 40, (200, 10, 30)), "image/jpeg", 40, 40)
-MASK = InputImage(solid_png(64, 48, (0, 0, 0, 0)), "image/png", 64, 48)
 
 
 def make_request(prompt: str = "a red fox in snow", *, layout: Layout | None = None,

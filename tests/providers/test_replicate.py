@@ -8,7 +8,6 @@ sections 3 and 5.
 from __future__ import annotations
 
 import asyncio
-import base64
 import socket
 import time
 from collections.abc import Callable
@@ -27,11 +26,11 @@ from imagegate.errors import (
     UpstreamUnavailable,
 )
 from imagegate.normalize import Layout, resolve_layout
-from imagegate.providers import InputImage, ProviderRequest, ProviderResult
+from imagegate.providers import ProviderRequest, ProviderResult
 from imagegate.providers.gemini import MASK_NOTE
 from imagegate.providers.replicate import ReplicateProvider
 from tests.fakes.gemini import PRO_SIZES
-from tests.fakes.images import color_for, detect_mime, image_size, pixel_at, solid_jpeg, solid_png
+from tests.fakes.images import color_for, detect_mime, image_size, pixel_at
 from tests.fakes.replicate import (
     SAFETY_ERROR,
     CapacityFailure,
@@ -48,19 +47,14 @@ from tests.fakes.replicate import (
     ReplicateError,
 )
 
+from .inputs import JPEG, MASK, PNG, data_uri
+
 _model = load_builtin_catalog().get("gemini-3-pro-image-preview")
 assert _model is not None
 MODEL: ModelEntry = _model
 BINDING = MODEL.providers["replicate"]
 PATH = "/v1/models/google/nano-banana-pro/predictions"
 
-PNG = InputImage(solid_png(64, 48, (10, 200, 30)), "image/png", 64, 48)
-JPEG = InputImage(solid_jpeg(40, 40, (200, 10, 30)), "image/jpeg", 40, 40)
-MASK = InputImage(solid_png(64, 48, (0, 0, 0, 0)), "image/png", 64, 48)
-
-
-def data_uri(image: InputImage) -> str:
-    return f"data:{image.mime_type};base64," + base64.b64encode(image.data).decode("ascii")
 
 
 def binding_with(**parameters: dict[str, Any]) -> ProviderBinding:
