@@ -25,6 +25,10 @@ class InputImage:
     width: int
     height: int
 
+    def data_uri(self) -> str:
+        """Replicate and fal take `data:` URIs wherever they take an image URL: no upload step."""
+        return f"data:{self.mime_type};base64,{ImageBytes(self.data).b64}"
+
 
 @dataclass(frozen=True)
 class ProviderRequest:
@@ -54,6 +58,20 @@ class ProviderImage:
     @property
     def data(self) -> bytes:
         return self.blob.data
+
+
+NOT_SENT = ("emulated", "not_available")  # handled by the gateway, or refused before any call
+
+
+def sent_field(binding: ProviderBinding, param: str, undeclared: str | None) -> str | None:
+    """Where a gateway value goes in the upstream request, from the binding: its `to` (or its own
+    name), None when the gateway handles it, `undeclared` when the binding does not mention it."""
+    handling = binding.handling(param)
+    if handling is None:
+        return undeclared
+    if handling.handling in NOT_SENT:
+        return None
+    return handling.to or param
 
 
 def token_count(value: Any) -> int:

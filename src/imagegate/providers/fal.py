@@ -16,7 +16,6 @@ for, an answer nobody waits for. Output images come as URLs to fal's CDN, or as 
 from __future__ import annotations
 
 import asyncio
-import base64
 import math
 import time
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from ..errors import (
 )
 from ..fetch import decode_data_uri
 from ..imaging import MIME_BY_FORMAT, ImageBytes, decode_b64_image, sniff_format
-from .base import ImageProvider, InputImage, ProviderImage, ProviderRequest, ProviderResult
+from .base import ImageProvider, ProviderImage, ProviderRequest, ProviderResult, sent_field
 from .gemini import MASK_NOTE
 from .upstream import UpstreamResponse, error_for_status, parse_json, retry_after_seconds, send
 
@@ -43,7 +42,6 @@ COMPLETED = "COMPLETED"
 POLICY_TYPE = "content_policy_violation"
 NO_MEDIA_TYPE = "no_media_generated"
 # Binding handlings that mean "the gateway does it; send nothing".
-NOT_SENT = frozenset({"emulated", "not_available"})
 # A cancel is sent after the deadline has passed, so it gets its own short allowance.
 CANCEL_TIMEOUT_S = 2.0
 # Status polls are idempotent: these answers are retried (fal_client retries the same ones).
@@ -73,29 +71,18 @@ class QueueUrls:
 # --- request ---------------------------------------------------------------------------------
 
 
-def data_uri(image: InputImage) -> str:
-    """fal accepts `data:` URIs wherever it takes an image URL, which spares an upload."""
-    return f"data:{image.mime_type};base64,{base64.b64encode(image.data).decode('ascii')}"
-
-
 def sent_name(request: ProviderRequest, param: str) -> str | None:
-    """The fal field for a gateway value, or None when the binding says the gateway handles it
-    (emulated / not_available). An undeclared parameter keeps its own name."""
-    handling = request.binding.handling(param)
-    if handling is None:
-        return param
-    if handling.handling in NOT_SENT:
-        return None
-    return handling.to or param
+    """The fal field for a gateway value; an undeclared parameter keeps its own name."""
+    return sent_field(request.binding, param, undeclared=param)
 
 
 def _images_and_prompt(request: ProviderRequest) -> tuple[list[str], str]:
     """Input images as data URIs; an emulated mask rides along as one more image plus a note
     telling the model what it is (the gateway composites the original back afterwards)."""
-    images = [data_uri(image) for image in request.images]
+    images = [image.data_uri() for image in request.images]
     prompt = request.prompt
     if request.mask is not None and sent_name(request, "mask") is None:
-        images.append(data_uri(request.mask))
+        images.append(request.mask.data_uri())
         prompt = f"{prompt}\n\n{MASK_NOTE}"
     return images, prompt
 
@@ -121,7 +108,7 @@ def build_input(request: ProviderRequest) -> dict[str, Any]:
         "image": images or None,
     }
     if request.mask is not None and sent_name(request, "mask") is not None:
-        values["mask"] = data_uri(request.mask)
+        values["mask"] = request.mask.data_uri()
     body: dict[str, Any] = {}
     for param, value in values.items():
         name = sent_name(request, param)

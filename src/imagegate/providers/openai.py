@@ -12,7 +12,7 @@ from typing import Any
 
 from ..errors import ContentPolicyViolation, ImagegateError, UpstreamError
 from ..imaging import MIME_BY_FORMAT, ImageBytes, decode_b64_image, sniff_format
-from .base import ImageProvider, ProviderImage, ProviderRequest, ProviderResult, token_count
+from .base import ImageProvider, ProviderImage, ProviderRequest, ProviderResult, sent_field, token_count
 from .upstream import error_for_status, parse_json, retry_after_seconds, send
 
 POLICY_CODES = frozenset({"content_policy_violation", "moderation_blocked"})
@@ -20,10 +20,7 @@ POLICY_CODES = frozenset({"content_policy_violation", "moderation_blocked"})
 
 def _sent_name(request: ProviderRequest, param: str) -> str | None:
     """The upstream field name for a gateway value, or None when the binding does not send it."""
-    handling = request.binding.handling(param)
-    if handling is None or handling.handling in ("emulated", "not_available"):
-        return None
-    return handling.to or param
+    return sent_field(request.binding, param, undeclared=None)
 
 
 def build_fields(request: ProviderRequest) -> dict[str, Any]:
@@ -48,8 +45,7 @@ def build_fields(request: ProviderRequest) -> dict[str, Any]:
         if name is not None and value is not None:
             fields[name] = value
     for param, value in request.options.items():
-        declared = request.binding.handling(param) is not None
-        name = _sent_name(request, param) if declared else param
+        name = sent_field(request.binding, param, undeclared=param)
         if name is not None:  # emulated options are the gateway's business, not the upstream's
             fields[name] = value
     fields.update(request.extra)

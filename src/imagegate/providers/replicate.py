@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 
 from ..errors import ContentPolicyViolation, ImagegateError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from ..imaging import MIME_BY_FORMAT, ImageBytes, decode_b64_image, sniff_format
-from .base import ImageProvider, InputImage, ProviderImage, ProviderRequest, ProviderResult
+from .base import ImageProvider, ProviderImage, ProviderRequest, ProviderResult, sent_field
 from .gemini import MASK_NOTE
 from .upstream import UpstreamResponse, error_for_status, parse_json, retry_after_seconds, send
 
@@ -62,19 +62,10 @@ FORMAT_NAMES = {"jpeg": "jpg"}
 def input_field(request: ProviderRequest, param: str) -> str | None:
     """The `input` field a gateway value goes to, or None when the binding does not send it
     (emulated or not available, or a composite target such as `input.a + input.b`)."""
-    handling = request.binding.handling(param)
-    if handling is None:
-        return DEFAULT_FIELDS.get(param)
-    if handling.handling in ("emulated", "not_available"):
-        return None
-    target = handling.to or param
-    if "+" in target or " " in target:
+    target = sent_field(request.binding, param, undeclared=DEFAULT_FIELDS.get(param))
+    if target is None or "+" in target or " " in target:
         return None
     return target.removeprefix("input.")
-
-
-def data_uri(image: InputImage) -> str:
-    return "data:" + image.mime_type + ";base64," + ImageBytes(image.data).b64
 
 
 def _mask_is_emulated(request: ProviderRequest) -> bool:
@@ -85,14 +76,14 @@ def _mask_is_emulated(request: ProviderRequest) -> bool:
 def build_input(request: ProviderRequest) -> dict[str, Any]:
     """The prediction's `input` object, from the request and what the binding declares."""
     prompt = request.prompt
-    images = [data_uri(image) for image in request.images]
+    images = [image.data_uri() for image in request.images]
     values: dict[str, Any] = {}
     if request.mask is not None:
         if _mask_is_emulated(request):
-            images.append(data_uri(request.mask))
+            images.append(request.mask.data_uri())
             prompt = f"{prompt}\n\n{MASK_NOTE}"
         else:
-            values["mask"] = data_uri(request.mask)
+            values["mask"] = request.mask.data_uri()
     fmt = request.output_format
     values.update({
         "prompt": prompt,
