@@ -7,6 +7,7 @@ Adding a model is adding an entry; nothing here or in the router names a model.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from importlib import resources
 from typing import Any, Literal
 
@@ -78,6 +79,10 @@ class ProviderBinding(_Strict):
 
     def handling(self, param: str) -> ParamHandlingSpec | None:
         return self.parameters.get(param)
+
+    def unavailable(self, names: Iterable[str]) -> set[str]:
+        """Those of `names` this provider declares not available."""
+        return {n for n in names if (h := self.parameters.get(n)) is not None and h.handling == "not_available"}
 
     def upstream_for(self, mode: str) -> str:
         return self.upstream_model_edit if mode == "edit" and self.upstream_model_edit else self.upstream_model

@@ -37,13 +37,14 @@ class ImageBytes:
     asked for, so an image that needs no conversion is never decoded and re-encoded (for a 1K
     PNG that round trip was a third of the gateway's CPU per request)."""
 
-    __slots__ = ("_data", "_b64")
+    __slots__ = ("_data", "_b64", "_head")
 
     def __init__(self, data: bytes | None = None, *, b64: str | None = None) -> None:
         if (data is None) == (b64 is None):
             raise ValueError("give exactly one of data or b64")
         self._data = data
         self._b64 = b64
+        self._head: bytes | None = None
 
     @property
     def data(self) -> bytes:
@@ -63,8 +64,10 @@ class ImageBytes:
         """The first bytes, decoding only a prefix of the base64 when that is all there is."""
         if self._data is not None:
             return self._data[:HEAD_BYTES]
-        assert self._b64 is not None
-        return binascii.a2b_base64(self._b64[: HEAD_BYTES // 3 * 4], strict_mode=True)
+        if self._head is None:  # sniffing, probing and converting all read it: decode it once
+            assert self._b64 is not None
+            self._head = binascii.a2b_base64(self._b64[: HEAD_BYTES // 3 * 4], strict_mode=True)
+        return self._head
 
 
 def decode_b64_image(b64: str) -> tuple[ImageBytes, str]:

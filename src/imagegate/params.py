@@ -131,14 +131,6 @@ def normalize_params(raw: dict[str, Any], *, model: ModelEntry, mode: Mode) -> N
     return result
 
 
-def unavailable_on(params: NormalizedParams, binding: ProviderBinding) -> set[str]:
-    """Given parameters (default values aside) that this provider declares not available."""
-    return {
-        name for name in params.values
-        if (h := binding.handling(name)) is not None and h.handling == "not_available"
-    }
-
-
 def provider_view(
     params: NormalizedParams, *, model: ModelEntry, provider_id: str, binding: ProviderBinding,
     strict: set[str],
@@ -148,7 +140,7 @@ def provider_view(
     response says so, since the router only sends it here when no better provider is left."""
     view = NormalizedParams(values=dict(params.values), options=dict(params.options), extra=params.extra,
                             ignored=list(params.ignored))
-    for name in sorted(unavailable_on(params, binding)):
+    for name in sorted(binding.unavailable(params.values)):
         value = view.values.pop(name)
         view.options.pop(name, None)
         how = binding.handling(name)

@@ -33,10 +33,9 @@ def is_capacity(error: ImagegateError) -> bool:
     return isinstance(error, UpstreamUnavailable)
 
 
-def backoff_delay(attempt: int, base: float, cap: float, retry_after: float | None,
-                  rng: random.Random | None = None) -> float:
+def backoff_delay(attempt: int, base: float, cap: float, retry_after: float | None) -> float:
     """Full jitter (uniform in [0, base * 2**attempt], capped); an upstream's Retry-After is a floor."""
-    jittered = (rng or random).uniform(0, min(cap, base * 2**attempt))
+    jittered = random.uniform(0, min(cap, base * 2**attempt))
     return max(jittered, retry_after or 0.0)
 
 

@@ -23,10 +23,6 @@ class Route:
     binding: ProviderBinding
     provider: ImageProvider
 
-    def unsupported(self, given: set[str]) -> set[str]:
-        """The given parameters this provider declares not available."""
-        return {p for p in given if (h := self.binding.handling(p)) is not None and h.handling == "not_available"}
-
 
 class Router:
     def __init__(
@@ -68,7 +64,4 @@ class Router:
         routes = [Route(model, p, model.providers[p], self.providers[p]) for p in available]
         wanted = given or set()
         # sorted() is stable: within each group the priority order stays.
-        return sorted(routes, key=lambda r: (self.breaker.is_open(r.provider_id), len(r.unsupported(wanted))))
-
-    def route(self, model_id: str) -> Route:
-        return self.routes(model_id)[0]
+        return sorted(routes, key=lambda r: (self.breaker.is_open(r.provider_id), len(r.binding.unavailable(wanted))))

@@ -23,7 +23,7 @@ from .dispatch import CallPlan, Dispatcher, Served
 from .errors import ImagegateError, InvalidRequest, UpstreamError, UpstreamUnavailable
 from .fetch import fetch_image_url
 from .normalize import Adjustment, Layout, resolve_layout
-from .params import NormalizedParams, normalize_params, provider_view, unavailable_on
+from .params import NormalizedParams, normalize_params, provider_view
 from .providers import InputImage, ProviderImage
 from .resilience import is_capacity, is_upstream_failure
 from .router import Route, Router
@@ -126,7 +126,7 @@ class ImageService:
         # 2. Providers, best first, each with its own view of the parameters (400s happen here,
         #    before anything is sent anywhere).
         routes = self.router.routes(model_id, given=set(params.values))
-        strict = set.intersection(*(unavailable_on(params, r.binding) for r in routes))
+        strict = set.intersection(*(r.binding.unavailable(params.values) for r in routes))
         views = {r.provider_id: provider_view(params, model=model, provider_id=r.provider_id, binding=r.binding,
                                               strict=strict) for r in routes}
         # 3. Inputs, then the layout (an edit keeps its first image's shape by default).
@@ -202,7 +202,7 @@ class ImageService:
                 continue
             spec = fallback.parameters.get(name)
             honoured = spec is not None and spec.availability(job.mode) != "not_available" and any(
-                (h := r.binding.handling(name)) is None or h.handling != "not_available" for r in routes)
+                not r.binding.unavailable([name]) for r in routes)
             if honoured or name == "prompt":
                 params[name] = value
             else:
@@ -263,12 +263,12 @@ class ImageService:
             composite = mask is not None and handling is not None and handling.handling == "emulated"
             blob = image.blob
             try:
-                _check_upstream_image(blob, MAX_UPSTREAM_PIXELS)
+                # Compositing and converting keep the pixel size, so this one probe measures the result.
+                width, height = _check_upstream_image(blob, MAX_UPSTREAM_PIXELS)
                 if composite:
                     assert mask is not None
                     blob = imaging.ImageBytes(imaging.composite_masked_edit(images[0].data, blob.data, mask.data))
                 blob, fmt = imaging.convert(blob, target, compression)
-                _, width, height = imaging.probe(blob)
                 # Make the form the response needs here, off the event loop.
                 if hosted:
                     blob.data  # noqa: B018 - decode now, inside the error mapping
@@ -321,12 +321,14 @@ def _unique(adjustments: Iterable[Adjustment]) -> list[Adjustment]:
     return list(dict.fromkeys(adjustments))
 
 
-def _check_upstream_image(blob: imaging.ImageBytes, max_pixels: int) -> None:
-    """Upstream bytes are decoded for conversion too: the same bomb guard as for uploads."""
+def _check_upstream_image(blob: imaging.ImageBytes, max_pixels: int) -> tuple[int, int]:
+    """Upstream bytes are decoded for conversion too: the same bomb guard as for uploads.
+    Returns the image's (width, height)."""
     _, width, height = imaging.probe(blob)
     if width * height > max_pixels:
         raise UpstreamError(f"The upstream sent a {width}x{height} image, over the pixel limit.",
                             code="upstream_response_too_large")
+    return width, height
 
 
 def _count_adjustments(n: int, delivered: int, failed_calls: int) -> list[Adjustment]:
