@@ -153,10 +153,17 @@ async def _run_local(job: ImageJob) -> tuple[list[tuple[bytes, str]], str]:
 
 def _summary(outcome: ImagesOutcome) -> str:
     eff = outcome.effective()
-    text = (f"{outcome.model} via {outcome.provider}: {len(outcome.images)} image(s) "
-            f"{eff['width']}x{eff['height']} {eff['output_format']}, ${outcome.cost:.3f}")
-    for adj in outcome.adjustments:
-        text += f"\n  adjusted {adj.param}: {adj.requested} -> {adj.applied}"
+    return _summary_text(outcome.model, outcome.provider, len(outcome.images), f"{eff['width']}x{eff['height']}",
+                         eff["output_format"], outcome.cost,
+                         [(a.param, a.requested, a.applied) for a in outcome.adjustments])
+
+
+def _summary_text(model: object, provider: object, count: int, size: object, fmt: str, cost: float,
+                  adjustments: list[tuple[object, object, object]]) -> str:
+    """One summary for in-process and remote runs: what served it, what came back, what changed."""
+    text = f"{model} via {provider}: {count} image(s) {size} {fmt}, ${cost:.3f}"
+    for param, requested, applied in adjustments:
+        text += f"\n  adjusted {param}: {requested} -> {applied}"
     return text
 
 
@@ -200,11 +207,11 @@ def _run_remote(job: ImageJob, server: str, api_key: str | None) -> tuple[list[t
         raise ImagegateError(f"Could not reach {base}: {exc}", code="connection_error") from exc
     except (ValueError, KeyError, TypeError) as exc:
         raise ImagegateError(f"{base} did not answer like an imagegate server.", code="bad_response") from exc
-    usage = body.get("usage", {})
-    summary = (f"{response.headers.get('x-imagegate-model')} via {response.headers.get('x-imagegate-provider')}: "
-               f"{len(images)} image(s) {body.get('size')} {fmt}, ${usage.get('cost', 0):.3f}")
-    for adj in body.get("adjustments") or []:
-        summary += f"\n  adjusted {adj.get('param')}: {adj.get('requested')} -> {adj.get('applied')}"
+    summary = _summary_text(
+        response.headers.get("x-imagegate-model"), response.headers.get("x-imagegate-provider"), len(images),
+        body.get("size"), fmt, body.get("usage", {}).get("cost", 0),
+        [(a.get("param"), a.get("requested"), a.get("applied")) for a in body.get("adjustments") or []],
+    )
     return images, summary
 
 
