@@ -156,3 +156,37 @@ def gateway(gateway_factory: Any, fake_gemini: FakeGemini) -> RunningGateway:
 @pytest.fixture
 def client(gateway: RunningGateway) -> OpenAI:
     return gateway.client()
+
+
+# --- the local engine: tiny diffusers checkpoints built by the tests (nothing is downloaded) ------
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """tiny_checkpoints(kind="text2image", name=None) -> the directory of a tiny random
+    checkpoint in diffusers format, built once per session. The directory's name becomes the
+    model id (`local/<name>`); a name containing "turbo" gets the turbo presets."""
+    from .engine.tiny_models import build_tiny_pipeline
+
+    root = tmp_path_factory.mktemp("checkpoints")
+    built: dict[tuple[str, str], Path] = {}
+
+    def get(kind: str = "text2image", name: str | None = None) -> Path:
+        name = name or {"text2image": "tiny-sd", "inpaint": "tiny-inpaint", "instruct": "tiny-pix2pix"}[kind]
+        if (kind, name) not in built:
+            built[(kind, name)] = build_tiny_pipeline(root / name, kind=kind)
+        return built[(kind, name)]
+
+    return get
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine torch's
+    spinning worker threads make each run several times slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -76,6 +76,9 @@ class ProviderBinding(_Strict):
     max_images_per_call: int = Field(default=1, ge=1)
     native_output_formats: list[str] = Field(default_factory=list)
     parameters: dict[str, ParamHandlingSpec] = Field(default_factory=dict)
+    # Per mode, values the provider uses for parameters a request leaves out (the local engine's
+    # steps and guidance, which depend on the checkpoint).
+    defaults: dict[Mode, dict[str, Any]] = Field(default_factory=dict)
 
     def handling(self, param: str) -> ParamHandlingSpec | None:
         return self.parameters.get(param)

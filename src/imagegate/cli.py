@@ -12,7 +12,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 import httpx
@@ -20,8 +20,11 @@ from rich.console import Console
 from rich.table import Table
 
 from .config import Settings
+from .db import Database
+from .engine.describe import read_checkpoint
 from .errors import ImagegateError
 from .gateway import Gateway
+from .keys import KeyStore
 from .service import ImageJob, ImagesOutcome
 
 err_console = Console(stderr=True)
@@ -54,6 +57,14 @@ def serve(host: str | None, port: int | None, workers: int | None, log_level: st
     if workers is not None:
         overrides["workers"] = workers
     settings = Settings(**overrides)
+    if settings.local_model:  # a bad local model fails here, in one line, not in a worker's traceback
+        try:
+            read_checkpoint(settings.local_model)
+        except ImagegateError as exc:
+            _fail(exc)
+    if settings.local_model and settings.workers > 1:
+        err_console.print(f"[yellow]note[/yellow]: each of the {settings.workers} workers loads its own copy of "
+                          f"{settings.local_model}; one worker serves a local model best (it batches requests).")
     if settings.workers == 1:
         uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=log_level)
         return
@@ -126,6 +137,11 @@ def edit(images: tuple[str, ...], prompt: str, mask: str | None, **kw: Any) -> N
     _run_job(job, kw)
 
 
+def _fail(exc: ImagegateError) -> NoReturn:
+    err_console.print(f"[red]error[/red] ({exc.status_code} {exc.code}): {exc.message}")
+    sys.exit(1)
+
+
 def _run_job(job: ImageJob, kw: dict[str, Any]) -> None:
     with err_console.status("Generating…", spinner="dots"):
         try:
@@ -134,8 +150,7 @@ def _run_job(job: ImageJob, kw: dict[str, Any]) -> None:
             else:
                 files, summary = asyncio.run(_run_local(job))
         except ImagegateError as exc:
-            err_console.print(f"[red]error[/red] ({exc.status_code} {exc.code}): {exc.message}")
-            sys.exit(1)
+            _fail(exc)
     for path in _write_outputs(files, kw.get("output")):
         suffix_format = SUFFIX_FORMATS.get(path.suffix.lower())
         written = files[0][1]
@@ -236,19 +251,25 @@ def _write_outputs(files: list[tuple[bytes, str]], output: str | None) -> list[P
 def models() -> None:
     """List the models in the catalog and whether a provider serves them."""
 
-    async def load() -> list[tuple[str, str, str, str, str]]:
+    async def load() -> tuple[list[tuple[str, str, str, str, str]], str | None]:
         async with Gateway(Settings()) as gateway:
             rows = []
             for model in gateway.catalog:
                 providers = gateway.router.available_providers(model)
                 rows.append((model.id, model.name, ", ".join(model.modes),
                              f"{model.price.per_image * 100:.1f}¢", ", ".join(providers) or "not configured"))
-            return rows
+            return rows, gateway.notice()
 
+    try:
+        rows, notice = asyncio.run(load())
+    except ImagegateError as exc:
+        _fail(exc)
     table = Table("model", "name", "modes", "price/image", "providers")
-    for row in asyncio.run(load()):
+    for row in rows:
         table.add_row(*row)
     Console().print(table)
+    if notice:
+        err_console.print(f"[yellow]note[/yellow]: {notice}")
 
 
 @cli.group()
@@ -257,11 +278,13 @@ def keys() -> None:
 
 
 def _with_keys(fn: Any) -> Any:
-    async def run() -> Any:
-        async with Gateway(Settings()) as gateway:
-            return fn(gateway.keys)
-
-    return asyncio.run(run())
+    """Only the key store: managing keys never loads models or touches providers."""
+    settings = Settings()
+    db = Database(settings.database_path)
+    try:
+        return fn(KeyStore(db, settings.static_keys))
+    finally:
+        db.close()
 
 
 @keys.command("create")

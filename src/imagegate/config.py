@@ -28,6 +28,9 @@ class FileConfig(BaseModel):
     models: list[dict[str, Any]] = Field(default_factory=list)
     # model id -> provider ids in priority order.
     routing: dict[str, list[str]] = Field(default_factory=dict)
+    # More local models (directories or hub ids), each described from its configs like
+    # IMAGEGATE_LOCAL_MODEL's.
+    local_models: list[str] = Field(default_factory=list)
 
 
 def _env(name: str, *more: str) -> Any:
@@ -65,6 +68,14 @@ class Settings(BaseSettings):
     breaker_cooldown_seconds: float = 30.0
     idempotency_ttl_seconds: float = 86400.0
     poll_interval_seconds: float | None = None  # Replicate / fal status polling; None: each adapter's own
+
+    # The local engine (pip install -e '.[local]'): a diffusers directory or a hub id, served as
+    # model `local/<last path component>`; device and dtype "auto" pick CUDA, MPS, then CPU.
+    local_model: str | None = None  # IMAGEGATE_LOCAL_MODEL
+    local_device: str = "auto"  # IMAGEGATE_LOCAL_DEVICE: auto, cuda, cuda:1, mps, cpu
+    local_dtype: str = "auto"  # IMAGEGATE_LOCAL_DTYPE: auto, float16, bfloat16, float32
+    local_max_batch_images: int = Field(default=8, ge=1)  # images in one forward pass
+    local_max_queued_images: int = Field(default=32, ge=1)  # beyond this, 503 with Retry-After
 
     gemini_api_key: str | None = _env("GEMINI_API_KEY")
     gemini_base_url: str | None = _env("GEMINI_BASE_URL")

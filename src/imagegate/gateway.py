@@ -12,6 +12,7 @@ import httpx
 from .catalog import Catalog, builtin_data, load_builtin_catalog, parse_entries
 from .config import FileConfig, Settings
 from .db import Database
+from .engine.describe import LocalModelError, catalog_entry, local_model_id, read_checkpoint
 from .idempotency import IdempotencyStore
 from .keys import KeyStore
 from .providers import PROVIDER_CLASSES, ImageProvider
@@ -22,11 +23,36 @@ from .storage import LocalResultStore
 from .usage import UsageLog
 
 
-def build_catalog(file_config: FileConfig) -> Catalog:
+def build_catalog(file_config: FileConfig, local_model: str | None = None) -> Catalog:
+    """Built-in models, then the config file's, then its `local_models` and IMAGEGATE_LOCAL_MODEL,
+    each described from its own configs (unless the file already has an entry with that id)."""
     catalog = load_builtin_catalog()
-    for entry in parse_entries({"models": file_config.models}, builtin_data().get("default_parameters")):
+    raw_entries = list(file_config.models)
+    for source in dict.fromkeys([*file_config.local_models, *([local_model] if local_model else [])]):
+        if not any(m.get("id") == local_model_id(source) for m in raw_entries):
+            raw_entries.append(catalog_entry(read_checkpoint(source)))
+    for entry in parse_entries({"models": raw_entries}, builtin_data().get("default_parameters")):
         catalog.add(entry)
     return catalog
+
+
+def local_sources(catalog: Catalog) -> list[str]:
+    """The weights every local model of the catalog is served from."""
+    return list(dict.fromkeys(m.providers["local"].upstream_model for m in catalog if "local" in m.providers))
+
+
+def build_local_provider(settings: Settings, sources: list[str]) -> ImageProvider:
+    try:
+        from .providers.local import LocalEngineSettings, LocalProvider
+    except ImportError as exc:  # torch or diffusers missing
+        raise LocalModelError(
+            f"A local model is configured but the local engine cannot be imported ({exc}). "
+            "Install it with: pip install -e '.[local]'"
+        ) from exc
+    return LocalProvider(sources, LocalEngineSettings(
+        device=settings.local_device, dtype=settings.local_dtype,
+        max_batch_images=settings.local_max_batch_images, max_queued_images=settings.local_max_queued_images,
+    ))
 
 
 def build_providers(
@@ -50,21 +76,44 @@ def build_providers(
 class Gateway:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        # The catalog first: a local model that cannot be read fails before anything is opened.
+        file_config = settings.file_config()
+        self.catalog = build_catalog(file_config, settings.local_model)
         self.db = Database(settings.database_path)
         self.keys = KeyStore(self.db, settings.static_keys)
         self.store = LocalResultStore(self.db, settings.data_dir / "results", settings.result_ttl_seconds)
         self.usage = UsageLog(self.db)
         self.idempotency = IdempotencyStore(self.db, settings.idempotency_ttl_seconds)
-        file_config = settings.file_config()
-        self.catalog = build_catalog(file_config)
         # One pooled client for all upstream traffic; per-call timeouts are set by each request.
         self.client = httpx.AsyncClient(
             limits=httpx.Limits(max_connections=512, max_keepalive_connections=128), timeout=30.0
         )
         self.providers = build_providers(settings, file_config, self.client)
+        if sources := local_sources(self.catalog):
+            self.providers["local"] = build_local_provider(settings, sources)
         breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown_seconds)
         self.router = Router(self.catalog, self.providers, file_config.routing, breaker)
-        self.service = ImageService(settings, self.router, self.store, self.usage, self.client)
+        self.service = ImageService(settings, self.router, self.store, self.usage, self.client,
+                                    default_model=self._default_model())
+
+    def _default_model(self) -> str | None:
+        """The first model some configured provider serves (a local model when there is no
+        cloud key), else the catalog's first."""
+        return next((m.id for m in self.catalog if self.router.available_providers(m)), None)
+
+    def notice(self) -> str | None:
+        """What an operator must know before the gateway can serve anything (None when it can)."""
+        if self.providers:
+            return None
+        clouds = ", ".join(cls.key_env_var for cls in PROVIDER_CLASSES.values())
+        return (f"No provider is configured, so every image request fails. Set a cloud key ({clouds}) or "
+                "serve a local model with IMAGEGATE_LOCAL_MODEL=<diffusers directory or hub id> "
+                "(after pip install -e '.[local]').")
+
+    async def start(self) -> None:
+        """Server start: providers get ready (the local engine loads its weights)."""
+        for provider in self.providers.values():
+            await provider.start()
 
     async def __aenter__(self) -> Gateway:
         return self
@@ -75,5 +124,7 @@ class Gateway:
         await self.aclose()
 
     async def aclose(self) -> None:
+        for provider in self.providers.values():
+            await provider.aclose()
         await self.client.aclose()
         self.db.close()

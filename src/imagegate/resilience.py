@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from .errors import ImagegateError, UpstreamError, UpstreamUnavailable
 
 # Upstream failures that another attempt at the same provider cannot fix.
-NOT_RETRYABLE_CODES = frozenset({"upstream_auth_failed", "upstream_response_too_large"})
+# A busy local engine says when to come back; the client hears it at once (503, Retry-After).
+NOT_RETRYABLE_CODES = frozenset({"upstream_auth_failed", "upstream_response_too_large", "engine_busy"})
 
 
 def is_upstream_failure(error: ImagegateError) -> bool:

@@ -24,6 +24,13 @@ class Route:
     provider: ImageProvider
 
 
+def key_env_var(provider_id: str) -> str:
+    """The environment variable that turns a provider on."""
+    if provider_id in PROVIDER_CLASSES:
+        return PROVIDER_CLASSES[provider_id].key_env_var
+    return "IMAGEGATE_LOCAL_MODEL" if provider_id == "local" else f"[providers.{provider_id}] in the config file"
+
+
 class Router:
     def __init__(
         self,
@@ -55,7 +62,7 @@ class Router:
         model = self.model(model_id)
         available = self.available_providers(model)
         if not available:
-            envs = ", ".join(PROVIDER_CLASSES[p].key_env_var for p in model.providers if p in PROVIDER_CLASSES)
+            envs = ", ".join(key_env_var(p) for p in model.providers)
             raise UpstreamUnavailable(
                 f"No provider is configured for model '{model_id}'. Set one of: {envs}.",
                 param="model",

@@ -1,14 +1,18 @@
-"""Provider adapters. A new upstream is one module here plus one line in PROVIDER_CLASSES."""
+"""Provider adapters. A new upstream is one module here plus one line in PROVIDER_CLASSES.
+
+The local engine (`local.py`) is not listed: it needs the `local` extra (torch, diffusers), so
+the gateway imports it only when a local model is configured.
+"""
 
 from __future__ import annotations
 
-from .base import ImageProvider, InputImage, ProviderImage, ProviderRequest, ProviderResult
+from .base import HttpProvider, ImageProvider, InputImage, ProviderImage, ProviderRequest, ProviderResult
 from .fal import FalProvider
 from .gemini import GeminiProvider
 from .openai import OpenAIProvider
 from .replicate import ReplicateProvider
 
-PROVIDER_CLASSES: dict[str, type[ImageProvider]] = {
+PROVIDER_CLASSES: dict[str, type[HttpProvider]] = {
     GeminiProvider.provider_id: GeminiProvider,
     ReplicateProvider.provider_id: ReplicateProvider,
     FalProvider.provider_id: FalProvider,
@@ -19,6 +23,7 @@ __all__ = [
     "PROVIDER_CLASSES",
     "FalProvider",
     "GeminiProvider",
+    "HttpProvider",
     "ImageProvider",
     "InputImage",
     "OpenAIProvider",

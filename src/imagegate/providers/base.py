@@ -92,21 +92,11 @@ class ProviderResult:
 
 
 class ImageProvider(ABC):
-    """One upstream service. Instances are long-lived and share one httpx client."""
+    """One way of making images: an upstream service, or the local engine."""
 
     provider_id: ClassVar[str]
-    # The environment variables that enable this provider with no config file.
+    # The environment variable that enables this provider with no config file.
     key_env_var: ClassVar[str]
-    base_url_env_var: ClassVar[str]
-    default_base_url: ClassVar[str]
-    # Per upstream call; the gateway sets both from its settings.
-    timeout: float = 300.0
-    max_response_bytes: int = 256 * 1024 * 1024
-
-    def __init__(self, *, api_key: str, base_url: str, client: httpx.AsyncClient) -> None:
-        self.api_key = api_key
-        self.base_url = base_url.rstrip("/")
-        self.client = client
 
     @abstractmethod
     async def generate(self, request: ProviderRequest) -> ProviderResult: ...
@@ -118,3 +108,26 @@ class ImageProvider(ABC):
         if request.mode == "edit":
             return await self.edit(request)
         return await self.generate(request)
+
+    async def start(self) -> None:
+        """Called once when the server starts (the local engine loads its weights here)."""
+        return None
+
+    async def aclose(self) -> None:
+        """Release what the provider holds of its own (the shared HTTP client is not its own)."""
+        return None
+
+
+class HttpProvider(ImageProvider):
+    """An upstream service over HTTP. Instances are long-lived and share one httpx client."""
+
+    base_url_env_var: ClassVar[str]
+    default_base_url: ClassVar[str]
+    # Per upstream call; the gateway sets both from its settings.
+    timeout: float = 300.0
+    max_response_bytes: int = 256 * 1024 * 1024
+
+    def __init__(self, *, api_key: str, base_url: str, client: httpx.AsyncClient) -> None:
+        self.api_key = api_key
+        self.base_url = base_url.rstrip("/")
+        self.client = client

@@ -31,7 +31,7 @@ from ..errors import (
 )
 from ..fetch import decode_data_uri
 from ..imaging import MIME_BY_FORMAT, ImageBytes, decode_b64_image, sniff_format
-from .base import ImageProvider, ProviderImage, ProviderRequest, ProviderResult, sent_field
+from .base import HttpProvider, ProviderImage, ProviderRequest, ProviderResult, sent_field
 from .gemini import MASK_NOTE
 from .upstream import UpstreamResponse, error_for_status, parse_json, retry_after_seconds, send
 
@@ -257,7 +257,7 @@ def _image_entries(data: Any) -> tuple[list[str], str | None]:
 # --- the adapter -----------------------------------------------------------------------------
 
 
-class FalProvider(ImageProvider):
+class FalProvider(HttpProvider):
     provider_id = "fal"
     key_env_var = "FAL_KEY"
     base_url_env_var = "FAL_BASE_URL"

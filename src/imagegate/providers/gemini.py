@@ -13,7 +13,7 @@ from typing import Any
 
 from ..errors import ContentPolicyViolation, ImagegateError, UpstreamError
 from ..imaging import MIME_BY_FORMAT, decode_b64_image
-from .base import ImageProvider, InputImage, ProviderImage, ProviderRequest, ProviderResult, token_count
+from .base import HttpProvider, InputImage, ProviderImage, ProviderRequest, ProviderResult, token_count
 from .upstream import error_for_status, parse_json, retry_after_seconds, send
 
 # Finish and block reasons that mean "the safety system said no" rather than "it failed".
@@ -191,7 +191,7 @@ def parse_response(data: Any, *, keep_all_images: bool) -> ProviderResult:
     )
 
 
-class GeminiProvider(ImageProvider):
+class GeminiProvider(HttpProvider):
     provider_id = "gemini"
     key_env_var = "GEMINI_API_KEY"
     base_url_env_var = "GEMINI_BASE_URL"

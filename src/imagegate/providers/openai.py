@@ -12,7 +12,7 @@ from typing import Any
 
 from ..errors import ContentPolicyViolation, ImagegateError, UpstreamError
 from ..imaging import MIME_BY_FORMAT, ImageBytes, decode_b64_image, sniff_format
-from .base import ImageProvider, ProviderImage, ProviderRequest, ProviderResult, sent_field, token_count
+from .base import HttpProvider, ProviderImage, ProviderRequest, ProviderResult, sent_field, token_count
 from .upstream import error_for_status, parse_json, retry_after_seconds, send
 
 POLICY_CODES = frozenset({"content_policy_violation", "moderation_blocked"})
@@ -77,7 +77,7 @@ def _error(provider: str, status: int, data: Any, retry_after: float | None) -> 
     return error_for_status(provider, status, message, retry_after=retry_after)
 
 
-class OpenAIProvider(ImageProvider):
+class OpenAIProvider(HttpProvider):
     provider_id = "openai"
     key_env_var = "OPENAI_API_KEY"
     base_url_env_var = "OPENAI_BASE_URL"

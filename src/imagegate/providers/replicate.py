@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 
 from ..errors import ContentPolicyViolation, ImagegateError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from ..imaging import MIME_BY_FORMAT, ImageBytes, decode_b64_image, sniff_format
-from .base import ImageProvider, ProviderImage, ProviderRequest, ProviderResult, sent_field
+from .base import HttpProvider, ProviderImage, ProviderRequest, ProviderResult, sent_field
 from .gemini import MASK_NOTE
 from .upstream import UpstreamResponse, error_for_status, parse_json, retry_after_seconds, send
 
@@ -226,7 +226,7 @@ def image_from_data_uri(uri: str) -> ProviderImage:
 # --- the adapter -----------------------------------------------------------------------------
 
 
-class ReplicateProvider(ImageProvider):
+class ReplicateProvider(HttpProvider):
     provider_id = PROVIDER
     key_env_var = "REPLICATE_API_TOKEN"
     base_url_env_var = "REPLICATE_BASE_URL"

@@ -68,12 +68,22 @@ async def _purge_loop(gateway: Gateway) -> None:
 def create_app(settings: Settings) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with Gateway(settings) as gateway:
+        try:
+            gateway = Gateway(settings)
+        except ImagegateError as exc:  # a misconfigured local model: one clear line, then exit
+            log.error("cannot start: %s", exc.message)
+            raise
+        async with gateway:
             app.state.gateway = gateway
-            if not gateway.providers:
-                log.warning("no provider configured: set GEMINI_API_KEY or OPENAI_API_KEY")
+            if notice := gateway.notice():
+                log.warning(notice)
             if not gateway.keys.auth_required():
                 log.warning("no API keys configured: the gateway accepts unauthenticated requests")
+            try:
+                await gateway.start()
+            except ImagegateError as exc:
+                log.error("cannot start: %s", exc.message)
+                raise
             purger = asyncio.create_task(_purge_loop(gateway))
             try:
                 yield

@@ -9,6 +9,7 @@ from ..errors import AuthenticationFailed, NotFound
 from ..gateway import Gateway
 from ..idempotency import StoredResponse, idempotency_scope
 from ..service import ImageJob
+from .disconnect import until_disconnected
 from .parsing import parse_edit, parse_generation
 from .render import images_response, json_response, model_card
 
@@ -43,6 +44,12 @@ def _public_base_url(request: Request) -> str:
 
 
 async def _run(request: Request, job: ImageJob, key_id: str | None) -> Response:
+    """The request's work, abandoned as soon as its client goes away: a local engine job still
+    in the queue is dropped instead of computing images nobody will read."""
+    return await until_disconnected(request, _serve(request, job, key_id))
+
+
+async def _serve(request: Request, job: ImageJob, key_id: str | None) -> Response:
     gateway = _gateway(request)
     job.request_id = request.scope["state"]["request_id"]
     job.key_id = key_id
@@ -81,8 +88,11 @@ async def edits(request: Request) -> Response:
 
 async def list_models(request: Request) -> Response:
     await authenticate(request)
-    router = _gateway(request).router
-    return json_response({"object": "list", "data": [model_card(m, router) for m in router.catalog]})
+    gateway = _gateway(request)
+    body: dict[str, object] = {"object": "list", "data": [model_card(m, gateway.router) for m in gateway.router.catalog]}
+    if notice := gateway.notice():
+        body["notice"] = notice
+    return json_response(body)
 
 
 async def get_model(request: Request) -> Response:
