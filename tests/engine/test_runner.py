@@ -70,6 +70,8 @@ def test_device_is_chosen_automatically_with_its_dtype(model: LoadedModel) -> No
     assert pick_dtype("auto", "cuda") == torch.float16
     assert pick_dtype("bfloat16", "cuda") == torch.bfloat16
     assert pick_device("cuda:1") == "cuda:1"
+    # On the CPU a batch is decoded image by image (see loader.prepare_for_serving).
+    assert model.base.vae.use_slicing
 
 
 def test_plain_pipeline_arguments_are_typed_from_the_signature(model: LoadedModel) -> None:

@@ -4,7 +4,8 @@
    (with progress bars; HF_HUB_OFFLINE=1 serves it from the cache only).
 2. Device: CUDA, then Apple's MPS, then the CPU; dtype float16 on accelerators, float32 on
    the CPU (where half precision is slow or unsupported). Both can be forced.
-3. Pipelines: the checkpoint's own pipeline, plus img2img and inpainting views of it made with
+3. Serving settings per device (on the CPU the VAE decodes one image at a time).
+4. Pipelines: the checkpoint's own pipeline, plus img2img and inpainting views of it made with
    `from_pipe`, which share the loaded modules (no second copy of the weights).
 """
 
@@ -123,5 +124,19 @@ def load_model(checkpoint: Checkpoint, *, device: str = "auto", dtype: str = "au
         pipe.to(chosen)
     except Exception as exc:
         raise LocalModelError(f"Cannot load the local model '{checkpoint.source}': {exc}") from exc
-    pipe.set_progress_bar_config(disable=True)
+    prepare_for_serving(pipe, chosen)
     return LoadedModel(checkpoint, pipe, chosen, torch_dtype)
+
+
+def prepare_for_serving(pipe: Any, device: str) -> None:
+    """Settings for a pipeline that serves batches.
+
+    On the CPU the VAE decodes a batch one image at a time: the decoder is compute-bound there
+    and a batch only spills the caches (measured with sd-turbo's VAE at 128 px on 2 cores: 0.91 s
+    per image alone, 1.10 s per image in a batch of 16), while the text encoder and UNet do
+    gain from batching. Accelerators decode the batch at once.
+    """
+    pipe.set_progress_bar_config(disable=True)
+    vae = getattr(pipe, "vae", None)
+    if device == "cpu" and vae is not None and hasattr(vae, "enable_slicing") and hasattr(vae, "use_slicing"):
+        vae.enable_slicing()
