@@ -76,9 +76,12 @@ def build_providers(
 class Gateway:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        # The catalog first: a local model that cannot be read fails before anything is opened.
+        # The catalog and the local engine first: a local model that cannot be read, or an engine
+        # that cannot be imported, fails before anything is opened.
         file_config = settings.file_config()
         self.catalog = build_catalog(file_config, settings.local_model)
+        sources = local_sources(self.catalog)
+        local = build_local_provider(settings, sources) if sources else None
         self.db = Database(settings.database_path)
         self.keys = KeyStore(self.db, settings.static_keys)
         self.store = LocalResultStore(self.db, settings.data_dir / "results", settings.result_ttl_seconds)
@@ -89,8 +92,8 @@ class Gateway:
             limits=httpx.Limits(max_connections=512, max_keepalive_connections=128), timeout=30.0
         )
         self.providers = build_providers(settings, file_config, self.client)
-        if sources := local_sources(self.catalog):
-            self.providers["local"] = build_local_provider(settings, sources)
+        if local is not None:
+            self.providers["local"] = local
         breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown_seconds)
         self.router = Router(self.catalog, self.providers, file_config.routing, breaker)
         self.service = ImageService(settings, self.router, self.store, self.usage, self.client,

@@ -195,7 +195,7 @@ def _as_type(name: str, value: Any, wanted: type) -> Any:
             number = float(text)
             if math.isfinite(number):
                 return number
-        elif wanted is str and isinstance(value, (int, float)):
+        elif wanted is str and isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
     except ValueError:
         pass
