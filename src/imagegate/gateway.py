@@ -5,6 +5,7 @@ The server opens one `Gateway` in its lifespan; the CLI opens one per command.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from types import TracebackType
 
 import httpx
@@ -12,7 +13,14 @@ import httpx
 from .catalog import Catalog, builtin_data, load_builtin_catalog, parse_entries
 from .config import FileConfig, Settings
 from .db import Database
-from .engine.describe import LocalModelError, catalog_entry, local_model_id, read_checkpoint
+from .engine.describe import (
+    LOCAL_MODEL_ENV,
+    Checkpoint,
+    LocalModelError,
+    catalog_entry,
+    local_model_id,
+    read_checkpoint,
+)
 from .idempotency import IdempotencyStore
 from .keys import KeyStore
 from .providers import PROVIDER_CLASSES, ImageProvider
@@ -23,14 +31,18 @@ from .storage import LocalResultStore
 from .usage import UsageLog
 
 
-def build_catalog(file_config: FileConfig, local_model: str | None = None) -> Catalog:
-    """Built-in models, then the config file's, then its `local_models` and IMAGEGATE_LOCAL_MODEL,
-    each described from its own configs (unless the file already has an entry with that id)."""
+def read_local_models(file_config: FileConfig, local_model: str | None = None) -> list[Checkpoint]:
+    """The config file's `local_models` and IMAGEGATE_LOCAL_MODEL, each read once, except those the
+    file already describes with a full `models` entry of the same id."""
+    described = {m.get("id") for m in file_config.models}
+    sources = dict.fromkeys([*file_config.local_models, *([local_model] if local_model else [])])
+    return [read_checkpoint(s) for s in sources if local_model_id(s) not in described]
+
+
+def build_catalog(file_config: FileConfig, local_checkpoints: Iterable[Checkpoint] = ()) -> Catalog:
+    """Built-in models, then the config file's, then one entry per local checkpoint."""
     catalog = load_builtin_catalog()
-    raw_entries = list(file_config.models)
-    for source in dict.fromkeys([*file_config.local_models, *([local_model] if local_model else [])]):
-        if not any(m.get("id") == local_model_id(source) for m in raw_entries):
-            raw_entries.append(catalog_entry(read_checkpoint(source)))
+    raw_entries = [*file_config.models, *(catalog_entry(c) for c in local_checkpoints)]
     for entry in parse_entries({"models": raw_entries}, builtin_data().get("default_parameters")):
         catalog.add(entry)
     return catalog
@@ -41,7 +53,7 @@ def local_sources(catalog: Catalog) -> list[str]:
     return list(dict.fromkeys(m.providers["local"].upstream_model for m in catalog if "local" in m.providers))
 
 
-def build_local_provider(settings: Settings, sources: list[str]) -> ImageProvider:
+def build_local_provider(settings: Settings, sources: list[str], checkpoints: list[Checkpoint]) -> ImageProvider:
     try:
         from .providers.local import LocalEngineSettings, LocalProvider
     except ImportError as exc:  # torch or diffusers missing
@@ -52,7 +64,7 @@ def build_local_provider(settings: Settings, sources: list[str]) -> ImageProvide
     return LocalProvider(sources, LocalEngineSettings(
         device=settings.local_device, dtype=settings.local_dtype,
         max_batch_images=settings.local_max_batch_images, max_queued_images=settings.local_max_queued_images,
-    ))
+    ), checkpoints={c.source: c for c in checkpoints})
 
 
 def build_providers(
@@ -79,9 +91,10 @@ class Gateway:
         # The catalog and the local engine first: a local model that cannot be read, or an engine
         # that cannot be imported, fails before anything is opened.
         file_config = settings.file_config()
-        self.catalog = build_catalog(file_config, settings.local_model)
+        checkpoints = read_local_models(file_config, settings.local_model)
+        self.catalog = build_catalog(file_config, checkpoints)
         sources = local_sources(self.catalog)
-        local = build_local_provider(settings, sources) if sources else None
+        local = build_local_provider(settings, sources, checkpoints) if sources else None
         self.db = Database(settings.database_path)
         self.keys = KeyStore(self.db, settings.static_keys)
         self.store = LocalResultStore(self.db, settings.data_dir / "results", settings.result_ttl_seconds)
@@ -110,7 +123,7 @@ class Gateway:
             return None
         clouds = ", ".join(cls.key_env_var for cls in PROVIDER_CLASSES.values())
         return (f"No provider is configured, so every image request fails. Set a cloud key ({clouds}) or "
-                "serve a local model with IMAGEGATE_LOCAL_MODEL=<diffusers directory or hub id> "
+                f"serve a local model with {LOCAL_MODEL_ENV}=<diffusers directory or hub id> "
                 "(after pip install -e '.[local]').")
 
     async def start(self) -> None:

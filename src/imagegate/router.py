@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .catalog import Catalog, ModelEntry, ProviderBinding
+from .engine.describe import LOCAL_MODEL_ENV
 from .errors import ModelNotFound, UpstreamUnavailable
 from .providers import PROVIDER_CLASSES, ImageProvider
 from .resilience import CircuitBreaker
@@ -28,7 +29,7 @@ def key_env_var(provider_id: str) -> str:
     """The environment variable that turns a provider on."""
     if provider_id in PROVIDER_CLASSES:
         return PROVIDER_CLASSES[provider_id].key_env_var
-    return "IMAGEGATE_LOCAL_MODEL" if provider_id == "local" else f"[providers.{provider_id}] in the config file"
+    return LOCAL_MODEL_ENV if provider_id == "local" else f"[providers.{provider_id}] in the config file"
 
 
 class Router:

@@ -19,7 +19,7 @@ from imagegate.engine.describe import (
     mode_defaults,
     read_checkpoint,
 )
-from imagegate.gateway import build_catalog, local_sources
+from imagegate.gateway import build_catalog, local_sources, read_local_models
 from imagegate.normalize import resolve_layout
 
 from .tiny_models import build_fake_hub_cache
@@ -152,7 +152,8 @@ def test_transformer_checkpoints_use_packed_multiples(tmp_path: Path) -> None:
 
 def test_config_file_local_models_and_the_environment_add_up(tiny_checkpoints: Any) -> None:
     sd, pix2pix = str(tiny_checkpoints()), str(tiny_checkpoints("instruct"))
-    catalog = build_catalog(FileConfig(local_models=[pix2pix, sd]), local_model=sd)
+    file_config = FileConfig(local_models=[pix2pix, sd])
+    catalog = build_catalog(file_config, read_local_models(file_config, local_model=sd))
     assert catalog.get("local/tiny-sd") is not None and catalog.get("local/tiny-pix2pix") is not None
     assert local_sources(catalog) == [pix2pix, sd]  # each source once: one load each
 
@@ -160,6 +161,8 @@ def test_config_file_local_models_and_the_environment_add_up(tiny_checkpoints: A
 def test_a_full_config_entry_wins_over_the_described_one(tiny_checkpoints: Any) -> None:
     entry = catalog_entry(read_checkpoint(str(tiny_checkpoints())))
     entry["name"] = "My tiny model"
-    catalog = build_catalog(FileConfig(models=[entry]), local_model=str(tiny_checkpoints()))
+    file_config = FileConfig(models=[entry])
+    assert read_local_models(file_config, local_model=str(tiny_checkpoints())) == []  # not even read
+    catalog = build_catalog(file_config, read_local_models(file_config, local_model=str(tiny_checkpoints())))
     model = catalog.get("local/tiny-sd")
     assert model is not None and model.name == "My tiny model"

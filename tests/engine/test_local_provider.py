@@ -8,12 +8,14 @@ from typing import Any
 import pytest
 from PIL import Image
 
+import imagegate.providers.local as local_provider
 from imagegate.catalog import ProviderBinding
+from imagegate.engine.describe import read_checkpoint
 from imagegate.engine.pipelines import JobOutput
 from imagegate.errors import ContentPolicyViolation, InvalidRequest
 from imagegate.normalize import Layout
 from imagegate.providers.base import ProviderRequest
-from imagegate.providers.local import _as_type, encode_output
+from imagegate.providers.local import LocalProvider, _as_type, encode_output
 
 
 @pytest.mark.parametrize(
@@ -49,3 +51,21 @@ def test_images_are_encoded_in_the_native_format_asked_for() -> None:
     assert [image.mime_type for image in result.images] == ["image/webp", "image/webp"]
     assert result.images[0].data[8:12] == b"WEBP"
     assert encode_output(JobOutput([Image.new("RGB", (8, 8))]), _request()).images[0].mime_type == "image/png"
+
+
+async def test_the_provider_loads_the_checkpoint_the_gateway_already_read(
+        tiny_checkpoints: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hub model's configs are fetched once per start, not again when its weights load."""
+    source = str(tiny_checkpoints())
+    checkpoint = read_checkpoint(source)
+
+    def read_again(source: str) -> None:
+        raise AssertionError(f"{source} was read a second time")
+
+    monkeypatch.setattr(local_provider, "read_checkpoint", read_again)
+    provider = LocalProvider([source], checkpoints={source: checkpoint})
+    try:
+        await provider.start()
+        assert provider.engines[source].model.checkpoint is checkpoint
+    finally:
+        await provider.aclose()

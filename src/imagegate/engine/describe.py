@@ -25,6 +25,7 @@ from typing import Any, Literal
 from ..errors import ImagegateError
 
 Kind = Literal["text2image", "inpaint", "instruct"]
+LOCAL_MODEL_ENV = "IMAGEGATE_LOCAL_MODEL"  # the variable that serves a local model
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?\Z")
 # The denoiser of each family, and whether it packs latents in 2x2 patches (sizes then need
 # twice the VAE's multiple).
@@ -73,7 +74,7 @@ def _hub_file(repo_id: str, filename: str) -> Path | None:
     except Exception as exc:  # offline with an empty cache, unknown repo, network down
         raise LocalModelError(
             f"Cannot fetch '{filename}' of the hub model '{repo_id}': {exc}. Download it once with network "
-            "access (it is then served from the Hugging Face cache), or point IMAGEGATE_LOCAL_MODEL at a "
+            f"access (it is then served from the Hugging Face cache), or point {LOCAL_MODEL_ENV} at a "
             "directory in diffusers format."
         ) from exc
 

@@ -22,7 +22,7 @@ from PIL import Image, ImageOps
 
 from .. import imaging
 from ..catalog import Mode
-from ..engine.describe import mode_defaults, read_checkpoint
+from ..engine.describe import LOCAL_MODEL_ENV, Checkpoint, mode_defaults, read_checkpoint
 from ..engine.loader import LoadedModel, Task, load_model
 from ..engine.pipelines import Job, JobOutput
 from ..engine.runner import Engine, EngineBusy
@@ -55,11 +55,14 @@ class LocalEngineSettings:
 
 class LocalProvider(ImageProvider):
     provider_id = "local"
-    key_env_var = "IMAGEGATE_LOCAL_MODEL"
+    key_env_var = LOCAL_MODEL_ENV
 
-    def __init__(self, sources: list[str], settings: LocalEngineSettings | None = None) -> None:
+    def __init__(self, sources: list[str], settings: LocalEngineSettings | None = None,
+                 checkpoints: dict[str, Checkpoint] | None = None) -> None:
         self.sources = sources
         self.settings = settings or LocalEngineSettings()
+        # Checkpoints the gateway already read for its catalog: hub configs are not fetched again.
+        self.checkpoints = dict(checkpoints or {})
         self.engines: dict[str, Engine] = {}
         self._loading: dict[str, asyncio.Lock] = {}
 
@@ -80,7 +83,8 @@ class LocalProvider(ImageProvider):
         return self.engines[source]
 
     def _load(self, source: str) -> LoadedModel:
-        return load_model(read_checkpoint(source), device=self.settings.device, dtype=self.settings.dtype)
+        checkpoint = self.checkpoints.get(source) or read_checkpoint(source)
+        return load_model(checkpoint, device=self.settings.device, dtype=self.settings.dtype)
 
     async def generate(self, request: ProviderRequest) -> ProviderResult:
         return await self._run(request)
