@@ -57,6 +57,10 @@ CREATE TABLE IF NOT EXISTS usage (
 );
 """
 
+# Columns added after a table first shipped: (table, column, declaration). An existing database
+# gets each missing one at open; new databases get them the same way, so SCHEMA stays as shipped.
+ADDED_COLUMNS: list[tuple[str, str, str]] = []
+
 
 class Database:
     def __init__(self, path: Path) -> None:
@@ -70,7 +74,14 @@ class Database:
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.execute("PRAGMA busy_timeout=5000")
         self._conn.executescript(SCHEMA)
+        self._add_missing_columns()
         self._lock = threading.Lock()
+
+    def _add_missing_columns(self) -> None:
+        for table, column, declaration in ADDED_COLUMNS:
+            present = {row[1] for row in self._conn.execute(f"PRAGMA table_info({table})")}
+            if column not in present:
+                self._conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
     def execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         with self._lock:
