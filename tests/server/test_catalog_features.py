@@ -116,6 +116,15 @@ price = {{ per_image = 0.05, by_resolution = {{ "4K" = 0.2 }} }}
     assert card["price"]["per_image"] == 0.067  # the model's listed price is not the binding's
 
 
+def test_routing_may_name_a_model_by_alias(gateway_factory: Any, fake_gemini: FakeGemini, fake_fal: FakeFal,
+                                          tmp_path: Path) -> None:
+    config = write_config(tmp_path, '[routing]\n"nano-banana-pro" = ["fal", "gemini"]\n')
+    gw = with_gemini(gateway_factory, fake_gemini, config=config, fal_api_key=fake_fal.api_key,
+                     fal_base_url=fake_fal.base_url)
+    response = gw.client().images.with_raw_response.generate(model=PRO, prompt="p", response_format="b64_json")
+    assert response.headers["x-imagegate-provider"] == "fal"
+
+
 @pytest.mark.parametrize(("section", "message"), [
     ('[model_overrides."no-such-model".providers.gemini]', "there is no model 'no-such-model'"),
     (f'[model_overrides."{PRO}".providers.nowhere]', "has no provider 'nowhere'"),
@@ -184,6 +193,7 @@ def test_failover_inside_one_request_sums_each_providers_price(gateway_factory: 
 
 def test_models_shows_each_providers_price(gateway: RunningGateway) -> None:
     card = httpx.get(f"{gateway.url}/v1/models/{PRO}", headers=AUTH).json()
+    assert "gemini-3-pro-image" in card["notes"]  # the source of the upstream id travels with the card
     prices = {p["id"]: p["price"] for p in card["providers"]}
     assert prices["gemini"]["by_resolution"] == {"1K": 0.134, "2K": 0.134, "4K": 0.24}
     assert prices["gemini"]["per_input_image"] == 0.0011 and prices["gemini"]["estimated"] is False

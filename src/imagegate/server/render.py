@@ -100,6 +100,7 @@ def model_card(model: ModelEntry, router: Router, requested: str | None = None) 
         "owned_by": model.owned_by,
         "name": model.name,
         "description": model.description,
+        "notes": model.notes,  # where the entry's facts come from, and which are unconfirmed
         "available": bool(configured),
         "modes": model.modes,
         "parameters": {name: spec.model_dump(exclude_none=True) for name, spec in model.parameters.items()},
