@@ -291,6 +291,7 @@ def test_an_alias_may_not_collide_with_an_id_or_another_alias() -> None:
         catalog.add(_tiny("a-alias"))  # an id that is another model's alias
     with pytest.raises(ValueError, match="alias repeats"):
         _tiny("d", ["d"])
+    assert catalog.get("a-alias") is catalog.get("a") and catalog.get("b") is None  # refusals change nothing
     catalog.add(_tiny("a", ["renamed"]))  # replacing an entry drops its old aliases
     assert catalog.get("a-alias") is None and catalog.get("renamed") is catalog.get("a")
 

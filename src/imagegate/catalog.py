@@ -184,18 +184,15 @@ class Catalog:
     def add(self, entry: ModelEntry) -> None:
         """Add or replace an entry. An id or alias may name only one model: an entry that replaces
         another (same id) drops the old one's aliases first."""
-        old = self._models.get(entry.id)
-        if old is not None:
-            for alias in old.aliases:
-                self._aliases.pop(alias, None)
-        if entry.id in self._aliases:
-            raise ConfigurationError(f"model {entry.id}: the id is already an alias of {self._aliases[entry.id]}")
+        others = {alias: owner for alias, owner in self._aliases.items() if owner != entry.id}
+        if entry.id in others:
+            raise ConfigurationError(f"model {entry.id}: the id is already an alias of {others[entry.id]}")
         for alias in entry.aliases:
-            owner = self._aliases.get(alias) or (alias if alias in self._models else None)
+            owner = others.get(alias) or (alias if alias in self._models else None)
             if owner is not None:
                 raise ConfigurationError(f"model {entry.id}: alias {alias!r} is already taken by model {owner}")
         self._models[entry.id] = entry
-        self._aliases.update(dict.fromkeys(entry.aliases, entry.id))
+        self._aliases = {**others, **dict.fromkeys(entry.aliases, entry.id)}
 
     def get(self, model_id: str) -> ModelEntry | None:
         """The entry for an id or an alias (the one place aliases are resolved)."""
@@ -204,10 +201,6 @@ class Catalog:
     def alias_of(self, name: str) -> str | None:
         """The id `name` is an alias of, or None when it is not an alias."""
         return self._aliases.get(name)
-
-    def aliases(self) -> dict[str, str]:
-        """Alias -> model id, in catalog order."""
-        return dict(self._aliases)
 
     def __iter__(self):  # type: ignore[no-untyped-def]
         return iter(self._models.values())
