@@ -5,7 +5,7 @@ call at once with a precomputed ~1.5 MB 1024x1024 PNG. The real gateway (`imageg
 own process) is pointed at it. An asyncio httpx load generator (this process) then drives, at
 each concurrency level:
 
-  direct   POST {fake}/v1beta/models/gemini-3-pro-image-preview:generateContent   (the baseline)
+  direct   POST {fake}/v1beta/models/gemini-3-pro-image:generateContent   (the baseline)
   gateway  POST {gateway}/v1/images/generations, response_format b64_json and url
 
 with a warm-up before every measured run. Only the API call is timed (a `url` result is not
@@ -46,6 +46,7 @@ import httpx
 HERE = Path(__file__).resolve().parent
 HOST = "127.0.0.1"
 MODEL = "gemini-3-pro-image-preview"
+UPSTREAM_MODEL = "gemini-3-pro-image"  # what the gemini binding calls (catalog upstream_model)
 GATEWAY_KEY = "bench-key"
 UPSTREAM_KEY = "bench-upstream-key"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -404,7 +405,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 async def run_all(args: argparse.Namespace, upstream_url: str, gateway_url: str, cpu_sources: dict[str, Any],
                   checks: Checks) -> list[RunResult]:
-    direct = Target("direct", None, f"{upstream_url}/v1beta/models/{MODEL}:generateContent",
+    direct = Target("direct", None, f"{upstream_url}/v1beta/models/{UPSTREAM_MODEL}:generateContent",
                     {"x-goog-api-key": UPSTREAM_KEY}, DIRECT_BODY)
     gateways = [
         Target("gateway", fmt, f"{gateway_url}/v1/images/generations",

@@ -11,8 +11,18 @@ from typing import Any
 
 import pytest
 
-from imagegate.catalog import ModelEntry, builtin_data, load_builtin_catalog, parse_entries
+from imagegate.catalog import (
+    BindingPrice,
+    Catalog,
+    ModelEntry,
+    builtin_data,
+    load_builtin_catalog,
+    override_binding,
+    parse_entries,
+)
+from imagegate.errors import ConfigurationError
 from imagegate.normalize import nearest_ratio, ratio_value, resolve_layout
+from imagegate.pricing import Charge, Cost, call_cost, total_cost
 from imagegate.providers import PROVIDER_CLASSES
 
 DATA = builtin_data()
@@ -25,7 +35,7 @@ FLEXIBLE_MODELS = [m for m in MODELS if m.pixel_limits is not None]
 # A table row's shape may be off its ratio by rounding: Gemini 2.5 Flash's published sizes are up to
 # 2.8% off (896x1152 for 4:5), so 3% in log terms; each row must still be nearest to its own ratio.
 RATIO_TOLERANCE = 0.03
-NEW_MODELS = ("gemini-2.5-flash-image", "gpt-image-1", "bytedance/seedream-4")
+NEW_MODELS = ("gemini-2.5-flash-image", "gpt-image-1", "bytedance/seedream-4", "bytedance/seedream-5-lite")
 
 
 def by_id(model_id: str) -> ModelEntry:
@@ -77,8 +87,10 @@ def test_fallback_model_exists_and_can_do_the_same_work(model: ModelEntry) -> No
     assert fallback.fallback_model != model.id  # no ping-pong
 
 
-def test_nano_banana_pro_falls_back_to_seedream_4() -> None:
-    assert by_id("gemini-3-pro-image-preview").fallback_model == "bytedance/seedream-4"
+def test_nano_banana_pro_falls_back_to_seedream_5_lite() -> None:
+    # The spec's fallback is the current Seedream on Replicate; seedream-4 stays in the catalog.
+    assert by_id("gemini-3-pro-image-preview").fallback_model == "bytedance/seedream-5-lite"
+    assert by_id("bytedance/seedream-4").id == "bytedance/seedream-4"
 
 
 # --- parameters and bindings -----------------------------------------------------------------
@@ -247,3 +259,134 @@ def test_seedream_4_is_flexible_on_replicate() -> None:
     size = binding.handling("size")
     assert size is not None and size.handling == "converted"
     assert size.to is not None and "input.width" in size.to and "input.height" in size.to
+
+
+# --- aliases, the flagship's upstream id, overrides ------------------------------------------
+
+
+def test_nano_banana_pro_answers_to_its_aliases_and_calls_the_ga_id_on_gemini() -> None:
+    pro = by_id("gemini-3-pro-image-preview")
+    assert pro.aliases == ["gemini-3-pro-image", "nano-banana-pro"]
+    for alias in pro.aliases:
+        assert CATALOG.get(alias) is pro
+        assert CATALOG.alias_of(alias) == pro.id
+    assert CATALOG.alias_of(pro.id) is None
+    assert pro.providers["gemini"].upstream_model == "gemini-3-pro-image"
+    assert "2026-06-25" in pro.notes  # the source of the retirement fact travels with the data
+
+
+def _tiny(model_id: str, aliases: list[str] | None = None) -> ModelEntry:
+    raw = {**next(m for m in DATA["models"] if m["id"] == "gpt-image-1"), "id": model_id, "aliases": aliases or []}
+    (entry,) = parse_entries({"models": [raw]}, DATA["default_parameters"])
+    return entry
+
+
+def test_an_alias_may_not_collide_with_an_id_or_another_alias() -> None:
+    catalog = Catalog([_tiny("a", ["a-alias"])])
+    with pytest.raises(ConfigurationError, match="'a' is already taken"):
+        catalog.add(_tiny("b", ["a"]))  # an alias that is another model's id
+    with pytest.raises(ConfigurationError, match="'a-alias' is already taken"):
+        catalog.add(_tiny("c", ["a-alias"]))  # an alias that is another model's alias
+    with pytest.raises(ConfigurationError, match="already an alias"):
+        catalog.add(_tiny("a-alias"))  # an id that is another model's alias
+    with pytest.raises(ValueError, match="alias repeats"):
+        _tiny("d", ["d"])
+    assert catalog.get("a-alias") is catalog.get("a") and catalog.get("b") is None  # refusals change nothing
+    catalog.add(_tiny("a", ["renamed"]))  # replacing an entry drops its old aliases
+    assert catalog.get("a-alias") is None and catalog.get("renamed") is catalog.get("a")
+
+
+def test_a_config_override_changes_one_binding_and_nothing_else() -> None:
+    catalog = load_builtin_catalog()
+    override_binding(catalog, "nano-banana-pro", "gemini", {
+        "upstream_model": "gemini-3-pro-image-preview", "price": {"per_image": 0.1, "by_resolution": {"4K": 0.2}}})
+    pro = catalog.get("gemini-3-pro-image-preview")
+    assert pro is not None
+    assert pro.providers["gemini"].upstream_model == "gemini-3-pro-image-preview"
+    assert pro.binding_price("gemini") == BindingPrice(per_image=0.1, by_resolution={"4K": 0.2})
+    assert not pro.binding_price("gemini").estimated  # an operator's negotiated price is known
+    assert pro.providers["gemini"].parameters == by_id(pro.id).providers["gemini"].parameters
+    assert list(pro.providers) == list(by_id(pro.id).providers)  # priority order kept
+    assert pro.providers["fal"] == by_id(pro.id).providers["fal"]
+    assert catalog.get("nano-banana-pro") is pro  # aliases survive the replacement
+
+
+@pytest.mark.parametrize(("model_id", "provider_id", "changes", "message"), [
+    ("no-such-model", "gemini", {"upstream_model": "x"}, "there is no model 'no-such-model'"),
+    ("gemini-3-pro-image-preview", "nope", {"upstream_model": "x"}, "has no provider 'nope'"),
+    ("gemini-3-pro-image-preview", "gemini", {"price": {"per_image": -1}}, "price.per_image"),
+    ("gemini-3-pro-image-preview", "gemini", {"price": {"per_image": 1, "bogus": 2}}, "price.bogus"),
+])
+def test_a_bad_override_is_a_clear_configuration_error(model_id: str, provider_id: str, changes: dict[str, Any],
+                                                       message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message) as info:
+        override_binding(load_builtin_catalog(), model_id, provider_id, changes)
+    assert "[model_overrides." in info.value.message
+
+
+# --- prices ------------------------------------------------------------------------------------
+
+
+def test_the_listed_price_stays_the_specs_while_providers_charge_their_own() -> None:
+    pro = by_id("gemini-3-pro-image-preview")
+    assert pro.price.per_image == pytest.approx(0.067)
+    gemini, fal = pro.binding_price("gemini"), pro.binding_price("fal")
+    assert [gemini.for_resolution(t) for t in ("1K", "2K", "4K")] == [0.134, 0.134, 0.24]
+    assert gemini.per_input_image == pytest.approx(0.0011) and not gemini.estimated
+    assert [fal.for_resolution(t) for t in ("1K", "2K", "4K")] == [0.15, 0.15, 0.30]
+    assert fal.extras == {"enable_web_search": 0.015} and not fal.estimated
+    for unknown in ("replicate", "openai"):
+        assert pro.binding_price(unknown).estimated and pro.binding_price(unknown).source
+
+
+@pytest.mark.parametrize("model", MODELS, ids=IDS)
+def test_every_binding_price_is_known_or_marked_estimated_with_a_source(model: ModelEntry) -> None:
+    for provider_id in model.providers:
+        price = model.binding_price(provider_id)
+        assert price.source, f"{model.id}/{provider_id}: say where the price comes from"
+        assert price.currency == model.price.currency
+        if model.providers[provider_id].price is None:
+            assert price.estimated and price.per_image == model.price.per_image
+
+
+def test_call_cost_counts_tier_input_images_and_extras() -> None:
+    price = BindingPrice(per_image=0.134, by_resolution={"4K": 0.24}, per_input_image=0.0011,
+                         extras={"enable_web_search": 0.015})
+    assert call_cost(Charge(price, "1K", images=1)) == pytest.approx(0.134)
+    assert call_cost(Charge(price, "4K", images=2)) == pytest.approx(0.48)
+    assert call_cost(Charge(price, "2K", images=1, input_images=3)) == pytest.approx(0.134 + 0.0033)
+    web = {"enable_web_search": True}
+    assert call_cost(Charge(price, "1K", images=1, options=web)) == pytest.approx(0.149)
+    assert call_cost(Charge(price, "1K", images=1, options={"enable_web_search": False})) == pytest.approx(0.134)
+
+
+def test_total_cost_sums_calls_of_different_providers_and_any_estimate_marks_it() -> None:
+    known = BindingPrice(per_image=0.134)
+    guessed = BindingPrice(per_image=0.067, estimated=True)
+    both = total_cost([Charge(known, "1K", 1), Charge(guessed, "1K", 2)])
+    assert both == Cost(amount=0.268, currency="USD", estimated=True)
+    assert total_cost([Charge(known, "1K", 3)]) == Cost(amount=0.402, currency="USD", estimated=False)
+    assert total_cost([]) == Cost(0.0, "USD", False)
+
+
+# --- bytedance/seedream-5-lite -----------------------------------------------------------------
+
+
+def test_seedream_5_lite_has_its_own_sizes_parameters_and_price() -> None:
+    model = by_id("bytedance/seedream-5-lite")
+    assert model.resolution_tiers == ["2K", "3K"] and model.default_resolution == "2K"
+    assert model.supported_ratios() == ["1:1", "4:3", "3:4", "16:9", "9:16", "3:2", "2:3", "21:9"]
+    assert "4:5" not in model.supported_ratios() and "5:4" not in model.supported_ratios()
+    assert model.max_input_images == 14 and model.modes == ["t2i", "edit"]
+    assert "enhance_prompt" not in model.parameters  # seedream-4's, not in 5 lite's schema
+    assert "UNCONFIRMED" in model.notes and "section 5" in model.notes
+    binding = model.providers["replicate"]
+    assert binding.upstream_model == "bytedance/seedream-5-lite"
+    size = binding.handling("size")
+    assert size is not None and size.to is not None and "input.width" not in size.to  # no custom size
+    resolution = binding.handling("resolution")
+    assert resolution is not None and resolution.to == "input.size"
+    assert binding.unavailable(["seed"]) == {"seed"}
+    assert model.binding_price("replicate").estimated
+    layout = resolve_layout(model, aspect_ratio="4:5", resolution="4K")
+    assert (layout.aspect_ratio, layout.resolution) == ("3:4", "3K")

@@ -113,7 +113,7 @@ def test_generate_writes_png_and_prints_path(with_gemini: FakeGemini, tmp_path: 
     assert pixel_at(out.read_bytes())[:3] == color_for("a cat")
     assert len(with_gemini.requests) == 1
     assert "a cat" in prompt_text(upstream_json(with_gemini))
-    assert with_gemini.requests[0].model == MODEL
+    assert with_gemini.requests[0].model == "gemini-3-pro-image"  # the gemini binding's upstream id
     # The summary goes to stderr, not into the list of paths on stdout.
     assert MODEL in flat(result.stderr) and "gemini" in result.stderr
     assert "1024x1024" in result.stderr

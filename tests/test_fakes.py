@@ -22,6 +22,7 @@ from tests.fakes.gemini import (
 )
 from tests.fakes.images import color_for, detect_mime, image_size, pixel_at, solid_jpeg, solid_png
 from tests.fakes.openai_upstream import FakeOpenAI, OpenAIError
+from tests.fakes.replicate import FakeReplicate
 
 GEMINI_PATH = "/v1beta/models/gemini-3-pro-image-preview:generateContent"
 
@@ -238,3 +239,41 @@ def test_hang_ends_when_client_gives_up(gemini: FakeGemini) -> None:
     assert gemini.cancelled == 1 and gemini.active == 0
     gemini.reset()
     assert gemini.requests == [] and gemini.cancelled == 0
+
+
+# --- FakeReplicate: bytedance/seedream-5-lite's input schema ----------------------------------
+
+SEEDREAM_5_PATH = "/v1/models/bytedance/seedream-5-lite/predictions"
+
+
+def _replicate_create(fake: FakeReplicate, data: dict[str, object]) -> httpx.Response:
+    return httpx.post(fake.base_url + SEEDREAM_5_PATH, json={"input": data}, timeout=10,
+                      headers={"authorization": f"Bearer {fake.api_key}", "prefer": "wait"})
+
+
+@pytest.mark.parametrize(("data", "field"), [
+    ({"prompt": "p", "size": "custom", "width": 2048, "height": 2048}, "width"),  # seedream-4's, not 5 lite's
+    ({"prompt": "p", "size": "4K"}, "input.size"),
+    ({"prompt": "p", "size": "1K"}, "input.size"),
+    ({"prompt": "p", "aspect_ratio": "4:5"}, "input.aspect_ratio"),
+    ({"prompt": "p", "output_format": "jpg"}, "input.output_format"),
+    ({"prompt": "p", "enhance_prompt": True}, "enhance_prompt"),
+    ({"prompt": "p", "seed": 1}, "seed"),
+    ({"prompt": "p", "image_input": ["https://example.invalid/x.png"] * 15}, "input.image_input"),
+])
+def test_fake_replicate_refuses_what_seedream_5_lite_does_not_take(data: dict[str, object], field: str) -> None:
+    with FakeReplicate(instant=True) as fake:
+        response = _replicate_create(fake, data)
+    assert response.status_code == 422, response.text
+    assert field in response.json()["detail"]
+
+
+def test_fake_replicate_seedream_5_lite_makes_an_array_of_png_at_the_tier() -> None:
+    with FakeReplicate(instant=True) as fake:
+        response = _replicate_create(fake, {"prompt": "p", "size": "3K", "aspect_ratio": "16:9",
+                                            "output_format": "png"})
+        assert response.status_code == 201, response.text
+        prediction = response.json()
+        assert prediction["status"] == "succeeded" and isinstance(prediction["output"], list)
+        image = httpx.get(prediction["output"][0], timeout=10).content
+    assert detect_mime(image) == "image/png" and image_size(image) == (4096, 2304)

@@ -1,7 +1,11 @@
 """The model catalog: models, size tables, prices and per-provider parameter handling, as data.
 
-The built-in entries live in `data/models.json`; a config file may add or replace entries.
+The built-in entries live in `data/models.json`; a config file may add or replace entries, and
+override a binding's upstream id or price without redefining the model (`[model_overrides]`).
 Adding a model is adding an entry; nothing here or in the router names a model.
+
+A model may have `aliases`: other ids it answers to (`nano-banana-pro`). They are resolved here,
+in `Catalog.get`, and nowhere else; a request by alias is reported under the id it was sent with.
 """
 
 from __future__ import annotations
@@ -11,7 +15,9 @@ from collections.abc import Iterable
 from importlib import resources
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import ConfigurationError
 
 Mode = Literal["t2i", "edit"]
 Availability = Literal["required", "supported", "not_available"]
@@ -48,6 +54,25 @@ class Price(_Strict):
         return self.by_resolution.get(tier, self.per_image)
 
 
+class BindingPrice(_Strict):
+    """What one provider charges for one upstream call (see pricing.py for the arithmetic).
+
+    `by_resolution` overrides `per_image` per tier; `per_input_image` is charged for every image
+    sent with a call; `extras` maps an option (e.g. `enable_web_search`) to a charge per call when
+    that option is true. `estimated` says the figure is not the provider's published price."""
+
+    per_image: float = Field(ge=0)
+    currency: str = "USD"
+    by_resolution: dict[str, float] = Field(default_factory=dict)
+    per_input_image: float = Field(default=0.0, ge=0)
+    extras: dict[str, float] = Field(default_factory=dict)
+    estimated: bool = False
+    source: str = ""  # where the figures come from (JSON has no comments)
+
+    def for_resolution(self, tier: str) -> float:
+        return self.by_resolution.get(tier, self.per_image)
+
+
 class ParamSpec(_Strict):
     type: Literal["string", "integer", "boolean", "number", "file"]
     description: str
@@ -79,6 +104,8 @@ class ProviderBinding(_Strict):
     # Per mode, values the provider uses for parameters a request leaves out (the local engine's
     # steps and guidance, which depend on the checkpoint).
     defaults: dict[Mode, dict[str, Any]] = Field(default_factory=dict)
+    # What this provider charges; None: the model's listed price, as an estimate.
+    price: BindingPrice | None = None
 
     def handling(self, param: str) -> ParamHandlingSpec | None:
         return self.parameters.get(param)
@@ -93,8 +120,12 @@ class ProviderBinding(_Strict):
 
 class ModelEntry(_Strict):
     id: str
+    # Other ids the model answers to; each is served and reported under the id the client sent.
+    aliases: list[str] = Field(default_factory=list)
     name: str
     description: str = ""
+    # Where the entry's facts come from, and which are unconfirmed (JSON has no comments).
+    notes: str = ""
     owned_by: str = "imagegate"
     modes: list[Mode]
     resolution_kind: Literal["k", "megapixels"] = "k"
@@ -121,7 +152,19 @@ class ModelEntry(_Strict):
             raise ValueError(f"model {self.id}: a flexible model needs `aspect_ratios`")
         if self.default_resolution not in self.resolution_tiers:
             raise ValueError(f"model {self.id}: default_resolution not in resolution_tiers")
+        if self.id in self.aliases or len(set(self.aliases)) != len(self.aliases):
+            raise ValueError(f"model {self.id}: an alias repeats the id or another alias")
         return self
+
+    def binding_price(self, provider_id: str) -> BindingPrice:
+        """What `provider_id` charges: its binding's price, else the model's listed one, estimated."""
+        binding = self.providers[provider_id]
+        if binding.price is not None:
+            return binding.price
+        listed = self.price
+        return BindingPrice(per_image=listed.per_image, currency=listed.currency,
+                            by_resolution=dict(listed.by_resolution), estimated=True,
+                            source="the model's listed price (the provider's own is not known)")
 
     def supported_ratios(self) -> list[str]:
         if self.sizes is not None:
@@ -130,24 +173,60 @@ class ModelEntry(_Strict):
 
 
 class Catalog:
-    """Model id -> entry, in the order they were added."""
+    """Model id -> entry, in the order they were added; aliases -> the id they stand for."""
 
     def __init__(self, entries: list[ModelEntry]) -> None:
         self._models: dict[str, ModelEntry] = {}
+        self._aliases: dict[str, str] = {}
         for entry in entries:
             self.add(entry)
 
     def add(self, entry: ModelEntry) -> None:
+        """Add or replace an entry. An id or alias may name only one model: an entry that replaces
+        another (same id) drops the old one's aliases first."""
+        others = {alias: owner for alias, owner in self._aliases.items() if owner != entry.id}
+        if entry.id in others:
+            raise ConfigurationError(f"model {entry.id}: the id is already an alias of {others[entry.id]}")
+        for alias in entry.aliases:
+            owner = others.get(alias) or (alias if alias in self._models else None)
+            if owner is not None:
+                raise ConfigurationError(f"model {entry.id}: alias {alias!r} is already taken by model {owner}")
         self._models[entry.id] = entry
+        self._aliases = {**others, **dict.fromkeys(entry.aliases, entry.id)}
 
     def get(self, model_id: str) -> ModelEntry | None:
-        return self._models.get(model_id)
+        """The entry for an id or an alias (the one place aliases are resolved)."""
+        return self._models.get(self._aliases.get(model_id, model_id))
+
+    def alias_of(self, name: str) -> str | None:
+        """The id `name` is an alias of, or None when it is not an alias."""
+        return self._aliases.get(name)
 
     def __iter__(self):  # type: ignore[no-untyped-def]
         return iter(self._models.values())
 
     def __len__(self) -> int:
         return len(self._models)
+
+
+def override_binding(catalog: Catalog, model_id: str, provider_id: str, changes: dict[str, Any]) -> None:
+    """Change fields of one binding (its upstream ids, its price) without redefining the model:
+    the config file's `[model_overrides."<model>".providers.<provider>]`. A model or provider the
+    catalog does not have is a ConfigurationError, as is a value the binding cannot take."""
+    where = f'[model_overrides."{model_id}".providers.{provider_id}]'
+    model = catalog.get(model_id)
+    if model is None:
+        known = ", ".join(m.id for m in catalog)
+        raise ConfigurationError(f"{where}: there is no model '{model_id}' (the catalog has: {known}).")
+    if provider_id not in model.providers:
+        known = ", ".join(model.providers)
+        raise ConfigurationError(f"{where}: model '{model.id}' has no provider '{provider_id}' (it has: {known}).")
+    try:
+        binding = ProviderBinding.model_validate({**model.providers[provider_id].model_dump(), **changes})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigurationError(f"{where}: {problems}") from exc
+    catalog.add(model.model_copy(update={"providers": {**model.providers, provider_id: binding}}))
 
 
 def parse_entries(raw: dict[str, Any], default_parameters: dict[str, Any] | None = None) -> list[ModelEntry]:

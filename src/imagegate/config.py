@@ -10,7 +10,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, BaseModel, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -18,6 +18,24 @@ class ProviderSettings(BaseModel):
     api_key: str | None = None
     base_url: str | None = None
     timeout: float | None = None
+
+
+# [model_overrides."<model id>".providers.<provider id>]: change what one binding calls upstream
+# or what it costs without redefining the model (validated against the catalog at startup).
+class BindingOverride(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    upstream_model: str | None = None
+    upstream_model_edit: str | None = None
+    # A whole price (catalog.BindingPrice: per_image, by_resolution, per_input_image, extras,
+    # estimated); it replaces the catalog's price for this binding.
+    price: dict[str, Any] | None = None
+
+
+class ModelOverride(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    providers: dict[str, BindingOverride] = Field(default_factory=dict)
 
 
 class FileConfig(BaseModel):
@@ -31,6 +49,8 @@ class FileConfig(BaseModel):
     # More local models (directories or hub ids), each described from its configs like
     # IMAGEGATE_LOCAL_MODEL's.
     local_models: list[str] = Field(default_factory=list)
+    # model id (or alias) -> per-provider upstream id / price overrides.
+    model_overrides: dict[str, ModelOverride] = Field(default_factory=dict)
 
 
 def _env(name: str, *more: str) -> Any:

@@ -59,7 +59,10 @@ CREATE TABLE IF NOT EXISTS usage (
 
 # Columns added after a table first shipped: (table, column, declaration). An existing database
 # gets each missing one at open; new databases get them the same way, so SCHEMA stays as shipped.
-ADDED_COLUMNS: list[tuple[str, str, str]] = []
+ADDED_COLUMNS: list[tuple[str, str, str]] = [
+    # 1 when the serving provider's real price is not known and `cost` is the catalog's estimate.
+    ("usage", "cost_estimated", "INTEGER NOT NULL DEFAULT 0"),
+]
 
 
 class Database:

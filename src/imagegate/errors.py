@@ -110,3 +110,10 @@ class UpstreamUnavailable(UpstreamError):
 class UpstreamTimeout(UpstreamError):
     status_code = 504
     default_code = "upstream_timeout"
+
+
+class ConfigurationError(ImagegateError):
+    """The catalog or config file contradicts itself (an alias taken twice, an override of an unknown
+    model or provider): found at startup, never in answer to a request."""
+
+    default_code = "configuration_error"

@@ -10,7 +10,7 @@ from types import TracebackType
 
 import httpx
 
-from .catalog import Catalog, builtin_data, load_builtin_catalog, parse_entries
+from .catalog import Catalog, builtin_data, load_builtin_catalog, override_binding, parse_entries
 from .config import FileConfig, Settings
 from .db import Database
 from .engine.describe import (
@@ -40,11 +40,15 @@ def read_local_models(file_config: FileConfig, local_model: str | None = None) -
 
 
 def build_catalog(file_config: FileConfig, local_checkpoints: Iterable[Checkpoint] = ()) -> Catalog:
-    """Built-in models, then the config file's, then one entry per local checkpoint."""
+    """Built-in models, then the config file's, then one entry per local checkpoint; then the
+    file's `model_overrides` (upstream ids, prices) on top."""
     catalog = load_builtin_catalog()
     raw_entries = [*file_config.models, *(catalog_entry(c) for c in local_checkpoints)]
     for entry in parse_entries({"models": raw_entries}, builtin_data().get("default_parameters")):
         catalog.add(entry)
+    for model_id, override in file_config.model_overrides.items():
+        for provider_id, changes in override.providers.items():
+            override_binding(catalog, model_id, provider_id, changes.model_dump(exclude_none=True))
     return catalog
 
 

@@ -42,7 +42,8 @@ class Router:
     ) -> None:
         self.catalog = catalog
         self.providers = providers
-        self.order_overrides = order_overrides or {}
+        # `[routing]` may name a model by an alias: key it by the id it stands for.
+        self.order_overrides = {(m.id if (m := catalog.get(k)) else k): v for k, v in (order_overrides or {}).items()}
         self.breaker = breaker or CircuitBreaker(threshold=5, cooldown=30.0)
 
     def provider_order(self, model: ModelEntry) -> list[str]:

@@ -24,6 +24,7 @@ from .errors import ImagegateError, InvalidRequest, UpstreamError, UpstreamUnava
 from .fetch import fetch_image_url
 from .normalize import Adjustment, Layout, resolve_layout
 from .params import NormalizedParams, normalize_params, provider_view
+from .pricing import Charge, total_cost
 from .providers import InputImage, ProviderImage
 from .resilience import is_capacity, is_upstream_failure
 from .router import Route, Router
@@ -78,6 +79,7 @@ class ImagesOutcome:
     adjustments: list[Adjustment]
     cost: float
     currency: str
+    cost_estimated: bool  # the serving provider's real price is not known for some call
     input_tokens: int
     output_tokens: int
 
@@ -117,7 +119,8 @@ class ImageService:
 
     async def create(self, job: ImageJob, *, fallback_from: str | None = None,
                      carried: list[Adjustment] | None = None) -> ImagesOutcome:
-        # 1. The model, and every field checked against it.
+        # 1. The model, and every field checked against it. `model_id` is what the client sent (an
+        #    alias stays an alias in every report); `model` is the entry it resolves to.
         model_id = str(job.params.get("model") or self.default_model)
         model = self.router.model(model_id)
         if job.mode not in model.modes:
@@ -140,7 +143,7 @@ class ImageService:
         delivered = [(item.route, image) for item in served for image in item.result.images]
         if not delivered:
             if self._may_fall_back(model, params, errors, fallback_from):
-                return await self._fall_back(job, model)
+                return await self._fall_back(job, model, model_id)
             raise _most_relevant(errors)
         if errors and self.settings.n_failure_policy == "fail":
             raise _most_relevant(errors)
@@ -164,7 +167,8 @@ class ImageService:
         if fallback_from is not None:
             adjustments[:0] = [Adjustment("model", fallback_from, f"{model_id} (allow_fallback_model)"),
                                *(carried or [])]
-        outcome = self._outcome(model, served, layout, outputs, params, response_format, adjustments)
+        outcome = self._outcome(model_id, served, views, layout, outputs, params, response_format, adjustments,
+                                input_images=len(images))
         await anyio.to_thread.run_sync(self.usage.record, self._usage_record(job, outcome, params))
         return outcome
 
@@ -177,12 +181,12 @@ class ImageService:
             and fallback_from is None and bool(errors) and all(is_capacity(e) for e in errors)
         )
 
-    async def _fall_back(self, job: ImageJob, model: ModelEntry) -> ImagesOutcome:
+    async def _fall_back(self, job: ImageJob, model: ModelEntry, requested: str) -> ImagesOutcome:
         assert model.fallback_model is not None
         fallback = self.router.model(model.fallback_model)
         params, dropped = self._fallback_params(job, fallback)
         try:
-            return await self.create(dataclasses.replace(job, params=params), fallback_from=model.id,
+            return await self.create(dataclasses.replace(job, params=params), fallback_from=requested,
                                      carried=dropped)
         except ImagegateError as exc:
             raise UpstreamUnavailable(
@@ -288,15 +292,21 @@ class ImageService:
         return dataclasses.replace(image, url=url)
 
     def _outcome(
-        self, model: ModelEntry, served: list[Served], layout: Layout, outputs: list[OutputImage],
-        params: NormalizedParams, response_format: str, adjustments: list[Adjustment],
+        self, model_id: str, served: list[Served], views: dict[str, NormalizedParams], layout: Layout,
+        outputs: list[OutputImage], params: NormalizedParams, response_format: str, adjustments: list[Adjustment],
+        input_images: int,
     ) -> ImagesOutcome:
-        price = model.price
         providers = ",".join(dict.fromkeys(item.route.provider_id for item in served))
+        # Each served call at its own provider's price: failover can split a request between two.
+        cost = total_cost(
+            Charge(item.route.model.binding_price(item.route.provider_id), layout.resolution,
+                   len(item.result.images), input_images, views[item.route.provider_id].options)
+            for item in served
+        )
         return ImagesOutcome(
-            created=int(time.time()), model=model.id, provider=providers, layout=layout,
+            created=int(time.time()), model=model_id, provider=providers, layout=layout,
             images=outputs, response_format=response_format, seed=params.get("seed"), adjustments=adjustments,
-            cost=round(price.for_resolution(layout.resolution) * len(outputs), 6), currency=price.currency,
+            cost=cost.amount, currency=cost.currency, cost_estimated=cost.estimated,
             input_tokens=sum(item.result.input_tokens for item in served),
             output_tokens=sum(item.result.output_tokens for item in served),
         )
@@ -306,6 +316,7 @@ class ImageService:
         return UsageRecord(
             request_id=job.request_id, key_id=job.key_id, user=params.get("user"), model=outcome.model,
             provider=outcome.provider, mode=job.mode, images=len(outcome.images), cost=outcome.cost,
+            cost_estimated=outcome.cost_estimated,
             input_tokens=outcome.input_tokens, output_tokens=outcome.output_tokens,
         )
 

@@ -21,6 +21,7 @@ class UsageRecord:
     cost: float
     input_tokens: int
     output_tokens: int
+    cost_estimated: bool = False  # the provider's real price is not known (catalog `estimated`)
 
 
 class UsageSink(Protocol):
@@ -34,9 +35,9 @@ class UsageLog:
     def record(self, usage: UsageRecord) -> None:
         self.db.execute(
             "INSERT INTO usage (request_id, created_at, key_id, user, model, provider, mode, images, cost, "
-            "input_tokens, output_tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "input_tokens, output_tokens, cost_estimated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (usage.request_id, time.time(), usage.key_id, usage.user, usage.model, usage.provider, usage.mode,
-             usage.images, usage.cost, usage.input_tokens, usage.output_tokens),
+             usage.images, usage.cost, usage.input_tokens, usage.output_tokens, int(usage.cost_estimated)),
         )
 
     def totals_by_model(self) -> list[tuple[str, int, int, float]]:

@@ -6,12 +6,14 @@ auth, RFC 7807 errors and 422 input validation against the Nano Banana Pro schem
 prediction goes `starting` -> `processing` -> terminal over polls, so adapters must poll; its
 output is a URL under the fake's own `/files/` (or a `data:` URI, or a list, seedream style).
 
-Two more models have their own input schema (anything else is validated as Nano Banana Pro):
+Three more models have their own input schema (anything else is validated as Nano Banana Pro):
 `google/nano-banana` (prompt, image_input, aspect_ratio, output_format; one size per ratio, the
-Gemini 2.5 Flash table) and `bytedance/seedream-4` (size 1K/2K/4K/custom, width/height with
+Gemini 2.5 Flash table), `bytedance/seedream-4` (size 1K/2K/4K/custom, width/height with
 custom, aspect_ratio, sequential_image_generation, max_images, enhance_prompt; up to 10 input
-images; the output is always an array of URIs, one image unless sequential_image_generation is
-"auto", then max_images of them).
+images) and `bytedance/seedream-5-lite` (size 2K/3K only, no width/height, aspect_ratio without
+4:5 or 5:4, sequential_image_generation, max_images, output_format png/jpeg; up to 14 input
+images). A seedream output is always an array of URIs, one image unless
+sequential_image_generation is "auto", then max_images of them.
 
     with FakeReplicate() as fake:
         fake.enqueue(PredictionStuck())   # the next create never finishes
@@ -54,6 +56,7 @@ __all__ = [
     "NANO_BANANA",
     "SAFETY_ERROR",
     "SEEDREAM_4",
+    "SEEDREAM_5_LITE",
     "CapacityFailure",
     "Delay",
     "FakeReplicate",
@@ -82,7 +85,7 @@ MAX_PREFER_WAIT_S = 60
 INPUT_FIELDS = {"prompt", "image_input", "aspect_ratio", "resolution", "output_format",
                 "safety_filter_level", "allow_fallback_model"}
 TERMINAL = frozenset({"succeeded", "failed", "canceled", "aborted"})
-MIME_BY_OUTPUT_FORMAT = {"jpg": "image/jpeg", "png": "image/png"}
+MIME_BY_OUTPUT_FORMAT = {"jpg": "image/jpeg", "jpeg": "image/jpeg", "png": "image/png"}
 CAPACITY_ERROR = "Service is currently unavailable due to high demand. Please try again later. (E003)"
 SAFETY_ERROR = "The input or output was flagged as sensitive. Please try again with different inputs. (E005)"
 # google/nano-banana (Gemini 2.5 Flash Image): no resolution, safety or fallback inputs (UNCONFIRMED,
@@ -98,6 +101,15 @@ SEEDREAM_ASPECT_RATIOS = ("match_input_image", "1:1", "4:3", "3:4", "16:9", "9:1
 SEEDREAM_SEQUENTIAL = ("disabled", "auto")
 SEEDREAM_MAX_IMAGE_INPUTS = 10
 SEEDREAM_MIN_SIDE, SEEDREAM_MAX_SIDE = 1024, 4096
+# bytedance/seedream-5-lite (spec/providers.md section 5; the aspect_ratio and output_format enums
+# are from third-party code, UNCONFIRMED).
+SEEDREAM_5_LITE = "bytedance/seedream-5-lite"
+SEEDREAM_5_FIELDS = {"prompt", "image_input", "size", "aspect_ratio", "sequential_image_generation", "max_images",
+                     "output_format"}
+SEEDREAM_5_SIZES = ("2K", "3K")
+SEEDREAM_5_OUTPUT_FORMATS = ("png", "jpeg")
+SEEDREAM_5_MAX_IMAGE_INPUTS = 14
+SEEDREAM_MODELS = (SEEDREAM_4, SEEDREAM_5_LITE)
 _DURATION = re.compile(r"(?:\d+(?:\.\d+)?(?:ns|us|µs|ms|s|m|h))+")
 _PREFER = re.compile(r"\s*wait(?:\s*=\s*(\d+))?\s*")
 _DATA_URI = re.compile(r"data:([\w.+/-]+);base64,(.*)", flags=re.DOTALL)
@@ -340,6 +352,24 @@ def validate_seedream_input(data: Any) -> list[bytes]:
     return images
 
 
+def validate_seedream_5_lite_input(data: Any) -> list[bytes]:
+    """Validate like the bytedance/seedream-5-lite schema: no custom size, no width or height."""
+    errors = _object_with(data, SEEDREAM_5_FIELDS)
+    _enum(errors, data, "size", SEEDREAM_5_SIZES)
+    _enum(errors, data, "aspect_ratio", SEEDREAM_ASPECT_RATIOS)
+    _enum(errors, data, "sequential_image_generation", SEEDREAM_SEQUENTIAL)
+    _enum(errors, data, "output_format", SEEDREAM_5_OUTPUT_FORMATS)
+    _int_in(errors, data, "max_images", 1, MAX_IMAGES)
+    inputs = data.get("image_input", [])
+    images = _image_input(errors, inputs, SEEDREAM_5_MAX_IMAGE_INPUTS)
+    count = data.get("max_images", 1)
+    if isinstance(inputs, list) and isinstance(count, int) and len(inputs) + count > MAX_IMAGES:
+        errors.append({"type": "number_all_of", "field": "input.max_images",
+                       "description": f"Input images plus max_images must not exceed {MAX_IMAGES}"})
+    _raise_if(errors)
+    return images
+
+
 def seedream_size(data: dict[str, Any], images: list[bytes]) -> tuple[int, int]:
     """Output pixels: width x height with size=custom; otherwise the tier's pixel count at the
     ratio (match_input_image: the first input's shape, else square), kept within 1024..4096 a
@@ -490,6 +520,8 @@ class FakeReplicate(BaseFake):
         data = recorded.json["input"]
         if model == SEEDREAM_4:
             images = validate_seedream_input(data)
+        elif model == SEEDREAM_5_LITE:
+            images = validate_seedream_5_lite_input(data)
         elif model == NANO_BANANA:
             images = validate_nano_banana_input(data)
         else:
@@ -546,12 +578,12 @@ class FakeReplicate(BaseFake):
         else:
             uris = await run_in_threadpool(self._outputs, prediction)
             prediction.status = "succeeded"
-            prediction.output = uris if self.array_output or prediction.model == SEEDREAM_4 else uris[0]
+            prediction.output = uris if self.array_output or prediction.model in SEEDREAM_MODELS else uris[0]
 
     def output_size(self, prediction: Prediction) -> tuple[int, int]:
         """Pixel size from the Pro table (the Flash table for google/nano-banana, seedream_size for
         bytedance/seedream-4); match_input_image follows the first input image."""
-        if prediction.model == SEEDREAM_4:
+        if prediction.model in SEEDREAM_MODELS:
             return seedream_size(prediction.input, prediction.images)
         ratio = prediction.input.get("aspect_ratio", "match_input_image")
         if ratio == "match_input_image":
@@ -563,14 +595,14 @@ class FakeReplicate(BaseFake):
     @staticmethod
     def output_count(prediction: Prediction) -> int:
         """max_images images; seedream makes more than one only with sequential_image_generation=auto."""
-        if prediction.model == SEEDREAM_4 and prediction.input.get("sequential_image_generation") != "auto":
+        if prediction.model in SEEDREAM_MODELS and prediction.input.get("sequential_image_generation") != "auto":
             return 1
         return int(prediction.input.get("max_images", 1))
 
     def _outputs(self, prediction: Prediction) -> list[str]:
         """Image i is a solid color_for(prompt) (i == 0) or color_for(f"{prompt}#{i}")."""
         outcome = prediction.outcome
-        fmt = prediction.input.get("output_format", "jpg")
+        fmt = prediction.input.get("output_format", "png" if prediction.model == SEEDREAM_5_LITE else "jpg")
         mime = MIME_BY_OUTPUT_FORMAT[fmt]
         width, height = self.output_size(prediction)
         prompt = prediction.input["prompt"]

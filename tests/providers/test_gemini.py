@@ -46,7 +46,8 @@ from .inputs import JPEG, MASK, PNG, WEBP
 MODEL = load_builtin_catalog().get("gemini-3-pro-image-preview")
 assert MODEL is not None
 BINDING = MODEL.providers["gemini"]
-PATH = "/v1beta/models/gemini-3-pro-image-preview:generateContent"
+# The binding calls the GA id: Google retired the preview id on the Gemini API (2026-06-25).
+PATH = "/v1beta/models/gemini-3-pro-image:generateContent"
 HARM_CATEGORIES = {
     "HARM_CATEGORY_HARASSMENT",
     "HARM_CATEGORY_HATE_SPEECH",
@@ -97,7 +98,7 @@ async def test_url_header_and_prompt(provider: GeminiProvider, fake_gemini: Fake
     recorded = fake_gemini.requests[0]
     assert recorded.method == "POST"
     assert recorded.path == PATH
-    assert recorded.model == "gemini-3-pro-image-preview"
+    assert recorded.model == "gemini-3-pro-image"
     assert recorded.headers["x-goog-api-key"] == fake_gemini.api_key
     assert "key" not in recorded.query  # the key travels in the header, not the URL
     assert recorded.headers["content-type"].startswith("application/json")

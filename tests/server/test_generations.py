@@ -162,7 +162,7 @@ def test_n_runs_in_parallel_with_seeds_and_summed_usage(client: OpenAI, fake_gem
     assert colors == {color_for(f"many{s}") for s in seeds}
     usage = usage_of(result)
     assert usage["images"] == 4
-    assert usage["cost"] == pytest.approx(4 * 0.067)
+    assert usage["cost"] == pytest.approx(4 * 0.134)  # the Gemini API's standard 1K price
     assert usage["input_tokens"] == 4 * 17
     assert result.model_extra["effective"]["seed"] == 100
 
@@ -175,7 +175,7 @@ def test_n_partial_failure_returns_what_succeeded_and_says_so(gateway: RunningGa
     result = response.parse()
     assert len(result.data) == 2
     assert usage_of(result)["images"] == 2
-    assert usage_of(result)["cost"] == pytest.approx(2 * 0.067)
+    assert usage_of(result)["cost"] == pytest.approx(2 * 0.134)
     assert "n=3->2 (1 upstream calls failed)" in response.headers["x-imagegate-adjusted"]
 
 
@@ -258,7 +258,7 @@ def test_results_expire(gateway_factory: Any, fake_gemini: FakeGemini) -> None:
 def test_default_model_is_the_flagship(client: OpenAI, fake_gemini: FakeGemini) -> None:
     result = client.images.generate(prompt="no model given", response_format="b64_json")
     assert result.model_extra["effective"]["model"] == MODEL
-    assert fake_gemini.requests[-1].model == MODEL
+    assert fake_gemini.requests[-1].model == "gemini-3-pro-image"  # the binding's upstream id
 
 
 def test_seeds_for_n_wrap_inside_the_int32_range(client: OpenAI, fake_gemini: FakeGemini) -> None:

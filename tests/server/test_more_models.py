@@ -1,6 +1,7 @@
 """The catalog beyond Nano Banana Pro, end to end: the official openai SDK -> a real gateway -> the
 fake upstreams. Nano Banana (gemini-2.5-flash-image) on Gemini, Replicate and fal; gpt-image-1 on
-an OpenAI Images upstream; bytedance/seedream-4 on Replicate, also as Nano Banana Pro's fallback.
+an OpenAI Images upstream; bytedance/seedream-4 on Replicate; bytedance/seedream-5-lite on Replicate
+as Nano Banana Pro's fallback (more of it in test_catalog_features.py).
 
 Each generation test configures one provider only, so the request must be served by it. A test
 marked xfail(strict) pins down a gateway change that is still needed (see its reason).
@@ -27,6 +28,7 @@ PRO = "gemini-3-pro-image-preview"
 FLASH = "gemini-2.5-flash-image"
 GPT = "gpt-image-1"
 SEEDREAM = "bytedance/seedream-4"
+SEEDREAM_5 = "bytedance/seedream-5-lite"
 AUTH = {"authorization": f"Bearer {API_KEY}"}
 INPUT = ("in.png", solid_png(64, 48, (10, 200, 30)), "image/png")  # 4:3
 
@@ -355,7 +357,7 @@ def test_seedream_4_refuses_seed(gateway_factory: Any, fake_replicate: FakeRepli
     assert fake_replicate.requests == []
 
 
-# --- allow_fallback_model: Nano Banana Pro at capacity -> Seedream 4 -----------------------------
+# --- allow_fallback_model: Nano Banana Pro at capacity -> Seedream 5 lite ------------------------
 
 
 def pro_at_capacity(gateway_factory: Any, fake_gemini: FakeGemini, fake_replicate: FakeReplicate) -> OpenAI:
@@ -368,28 +370,29 @@ def pro_at_capacity(gateway_factory: Any, fake_gemini: FakeGemini, fake_replicat
     return gw.client()
 
 
-def test_allow_fallback_model_serves_seedream_4_when_nano_banana_pro_is_at_capacity(
+def test_allow_fallback_model_serves_seedream_5_lite_when_nano_banana_pro_is_at_capacity(
         gateway_factory: Any, fake_gemini: FakeGemini, fake_replicate: FakeReplicate) -> None:
     client = pro_at_capacity(gateway_factory, fake_gemini, fake_replicate)
     response = client.images.with_raw_response.generate(
         model=PRO, prompt="a fox", response_format="b64_json",
         extra_body={"allow_fallback_model": True, "aspect_ratio": "16:9"})
     result = response.parse()
-    assert response.headers["x-imagegate-model"] == SEEDREAM
+    assert response.headers["x-imagegate-model"] == SEEDREAM_5
     assert response.headers["x-imagegate-provider"] == "replicate"
-    assert f"model={PRO}->{SEEDREAM} (allow_fallback_model)" in response.headers["x-imagegate-adjusted"]
-    assert usage(result)["model"] == SEEDREAM
-    assert usage(result)["cost"] == pytest.approx(0.03)
+    assert f"model={PRO}->{SEEDREAM_5} (allow_fallback_model)" in response.headers["x-imagegate-adjusted"]
+    assert usage(result)["model"] == SEEDREAM_5
+    assert usage(result)["cost"] == pytest.approx(0.03) and usage(result)["cost_estimated"] is True
     width, height = effective(result)["width"], effective(result)["height"]
     assert image_size(decoded(result)) == (width, height) == (2736, 1536)  # Seedream's default tier, 2K
     assert len(fake_gemini.requests) == 1
     pro_create, seedream_create = fake_replicate.creates
     assert pro_create.model == "google/nano-banana-pro"
     assert pro_create.json["input"]["allow_fallback_model"] is True
-    assert seedream_create.model == SEEDREAM
+    assert seedream_create.model == SEEDREAM_5
     assert "allow_fallback_model" not in seedream_create.json["input"]
     sent = seedream_create.json["input"]
-    assert (sent["size"], sent["width"], sent["height"]) == ("custom", 2736, 1536)  # 16:9 at 2K, clamped
+    assert (sent["size"], sent["aspect_ratio"]) == ("2K", "16:9")  # 5 lite takes tiers, never width/height
+    assert "width" not in sent and "height" not in sent
 
 
 def test_without_allow_fallback_model_capacity_is_a_503(
@@ -407,6 +410,6 @@ def test_fallback_leaves_out_parameters_the_fallback_model_lacks(
         response = client.images.with_raw_response.generate(
             model=PRO, prompt="a fox", response_format="b64_json",
             extra_body={"allow_fallback_model": True, "safety_filter_level": "block_only_high"})
-    assert response.headers["x-imagegate-model"] == SEEDREAM
+    assert response.headers["x-imagegate-model"] == SEEDREAM_5
     assert "safety_filter_level" not in fake_replicate.creates[-1].json["input"]
     assert "safety_filter_level=block_only_high->" in response.headers["x-imagegate-adjusted"]

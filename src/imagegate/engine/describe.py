@@ -210,6 +210,7 @@ def catalog_entry(checkpoint: Checkpoint, model_id: str | None = None) -> dict[s
                 "native_output_formats": ["png", "jpeg", "webp"],
                 "parameters": {"mask": mask_handling},
                 "defaults": mode_defaults(checkpoint.source, template),
+                "price": {"per_image": 0.0, "source": "made on this machine"},
             }
         },
     }

@@ -52,6 +52,7 @@ def images_response(outcome: ImagesOutcome) -> Response:
             "images": len(outcome.images),
             "cost": outcome.cost,
             "currency": outcome.currency,
+            "cost_estimated": outcome.cost_estimated,
             "input_tokens": outcome.input_tokens,
             "output_tokens": outcome.output_tokens,
             "total_tokens": outcome.input_tokens + outcome.output_tokens,
@@ -79,16 +80,27 @@ def _splice(text: str, splices: dict[str, str]) -> str:
     return "".join(pieces)
 
 
-def model_card(model: ModelEntry, router: Router) -> dict[str, Any]:
-    """Everything a client needs to know about a model, straight from the catalog."""
+def model_cards(router: Router) -> list[dict[str, Any]]:
+    """GET /models: each model's card, followed by one card per alias of it."""
+    return [model_card(router.model(name), router, name) for model in router.catalog
+            for name in (model.id, *model.aliases)]
+
+
+def model_card(model: ModelEntry, router: Router, requested: str | None = None) -> dict[str, Any]:
+    """Everything a client needs to know about a model, straight from the catalog. Asked for by an
+    alias (`requested`), the card carries that id and says which model it is an alias of."""
     configured = router.available_providers(model)
+    names: dict[str, Any] = {"id": model.id, "aliases": model.aliases}
+    if requested is not None and requested != model.id:
+        names = {"id": requested, "alias_of": model.id}
     return {
-        "id": model.id,
+        **names,
         "object": "model",
         "created": 0,
         "owned_by": model.owned_by,
         "name": model.name,
         "description": model.description,
+        "notes": model.notes,  # where the entry's facts come from, and which are unconfirmed
         "available": bool(configured),
         "modes": model.modes,
         "parameters": {name: spec.model_dump(exclude_none=True) for name, spec in model.parameters.items()},
@@ -106,6 +118,7 @@ def model_card(model: ModelEntry, router: Router) -> dict[str, Any]:
                 "configured": provider_id in configured,
                 "upstream_model": model.providers[provider_id].upstream_model,
                 "max_images_per_call": model.providers[provider_id].max_images_per_call,
+                "price": model.binding_price(provider_id).model_dump(),
                 "parameters": {
                     name: h.model_dump(exclude_none=True)
                     for name, h in model.providers[provider_id].parameters.items()

@@ -11,7 +11,7 @@ from ..idempotency import StoredResponse, idempotency_scope
 from ..service import ImageJob
 from .disconnect import until_disconnected
 from .parsing import parse_edit, parse_generation
-from .render import images_response, json_response, model_card
+from .render import images_response, json_response, model_card, model_cards
 
 
 def _gateway(request: Request) -> Gateway:
@@ -89,7 +89,7 @@ async def edits(request: Request) -> Response:
 async def list_models(request: Request) -> Response:
     await authenticate(request)
     gateway = _gateway(request)
-    body: dict[str, object] = {"object": "list", "data": [model_card(m, gateway.router) for m in gateway.router.catalog]}
+    body: dict[str, object] = {"object": "list", "data": model_cards(gateway.router)}
     if notice := gateway.notice():
         body["notice"] = notice
     return json_response(body)
@@ -98,7 +98,8 @@ async def list_models(request: Request) -> Response:
 async def get_model(request: Request) -> Response:
     await authenticate(request)
     router = _gateway(request).router
-    return json_response(model_card(router.model(request.path_params["model_id"]), router))
+    model_id = request.path_params["model_id"]
+    return json_response(model_card(router.model(model_id), router, model_id))
 
 
 async def get_result(request: Request) -> Response:
