@@ -55,11 +55,21 @@ CREATE TABLE IF NOT EXISTS usage (
     input_tokens INTEGER NOT NULL,
     output_tokens INTEGER NOT NULL
 );
+CREATE INDEX IF NOT EXISTS usage_created ON usage (created_at);
 """
 
 # Columns added after a table first shipped: (table, column, declaration). An existing database
 # gets each missing one at open; new databases get them the same way, so SCHEMA stays as shipped.
-ADDED_COLUMNS: list[tuple[str, str, str]] = []
+ADDED_COLUMNS: list[tuple[str, str, str]] = [
+    # Idempotency-Key: the request's fingerprint (a key reused for another request is a 422), the
+    # claim's owner (a claim that expired and was taken over is not finished by its first owner),
+    # and the result-store names the kept answer's URLs point at (JSON list).
+    ("idempotency", "fingerprint", "TEXT"),
+    ("idempotency", "claim", "TEXT"),
+    ("idempotency", "results", "TEXT"),
+    # The client's own x-request-id; `request_id` is always the gateway's, unique per request.
+    ("usage", "client_request_id", "TEXT"),
+]
 
 
 class Database:
