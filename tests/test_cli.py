@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import shutil
 import socket
@@ -19,7 +20,11 @@ from click.testing import CliRunner, Result
 from openai import OpenAI
 from PIL import Image
 
+from imagegate.catalog import load_builtin_catalog
 from imagegate.cli import cli
+from imagegate.config import Settings
+from imagegate.db import Database
+from imagegate.usage import UsageLog, UsageRecord
 
 from .conftest import API_KEY, RunningGateway
 from .fakes.gemini import FakeGemini
@@ -435,6 +440,170 @@ def test_models_with_gemini(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "not configured" not in line
 
 
+def catalog_ids() -> list[str]:
+    return [model.id for model in load_builtin_catalog()]
+
+
+def test_models_json_is_the_model_list_with_its_cards(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GEMINI_API_KEY", "some-key")
+    listing = json.loads(ok("models", "--json").stdout)
+    assert listing["object"] == "list" and "notice" not in listing
+    card = next(c for c in listing["data"] if c["id"] == MODEL)
+    assert card["object"] == "model" and card["available"] is True
+    assert {"modes", "parameters", "sizes", "price", "providers"} <= set(card)
+    assert next(p for p in card["providers"] if p["id"] == "gemini")["configured"] is True
+
+
+def test_models_prints_every_id_whole_in_a_narrow_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    ids = catalog_ids()
+    assert max(len(i) for i in ids) > 20  # long enough that a 40-column table would cut or wrap them
+    monkeypatch.setenv("COLUMNS", "40")
+    lines = [line.strip(" │┃") for line in ok("models").stdout.splitlines()]
+    for model_id in ids:
+        assert any(model_id == line or line.startswith(model_id + " ") for line in lines), (model_id, lines)
+    assert "…" not in ok("models").stdout
+
+
+def test_models_in_a_wide_terminal_is_one_table_row_per_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GEMINI_API_KEY", "some-key")
+    rows = [line for line in ok("models").stdout.splitlines() if line.startswith("│")]
+    assert [row.split("│")[1].strip() for row in rows] == catalog_ids()
+
+
+def test_models_from_a_running_server(gateway: RunningGateway, fake_gemini: FakeGemini) -> None:
+    """--server lists what the server serves (its gemini key), not what this environment has (none)."""
+    served = httpx.get(f"{gateway.url}/v1/models", headers={"authorization": f"Bearer {API_KEY}"}, timeout=30).json()
+    listing = json.loads(ok("models", "--json", "--server", gateway.url, "--api-key", API_KEY).stdout)
+    assert listing == served
+    line = next(line for line in ok("models", "--server", gateway.url, "--api-key", API_KEY).stdout.splitlines()
+                if MODEL in line)
+    assert "gemini" in line.replace(MODEL, "") and "not configured" not in line
+    assert "not configured" in next(line for line in ok("models").stdout.splitlines() if MODEL in line)
+
+
+def test_models_server_and_key_from_the_environment(gateway: RunningGateway, fake_gemini: FakeGemini,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IMAGEGATE_SERVER", gateway.url)
+    monkeypatch.setenv("IMAGEGATE_API_KEY", API_KEY)
+    listing = json.loads(ok("models", "--json").stdout)
+    card = next(c for c in listing["data"] if c["id"] == MODEL)
+    assert card["available"] is True
+
+
+def test_models_server_with_a_wrong_key_exits_1(gateway: RunningGateway) -> None:
+    result = invoke("models", "--server", gateway.url, "--api-key", "wrong")
+    assert_clean_failure(result)
+    assert "401" in result.stderr
+
+
+def test_models_unreachable_server_is_a_readable_error() -> None:
+    result = invoke("models", "--server", f"http://127.0.0.1:{free_port()}")
+    assert_clean_failure(result)
+    assert "Could not reach" in flat(result.stderr)
+
+
+# --- usage -------------------------------------------------------------------------------
+
+
+def record_usage(rows: list[tuple[float, str | None, str, str, int, float]]) -> None:
+    """Usage rows (age in seconds, key id, model, provider, images, cost) in IMAGEGATE_DATA_DIR's log."""
+    db = Database(Settings().database_path)
+    try:
+        log = UsageLog(db)
+        now = time.time()
+        for index, (age, key_id, model, provider, images, cost) in enumerate(rows):
+            log.record(UsageRecord(f"req_{index}", key_id, None, model, provider, "t2i", images, cost, 0, 0),
+                       at=now - age)
+    finally:
+        db.close()
+
+
+def usage_json(*args: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(ok("usage", "--json", *args).stdout)
+    return data
+
+
+HOUR, DAY = 3600.0, 86400.0
+SEEDREAM = "bytedance/seedream-4"
+
+
+@pytest.fixture
+def recorded() -> None:
+    record_usage([
+        (1 * HOUR, "key_a", MODEL, "gemini", 2, 0.268),
+        (2 * HOUR, "key_a", MODEL, "gemini", 1, 0.134),
+        (3 * HOUR, "key_b", MODEL, "fal", 1, 0.15),
+        (3 * DAY, "key_b", SEEDREAM, "replicate", 4, 0.12),
+        (40 * DAY, "key_a", MODEL, "gemini", 10, 1.34),
+    ])
+
+
+def test_usage_defaults_to_30_days_grouped_by_key_model_and_provider(recorded: None) -> None:
+    data = usage_json()
+    assert data["by"] == ["key", "model", "provider"] and data["currency"] == "USD"
+    groups = {(t["key"], t["model"], t["provider"]): (t["requests"], t["images"], t["cost"]) for t in data["totals"]}
+    assert groups == {("key_a", MODEL, "gemini"): (2, 3, 0.402), ("key_b", MODEL, "fal"): (1, 1, 0.15),
+                      ("key_b", SEEDREAM, "replicate"): (1, 4, 0.12)}  # the 40-day-old row is out
+    assert data["total"] == {"requests": 4, "images": 8, "cost": pytest.approx(0.672)}
+
+
+@pytest.mark.parametrize(("by", "expected"), [
+    ("model", {MODEL: (3, 4, 0.552), SEEDREAM: (1, 4, 0.12)}),
+    ("provider", {"gemini": (2, 3, 0.402), "fal": (1, 1, 0.15), "replicate": (1, 4, 0.12)}),
+    ("key", {"key_a": (2, 3, 0.402), "key_b": (2, 5, 0.27)}),
+])
+def test_usage_by_one_grouping(recorded: None, by: str, expected: dict[str, tuple[int, int, float]]) -> None:
+    data = usage_json("--by", by)
+    got = {t[by]: (t["requests"], t["images"], pytest.approx(t["cost"])) for t in data["totals"]}
+    assert got == expected
+    assert all(set(t) <= {by, "key_name", "requests", "images", "cost"} for t in data["totals"])
+
+
+def test_usage_period_by_span_and_by_iso_date(recorded: None) -> None:
+    assert usage_json("--since", "24h")["total"]["requests"] == 3
+    assert usage_json("--since", "90m")["total"]["requests"] == 1
+    assert usage_json("--since", "7d", "--until", "1d")["total"] == {"requests": 1, "images": 4, "cost": 0.12}
+    assert usage_json("--since", "2000-01-01")["total"]["requests"] == 5
+    tomorrow = time.strftime("%Y-%m-%d", time.gmtime(time.time() + DAY))
+    assert usage_json("--since", tomorrow, "--until", "2999-01-01T00:00:00+00:00")["totals"] == []
+
+
+def test_usage_table_names_stored_keys_and_totals(recorded: None) -> None:
+    key_id, _ = create_key("laptop")
+    record_usage([(60.0, key_id, MODEL, "gemini", 1, 0.134)])
+    out = ok("usage", "--by", "key").stdout
+    assert f"{key_id} (laptop)" in out
+    total = next(line for line in out.splitlines() if "total" in line)
+    assert "$0.8060" in total and " 9 " in total  # 0.672 + 0.134; 8 + 1 images
+
+
+@pytest.mark.parametrize("args", [["--since", "yesterday"], ["--until", "3 days"], ["--since", "1d", "--until", "2d"],
+                                  ["--by", "user"]])
+def test_usage_bad_period_or_grouping_is_a_usage_error(args: list[str]) -> None:
+    result = invoke("usage", *args)
+    assert result.exit_code == 2, result.output
+    assert "Error" in result.stderr
+
+
+def test_usage_of_real_requests(gateway: RunningGateway, fake_gemini: FakeGemini) -> None:
+    """Usage made through the gateway (which shares IMAGEGATE_DATA_DIR with the CLI here)."""
+    client = gateway.client()
+    costs = [client.images.generate(model=MODEL, prompt="counted", n=n, response_format="b64_json").usage
+             for n in (1, 2)]
+    data = usage_json()
+    assert len(data["totals"]) == 1
+    row = data["totals"][0]
+    assert row["key"].startswith("static-") and row["model"] == MODEL and row["provider"] == "gemini"
+    assert (row["requests"], row["images"]) == (2, 3)
+    assert row["cost"] == pytest.approx(sum(u.model_extra["cost"] for u in costs if u and u.model_extra))
+
+
+def test_usage_with_nothing_recorded_says_so() -> None:
+    result = ok("usage")
+    assert "no usage recorded" in result.stderr
+    assert usage_json()["totals"] == [] and usage_json()["total"]["requests"] == 0
+
+
 # --- keys --------------------------------------------------------------------------------
 
 
@@ -514,7 +683,7 @@ def test_serve_help() -> None:
 
 def test_top_level_help_lists_commands() -> None:
     result = ok("--help")
-    for name in ("serve", "generate", "edit", "models", "keys"):
+    for name in ("serve", "generate", "edit", "models", "usage", "keys"):
         assert name in result.stdout
 
 

@@ -1,7 +1,7 @@
 """Size / aspect_ratio / resolution normalization (imagegate.normalize.resolve_layout).
 
-The 30 rows of the Nano Banana Pro size table are copied from the product spec
-(/work/shared/spec/nano-banana-pro.txt) by hand, on purpose independent of
+The 30 rows of the Nano Banana Pro size table are copied from the Nano Banana Pro
+product page (the spec) by hand, on purpose independent of
 data/models.json, so a typo in the catalog fails here.
 """
 

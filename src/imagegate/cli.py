@@ -1,4 +1,4 @@
-"""The `imagegate` command: serve, generate, edit, models, keys.
+"""The `imagegate` command: serve, generate, edit, models, usage, keys.
 
 `generate` and `edit` run the gateway in-process (same settings and providers as `serve`), or
 talk to a running gateway with `--server URL`.
@@ -10,13 +10,18 @@ import asyncio
 import base64
 import json
 import os
+import re
 import sys
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 import httpx
 from rich.console import Console
+from rich.markup import escape
+from rich.measure import Measurement
 from rich.table import Table
 
 from .config import Settings
@@ -26,6 +31,7 @@ from .errors import ImagegateError
 from .gateway import Gateway
 from .keys import KeyStore
 from .service import ImageJob, ImagesOutcome
+from .usage import GROUP_COLUMNS, Grouping, UsageLog, UsageTotal
 
 err_console = Console(stderr=True)
 SUFFIX_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp", ".gif": "gif", ".avif": "avif"}
@@ -247,29 +253,181 @@ def _write_outputs(files: list[tuple[bytes, str]], output: str | None) -> list[P
     return paths
 
 
-@cli.command()
-def models() -> None:
-    """List the models in the catalog and whether a provider serves them."""
+def _models_listing_local() -> dict[str, Any]:
+    """What GET /v1/models answers, from the catalog and the providers this environment configures."""
+    from .server.render import model_card
 
-    async def load() -> tuple[list[tuple[str, str, str, str, str]], str | None]:
+    async def load() -> dict[str, Any]:
         async with Gateway(Settings()) as gateway:
-            rows = []
-            for model in gateway.catalog:
-                providers = gateway.router.available_providers(model)
-                rows.append((model.id, model.name, ", ".join(model.modes),
-                             f"{model.price.per_image * 100:.1f}¢", ", ".join(providers) or "not configured"))
-            return rows, gateway.notice()
+            listing: dict[str, Any] = {"object": "list",
+                                       "data": [model_card(m, gateway.router) for m in gateway.catalog]}
+            if notice := gateway.notice():
+                listing["notice"] = notice
+            return listing
 
+    return asyncio.run(load())
+
+
+def _models_listing_remote(server: str, api_key: str | None) -> dict[str, Any]:
+    base = server.rstrip("/")
+    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
     try:
-        rows, notice = asyncio.run(load())
-    except ImagegateError as exc:
-        _fail(exc)
-    table = Table("model", "name", "modes", "price/image", "providers")
+        response = httpx.get(f"{base}/v1/models", headers=headers, timeout=60.0)
+        if response.status_code != 200:
+            raise _remote_error(response)
+        listing = response.json()
+        if not isinstance(listing, dict) or not isinstance(listing.get("data"), list):
+            raise ValueError("no model list")
+    except httpx.HTTPError as exc:
+        raise ImagegateError(f"Could not reach {base}: {exc}", code="connection_error") from exc
+    except ValueError as exc:
+        raise ImagegateError(f"{base} did not answer like an imagegate server.", code="bad_response") from exc
+    return listing
+
+
+def _price_text(price: Any) -> str:
+    if not isinstance(price, dict) or not isinstance(price.get("per_image"), (int, float)):
+        return "?"
+    per_image, currency = float(price["per_image"]), price.get("currency", "USD")
+    return f"{per_image * 100:.1f}¢" if currency == "USD" else f"{per_image:g} {currency}"
+
+
+def _model_row(card: dict[str, Any]) -> tuple[str, str, str, str, str]:
+    """(id, name, modes, price per image, configured providers) of one model card."""
+    configured = [str(p.get("id")) for p in card.get("providers") or [] if isinstance(p, dict) and p.get("configured")]
+    return (str(card.get("id")), str(card.get("name") or ""), ", ".join(card.get("modes") or []),
+            _price_text(card.get("price")), ", ".join(configured) or "not configured")
+
+
+MODEL_COLUMNS = ("model", "name", "modes", "price/image", "providers")
+
+
+def _print_models(rows: list[tuple[str, str, str, str, str]]) -> None:
+    """A table with every id whole; in a terminal too narrow for that table, one block per model
+    (rich would otherwise cut ids short or wrap them, and an id is what people copy)."""
+    console = Console()
+    table = Table(*MODEL_COLUMNS)
+    table.columns[0].no_wrap = True
     for row in rows:
         table.add_row(*row)
+    # The width the table needs with ids whole and the other columns wrapped at their longest word.
+    needed = Measurement.get(console, console.options.update_width(10_000), table).minimum
+    if needed <= console.width:
+        console.print(table)
+        return
+    for model_id, name, modes, price, providers in rows:
+        click.echo(model_id)
+        click.echo(f"  {name}; {modes}; {price} per image")
+        click.echo(f"  providers: {providers}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the model list as JSON (what GET /v1/models answers).")
+@click.option("--server", default=None, envvar="IMAGEGATE_SERVER",
+              help="List the models of a running gateway at this URL instead of this environment's.")
+@click.option("--api-key", default=None, envvar="IMAGEGATE_API_KEY", help="Key for --server.")
+def models(as_json: bool, server: str | None, api_key: str | None) -> None:
+    """List the models in the catalog and whether a provider serves them."""
+    try:
+        listing = _models_listing_remote(server, api_key) if server else _models_listing_local()
+    except ImagegateError as exc:
+        _fail(exc)
+    if as_json:
+        click.echo(json.dumps(listing, indent=2))
+        return
+    _print_models([_model_row(card) for card in listing["data"] if isinstance(card, dict)])
+    if notice := listing.get("notice"):
+        err_console.print(f"[yellow]note[/yellow]: {escape(str(notice))}")
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_when(text: str, now: float, option: str = "--since") -> float:
+    """A point in time as Unix seconds: a span back from `now` (`90m`, `24h`, `7d`, `2w`) or an
+    ISO 8601 date or date-time (UTC unless it names its offset)."""
+    value = text.strip()
+    if match := _DURATION.fullmatch(value.lower()):
+        return now - float(match[1]) * _UNIT_SECONDS[match[2]]
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is neither a span like 24h or 7d nor an ISO date like 2026-11-30.",
+                                 param_hint=option) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _key_label(key_id: str | None, names: dict[str, str]) -> str:
+    if key_id is None:
+        return "(no key)"  # served while the gateway had no keys (open mode)
+    return f"{key_id} ({names[key_id]})" if key_id in names else key_id
+
+
+@cli.command()
+@click.option("--since", default="30d", show_default=True,
+              help="Start: a span back from now (90m, 24h, 7d, 2w) or an ISO date/time (UTC by default).")
+@click.option("--until", default=None, help="End (not included), in the same forms. Default: now.")
+@click.option("--by", "by", multiple=True, type=click.Choice(list(GROUP_COLUMNS)),
+              help="Group by key, model or provider; repeat to combine. Default: all three together.")
+@click.option("--json", "as_json", is_flag=True, help="Print the totals as JSON.")
+def usage(since: str, until: str | None, by: tuple[Grouping, ...], as_json: bool) -> None:
+    """Requests, images and cost served over a period, from the usage log in IMAGEGATE_DATA_DIR."""
+    now = time.time()
+    start = parse_when(since, now, "--since")
+    end = now if until is None else parse_when(until, now, "--until")
+    if start >= end:
+        raise click.BadParameter(f"{_iso(start)} is not before --until ({_iso(end)}).", param_hint="--since")
+    groups: tuple[Grouping, ...] = tuple(dict.fromkeys(by)) or ("key", "model", "provider")
+    settings = Settings()
+    db = Database(settings.database_path)
+    try:
+        totals = UsageLog(db).totals(start, end, groups)
+        names = {record.id: record.name for record in KeyStore(db).list()}
+    finally:
+        db.close()
+    total = UsageTotal({}, sum(t.requests for t in totals), sum(t.images for t in totals),
+                       sum(t.cost for t in totals))
+    if as_json:
+        click.echo(json.dumps(_usage_json(start, end, groups, totals, total, names), indent=2))
+        return
+    err_console.print(f"usage from {_iso(start)} to {_iso(end)}, cost in USD")
+    if not totals:
+        err_console.print("no usage recorded in this period")
+        return
+    table = Table(*groups, "requests", "images", "cost", show_footer=len(totals) > 1)
+    for column in table.columns[:len(groups)]:
+        column.no_wrap = True
+    table.columns[0].footer = "total"
+    for column, value in zip(table.columns[len(groups):], _amounts(total), strict=True):
+        column.footer, column.justify = value, "right"
+    for t in totals:
+        labels = [_key_label(t.group[g], names) if g == "key" else str(t.group[g]) for g in groups]
+        table.add_row(*labels, *_amounts(t))
     Console().print(table)
-    if notice:
-        err_console.print(f"[yellow]note[/yellow]: {notice}")
+
+
+def _amounts(total: UsageTotal) -> tuple[str, str, str]:
+    return str(total.requests), str(total.images), f"${total.cost:.4f}"
+
+
+def _usage_json(start: float, end: float, groups: tuple[Grouping, ...], totals: list[UsageTotal],
+                total: UsageTotal, names: dict[str, str]) -> dict[str, Any]:
+    def entry(t: UsageTotal) -> dict[str, Any]:
+        item: dict[str, Any] = {str(name): value for name, value in t.group.items()}
+        if "key" in t.group:
+            key_id = t.group["key"]
+            item["key_name"] = names.get(key_id) if key_id is not None else None
+        return item | {"requests": t.requests, "images": t.images, "cost": round(t.cost, 6)}
+
+    return {"since": _iso(start), "until": _iso(end), "by": list(groups), "currency": "USD",
+            "totals": [entry(t) for t in totals], "total": entry(total)}
 
 
 @cli.group()

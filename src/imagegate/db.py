@@ -55,6 +55,7 @@ CREATE TABLE IF NOT EXISTS usage (
     input_tokens INTEGER NOT NULL,
     output_tokens INTEGER NOT NULL
 );
+CREATE INDEX IF NOT EXISTS usage_created ON usage (created_at);
 """
 
 # Columns added after a table first shipped: (table, column, declaration). An existing database
@@ -62,6 +63,14 @@ CREATE TABLE IF NOT EXISTS usage (
 ADDED_COLUMNS: list[tuple[str, str, str]] = [
     # 1 when the serving provider's real price is not known and `cost` is the catalog's estimate.
     ("usage", "cost_estimated", "INTEGER NOT NULL DEFAULT 0"),
+    # Idempotency-Key: the request's fingerprint (a key reused for another request is a 422), the
+    # claim's owner (a claim that expired and was taken over is not finished by its first owner),
+    # and the result-store names the kept answer's URLs point at (JSON list).
+    ("idempotency", "fingerprint", "TEXT"),
+    ("idempotency", "claim", "TEXT"),
+    ("idempotency", "results", "TEXT"),
+    # The client's own x-request-id; `request_id` is always the gateway's, unique per request.
+    ("usage", "client_request_id", "TEXT"),
 ]
 
 

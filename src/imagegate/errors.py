@@ -5,7 +5,9 @@
     │   ├── UnsupportedParameter        400 (code: unsupported_parameter)
     │   ├── InvalidImage                400 (code: invalid_image)
     │   ├── ContentPolicyViolation      400 (code: content_policy_violation)
-    │   └── PayloadTooLarge             413 (code: payload_too_large)
+    │   ├── PayloadTooLarge             413 (code: payload_too_large)
+    │   ├── IdempotencyKeyReused        422 (code: idempotency_key_reused)
+    │   └── IdempotentResultsGone       410 (code: idempotency_results_gone)
     ├── AuthenticationFailed            401 authentication_error
     ├── NotFound                        404 not_found_error
     │   └── ModelNotFound               404 (code: model_not_found)
@@ -77,6 +79,21 @@ class ContentPolicyViolation(InvalidRequest):
 class PayloadTooLarge(InvalidRequest):
     status_code = 413
     default_code = "payload_too_large"
+
+
+class IdempotencyKeyReused(InvalidRequest):
+    """An Idempotency-Key sent again with another request body (the IETF Idempotency-Key draft's 422)."""
+
+    status_code = 422
+    default_code = "idempotency_key_reused"
+
+
+class IdempotentResultsGone(InvalidRequest):
+    """The kept answer of an Idempotency-Key points at result URLs that have expired. 410, not 409
+    or 5xx: the openai SDK retries those, and retrying with the same key can never succeed."""
+
+    status_code = 410
+    default_code = "idempotency_results_gone"
 
 
 class AuthenticationFailed(ImagegateError):

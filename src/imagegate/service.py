@@ -43,7 +43,8 @@ class ImageJob:
     params: dict[str, Any]
     images: list[ImageSource] = field(default_factory=list)
     mask: ImageSource | None = None
-    request_id: str = ""
+    request_id: str = ""  # the gateway's own, unique per request
+    client_request_id: str | None = None  # the x-request-id the client sent, if any
     key_id: str | None = None
     image_param: str = "image"  # the field the images came in, for error messages ("images" in JSON)
     public_base_url: str | None = None  # base of result URLs; default from the settings
@@ -318,6 +319,7 @@ class ImageService:
             provider=outcome.provider, mode=job.mode, images=len(outcome.images), cost=outcome.cost,
             cost_estimated=outcome.cost_estimated,
             input_tokens=outcome.input_tokens, output_tokens=outcome.output_tokens,
+            client_request_id=job.client_request_id,
         )
 
 

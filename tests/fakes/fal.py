@@ -1,9 +1,10 @@
 """Fake fal queue API for fal-ai/nano-banana-pro (and its `/edit`) on real loopback HTTP.
 
-Mirrors spec/providers.md section 4: `Authorization: Key ...`, submit then poll then fetch the
-result, status/result/cancel URLs that drop the `/edit` sub-path (the gotcha a client must
-survive), pydantic-style 422 bodies for bad input, `detail` errors with X-Fal-Retryable, and
-output images served from `/files/` (or inlined as data URIs with `sync_mode`).
+Mirrors the provider wire-format reference (the spec), section 4: `Authorization: Key ...`,
+submit then poll then fetch the result, status/result/cancel URLs that drop the `/edit` sub-path
+(the gotcha a client must survive), pydantic-style 422 bodies for bad input, `detail` errors
+with X-Fal-Retryable, and output images served from `/files/` (or inlined as data URIs with
+`sync_mode`).
 
     with FakeFal() as fake:
         submit:  POST {fake.base_url}/fal-ai/nano-banana-pro           (or .../edit)

@@ -1,8 +1,8 @@
 """Fake Gemini API (`POST /v1beta/models/{model}:generateContent`) on real loopback HTTP.
 
-Mirrors the wire format in spec/providers.md section 2: proto-JSON requests (camelCase or
-snake_case), Google error bodies, HTTP-200 safety outcomes and "thinking" interim images,
-so gateway bugs show up as the same 400s/edge cases the real API would produce.
+Mirrors the wire format in the provider wire-format reference (the spec), section 2: proto-JSON
+requests (camelCase or snake_case), Google error bodies, HTTP-200 safety outcomes and "thinking"
+interim images, so gateway bugs show up as the same 400s/edge cases the real API would produce.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ __all__ = [
 ASPECT_RATIOS = ("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9")
 IMAGE_SIZES = ("1K", "2K", "4K")
 
-# Nano Banana Pro output pixels per (aspectRatio, imageSize): spec/nano-banana-pro.txt.
+# Nano Banana Pro output pixels per (aspectRatio, imageSize): the Nano Banana Pro product page (the spec).
 PRO_SIZES: dict[tuple[str, str], tuple[int, int]] = {
     ("4:3", "1K"): (1183, 887),
     ("4:5", "1K"): (916, 1145),
@@ -90,7 +90,7 @@ PRO_SIZES: dict[tuple[str, str], tuple[int, int]] = {
 }
 
 # Nano Banana (gemini-2.5-flash-image) has one size per aspectRatio (1K only; imageSize is
-# ignored, spec/providers.md section 2.2), and it does not "think", so it sends no interim images.
+# ignored, the provider wire-format reference, section 2.2), and it does not "think", so it sends no interim images.
 FLASH_MODELS = frozenset({"gemini-2.5-flash-image"})
 FLASH_SIZES: dict[str, tuple[int, int]] = {
     "1:1": (1024, 1024),

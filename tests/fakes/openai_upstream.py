@@ -1,7 +1,7 @@
 """Fake OpenAI-compatible Images upstream (`/v1/images/generations`, `/v1/images/edits`).
 
-Speaks the wire format of spec/providers.md section 1 over real loopback HTTP: JSON and
-multipart bodies (`image` or repeated `image[]`, `mask`), OpenAI error bodies with the
+Speaks the wire format of the provider wire-format reference (the spec), section 1, over real
+loopback HTTP: JSON and multipart bodies (`image` or repeated `image[]`, `mask`), OpenAI error bodies with the
 status codes the SDK maps to exceptions, and `url` responses served from `/files/`.
 """
 
@@ -59,7 +59,7 @@ _COMMON = {"prompt", "model", "n", "size", "quality", "response_format", "output
 GENERATION_PARAMS = _COMMON | {"moderation", "style"}
 EDIT_FORM_PARAMS = _COMMON | {"input_fidelity"}  # plus the image / image[] / mask files
 EDIT_JSON_PARAMS = (_COMMON - {"response_format"}) | {"images", "mask", "moderation", "input_fidelity"}
-# What GPT image models (gpt-image-1) take as `size` (spec/providers.md section 1.1).
+# What GPT image models (gpt-image-1) take as `size` (the provider wire-format reference, section 1.1).
 GPT_IMAGE_SIZES = ("auto", "1024x1024", "1536x1024", "1024x1536")
 
 

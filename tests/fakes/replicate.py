@@ -1,10 +1,11 @@
 """Fake Replicate predictions API (google/nano-banana-pro) on real loopback HTTP.
 
-Mirrors spec/providers.md sections 3 and 5: `POST /v1/models/{owner}/{name}/predictions` (with
-`Prefer: wait` and `Cancel-After`), `GET /v1/predictions/{id}`, `POST .../cancel`, Bearer
-auth, RFC 7807 errors and 422 input validation against the Nano Banana Pro schema. A
-prediction goes `starting` -> `processing` -> terminal over polls, so adapters must poll; its
-output is a URL under the fake's own `/files/` (or a `data:` URI, or a list, seedream style).
+Mirrors the provider wire-format reference (the spec), sections 3 and 5:
+`POST /v1/models/{owner}/{name}/predictions` (with `Prefer: wait` and `Cancel-After`),
+`GET /v1/predictions/{id}`, `POST .../cancel`, Bearer auth, RFC 7807 errors and 422 input
+validation against the Nano Banana Pro schema. A prediction goes `starting` -> `processing` ->
+terminal over polls, so adapters must poll; its output is a URL under the fake's own `/files/`
+(or a `data:` URI, or a list, seedream style).
 
 Three more models have their own input schema (anything else is validated as Nano Banana Pro):
 `google/nano-banana` (prompt, image_input, aspect_ratio, output_format; one size per ratio, the
@@ -92,7 +93,7 @@ SAFETY_ERROR = "The input or output was flagged as sensitive. Please try again w
 # from third-party copies of the schema).
 NANO_BANANA = "google/nano-banana"
 NANO_BANANA_FIELDS = {"prompt", "image_input", "aspect_ratio", "output_format"}
-# bytedance/seedream-4 (spec/providers.md section 5).
+# bytedance/seedream-4 (the provider wire-format reference, section 5).
 SEEDREAM_4 = "bytedance/seedream-4"
 SEEDREAM_FIELDS = {"prompt", "image_input", "size", "width", "height", "aspect_ratio",
                    "sequential_image_generation", "max_images", "enhance_prompt"}
@@ -331,7 +332,7 @@ def validate_nano_banana_input(data: Any) -> list[bytes]:
 
 
 def validate_seedream_input(data: Any) -> list[bytes]:
-    """Validate like the bytedance/seedream-4 schema (spec/providers.md section 5)."""
+    """Validate like the bytedance/seedream-4 schema (the provider wire-format reference, section 5)."""
     errors = _object_with(data, SEEDREAM_FIELDS)
     _enum(errors, data, "size", SEEDREAM_SIZES)
     _enum(errors, data, "aspect_ratio", SEEDREAM_ASPECT_RATIOS)

@@ -1,7 +1,7 @@
 """Contract tests of the fal adapter against the fake fal queue API (real HTTP).
 
 The adapter is called directly: a `ProviderRequest` built from the catalog binding and a layout
-from `resolve_layout`, no gateway server. Spec: /work/shared/spec/providers.md section 4.
+from `resolve_layout`, no gateway server. Spec: the provider wire-format reference (the spec), section 4.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Contract tests of the Gemini adapter against the fake generateContent upstream (real HTTP).
 
 The adapter is called directly: a `ProviderRequest` built from the catalog binding and a layout
-from `resolve_layout`, no gateway server. Spec: /work/shared/spec/providers.md section 2.
+from `resolve_layout`, no gateway server. Spec: the provider wire-format reference (the spec), section 2.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Contract tests of the Replicate adapter against the fake predictions API (real HTTP).
 
 The adapter is called directly: a `ProviderRequest` built from the catalog's "replicate" binding
-and a layout from `resolve_layout`, no gateway server. Spec: /work/shared/spec/providers.md
+and a layout from `resolve_layout`, no gateway server. Spec: the provider wire-format reference (the spec),
 sections 3 and 5.
 """
 

@@ -41,6 +41,7 @@ from imagegate.engine.runner import Engine
 from imagegate.gateway import Gateway
 
 from ..conftest import API_KEY, RunningGateway
+from ..engine.batch_tolerance import assert_same_render
 from ..engine.tiny_models import build_fake_hub_cache
 from ..fakes.images import solid_png
 
@@ -329,8 +330,9 @@ def test_same_seed_same_image_other_seed_other_image(client: openai.OpenAI) -> N
 
 
 def test_n_images_have_consecutive_seeds_in_one_batch(local: RunningGateway, client: openai.OpenAI) -> None:
-    """n=2 with seed s returns the images of seeds s and s+1: the second one equals, pixel for
-    pixel, a request of its own with seed s+1, so batching does not change an image."""
+    """n=2 with seed s returns the images of seeds s and s+1: the second one is a request of its
+    own with seed s+1, so batching does not change an image (beyond the rounding tolerance of
+    batch_tolerance.py: batched kernels round differently on AVX-512 CPUs)."""
     seed = 77
     pair = generate(client, n=2, size="32x32", extra_body={"seed": seed})
     assert len(pair.data) == 2
@@ -339,8 +341,8 @@ def test_n_images_have_consecutive_seeds_in_one_batch(local: RunningGateway, cli
     assert engine_of(local).stats.batch_sizes[-1] == 2  # one forward pass for both
     alone_first = rgb_pixels(decode(generate(client, size="32x32", extra_body={"seed": seed}).data[0]))
     alone_second = rgb_pixels(decode(generate(client, size="32x32", extra_body={"seed": seed + 1}).data[0]))
-    assert alone_first == first
-    assert alone_second == second
+    assert_same_render(alone_first, first)
+    assert_same_render(alone_second, second)
     assert pair.model_extra is not None and pair.model_extra["effective"]["seed"] == seed
 
 
@@ -388,9 +390,9 @@ def test_concurrent_requests_share_a_forward_pass(local: RunningGateway, spy: En
     assert engine.stats.batches - start_batches == 2  # 5 requests, 2 forward passes
     assert engine.stats.batch_sizes[-2:] == [1, 4]
     assert sorted(seed for job in spy.batches[1] for seed in job.seeds) == seeds
-    # Batched or not, a seed gives the same image.
+    # Batched or not, a seed gives the same image (within the batch rounding tolerance).
     alone = generate(local.client(), size="32x32", prompt="a red cat", extra_body={"seed": 300})
-    assert rgb_pixels(decode(alone.data[0])) == images[seeds.index(300)]
+    assert_same_render(rgb_pixels(decode(alone.data[0])), images[seeds.index(300)])
 
 
 # --- edits -----------------------------------------------------------------------------------

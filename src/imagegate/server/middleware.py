@@ -1,4 +1,4 @@
-"""ASGI middleware: a request id on every response, and a cap on the request body size.
+"""ASGI middleware: request ids on every response, and a cap on the request body size.
 
 The cap counts bytes as they stream in, so an oversized upload is refused without being held
 in memory, whatever Content-Length claims.
@@ -15,6 +15,11 @@ from ..errors import PayloadTooLarge
 
 
 class RequestIdMiddleware:
+    """Every request gets a gateway-made id (`request_id`, unique: usage rows and logs use it).
+    A client's own `x-request-id` is kept beside it (`client_request_id`) and echoed back in
+    `x-request-id`, so the client can match answers to its requests; clients may reuse ids, so
+    it never identifies a request. `x-imagegate-request-id` always carries the gateway's id."""
+
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
@@ -23,12 +28,16 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send)
             return
         incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        request_id = incoming if 0 < len(incoming) <= 128 else "req_" + secrets.token_hex(12)
-        scope.setdefault("state", {})["request_id"] = request_id
+        client_request_id = incoming if 0 < len(incoming) <= 128 else None
+        request_id = "req_" + secrets.token_hex(12)
+        state = scope.setdefault("state", {})
+        state["request_id"], state["client_request_id"] = request_id, client_request_id
+        echoed = (client_request_id or request_id).encode("latin-1")
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message.setdefault("headers", []).append((b"x-request-id", request_id.encode("latin-1")))
+                message.setdefault("headers", []).extend(
+                    [(b"x-request-id", echoed), (b"x-imagegate-request-id", request_id.encode("latin-1"))])
             await send(message)
 
         await self.app(scope, receive, send_with_id)

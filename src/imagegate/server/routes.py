@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import anyio.to_thread
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 
-from ..errors import AuthenticationFailed, NotFound
+from ..errors import AuthenticationFailed, IdempotentResultsGone, NotFound
 from ..gateway import Gateway
-from ..idempotency import StoredResponse, idempotency_scope
+from ..idempotency import (
+    StoredResponse,
+    idempotency_scope,
+    request_fingerprint,
+    result_names,
+    results_still_served,
+)
 from ..service import ImageJob
 from .disconnect import until_disconnected
 from .parsing import parse_edit, parse_generation
@@ -52,20 +59,33 @@ async def _run(request: Request, job: ImageJob, key_id: str | None) -> Response:
 async def _serve(request: Request, job: ImageJob, key_id: str | None) -> Response:
     gateway = _gateway(request)
     job.request_id = request.scope["state"]["request_id"]
+    job.client_request_id = request.scope["state"].get("client_request_id")
     job.key_id = key_id
     job.public_base_url = _public_base_url(request)
 
     async def produce() -> StoredResponse:
-        response = images_response(await gateway.service.create(job))
+        outcome = await gateway.service.create(job)
+        response = images_response(outcome)
         headers = {k: v for k, v in response.headers.items() if k != "content-length"}
         headers["x-imagegate-original-request-id"] = job.request_id
-        return StoredResponse(response.status_code, headers, bytes(response.body))
+        return StoredResponse(response.status_code, headers, bytes(response.body),
+                              result_names(image.url for image in outcome.images))
 
     key = request.headers.get("idempotency-key")
     if key is None:
         return images_response(await gateway.service.create(job))
-    scope = idempotency_scope(key, key_id, request.url.path)
-    stored, replayed = await gateway.idempotency.run_once(scope, produce, gateway.settings.request_timeout_seconds)
+    scope = idempotency_scope(key, key_id, job.mode)
+    fingerprint = await anyio.to_thread.run_sync(request_fingerprint, job.mode, job.params, job.images, job.mask)
+    stored, replayed = await gateway.idempotency.run_once(scope, fingerprint, produce,
+                                                          gateway.settings.request_timeout_seconds)
+    # A kept answer outlives its result URLs (1 h against 24 h by default). Those still served
+    # are replayed as they are: they are live. Expired ones cannot be re-issued: their images are
+    # deleted, and making them again would bill a second generation, which is what the key is
+    # there to prevent. So the client gets a 410 it will not retry, telling it to use a new key.
+    if replayed and not await anyio.to_thread.run_sync(results_still_served, gateway.store, stored.results):
+        raise IdempotentResultsGone(
+            "The answer kept for this Idempotency-Key points at result URLs that have expired. Send the "
+            "request with a new Idempotency-Key to generate again.", param="Idempotency-Key")
     return _replay(stored, replayed=replayed)
 
 
