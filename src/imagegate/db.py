@@ -59,7 +59,9 @@ CREATE TABLE IF NOT EXISTS usage (
 
 # Columns added after a table first shipped: (table, column, declaration). An existing database
 # gets each missing one at open; new databases get them the same way, so SCHEMA stays as shipped.
-ADDED_COLUMNS: list[tuple[str, str, str]] = []
+ADDED_COLUMNS: list[tuple[str, str, str]] = [
+    ("usage", "safety_identifier", "TEXT"),  # OpenAI's end-user safety id, recorded like `user`
+]
 
 
 class Database:

@@ -21,6 +21,7 @@ class UsageRecord:
     cost: float
     input_tokens: int
     output_tokens: int
+    safety_identifier: str | None = None  # OpenAI's end-user safety id; like `user`, never sent upstream
 
 
 class UsageSink(Protocol):
@@ -34,9 +35,9 @@ class UsageLog:
     def record(self, usage: UsageRecord) -> None:
         self.db.execute(
             "INSERT INTO usage (request_id, created_at, key_id, user, model, provider, mode, images, cost, "
-            "input_tokens, output_tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "input_tokens, output_tokens, safety_identifier) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (usage.request_id, time.time(), usage.key_id, usage.user, usage.model, usage.provider, usage.mode,
-             usage.images, usage.cost, usage.input_tokens, usage.output_tokens),
+             usage.images, usage.cost, usage.input_tokens, usage.output_tokens, usage.safety_identifier),
         )
 
     def totals_by_model(self) -> list[tuple[str, int, int, float]]:

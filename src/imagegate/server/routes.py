@@ -11,6 +11,7 @@ from ..idempotency import StoredResponse, idempotency_scope
 from ..service import ImageJob
 from .disconnect import until_disconnected
 from .parsing import parse_edit, parse_generation
+from .public_url import public_base_url
 from .render import images_response, json_response, model_card
 
 
@@ -35,12 +36,13 @@ async def authenticate(request: Request) -> str | None:
 
 
 def _public_base_url(request: Request) -> str:
-    """IMAGEGATE_PUBLIC_URL, else host and port; on a wildcard bind (0.0.0.0) the host the
-    client used is the only address known to reach us."""
+    """IMAGEGATE_PUBLIC_URL, else the host the client called (see public_url.py)."""
     settings = _gateway(request).settings
-    if settings.public_url is None and settings.host in ("0.0.0.0", "::", ""):
-        return str(request.base_url).rstrip("/")
-    return settings.base_public_url
+    if settings.public_url:
+        return settings.base_public_url
+    return public_base_url(request.headers, scheme=request.url.scheme,
+                           peer=request.client.host if request.client else None,
+                           trusted=settings.trusted_proxy_networks, fallback=settings.base_public_url)
 
 
 async def _run(request: Request, job: ImageJob, key_id: str | None) -> Response:
@@ -89,7 +91,9 @@ async def edits(request: Request) -> Response:
 async def list_models(request: Request) -> Response:
     await authenticate(request)
     gateway = _gateway(request)
-    body: dict[str, object] = {"object": "list", "data": [model_card(m, gateway.router) for m in gateway.router.catalog]}
+    response_format = gateway.settings.default_response_format
+    body: dict[str, object] = {"object": "list", "data": [
+        model_card(m, gateway.router, default_response_format=response_format) for m in gateway.router.catalog]}
     if notice := gateway.notice():
         body["notice"] = notice
     return json_response(body)
@@ -97,8 +101,9 @@ async def list_models(request: Request) -> Response:
 
 async def get_model(request: Request) -> Response:
     await authenticate(request)
-    router = _gateway(request).router
-    return json_response(model_card(router.model(request.path_params["model_id"]), router))
+    gateway = _gateway(request)
+    return json_response(model_card(gateway.router.model(request.path_params["model_id"]), gateway.router,
+                                    default_response_format=gateway.settings.default_response_format))
 
 
 async def get_result(request: Request) -> Response:
