@@ -7,6 +7,7 @@ OPENAI_API_KEY / OPENAI_BASE_URL enable providers with no config file.
 from __future__ import annotations
 
 import ipaddress
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ class FileConfig(BaseModel):
 
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+_ORIGIN = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/\s,]+")  # scheme://host[:port], as browsers send Origin
 
 
 def _networks(text: str) -> list[IPNetwork]:
@@ -126,6 +128,14 @@ class Settings(BaseSettings):
             _networks(value)
         except ValueError as exc:
             raise ValueError(f"IMAGEGATE_TRUSTED_PROXIES: {exc}") from exc
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: str) -> str:
+        for origin in (o.strip().rstrip("/") for o in value.split(",") if o.strip()):
+            if origin != "*" and not _ORIGIN.fullmatch(origin):
+                raise ValueError(f"IMAGEGATE_CORS_ORIGINS: {origin!r} is not an origin like https://app.example.com")
         return value
 
     @property

@@ -353,6 +353,12 @@ def test_cors_wildcard(gateway_factory: Any, fake_gemini: FakeGemini) -> None:
     assert models.headers["access-control-allow-origin"] == "*"
 
 
+@pytest.mark.parametrize("origins", ["app.example.com", "https://app.example.com/path", "https://"])
+def test_a_bad_cors_origin_fails_at_settings_load(tmp_path: Path, origins: str) -> None:
+    with pytest.raises(ValueError, match="IMAGEGATE_CORS_ORIGINS"):
+        make_settings(tmp_path, cors_origins=origins)
+
+
 def test_no_cors_origins_no_cors_headers(gateway: RunningGateway) -> None:
     response = preflight(gateway.url)
     assert not any(name.startswith("access-control-") for name in response.headers)
