@@ -6,7 +6,8 @@ own process) is pointed at it. An asyncio httpx load generator (this process) th
 each concurrency level:
 
   direct   POST {fake}/v1beta/models/gemini-3-pro-image:generateContent   (the baseline)
-  gateway  POST {gateway}/v1/images/generations, response_format b64_json and url
+  gateway  POST {gateway}/v1/images/generations, response_format b64_json and url (and, with
+           --formats ... both, the default answer carrying both)
 
 with a warm-up before every measured run. Only the API call is timed (a `url` result is not
 downloaded; the first response of each run is checked, and one url is fetched once to check
@@ -308,11 +309,11 @@ class Checks:
         def check(response: httpx.Response) -> None:
             body = response.json()
             item = body["data"][0]
-            if response_format == "b64_json":
+            if response_format in ("b64_json", "both"):
                 data = base64.b64decode(item["b64_json"])
                 if data != self.png:
                     raise AssertionError(f"b64_json is not the upstream's PNG ({len(data)} bytes)")
-            else:
+            if response_format in ("url", "both"):
                 url = item.get("url")
                 if not (isinstance(url, str) and url.startswith(f"{public_url}/v1/results/")):
                     raise AssertionError(f"unexpected url result: {item!r}"[:300])
@@ -377,7 +378,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "(default: 60 at concurrency 1, 200 above)")
     parser.add_argument("--warmup", type=int, default=None,
                         help="warm-up requests before each run (default: 10, at least the concurrency)")
-    parser.add_argument("--formats", nargs="+", default=["b64_json", "url"], choices=["b64_json", "url"])
+    parser.add_argument("--formats", nargs="+", default=["b64_json", "url"], choices=["b64_json", "url", "both"],
+                        help="both: url and b64_json in one answer (the gateway's default with no response_format)")
     parser.add_argument("--quick", action="store_true", help="short smoke run (20 / 64 requests, 4 warm-up)")
     parser.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
     parser.add_argument("--gateway-log-level", default="warning",

@@ -743,6 +743,13 @@ def test_serve_smoke(fake_gemini: FakeGemini, tmp_path: Path, workers: int) -> N
                 assert downloaded.status_code == 200
                 assert image_size(downloaded.content) == (1024, 1024)
             assert len(fake_gemini.requests) == 2 * workers
+            # Forwarded headers from a peer not in IMAGEGATE_TRUSTED_PROXIES change nothing (uvicorn
+            # itself would believe X-Forwarded-Proto from loopback; serve turns that off).
+            spoofed = httpx.post(f"{base}/v1/images/generations", timeout=30, json={
+                "model": MODEL, "prompt": "served", "response_format": "url"}, headers={
+                "authorization": f"Bearer {API_KEY}", "x-forwarded-proto": "https", "x-forwarded-for": "10.0.0.1",
+                "x-forwarded-host": "evil.example", "forwarded": "proto=https;host=evil.example"})
+            assert spoofed.json()["data"][0]["url"].startswith(base + "/v1/results/")
 
             denied = httpx.post(f"{base}/v1/images/generations", json={"prompt": "x"}, timeout=10)
             assert denied.status_code == 401

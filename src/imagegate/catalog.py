@@ -83,6 +83,10 @@ class ParamSpec(_Strict):
     minimum: float | None = None
     maximum: float | None = None
     provider: str | None = None  # the spec's label for provider-specific parameters
+    # What a value the model or its provider lacks does: None rejects it (400 unsupported_parameter);
+    # "not_applied" (OpenAI's standard fields, which real clients send whatever the model) serves
+    # the request without it and says so in `adjustments`, unless IMAGEGATE_STRICT_PARAMETERS is set.
+    if_unavailable: Literal["not_applied"] | None = None
 
     def availability(self, mode: Mode) -> Availability:
         return self.t2i if mode == "t2i" else self.edit
@@ -230,14 +234,23 @@ def override_binding(catalog: Catalog, model_id: str, provider_id: str, changes:
 
 
 def parse_entries(raw: dict[str, Any], default_parameters: dict[str, Any] | None = None) -> list[ModelEntry]:
-    """Validate catalog entries; each gets the gateway's core parameters unless it redefines them."""
+    """Validate catalog entries; each gets the gateway's core parameters unless it redefines them.
+    A redefined standard field keeps the default's `if_unavailable`: it is still OpenAI's field."""
     defaults = default_parameters or {}
     entries = []
     for model in raw.get("models", []):
         merged = dict(model)
-        merged["parameters"] = {**defaults, **model.get("parameters", {})}
+        own = {name: _inherit_leniency(name, spec, defaults) for name, spec in model.get("parameters", {}).items()}
+        merged["parameters"] = {**defaults, **own}
         entries.append(ModelEntry.model_validate(merged))
     return entries
+
+
+def _inherit_leniency(name: str, spec: Any, defaults: dict[str, Any]) -> Any:
+    default = defaults.get(name)
+    if not isinstance(spec, dict) or not isinstance(default, dict) or "if_unavailable" not in default:
+        return spec
+    return {"if_unavailable": default["if_unavailable"], **spec}
 
 
 def builtin_data() -> dict[str, Any]:

@@ -72,12 +72,15 @@ def serve(host: str | None, port: int | None, workers: int | None, log_level: st
         err_console.print(f"[yellow]note[/yellow]: each of the {settings.workers} workers loads its own copy of "
                           f"{settings.local_model}; one worker serves a local model best (it batches requests).")
     if settings.workers == 1:
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=log_level)
+        # proxy_headers=False: X-Forwarded-* are judged by the gateway (IMAGEGATE_TRUSTED_PROXIES), not
+        # believed from any loopback peer as uvicorn's default would.
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=log_level,
+                    proxy_headers=False)
         return
     # Worker processes build their own settings from the environment: hand them ours.
     os.environ.update({"IMAGEGATE_HOST": settings.host, "IMAGEGATE_PORT": str(settings.port)})
     uvicorn.run("imagegate.server.app:app_from_env", factory=True, workers=settings.workers,
-                host=settings.host, port=settings.port, log_level=log_level)
+                host=settings.host, port=settings.port, log_level=log_level, proxy_headers=False)
 
 
 def _image_options(fn: Any) -> Any:

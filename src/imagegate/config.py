@@ -6,6 +6,8 @@ OPENAI_API_KEY / OPENAI_BASE_URL enable providers with no config file.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -53,6 +55,15 @@ class FileConfig(BaseModel):
     model_overrides: dict[str, ModelOverride] = Field(default_factory=dict)
 
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+_ORIGIN = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/\s,]+")  # scheme://host[:port], as browsers send Origin
+
+
+def _networks(text: str) -> list[IPNetwork]:
+    """'127.0.0.1,10.0.0.0/8' -> networks (a bare address is a /32 or /128); ValueError if bad."""
+    return [ipaddress.ip_network(part.strip(), strict=False) for part in text.split(",") if part.strip()]
+
+
 def _env(name: str, *more: str) -> Any:
     return Field(default=None, validation_alias=AliasChoices(name, *more))
 
@@ -89,6 +100,16 @@ class Settings(BaseSettings):
     idempotency_ttl_seconds: float = 86400.0
     poll_interval_seconds: float | None = None  # Replicate / fal status polling; None: each adapter's own
 
+    # OpenAI wire compatibility. Standard fields a model lacks (quality, style, ...) are served
+    # without it and reported, unless strict_parameters makes them a 400. A request without
+    # response_format gets default_response_format: url, b64_json or both. Result URLs follow the
+    # Host the client called; X-Forwarded-*/Forwarded count only from trusted_proxies (comma-
+    # separated IPs or CIDRs). cors_origins: comma-separated origins or "*"; none, no CORS headers.
+    strict_parameters: bool = False  # IMAGEGATE_STRICT_PARAMETERS
+    default_response_format: str = "both"  # IMAGEGATE_DEFAULT_RESPONSE_FORMAT
+    trusted_proxies: str = ""  # IMAGEGATE_TRUSTED_PROXIES
+    cors_origins: str = ""  # IMAGEGATE_CORS_ORIGINS
+
     # The local engine (pip install -e '.[local]'): a diffusers directory or a hub id, served as
     # model `local/<last path component>`; device and dtype "auto" pick CUDA, MPS, then CPU.
     local_model: str | None = None  # IMAGEGATE_LOCAL_MODEL
@@ -112,6 +133,38 @@ class Settings(BaseSettings):
         if value not in ("partial", "fail"):
             raise ValueError("IMAGEGATE_N_FAILURE_POLICY must be 'partial' or 'fail'")
         return value
+
+    @field_validator("default_response_format")
+    @classmethod
+    def _response_format(cls, value: str) -> str:
+        if value not in ("url", "b64_json", "both"):
+            raise ValueError("IMAGEGATE_DEFAULT_RESPONSE_FORMAT must be 'url', 'b64_json' or 'both'")
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, value: str) -> str:
+        try:
+            _networks(value)
+        except ValueError as exc:
+            raise ValueError(f"IMAGEGATE_TRUSTED_PROXIES: {exc}") from exc
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: str) -> str:
+        for origin in (o.strip().rstrip("/") for o in value.split(",") if o.strip()):
+            if origin != "*" and not _ORIGIN.fullmatch(origin):
+                raise ValueError(f"IMAGEGATE_CORS_ORIGINS: {origin!r} is not an origin like https://app.example.com")
+        return value
+
+    @property
+    def trusted_proxy_networks(self) -> list[IPNetwork]:
+        return _networks(self.trusted_proxies)
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip()]
 
     @property
     def static_keys(self) -> list[str]:

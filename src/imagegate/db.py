@@ -71,6 +71,7 @@ ADDED_COLUMNS: list[tuple[str, str, str]] = [
     ("idempotency", "results", "TEXT"),
     # The client's own x-request-id; `request_id` is always the gateway's, unique per request.
     ("usage", "client_request_id", "TEXT"),
+    ("usage", "safety_identifier", "TEXT"),  # OpenAI's end-user safety id, recorded like `user`
 ]
 
 

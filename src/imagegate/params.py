@@ -6,12 +6,19 @@ For each field:
   its type, allowed values and range;
 - the provider binding says how it reaches the upstream: passthrough, renamed, converted,
   emulated (done by the gateway) or not available (a 400 naming the parameter and model);
+- OpenAI's standard fields (`quality`, `style`, `background`, `moderation`, `input_fidelity`,
+  `partial_images`, `stream`) are declared for every model by the catalog's defaults, with
+  `if_unavailable: not_applied`: clients send them whatever the model, so where the model or
+  provider lacks one the request is served without it and `adjustments` says `not applied`
+  (strict mode, IMAGEGATE_STRICT_PARAMETERS, makes that a 400 again). Their types and enums are
+  always checked;
 - a field neither declares is passed straight through to the upstream.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,8 +29,10 @@ from .normalize import Adjustment
 # Handled by the gateway itself for every provider; never forwarded as options.
 GATEWAY_PARAMS = frozenset(
     {"model", "prompt", "n", "size", "aspect_ratio", "resolution", "seed", "response_format",
-     "output_format", "output_compression", "image", "images", "mask", "user"}
+     "output_format", "output_compression", "image", "images", "mask", "user", "safety_identifier"}
 )
+# Free text: a number or a list here is a client bug, never turned into text.
+TEXT_PARAMS = frozenset({"prompt"})
 # Aliases users send for the same value; the canonical spelling is no adjustment.
 VALUE_ALIASES = {"output_format": {"jpg": "jpeg"}}
 _TRUE = {"true", "1", "yes", "on"}
@@ -64,9 +73,12 @@ def _coerce(name: str, spec: ParamSpec, raw: Any) -> Any:
 
 
 def _string(name: str, spec: ParamSpec, raw: Any) -> str:
-    if isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
-        raise InvalidRequest(f"'{name}' must be a string, got {raw!r}.", param=name)
+    if isinstance(raw, bool) or not isinstance(raw, (str, int, float)) or (
+            name in TEXT_PARAMS and not isinstance(raw, str)):
+        raise InvalidRequest(f"'{name}' must be a string, got {_shown(raw)}.", param=name)
     text = str(raw).strip()
+    if name in TEXT_PARAMS and not text:
+        raise InvalidRequest(f"'{name}' must not be empty.", param=name)
     text = VALUE_ALIASES.get(name, {}).get(text.lower(), text)
     if spec.values is None or name == "resolution":  # tiers are matched, not enumerated
         return text
@@ -74,6 +86,12 @@ def _string(name: str, spec: ParamSpec, raw: Any) -> str:
     if match is None:
         raise InvalidRequest(f"'{name}' must be one of {', '.join(spec.values)}; got {raw!r}.", param=name)
     return match
+
+
+def _shown(raw: Any) -> str:
+    """A wrong value as the message shows it: its type, and the value when it is short."""
+    text = repr(raw)
+    return f"{type(raw).__name__} {text}" if len(text) <= 40 else f"a {type(raw).__name__}"
 
 
 def _number(name: str, spec: ParamSpec, raw: Any) -> int | float:
@@ -104,8 +122,9 @@ def _is_default(spec: ParamSpec, value: Any) -> bool:
     return value is None or (spec.default is not None and value == spec.default)
 
 
-def normalize_params(raw: dict[str, Any], *, model: ModelEntry, mode: Mode) -> NormalizedParams:
-    """Check and type every field of a request against the model (providers come later)."""
+def normalize_params(raw: dict[str, Any], *, model: ModelEntry, mode: Mode, strict: bool = False) -> NormalizedParams:
+    """Check and type every field of a request against the model (providers come later).
+    `strict` (IMAGEGATE_STRICT_PARAMETERS) refuses standard fields the model lacks."""
     result = NormalizedParams(values={})
     for name, value in raw.items():
         if name in ("model", "image", "images", "mask") or value is None:
@@ -119,6 +138,9 @@ def normalize_params(raw: dict[str, Any], *, model: ModelEntry, mode: Mode) -> N
             if _is_default(spec, typed):
                 result.ignored.append(Adjustment(name, _text(typed), "ignored (not available on this model)"))
                 continue
+            if spec.if_unavailable == "not_applied" and not strict:
+                result.ignored.append(Adjustment(name, _text(typed), f"not applied (model {model.id} lacks it)"))
+                continue
             raise UnsupportedParameter(
                 f"Parameter '{name}' is not available for model '{model.id}'"
                 + (" in edit mode." if mode == "edit" else " in text-to-image mode."),
@@ -129,6 +151,15 @@ def normalize_params(raw: dict[str, Any], *, model: ModelEntry, mode: Mode) -> N
             result.options[name] = typed
     _check_required(result, model, mode)
     return result
+
+
+def refused_everywhere(params: NormalizedParams, model: ModelEntry, bindings: Iterable[ProviderBinding], *,
+                       strict: bool) -> set[str]:
+    """The given parameters no provider of the request honours: each is a 400 unless it is a
+    standard field served without it (not in `strict` mode)."""
+    lacking = [b.unavailable(params.values) for b in bindings]
+    names = set.intersection(*lacking) if lacking else set()
+    return {n for n in names if strict or model.parameters[n].if_unavailable != "not_applied"}
 
 
 def provider_view(

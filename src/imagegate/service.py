@@ -23,9 +23,9 @@ from .dispatch import CallPlan, Dispatcher, Served
 from .errors import ImagegateError, InvalidRequest, UpstreamError, UpstreamUnavailable
 from .fetch import fetch_image_url
 from .normalize import Adjustment, Layout, resolve_layout
-from .params import NormalizedParams, normalize_params, provider_view
+from .params import NormalizedParams, normalize_params, provider_view, refused_everywhere
 from .pricing import Charge, total_cost
-from .providers import InputImage, ProviderImage
+from .providers import InputImage, ProviderImage, TokenSplit
 from .resilience import is_capacity, is_upstream_failure
 from .router import Route, Router
 from .storage import ResultStore
@@ -83,6 +83,9 @@ class ImagesOutcome:
     cost_estimated: bool  # the serving provider's real price is not known for some call
     input_tokens: int
     output_tokens: int
+    # OpenAI's input_tokens_details / output_tokens_details, summed over the upstream calls.
+    input_details: TokenSplit = TokenSplit()
+    output_details: TokenSplit = TokenSplit()
 
     def effective(self) -> dict[str, Any]:
         first = self.images[0]
@@ -126,11 +129,12 @@ class ImageService:
         model = self.router.model(model_id)
         if job.mode not in model.modes:
             raise InvalidRequest(f"Model '{model_id}' does not support {job.mode} requests.", param="model")
-        params = normalize_params(job.params, model=model, mode=job.mode)
+        strict_params = self.settings.strict_parameters
+        params = normalize_params(job.params, model=model, mode=job.mode, strict=strict_params)
         # 2. Providers, best first, each with its own view of the parameters (400s happen here,
         #    before anything is sent anywhere).
         routes = self.router.routes(model_id, given=set(params.values))
-        strict = set.intersection(*(r.binding.unavailable(params.values) for r in routes))
+        strict = refused_everywhere(params, model, (r.binding for r in routes), strict=strict_params)
         views = {r.provider_id: provider_view(params, model=model, provider_id=r.provider_id, binding=r.binding,
                                               strict=strict) for r in routes}
         # 3. Inputs, then the layout (an edit keeps its first image's shape by default).
@@ -152,9 +156,12 @@ class ImageService:
         adjustments = list(layout.adjustments) + _unique(a for p in served_by for a in views[p].ignored)
         adjustments += _count_adjustments(n, len(delivered), len(errors))
         # 5. Output pipeline.
-        response_format = params.get("response_format", "url")
-        hosted = response_format == "url" and not params.get("sync_mode")
-        outputs = await self._finish_images(delivered, params, images, mask, hosted)
+        # Left out: the operator's default, `both` unless set, so that clients reading only
+        # b64_json (gpt-image style) and those reading only url (DALL-E style) both work.
+        response_format = params.get("response_format", self.settings.default_response_format)
+        hosted = response_format in ("url", "both") and not params.get("sync_mode")
+        outputs = await self._finish_images(delivered, params, images, mask, hosted,
+                                            inline=response_format != "url")
         adjustments += _dimension_adjustments(layout, outputs)
         compression = params.get("output_compression")
         if compression is not None and outputs[0].format in imaging.LOSSLESS:
@@ -163,7 +170,7 @@ class ImageService:
         if hosted:
             base = job.public_base_url or self.settings.base_public_url
             outputs = [await self._host(o, base) for o in outputs]
-        elif response_format == "url":  # sync_mode: the media comes back inline, as a data URI
+        elif response_format in ("url", "both"):  # sync_mode: the media comes back inline, as a data URI
             outputs = [dataclasses.replace(o, url=f"data:{o.mime_type};base64,{o.blob.b64}") for o in outputs]
         if fallback_from is not None:
             adjustments[:0] = [Adjustment("model", fallback_from, f"{model_id} (allow_fallback_model)"),
@@ -256,10 +263,11 @@ class ImageService:
 
     async def _finish_images(
         self, delivered: list[tuple[Route, ProviderImage]], params: NormalizedParams, images: list[InputImage],
-        mask: InputImage | None, hosted: bool,
+        mask: InputImage | None, hosted: bool, inline: bool,
     ) -> list[OutputImage]:
         """Composite, convert and measure each image in a worker thread. Hosted images are fully
-        decoded here, so a broken upstream image fails as the upstream's fault."""
+        decoded here, so a broken upstream image fails as the upstream's fault; `inline` ones
+        (b64_json, both, sync_mode) get their base64 made here too."""
         target = params.get("output_format")
         compression = params.get("output_compression")
 
@@ -277,7 +285,7 @@ class ImageService:
                 # Make the form the response needs here, off the event loop.
                 if hosted:
                     blob.data  # noqa: B018 - decode now, inside the error mapping
-                else:
+                if inline or not hosted:
                     blob.b64  # noqa: B018
             except (binascii.Error, OSError, SyntaxError, ValueError) as exc:
                 # Only the head was checked on arrival; the rest of the upstream's image is broken.
@@ -310,12 +318,15 @@ class ImageService:
             cost=cost.amount, currency=cost.currency, cost_estimated=cost.estimated,
             input_tokens=sum(item.result.input_tokens for item in served),
             output_tokens=sum(item.result.output_tokens for item in served),
+            input_details=sum((item.result.input_split() for item in served), TokenSplit()),
+            output_details=sum((item.result.output_split() for item in served), TokenSplit()),
         )
 
     @staticmethod
     def _usage_record(job: ImageJob, outcome: ImagesOutcome, params: NormalizedParams) -> UsageRecord:
         return UsageRecord(
-            request_id=job.request_id, key_id=job.key_id, user=params.get("user"), model=outcome.model,
+            request_id=job.request_id, key_id=job.key_id, user=params.get("user"),
+            safety_identifier=params.get("safety_identifier"), model=outcome.model,
             provider=outcome.provider, mode=job.mode, images=len(outcome.images), cost=outcome.cost,
             cost_estimated=outcome.cost_estimated,
             input_tokens=outcome.input_tokens, output_tokens=outcome.output_tokens,

@@ -25,6 +25,7 @@ class UsageRecord:
     output_tokens: int
     cost_estimated: bool = False  # the provider's real price is not known (catalog `estimated`)
     client_request_id: str | None = None  # the client's x-request-id; request_id is the gateway's
+    safety_identifier: str | None = None  # OpenAI's end-user safety id; like `user`, never sent upstream
 
 
 Grouping = Literal["key", "model", "provider"]
@@ -52,10 +53,11 @@ class UsageLog:
         """Store one served request, made now (or `at`, a Unix time)."""
         self.db.execute(
             "INSERT INTO usage (request_id, created_at, key_id, user, model, provider, mode, images, cost, "
-            "input_tokens, output_tokens, cost_estimated, client_request_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "input_tokens, output_tokens, cost_estimated, client_request_id, safety_identifier) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (usage.request_id, time.time() if at is None else at, usage.key_id, usage.user, usage.model,
              usage.provider, usage.mode, usage.images, usage.cost, usage.input_tokens, usage.output_tokens,
-             int(usage.cost_estimated), usage.client_request_id),
+             int(usage.cost_estimated), usage.client_request_id, usage.safety_identifier),
         )
 
     def totals_by_model(self) -> list[tuple[str, int, int, float]]:

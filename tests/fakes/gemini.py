@@ -106,6 +106,8 @@ FLASH_SIZES: dict[str, tuple[int, int]] = {
 }
 
 USAGE = {"promptTokenCount": 17, "candidatesTokenCount": 1290, "totalTokenCount": 1307}
+PROMPT_TOKENS, IMAGE_OUTPUT_TOKENS = 17, 1290
+INPUT_IMAGE_TOKENS = 560  # what Gemini 3 Pro Image counts per input image
 THOUGHT_COLOR = (255, 0, 255)  # the 8x8 interim "thought" image is magenta
 
 # Field names the real API knows (camelCase; snake_case is accepted and canonicalised).
@@ -471,7 +473,9 @@ class FakeGemini(BaseFake):
 
     async def _success(self, model: str, parsed: ParsedRequest) -> Response:
         parts = await run_in_threadpool(self._success_parts, parsed, model)
-        return json_response(200, self._envelope(model, parts, "STOP"))
+        body = self._envelope(model, parts, "STOP")
+        body["usageMetadata"] = success_usage(len(parsed.images))
+        return json_response(200, body)
 
     def output_size(self, parsed: ParsedRequest, model: str | None = None) -> tuple[int, int]:
         """Pixel size from the Pro table (the Flash table for FLASH_MODELS, whatever imageSize
@@ -503,6 +507,18 @@ class FakeGemini(BaseFake):
                 parts.append({"inlineData": {"mimeType": self.output_mime, "data": data},
                               "thoughtSignature": "sig"})
         return parts
+
+
+def success_usage(input_images: int) -> dict[str, Any]:
+    """usageMetadata as the real API sends it with an image: totals and the split by modality."""
+    image_tokens = INPUT_IMAGE_TOKENS * input_images
+    prompt_details = [{"modality": "TEXT", "tokenCount": PROMPT_TOKENS}]
+    if image_tokens:
+        prompt_details.append({"modality": "IMAGE", "tokenCount": image_tokens})
+    return {"promptTokenCount": PROMPT_TOKENS + image_tokens, "candidatesTokenCount": IMAGE_OUTPUT_TOKENS,
+            "totalTokenCount": PROMPT_TOKENS + image_tokens + IMAGE_OUTPUT_TOKENS,
+            "promptTokensDetails": prompt_details,
+            "candidatesTokensDetails": [{"modality": "IMAGE", "tokenCount": IMAGE_OUTPUT_TOKENS}]}
 
 
 def _b64(data: bytes) -> str:

@@ -44,6 +44,7 @@ class LoopbackServer:
             log_level="warning",
             access_log=False,
             ws="none",  # no websockets import: keeps warnings-as-errors quiet
+            proxy_headers=False,  # as `imagegate serve`: the gateway judges X-Forwarded-* itself
             # Bound the wait for in-flight requests (e.g. a scripted Hang) on exit.
             timeout_graceful_shutdown=graceful_shutdown_s,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -64,13 +65,32 @@ def test_bad_parameters_are_400_naming_the_param(gateway: RunningGateway, fake_g
     assert fake_gemini.requests == []  # rejected before any upstream call
 
 
-@pytest.mark.parametrize("param,value", [("quality", "high"), ("style", "vivid"), ("background", "transparent"),
-                                         ("stream", True)])
-def test_parameters_not_available_are_400_naming_param_and_model(gateway: RunningGateway, param: str,
-                                                                  value: Any) -> None:
-    error = assert_error(post(gateway, {"model": MODEL, "prompt": "p", param: value}), 400, param=param,
+STANDARD_FIELDS = [("quality", "high"), ("style", "vivid"), ("background", "transparent"), ("stream", True),
+                   ("moderation", "low"), ("input_fidelity", "high"), ("partial_images", 2)]
+
+
+@pytest.mark.parametrize("param,value", STANDARD_FIELDS)
+def test_standard_fields_the_model_lacks_are_not_applied_and_reported(gateway: RunningGateway,
+                                                                      fake_gemini: FakeGemini, param: str,
+                                                                      value: Any) -> None:
+    response = post(gateway, {"model": MODEL, "prompt": "p", "response_format": "b64_json", param: value})
+    assert response.status_code == 200, response.text
+    shown = str(value).lower()
+    assert {"param": param, "requested": shown, "applied": f"not applied (model {MODEL} lacks it)"} in \
+        response.json()["adjustments"]
+    assert f"{param}={shown}->not applied" in response.headers["x-imagegate-adjusted"]
+    assert param not in json.dumps(fake_gemini.requests[-1].json)  # never forwarded as pass-through
+
+
+@pytest.mark.parametrize("param,value", STANDARD_FIELDS)
+def test_strict_parameters_make_fields_the_model_lacks_400_naming_param_and_model(
+        gateway_factory: Any, fake_gemini: FakeGemini, param: str, value: Any) -> None:
+    gw = gateway_factory(gemini_api_key=fake_gemini.api_key, gemini_base_url=fake_gemini.base_url,
+                         strict_parameters=True)
+    error = assert_error(post(gw, {"model": MODEL, "prompt": "p", param: value}), 400, param=param,
                          code="unsupported_parameter")
     assert MODEL in error["message"]
+    assert fake_gemini.requests == []
 
 
 def test_default_value_of_unavailable_parameter_is_accepted_and_reported(gateway: RunningGateway,

@@ -42,12 +42,13 @@ def test_spec_example_returns_a_hosted_url_and_revised_prompt(client: OpenAI, ga
     assert len(result.data) == 1
     item = result.data[0]
     assert item.url is not None and item.url.startswith(gateway.url + "/v1/results/")
-    assert item.b64_json is None
     assert item.revised_prompt == "Here is your image: a lighthouse"
     downloaded = httpx.get(item.url)
     assert downloaded.status_code == 200
     assert downloaded.headers["content-type"] == "image/png"
     assert image_size(downloaded.content) == (1024, 1024)
+    # No response_format: the same image comes inline too (IMAGEGATE_DEFAULT_RESPONSE_FORMAT=both).
+    assert base64.b64decode(item.b64_json or "") == downloaded.content
     assert image_config(fake_gemini) == {"aspectRatio": "1:1", "imageSize": "1K"}
 
 
@@ -210,10 +211,14 @@ def test_unknown_parameters_pass_straight_through(client: OpenAI, fake_gemini: F
 
 
 def test_sync_mode_returns_data_uris_and_stores_nothing(gateway: RunningGateway, fake_gemini: FakeGemini) -> None:
-    result = gateway.client().images.generate(model=MODEL, prompt="p", extra_body={"sync_mode": True})
+    result = gateway.client().images.generate(model=MODEL, prompt="p", response_format="url",
+                                              extra_body={"sync_mode": True})
     url = result.data[0].url or ""
     assert url.startswith("data:image/png;base64,") and result.data[0].b64_json is None
     assert image_size(base64.b64decode(url.split(",", 1)[1])) == (1024, 1024)
+    both = gateway.client().images.generate(model=MODEL, prompt="p", extra_body={"sync_mode": True})
+    assert (both.data[0].url or "").startswith("data:image/png;base64,")
+    assert base64.b64decode(both.data[0].b64_json or "") == base64.b64decode((both.data[0].url or "").split(",", 1)[1])
     as_b64 = gateway.client().images.generate(model=MODEL, prompt="p", response_format="b64_json",
                                               extra_body={"sync_mode": True})
     assert as_b64.data[0].b64_json and as_b64.data[0].url is None

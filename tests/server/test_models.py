@@ -34,7 +34,7 @@ def test_model_card_holds_the_spec(gateway: RunningGateway) -> None:
     params = card["parameters"]
     assert (params["prompt"]["t2i"], params["prompt"]["edit"]) == ("required", "required")
     assert (params["image"]["t2i"], params["image"]["edit"]) == ("not_available", "required")
-    assert params["response_format"]["default"] == "url"
+    assert params["response_format"]["default"] == "both"
     assert params["safety_tolerance"]["values"] == ["1", "2", "3", "4", "5", "6"]
     assert card["available"] is True
     gemini = next(p for p in card["providers"] if p["id"] == "gemini")

@@ -256,18 +256,23 @@ def test_gpt_image_1_edit_is_multipart_with_input_fidelity(gateway_factory: Any,
     assert [f.field_name for f in recorded.files or []] == ["image[]", "image[]"]
 
 
-def test_gpt_image_1_refuses_seed_and_edit_moderation(gateway_factory: Any, fake_openai: FakeOpenAI) -> None:
+def test_gpt_image_1_refuses_seed_and_dall_e_quality_and_skips_edit_moderation(
+        gateway_factory: Any, fake_openai: FakeOpenAI) -> None:
     client = only_openai(gateway_factory, fake_openai).client()
     with pytest.raises(openai.BadRequestError) as excinfo:
         client.images.generate(model=GPT, prompt="p", extra_body={"seed": 1})
     assert (unsupported(excinfo)["code"], unsupported(excinfo)["param"]) == ("unsupported_parameter", "seed")
     with pytest.raises(openai.BadRequestError) as excinfo:
-        client.images.edit(model=GPT, prompt="p", image=INPUT, extra_body={"moderation": "low"})
-    assert (unsupported(excinfo)["code"], unsupported(excinfo)["param"]) == ("unsupported_parameter", "moderation")
-    with pytest.raises(openai.BadRequestError) as excinfo:
-        client.images.generate(model=GPT, prompt="p", quality="hd")  # a DALL-E 3 value
+        client.images.generate(model=GPT, prompt="p", quality="hd")  # a DALL-E 3 value, outside gpt-image-1's
     assert unsupported(excinfo)["param"] == "quality"
     assert fake_openai.requests == []
+    # moderation is OpenAI's standard field: gpt-image-1 has none for edits, so it is not applied.
+    edited = client.images.edit(model=GPT, prompt="p", image=INPUT, response_format="b64_json",
+                                extra_body={"moderation": "low"})
+    assert {"param": "moderation", "requested": "low", "applied": f"not applied (model {GPT} lacks it)"} in \
+        (edited.model_extra or {})["adjustments"]
+    form = fake_openai.requests[-1].form
+    assert form is not None and "moderation" not in form
 
 
 def test_gpt_image_1_never_sends_response_format(gateway_factory: Any, fake_openai: FakeOpenAI) -> None:

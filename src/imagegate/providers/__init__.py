@@ -6,7 +6,15 @@ the gateway imports it only when a local model is configured.
 
 from __future__ import annotations
 
-from .base import HttpProvider, ImageProvider, InputImage, ProviderImage, ProviderRequest, ProviderResult
+from .base import (
+    HttpProvider,
+    ImageProvider,
+    InputImage,
+    ProviderImage,
+    ProviderRequest,
+    ProviderResult,
+    TokenSplit,
+)
 from .fal import FalProvider
 from .gemini import GeminiProvider
 from .openai import OpenAIProvider
@@ -31,4 +39,5 @@ __all__ = [
     "ProviderRequest",
     "ProviderResult",
     "ReplicateProvider",
+    "TokenSplit",
 ]

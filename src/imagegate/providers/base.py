@@ -83,12 +83,36 @@ def token_count(value: Any) -> int:
     return max(count, 0)
 
 
+@dataclass(frozen=True)
+class TokenSplit:
+    """Tokens by modality, as OpenAI's usage `input_tokens_details` / `output_tokens_details`."""
+
+    text_tokens: int = 0
+    image_tokens: int = 0
+
+    def __add__(self, other: TokenSplit) -> TokenSplit:
+        return TokenSplit(self.text_tokens + other.text_tokens, self.image_tokens + other.image_tokens)
+
+
 @dataclass
 class ProviderResult:
     images: list[ProviderImage]
     text: str | None = None
     input_tokens: int = 0
     output_tokens: int = 0
+    # The upstream's split by modality, when it gives one (Gemini's *TokensDetails, OpenAI's
+    # *_tokens_details); None when it does not.
+    input_details: TokenSplit | None = None
+    output_details: TokenSplit | None = None
+
+    def input_split(self) -> TokenSplit:
+        """The upstream's split, else all input counted as text (a prompt is text; what images
+        cost is unknown)."""
+        return self.input_details or TokenSplit(text_tokens=self.input_tokens)
+
+    def output_split(self) -> TokenSplit:
+        """The upstream's split, else all output counted as image tokens (these calls make images)."""
+        return self.output_details or TokenSplit(image_tokens=self.output_tokens)
 
 
 class ImageProvider(ABC):

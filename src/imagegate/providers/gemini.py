@@ -13,7 +13,7 @@ from typing import Any
 
 from ..errors import ContentPolicyViolation, ImagegateError, UpstreamError
 from ..imaging import MIME_BY_FORMAT, decode_b64_image
-from .base import HttpProvider, InputImage, ProviderImage, ProviderRequest, ProviderResult, token_count
+from .base import HttpProvider, InputImage, ProviderImage, ProviderRequest, ProviderResult, TokenSplit, token_count
 from .upstream import error_for_status, parse_json, retry_after_seconds, send
 
 # Finish and block reasons that mean "the safety system said no" rather than "it failed".
@@ -188,7 +188,21 @@ def parse_response(data: Any, *, keep_all_images: bool) -> ProviderResult:
         text=text,
         input_tokens=token_count(usage.get("promptTokenCount")),
         output_tokens=token_count(usage.get("candidatesTokenCount")),
+        input_details=modality_split(usage.get("promptTokensDetails")),
+        output_details=modality_split(usage.get("candidatesTokensDetails")),
     )
+
+
+def modality_split(details: Any) -> TokenSplit | None:
+    """Gemini's `[{modality: TEXT|IMAGE|..., tokenCount}]` as text and image tokens (audio and
+    video prompts do not reach an image model); None when the upstream gave no list."""
+    if not isinstance(details, list):
+        return None
+    counts = {"TEXT": 0, "IMAGE": 0}
+    for entry in details:
+        if isinstance(entry, dict) and entry.get("modality") in counts:
+            counts[str(entry["modality"])] += token_count(entry.get("tokenCount"))
+    return TokenSplit(text_tokens=counts["TEXT"], image_tokens=counts["IMAGE"])
 
 
 class GeminiProvider(HttpProvider):

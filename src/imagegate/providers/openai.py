@@ -12,7 +12,7 @@ from typing import Any
 
 from ..errors import ContentPolicyViolation, ImagegateError, UpstreamError
 from ..imaging import MIME_BY_FORMAT, ImageBytes, decode_b64_image, sniff_format
-from .base import HttpProvider, ProviderImage, ProviderRequest, ProviderResult, sent_field, token_count
+from .base import HttpProvider, ProviderImage, ProviderRequest, ProviderResult, TokenSplit, sent_field, token_count
 from .upstream import error_for_status, parse_json, retry_after_seconds, send
 
 POLICY_CODES = frozenset({"content_policy_violation", "moderation_blocked"})
@@ -50,6 +50,14 @@ def build_fields(request: ProviderRequest) -> dict[str, Any]:
             fields[name] = value
     fields.update(request.extra)
     return fields
+
+
+def token_split(details: Any) -> TokenSplit | None:
+    """OpenAI's `{text_tokens, image_tokens}`, or None when the upstream gave none."""
+    if not isinstance(details, dict):
+        return None
+    return TokenSplit(text_tokens=token_count(details.get("text_tokens")),
+                      image_tokens=token_count(details.get("image_tokens")))
 
 
 def _form_pairs(key: str, value: Any) -> list[tuple[str, str]]:
@@ -134,6 +142,8 @@ class OpenAIProvider(HttpProvider):
         return ProviderResult(
             images=images, text=texts[0] if texts else None,
             input_tokens=token_count(usage.get("input_tokens")), output_tokens=token_count(usage.get("output_tokens")),
+            input_details=token_split(usage.get("input_tokens_details")),
+            output_details=token_split(usage.get("output_tokens_details")),
         )
 
     async def _image_bytes(self, item: dict[str, Any]) -> ProviderImage:

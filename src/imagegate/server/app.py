@@ -18,7 +18,7 @@ from ..config import Settings
 from ..errors import ImagegateError, InvalidRequest, NotFound
 from ..gateway import Gateway
 from . import routes
-from .middleware import BodySizeLimitMiddleware, RequestIdMiddleware
+from .middleware import ApiCORSMiddleware, BodySizeLimitMiddleware, RequestIdMiddleware
 from .render import error_response
 
 log = logging.getLogger("imagegate")
@@ -97,6 +97,8 @@ def create_app(settings: Settings) -> Starlette:
             Route("/health", routes.health, methods=["GET"]),
         ],
         middleware=[
+            # Browser apps (IMAGEGATE_CORS_ORIGINS); none set, no CORS headers at all.
+            *([Middleware(ApiCORSMiddleware, origins=settings.cors_origin_list)] if settings.cors_origin_list else []),
             Middleware(RequestIdMiddleware),
             Middleware(BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes),
         ],

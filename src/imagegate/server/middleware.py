@@ -1,4 +1,4 @@
-"""ASGI middleware: request ids on every response, and a cap on the request body size.
+"""ASGI middleware: request ids on every response, a cap on the request body size, and CORS.
 
 The cap counts bytes as they stream in, so an oversized upload is refused without being held
 in memory, whatever Content-Length claims.
@@ -9,6 +9,9 @@ from __future__ import annotations
 import json
 import secrets
 
+from starlette.datastructures import Headers
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import PayloadTooLarge
@@ -77,3 +80,35 @@ class BodySizeLimitMiddleware:
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
+
+
+# CORS (IMAGEGATE_CORS_ORIGINS): what browser clients send, and the response headers they may read.
+CORS_ALLOW_HEADERS = ("authorization", "content-type", "idempotency-key", "x-request-id", "openai-organization",
+                      "openai-project")
+CORS_HEADER_FAMILY = "x-stainless-"  # the openai SDKs' telemetry headers; new ones appear with SDK releases
+CORS_EXPOSE_HEADERS = ("x-request-id", "x-imagegate-provider", "x-imagegate-model", "x-imagegate-adjusted",
+                       "x-imagegate-idempotent-replayed", "retry-after")
+
+
+class ApiCORSMiddleware(CORSMiddleware):
+    """Starlette's CORS middleware, also allowing any `x-stainless-*` request header. Preflights
+    are answered here, before routing, so they never need an API key."""
+
+    def __init__(self, app: ASGIApp, origins: list[str]) -> None:
+        super().__init__(app, allow_origins=origins, allow_methods=("GET", "POST"), allow_headers=CORS_ALLOW_HEADERS,
+                         expose_headers=CORS_EXPOSE_HEADERS)
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        requested = [h.strip().lower() for h in request_headers.get("access-control-request-headers", "").split(",")]
+        family = [h for h in requested if h.startswith(CORS_HEADER_FAMILY)]
+        if not family:
+            return super().preflight_response(request_headers)
+        rest = ", ".join(h for h in requested if h and not h.startswith(CORS_HEADER_FAMILY))
+        raw = [(k, v) for k, v in request_headers.raw if k != b"access-control-request-headers"]
+        if rest:
+            raw.append((b"access-control-request-headers", rest.encode("latin-1")))
+        response = super().preflight_response(Headers(raw=raw))
+        if response.status_code == 200:
+            allowed = response.headers.get("access-control-allow-headers")
+            response.headers["access-control-allow-headers"] = ", ".join([*([allowed] if allowed else []), *family])
+        return response

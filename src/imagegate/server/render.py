@@ -10,6 +10,7 @@ from starlette.responses import Response
 
 from ..catalog import ModelEntry
 from ..errors import ImagegateError
+from ..providers import TokenSplit
 from ..router import Router
 from ..service import ImagesOutcome
 
@@ -31,14 +32,17 @@ def images_response(outcome: ImagesOutcome) -> Response:
     nonce = secrets.token_hex(8)
     splices: dict[str, str] = {}
     data = []
+    both = outcome.response_format == "both"
     for index, image in enumerate(outcome.images):
         item: dict[str, Any] = {"revised_prompt": image.revised_prompt}
         if image.url is not None and not image.url.startswith("data:"):
             item["url"] = image.url
-        else:  # base64 payloads: b64_json, or a data URI under sync_mode
-            placeholder = f"b64-{nonce}-{index}"
-            splices[f'"{placeholder}"'] = f'"{image.url or image.blob.b64}"'
-            item["url" if image.url else "b64_json"] = placeholder
+        elif image.url is not None:  # sync_mode: a data URI
+            item["url"] = placeholder = f"url-{nonce}-{index}"
+            splices[f'"{placeholder}"'] = f'"{image.url}"'
+        if image.url is None or both:
+            item["b64_json"] = placeholder = f"b64-{nonce}-{index}"
+            splices[f'"{placeholder}"'] = f'"{image.blob.b64}"'
         data.append(item)
     effective = outcome.effective()
     body = {
@@ -56,6 +60,10 @@ def images_response(outcome: ImagesOutcome) -> Response:
             "input_tokens": outcome.input_tokens,
             "output_tokens": outcome.output_tokens,
             "total_tokens": outcome.input_tokens + outcome.output_tokens,
+            # OpenAI's schema (its SDK types require input_tokens_details); see ProviderResult for
+            # how a split is counted when the upstream gives none.
+            "input_tokens_details": _split(outcome.input_details),
+            "output_tokens_details": _split(outcome.output_details),
         },
         "effective": effective,
         "adjustments": [
@@ -69,6 +77,10 @@ def images_response(outcome: ImagesOutcome) -> Response:
                     media_type="application/json")
 
 
+def _split(split: TokenSplit) -> dict[str, int]:
+    return {"text_tokens": split.text_tokens, "image_tokens": split.image_tokens}
+
+
 def _splice(text: str, splices: dict[str, str]) -> str:
     """Replace each placeholder (in order of appearance) in one pass over the small JSON text."""
     pieces, position = [], 0
@@ -80,19 +92,24 @@ def _splice(text: str, splices: dict[str, str]) -> str:
     return "".join(pieces)
 
 
-def model_cards(router: Router) -> list[dict[str, Any]]:
+def model_cards(router: Router, *, default_response_format: str | None = None) -> list[dict[str, Any]]:
     """GET /models: each model's card, followed by one card per alias of it."""
-    return [model_card(router.model(name), router, name) for model in router.catalog
-            for name in (model.id, *model.aliases)]
+    return [model_card(router.model(name), router, name, default_response_format=default_response_format)
+            for model in router.catalog for name in (model.id, *model.aliases)]
 
 
-def model_card(model: ModelEntry, router: Router, requested: str | None = None) -> dict[str, Any]:
-    """Everything a client needs to know about a model, straight from the catalog. Asked for by an
+def model_card(model: ModelEntry, router: Router, requested: str | None = None, *,
+               default_response_format: str | None = None) -> dict[str, Any]:
+    """Everything a client needs to know about a model, straight from the catalog (with the
+    operator's IMAGEGATE_DEFAULT_RESPONSE_FORMAT as response_format's default). Asked for by an
     alias (`requested`), the card carries that id and says which model it is an alias of."""
     configured = router.available_providers(model)
     names: dict[str, Any] = {"id": model.id, "aliases": model.aliases}
     if requested is not None and requested != model.id:
         names = {"id": requested, "alias_of": model.id}
+    parameters = {name: spec.model_dump(exclude_none=True) for name, spec in model.parameters.items()}
+    if default_response_format is not None and "response_format" in parameters:
+        parameters["response_format"]["default"] = default_response_format
     return {
         **names,
         "object": "model",
@@ -103,7 +120,7 @@ def model_card(model: ModelEntry, router: Router, requested: str | None = None) 
         "notes": model.notes,  # where the entry's facts come from, and which are unconfirmed
         "available": bool(configured),
         "modes": model.modes,
-        "parameters": {name: spec.model_dump(exclude_none=True) for name, spec in model.parameters.items()},
+        "parameters": parameters,
         "resolution_tiers": model.resolution_tiers,
         "default_resolution": model.default_resolution,
         "aspect_ratios": model.supported_ratios(),

@@ -18,6 +18,7 @@ from ..idempotency import (
 from ..service import ImageJob
 from .disconnect import until_disconnected
 from .parsing import parse_edit, parse_generation
+from .public_url import public_base_url
 from .render import images_response, json_response, model_card, model_cards
 
 
@@ -42,12 +43,13 @@ async def authenticate(request: Request) -> str | None:
 
 
 def _public_base_url(request: Request) -> str:
-    """IMAGEGATE_PUBLIC_URL, else host and port; on a wildcard bind (0.0.0.0) the host the
-    client used is the only address known to reach us."""
+    """IMAGEGATE_PUBLIC_URL, else the host the client called (see public_url.py)."""
     settings = _gateway(request).settings
-    if settings.public_url is None and settings.host in ("0.0.0.0", "::", ""):
-        return str(request.base_url).rstrip("/")
-    return settings.base_public_url
+    if settings.public_url:
+        return settings.base_public_url
+    return public_base_url(request.headers, scheme=request.url.scheme,
+                           peer=request.client.host if request.client else None,
+                           trusted=settings.trusted_proxy_networks, fallback=settings.base_public_url)
 
 
 async def _run(request: Request, job: ImageJob, key_id: str | None) -> Response:
@@ -109,7 +111,8 @@ async def edits(request: Request) -> Response:
 async def list_models(request: Request) -> Response:
     await authenticate(request)
     gateway = _gateway(request)
-    body: dict[str, object] = {"object": "list", "data": model_cards(gateway.router)}
+    body: dict[str, object] = {"object": "list", "data": model_cards(
+        gateway.router, default_response_format=gateway.settings.default_response_format)}
     if notice := gateway.notice():
         body["notice"] = notice
     return json_response(body)
@@ -117,9 +120,10 @@ async def list_models(request: Request) -> Response:
 
 async def get_model(request: Request) -> Response:
     await authenticate(request)
-    router = _gateway(request).router
+    gateway = _gateway(request)
     model_id = request.path_params["model_id"]
-    return json_response(model_card(router.model(model_id), router, model_id))
+    return json_response(model_card(gateway.router.model(model_id), gateway.router, model_id,
+                                    default_response_format=gateway.settings.default_response_format))
 
 
 async def get_result(request: Request) -> Response:
