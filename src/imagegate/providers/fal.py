@@ -31,7 +31,15 @@ from ..errors import (
 )
 from ..fetch import decode_data_uri
 from ..imaging import MIME_BY_FORMAT, ImageBytes, decode_b64_image, sniff_format
-from .base import HttpProvider, ProviderImage, ProviderRequest, ProviderResult, sent_field
+from .base import (
+    HttpProvider,
+    ProviderImage,
+    ProviderRequest,
+    ProviderResult,
+    binding_targets,
+    merge_passthrough,
+    sent_field,
+)
 from .gemini import MASK_NOTE
 from .upstream import UpstreamResponse, error_for_status, parse_json, retry_after_seconds, send
 
@@ -118,7 +126,7 @@ def build_input(request: ProviderRequest) -> dict[str, Any]:
         name = sent_name(request, param)
         if name is not None and value is not None:
             body[name] = _option_value(param, value)
-    body.update(request.extra)
+    merge_passthrough(body, request.extra, reserved=binding_targets(request.binding))
     return body
 
 

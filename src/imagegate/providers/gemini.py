@@ -13,7 +13,16 @@ from typing import Any
 
 from ..errors import ContentPolicyViolation, ImagegateError, UpstreamError
 from ..imaging import MIME_BY_FORMAT, decode_b64_image
-from .base import HttpProvider, InputImage, ProviderImage, ProviderRequest, ProviderResult, token_count
+from .base import (
+    HttpProvider,
+    InputImage,
+    ProviderImage,
+    ProviderRequest,
+    ProviderResult,
+    binding_targets,
+    merge_passthrough,
+    token_count,
+)
 from .upstream import error_for_status, parse_json, retry_after_seconds, send
 
 # Finish and block reasons that mean "the safety system said no" rather than "it failed".
@@ -52,12 +61,9 @@ def set_path(body: dict[str, Any], dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
-def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            deep_merge(base[key], value)
-        else:
-            base[key] = value
+def proto_field(key: str) -> str:
+    """Gemini's REST takes proto-JSON, where `image_size` and `imageSize` name one field."""
+    return key.replace("_", "").lower()
 
 
 def build_body(request: ProviderRequest) -> dict[str, Any]:
@@ -81,7 +87,7 @@ def build_body(request: ProviderRequest) -> dict[str, Any]:
         set_path(body, (seed_handling.to if seed_handling and seed_handling.to else "generationConfig.seed"),
                  request.seed)
     _apply_options(body, request.options)
-    deep_merge(body, request.extra)
+    merge_passthrough(body, request.extra, reserved=binding_targets(request.binding), fold=proto_field)
     return body
 
 

@@ -12,7 +12,16 @@ from typing import Any
 
 from ..errors import ContentPolicyViolation, ImagegateError, UpstreamError
 from ..imaging import MIME_BY_FORMAT, ImageBytes, decode_b64_image, sniff_format
-from .base import HttpProvider, ProviderImage, ProviderRequest, ProviderResult, sent_field, token_count
+from .base import (
+    HttpProvider,
+    ProviderImage,
+    ProviderRequest,
+    ProviderResult,
+    binding_targets,
+    merge_passthrough,
+    sent_field,
+    token_count,
+)
 from .upstream import error_for_status, parse_json, retry_after_seconds, send
 
 POLICY_CODES = frozenset({"content_policy_violation", "moderation_blocked"})
@@ -48,8 +57,13 @@ def build_fields(request: ProviderRequest) -> dict[str, Any]:
         name = sent_field(request.binding, param, undeclared=param)
         if name is not None:  # emulated options are the gateway's business, not the upstream's
             fields[name] = value
-    fields.update(request.extra)
+    merge_passthrough(fields, request.extra, reserved=binding_targets(request.binding), fold=form_field)
     return fields
+
+
+def form_field(key: str) -> str:
+    """Edits go as multipart, where `image[]` and `image` are the same field."""
+    return key.removesuffix("[]")
 
 
 def _form_pairs(key: str, value: Any) -> list[tuple[str, str]]:

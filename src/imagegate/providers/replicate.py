@@ -27,7 +27,15 @@ from typing import Any, ClassVar
 
 from ..errors import ContentPolicyViolation, ImagegateError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from ..imaging import MIME_BY_FORMAT, ImageBytes, decode_b64_image, sniff_format
-from .base import HttpProvider, ProviderImage, ProviderRequest, ProviderResult, sent_field
+from .base import (
+    HttpProvider,
+    ProviderImage,
+    ProviderRequest,
+    ProviderResult,
+    binding_targets,
+    merge_passthrough,
+    sent_field,
+)
 from .gemini import MASK_NOTE
 from .upstream import UpstreamResponse, error_for_status, parse_json, retry_after_seconds, send
 
@@ -110,7 +118,8 @@ def build_input(request: ProviderRequest) -> dict[str, Any]:
             body[param] = value
         elif (name := input_field(request, param)) is not None:
             body[name] = value
-    body.update(request.extra)
+    reserved = [*binding_targets(request.binding, prefix="input."), *((f,) for f in DEFAULT_FIELDS.values())]
+    merge_passthrough(body, request.extra, reserved=reserved)
     return body
 
 
