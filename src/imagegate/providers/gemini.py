@@ -23,7 +23,7 @@ from .base import (
     merge_passthrough,
     token_count,
 )
-from .upstream import error_for_status, parse_json, retry_after_seconds, send
+from .upstream import error_for_status, parse_json, retry_after_seconds, seconds_value, send, upstream_text
 
 # Finish and block reasons that mean "the safety system said no" rather than "it failed".
 SAFETY_REASONS = frozenset(
@@ -107,15 +107,18 @@ def _google_error(provider: str, status: int, data: Any, retry_after: float | No
     message = f"HTTP {status}"
     if isinstance(data, dict) and isinstance(data.get("error"), dict):
         err = data["error"]
-        message = f"{err.get('status', '')} {err.get('message', '')}".strip()
-        for detail in err.get("details") or []:
-            delay = str(detail.get("retryDelay", "")) if isinstance(detail, dict) else ""
-            if retry_after is None and delay.endswith("s"):
-                try:
-                    retry_after = float(delay[:-1])
-                except ValueError:
-                    pass
+        message = " ".join(upstream_text(err[k]) for k in ("status", "message") if err.get(k)) or message
+        details = err.get("details")
+        for detail in details if isinstance(details, list) else []:
+            delay = detail.get("retryDelay") if isinstance(detail, dict) else None
+            if retry_after is None and isinstance(delay, str) and delay.strip().endswith("s"):
+                retry_after = seconds_value(delay)  # "1e999s" or "nans" is no hint at all
     return error_for_status(provider, status, message, retry_after=retry_after)
+
+
+def _reason(value: Any) -> str | None:
+    """A finishReason / blockReason: an enum name, or nothing (odd types are not a 500)."""
+    return value if isinstance(value, str) and value else None
 
 
 def _bad_response(what: str) -> UpstreamError:
@@ -158,9 +161,9 @@ def parse_response(data: Any, *, keep_all_images: bool) -> ProviderResult:
     candidates = _list(data.get("candidates"), "candidates list")
     feedback = _dict(data.get("promptFeedback"), "promptFeedback")
     if not candidates:
-        reason = feedback.get("blockReason")
+        reason = _reason(feedback.get("blockReason"))
         if reason:
-            detail = feedback.get("blockReasonMessage") or ""
+            detail = upstream_text(feedback.get("blockReasonMessage") or "")
             raise ContentPolicyViolation(
                 f"The prompt was blocked by the upstream safety system ({reason}). {detail}".strip(), param="prompt"
             )
@@ -178,9 +181,9 @@ def parse_response(data: Any, *, keep_all_images: bool) -> ProviderResult:
         elif isinstance(part.get("text"), str):
             texts.append(part["text"])
     text = "\n".join(t for t in texts if t.strip()) or None
-    reason = candidate.get("finishReason")
+    reason = _reason(candidate.get("finishReason"))
     if not images:
-        message = candidate.get("finishMessage") or text or ""
+        message = upstream_text(candidate.get("finishMessage") or text or "")
         if reason in SAFETY_REASONS:
             raise ContentPolicyViolation(
                 f"The upstream safety system stopped the image ({reason}). {message}".strip(), param="prompt"

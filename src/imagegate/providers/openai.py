@@ -22,7 +22,7 @@ from .base import (
     sent_field,
     token_count,
 )
-from .upstream import error_for_status, parse_json, retry_after_seconds, send
+from .upstream import error_for_status, parse_json, retry_after_seconds, send, upstream_text
 
 POLICY_CODES = frozenset({"content_policy_violation", "moderation_blocked"})
 
@@ -83,9 +83,10 @@ def _form_pairs(key: str, value: Any) -> list[tuple[str, str]]:
 def _error(provider: str, status: int, data: Any, retry_after: float | None) -> ImagegateError:
     err = data.get("error") if isinstance(data, dict) else None
     if isinstance(err, dict):
-        message = str(err.get("message") or f"HTTP {status}")
-        if err.get("code") in POLICY_CODES:
-            return ContentPolicyViolation(f"{provider}: {message}", param=err.get("param") or "prompt")
+        message = upstream_text(err.get("message") or f"HTTP {status}")
+        if isinstance(err.get("code"), str) and err["code"] in POLICY_CODES:
+            param = err.get("param")
+            return ContentPolicyViolation(f"{provider}: {message}", param=param if isinstance(param, str) else "prompt")
     else:
         message = f"HTTP {status}"
     return error_for_status(provider, status, message, retry_after=retry_after)
@@ -140,7 +141,7 @@ class OpenAIProvider(HttpProvider):
             if not isinstance(item, dict):
                 raise UpstreamError(f"{self.provider_id} sent a malformed image entry.", code="upstream_bad_response")
             image = await self._image_bytes(item)
-            text = str(item["revised_prompt"]) if item.get("revised_prompt") else None
+            text = upstream_text(item["revised_prompt"], 4000) if item.get("revised_prompt") else None
             images.append(ProviderImage(image.blob, image.mime_type, text))
             if text:
                 texts.append(text)

@@ -37,7 +37,7 @@ from .base import (
     sent_field,
 )
 from .gemini import MASK_NOTE
-from .upstream import UpstreamResponse, error_for_status, parse_json, retry_after_seconds, send
+from .upstream import UpstreamResponse, error_for_status, parse_json, retry_after_seconds, send, upstream_text
 
 PROVIDER = "replicate"
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "canceled", "aborted"})
@@ -149,7 +149,7 @@ def problem_message(body: bytes, status: int) -> str:
     """The text of an RFC 7807 error (`title`, `detail`), or of a bare `{"detail": ...}`."""
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         data = None
     parts: list[str] = []
     if isinstance(data, dict):
@@ -159,7 +159,7 @@ def problem_message(body: bytes, status: int) -> str:
         if isinstance(detail, str) and detail:
             parts.append(detail.strip())
         elif detail:
-            parts.append(json.dumps(detail)[:500])
+            parts.append(upstream_text(detail))
     return ": ".join(parts) or f"HTTP {status}"
 
 
@@ -188,7 +188,7 @@ def failure_error(prediction: dict[str, Any]) -> ImagegateError:
     """A failed or canceled prediction as our error; capacity first, since a fallback may help."""
     status = prediction.get("status")
     error = prediction.get("error")
-    message = str(error).strip() if error else "no error message"
+    message = upstream_text(error).strip() if error else "no error message"
     if status in ("canceled", "aborted"):
         return UpstreamError(f"The {PROVIDER} prediction was {status}: {message}",
                              code="upstream_prediction_canceled")
