@@ -7,7 +7,9 @@ billed and reported as 1K), and snake_case proto-JSON does not get around that.
 
 from __future__ import annotations
 
+import gc
 import json
+import warnings
 from typing import Any
 
 import httpx
@@ -244,6 +246,8 @@ def test_odd_gemini_types_are_upstream_errors(gateway: RunningGateway, fake_gemi
     json_answer(201, {"id": "x", "status": "failed", "error": [[[{"deep": "x"}]]]}),
     json_answer(201, {"id": "x", "status": "succeeded", "output": {"not": "a uri"}}),
     json_answer(201, {"id": ["x"], "status": ["succeeded"]}),
+    json_answer(201, {"id": "x", "status": "processing", "urls": {"get": "http://127.0.0.1:1/\udfff"}}),
+    json_answer(201, {"id": "x", "status": "succeeded", "output": "http://[::1"}),
 ])
 def test_hostile_replicate_answers_are_not_500(gateway_factory: Any, fake_replicate: FakeReplicate,
                                                hostile: Any) -> None:
@@ -283,3 +287,16 @@ def test_hostile_openai_answers_are_not_500(gateway_factory: Any, fake_openai: F
     assert response.status_code in (400, 502), response.text
     error = assert_error(response, response.status_code)
     assert error["param"] is None or isinstance(error["param"], str)
+
+
+def test_body_cut_off_inside_a_file_leaks_no_spool_file(gateway: RunningGateway, fake_gemini: FakeGemini) -> None:
+    """python-multipart never ends a part cut off by the end of the body, so its spool file
+    was in no form to close: one leaked descriptor per such request."""
+    body, content_type = multipart(base_fields())
+    cut = body[: body.index(PNG) + 10]  # inside the image part
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        for _ in range(3):
+            assert_error(post_raw(gateway, cut, content_type, path="/v1/images/edits"), 400)
+        gc.collect()
+    assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []

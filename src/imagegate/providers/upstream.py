@@ -62,6 +62,8 @@ async def send(
             return UpstreamResponse(response.status_code, response.headers, b"".join(chunks))
     except httpx.HTTPError as exc:
         raise transport_error(provider, exc) from exc
+    except (httpx.InvalidURL, UnicodeError) as exc:  # a URL the upstream handed us (poll, download) is garbage
+        raise UpstreamError(f"{provider} sent a URL that cannot be requested.", code="upstream_bad_response") from exc
 
 
 def parse_json(provider: str, body: bytes) -> Any:

@@ -167,6 +167,16 @@ class Utf8MultiPartParser(MultiPartParser):
                 raise InvalidRequest(f"Form field {printable(name)!r} declares charset {charset!r}; "
                                      "text fields must be UTF-8.", param=printable(name), code="unsupported_charset")
 
+    async def parse(self) -> FormData:
+        form = await super().parse()
+        # A body cut off inside a file part leaves that part's spool file out of the form (so
+        # form.close() never sees it): close it here rather than leak a descriptor per request.
+        kept = {id(value.file) for _, value in form.multi_items() if isinstance(value, UploadFile)}
+        for spool in self._files_to_close_on_error:
+            if id(spool) not in kept:
+                spool.close()
+        return form
+
     def on_part_end(self) -> None:
         part = self._current_part
         if part.file is None:
