@@ -300,3 +300,15 @@ def test_body_cut_off_inside_a_file_leaks_no_spool_file(gateway: RunningGateway,
             assert_error(post_raw(gateway, cut, content_type, path="/v1/images/edits"), 400)
         gc.collect()
     assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []
+
+
+def test_a_collision_is_final_not_failed_over(gateway_factory: Any, fake_gemini: FakeGemini,
+                                              fake_replicate: FakeReplicate) -> None:
+    """Bodies are built inside each provider's call, after routing: the collision must still be
+    the client's error, neither retried nor handed to Replicate (whose input has no `contents`)."""
+    gw = gateway_factory(gemini_api_key=fake_gemini.api_key, gemini_base_url=fake_gemini.base_url,
+                         replicate_api_key=fake_replicate.api_key, replicate_base_url=fake_replicate.base_url,
+                         retry_attempts=3, retry_backoff_seconds=0.01)
+    response = generate(gw, n=2, contents=[{"parts": [{"text": "other"}]}])
+    assert_error(response, 400, param="contents", code="reserved_upstream_field")
+    assert fake_gemini.requests == [] and fake_replicate.creates == []
