@@ -180,9 +180,7 @@ class Utf8MultiPartParser(MultiPartParser):
     def on_part_end(self) -> None:
         part = self._current_part
         if part.file is None:
-            text = _utf8(part.data, part.field_name)
-            _check_text(text, part.field_name)
-            self.items.append((part.field_name, text))
+            self.items.append((part.field_name, _utf8(part.data, part.field_name)))  # strict: no surrogates
         else:
             super().on_part_end()
 
