@@ -20,7 +20,11 @@ Providers raise only these; the HTTP layer renders them with `to_openai_json()`.
 
 from __future__ import annotations
 
+import math
 from typing import Any
+
+# The longest pause a Retry-After header suggests; an upstream's "wait a year" is no advice.
+MAX_RETRY_AFTER_SECONDS = 86_400
 
 
 class ImagegateError(Exception):
@@ -53,9 +57,10 @@ class ImagegateError(Exception):
         }
 
     def headers(self) -> dict[str, str]:
-        if self.retry_after is None:
+        # Upstream hints end up here: NaN or infinity must not reach round() (a 500 of our own).
+        if self.retry_after is None or not math.isfinite(self.retry_after):
             return {}
-        return {"retry-after": str(max(1, round(self.retry_after)))}
+        return {"retry-after": str(max(1, round(min(self.retry_after, MAX_RETRY_AFTER_SECONDS))))}
 
 
 class InvalidRequest(ImagegateError):

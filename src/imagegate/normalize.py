@@ -99,7 +99,8 @@ def parse_resolution(text: str) -> float | None:
         return None
     match = _K_TIER.match(cleaned)
     if match:
-        pixels = (float(match.group(1)) * 1024) ** 2
+        side = float(match.group(1)) * 1024
+        pixels = side * side  # not ** 2: a 400-digit tier overflows to inf (a 400 below), not OverflowError
     else:
         match = _MP_TIER.match(cleaned)
         if not match:

@@ -261,9 +261,18 @@ async def test_options_and_extra_are_merged(provider: FalProvider, fake_fal: Fak
     assert body["system_prompt"] == "be brief"
 
 
-async def test_extra_overrides_built_fields(provider: FalProvider, fake_fal: FakeFal) -> None:
-    body = await sent_input(provider, fake_fal, make_request(extra={"resolution": "2K"}))
-    assert body["resolution"] == "2K"
+@pytest.mark.parametrize("extra", [
+    {"resolution": "4K"}, {"prompt": "something else"}, {"num_images": 4}, {"image_urls": ["https://x/y.png"]},
+    {"sync_mode": True}, {"aspect_ratio": "21:9"}, {"output_format": "webp"},
+])
+async def test_extra_cannot_replace_built_fields(provider: FalProvider, fake_fal: FakeFal,
+                                                 extra: dict[str, Any]) -> None:
+    """Pass-through may add fields, never replace what the gateway reports and bills (a 4K
+    image billed as 1K); the binding's targets are reserved even when this request left them out."""
+    err = await raised(provider, make_request(extra=extra))
+    assert isinstance(err, InvalidRequest) and err.status_code == 400
+    assert err.param == next(iter(extra)) and err.code == "reserved_upstream_field"
+    assert fake_fal.requests == []
 
 
 def test_not_available_options_are_not_sent() -> None:
@@ -390,7 +399,7 @@ async def test_extra_field_is_400(provider: FalProvider, fake_fal: FakeFal) -> N
 
 
 async def test_invalid_value_is_400(provider: FalProvider, fake_fal: FakeFal) -> None:
-    err = await raised(provider, make_request(extra={"num_images": 9}))
+    err = await raised(provider, make_request(n=9))
     assert isinstance(err, InvalidRequest)
     assert err.code == "upstream_rejected_request"
     assert "num_images" in err.message

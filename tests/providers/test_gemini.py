@@ -245,11 +245,36 @@ async def test_extra_is_deep_merged(provider: GeminiProvider, fake_gemini: FakeG
     assert body["systemInstruction"] == {"parts": [{"text": "be brief"}]}
 
 
-async def test_extra_overrides_leaf_values(provider: GeminiProvider, fake_gemini: FakeGemini) -> None:
-    extra = {"generationConfig": {"imageConfig": {"imageSize": "2K"}, "responseModalities": ["IMAGE"]}}
-    body = await sent_body(provider, fake_gemini, make_request(extra=extra))
-    assert body["generationConfig"]["imageConfig"] == {"aspectRatio": "1:1", "imageSize": "2K"}
-    assert body["generationConfig"]["responseModalities"] == ["IMAGE"]
+@pytest.mark.parametrize(("extra", "param"), [
+    ({"generationConfig": {"imageConfig": {"imageSize": "4K"}}}, "generationConfig"),
+    ({"generationConfig": {"imageConfig": {"personGeneration": "ALLOW_ALL"}}}, "generationConfig"),
+    ({"generationConfig": {"responseModalities": ["IMAGE"]}}, "generationConfig"),
+    ({"generationConfig": {"seed": 7}}, "generationConfig"),
+    ({"generationConfig": "plain text"}, "generationConfig"),
+    ({"contents": [{"role": "user", "parts": [{"text": "another prompt"}]}]}, "contents"),
+    ({"safetySettings": []}, "safetySettings"),  # reserved by the binding even when not built
+    ({"tools": [{"code_execution": {}}]}, "tools"),
+    # proto-JSON: snake_case names the same fields, at any level
+    ({"generation_config": {"image_config": {"image_size": "4K"}}}, "generation_config"),
+    ({"generationConfig": {"image_config": {"imageSize": "4K"}}}, "generationConfig"),
+    ({"generation_config": {"response_modalities": ["IMAGE"]}}, "generation_config"),
+    ({"safety_settings": [{"category": "HARM_CATEGORY_HARASSMENT", "threshold": "BLOCK_NONE"}]}, "safety_settings"),
+])
+async def test_extra_cannot_replace_gateway_fields(provider: GeminiProvider, fake_gemini: FakeGemini,
+                                                   extra: dict[str, Any], param: str) -> None:
+    err = await raised(provider, make_request(extra=extra))
+    assert isinstance(err, InvalidRequest) and err.status_code == 400
+    assert err.param == param and err.code == "reserved_upstream_field"
+    assert fake_gemini.requests == []
+
+
+async def test_snake_case_extra_merges_into_the_built_dict(provider: GeminiProvider, fake_gemini: FakeGemini) -> None:
+    """A new key inside a gateway-built dict is an addition, whichever proto-JSON spelling it uses;
+    it lands in the gateway's own dict rather than in a second, conflicting copy of it."""
+    body = await sent_body(provider, fake_gemini, make_request(extra={"generation_config": {"temperature": 0.5}}))
+    assert "generation_config" not in body
+    assert body["generationConfig"]["temperature"] == 0.5
+    assert body["generationConfig"]["imageConfig"] == {"aspectRatio": "1:1", "imageSize": "1K"}
 
 
 async def test_build_does_not_mutate_the_request(provider: GeminiProvider, fake_gemini: FakeGemini) -> None:

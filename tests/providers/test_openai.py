@@ -42,6 +42,9 @@ from .inputs import JPEG, MASK, PNG
 MODEL = load_builtin_catalog().get("gemini-3-pro-image-preview")
 assert MODEL is not None
 BINDING = MODEL.providers["openai"]
+# A binding that leaves response_format to the upstream, so a test can ask the fake for URLs.
+URL_BINDING = BINDING.model_copy(
+    update={"parameters": {k: v for k, v in BINDING.parameters.items() if k != "response_format"}})
 
 
 
@@ -49,8 +52,8 @@ def make_request(prompt: str = "a red fox in snow", *, layout: Layout | None = N
                  mode: str | None = None, **kwargs: Any) -> ProviderRequest:
     if mode is None:
         mode = "edit" if kwargs.get("images") else "t2i"
-    return ProviderRequest(mode=mode, prompt=prompt, layout=layout or resolve_layout(MODEL),
-                           binding=BINDING, **kwargs)
+    kwargs.setdefault("binding", BINDING)
+    return ProviderRequest(mode=mode, prompt=prompt, layout=layout or resolve_layout(MODEL), **kwargs)
 
 
 # Every multipart edit currently fails before it leaves the process (see the reason).
@@ -130,11 +133,17 @@ async def test_options_and_extra_are_top_level_fields(provider: OpenAIProvider, 
         assert body[key] == value
 
 
-async def test_extra_overrides_gateway_fields(provider: OpenAIProvider, fake_openai: FakeOpenAI) -> None:
-    await provider.run(make_request(extra={"size": "1024x1536", "model": "other-model"}))
-    body = fake_openai.requests[0].json
-    assert body["size"] == "1024x1536"
-    assert body["model"] == "other-model"
+@pytest.mark.parametrize("extra", [
+    {"size": "1024x1536"}, {"model": "other-model"}, {"prompt": "another"}, {"n": 4},
+    {"response_format": "url"}, {"image[]": "https://example.com/a.png"}, {"image": {"x": "y"}},
+])
+@pytest.mark.parametrize("images", [(), (PNG,)])
+async def test_extra_cannot_replace_gateway_fields(provider: OpenAIProvider, fake_openai: FakeOpenAI,
+                                                   extra: dict[str, Any], images: tuple[Any, ...]) -> None:
+    err = await raised(provider, make_request(extra=extra, images=images))
+    assert isinstance(err, InvalidRequest) and err.status_code == 400
+    assert err.param == next(iter(extra)) and err.code == "reserved_upstream_field"
+    assert fake_openai.requests == []
 
 
 # The binding's sent parameters and where they must appear in the JSON body.
@@ -255,7 +264,7 @@ async def test_b64_response_decoded(provider: OpenAIProvider, fake_openai: FakeO
 
 
 async def test_url_response_downloaded(provider: OpenAIProvider, fake_openai: FakeOpenAI) -> None:
-    result = await provider.run(make_request("by url", n=2, extra={"response_format": "url"}))
+    result = await provider.run(make_request("by url", n=2, extra={"response_format": "url"}, binding=URL_BINDING))
     assert fake_openai.requests[0].json["response_format"] == "url"
     assert len(fake_openai.downloads) == 2
     assert [i.mime_type for i in result.images] == ["image/png", "image/png"]
@@ -265,14 +274,14 @@ async def test_url_response_downloaded(provider: OpenAIProvider, fake_openai: Fa
 
 async def test_url_response_mime_from_downloaded_bytes(provider: OpenAIProvider, fake_openai: FakeOpenAI) -> None:
     result = await provider.run(make_request("webp by url", output_format="webp",
-                                             extra={"response_format": "url"}))
+                                             extra={"response_format": "url"}, binding=URL_BINDING))
     assert len(fake_openai.downloads) == 1
     assert result.images[0].mime_type == "image/webp"
     assert detect_mime(result.images[0].data) == "image/webp"
 
 
 async def test_url_response_on_edit(provider: OpenAIProvider, fake_openai: FakeOpenAI) -> None:
-    result = await provider.run(make_request("edit by url", images=(PNG,), extra={"response_format": "url"}))
+    result = await provider.run(make_request("edit by url", images=(PNG,), extra={"response_format": "url"}, binding=URL_BINDING))
     assert len(fake_openai.downloads) == 1
     assert detect_mime(result.images[0].data) == "image/png"
 

@@ -8,6 +8,7 @@ sections 3 and 5.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 import time
 from collections.abc import Callable
@@ -208,12 +209,19 @@ async def test_emulated_and_unavailable_options_are_not_sent(provider: Replicate
     assert set(sent) == {"prompt", "aspect_ratio", "resolution"}
 
 
-async def test_extra_is_merged_into_input(provider: ReplicateProvider, fake_replicate: FakeReplicate) -> None:
-    """Unknown parameters reach the model's input and may override what the gateway set."""
-    result = await provider.run(make_request(extra={"resolution": "2K", "output_format": "png"}))
-    sent = fake_replicate.creates[0].json["input"]
-    assert sent["resolution"] == "2K" and sent["output_format"] == "png"
-    assert image_size(result.images[0].data) == PRO_SIZES[("1:1", "2K")]
+@pytest.mark.parametrize("extra", [
+    {"resolution": "4K"}, {"output_format": "png"}, {"prompt": "another"}, {"aspect_ratio": "21:9"},
+    {"image_input": ["https://example.com/a.png"]},  # reserved even in text-to-image, where it is not built
+    {"safety_filter_level": "block_only_high"},
+])
+async def test_extra_cannot_replace_input_fields(provider: ReplicateProvider, fake_replicate: FakeReplicate,
+                                                 extra: dict[str, Any]) -> None:
+    """Unknown parameters reach the model's input, but never in place of what the gateway sets
+    (and reports and bills): that is a 400 before any prediction is created."""
+    err = await raised(provider, make_request(extra=extra))
+    assert isinstance(err, InvalidRequest) and err.status_code == 400
+    assert err.param == next(iter(extra)) and err.code == "reserved_upstream_field"
+    assert fake_replicate.creates == []
 
 
 async def test_unknown_extra_is_rejected_upstream_as_400(provider: ReplicateProvider,
@@ -229,9 +237,13 @@ async def test_build_does_not_mutate_the_request(provider: ReplicateProvider, fa
     options = {"safety_filter_level": "block_only_high"}
     extra = {"resolution": "2K"}
     request = make_request(images=(PNG,), mask=MASK, options=options, extra=extra)
-    await provider.run(request)
-    await provider.run(request)
+    for _ in range(2):
+        with pytest.raises(InvalidRequest):  # the collision is found before anything is sent
+            await provider.run(request)
     assert options == {"safety_filter_level": "block_only_high"} and extra == {"resolution": "2K"}
+    request = dataclasses.replace(request, extra={})
+    await provider.run(request)
+    await provider.run(request)
     assert request.prompt == "a red fox in snow"
     first, second = (c.json for c in fake_replicate.creates)
     assert first == second

@@ -12,7 +12,7 @@ from imagegate.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from imagegate.providers.upstream import error_for_status, retry_after_seconds, transport_error
+from imagegate.providers.upstream import error_for_status, retry_after_seconds, seconds_value, transport_error
 
 REQUEST = httpx.Request("GET", "http://x")
 
@@ -128,3 +128,20 @@ def test_retry_after_seconds(value: str, expected: float | None) -> None:
 
 def test_retry_after_seconds_missing_header() -> None:
     assert retry_after_seconds(httpx.Headers({})) is None
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("30s", 30.0), ("1.5", 1.5), (2, 2.0), ("1e999s", None), ("nans", None), ("inf", None), ("-1s", None),
+    ("s", None), ("", None), (None, None), (True, None), ({"s": 1}, None), ("9" * 400, None),
+])
+def test_seconds_value_is_finite_or_none(value: object, expected: float | None) -> None:
+    assert seconds_value(value) == expected
+
+
+@pytest.mark.parametrize("retry_after", [float("inf"), float("nan"), float("-inf")])
+def test_non_finite_retry_after_sends_no_header(retry_after: float) -> None:
+    assert UpstreamUnavailable("busy", retry_after=retry_after).headers() == {}
+
+
+def test_huge_retry_after_is_capped() -> None:
+    assert UpstreamUnavailable("busy", retry_after=1e300).headers() == {"retry-after": "86400"}

@@ -8,12 +8,14 @@ The gateway, not the adapter, does `n` splitting, output formats, hosting and us
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import httpx
 
 from ..catalog import ProviderBinding
+from ..errors import InvalidRequest
 from ..imaging import ImageBytes
 from ..normalize import Layout
 
@@ -74,13 +76,100 @@ def sent_field(binding: ProviderBinding, param: str, undeclared: str | None) -> 
     return handling.to or param
 
 
+# --- pass-through ----------------------------------------------------------------------------
+#
+# Unknown request fields are merged into the upstream body the adapter built, but they may only
+# ADD fields: a field the gateway set (or could set from a request parameter, per the binding's
+# `to` targets) is the gateway's, because it is what the response reports and usage bills.
+# Dicts the gateway built are containers: a new key inside one is an addition, so
+# `generationConfig.temperature` passes while `generationConfig.imageConfig` (a binding target)
+# does not.
+
+KeyFold = Callable[[str], str]
+_LEAF: dict[str, Any] = {}  # marks a reserved path's end in the shadow tree (compared by identity)
+
+
+def same_key(key: str) -> str:
+    return key
+
+
+def binding_targets(binding: ProviderBinding, prefix: str = "") -> list[tuple[str, ...]]:
+    """The upstream paths a binding sends gateway values to ('generationConfig.imageConfig',
+    'input.size + input.width', 'contents[0].parts[0].text' -> ('contents',)), minus `prefix`."""
+    paths: list[tuple[str, ...]] = []
+    for handling in binding.parameters.values():
+        for target in (handling.to or "").split("+"):
+            target = target.strip().removeprefix(prefix)
+            path: list[str] = []
+            for segment in target.split("."):
+                name, bracket, _ = segment.partition("[")
+                if name:
+                    path.append(name)
+                if bracket:  # an indexed list: the whole list is the gateway's
+                    break
+            if path and " " not in target:
+                paths.append(tuple(path))
+    return paths
+
+
+def _shadow(reserved: Iterable[tuple[str, ...]], fold: KeyFold) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for path in reserved:
+        node = tree
+        for depth, key in enumerate(path):
+            child = node.get(fold(key))
+            if child is _LEAF:
+                break  # a shorter reserved path already covers this one
+            if depth == len(path) - 1:
+                node[fold(key)] = _LEAF
+            else:
+                node = node.setdefault(fold(key), {})
+    return tree
+
+
+def merge_passthrough(body: dict[str, Any], extra: dict[str, Any], *, reserved: Iterable[tuple[str, ...]] = (),
+                      fold: KeyFold = same_key) -> None:
+    """Merge unknown request fields into `body`, refusing (400, naming the top-level field) any
+    that would replace a value the gateway built or a `reserved` path. `fold` maps a key to the
+    upstream's notion of "the same field" (Gemini's proto-JSON: image_size == imageSize)."""
+    shadow = _shadow(reserved, fold)
+    for key, value in extra.items():
+        _merge_field(body, shadow, key, value, (key,), fold)
+
+
+def _merge_field(node: dict[str, Any], shadow: dict[str, Any] | None, key: str, value: Any,
+                 path: tuple[str, ...], fold: KeyFold) -> None:
+    folded = fold(key)
+    existing_key = next((k for k in node if fold(k) == folded), None)
+    sub_shadow = shadow.get(folded) if shadow is not None else None
+    if existing_key is None and sub_shadow is None:
+        node[key] = value  # a new field: what pass-through is for
+        return
+    existing = node.get(existing_key) if existing_key is not None else {}
+    if sub_shadow is _LEAF or not isinstance(value, dict) or not isinstance(existing, dict):
+        dotted = ".".join(path)
+        raise InvalidRequest(
+            f"Pass-through parameter '{dotted}' would replace a field the gateway sets from the request's "
+            "own parameters; unknown parameters may only add upstream fields.",
+            param=path[0], code="reserved_upstream_field",
+        )
+    if existing_key is None:
+        node[key] = existing
+    for sub_key, sub_value in value.items():
+        _merge_field(existing, sub_shadow, sub_key, sub_value, (*path, sub_key), fold)
+
+
+# No real request counts more tokens; a bigger figure is garbage (and would overflow SQLite).
+MAX_TOKEN_COUNT = 10**12
+
+
 def token_count(value: Any) -> int:
     """A usage figure from an upstream, or 0 when it is missing or garbled (never worth a 500)."""
     try:
         count = int(value)
     except (TypeError, ValueError, OverflowError):
         return 0
-    return max(count, 0)
+    return count if 0 <= count <= MAX_TOKEN_COUNT else 0
 
 
 @dataclass(frozen=True)

@@ -31,9 +31,17 @@ from ..errors import (
 )
 from ..fetch import decode_data_uri
 from ..imaging import MIME_BY_FORMAT, ImageBytes, decode_b64_image, sniff_format
-from .base import HttpProvider, ProviderImage, ProviderRequest, ProviderResult, sent_field
+from .base import (
+    HttpProvider,
+    ProviderImage,
+    ProviderRequest,
+    ProviderResult,
+    binding_targets,
+    merge_passthrough,
+    sent_field,
+)
 from .gemini import MASK_NOTE
-from .upstream import UpstreamResponse, error_for_status, parse_json, retry_after_seconds, send
+from .upstream import UpstreamResponse, error_for_status, parse_json, retry_after_seconds, send, upstream_text
 
 PROVIDER = "fal"
 # Queue states (fal_client `Queued` / `InProgress` / `Completed`): the first two mean "ask again".
@@ -118,7 +126,7 @@ def build_input(request: ProviderRequest) -> dict[str, Any]:
         name = sent_name(request, param)
         if name is not None and value is not None:
             body[name] = _option_value(param, value)
-    body.update(request.extra)
+    merge_passthrough(body, request.extra, reserved=binding_targets(request.binding))
     return body
 
 
@@ -162,11 +170,11 @@ def _detail_items(detail: Any) -> list[tuple[str, str | None]]:
     items: list[tuple[str, str | None]] = []
     for item in detail:
         if not isinstance(item, dict):
-            items.append((str(item), None))
+            items.append((upstream_text(item), None))
             continue
         loc = item.get("loc")
-        where = ".".join(str(part) for part in loc) if isinstance(loc, list) else ""
-        message = str(item.get("msg") or "")
+        where = ".".join(upstream_text(part, 100) for part in loc[:20]) if isinstance(loc, list) else ""
+        message = upstream_text(item.get("msg") or "")
         kind = item.get("type")
         items.append((f"{where}: {message}" if where else message, kind if isinstance(kind, str) else None))
     return items
@@ -210,10 +218,10 @@ def completed_error(status: dict[str, Any]) -> ImagegateError | None:
     error, error_type = status.get("error"), status.get("error_type")
     if not error and not error_type:
         return None
-    message = str(error or error_type)
+    message = upstream_text(error or error_type)
     kind = error_type if isinstance(error_type, str) else None
     return typed_error(kind, message) or UpstreamError(
-        f"{PROVIDER} failed the request ({error_type or 'error'}): {message}", code="upstream_request_failed"
+        f"{PROVIDER} failed the request ({kind or 'error'}): {message}", code="upstream_request_failed"
     )
 
 

@@ -13,8 +13,18 @@ from typing import Any
 
 from ..errors import ContentPolicyViolation, ImagegateError, UpstreamError
 from ..imaging import MIME_BY_FORMAT, decode_b64_image
-from .base import HttpProvider, InputImage, ProviderImage, ProviderRequest, ProviderResult, TokenSplit, token_count
-from .upstream import error_for_status, parse_json, retry_after_seconds, send
+from .base import (
+    HttpProvider,
+    InputImage,
+    ProviderImage,
+    ProviderRequest,
+    ProviderResult,
+    TokenSplit,
+    binding_targets,
+    merge_passthrough,
+    token_count,
+)
+from .upstream import error_for_status, parse_json, retry_after_seconds, seconds_value, send, upstream_text
 
 # Finish and block reasons that mean "the safety system said no" rather than "it failed".
 SAFETY_REASONS = frozenset(
@@ -52,12 +62,9 @@ def set_path(body: dict[str, Any], dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
-def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            deep_merge(base[key], value)
-        else:
-            base[key] = value
+def proto_field(key: str) -> str:
+    """Gemini's REST takes proto-JSON, where `image_size` and `imageSize` name one field."""
+    return key.replace("_", "").lower()
 
 
 def build_body(request: ProviderRequest) -> dict[str, Any]:
@@ -81,7 +88,7 @@ def build_body(request: ProviderRequest) -> dict[str, Any]:
         set_path(body, (seed_handling.to if seed_handling and seed_handling.to else "generationConfig.seed"),
                  request.seed)
     _apply_options(body, request.options)
-    deep_merge(body, request.extra)
+    merge_passthrough(body, request.extra, reserved=binding_targets(request.binding), fold=proto_field)
     return body
 
 
@@ -101,15 +108,18 @@ def _google_error(provider: str, status: int, data: Any, retry_after: float | No
     message = f"HTTP {status}"
     if isinstance(data, dict) and isinstance(data.get("error"), dict):
         err = data["error"]
-        message = f"{err.get('status', '')} {err.get('message', '')}".strip()
-        for detail in err.get("details") or []:
-            delay = str(detail.get("retryDelay", "")) if isinstance(detail, dict) else ""
-            if retry_after is None and delay.endswith("s"):
-                try:
-                    retry_after = float(delay[:-1])
-                except ValueError:
-                    pass
+        message = " ".join(upstream_text(err[k]) for k in ("status", "message") if err.get(k)) or message
+        details = err.get("details")
+        for detail in details if isinstance(details, list) else []:
+            delay = detail.get("retryDelay") if isinstance(detail, dict) else None
+            if retry_after is None and isinstance(delay, str) and delay.strip().endswith("s"):
+                retry_after = seconds_value(delay)  # "1e999s" or "nans" is no hint at all
     return error_for_status(provider, status, message, retry_after=retry_after)
+
+
+def _reason(value: Any) -> str | None:
+    """A finishReason / blockReason: an enum name, or nothing (odd types are not a 500)."""
+    return value if isinstance(value, str) and value else None
 
 
 def _bad_response(what: str) -> UpstreamError:
@@ -152,9 +162,9 @@ def parse_response(data: Any, *, keep_all_images: bool) -> ProviderResult:
     candidates = _list(data.get("candidates"), "candidates list")
     feedback = _dict(data.get("promptFeedback"), "promptFeedback")
     if not candidates:
-        reason = feedback.get("blockReason")
+        reason = _reason(feedback.get("blockReason"))
         if reason:
-            detail = feedback.get("blockReasonMessage") or ""
+            detail = upstream_text(feedback.get("blockReasonMessage") or "")
             raise ContentPolicyViolation(
                 f"The prompt was blocked by the upstream safety system ({reason}). {detail}".strip(), param="prompt"
             )
@@ -172,9 +182,9 @@ def parse_response(data: Any, *, keep_all_images: bool) -> ProviderResult:
         elif isinstance(part.get("text"), str):
             texts.append(part["text"])
     text = "\n".join(t for t in texts if t.strip()) or None
-    reason = candidate.get("finishReason")
+    reason = _reason(candidate.get("finishReason"))
     if not images:
-        message = candidate.get("finishMessage") or text or ""
+        message = upstream_text(candidate.get("finishMessage") or text or "")
         if reason in SAFETY_REASONS:
             raise ContentPolicyViolation(
                 f"The upstream safety system stopped the image ({reason}). {message}".strip(), param="prompt"

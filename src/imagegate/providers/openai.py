@@ -12,8 +12,18 @@ from typing import Any
 
 from ..errors import ContentPolicyViolation, ImagegateError, UpstreamError
 from ..imaging import MIME_BY_FORMAT, ImageBytes, decode_b64_image, sniff_format
-from .base import HttpProvider, ProviderImage, ProviderRequest, ProviderResult, TokenSplit, sent_field, token_count
-from .upstream import error_for_status, parse_json, retry_after_seconds, send
+from .base import (
+    HttpProvider,
+    ProviderImage,
+    ProviderRequest,
+    ProviderResult,
+    TokenSplit,
+    binding_targets,
+    merge_passthrough,
+    sent_field,
+    token_count,
+)
+from .upstream import error_for_status, parse_json, retry_after_seconds, send, upstream_text
 
 POLICY_CODES = frozenset({"content_policy_violation", "moderation_blocked"})
 
@@ -48,7 +58,7 @@ def build_fields(request: ProviderRequest) -> dict[str, Any]:
         name = sent_field(request.binding, param, undeclared=param)
         if name is not None:  # emulated options are the gateway's business, not the upstream's
             fields[name] = value
-    fields.update(request.extra)
+    merge_passthrough(fields, request.extra, reserved=binding_targets(request.binding), fold=form_field)
     return fields
 
 
@@ -58,6 +68,11 @@ def token_split(details: Any) -> TokenSplit | None:
         return None
     return TokenSplit(text_tokens=token_count(details.get("text_tokens")),
                       image_tokens=token_count(details.get("image_tokens")))
+
+
+def form_field(key: str) -> str:
+    """Edits go as multipart, where `image[]` and `image` are the same field."""
+    return key.removesuffix("[]")
 
 
 def _form_pairs(key: str, value: Any) -> list[tuple[str, str]]:
@@ -77,9 +92,10 @@ def _form_pairs(key: str, value: Any) -> list[tuple[str, str]]:
 def _error(provider: str, status: int, data: Any, retry_after: float | None) -> ImagegateError:
     err = data.get("error") if isinstance(data, dict) else None
     if isinstance(err, dict):
-        message = str(err.get("message") or f"HTTP {status}")
-        if err.get("code") in POLICY_CODES:
-            return ContentPolicyViolation(f"{provider}: {message}", param=err.get("param") or "prompt")
+        message = upstream_text(err.get("message") or f"HTTP {status}")
+        if isinstance(err.get("code"), str) and err["code"] in POLICY_CODES:
+            param = err.get("param")
+            return ContentPolicyViolation(f"{provider}: {message}", param=param if isinstance(param, str) else "prompt")
     else:
         message = f"HTTP {status}"
     return error_for_status(provider, status, message, retry_after=retry_after)
@@ -134,7 +150,7 @@ class OpenAIProvider(HttpProvider):
             if not isinstance(item, dict):
                 raise UpstreamError(f"{self.provider_id} sent a malformed image entry.", code="upstream_bad_response")
             image = await self._image_bytes(item)
-            text = str(item["revised_prompt"]) if item.get("revised_prompt") else None
+            text = upstream_text(item["revised_prompt"], 4000) if item.get("revised_prompt") else None
             images.append(ProviderImage(image.blob, image.mime_type, text))
             if text:
                 texts.append(text)

@@ -27,9 +27,17 @@ from typing import Any, ClassVar
 
 from ..errors import ContentPolicyViolation, ImagegateError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from ..imaging import MIME_BY_FORMAT, ImageBytes, decode_b64_image, sniff_format
-from .base import HttpProvider, ProviderImage, ProviderRequest, ProviderResult, sent_field
+from .base import (
+    HttpProvider,
+    ProviderImage,
+    ProviderRequest,
+    ProviderResult,
+    binding_targets,
+    merge_passthrough,
+    sent_field,
+)
 from .gemini import MASK_NOTE
-from .upstream import UpstreamResponse, error_for_status, parse_json, retry_after_seconds, send
+from .upstream import UpstreamResponse, error_for_status, parse_json, retry_after_seconds, send, upstream_text
 
 PROVIDER = "replicate"
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "canceled", "aborted"})
@@ -110,7 +118,8 @@ def build_input(request: ProviderRequest) -> dict[str, Any]:
             body[param] = value
         elif (name := input_field(request, param)) is not None:
             body[name] = value
-    body.update(request.extra)
+    reserved = [*binding_targets(request.binding, prefix="input."), *((f,) for f in DEFAULT_FIELDS.values())]
+    merge_passthrough(body, request.extra, reserved=reserved)
     return body
 
 
@@ -140,7 +149,7 @@ def problem_message(body: bytes, status: int) -> str:
     """The text of an RFC 7807 error (`title`, `detail`), or of a bare `{"detail": ...}`."""
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         data = None
     parts: list[str] = []
     if isinstance(data, dict):
@@ -150,7 +159,7 @@ def problem_message(body: bytes, status: int) -> str:
         if isinstance(detail, str) and detail:
             parts.append(detail.strip())
         elif detail:
-            parts.append(json.dumps(detail)[:500])
+            parts.append(upstream_text(detail))
     return ": ".join(parts) or f"HTTP {status}"
 
 
@@ -179,7 +188,7 @@ def failure_error(prediction: dict[str, Any]) -> ImagegateError:
     """A failed or canceled prediction as our error; capacity first, since a fallback may help."""
     status = prediction.get("status")
     error = prediction.get("error")
-    message = str(error).strip() if error else "no error message"
+    message = upstream_text(error).strip() if error else "no error message"
     if status in ("canceled", "aborted"):
         return UpstreamError(f"The {PROVIDER} prediction was {status}: {message}",
                              code="upstream_prediction_canceled")

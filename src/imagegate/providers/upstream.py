@@ -62,25 +62,47 @@ async def send(
             return UpstreamResponse(response.status_code, response.headers, b"".join(chunks))
     except httpx.HTTPError as exc:
         raise transport_error(provider, exc) from exc
+    except (httpx.InvalidURL, UnicodeError) as exc:  # a URL the upstream handed us (poll, download) is garbage
+        raise UpstreamError(f"{provider} sent a URL that cannot be requested.", code="upstream_bad_response") from exc
 
 
 def parse_json(provider: str, body: bytes) -> Any:
     try:
         return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested too deeply
         raise UpstreamError(f"{provider} sent a response that is not valid JSON.",
                             code="upstream_bad_response") from exc
 
 
-def retry_after_seconds(headers: httpx.Headers) -> float | None:
-    value = headers.get("retry-after")
-    if value is None:
-        return None
+def upstream_text(value: Any, limit: int = 500) -> str:
+    """Text for an error message from whatever an upstream put in a message field: a string as it
+    is, anything else as (bounded) JSON, never an exception of its own (deep nesting, odd types)."""
+    if isinstance(value, str):
+        return value[:limit]
     try:
-        seconds = float(value)
-    except ValueError:
+        return json.dumps(value)[:limit]
+    except (ValueError, TypeError, RecursionError):
+        return "(unreadable)"
+
+
+def seconds_value(value: Any) -> float | None:
+    """A delay an upstream gave (a number, or a string such as "30" or Google's "30s"), or None
+    when it is missing, garbled, negative or not finite (1e999, nan): never worth a 500 or a sleep."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        return None
+    text = value.strip().removesuffix("s") if isinstance(value, str) else value
+    try:
+        seconds = float(text)
+    except (ValueError, OverflowError):
         return None
     return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+def retry_after_seconds(headers: httpx.Headers) -> float | None:
+    value = headers.get("retry-after")
+    if value is None or value.strip().endswith("s"):
+        return None
+    return seconds_value(value)
 
 
 def error_for_status(
