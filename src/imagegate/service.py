@@ -283,7 +283,7 @@ class ImageService:
                 blob, fmt = imaging.convert(blob, target, compression)
                 # Make the form the response needs here, off the event loop, and keep only that one.
                 if hosted:
-                    blob.data  # noqa: B018 - decode now, inside the error mapping
+                    blob = imaging.ImageBytes(blob.data)  # decoded now, inside the error mapping
                 else:
                     blob = imaging.ImageBytes(b64=blob.b64)
             except (binascii.Error, OSError, SyntaxError, ValueError) as exc:
