@@ -156,12 +156,12 @@ class ImageService:
         try:
             response_format = params.get("response_format", "url")
             hosted = response_format == "url" and not params.get("sync_mode")
-            outputs = await self._finish_images(delivered, params, images, mask, hosted,
-                                                deadline=started + self.settings.request_timeout_seconds)
-            # The upstream's copies (base64 text of megabytes each) are not needed once converted.
-            delivered.clear()
+            # The upstream's images (base64 text of megabytes each) are held by `delivered` alone from
+            # here, which _finish_images consumes: each is freed once converted, not when all are.
             for item in served:
                 item.result.images.clear()
+            outputs = await self._finish_images(delivered, params, images, mask, hosted,
+                                                deadline=started + self.settings.request_timeout_seconds)
             adjustments += _dimension_adjustments(layout, outputs)
             compression = params.get("output_compression")
             if compression is not None and outputs[0].format in imaging.LOSSLESS:
@@ -270,7 +270,8 @@ class ImageService:
     ) -> list[OutputImage]:
         """Composite, convert and measure each image in the conversion pool (each job reserves its
         estimated peak memory first). Hosted images are fully decoded here, so a broken upstream
-        image fails as the upstream's fault."""
+        image fails as the upstream's fault. Empties `delivered`, so that each upstream image is
+        released as soon as its own job is done."""
         target = params.get("output_format")
         compression = params.get("output_compression")
 
@@ -305,7 +306,9 @@ class ImageService:
             return await self.conversions.run(estimate, finish, route, image, composite, width, height,
                                               deadline=deadline)
 
-        return list(await asyncio.gather(*(one(r, img) for r, img in delivered)))
+        jobs = [one(r, img) for r, img in delivered]
+        delivered.clear()
+        return list(await asyncio.gather(*jobs))
 
     async def _host(self, image: OutputImage, base_url: str) -> OutputImage:
         # The store raises StorageFull (503) when the result cannot be kept; it leaves no file behind.
