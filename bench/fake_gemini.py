@@ -124,11 +124,14 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--api-key", required=True)
+    parser.add_argument("--side", type=int, default=PNG_SIDE, help="pixel side of the PNG (4096: a 4K image)")
+    parser.add_argument("--png", help="serve this PNG file instead of generating one")
     args = parser.parse_args()
 
     import uvicorn
 
-    body = response_body(make_png())
+    png = open(args.png, "rb").read() if args.png else make_png(args.side)
+    body = response_body(png)
     uvicorn.run(make_app(args.api_key, body), host=args.host, port=args.port, log_level="warning",
                 access_log=False, lifespan="on", ws="none")
 

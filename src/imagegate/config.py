@@ -109,6 +109,16 @@ class Settings(BaseSettings):
     default_response_format: str = "both"  # IMAGEGATE_DEFAULT_RESPONSE_FORMAT
     trusted_proxies: str = ""  # IMAGEGATE_TRUSTED_PROXIES
     cors_origins: str = ""  # IMAGEGATE_CORS_ORIGINS
+    # Bounds on what results and conversions may take (see conversion.py and storage.py).
+    # Image decoding/encoding: this many threads, and this much estimated peak memory at once
+    # (None: 1.5 GiB or a quarter of physical memory; 0: no memory budget); a job that cannot start
+    # within the wait (or the request's deadline) is a 503 conversion_busy.
+    conversion_workers: int | None = Field(default=None, ge=1)  # None: os.cpu_count()
+    conversion_memory_bytes: int | None = Field(default=None, ge=0)
+    conversion_max_wait_seconds: float = Field(default=60.0, ge=0)
+    # Hosted results: at most this many bytes on disk, evicting expired then oldest results
+    # (None: half the data dir's free space at start, at most 50 GiB; 0: no budget).
+    results_max_bytes: int | None = Field(default=None, ge=0)
 
     # The local engine (pip install -e '.[local]'): a diffusers directory or a hub id, served as
     # model `local/<last path component>`; device and dtype "auto" pick CUDA, MPS, then CPU.

@@ -6,9 +6,10 @@ blocking call to a worker thread. PostgreSQL can replace it behind the same smal
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -33,6 +34,22 @@ CREATE TABLE IF NOT EXISTS results (
     expires_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS results_expiry ON results (expires_at);
+-- The result store's size budget (storage.py): the total of results.size kept by triggers, so a
+-- put reads one row instead of summing the table, and space claimed by writes in progress.
+CREATE INDEX IF NOT EXISTS results_age ON results (created_at);
+CREATE TABLE IF NOT EXISTS results_total (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    bytes INTEGER NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS results_total_insert AFTER INSERT ON results
+    BEGIN UPDATE results_total SET bytes = bytes + NEW.size; END;
+CREATE TRIGGER IF NOT EXISTS results_total_delete AFTER DELETE ON results
+    BEGIN UPDATE results_total SET bytes = bytes - OLD.size; END;
+CREATE TABLE IF NOT EXISTS result_reservations (
+    id TEXT PRIMARY KEY,
+    bytes INTEGER NOT NULL,
+    expires_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS idempotency (
     scope TEXT PRIMARY KEY,
     state TEXT NOT NULL,
@@ -72,6 +89,7 @@ ADDED_COLUMNS: list[tuple[str, str, str]] = [
     # The client's own x-request-id; `request_id` is always the gateway's, unique per request.
     ("usage", "client_request_id", "TEXT"),
     ("usage", "safety_identifier", "TEXT"),  # OpenAI's end-user safety id, recorded like `user`
+    ("results", "size", "INTEGER NOT NULL DEFAULT 0"),  # bytes of the file, for the store's budget
 ]
 
 
@@ -100,6 +118,20 @@ class Database:
         with self._lock:
             cursor = self._conn.execute(sql, params)
             return cursor.fetchall()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """Statements that read and change the database as one step, for every process sharing
+        it (BEGIN IMMEDIATE takes the write lock first); rolled back on any error."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+                self._conn.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         return await anyio.to_thread.run_sync(fn, *args)

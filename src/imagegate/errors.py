@@ -11,9 +11,12 @@
     ├── AuthenticationFailed            401 authentication_error
     ├── NotFound                        404 not_found_error
     │   └── ModelNotFound               404 (code: model_not_found)
-    └── UpstreamError                   502 upstream_error
-        ├── UpstreamUnavailable         503 (rate limited or overloaded upstream)
-        └── UpstreamTimeout             504
+    ├── UpstreamError                   502 upstream_error
+    │   ├── UpstreamUnavailable         503 (rate limited or overloaded upstream)
+    │   └── UpstreamTimeout             504
+    └── ServiceUnavailable              503 server_error (the gateway's own resources; Retry-After)
+        ├── ConversionBusy              503 (code: conversion_busy)
+        └── StorageFull                 503 (code: storage_full)
 
 Providers raise only these; the HTTP layer renders them with `to_openai_json()`.
 """
@@ -139,3 +142,18 @@ class ConfigurationError(ImagegateError):
     model or provider): found at startup, never in answer to a request."""
 
     default_code = "configuration_error"
+
+
+class ServiceUnavailable(ImagegateError):
+    """The gateway itself is out of a resource for now (not the client's fault, not the upstream's)."""
+
+    status_code = 503
+    default_code = "service_unavailable"
+
+
+class ConversionBusy(ServiceUnavailable):
+    default_code = "conversion_busy"
+
+
+class StorageFull(ServiceUnavailable):
+    default_code = "storage_full"

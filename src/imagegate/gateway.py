@@ -101,7 +101,8 @@ class Gateway:
         local = build_local_provider(settings, sources, checkpoints) if sources else None
         self.db = Database(settings.database_path)
         self.keys = KeyStore(self.db, settings.static_keys)
-        self.store = LocalResultStore(self.db, settings.data_dir / "results", settings.result_ttl_seconds)
+        self.store = LocalResultStore(self.db, settings.data_dir / "results", settings.result_ttl_seconds,
+                                      max_bytes=settings.results_max_bytes)
         self.usage = UsageLog(self.db)
         self.idempotency = IdempotencyStore(self.db, settings.idempotency_ttl_seconds)
         # One pooled client for all upstream traffic; per-call timeouts are set by each request.

@@ -54,6 +54,14 @@ class ImageBytes:
             self._data = binascii.a2b_base64(self._b64, strict_mode=True)
         return self._data
 
+    def read(self) -> bytes:
+        """The bytes, without keeping a decoded copy beside the base64 (for a one-off read, such
+        as decoding for conversion: a 4K PNG is ~30 MB in each form)."""
+        if self._data is not None:
+            return self._data
+        assert self._b64 is not None
+        return binascii.a2b_base64(self._b64, strict_mode=True)
+
     @property
     def b64(self) -> str:
         if self._b64 is None:
@@ -175,6 +183,12 @@ def encode(img: Image.Image, fmt: str, compression: int | None) -> bytes:
     return out.getvalue()
 
 
+def needs_reencode(current: str | None, target: str | None, compression: int | None) -> bool:
+    """Whether `convert` decodes and re-encodes an image now in format `current` (None: unknown)."""
+    target = target or current
+    return current is None or target != current or (compression is not None and target not in LOSSLESS)
+
+
 def convert(blob: ImageBytes, target: str | None, compression: int | None) -> tuple[ImageBytes, str]:
     """Return (image, format). Re-encodes only when the format differs from `target`, or when a
     compression level was asked for on a lossy format (that is a real request to re-encode)."""
@@ -182,12 +196,12 @@ def convert(blob: ImageBytes, target: str | None, compression: int | None) -> tu
     if current is None:
         with Image.open(io.BytesIO(blob.data)) as img:
             current = (img.format or "png").lower()
-    target = target or current  # no format asked for: keep the upstream's
-    if target == current and (compression is None or target in LOSSLESS):
+    if not needs_reencode(current, target, compression):
         return blob, current
+    target = target or current  # no format asked for: keep the upstream's
     if target not in _PIL_NAMES:
         raise InvalidRequest(f"Unsupported output_format {target!r}.", param="output_format")
-    with Image.open(io.BytesIO(blob.data)) as img:
+    with Image.open(io.BytesIO(blob.read())) as img:
         img.load()
         return ImageBytes(encode(img, target, compression)), target
 

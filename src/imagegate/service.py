@@ -19,17 +19,18 @@ import httpx
 from . import imaging
 from .catalog import Mode, ModelEntry
 from .config import Settings
+from .conversion import ConversionPool, decode_estimate, encode_estimate
 from .dispatch import CallPlan, Dispatcher, Served
 from .errors import ImagegateError, InvalidRequest, UpstreamError, UpstreamUnavailable
 from .fetch import fetch_image_url
 from .normalize import Adjustment, Layout, resolve_layout
 from .params import NormalizedParams, normalize_params, provider_view, refused_everywhere
-from .pricing import Charge, total_cost
+from .pricing import Charge, Cost, total_cost
 from .providers import InputImage, ProviderImage, TokenSplit
 from .resilience import is_capacity, is_upstream_failure
 from .router import Route, Router
 from .storage import ResultStore
-from .usage import UsageRecord, UsageSink
+from .usage import UsageRecord, UsageSink, record_after_failure
 
 # Upstream images are decoded for conversion; 4K outputs are ~17 MP, so this only stops bombs.
 MAX_UPSTREAM_PIXELS = 100_000_000
@@ -120,9 +121,11 @@ class ImageService:
         self.client = client
         self.default_model = default_model or next(iter(router.catalog)).id
         self.dispatcher = Dispatcher(settings, router.breaker)
+        self.conversions = ConversionPool.from_settings(settings)
 
     async def create(self, job: ImageJob, *, fallback_from: str | None = None,
                      carried: list[Adjustment] | None = None) -> ImagesOutcome:
+        started = asyncio.get_running_loop().time()
         # 1. The model, and every field checked against it. `model_id` is what the client sent (an
         #    alias stays an alias in every report); `model` is the entry it resolves to.
         model_id = str(job.params.get("model") or self.default_model)
@@ -155,28 +158,39 @@ class ImageService:
         served_by = dict.fromkeys(item.route.provider_id for item in served)
         adjustments = list(layout.adjustments) + _unique(a for p in served_by for a in views[p].ignored)
         adjustments += _count_adjustments(n, len(delivered), len(errors))
-        # 5. Output pipeline.
-        # Left out: the operator's default, `both` unless set, so that clients reading only
-        # b64_json (gpt-image style) and those reading only url (DALL-E style) both work.
-        response_format = params.get("response_format", self.settings.default_response_format)
-        hosted = response_format in ("url", "both") and not params.get("sync_mode")
-        outputs = await self._finish_images(delivered, params, images, mask, hosted,
-                                            inline=response_format != "url")
-        adjustments += _dimension_adjustments(layout, outputs)
-        compression = params.get("output_compression")
-        if compression is not None and outputs[0].format in imaging.LOSSLESS:
-            adjustments.append(Adjustment("output_compression", str(compression),
-                                          f"ignored ({outputs[0].format} is lossless)"))
-        if hosted:
-            base = job.public_base_url or self.settings.base_public_url
-            outputs = [await self._host(o, base) for o in outputs]
-        elif response_format in ("url", "both"):  # sync_mode: the media comes back inline, as a data URI
-            outputs = [dataclasses.replace(o, url=f"data:{o.mime_type};base64,{o.blob.b64}") for o in outputs]
-        if fallback_from is not None:
-            adjustments[:0] = [Adjustment("model", fallback_from, f"{model_id} (allow_fallback_model)"),
-                               *(carried or [])]
-        outcome = self._outcome(model_id, served, views, layout, outputs, params, response_format, adjustments,
-                                input_images=len(images))
+        # 5. Output pipeline. The upstream is paid for from here on: whatever fails below (no room
+        #    to convert or store, a client gone), the usage row is written before the error leaves.
+        made = len(delivered)
+        cost = self._cost(served, views, layout, input_images=len(images))
+        try:
+            # Left out: the operator's default, `both` unless set, so that clients reading only
+            # b64_json (gpt-image style) and those reading only url (DALL-E style) both work.
+            response_format = params.get("response_format", self.settings.default_response_format)
+            hosted = response_format in ("url", "both") and not params.get("sync_mode")
+            # The upstream's images (base64 text of megabytes each) are held by `delivered` alone from
+            # here, which _finish_images consumes: each is freed once converted, not when all are.
+            for item in served:
+                item.result.images.clear()
+            outputs = await self._finish_images(delivered, params, images, mask, hosted,
+                                                inline=response_format != "url",
+                                                deadline=started + self.settings.request_timeout_seconds)
+            adjustments += _dimension_adjustments(layout, outputs)
+            compression = params.get("output_compression")
+            if compression is not None and outputs[0].format in imaging.LOSSLESS:
+                adjustments.append(Adjustment("output_compression", str(compression),
+                                              f"ignored ({outputs[0].format} is lossless)"))
+            if hosted:
+                base = job.public_base_url or self.settings.base_public_url
+                outputs = [await self._host(o, base) for o in outputs]
+            elif response_format in ("url", "both"):  # sync_mode: the media comes back inline, as a data URI
+                outputs = [dataclasses.replace(o, url=f"data:{o.mime_type};base64,{o.blob.b64}") for o in outputs]
+            if fallback_from is not None:
+                adjustments[:0] = [Adjustment("model", fallback_from, f"{model_id} (allow_fallback_model)"),
+                                   *(carried or [])]
+            outcome = self._outcome(model_id, served, layout, outputs, params, response_format, adjustments, cost)
+        except BaseException:
+            record_after_failure(self.usage, self._paid_record(job, model_id, served, made, cost, params))
+            raise
         await anyio.to_thread.run_sync(self.usage.record, self._usage_record(job, outcome, params))
         return outcome
 
@@ -256,62 +270,82 @@ class ImageService:
             raise InvalidRequest(f"'{param}' is larger than {s.max_image_bytes} bytes.", param=param,
                                  code="payload_too_large")
         data = source
-        fmt, width, height = await anyio.to_thread.run_sync(
-            lambda: imaging.check_image(data, param=param, allowed=allowed, max_pixels=s.max_image_pixels)
+        fmt, width, height = await self.conversions.run(
+            _check_estimate(data, s.max_image_pixels),
+            lambda: imaging.check_image(data, param=param, allowed=allowed, max_pixels=s.max_image_pixels),
         )
         return InputImage(data, imaging.MIME_BY_FORMAT[fmt], width, height)
 
     async def _finish_images(
         self, delivered: list[tuple[Route, ProviderImage]], params: NormalizedParams, images: list[InputImage],
-        mask: InputImage | None, hosted: bool, inline: bool,
+        mask: InputImage | None, hosted: bool, inline: bool, deadline: float | None = None,
     ) -> list[OutputImage]:
-        """Composite, convert and measure each image in a worker thread. Hosted images are fully
-        decoded here, so a broken upstream image fails as the upstream's fault; `inline` ones
-        (b64_json, both, sync_mode) get their base64 made here too."""
+        """Composite, convert and measure each image in the conversion pool (each job reserves its
+        estimated peak memory first). Hosted images are fully decoded here, so a broken upstream
+        image fails as the upstream's fault; `inline` ones (b64_json, both, sync_mode) get their
+        base64 made here too. Empties `delivered`, so that each upstream image is released as soon
+        as its own job is done."""
         target = params.get("output_format")
         compression = params.get("output_compression")
 
-        def finish(route: Route, image: ProviderImage) -> OutputImage:
-            handling = route.binding.handling("mask")
-            composite = mask is not None and handling is not None and handling.handling == "emulated"
+        def finish(route: Route, image: ProviderImage, composite: bool, width: int, height: int) -> OutputImage:
             blob = image.blob
             try:
-                # Compositing and converting keep the pixel size, so this one probe measures the result.
-                width, height = _check_upstream_image(blob, MAX_UPSTREAM_PIXELS)
                 if composite:
                     assert mask is not None
-                    blob = imaging.ImageBytes(imaging.composite_masked_edit(images[0].data, blob.data, mask.data))
+                    blob = imaging.ImageBytes(imaging.composite_masked_edit(images[0].data, blob.read(), mask.data))
                 blob, fmt = imaging.convert(blob, target, compression)
-                # Make the form the response needs here, off the event loop.
+                # Make the form the response needs here, off the event loop, and keep only that one.
                 if hosted:
-                    blob.data  # noqa: B018 - decode now, inside the error mapping
-                if inline or not hosted:
-                    blob.b64  # noqa: B018
+                    blob = imaging.ImageBytes(blob.data)  # decoded now, inside the error mapping
+                    if inline:
+                        blob.b64  # noqa: B018 - both forms: the answer carries url and b64_json
+                else:
+                    blob = imaging.ImageBytes(b64=blob.b64)
             except (binascii.Error, OSError, SyntaxError, ValueError) as exc:
-                # Only the head was checked on arrival; the rest of the upstream's image is broken.
-                raise UpstreamError("The upstream sent an image that cannot be decoded.",
-                                    code="upstream_bad_response") from exc
+                raise _undecodable() from exc
             return OutputImage(blob, fmt, width, height, image.revised_prompt)
 
-        return list(await asyncio.gather(*(anyio.to_thread.run_sync(finish, r, img) for r, img in delivered)))
+        async def one(route: Route, image: ProviderImage) -> OutputImage:
+            handling = route.binding.handling("mask")
+            composite = mask is not None and handling is not None and handling.handling == "emulated"
+            try:
+                # Compositing and converting keep the pixel size, so this one probe measures the result.
+                current, width, height = _check_upstream_image(image.blob, MAX_UPSTREAM_PIXELS)
+            except (binascii.Error, OSError, SyntaxError, ValueError) as exc:
+                # Only the head was checked on arrival; the rest of the upstream's image is broken.
+                raise _undecodable() from exc
+            estimate = 0  # passing the image through decodes no pixels
+            if composite or imaging.needs_reencode(current, target, compression):
+                estimate = encode_estimate(width, height, target or current, composite=composite)
+            return await self.conversions.run(estimate, finish, route, image, composite, width, height,
+                                              deadline=deadline)
+
+        jobs = [one(r, img) for r, img in delivered]
+        delivered.clear()
+        return list(await asyncio.gather(*jobs))
 
     async def _host(self, image: OutputImage, base_url: str) -> OutputImage:
+        # The store raises StorageFull (503) when the result cannot be kept; it leaves no file behind.
         name = await anyio.to_thread.run_sync(lambda: self.store.put(image.data, image.mime_type))
         url = f"{base_url}/v1/results/{name}"
         return dataclasses.replace(image, url=url)
 
-    def _outcome(
-        self, model_id: str, served: list[Served], views: dict[str, NormalizedParams], layout: Layout,
-        outputs: list[OutputImage], params: NormalizedParams, response_format: str, adjustments: list[Adjustment],
-        input_images: int,
-    ) -> ImagesOutcome:
-        providers = ",".join(dict.fromkeys(item.route.provider_id for item in served))
-        # Each served call at its own provider's price: failover can split a request between two.
-        cost = total_cost(
+    @staticmethod
+    def _cost(served: list[Served], views: dict[str, NormalizedParams], layout: Layout, input_images: int) -> Cost:
+        """Each served call at its own provider's price (failover can split a request between two),
+        for what the upstream made: counted before the output pipeline releases the images."""
+        return total_cost(
             Charge(item.route.model.binding_price(item.route.provider_id), layout.resolution,
                    len(item.result.images), input_images, views[item.route.provider_id].options)
             for item in served
         )
+
+    def _outcome(
+        self, model_id: str, served: list[Served], layout: Layout, outputs: list[OutputImage],
+        params: NormalizedParams, response_format: str, adjustments: list[Adjustment], cost: Cost,
+    ) -> ImagesOutcome:
+        providers = ",".join(dict.fromkeys(item.route.provider_id for item in served))
         return ImagesOutcome(
             created=int(time.time()), model=model_id, provider=providers, layout=layout,
             images=outputs, response_format=response_format, seed=params.get("seed"), adjustments=adjustments,
@@ -320,6 +354,18 @@ class ImageService:
             output_tokens=sum(item.result.output_tokens for item in served),
             input_details=sum((item.result.input_split() for item in served), TokenSplit()),
             output_details=sum((item.result.output_split() for item in served), TokenSplit()),
+        )
+
+    def _paid_record(self, job: ImageJob, model_id: str, served: list[Served], made: int, cost: Cost,
+                     params: NormalizedParams) -> UsageRecord:
+        """The usage of a request that failed after its upstream calls succeeded: what was made."""
+        return UsageRecord(
+            request_id=job.request_id, key_id=job.key_id, user=params.get("user"),
+            safety_identifier=params.get("safety_identifier"), model=model_id,
+            provider=",".join(dict.fromkeys(item.route.provider_id for item in served)), mode=job.mode,
+            images=made, cost=cost.amount, cost_estimated=cost.estimated, client_request_id=job.client_request_id,
+            input_tokens=sum(item.result.input_tokens for item in served),
+            output_tokens=sum(item.result.output_tokens for item in served),
         )
 
     @staticmethod
@@ -345,14 +391,28 @@ def _unique(adjustments: Iterable[Adjustment]) -> list[Adjustment]:
     return list(dict.fromkeys(adjustments))
 
 
-def _check_upstream_image(blob: imaging.ImageBytes, max_pixels: int) -> tuple[int, int]:
+def _check_upstream_image(blob: imaging.ImageBytes, max_pixels: int) -> tuple[str, int, int]:
     """Upstream bytes are decoded for conversion too: the same bomb guard as for uploads.
-    Returns the image's (width, height)."""
-    _, width, height = imaging.probe(blob)
+    Returns the image's (format, width, height)."""
+    fmt, width, height = imaging.probe(blob)
     if width * height > max_pixels:
         raise UpstreamError(f"The upstream sent a {width}x{height} image, over the pixel limit.",
                             code="upstream_response_too_large")
-    return width, height
+    return fmt, width, height
+
+
+def _undecodable() -> UpstreamError:
+    return UpstreamError("The upstream sent an image that cannot be decoded.", code="upstream_bad_response")
+
+
+def _check_estimate(data: bytes, max_pixels: int) -> int:
+    """The memory that checking an upload will take, from its header. Nothing for what the
+    check refuses before decoding (not an image, over the pixel cap)."""
+    try:
+        _, width, height = imaging.probe(imaging.ImageBytes(data))
+    except (OSError, SyntaxError, ValueError):
+        return 0
+    return decode_estimate(width, height) if width * height <= max_pixels else 0
 
 
 def _count_adjustments(n: int, delivered: int, failed_calls: int) -> list[Adjustment]:

@@ -2,18 +2,43 @@
 
 Tokens are 256-bit random, so a URL is unguessable; each result expires after a configurable
 time and is then neither served nor kept. S3-compatible storage can replace this class.
+
+The directory has a size budget (IMAGEGATE_RESULTS_MAX_BYTES): sustained url-format load writes
+hundreds of MB/s, which would fill a disk long before the TTL frees anything. Each put first
+claims its size in one transaction, evicting expired and then the oldest results to make room
+(the running total is kept by triggers, and claims of writes in progress by every worker process
+are rows of `result_reservations`, so the check is a couple of row reads, not a SUM). The file is
+written under a temporary name and renamed when complete; only then is its row inserted. A result
+that cannot be kept (larger than the budget, a full disk) is StorageFull, a 503, with nothing left
+behind.
 """
 
 from __future__ import annotations
 
+import errno
+import logging
+import os
 import secrets
+import shutil
+import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from .db import Database
+from .errors import StorageFull
 from .imaging import FORMAT_BY_MIME
+
+log = logging.getLogger("imagegate")
+GIB = 1024**3
+DEFAULT_SHARE_OF_FREE_SPACE = 0.5
+DEFAULT_MAX_BYTES_CAP = 50 * GIB
+RESERVATION_SECONDS = 120.0  # a claim older than this belongs to a write that died with its process
+EVICTION_BATCH = 64
+FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+RETRY_AFTER_SECONDS = 30.0
+TEMP_SUFFIX = ".tmp"
 
 
 @dataclass(frozen=True)
@@ -32,25 +57,159 @@ class ResultStore(Protocol):
     def purge_expired(self) -> int: ...
 
 
+def default_max_bytes(directory: Path) -> int:
+    """Half the free space of the directory's filesystem now, at most 50 GiB."""
+    return min(int(shutil.disk_usage(directory).free * DEFAULT_SHARE_OF_FREE_SPACE), DEFAULT_MAX_BYTES_CAP)
+
+
+def _write_chunk(fd: int, data: memoryview) -> int:
+    """The one OS write of the store (a seam for tests that fill the disk)."""
+    return os.write(fd, data)
+
+
+def _write_new_file(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[_write_chunk(fd, view):]
+    finally:
+        os.close(fd)
+
+
+def _is_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError):
+        return exc.errno in FULL_ERRNOS
+    return isinstance(exc, sqlite3.OperationalError) and "full" in str(exc)
+
+
+def _storage_full(detail: str) -> StorageFull:
+    return StorageFull(f"The gateway cannot store this result now: {detail}. Try again later, or ask for "
+                       "response_format=b64_json.", retry_after=RETRY_AFTER_SECONDS)
+
+
 class LocalResultStore:
-    def __init__(self, db: Database, directory: Path, ttl_seconds: float) -> None:
+    def __init__(self, db: Database, directory: Path, ttl_seconds: float, max_bytes: int | None = 0) -> None:
+        """`max_bytes`: the size budget; None picks `default_max_bytes`, 0 means no budget."""
         self.db = db
         self.directory = directory
         self.ttl_seconds = ttl_seconds
         directory.mkdir(parents=True, exist_ok=True)
+        self.max_bytes = default_max_bytes(directory) if max_bytes is None else max_bytes
+        # The total starts as the sum of what is stored (rows from before sizes were kept count 0).
+        self.db.execute("INSERT OR IGNORE INTO results_total (id, bytes) "
+                        "SELECT 1, COALESCE(SUM(size), 0) FROM results")
+        self._remove_stale_temp_files()
 
     def put(self, data: bytes, content_type: str) -> str:
         """Store bytes; returns the file name to put in the URL (token plus extension)."""
         ext = FORMAT_BY_MIME.get(content_type, "bin")
         name = f"{secrets.token_urlsafe(32)}.{ext}"
         path = self.directory / name
-        path.write_bytes(data)
+        size = len(data)
+        claim = self._claim(size)
+        temp = self.directory / f".{name}{TEMP_SUFFIX}"  # never a token: tokens do not start with "."
+        try:
+            _write_new_file(temp, data)
+            os.replace(temp, path)
+        except OSError as exc:
+            temp.unlink(missing_ok=True)
+            self._release(claim)
+            if _is_full(exc):
+                log.error("result store: the disk is full (%s); answering 503 storage_full", exc)
+                raise _storage_full("the disk is full") from exc
+            raise
         now = time.time()
-        self.db.execute(
-            "INSERT INTO results (token, path, content_type, created_at, expires_at) VALUES (?, ?, ?, ?, ?)",
-            (name, str(path), content_type, now, now + self.ttl_seconds),
-        )
+        try:
+            with self.db.transaction() as conn:
+                conn.execute(
+                    "INSERT INTO results (token, path, content_type, created_at, expires_at, size) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (name, str(path), content_type, now, now + self.ttl_seconds, size),
+                )
+                if claim is not None:
+                    conn.execute("DELETE FROM result_reservations WHERE id = ?", (claim,))
+        except sqlite3.Error as exc:
+            path.unlink(missing_ok=True)
+            self._release(claim)
+            if _is_full(exc):
+                raise _storage_full("the database's disk is full") from exc
+            raise
         return name
+
+    def _claim(self, size: int) -> str | None:
+        """Room for `size` more bytes under the budget, evicting to make it; None with no budget."""
+        if not self.max_bytes:
+            return None
+        if size > self.max_bytes:
+            raise _storage_full(f"the result ({size} bytes) is larger than the store's budget "
+                                f"(IMAGEGATE_RESULTS_MAX_BYTES={self.max_bytes})")
+        claim = secrets.token_hex(8)
+        now = time.time()
+        try:
+            with self.db.transaction() as conn:
+                conn.execute("DELETE FROM result_reservations WHERE expires_at <= ?", (now,))
+                evicted = self._make_room(conn, size, now)
+                conn.execute("INSERT INTO result_reservations (id, bytes, expires_at) VALUES (?, ?, ?)",
+                             (claim, size, now + RESERVATION_SECONDS))
+        except sqlite3.Error as exc:
+            if _is_full(exc):
+                raise _storage_full("the database's disk is full") from exc
+            raise
+        for path in evicted:  # after the commit: a rolled-back eviction must not lose files
+            Path(path).unlink(missing_ok=True)
+        return claim
+
+    def _make_room(self, conn: sqlite3.Connection, size: int, now: float) -> list[str]:
+        """Delete expired, then oldest, rows until `size` fits; returns their paths. StorageFull if
+        even an empty store has no room (the rest is claimed by writes in progress)."""
+        evicted: list[str] = []
+        excess = self._used(conn) + size - self.max_bytes
+        if excess <= 0:
+            return evicted
+        for path, freed in conn.execute("DELETE FROM results WHERE expires_at <= ? RETURNING path, size", (now,)):
+            evicted.append(path)
+            excess -= freed
+        while excess > 0:
+            oldest = conn.execute("SELECT token, path, size FROM results ORDER BY created_at LIMIT ?",
+                                  (EVICTION_BATCH,)).fetchall()
+            if not oldest:
+                raise _storage_full("the store's budget is taken by results being written")
+            for token, path, freed in oldest:
+                conn.execute("DELETE FROM results WHERE token = ?", (token,))
+                evicted.append(path)
+                excess -= freed
+                if excess <= 0:
+                    break
+        return evicted
+
+    @staticmethod
+    def _used(conn: sqlite3.Connection) -> int:
+        stored = conn.execute("SELECT bytes FROM results_total WHERE id = 1").fetchone()
+        claimed = conn.execute("SELECT COALESCE(SUM(bytes), 0) FROM result_reservations").fetchone()
+        return int(stored[0] if stored else 0) + int(claimed[0])
+
+    def _release(self, claim: str | None) -> None:
+        if claim is None:
+            return
+        try:
+            self.db.execute("DELETE FROM result_reservations WHERE id = ?", (claim,))
+        except sqlite3.Error:
+            log.warning("result store: could not release a space claim; it expires in %.0f s", RESERVATION_SECONDS)
+
+    def stored_bytes(self) -> int:
+        rows = self.db.execute("SELECT bytes FROM results_total WHERE id = 1")
+        return int(rows[0][0]) if rows else 0
+
+    def _remove_stale_temp_files(self) -> None:
+        """Temporary files of writes that died with their process (not those of other workers)."""
+        cutoff = time.time() - RESERVATION_SECONDS
+        for temp in self.directory.glob(f".*{TEMP_SUFFIX}"):
+            try:
+                if temp.stat().st_mtime < cutoff:
+                    temp.unlink()
+            except OSError:
+                pass
 
     def get(self, name: str) -> StoredResult | None:
         rows = self.db.execute(
