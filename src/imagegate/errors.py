@@ -5,10 +5,12 @@
     │   ├── UnsupportedParameter        400 (code: unsupported_parameter)
     │   ├── InvalidImage                400 (code: invalid_image)
     │   ├── ContentPolicyViolation      400 (code: content_policy_violation)
-    │   └── PayloadTooLarge             413 (code: payload_too_large)
+    │   ├── PayloadTooLarge             413 (code: payload_too_large)
+    │   └── RequestTimeout              408 (the client did not send its request in time)
     ├── AuthenticationFailed            401 authentication_error
     ├── NotFound                        404 not_found_error
     │   └── ModelNotFound               404 (code: model_not_found)
+    ├── ServerBusy                      503 (code: too_many_connections)
     └── UpstreamError                   502 upstream_error
         ├── UpstreamUnavailable         503 (rate limited or overloaded upstream)
         └── UpstreamTimeout             504
@@ -25,6 +27,7 @@ class ImagegateError(Exception):
     status_code: int = 500
     error_type: str = "server_error"
     default_code: str | None = "internal_error"
+    upstream_status: int | None = None  # the upstream's HTTP status, when an upstream answered with an error
 
     def __init__(
         self,
@@ -110,3 +113,16 @@ class UpstreamUnavailable(UpstreamError):
 class UpstreamTimeout(UpstreamError):
     status_code = 504
     default_code = "upstream_timeout"
+
+
+# --- connection-level refusals, written by server/serving.py before any request is parsed ---------
+
+
+class RequestTimeout(InvalidRequest):
+    status_code = 408
+    default_code = "request_timeout"
+
+
+class ServerBusy(ImagegateError):
+    status_code = 503
+    default_code = "too_many_connections"

@@ -12,6 +12,7 @@ import secrets
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import PayloadTooLarge
+from ..logs import request_id_var
 
 
 class RequestIdMiddleware:
@@ -25,6 +26,7 @@ class RequestIdMiddleware:
         incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
         request_id = incoming if 0 < len(incoming) <= 128 else "req_" + secrets.token_hex(12)
         scope.setdefault("state", {})["request_id"] = request_id
+        request_id_var.set(request_id)  # for log lines far from the HTTP layer (imagegate.logs)
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
