@@ -69,6 +69,20 @@ def test_idle_timeout_closes_a_stalled_body_but_not_a_slow_upstream(
     assert result.data
 
 
+def test_a_trickled_body_is_closed_though_never_idle(gateway_factory: Any, caplog: Any) -> None:
+    """A byte every 0.1 s is never idle for 1 s, but at 10 bytes/s a body gets one header timeout
+    plus its size at IMAGEGATE_MIN_BODY_BYTES_PER_SECOND (1024 by default)."""
+    gateway = gateway_factory(idle_timeout_seconds=1, header_timeout_seconds=1)
+    caplog.set_level("INFO")
+    with socket.create_connection(address(gateway.url), timeout=10) as sock:
+        sock.sendall(HEAD + b"content-length: 100000\r\n\r\n" + b'{"prompt": "')
+        started = time.monotonic()
+        answer, closed = drip_until_closed(sock, b"a", every_s=0.1, timeout_s=8)
+        elapsed = time.monotonic() - started
+    assert closed and elapsed < 5
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
 def test_idle_keep_alive_connection_is_closed(gateway_factory: Any, fake_gemini: FakeGemini) -> None:
     gateway = gateway_factory(idle_timeout_seconds=0.5)
     with socket.create_connection(address(gateway.url), timeout=10) as sock:

@@ -6,10 +6,12 @@ holds a file descriptor. Once descriptors run out, `accept()` fails with EMFILE 
 every failed attempt with a traceback (up to `backlog` attempts per loop tick). So:
 
 - `GuardedH11Protocol` closes a connection whose request head is not complete within
-  `IMAGEGATE_HEADER_TIMEOUT_SECONDS` (a 408), or which sends nothing for
+  `IMAGEGATE_HEADER_TIMEOUT_SECONDS` (a 408), which sends nothing for
   `IMAGEGATE_IDLE_TIMEOUT_SECONDS` while the server waits on it (an unfinished head or body,
-  or keep-alive between requests). While the application works on a request, or has stopped
-  reading (flow control), the client is not the slow one and no timer runs.
+  or keep-alive between requests), or whose body trickles in slower than
+  `IMAGEGATE_MIN_BODY_BYTES_PER_SECOND` on average (after a grace of one header timeout: a
+  body dripped a byte a second is never idle). While the application works on a request, or
+  has stopped reading (flow control), the client is not the slow one and no clock runs.
 - It refuses connections beyond `IMAGEGATE_MAX_CONNECTIONS` with a 503: by default the
   descriptor limit, raised from soft to hard at start, less a reserve for upstream sockets,
   result files and the database, so the gateway itself never runs out of descriptors.
@@ -96,6 +98,7 @@ class ConnectionLimits:
     header_timeout: float
     idle_timeout: float
     max_connections: int
+    min_body_rate: float = 0.0  # bytes/s; 0: no body deadline
 
 
 class ServingConfig(uvicorn.Config):
@@ -129,9 +132,15 @@ class _NotifyingFlow(FlowControl):
         super().__init__(transport)
         self._protocol = protocol
 
+    def pause_reading(self) -> None:
+        if not self.read_paused:
+            self._protocol.server_turn()
+        super().pause_reading()
+
     def resume_reading(self) -> None:
+        was_paused = self.read_paused
         super().resume_reading()
-        self._protocol.client_turn()
+        self._protocol.client_turn(was_paused)
 
 
 class GuardedH11Protocol(H11Protocol):
@@ -149,6 +158,10 @@ class GuardedH11Protocol(H11Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._last_activity = 0.0
         self._head_deadline: float | None = None
+        # The body's clock: when it started (moved on by the time reading was paused), bytes so far.
+        self._body_started = 0.0
+        self._body_received = 0
+        self._paused_at: float | None = None
         self._refused = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -175,11 +188,18 @@ class GuardedH11Protocol(H11Protocol):
             return
         now = self.loop.time()
         self._last_activity = now
-        if self._head_deadline is None and self.conn.their_state is h11.IDLE:
+        before = self.conn.their_state
+        if self._head_deadline is None and before is h11.IDLE:
             self._head_deadline = now + self.limits.header_timeout  # the next request on a kept-alive connection
         super().data_received(data)
-        if self.conn.their_state is not h11.IDLE:
+        state = self.conn.their_state
+        if state is not h11.IDLE:
             self._head_deadline = None
+        if state is h11.SEND_BODY:
+            if before is h11.SEND_BODY:
+                self._body_received += len(data)
+            else:  # the head just completed: the body's clock starts
+                self._body_started, self._body_received = now, 0
         self._arm()
 
     def on_response_complete(self) -> None:
@@ -196,9 +216,20 @@ class GuardedH11Protocol(H11Protocol):
             self._timer = None
         super().connection_lost(exc)
 
-    def client_turn(self) -> None:
-        """The application reads the body again: idle time counts from now."""
-        self._last_activity = self.loop.time()
+    def server_turn(self) -> None:
+        """Flow control stops reading (the application is behind): no clock runs on the client."""
+        self._paused_at = self.loop.time()
+
+    def client_turn(self, was_paused: bool) -> None:
+        """The application asks for more body: idle time counts from now, and the body's clock
+        does not count the pause (nor, before the first body byte, an Expect: 100-continue wait)."""
+        now = self.loop.time()
+        self._last_activity = now
+        if was_paused and self._paused_at is not None:
+            self._body_started += now - self._paused_at
+        self._paused_at = None
+        if self._body_received == 0:
+            self._body_started = now
         self._arm()
 
     def _deadline(self) -> float | None:
@@ -211,8 +242,13 @@ class GuardedH11Protocol(H11Protocol):
                 return None
         elif state is not h11.IDLE:
             return None  # the request is in: the application has it
-        idle = self._last_activity + self.limits.idle_timeout
-        return idle if self._head_deadline is None else min(idle, self._head_deadline)
+        deadline = self._last_activity + self.limits.idle_timeout
+        if self._head_deadline is not None:
+            deadline = min(deadline, self._head_deadline)
+        if state is h11.SEND_BODY and self.limits.min_body_rate > 0:
+            allowed = self.limits.header_timeout + self._body_received / self.limits.min_body_rate
+            deadline = min(deadline, self._body_started + allowed)
+        return deadline
 
     def _arm(self) -> None:
         when = self._deadline()
@@ -242,8 +278,8 @@ class GuardedH11Protocol(H11Protocol):
             throttled.log(logging.INFO, "header-timeout", "closed a connection whose request head was not "
                           "complete within %gs", self.limits.header_timeout)
         elif self.conn.their_state is h11.SEND_BODY:
-            throttled.log(logging.INFO, "body-idle", "closed a connection that sent no request body bytes "
-                          "for %gs", self.limits.idle_timeout)
+            throttled.log(logging.INFO, "body-slow", "closed a connection whose request body stalled (idle %gs) "
+                          "or trickled (under %g bytes/s)", self.limits.idle_timeout, self.limits.min_body_rate)
         # else an idle keep-alive connection (or one that never spoke): closing it is routine
         self.transport.close()
 
@@ -298,7 +334,8 @@ def default_max_connections(descriptors: int | None) -> int:
 
 def limits_from(settings: Settings) -> ConnectionLimits:
     max_connections = settings.max_connections or default_max_connections(descriptor_limit())
-    return ConnectionLimits(settings.header_timeout_seconds, settings.idle_timeout_seconds, max_connections)
+    return ConnectionLimits(settings.header_timeout_seconds, settings.idle_timeout_seconds, max_connections,
+                            settings.min_body_bytes_per_second)
 
 
 def _log_config(log_level: str) -> dict[str, Any]:
