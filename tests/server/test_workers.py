@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -11,9 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .serve_process import ServeProcess
+from .serve_process import SRC, ServeProcess
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc for the worker pids")
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc for the worker pids")
 
 
 def _children(pid: int) -> list[int]:
@@ -48,6 +49,7 @@ def _wait_for(condition: object, timeout_s: float) -> bool:
     return False
 
 
+@linux_only
 def test_workers_stop_when_the_master_is_killed(tmp_path: Path) -> None:
     server = ServeProcess(tmp_path, args=("--workers", "2"), startup_timeout_s=60)
     workers: list[int] = []
@@ -64,3 +66,13 @@ def test_workers_stop_when_the_master_is_killed(tmp_path: Path) -> None:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
         server.stop()
+
+
+def test_the_portable_watchdog_stops_a_process_whose_master_is_gone() -> None:
+    """Where PR_SET_PDEATHSIG does not exist, a thread watching the parent pid sends SIGTERM."""
+    code = ("import os, time; from imagegate.server.serving import watch_master; "
+            "watch_master(os.getppid() + 1_000_000); time.sleep(30)")  # a master that is not our parent
+    env = {**os.environ, "PYTHONPATH": SRC}
+    done = subprocess.run([sys.executable, "-c", code], env=env, timeout=20, capture_output=True)
+    assert done.returncode == -signal.SIGTERM
+    assert b"master process" in done.stderr

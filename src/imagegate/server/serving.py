@@ -402,10 +402,15 @@ def follow_master() -> None:
             ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
         except (OSError, AttributeError):  # no prctl in this libc: the watcher alone
             pass
-    threading.Thread(target=_watch_master, args=(master,), name="imagegate-master-watch", daemon=True).start()
+    watch_master(master)
 
 
-def _watch_master(master: int) -> None:
+def watch_master(master: int) -> None:
+    """A daemon thread: SIGTERM to this process once its parent is no longer `master`."""
+    threading.Thread(target=_watch, args=(master,), name="imagegate-master-watch", daemon=True).start()
+
+
+def _watch(master: int) -> None:
     while os.getppid() == master:
         time.sleep(MASTER_POLL_SECONDS)
     log.warning("the master process (%d) is gone: this worker stops", master)
