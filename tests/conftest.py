@@ -15,6 +15,7 @@ from openai import OpenAI
 
 from imagegate.config import Settings
 from imagegate.server import create_app
+from imagegate.server.serving import build_config
 
 from .fakes.fal import FakeFal
 from .fakes.gemini import FakeGemini
@@ -117,8 +118,10 @@ class RunningGateway:
 
 
 def start_gateway(settings: Settings) -> LoopbackServer:
-    """Run the real app with uvicorn on a loopback port; public URL points at it."""
-    server = LoopbackServer(create_app(settings), lifespan="on")
+    """Run the real app on a loopback port, served as `imagegate serve` serves it (the
+    hardened protocol, loop and limits of imagegate.server.serving); public URL points at it."""
+    server = LoopbackServer(create_app(settings), lifespan="on",
+                            config_factory=lambda app, **options: build_config(app, settings, **options))
     server.start()
     return server
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
 import re
 import sys
 import time
@@ -51,9 +50,7 @@ def cli() -> None:
 @click.option("--log-level", default="info", show_default=True)
 def serve(host: str | None, port: int | None, workers: int | None, log_level: str) -> None:
     """Serve the API (under /v1 and /openai/v1)."""
-    import uvicorn
-
-    from .server import create_app
+    from .server import serving
 
     overrides: dict[str, Any] = {}
     if host is not None:
@@ -71,16 +68,7 @@ def serve(host: str | None, port: int | None, workers: int | None, log_level: st
     if settings.local_model and settings.workers > 1:
         err_console.print(f"[yellow]note[/yellow]: each of the {settings.workers} workers loads its own copy of "
                           f"{settings.local_model}; one worker serves a local model best (it batches requests).")
-    if settings.workers == 1:
-        # proxy_headers=False: X-Forwarded-* are judged by the gateway (IMAGEGATE_TRUSTED_PROXIES), not
-        # believed from any loopback peer as uvicorn's default would.
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=log_level,
-                    proxy_headers=False)
-        return
-    # Worker processes build their own settings from the environment: hand them ours.
-    os.environ.update({"IMAGEGATE_HOST": settings.host, "IMAGEGATE_PORT": str(settings.port)})
-    uvicorn.run("imagegate.server.app:app_from_env", factory=True, workers=settings.workers,
-                host=settings.host, port=settings.port, log_level=log_level, proxy_headers=False)
+    serving.serve(settings, log_level=log_level)
 
 
 def _image_options(fn: Any) -> Any:

@@ -99,6 +99,15 @@ class Settings(BaseSettings):
     breaker_cooldown_seconds: float = 30.0
     idempotency_ttl_seconds: float = 86400.0
     poll_interval_seconds: float | None = None  # Replicate / fal status polling; None: each adapter's own
+    # Slow connections (server/serving.py): a request head must be complete within the header
+    # timeout; a connection that sends nothing for the idle timeout while the server waits on it
+    # (head, body, keep-alive) is closed, and so is one whose body trickles in below the minimum
+    # rate. max_connections None: the descriptor limit less a reserve.
+    header_timeout_seconds: float = Field(default=10.0, gt=0, le=30)  # IMAGEGATE_HEADER_TIMEOUT_SECONDS
+    idle_timeout_seconds: float = Field(default=10.0, gt=0)  # IMAGEGATE_IDLE_TIMEOUT_SECONDS
+    max_connections: int | None = Field(default=None, ge=1)  # IMAGEGATE_MAX_CONNECTIONS, per process
+    # A body may take one header timeout plus its size at this rate (0: no limit); IMAGEGATE_MIN_BODY_BYTES_PER_SECOND
+    min_body_bytes_per_second: float = Field(default=1024.0, ge=0)
 
     # OpenAI wire compatibility. Standard fields a model lacks (quality, style, ...) are served
     # without it and reported, unless strict_parameters makes them a 400. A request without

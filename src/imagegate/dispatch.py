@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+from . import logs
 from .config import Settings
 from .errors import ImagegateError, UpstreamTimeout
 from .normalize import Layout
@@ -113,15 +114,22 @@ class Dispatcher:
                 result = await route.provider.run(request)
             except ImagegateError as error:
                 if not is_upstream_failure(error):
+                    logs.upstream_failure(route.provider_id, error, attempt=attempt + 1,
+                                          attempts=settings.retry_attempts, retrying=False)
                     raise
                 self.breaker.record_failure(route.provider_id)
                 last = attempt + 1 >= settings.retry_attempts
-                if last or not is_retryable(error) or self.breaker.is_open(route.provider_id):
+                retrying = not (last or not is_retryable(error) or self.breaker.is_open(route.provider_id))
+                delay = 0.0
+                if retrying:
+                    delay = backoff_delay(attempt, settings.retry_backoff_seconds, settings.retry_max_delay_seconds,
+                                          error.retry_after)
+                    # The upstream asks for a long pause: the next provider is faster.
+                    retrying = delay <= settings.retry_max_delay_seconds
+                logs.upstream_failure(route.provider_id, error, attempt=attempt + 1,
+                                      attempts=settings.retry_attempts, retrying=retrying)
+                if not retrying:
                     raise
-                delay = backoff_delay(attempt, settings.retry_backoff_seconds, settings.retry_max_delay_seconds,
-                                      error.retry_after)
-                if delay > settings.retry_max_delay_seconds:
-                    raise  # the upstream asks for a long pause: the next provider is faster
                 await asyncio.sleep(delay)
                 continue
             self.breaker.record_success(route.provider_id)

@@ -7,7 +7,8 @@
     │   ├── ContentPolicyViolation      400 (code: content_policy_violation)
     │   ├── PayloadTooLarge             413 (code: payload_too_large)
     │   ├── IdempotencyKeyReused        422 (code: idempotency_key_reused)
-    │   └── IdempotentResultsGone       410 (code: idempotency_results_gone)
+    │   ├── IdempotentResultsGone       410 (code: idempotency_results_gone)
+    │   └── RequestTimeout              408 (the client did not send its request in time)
     ├── AuthenticationFailed            401 authentication_error
     ├── NotFound                        404 not_found_error
     │   └── ModelNotFound               404 (code: model_not_found)
@@ -16,7 +17,8 @@
     │   └── UpstreamTimeout             504
     └── ServiceUnavailable              503 server_error (the gateway's own resources; Retry-After)
         ├── ConversionBusy              503 (code: conversion_busy)
-        └── StorageFull                 503 (code: storage_full)
+        ├── StorageFull                 503 (code: storage_full)
+        └── ServerBusy                  503 (code: too_many_connections)
 
 Providers raise only these; the HTTP layer renders them with `to_openai_json()`.
 """
@@ -34,6 +36,7 @@ class ImagegateError(Exception):
     status_code: int = 500
     error_type: str = "server_error"
     default_code: str | None = "internal_error"
+    upstream_status: int | None = None  # the upstream's HTTP status, when an upstream answered with an error
 
     def __init__(
         self,
@@ -157,3 +160,15 @@ class ConversionBusy(ServiceUnavailable):
 
 class StorageFull(ServiceUnavailable):
     default_code = "storage_full"
+
+
+# --- connection-level refusals, written by server/serving.py before any request is parsed ---------
+
+
+class RequestTimeout(InvalidRequest):
+    status_code = 408
+    default_code = "request_timeout"
+
+
+class ServerBusy(ServiceUnavailable):
+    default_code = "too_many_connections"

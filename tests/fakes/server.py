@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Literal
 
@@ -31,11 +32,14 @@ class LoopbackServer:
         startup_timeout_s: float = 10.0,
         shutdown_timeout_s: float = 10.0,
         graceful_shutdown_s: int = 2,
+        config_factory: Callable[..., uvicorn.Config] | None = None,
     ) -> None:
+        """`config_factory(app, **options)` builds the uvicorn Config (the gateway's own, from
+        imagegate.server.serving); fakes get plain uvicorn."""
         self.app = app
         self.startup_timeout_s = startup_timeout_s
         self.shutdown_timeout_s = shutdown_timeout_s
-        config = uvicorn.Config(
+        config = (config_factory or uvicorn.Config)(
             app,
             host=HOST,
             port=0,

@@ -111,6 +111,12 @@ def error_for_status(
     """An upstream's HTTP error as ours. The client can fix a 400/422 (bad input), so it stays a
     400; the client cannot fix our upstream key or a missing upstream model, so those are 502."""
     text = f"{provider} returned HTTP {status}: {message}"
+    error = _error_for_status(text, status, retry_after)
+    error.upstream_status = status
+    return error
+
+
+def _error_for_status(text: str, status: int, retry_after: float | None) -> ImagegateError:
     if status in (400, 422):
         return InvalidRequest(text, code="upstream_rejected_request")
     if status in (401, 403):

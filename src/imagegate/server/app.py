@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route
 
@@ -18,8 +18,10 @@ from ..config import Settings
 from ..errors import ImagegateError, InvalidRequest, NotFound
 from ..gateway import Gateway
 from . import routes
+from .disconnect import CLIENT_CLOSED_REQUEST
 from .middleware import ApiCORSMiddleware, BodySizeLimitMiddleware, RequestIdMiddleware
 from .render import error_response
+from .serving import follow_master
 
 log = logging.getLogger("imagegate")
 PURGE_INTERVAL_SECONDS = 300.0
@@ -50,6 +52,14 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return error_response(InvalidRequest(str(exc.detail)))
 
 
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    """The client hung up while its body was being read: routine, not a server error (the
+    catch-all below would log a traceback twice). Nobody reads the answer."""
+    log.info("client disconnected before sending its whole request: %s %s request_id=%s", request.method,
+             request.url.path, request.scope.get("state", {}).get("request_id", "-"))
+    return Response(status_code=CLIENT_CLOSED_REQUEST)
+
+
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return error_response(ImagegateError("The server had an error while processing your request."))
@@ -65,6 +75,17 @@ async def _purge_loop(gateway: Gateway) -> None:
             log.exception("purging expired results failed")
 
 
+def served_summary(gateway: Gateway) -> str:
+    """The start-up line: which models are served, and by which providers."""
+    served = [(m.id, gateway.router.available_providers(m)) for m in gateway.catalog]
+    served = [(model_id, providers) for model_id, providers in served if providers]
+    if not served:
+        return "serving no models: no provider is configured"
+    providers = sorted({p for _, ps in served for p in ps})
+    models = ", ".join(f"{model_id} ({', '.join(ps)})" for model_id, ps in served)
+    return f"serving {len(served)} model(s) via {', '.join(providers)}: {models}"
+
+
 def create_app(settings: Settings) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -77,6 +98,7 @@ def create_app(settings: Settings) -> Starlette:
             app.state.gateway = gateway
             if notice := gateway.notice():
                 log.warning(notice)
+            log.info(served_summary(gateway))
             if not gateway.keys.auth_required():
                 log.warning("no API keys configured: the gateway accepts unauthenticated requests")
             try:
@@ -105,6 +127,7 @@ def create_app(settings: Settings) -> Starlette:
         exception_handlers={
             ImagegateError: _imagegate_error,
             HTTPException: _http_error,
+            ClientDisconnect: _client_gone,
             Exception: _unexpected_error,
         },
         lifespan=lifespan,
@@ -113,4 +136,5 @@ def create_app(settings: Settings) -> Starlette:
 
 def app_from_env() -> Starlette:
     """The app factory uvicorn's worker processes import (each builds its own settings)."""
+    follow_master()  # a worker must not outlive its master (even one killed by SIGKILL)
     return create_app(Settings())

@@ -15,6 +15,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import PayloadTooLarge
+from ..logs import request_id_var
 
 
 class RequestIdMiddleware:
@@ -36,6 +37,7 @@ class RequestIdMiddleware:
         state = scope.setdefault("state", {})
         state["request_id"], state["client_request_id"] = request_id, client_request_id
         echoed = (client_request_id or request_id).encode("latin-1")
+        request_id_var.set(request_id)  # for log lines far from the HTTP layer (imagegate.logs)
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":

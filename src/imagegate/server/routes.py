@@ -133,7 +133,8 @@ async def get_result(request: Request) -> Response:
         raise NotFound("This result does not exist or has expired.", code="result_not_found")
     max_age = int(min(3600, _gateway(request).settings.result_ttl_seconds))
     return FileResponse(stored.path, media_type=stored.content_type,
-                        headers={"cache-control": f"private, max-age={max_age}"})
+                        headers={"cache-control": f"private, max-age={max_age}",
+                                 "x-content-type-options": "nosniff"})  # never sniffed as HTML
 
 
 async def health(request: Request) -> Response:

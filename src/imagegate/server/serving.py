@@ -1,0 +1,420 @@
+"""How the gateway is served: uvicorn, hardened against slow and numerous connections.
+
+uvicorn 0.54's h11 protocol starts no timer before its first response: a connection that drips
+its request head or body a byte at a time, or sends nothing at all, is held forever, and each
+holds a file descriptor. Once descriptors run out, `accept()` fails with EMFILE and asyncio logs
+every failed attempt with a traceback (up to `backlog` attempts per loop tick). So:
+
+- `GuardedH11Protocol` closes a connection whose request head is not complete within
+  `IMAGEGATE_HEADER_TIMEOUT_SECONDS` (a 408), which sends nothing for
+  `IMAGEGATE_IDLE_TIMEOUT_SECONDS` while the server waits on it (an unfinished head or body,
+  or keep-alive between requests), or whose body trickles in slower than
+  `IMAGEGATE_MIN_BODY_BYTES_PER_SECOND` on average (after a grace of one header timeout: a
+  body dripped a byte a second is never idle). While the application works on a request, or
+  has stopped reading (flow control), the client is not the slow one and no clock runs.
+- It refuses connections beyond `IMAGEGATE_MAX_CONNECTIONS` with a 503: by default the
+  descriptor limit, raised from soft to hard at start, less a reserve for upstream sockets,
+  result files and the database, so the gateway itself never runs out of descriptors.
+- `guarded_loop` is the event loop (uvicorn's `loop` setting): accept failures are logged once
+  per interval, with a count, instead of once per attempt.
+- `follow_master` makes a `--workers` process exit when the master dies, even by SIGKILL.
+
+`build_config` and `serve` build all of it from `Settings`; `imagegate serve` and the tests'
+gateway fixture both use `build_config`, so tests exercise the served path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import ctypes
+import http
+import json
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import h11
+import uvicorn
+from uvicorn.config import LOGGING_CONFIG
+from uvicorn.protocols.http.flow_control import FlowControl
+from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.server import ServerState
+
+from ..config import Settings
+from ..errors import ImagegateError, RequestTimeout, ServerBusy
+
+log = logging.getLogger("imagegate")
+
+ACCEPT_FAILED = "socket.accept() out of system resource"  # asyncio's message (selector_events.py)
+THROTTLE_INTERVAL_SECONDS = 10.0
+# Descriptors kept back from client connections: upstream sockets, fetched images, result
+# files, the database. A quarter of the limit, and never fewer than this.
+MIN_DESCRIPTOR_RESERVE = 64
+MIN_CONNECTIONS = 8
+# Some systems report an unlimited hard limit that setrlimit refuses; this is plenty.
+DESCRIPTOR_LIMIT_CAP = 1 << 20
+WORKER_APP = "imagegate.server.app:app_from_env"
+MASTER_POLL_SECONDS = 1.0
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+class Throttled:
+    """A log line that may fire thousands of times a second: the first one is logged, then at
+    most one per interval, saying how many were folded into it."""
+
+    def __init__(self, interval: float = THROTTLE_INTERVAL_SECONDS) -> None:
+        self.interval = interval
+        self._lock = threading.Lock()  # tests serve from several threads (one loop each)
+        self._next: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def log(self, level: int, key: str, message: str, *args: object) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            if now < self._next.get(key, 0.0):
+                self._suppressed[key] = self._suppressed.get(key, 0) + 1
+                return False
+            folded = self._suppressed.pop(key, 0)
+            self._next[key] = now + self.interval
+        if folded:
+            message += " (and %d more like it in the last %gs)"
+            args = (*args, folded, self.interval)
+        log.log(level, message, *args)
+        return True
+
+
+throttled = Throttled()
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    header_timeout: float
+    idle_timeout: float
+    max_connections: int
+    min_body_rate: float = 0.0  # bytes/s; 0: no body deadline
+
+
+class ServingConfig(uvicorn.Config):
+    """uvicorn's Config carrying our limits to every protocol instance (and, pickled, to workers)."""
+
+    def __init__(self, app: Any, *, limits: ConnectionLimits, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.limits = limits
+
+
+def _raw_response(error: ImagegateError, extra_headers: str = "") -> bytes:
+    """A whole HTTP/1.1 answer, written before h11 has parsed a request (so not through it)."""
+    body = json.dumps(error.to_openai_json()).encode()
+    phrase = http.HTTPStatus(error.status_code).phrase
+    head = (f"HTTP/1.1 {error.status_code} {phrase}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n{extra_headers}\r\n")
+    return head.encode("latin-1") + body
+
+
+HEADER_TIMEOUT_RESPONSE = _raw_response(RequestTimeout("The request head was not received in time.",
+                                                       code="request_header_timeout"))
+BUSY_RESPONSE = _raw_response(ServerBusy("The server has too many open connections; try again shortly."),
+                              "retry-after: 1\r\n")
+
+
+class _NotifyingFlow(FlowControl):
+    """uvicorn's flow control, telling the protocol when reading resumes (the app asked for more
+    body): from then on, the client is the one we wait for."""
+
+    def __init__(self, transport: asyncio.Transport, protocol: GuardedH11Protocol) -> None:
+        super().__init__(transport)
+        self._protocol = protocol
+
+    def pause_reading(self) -> None:
+        if not self.read_paused:
+            self._protocol.server_turn()
+        super().pause_reading()
+
+    def resume_reading(self) -> None:
+        was_paused = self.read_paused
+        super().resume_reading()
+        self._protocol.client_turn(was_paused)
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with a header timeout, an idle timeout and a connection cap.
+
+    One timer per connection, re-armed lazily: bytes arriving only move a timestamp, and the timer,
+    when it fires early, sets itself again for the new deadline."""
+
+    def __init__(self, config: uvicorn.Config, server_state: ServerState, app_state: dict[str, Any],
+                 _loop: asyncio.AbstractEventLoop | None = None) -> None:
+        if not isinstance(config, ServingConfig):
+            raise TypeError("GuardedH11Protocol needs a ServingConfig (see build_config)")
+        super().__init__(config, server_state, app_state, _loop)
+        self.limits = config.limits
+        self._timer: asyncio.TimerHandle | None = None
+        self._last_activity = 0.0
+        self._head_deadline: float | None = None
+        # The body's clock: when it started (moved on by the time reading was paused), bytes so far.
+        self._body_started = 0.0
+        self._body_received = 0
+        self._paused_at: float | None = None
+        self._refused = False
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        over_limit = len(self.connections) >= self.limits.max_connections
+        super().connection_made(transport)
+        if over_limit:
+            self._refuse()
+            return
+        self.flow = _NotifyingFlow(transport, self)
+        now = self.loop.time()
+        self._last_activity = now
+        self._head_deadline = now + self.limits.header_timeout
+        self._arm()
+
+    def _refuse(self) -> None:
+        self._refused = True
+        throttled.log(logging.WARNING, "connections", "refusing connections: %d are open "
+                      "(IMAGEGATE_MAX_CONNECTIONS=%d)", len(self.connections) - 1, self.limits.max_connections)
+        self.transport.write(BUSY_RESPONSE)
+        self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        now = self.loop.time()
+        self._last_activity = now
+        before = self.conn.their_state
+        if self._head_deadline is None and before is h11.IDLE:
+            self._head_deadline = now + self.limits.header_timeout  # the next request on a kept-alive connection
+        super().data_received(data)
+        state = self.conn.their_state
+        if state is not h11.IDLE:
+            self._head_deadline = None
+        if state is h11.SEND_BODY:
+            if before is h11.SEND_BODY:
+                self._body_received += len(data)
+            else:  # the head just completed: the body's clock starts
+                self._body_started, self._body_received = now, 0
+        self._arm()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self.conn.their_state is h11.IDLE:  # keep-alive: waiting for the client again, from now
+            self._last_activity = self.loop.time()
+            if self._head_deadline is None and self.conn.trailing_data[0]:  # a pipelined, partial head
+                self._head_deadline = self._last_activity + self.limits.header_timeout
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        super().connection_lost(exc)
+
+    def server_turn(self) -> None:
+        """Flow control stops reading (the application is behind): no clock runs on the client."""
+        self._paused_at = self.loop.time()
+
+    def client_turn(self, was_paused: bool) -> None:
+        """The application asks for more body: idle time counts from now, and the body's clock
+        does not count the pause (nor, before the first body byte, an Expect: 100-continue wait)."""
+        now = self.loop.time()
+        self._last_activity = now
+        if was_paused and self._paused_at is not None:
+            self._body_started += now - self._paused_at
+        self._paused_at = None
+        if self._body_received == 0:
+            self._body_started = now
+        self._arm()
+
+    def _deadline(self) -> float | None:
+        """When this connection expires, or None while the server (not the client) is the slow one."""
+        if self._refused or self.transport.is_closing():
+            return None
+        state = self.conn.their_state
+        if state is h11.SEND_BODY:
+            if self.flow.read_paused or (self.cycle is not None and self.cycle.waiting_for_100_continue):
+                return None
+        elif state is not h11.IDLE:
+            return None  # the request is in: the application has it
+        deadline = self._last_activity + self.limits.idle_timeout
+        if self._head_deadline is not None:
+            deadline = min(deadline, self._head_deadline)
+        if state is h11.SEND_BODY and self.limits.min_body_rate > 0:
+            allowed = self.limits.header_timeout + self._body_received / self.limits.min_body_rate
+            deadline = min(deadline, self._body_started + allowed)
+        return deadline
+
+    def _arm(self) -> None:
+        when = self._deadline()
+        if when is None:
+            return  # a running timer finds nothing to do when it fires
+        if self._timer is not None:
+            if self._timer.when() <= when:
+                return
+            self._timer.cancel()
+        self._timer = self.loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        when = self._deadline()
+        if when is None:
+            return
+        if when > self.loop.time():
+            self._timer = self.loop.call_at(when, self._on_timer)
+            return
+        self._expire()
+
+    def _expire(self) -> None:
+        head_expired = self._head_deadline is not None and self._head_deadline <= self.loop.time()
+        if head_expired and self.conn.their_state is h11.IDLE:
+            if self.conn.trailing_data[0]:  # it started a request: say why it ends
+                self.transport.write(HEADER_TIMEOUT_RESPONSE)
+            throttled.log(logging.INFO, "header-timeout", "closed a connection whose request head was not "
+                          "complete within %gs", self.limits.header_timeout)
+        elif self.conn.their_state is h11.SEND_BODY:
+            throttled.log(logging.INFO, "body-slow", "closed a connection whose request body stalled (idle %gs) "
+                          "or trickled (under %g bytes/s)", self.limits.idle_timeout, self.limits.min_body_rate)
+        # else an idle keep-alive connection (or one that never spoke): closing it is routine
+        self.transport.close()
+
+
+def _loop_exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    if context.get("message") == ACCEPT_FAILED:
+        throttled.log(logging.WARNING, "accept", "accept() failed: %s; new connections wait in the backlog "
+                      "(descriptor limit %s)", context.get("exception"), descriptor_limit())
+        return
+    loop.default_exception_handler(context)
+
+
+def guarded_loop() -> asyncio.AbstractEventLoop:
+    """The server's event loop (uvicorn's `loop` setting takes this import path)."""
+    loop = asyncio.new_event_loop()
+    loop.set_exception_handler(_loop_exception_handler)
+    return loop
+
+
+def descriptor_limit() -> int | None:
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def raise_descriptor_limit() -> int | None:
+    """Soft RLIMIT_NOFILE up to the hard limit (a default soft limit of 1024 is a few hundred
+    slow clients); returns the limit now in force."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = DESCRIPTOR_LIMIT_CAP if hard == resource.RLIM_INFINITY else min(hard, DESCRIPTOR_LIMIT_CAP)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            return soft
+        return target
+    return soft
+
+
+def default_max_connections(descriptors: int | None) -> int:
+    if descriptors is None:
+        return 1000
+    reserve = max(MIN_DESCRIPTOR_RESERVE, descriptors // 4)
+    return max(MIN_CONNECTIONS, descriptors - reserve)
+
+
+def limits_from(settings: Settings) -> ConnectionLimits:
+    max_connections = settings.max_connections or default_max_connections(descriptor_limit())
+    return ConnectionLimits(settings.header_timeout_seconds, settings.idle_timeout_seconds, max_connections,
+                            settings.min_body_bytes_per_second)
+
+
+def _log_config(log_level: str) -> dict[str, Any]:
+    """uvicorn's logging, plus our `imagegate` logger on the same handler and level."""
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["imagegate"] = {"handlers": ["default"], "level": log_level.upper(), "propagate": False}
+    return config
+
+
+def build_config(app: Any, settings: Settings, *, log_level: str = "info", **options: Any) -> ServingConfig:
+    """uvicorn's Config for `app` with our protocol, loop and limits; `options` override uvicorn's
+    settings (the tests pass port 0 and their logging)."""
+    descriptors = raise_descriptor_limit()
+    limits = limits_from(settings)
+    if descriptors is not None and limits.max_connections >= descriptors:
+        log.warning("IMAGEGATE_MAX_CONNECTIONS=%d is not below the descriptor limit (%d): accept() will fail "
+                    "before connections are refused", limits.max_connections, descriptors)
+    values: dict[str, Any] = {
+        "host": settings.host, "port": settings.port, "log_level": log_level, "log_config": _log_config(log_level),
+        "http": GuardedH11Protocol, "loop": f"{__name__}:guarded_loop",
+        # uvicorn's own keep-alive timer, kept in step with ours (it takes whole seconds).
+        "timeout_keep_alive": max(1, round(settings.idle_timeout_seconds)),
+        # X-Forwarded-* are judged by the gateway (IMAGEGATE_TRUSTED_PROXIES), not believed from any
+        # loopback peer as uvicorn's default would.
+        "proxy_headers": False,
+    }
+    values.update(options)
+    return ServingConfig(app, limits=limits, **values)
+
+
+def serve(settings: Settings, *, log_level: str = "info") -> None:
+    """`imagegate serve`: one process, or a master and `settings.workers` worker processes."""
+    if settings.workers == 1:
+        from .app import create_app
+
+        server = uvicorn.Server(build_config(create_app(settings), settings, log_level=log_level))
+        try:
+            server.run()
+        except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled
+            pass
+        if not server.started:
+            sys.exit(3)  # uvicorn's STARTUP_FAILURE
+        return
+    from uvicorn.supervisors import Multiprocess
+
+    # Worker processes build their own settings from the environment: hand them ours.
+    os.environ.update({"IMAGEGATE_HOST": settings.host, "IMAGEGATE_PORT": str(settings.port)})
+    config = build_config(WORKER_APP, settings, log_level=log_level, factory=True, workers=settings.workers)
+    try:
+        Multiprocess(config, sockets=[config.bind_socket()]).run()
+    except KeyboardInterrupt:
+        pass
+
+
+def follow_master() -> None:
+    """In a worker: stop (gracefully, through uvicorn's SIGTERM handling) when the master dies.
+
+    Linux asks the kernel to send SIGTERM when the parent dies (PR_SET_PDEATHSIG); a thread
+    watching the parent pid does the same everywhere, and covers a master that died before the
+    kernel was asked."""
+    parent = multiprocessing.parent_process()
+    if parent is None or parent.pid is None:
+        return  # not a spawned worker
+    master = parent.pid
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        except (OSError, AttributeError):  # no prctl in this libc: the watcher alone
+            pass
+    watch_master(master)
+
+
+def watch_master(master: int) -> None:
+    """A daemon thread: SIGTERM to this process once its parent is no longer `master`."""
+    threading.Thread(target=_watch, args=(master,), name="imagegate-master-watch", daemon=True).start()
+
+
+def _watch(master: int) -> None:
+    while os.getppid() == master:
+        time.sleep(MASTER_POLL_SECONDS)
+    log.warning("the master process (%d) is gone: this worker stops", master)
+    os.kill(os.getpid(), signal.SIGTERM)
