@@ -54,6 +54,7 @@ async def _serve(request: Request, job: ImageJob, key_id: str | None) -> Respons
     job.request_id = request.scope["state"]["request_id"]
     job.key_id = key_id
     job.public_base_url = _public_base_url(request)
+    job.request_base_url = str(request.base_url)  # its result URLs are read from the store when edited
 
     async def produce() -> StoredResponse:
         response = images_response(await gateway.service.create(job))
