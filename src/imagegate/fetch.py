@@ -20,6 +20,7 @@ import binascii
 import ipaddress
 import re
 import socket
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from urllib.parse import unquote_to_bytes, urljoin, urlsplit
@@ -31,7 +32,6 @@ import httpx
 from .errors import InvalidRequest, PayloadTooLarge
 
 MAX_REDIRECTS = 5
-FETCH_POOL_CONNECTIONS = 256  # the fetch client's own pool; the per-key limit keeps any one key far below it
 
 # Prefixes whose addresses carry an IPv4 address in their last 32 bits.
 _IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")  # deprecated ::a.b.c.d
@@ -146,21 +146,19 @@ class _GuardedTransport(httpx.AsyncHTTPTransport):
     """httpx's transport with httpcore's pool rebuilt around a `GuardedBackend`: httpx has no
     public parameter for the network backend, and this keeps its request/response mapping."""
 
-    def __init__(self, backend: httpcore.AsyncNetworkBackend, max_connections: int) -> None:
+    def __init__(self, backend: httpcore.AsyncNetworkBackend, ssl_context: ssl.SSLContext) -> None:
         super().__init__(trust_env=False)
-        self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=httpx.create_ssl_context(trust_env=False), max_connections=max_connections,
-            max_keepalive_connections=max_connections // 4, network_backend=backend,
-        )
+        self._pool = httpcore.AsyncConnectionPool(ssl_context=ssl_context, network_backend=backend)
 
 
 def guarded_client(*, allow_private: bool, resolver: Resolver = resolve_host,
                    network_backend: httpcore.AsyncNetworkBackend | None = None,
-                   max_connections: int = FETCH_POOL_CONNECTIONS) -> httpx.AsyncClient:
+                   ssl_context: ssl.SSLContext | None = None) -> httpx.AsyncClient:
     """An httpx client whose every connection goes through the SSRF guard. No environment
     proxies (trust_env=False): a proxy would be the only address ever checked."""
     backend = GuardedBackend(allow_private=allow_private, resolver=resolver, inner=network_backend)
-    return httpx.AsyncClient(transport=_GuardedTransport(backend, max_connections), trust_env=False)
+    context = ssl_context or httpx.create_ssl_context(trust_env=False)
+    return httpx.AsyncClient(transport=_GuardedTransport(backend, context), trust_env=False)
 
 
 def decode_data_uri(uri: str, param: str) -> bytes:
@@ -173,6 +171,13 @@ def decode_data_uri(uri: str, param: str) -> bytes:
         return unquote_to_bytes(payload)
     except (binascii.Error, ValueError) as exc:
         raise InvalidRequest(f"'{param}' data URI has invalid base64.", param=param) from exc
+
+
+def decode_data_uri_capped(uri: str, param: str, max_bytes: int) -> bytes:
+    data = decode_data_uri(uri, param)
+    if len(data) > max_bytes:
+        raise PayloadTooLarge(f"'{param}' is larger than {max_bytes} bytes.", param=param)
+    return data
 
 
 def _host_and_port(url: str, param: str) -> tuple[str, int]:
@@ -219,10 +224,7 @@ async def fetch_image_url(
     """The bytes behind an http(s) or data: URL that a user sent. `client` should be a
     `guarded_client`; a literal address is judged here too, before any connection is tried."""
     if url.startswith("data:"):
-        data = decode_data_uri(url, param)
-        if len(data) > max_bytes:
-            raise PayloadTooLarge(f"'{param}' is larger than {max_bytes} bytes.", param=param)
-        return data
+        return decode_data_uri_capped(url, param, max_bytes)
     for _ in range(MAX_REDIRECTS + 1):
         host, _port = _host_and_port(url, param)
         literal = _literal_address(host)
@@ -272,35 +274,56 @@ class KeyedLimiter:
 
 
 class ImageFetcher:
-    """URL fetching for the gateway: the guarded client (its own pool), a total-time cap per
-    fetch (a URL that drips bytes is cut at `timeout_seconds`, not kept alive by each byte), and
-    at most `concurrency_per_key` fetches per API key at once (waiting counts against the
-    request's deadline, not against the fetch cap)."""
+    """URL fetching for the gateway, apart from the upstream connection pool: a total-time cap
+    per fetch (a URL that drips bytes is cut at `timeout_seconds`, not kept alive by each byte),
+    and at most `concurrency_per_key` fetches per API key at once (waiting counts against the
+    request's deadline, not against the fetch cap).
+
+    Each fetch gets a connection pool of its own, closed when the fetch ends however it ends.
+    A shared pool leaks: httpcore closes a connection on the cancel path, and a second cancel
+    during that close (the fetch cap, the request deadline, a failing sibling image and a client
+    disconnect can all fire together) leaves it open and counted as active, for as long as the
+    URL keeps dripping. Closing the whole pool closes such a connection too. The cost is no
+    keep-alive between fetches; user image URLs seldom share a host within seconds."""
 
     def __init__(self, *, allow_private: bool, timeout_seconds: float, concurrency_per_key: int,
-                 client: httpx.AsyncClient | None = None) -> None:
+                 resolver: Resolver = resolve_host, network_backend: httpcore.AsyncNetworkBackend | None = None) -> None:
         self.allow_private = allow_private
         self.timeout_seconds = timeout_seconds
-        self.client = client or guarded_client(allow_private=allow_private)
+        self.resolver = resolver
+        self.network_backend = network_backend
         self.limiter = KeyedLimiter(concurrency_per_key)
+        self._ssl_context = httpx.create_ssl_context(trust_env=False)  # loading the CA bundle is the slow part
+        self._closing: set[asyncio.Task[None]] = set()
 
     async def fetch(self, url: str, *, param: str, max_bytes: int, key_id: str | None) -> bytes:
         if url.startswith("data:"):  # no network, no slot
-            return await fetch_image_url(url, client=self.client, param=param, max_bytes=max_bytes,
-                                         allow_private=self.allow_private)
+            return decode_data_uri_capped(url, param, max_bytes)
         async with self.limiter.slot(key_id):
+            client = guarded_client(allow_private=self.allow_private, resolver=self.resolver,
+                                    network_backend=self.network_backend, ssl_context=self._ssl_context)
             try:
                 async with asyncio.timeout(self.timeout_seconds):
-                    return await fetch_image_url(url, client=self.client, param=param, max_bytes=max_bytes,
+                    return await fetch_image_url(url, client=client, param=param, max_bytes=max_bytes,
                                                  allow_private=self.allow_private, timeout=self.timeout_seconds)
             except TimeoutError as exc:
                 raise InvalidRequest(
                     f"'{param}': fetching the URL took longer than {self.timeout_seconds:g} s "
                     "(IMAGEGATE_FETCH_TIMEOUT_SECONDS).", param=param, code="image_fetch_timeout",
                 ) from exc
+            finally:
+                await self._close(client)
+
+    async def _close(self, client: httpx.AsyncClient) -> None:
+        """Close in a task of its own, so a further cancel of the fetch cannot interrupt it."""
+        closing = asyncio.ensure_future(client.aclose())
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
+        await asyncio.shield(closing)
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        """Wait for closes that outlived their fetch (the gateway is shutting down)."""
+        await asyncio.gather(*self._closing, return_exceptions=True)
 
 
 # --- result URLs of this gateway ------------------------------------------------------------------

@@ -346,11 +346,13 @@ def _most_relevant(errors: list[ImagegateError]) -> ImagegateError:
 
 async def _all_or_none(loads: list[Coroutine[Any, Any, InputImage]]) -> list[InputImage]:
     """Every input, or the first failure with the other loads cancelled: a bad image must not
-    leave its siblings fetching (and holding their key's fetch slots) after the request failed."""
+    leave its siblings fetching (and holding their key's fetch slots) after the request failed.
+    When this task itself is cancelled, gather has cancelled them already; cancelling twice
+    would interrupt their clean-up (closing the connection) and leak it."""
     tasks = [asyncio.ensure_future(load) for load in loads]
     try:
         return list(await asyncio.gather(*tasks))
-    except BaseException:
+    except Exception:
         for task in tasks:
             task.cancel()
         raise
