@@ -4,12 +4,13 @@ The SSRF guard sits at the connection layer: `GuardedBackend` is the httpcore ne
 of the fetch client, so every TCP connection it opens (the first URL and each redirect hop
 alike) resolves the host once, judges every address, and connects to a checked address. There
 is no second resolution for a DNS-rebinding name to answer differently. IPv4 addresses embedded
-in IPv6 (mapped, compatible, NAT64, 6to4) are judged by their IPv4 address.
+in IPv6 (mapped, compatible, NAT64, 6to4, Teredo) are judged by their IPv4 address.
 
-`ImageFetcher` owns that client (its own connection pool, apart from the upstream one), caps
+`ImageFetcher` fetches on connections apart from the upstream calls' (a pool per fetch), caps
 each fetch's total time, and limits how many fetches one API key runs at once, so one tenant's
 slow URLs cannot starve anyone else. Bodies are streamed with a byte cap; `data:` URIs are
-decoded in place.
+decoded in place. `own_result_name` recognises this gateway's own result URLs, which the
+service reads from its result store instead.
 """
 
 from __future__ import annotations
@@ -147,7 +148,7 @@ class _GuardedTransport(httpx.AsyncHTTPTransport):
     public parameter for the network backend, and this keeps its request/response mapping."""
 
     def __init__(self, backend: httpcore.AsyncNetworkBackend, ssl_context: ssl.SSLContext) -> None:
-        super().__init__(trust_env=False)
+        super().__init__(verify=ssl_context, trust_env=False)  # the context given: no CA bundle load per fetch
         self._pool = httpcore.AsyncConnectionPool(ssl_context=ssl_context, network_backend=backend)
 
 

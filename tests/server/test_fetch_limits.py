@@ -87,8 +87,9 @@ async def test_one_tenants_dripping_urls_do_not_time_out_another_tenants_generat
     assert all(isinstance(o, openai.APIStatusError) for o in outcomes), outcomes
     assert codes <= {"image_fetch_timeout", "request_timeout"}, codes
     assert image_host.peak_drips <= 8
-    await asyncio.sleep(0.5)
-    assert image_host.open_drips == 0  # every abandoned fetch closed its connection
+    async with asyncio.timeout(5):  # every abandoned fetch closed its connection (the host notices soon)
+        while image_host.open_drips:
+            await asyncio.sleep(0.05)
 
 
 def test_url_dripping_past_the_fetch_cap_is_a_400_within_the_cap(
