@@ -10,7 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import socket
+import ssl
+import subprocess
+import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from typing import Any
 
 import httpcore
 import httpx
@@ -445,3 +450,59 @@ async def test_per_key_limit_holds_one_key_and_spares_another(hosts: tuple[Image
 def test_own_result_name(url: str, name: str | None) -> None:
     bases = ["http://127.0.0.1:8000", "http://localhost:8000/", "https://img.example.com", "https://img.example.com/gw"]
     assert own_result_name(url, bases) == name
+
+
+# --- TLS: the connection goes to the checked IP, the certificate is checked for the name -------------
+
+
+@pytest.fixture
+def tls_host(tmp_path: Any) -> Iterator[tuple[int, ssl.SSLContext, list[str | None]]]:
+    """A loopback HTTPS server with a self-signed certificate for img.example only (not for
+    127.0.0.1); returns (port, a client context trusting it, the SNI names it was sent)."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                    "/CN=img.example", "-addext", "subjectAltName=DNS:img.example", "-keyout", str(key),
+                    "-out", str(cert)], check=True, capture_output=True)
+    names: list[str | None] = []
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(cert, key)
+
+    def record_sni(_sock: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
+        names.append(name)
+
+    server_context.sni_callback = record_sni  # type: ignore[assignment]
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        while True:
+            try:
+                raw, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                with server_context.wrap_socket(raw, server_side=True) as conn:
+                    conn.recv(65536)
+                    conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: image/png\r\ncontent-length: %d\r\n"
+                                 b"connection: close\r\n\r\n%s" % (len(HOSTED_PNG), HOSTED_PNG))
+            except (OSError, ssl.SSLError):
+                continue
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    client_context = ssl.create_default_context(cafile=str(cert))
+    yield port, client_context, names
+    listener.close()
+    thread.join(timeout=5)
+
+
+async def test_tls_verifies_and_sends_the_host_name_not_the_address(
+    tls_host: tuple[int, ssl.SSLContext, list[str | None]]
+) -> None:
+    port, context, names = tls_host
+    dns = FakeDNS({"img.example": [["127.0.0.1"]]})
+    async with guarded_client(allow_private=True, resolver=dns, ssl_context=context) as client:
+        data = await fetch_image_url(f"https://img.example:{port}/a.png", client=client, param="images",
+                                     max_bytes=1_000_000, allow_private=True)
+    assert data == HOSTED_PNG
+    assert names == ["img.example"]
