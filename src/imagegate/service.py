@@ -347,8 +347,7 @@ def _most_relevant(errors: list[ImagegateError]) -> ImagegateError:
 async def _all_or_none(loads: list[Coroutine[Any, Any, InputImage]]) -> list[InputImage]:
     """Every input, or the first failure with the other loads cancelled: a bad image must not
     leave its siblings fetching (and holding their key's fetch slots) after the request failed.
-    When this task itself is cancelled, gather has cancelled them already; cancelling twice
-    would interrupt their clean-up (closing the connection) and leak it."""
+    (When this task itself is cancelled, gather cancels them.)"""
     tasks = [asyncio.ensure_future(load) for load in loads]
     try:
         return list(await asyncio.gather(*tasks))
