@@ -85,6 +85,10 @@ class Settings(BaseSettings):
     max_image_pixels: int = 64_000_000
     max_upstream_response_bytes: int = 256 * 1024 * 1024
     allow_private_urls: bool = False  # IMAGEGATE_ALLOW_PRIVATE_URLS: lets image URLs reach private nets
+    # Image URLs in edits: a total-time cap per fetch (not per read, so a URL that drips bytes is
+    # cut), and at most this many fetches per API key at once; both inside the request deadline.
+    fetch_timeout_seconds: float = Field(default=30.0, gt=0)  # IMAGEGATE_FETCH_TIMEOUT_SECONDS
+    fetch_concurrency_per_key: int = Field(default=8, ge=1)  # IMAGEGATE_FETCH_CONCURRENCY_PER_KEY
     # When some of the parallel calls behind n > 1 fail: "partial" returns what succeeded
     # (and says so), "fail" turns any failure into an error.
     n_failure_policy: str = "partial"

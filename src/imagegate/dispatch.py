@@ -54,20 +54,29 @@ class Dispatcher:
         self.settings = settings
         self.breaker = breaker
 
+    def deadline(self) -> float:
+        """A request's deadline on the event loop's clock, set once when the request starts."""
+        return asyncio.get_running_loop().time() + self.settings.request_timeout_seconds
+
+    def timed_out(self, while_doing: str = "") -> UpstreamTimeout:
+        return UpstreamTimeout(
+            f"The request did not finish within its deadline of {self.settings.request_timeout_seconds:g} s"
+            f"{while_doing}.", code="request_timeout",
+        )
+
     async def run(
-        self, routes: list[Route], views: dict[str, NormalizedParams], plan: CallPlan, n: int
+        self, routes: list[Route], views: dict[str, NormalizedParams], plan: CallPlan, n: int,
+        deadline: float | None = None,
     ) -> tuple[list[Served], list[ImagegateError]]:
-        """All calls for `n` images within the request deadline (then UpstreamTimeout, 504)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.request_timeout_seconds
+        """All calls for `n` images within the request deadline (then UpstreamTimeout, 504). The
+        deadline is the request's, passed in, so time spent fetching its inputs counts too."""
+        if deadline is None:
+            deadline = self.deadline()
         try:
             async with asyncio.timeout_at(deadline):
                 return await self._fill(routes, views, plan, n)
         except TimeoutError as exc:
-            raise UpstreamTimeout(
-                f"The request did not finish within its deadline of {self.settings.request_timeout_seconds:g} s.",
-                code="request_timeout",
-            ) from exc
+            raise self.timed_out() from exc
 
     async def _fill(
         self, routes: list[Route], views: dict[str, NormalizedParams], plan: CallPlan, n: int

@@ -21,6 +21,7 @@ from .engine.describe import (
     local_model_id,
     read_checkpoint,
 )
+from .fetch import ImageFetcher
 from .idempotency import IdempotencyStore
 from .keys import KeyStore
 from .providers import PROVIDER_CLASSES, ImageProvider
@@ -109,12 +110,17 @@ class Gateway:
         self.client = httpx.AsyncClient(
             limits=httpx.Limits(max_connections=512, max_keepalive_connections=128), timeout=30.0
         )
+        # Image URLs that users send get their own pool, behind the SSRF guard: a tenant's slow
+        # URLs cannot take the connections the upstream calls need.
+        self.fetcher = ImageFetcher(allow_private=settings.allow_private_urls,
+                                    timeout_seconds=settings.fetch_timeout_seconds,
+                                    concurrency_per_key=settings.fetch_concurrency_per_key)
         self.providers = build_providers(settings, file_config, self.client)
         if local is not None:
             self.providers["local"] = local
         breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown_seconds)
         self.router = Router(self.catalog, self.providers, file_config.routing, breaker)
-        self.service = ImageService(settings, self.router, self.store, self.usage, self.client,
+        self.service = ImageService(settings, self.router, self.store, self.usage, self.fetcher,
                                     default_model=self._default_model())
 
     def _default_model(self) -> str | None:
@@ -148,4 +154,5 @@ class Gateway:
         for provider in self.providers.values():
             await provider.aclose()
         await self.client.aclose()
+        await self.fetcher.aclose()
         self.db.close()

@@ -9,12 +9,11 @@ import asyncio
 import binascii
 import dataclasses
 import time
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio.to_thread
-import httpx
 
 from . import imaging
 from .catalog import Mode, ModelEntry
@@ -22,7 +21,7 @@ from .config import Settings
 from .conversion import ConversionPool, decode_estimate, encode_estimate
 from .dispatch import CallPlan, Dispatcher, Served
 from .errors import ImagegateError, InvalidRequest, UpstreamError, UpstreamUnavailable
-from .fetch import fetch_image_url
+from .fetch import ImageFetcher, own_result_name
 from .normalize import Adjustment, Layout, resolve_layout
 from .params import NormalizedParams, normalize_params, provider_view, refused_everywhere
 from .pricing import Charge, Cost, total_cost
@@ -49,6 +48,7 @@ class ImageJob:
     key_id: str | None = None
     image_param: str = "image"  # the field the images came in, for error messages ("images" in JSON)
     public_base_url: str | None = None  # base of result URLs; default from the settings
+    request_base_url: str | None = None  # the base the request itself came to: its result URLs are ours too
 
 
 @dataclass(frozen=True)
@@ -111,21 +111,23 @@ class ImageService:
         router: Router,
         store: ResultStore,
         usage: UsageSink,
-        client: httpx.AsyncClient,
+        fetcher: ImageFetcher,
         default_model: str | None = None,
     ) -> None:
         self.settings = settings
         self.router = router
         self.store = store
         self.usage = usage
-        self.client = client
+        self.fetcher = fetcher
         self.default_model = default_model or next(iter(router.catalog)).id
         self.dispatcher = Dispatcher(settings, router.breaker)
         self.conversions = ConversionPool.from_settings(settings)
 
     async def create(self, job: ImageJob, *, fallback_from: str | None = None,
-                     carried: list[Adjustment] | None = None) -> ImagesOutcome:
-        started = asyncio.get_running_loop().time()
+                     carried: list[Adjustment] | None = None, deadline: float | None = None) -> ImagesOutcome:
+        # One deadline for the whole request: fetching its inputs, every upstream call, the output
+        # pipeline, a fallback.
+        deadline = self.dispatcher.deadline() if deadline is None else deadline
         # 1. The model, and every field checked against it. `model_id` is what the client sent (an
         #    alias stays an alias in every report); `model` is the entry it resolves to.
         model_id = str(job.params.get("model") or self.default_model)
@@ -141,17 +143,22 @@ class ImageService:
         views = {r.provider_id: provider_view(params, model=model, provider_id=r.provider_id, binding=r.binding,
                                               strict=strict) for r in routes}
         # 3. Inputs, then the layout (an edit keeps its first image's shape by default).
-        images, mask = await self._load_inputs(job, model)
+        try:
+            async with asyncio.timeout_at(deadline):
+                images, mask = await self._load_inputs(job, model)
+        except TimeoutError as exc:
+            raise self.dispatcher.timed_out(" (while fetching its input images)") from exc
         input_shape = (images[0].width, images[0].height) if images else None
         layout = resolve_layout(model, size=params.get("size"), aspect_ratio=params.get("aspect_ratio"),
                                 resolution=params.get("resolution"), input_shape=input_shape)
         # 4. Upstream calls: n split, retried, failed over, within the deadline.
         n = int(params.get("n", 1))
-        served, errors = await self.dispatcher.run(routes, views, CallPlan(job.mode, layout, tuple(images), mask), n)
+        served, errors = await self.dispatcher.run(routes, views, CallPlan(job.mode, layout, tuple(images), mask), n,
+                                                    deadline)
         delivered = [(item.route, image) for item in served for image in item.result.images]
         if not delivered:
             if self._may_fall_back(model, params, errors, fallback_from):
-                return await self._fall_back(job, model, model_id)
+                return await self._fall_back(job, model, model_id, deadline)
             raise _most_relevant(errors)
         if errors and self.settings.n_failure_policy == "fail":
             raise _most_relevant(errors)
@@ -173,7 +180,7 @@ class ImageService:
                 item.result.images.clear()
             outputs = await self._finish_images(delivered, params, images, mask, hosted,
                                                 inline=response_format != "url",
-                                                deadline=started + self.settings.request_timeout_seconds)
+                                                deadline=deadline)
             adjustments += _dimension_adjustments(layout, outputs)
             compression = params.get("output_compression")
             if compression is not None and outputs[0].format in imaging.LOSSLESS:
@@ -203,13 +210,13 @@ class ImageService:
             and fallback_from is None and bool(errors) and all(is_capacity(e) for e in errors)
         )
 
-    async def _fall_back(self, job: ImageJob, model: ModelEntry, requested: str) -> ImagesOutcome:
+    async def _fall_back(self, job: ImageJob, model: ModelEntry, requested: str, deadline: float) -> ImagesOutcome:
         assert model.fallback_model is not None
         fallback = self.router.model(model.fallback_model)
         params, dropped = self._fallback_params(job, fallback)
         try:
             return await self.create(dataclasses.replace(job, params=params), fallback_from=requested,
-                                     carried=dropped)
+                                     carried=dropped, deadline=deadline)
         except ImagegateError as exc:
             raise UpstreamUnavailable(
                 f"Every provider of '{model.id}' is at capacity, and the fallback model "
@@ -247,12 +254,12 @@ class ImageService:
                 f"got {len(job.images)}.",
                 param=param,
             )
-        images = await asyncio.gather(*(self._load_image(src, param, model.input_formats) for src in job.images))
+        images = await _all_or_none([self._load_image(job, src, param, model.input_formats) for src in job.images])
         mask = None
         if job.mask is not None:
             if job.mode != "edit":
                 raise InvalidRequest("'mask' is only for edits.", param="mask")
-            mask = await self._load_image(job.mask, "mask", ["png"])
+            mask = await self._load_image(job, job.mask, "mask", ["png"])
             first = images[0]
             if (mask.width, mask.height) != (first.width, first.height):
                 raise InvalidRequest(
@@ -261,11 +268,10 @@ class ImageService:
                 )
         return list(images), mask
 
-    async def _load_image(self, source: ImageSource, param: str, allowed: list[str]) -> InputImage:
+    async def _load_image(self, job: ImageJob, source: ImageSource, param: str, allowed: list[str]) -> InputImage:
         s = self.settings
         if isinstance(source, str):
-            source = await fetch_image_url(source, client=self.client, param=param, max_bytes=s.max_image_bytes,
-                                           allow_private=s.allow_private_urls)
+            source = await self._read_url(job, source, param)
         elif len(source) > s.max_image_bytes:
             raise InvalidRequest(f"'{param}' is larger than {s.max_image_bytes} bytes.", param=param,
                                  code="payload_too_large")
@@ -275,6 +281,27 @@ class ImageService:
             lambda: imaging.check_image(data, param=param, allowed=allowed, max_pixels=s.max_image_pixels),
         )
         return InputImage(data, imaging.MIME_BY_FORMAT[fmt], width, height)
+
+    async def _read_url(self, job: ImageJob, url: str, param: str) -> bytes:
+        """A result URL of this gateway is read from the result store (no request to ourselves, and
+        it works while private URLs are refused); any other URL is fetched under the SSRF rules."""
+        s = self.settings
+        bases = [b for b in (job.public_base_url, s.base_public_url, job.request_base_url) if b]
+        name = own_result_name(url, bases)
+        if name is None:
+            return await self.fetcher.fetch(url, param=param, max_bytes=s.max_image_bytes, key_id=job.key_id)
+        stored = await anyio.to_thread.run_sync(self.store.get, name)
+        try:
+            if stored is None:
+                raise FileNotFoundError(name)
+            data = await anyio.to_thread.run_sync(stored.path.read_bytes)
+        except OSError as exc:  # unknown, expired, or purged between the lookup and the read
+            raise InvalidRequest(f"'{param}': the result {name!r} of this gateway does not exist or has expired.",
+                                 param=param, code="result_not_found") from exc
+        if len(data) > s.max_image_bytes:
+            raise InvalidRequest(f"'{param}' is larger than {s.max_image_bytes} bytes.", param=param,
+                                 code="payload_too_large")
+        return data
 
     async def _finish_images(
         self, delivered: list[tuple[Route, ProviderImage]], params: NormalizedParams, images: list[InputImage],
@@ -385,6 +412,19 @@ def _most_relevant(errors: list[ImagegateError]) -> ImagegateError:
     if not errors:
         return ImagegateError("The upstream returned no images.")
     return next((e for e in errors if not is_upstream_failure(e)), errors[-1])
+
+
+async def _all_or_none(loads: list[Coroutine[Any, Any, InputImage]]) -> list[InputImage]:
+    """Every input, or the first failure with the other loads cancelled: a bad image must not
+    leave its siblings fetching (and holding their key's fetch slots) after the request failed.
+    (When this task itself is cancelled, gather cancels them.)"""
+    tasks = [asyncio.ensure_future(load) for load in loads]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except Exception:
+        for task in tasks:
+            task.cancel()
+        raise
 
 
 def _unique(adjustments: Iterable[Adjustment]) -> list[Adjustment]:

@@ -64,6 +64,7 @@ async def _serve(request: Request, job: ImageJob, key_id: str | None) -> Respons
     job.client_request_id = request.scope["state"].get("client_request_id")
     job.key_id = key_id
     job.public_base_url = _public_base_url(request)
+    job.request_base_url = str(request.base_url)  # its result URLs are read from the store when edited
 
     async def produce() -> StoredResponse:
         outcome = await gateway.service.create(job)
