@@ -441,7 +441,8 @@ def test_models_with_gemini(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def catalog_ids() -> list[str]:
-    return [model.id for model in load_builtin_catalog()]
+    """Every id GET /v1/models lists: each model, then its aliases."""
+    return [name for model in load_builtin_catalog() for name in (model.id, *model.aliases)]
 
 
 def test_models_json_is_the_model_list_with_its_cards(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -452,6 +453,8 @@ def test_models_json_is_the_model_list_with_its_cards(monkeypatch: pytest.Monkey
     assert card["object"] == "model" and card["available"] is True
     assert {"modes", "parameters", "sizes", "price", "providers"} <= set(card)
     assert next(p for p in card["providers"] if p["id"] == "gemini")["configured"] is True
+    alias = next(c for c in listing["data"] if c["id"] == "nano-banana-pro")  # aliases are listed, as by the API
+    assert alias["alias_of"] == MODEL
 
 
 def test_models_prints_every_id_whole_in_a_narrow_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -468,6 +471,8 @@ def test_models_in_a_wide_terminal_is_one_table_row_per_model(monkeypatch: pytes
     monkeypatch.setenv("GEMINI_API_KEY", "some-key")
     rows = [line for line in ok("models").stdout.splitlines() if line.startswith("│")]
     assert [row.split("│")[1].strip() for row in rows] == catalog_ids()
+    alias_row = next(row for row in rows if row.split("│")[1].strip() == "nano-banana-pro")
+    assert f"alias of {MODEL}" in alias_row
 
 
 def test_models_from_a_running_server(gateway: RunningGateway, fake_gemini: FakeGemini) -> None:

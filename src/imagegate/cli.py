@@ -246,15 +246,11 @@ def _write_outputs(files: list[tuple[bytes, str]], output: str | None) -> list[P
 
 def _models_listing_local() -> dict[str, Any]:
     """What GET /v1/models answers, from the catalog and the providers this environment configures."""
-    from .server.render import model_card
+    from .server.render import model_list
 
     async def load() -> dict[str, Any]:
         async with Gateway(Settings()) as gateway:
-            listing: dict[str, Any] = {"object": "list",
-                                       "data": [model_card(m, gateway.router) for m in gateway.catalog]}
-            if notice := gateway.notice():
-                listing["notice"] = notice
-            return listing
+            return model_list(gateway)
 
     return asyncio.run(load())
 
@@ -286,7 +282,10 @@ def _price_text(price: Any) -> str:
 def _model_row(card: dict[str, Any]) -> tuple[str, str, str, str, str]:
     """(id, name, modes, price per image, configured providers) of one model card."""
     configured = [str(p.get("id")) for p in card.get("providers") or [] if isinstance(p, dict) and p.get("configured")]
-    return (str(card.get("id")), str(card.get("name") or ""), ", ".join(card.get("modes") or []),
+    name = str(card.get("name") or "")
+    if card.get("alias_of"):
+        name = f"{name} (alias of {card['alias_of']})"
+    return (str(card.get("id")), name, ", ".join(card.get("modes") or []),
             _price_text(card.get("price")), ", ".join(configured) or "not configured")
 
 

@@ -10,6 +10,7 @@ from starlette.responses import Response
 
 from ..catalog import ModelEntry
 from ..errors import ImagegateError
+from ..gateway import Gateway
 from ..providers import TokenSplit
 from ..router import Router
 from ..service import ImagesOutcome
@@ -90,6 +91,15 @@ def _splice(text: str, splices: dict[str, str]) -> str:
         position = found + len(placeholder)
     pieces.append(text[position:])
     return "".join(pieces)
+
+
+def model_list(gateway: Gateway) -> dict[str, Any]:
+    """GET /v1/models (and `imagegate models`): every card, and what an operator must know."""
+    body: dict[str, Any] = {"object": "list", "data": model_cards(
+        gateway.router, default_response_format=gateway.settings.default_response_format)}
+    if notice := gateway.notice():
+        body["notice"] = notice
+    return body
 
 
 def model_cards(router: Router, *, default_response_format: str | None = None) -> list[dict[str, Any]]:

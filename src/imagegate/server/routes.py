@@ -19,7 +19,7 @@ from ..service import ImageJob
 from .disconnect import until_disconnected
 from .parsing import parse_edit, parse_generation
 from .public_url import public_base_url
-from .render import images_response, json_response, model_card, model_cards
+from .render import images_response, json_response, model_card, model_list
 
 
 def _gateway(request: Request) -> Gateway:
@@ -111,12 +111,7 @@ async def edits(request: Request) -> Response:
 
 async def list_models(request: Request) -> Response:
     await authenticate(request)
-    gateway = _gateway(request)
-    body: dict[str, object] = {"object": "list", "data": model_cards(
-        gateway.router, default_response_format=gateway.settings.default_response_format)}
-    if notice := gateway.notice():
-        body["notice"] = notice
-    return json_response(body)
+    return json_response(model_list(_gateway(request)))
 
 
 async def get_model(request: Request) -> Response:
