@@ -36,16 +36,22 @@ class Gauge:
         return run
 
 
-async def settle() -> None:
-    """Let queued jobs reach their threads."""
+async def settle(until: Callable[[], bool] | None = None) -> None:
+    """Let queued jobs reach their threads: a moment, and on a loaded machine as long as it takes
+    (at most 10 s) for `until` to hold."""
     await asyncio.sleep(0.2)
+    for _ in range(200):
+        if until is None or until():
+            return
+        await asyncio.sleep(0.05)
 
 
 async def test_jobs_beyond_the_memory_budget_wait_for_memory_to_be_released() -> None:
     pool = ConversionPool(workers=8, memory_bytes=100, max_wait_seconds=10)
     gauge = Gauge()
     tasks = [asyncio.create_task(pool.run(40, gauge.job(f"j{i}"))) for i in range(4)]
-    await settle()
+    await settle(until=lambda: gauge.running >= 2)
+    await settle()  # room for a third to start, were the budget not kept
     assert gauge.running == 2  # 2 x 40 fit in 100; the third and fourth wait
     assert pool.reserved == 80
     gauge.release.set()
@@ -58,6 +64,7 @@ async def test_threads_are_bounded_by_workers_even_without_a_memory_budget() -> 
     pool = ConversionPool(workers=2, memory_bytes=0, max_wait_seconds=10)
     gauge = Gauge()
     tasks = [asyncio.create_task(pool.run(10**12, gauge.job(f"j{i}"))) for i in range(5)]
+    await settle(until=lambda: gauge.running >= 2)
     await settle()
     assert gauge.running == 2
     gauge.release.set()
@@ -106,7 +113,7 @@ async def test_a_large_waiting_job_is_not_overtaken_by_smaller_ones() -> None:
     pool = ConversionPool(workers=8, memory_bytes=100, max_wait_seconds=10)
     gauge = Gauge()
     first = asyncio.create_task(pool.run(60, gauge.job("first")))
-    await settle()
+    await settle(until=lambda: gauge.started == ["first"])
     big = asyncio.create_task(pool.run(80, gauge.job("big")))
     await settle()
     # Would fit beside "first" but not beside "big", so the order it starts in is deterministic.
@@ -122,13 +129,13 @@ async def test_a_cancelled_waiter_gives_its_turn_to_the_next() -> None:
     pool = ConversionPool(workers=8, memory_bytes=100, max_wait_seconds=10)
     gauge = Gauge()
     holder = asyncio.create_task(pool.run(60, gauge.job("holder")))
-    await settle()
+    await settle(until=lambda: gauge.started == ["holder"])
     blocked = asyncio.create_task(pool.run(80, gauge.job("cancelled")))
     await settle()
     small = asyncio.create_task(pool.run(30, gauge.job("small")))
     await settle()
     blocked.cancel()
-    await settle()
+    await settle(until=lambda: "small" in gauge.started)
     assert gauge.started == ["holder", "small"]  # no longer queued behind the cancelled job
     gauge.release.set()
     await asyncio.gather(holder, small)
@@ -140,3 +147,23 @@ def test_estimates_follow_the_measured_encoder_costs() -> None:
     webp, avif, png = (encode_estimate(side, side, f) for f in ("webp", "avif", "png"))
     assert side * side * 4 < png < webp < avif  # every encode holds at least the decoded RGB(A) image
     assert encode_estimate(side, side, "png", composite=True) > png
+
+
+async def test_a_release_while_the_queue_head_is_cancelled_skips_it() -> None:
+    """A waiter cancelled, and memory released in the same tick, before its task runs again: the
+    release must pass it over (not grant a cancelled future, which raised InvalidStateError) and
+    the cancelled task must still leave the queue cleanly."""
+    pool = ConversionPool(workers=8, memory_bytes=100, max_wait_seconds=10)
+    gauge = Gauge()
+    gauge.release.set()
+    pool.reserved = 100  # held by a job whose release comes below
+    cancelled = asyncio.create_task(pool.run(60, gauge.job("cancelled")))
+    queued = asyncio.create_task(pool.run(60, gauge.job("queued")))
+    await settle()
+    cancelled.cancel()  # its future is cancelled now; its task runs its clean-up only later
+    pool._release(100)  # that job finishes in the same tick and meets the cancelled head
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    assert await queued == "queued"
+    assert gauge.started == ["queued"]
+    assert pool.reserved == 0

@@ -124,7 +124,8 @@ class ConversionPool:
             if waiter.done() and not waiter.cancelled():
                 self._release(estimate)  # granted just as we gave up: hand it on
             else:
-                self._waiters.remove(entry)
+                if entry in self._waiters:  # a wake-up may already have dropped it as cancelled
+                    self._waiters.remove(entry)
                 self._wake()  # the queue's head may have changed
             raise
 
@@ -135,6 +136,9 @@ class ConversionPool:
     def _wake(self) -> None:
         while self._waiters:
             estimate, waiter = self._waiters[0]
+            if waiter.done():  # cancelled, its task not yet back to take itself off the queue
+                self._waiters.popleft()
+                continue
             if self.reserved + estimate > self.memory_bytes:
                 return
             self._waiters.popleft()
