@@ -143,3 +143,24 @@ def test_a_usage_row_the_database_refused_is_inserted_once_it_takes_writes(
     second = client.images.with_raw_response.generate(model=MODEL, prompt="db back", response_format="b64_json")
     ids = [row[0] for row in usage_rows(gw)]
     assert sorted(ids) == sorted([first.headers["x-request-id"], second.headers["x-request-id"]])
+
+
+def _disk_full(fd: int, data: memoryview) -> int:
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_n_images_cost_n_and_a_paid_request_that_then_fails_records_that_cost(
+        gateway_factory: Any, fake_gemini: FakeGemini, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The cost is counted from the upstream's images before the output pipeline releases them.
+    gw = start(gateway_factory, fake_gemini)
+    client = gw.client()
+    served = client.images.generate(model=MODEL, prompt="two", n=2)  # the default: url and b64_json
+    assert len(served.data) == 2 and all(d.url and d.b64_json for d in served.data)
+    assert dict(served.usage.model_dump())["cost"] == pytest.approx(2 * 0.134)  # Gemini API, 1K
+
+    monkeypatch.setattr(storage, "_write_chunk", _disk_full)
+    with pytest.raises(openai.InternalServerError) as caught:
+        client.images.generate(model=MODEL, prompt="two, disk full", n=2)
+    assert_openai_503(caught.value, "storage_full")
+    assert [row[1:] for row in usage_rows(gw)] == [("gemini", 2, pytest.approx(2 * 0.134))] * 2
+
