@@ -160,15 +160,17 @@ class ImageService:
             if self._may_fall_back(model, params, errors, fallback_from):
                 return await self._fall_back(job, model, model_id, deadline)
             raise _most_relevant(errors)
+        # The upstream is paid for from here on: whatever fails below (the n-failure policy, no room
+        # to convert or store, a client gone), the usage row is written before the error leaves.
+        made = len(delivered)
+        cost = self._cost(served, views, layout, input_images=len(images))
         if errors and self.settings.n_failure_policy == "fail":
+            record_after_failure(self.usage, self._paid_record(job, model_id, served, made, cost, params))
             raise _most_relevant(errors)
         served_by = dict.fromkeys(item.route.provider_id for item in served)
         adjustments = list(layout.adjustments) + _unique(a for p in served_by for a in views[p].ignored)
         adjustments += _count_adjustments(n, len(delivered), len(errors))
-        # 5. Output pipeline. The upstream is paid for from here on: whatever fails below (no room
-        #    to convert or store, a client gone), the usage row is written before the error leaves.
-        made = len(delivered)
-        cost = self._cost(served, views, layout, input_images=len(images))
+        # 5. Output pipeline.
         try:
             # Left out: the operator's default, `both` unless set, so that clients reading only
             # b64_json (gpt-image style) and those reading only url (DALL-E style) both work.

@@ -17,7 +17,7 @@ import pytest
 from imagegate import storage
 
 from ..conftest import RunningGateway
-from ..fakes.gemini import FakeGemini
+from ..fakes.gemini import FakeGemini, GeminiError
 
 MODEL = "gemini-3-pro-image-preview"
 
@@ -164,3 +164,13 @@ def test_n_images_cost_n_and_a_paid_request_that_then_fails_records_that_cost(
     assert_openai_503(caught.value, "storage_full")
     assert [row[1:] for row in usage_rows(gw)] == [("gemini", 2, pytest.approx(2 * 0.134))] * 2
 
+
+def test_n_failure_policy_fail_still_records_the_images_it_paid_for(
+        gateway_factory: Any, fake_gemini: FakeGemini) -> None:
+    gw = start(gateway_factory, fake_gemini, n_failure_policy="fail")
+    fake_gemini.enqueue(GeminiError(503, "UNAVAILABLE", "overloaded"))
+    with pytest.raises(openai.InternalServerError) as caught:
+        gw.client().images.generate(model=MODEL, prompt="one of two fails", n=2)
+    assert caught.value.status_code == 503
+    # One call failed, the other made (and billed) an image that the policy then withheld.
+    assert [row[1:] for row in usage_rows(gw)] == [("gemini", 1, pytest.approx(0.134))]
