@@ -340,7 +340,8 @@ def test_cors_preflight_is_answered_without_a_key(gateway_factory: Any, fake_gem
                   headers={"origin": ORIGIN})
     assert answer.status_code == 200 and answer.headers["access-control-allow-origin"] == ORIGIN
     exposed = {h.strip() for h in answer.headers["access-control-expose-headers"].lower().split(",")}
-    assert {"x-request-id", "x-imagegate-provider", "x-imagegate-model", "x-imagegate-adjusted"} <= exposed
+    assert {"x-request-id", "x-imagegate-request-id", "x-imagegate-provider", "x-imagegate-model",
+            "x-imagegate-adjusted"} <= exposed
     # Errors reach the browser too (a 401 it can read instead of an opaque network error).
     unauthorized = httpx.get(f"{gw.url}/v1/models", headers={"origin": ORIGIN}, timeout=30)
     assert unauthorized.status_code == 401 and unauthorized.headers["access-control-allow-origin"] == ORIGIN
