@@ -326,9 +326,11 @@ class ImageService:
                 blob, fmt = imaging.convert(blob, target, compression)
                 # Make the form the response needs here, off the event loop, and keep only that one.
                 if hosted:
-                    blob = imaging.ImageBytes(blob.data)  # decoded now, inside the error mapping
-                    if inline:
-                        blob.b64  # noqa: B018 - both forms: the answer carries url and b64_json
+                    data = blob.data  # decoded now, inside the error mapping
+                    if inline:  # both forms: the answer carries url and b64_json; an upstream's base64 is kept
+                        blob.b64  # noqa: B018
+                    else:
+                        blob = imaging.ImageBytes(data)
                 else:
                     blob = imaging.ImageBytes(b64=blob.b64)
             except (binascii.Error, OSError, SyntaxError, ValueError) as exc:

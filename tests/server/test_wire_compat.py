@@ -10,11 +10,14 @@ import base64
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import pytest
 from openai.types.images_response import Usage, UsageInputTokensDetails, UsageOutputTokensDetails
+
+from imagegate import imaging
 
 from ..conftest import API_KEY, RunningGateway, make_settings, start_gateway
 from ..fakes.fal import FakeFal
@@ -209,6 +212,24 @@ def test_without_response_format_edits_carry_both_url_and_b64_json(gateway: Runn
     assert item is not None and item.url and item.b64_json
     assert httpx.get(item.url).content == base64.b64decode(item.b64_json)
     assert (result.model_extra or {})["effective"]["response_format"] == "both"
+
+
+def test_both_forms_reuse_the_upstreams_base64(gateway: RunningGateway, fake_gemini: FakeGemini,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Gemini sends base64: an image passed through as is answers with that very text as b64_json
+    (decoded once for the hosted file, never encoded again)."""
+    encoded: list[int] = []
+
+    def b64encode(data: bytes) -> bytes:
+        encoded.append(len(data))
+        return base64.b64encode(data)
+
+    monkeypatch.setattr(imaging, "base64", SimpleNamespace(b64encode=b64encode))
+    result = gateway.client().images.generate(model=PRO, prompt="as is")
+    item = result.data[0] if result.data else None
+    assert item is not None and item.url and item.b64_json
+    assert httpx.get(item.url).content == base64.b64decode(item.b64_json)
+    assert encoded == []
 
 
 @pytest.mark.parametrize("default,has_url,has_b64", [("url", True, False), ("b64_json", False, True)])
