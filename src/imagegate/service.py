@@ -162,10 +162,10 @@ class ImageService:
             raise _most_relevant(errors)
         # The upstream is paid for from here on: whatever fails below (the n-failure policy, no room
         # to convert or store, a client gone), the usage row is written before the error leaves.
-        made = len(delivered)
         cost = self._cost(served, views, layout, input_images=len(images))
+        usage = self._usage_record(job, model_id, served, len(delivered), cost, params)
         if errors and self.settings.n_failure_policy == "fail":
-            record_after_failure(self.usage, self._paid_record(job, model_id, served, made, cost, params))
+            record_after_failure(self.usage, usage)
             raise _most_relevant(errors)
         served_by = dict.fromkeys(item.route.provider_id for item in served)
         adjustments = list(layout.adjustments) + _unique(a for p in served_by for a in views[p].ignored)
@@ -198,9 +198,9 @@ class ImageService:
                                    *(carried or [])]
             outcome = self._outcome(model_id, served, layout, outputs, params, response_format, adjustments, cost)
         except BaseException:
-            record_after_failure(self.usage, self._paid_record(job, model_id, served, made, cost, params))
+            record_after_failure(self.usage, usage)
             raise
-        await anyio.to_thread.run_sync(self.usage.record, self._usage_record(job, outcome, params))
+        await anyio.to_thread.run_sync(self.usage.record, usage)
         return outcome
 
     @staticmethod
@@ -387,9 +387,11 @@ class ImageService:
             output_details=sum((item.result.output_split() for item in served), TokenSplit()),
         )
 
-    def _paid_record(self, job: ImageJob, model_id: str, served: list[Served], made: int, cost: Cost,
-                     params: NormalizedParams) -> UsageRecord:
-        """The usage of a request that failed after its upstream calls succeeded: what was made."""
+    @staticmethod
+    def _usage_record(job: ImageJob, model_id: str, served: list[Served], made: int, cost: Cost,
+                      params: NormalizedParams) -> UsageRecord:
+        """The usage row of a request whose upstream calls succeeded: what was made, whether it was
+        then answered or failed later (one builder, so both rows carry the same fields)."""
         return UsageRecord(
             request_id=job.request_id, key_id=job.key_id, user=params.get("user"),
             safety_identifier=params.get("safety_identifier"), model=model_id,
@@ -397,17 +399,6 @@ class ImageService:
             images=made, cost=cost.amount, cost_estimated=cost.estimated, client_request_id=job.client_request_id,
             input_tokens=sum(item.result.input_tokens for item in served),
             output_tokens=sum(item.result.output_tokens for item in served),
-        )
-
-    @staticmethod
-    def _usage_record(job: ImageJob, outcome: ImagesOutcome, params: NormalizedParams) -> UsageRecord:
-        return UsageRecord(
-            request_id=job.request_id, key_id=job.key_id, user=params.get("user"),
-            safety_identifier=params.get("safety_identifier"), model=outcome.model,
-            provider=outcome.provider, mode=job.mode, images=len(outcome.images), cost=outcome.cost,
-            cost_estimated=outcome.cost_estimated,
-            input_tokens=outcome.input_tokens, output_tokens=outcome.output_tokens,
-            client_request_id=job.client_request_id,
         )
 
 

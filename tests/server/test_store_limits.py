@@ -174,3 +174,28 @@ def test_n_failure_policy_fail_still_records_the_images_it_paid_for(
     assert caught.value.status_code == 503
     # One call failed, the other made (and billed) an image that the policy then withheld.
     assert [row[1:] for row in usage_rows(gw)] == [("gemini", 1, pytest.approx(0.134))]
+
+
+def test_the_usage_row_of_a_paid_failure_carries_what_a_served_one_does(
+        gateway_factory: Any, fake_gemini: FakeGemini, monkeypatch: pytest.MonkeyPatch) -> None:
+    gw = start(gateway_factory, fake_gemini)
+    fields = {"model": "nano-banana-pro", "prompt": "p", "user": "u-1", "safety_identifier": "s-1"}
+
+    def send(client_request_id: str) -> httpx.Response:
+        return httpx.post(f"{gw.url}/v1/images/generations", json=fields, timeout=30,
+                          headers={"authorization": "Bearer sk-test-gateway", "x-request-id": client_request_id})
+
+    served = send("client-served")
+    monkeypatch.setattr(storage, "_write_chunk", _disk_full)
+    failed = send("client-failed")
+    assert (served.status_code, failed.status_code) == (200, 503)
+    db = sqlite3.connect(gw.settings.database_path)
+    try:
+        rows = db.execute("SELECT request_id, client_request_id, model, user, safety_identifier, cost_estimated, "
+                          "images FROM usage ORDER BY id").fetchall()
+    finally:
+        db.close()
+    assert rows == [
+        (r.headers["x-imagegate-request-id"], r.headers["x-request-id"], "nano-banana-pro", "u-1", "s-1", 0, 1)
+        for r in (served, failed)
+    ]
