@@ -44,7 +44,9 @@ from typing import Any
 
 import httpx
 
+# Shared by the other bench scripts, which import them from here.
 HERE = Path(__file__).resolve().parent
+SRC = HERE.parent / "src"  # a gateway child gets it first on PYTHONPATH: this checkout's code
 HOST = "127.0.0.1"
 MODEL = "gemini-3-pro-image-preview"
 UPSTREAM_MODEL = "gemini-3-pro-image"  # what the gemini binding calls (catalog upstream_model)
