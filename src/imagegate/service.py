@@ -153,8 +153,16 @@ class ImageService:
                                 resolution=params.get("resolution"), input_shape=input_shape)
         # 4. Upstream calls: n split, retried, failed over, within the deadline.
         n = int(params.get("n", 1))
-        served, errors = await self.dispatcher.run(routes, views, CallPlan(job.mode, layout, tuple(images), mask), n,
-                                                    deadline)
+        paid: list[Served] = []  # each call that made images, as soon as it returns
+        try:
+            served, errors = await self.dispatcher.run(routes, views, CallPlan(job.mode, layout, tuple(images), mask),
+                                                        n, deadline, paid=paid)
+        except BaseException:
+            # The deadline or a client gone ended the run, maybe after some calls were billed.
+            if made := sum(len(item.result.images) for item in paid):
+                cost = self._cost(paid, views, layout, input_images=len(images))
+                record_after_failure(self.usage, self._usage_record(job, model_id, paid, made, cost, params))
+            raise
         delivered = [(item.route, image) for item in served for image in item.result.images]
         if not delivered:
             if self._may_fall_back(model, params, errors, fallback_from):

@@ -17,6 +17,7 @@ import pytest
 from imagegate import storage
 
 from ..conftest import RunningGateway
+from ..fakes.common import Hang
 from ..fakes.gemini import FakeGemini, GeminiError
 
 MODEL = "gemini-3-pro-image-preview"
@@ -199,3 +200,13 @@ def test_the_usage_row_of_a_paid_failure_carries_what_a_served_one_does(
         (r.headers["x-imagegate-request-id"], r.headers["x-request-id"], "nano-banana-pro", "u-1", "s-1", 0, 1)
         for r in (served, failed)
     ]
+
+
+def test_a_request_past_its_deadline_records_the_calls_that_were_billed(
+        gateway_factory: Any, fake_gemini: FakeGemini) -> None:
+    gw = start(gateway_factory, fake_gemini, request_timeout_seconds=1.5)
+    fake_gemini.enqueue(Hang(30))  # one of the two calls never answers; the other makes its image
+    response = httpx.post(f"{gw.url}/v1/images/generations", json={"model": MODEL, "prompt": "p", "n": 2},
+                          headers={"authorization": "Bearer sk-test-gateway"}, timeout=30)
+    assert response.status_code == 504 and response.json()["error"]["code"] == "request_timeout"
+    assert [row[1:] for row in usage_rows(gw)] == [("gemini", 1, pytest.approx(0.134))]
