@@ -33,14 +33,20 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gateway_overhead import Child, clean_env, free_port, gateway_command, wait_healthy  # noqa: E402
+from gateway_overhead import (  # noqa: E402
+    GATEWAY_KEY,
+    HERE,
+    HOST,
+    MODEL,
+    SRC,
+    UPSTREAM_KEY,
+    Child,
+    clean_env,
+    free_port,
+    gateway_command,
+    wait_healthy,
+)
 
-HERE = Path(__file__).resolve().parent
-SRC = HERE.parent / "src"
-HOST = "127.0.0.1"
-MODEL = "gemini-3-pro-image-preview"
-GATEWAY_KEY = "bench-key"
-UPSTREAM_KEY = "bench-upstream-key"
 MB = 1_000_000
 
 

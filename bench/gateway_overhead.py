@@ -44,7 +44,9 @@ from typing import Any
 
 import httpx
 
+# Shared by the other bench scripts, which import them from here.
 HERE = Path(__file__).resolve().parent
+SRC = HERE.parent / "src"  # a gateway child gets it first on PYTHONPATH: this checkout's code
 HOST = "127.0.0.1"
 MODEL = "gemini-3-pro-image-preview"
 UPSTREAM_MODEL = "gemini-3-pro-image"  # what the gemini binding calls (catalog upstream_model)
@@ -104,22 +106,28 @@ class Child:
     def stop(self) -> None:
         """SIGINT (graceful: uvicorn drains, a py-spy wrapper writes its profile), then harder."""
         if self.proc.poll() is None:
-            for sig, wait_s in ((signal.SIGINT, 15.0), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-                try:
-                    os.killpg(self.proc.pid, sig)
-                except ProcessLookupError:
-                    break
-                try:
-                    self.proc.wait(wait_s)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
+            stop_group(self.proc, ((signal.SIGINT, 15.0), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)))
         else:  # the leader is gone; make sure nothing it started lingers
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
         self._log.close()
+
+
+def stop_group(proc: subprocess.Popen[bytes], steps: tuple[tuple[int, float], ...]) -> None:
+    """Send each signal of `steps` to the process group led by `proc`, waiting the given seconds
+    for it to exit before the next one; stops as soon as it has exited."""
+    for sig, wait_s in steps:
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(wait_s)
+            break
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def _process_tree(root: int) -> list[int]:

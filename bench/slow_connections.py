@@ -35,7 +35,6 @@ import os
 import resource
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -47,21 +46,13 @@ from typing import Any
 
 import httpx
 
-HERE = Path(__file__).resolve().parent
-HOST = "127.0.0.1"
-MODEL = "gemini-3-pro-image-preview"
-GATEWAY_KEY = "bench-key"
-UPSTREAM_KEY = "bench-upstream-key"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gateway_overhead import GATEWAY_KEY, HERE, HOST, MODEL, UPSTREAM_KEY, clean_env, free_port, stop_group  # noqa: E402
+
 BASELINE_CODE = ("import uvicorn; from imagegate.config import Settings; from imagegate.server import create_app; "
                  "s = Settings(); uvicorn.run(create_app(s), host=s.host, port=s.port, log_level='info')")
 HEAD = (f"POST /v1/images/generations HTTP/1.1\r\nhost: bench\r\nauthorization: Bearer {GATEWAY_KEY}\r\n"
         "content-type: application/json\r\n").encode()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 def _nofile(soft: int, hard: int | None) -> Any:
@@ -88,16 +79,7 @@ class Child:
         return self.log_path.stat().st_size
 
     def stop(self) -> None:
-        for sig, wait_s in ((signal.SIGINT, 10.0), (signal.SIGKILL, 5.0)):
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                self.proc.wait(wait_s)
-                break
-            except subprocess.TimeoutExpired:
-                continue
+        stop_group(self.proc, ((signal.SIGINT, 10.0), (signal.SIGKILL, 5.0)))
         self._log.close()
 
 
@@ -252,7 +234,7 @@ async def accept_phase(port: int, seconds: float, child: Child) -> dict[str, Any
 def run_mode(phase: str, mode: str, args: argparse.Namespace, tmp: Path, upstream_url: str, run: int
              ) -> dict[str, Any]:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("IMAGEGATE_", "GEMINI_", "OPENAI_"))}
+    env = clean_env()
     env.update({"GEMINI_API_KEY": UPSTREAM_KEY, "GEMINI_BASE_URL": upstream_url, "IMAGEGATE_API_KEYS": GATEWAY_KEY,
                 "IMAGEGATE_DATA_DIR": str(tmp / f"data-{phase}-{mode}-{run}"), "IMAGEGATE_HOST": HOST,
                 "IMAGEGATE_PORT": str(port)})

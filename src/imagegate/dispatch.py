@@ -66,20 +66,22 @@ class Dispatcher:
 
     async def run(
         self, routes: list[Route], views: dict[str, NormalizedParams], plan: CallPlan, n: int,
-        deadline: float | None = None,
+        deadline: float | None = None, paid: list[Served] | None = None,
     ) -> tuple[list[Served], list[ImagegateError]]:
         """All calls for `n` images within the request deadline (then UpstreamTimeout, 504). The
-        deadline is the request's, passed in, so time spent fetching its inputs counts too."""
+        deadline is the request's, passed in, so time spent fetching its inputs counts too.
+        Each call that succeeds is added to `paid` as soon as it returns, so that a caller whose run
+        ends early (the deadline, a cancel) still knows what the upstreams made and billed."""
         if deadline is None:
             deadline = self.deadline()
         try:
             async with asyncio.timeout_at(deadline):
-                return await self._fill(routes, views, plan, n)
+                return await self._fill(routes, views, plan, n, [] if paid is None else paid)
         except TimeoutError as exc:
             raise self.timed_out() from exc
 
     async def _fill(
-        self, routes: list[Route], views: dict[str, NormalizedParams], plan: CallPlan, n: int
+        self, routes: list[Route], views: dict[str, NormalizedParams], plan: CallPlan, n: int, paid: list[Served]
     ) -> tuple[list[Served], list[ImagegateError]]:
         served: list[Served] = []
         errors: list[ImagegateError] = []
@@ -90,7 +92,7 @@ class Dispatcher:
             per_call = route.binding.max_images_per_call
             calls = [_Slot(s.offset + i, min(per_call, s.count - i)) for s in pending for i in range(0, s.count, per_call)]
             outcomes = await asyncio.gather(
-                *(self._attempts(route, self._request(route, views[route.provider_id], plan, c)) for c in calls),
+                *(self._paid(route, self._request(route, views[route.provider_id], plan, c), paid) for c in calls),
                 return_exceptions=True,
             )
             pending = []
@@ -114,6 +116,11 @@ class Dispatcher:
             output_format=output_format if output_format in route.binding.native_output_formats else None,
             output_compression=view.get("output_compression"), options=view.options, extra=view.extra,
         )
+
+    async def _paid(self, route: Route, request: ProviderRequest, paid: list[Served]) -> ProviderResult:
+        result = await self._attempts(route, request)
+        paid.append(Served(route, result))
+        return result
 
     async def _attempts(self, route: Route, request: ProviderRequest) -> ProviderResult:
         """Up to `retry_attempts` tries on one provider, with backoff and jitter in between."""

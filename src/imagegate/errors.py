@@ -8,13 +8,14 @@
     │   ├── PayloadTooLarge             413 (code: payload_too_large)
     │   ├── IdempotencyKeyReused        422 (code: idempotency_key_reused)
     │   ├── IdempotentResultsGone       410 (code: idempotency_results_gone)
-    │   └── RequestTimeout              408 (the client did not send its request in time)
+    │   └── RequestTimeout              408 (code: request_timeout; the client did not send its request in time)
     ├── AuthenticationFailed            401 authentication_error
     ├── NotFound                        404 not_found_error
-    │   └── ModelNotFound               404 (code: model_not_found)
+    │   └── ModelNotFound               404 invalid_request_error (code: model_not_found)
     ├── UpstreamError                   502 upstream_error
     │   ├── UpstreamUnavailable         503 (rate limited or overloaded upstream)
     │   └── UpstreamTimeout             504
+    ├── ConfigurationError              500 (code: configuration_error; found at startup, never an answer)
     └── ServiceUnavailable              503 server_error (the gateway's own resources; Retry-After)
         ├── ConversionBusy              503 (code: conversion_busy)
         ├── StorageFull                 503 (code: storage_full)

@@ -16,12 +16,16 @@ generates (nothing was billed for the error).
   with another request is a 422 (the IETF Idempotency-Key draft), never the other request's
   answer.
 - A kept answer remembers the result-store names its URLs point at, so a replay can tell that
-  they have expired (results live 1 h by default, answers 24 h).
+  they have expired (results live 1 h by default, answers 24 h). An answer that also carries each
+  image as b64_json (`both`, the default) has them re-issued: stored again from its own base64,
+  with no second generation (`reissue`); a url-only answer's images are gone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import hashlib
 import json
 import secrets
@@ -35,6 +39,7 @@ import anyio.to_thread
 
 from .db import Database
 from .errors import IdempotencyKeyReused, InvalidRequest, UpstreamTimeout
+from .imaging import MIME_BY_FORMAT, sniff_format
 from .storage import ResultStore
 
 MAX_KEY_LENGTH = 255
@@ -100,6 +105,16 @@ class IdempotencyStore:
             (response.status, json.dumps(response.headers), response.body, json.dumps(list(response.results)),
              time.time() + self.ttl_seconds, scope, owner),
         )
+
+    def reissue(self, scope: str, response: StoredResponse, store: ResultStore) -> StoredResponse | None:
+        """The kept answer with each expired result stored again from the answer's own b64_json,
+        under a new URL, and kept so in place of the old one; None when an expired image has no
+        b64_json (its bytes are gone). May raise StorageFull, like any result being stored."""
+        reissued = reissue_results(response, store)
+        if reissued is not None:
+            self.db.execute("UPDATE idempotency SET body = ?, results = ? WHERE scope = ? AND state = 'done'",
+                            (reissued.body, json.dumps(list(reissued.results)), scope))
+        return reissued
 
     def purge_expired(self) -> int:
         return len(self.db.execute("DELETE FROM idempotency WHERE expires_at <= ? RETURNING scope", (time.time(),)))
@@ -193,3 +208,28 @@ def result_names(urls: Iterable[str | None]) -> tuple[str, ...]:
 def results_still_served(store: ResultStore, names: Iterable[str]) -> bool:
     """Whether every result a kept answer points at is still served (not expired, not evicted)."""
     return all(store.get(name) is not None for name in names)
+
+
+def reissue_results(response: StoredResponse, store: ResultStore) -> StoredResponse | None:
+    """`response` with every hosted URL whose result has expired pointing at the same image stored
+    again from the item's b64_json; None if such an item has no (valid) b64_json."""
+    body = json.loads(response.body)
+    names = []
+    for item in body.get("data", []):
+        url = item.get("url")
+        name = next(iter(result_names([url])), None)
+        if name is None:
+            continue
+        if store.get(name) is None:
+            try:
+                data = base64.b64decode(item.get("b64_json") or "", validate=True)
+            except (binascii.Error, ValueError):
+                return None
+            fmt = sniff_format(data)
+            if fmt is None:
+                return None
+            name = store.put(data, MIME_BY_FORMAT[fmt])
+            item["url"] = url[: url.rindex("/results/")] + f"/results/{name}"
+        names.append(name)
+    text = json.dumps(body, separators=(",", ":"))
+    return StoredResponse(response.status, response.headers, text.encode(), tuple(names))

@@ -153,22 +153,32 @@ class ImageService:
                                 resolution=params.get("resolution"), input_shape=input_shape)
         # 4. Upstream calls: n split, retried, failed over, within the deadline.
         n = int(params.get("n", 1))
-        served, errors = await self.dispatcher.run(routes, views, CallPlan(job.mode, layout, tuple(images), mask), n,
-                                                    deadline)
+        paid: list[Served] = []  # each call that made images, as soon as it returns
+        try:
+            served, errors = await self.dispatcher.run(routes, views, CallPlan(job.mode, layout, tuple(images), mask),
+                                                        n, deadline, paid=paid)
+        except BaseException:
+            # The deadline or a client gone ended the run, maybe after some calls were billed.
+            if made := sum(len(item.result.images) for item in paid):
+                cost = self._cost(paid, views, layout, input_images=len(images))
+                record_after_failure(self.usage, self._usage_record(job, model_id, paid, made, cost, params))
+            raise
         delivered = [(item.route, image) for item in served for image in item.result.images]
         if not delivered:
             if self._may_fall_back(model, params, errors, fallback_from):
                 return await self._fall_back(job, model, model_id, deadline)
             raise _most_relevant(errors)
+        # The upstream is paid for from here on: whatever fails below (the n-failure policy, no room
+        # to convert or store, a client gone), the usage row is written before the error leaves.
+        cost = self._cost(served, views, layout, input_images=len(images))
+        usage = self._usage_record(job, model_id, served, len(delivered), cost, params)
         if errors and self.settings.n_failure_policy == "fail":
+            record_after_failure(self.usage, usage)
             raise _most_relevant(errors)
         served_by = dict.fromkeys(item.route.provider_id for item in served)
         adjustments = list(layout.adjustments) + _unique(a for p in served_by for a in views[p].ignored)
         adjustments += _count_adjustments(n, len(delivered), len(errors))
-        # 5. Output pipeline. The upstream is paid for from here on: whatever fails below (no room
-        #    to convert or store, a client gone), the usage row is written before the error leaves.
-        made = len(delivered)
-        cost = self._cost(served, views, layout, input_images=len(images))
+        # 5. Output pipeline.
         try:
             # Left out: the operator's default, `both` unless set, so that clients reading only
             # b64_json (gpt-image style) and those reading only url (DALL-E style) both work.
@@ -196,9 +206,9 @@ class ImageService:
                                    *(carried or [])]
             outcome = self._outcome(model_id, served, layout, outputs, params, response_format, adjustments, cost)
         except BaseException:
-            record_after_failure(self.usage, self._paid_record(job, model_id, served, made, cost, params))
+            record_after_failure(self.usage, usage)
             raise
-        await anyio.to_thread.run_sync(self.usage.record, self._usage_record(job, outcome, params))
+        await anyio.to_thread.run_sync(self.usage.record, usage)
         return outcome
 
     @staticmethod
@@ -324,9 +334,11 @@ class ImageService:
                 blob, fmt = imaging.convert(blob, target, compression)
                 # Make the form the response needs here, off the event loop, and keep only that one.
                 if hosted:
-                    blob = imaging.ImageBytes(blob.data)  # decoded now, inside the error mapping
-                    if inline:
-                        blob.b64  # noqa: B018 - both forms: the answer carries url and b64_json
+                    data = blob.data  # decoded now, inside the error mapping
+                    if inline:  # both forms: the answer carries url and b64_json; an upstream's base64 is kept
+                        blob.b64  # noqa: B018
+                    else:
+                        blob = imaging.ImageBytes(data)
                 else:
                     blob = imaging.ImageBytes(b64=blob.b64)
             except (binascii.Error, OSError, SyntaxError, ValueError) as exc:
@@ -383,9 +395,11 @@ class ImageService:
             output_details=sum((item.result.output_split() for item in served), TokenSplit()),
         )
 
-    def _paid_record(self, job: ImageJob, model_id: str, served: list[Served], made: int, cost: Cost,
-                     params: NormalizedParams) -> UsageRecord:
-        """The usage of a request that failed after its upstream calls succeeded: what was made."""
+    @staticmethod
+    def _usage_record(job: ImageJob, model_id: str, served: list[Served], made: int, cost: Cost,
+                      params: NormalizedParams) -> UsageRecord:
+        """The usage row of a request whose upstream calls succeeded: what was made, whether it was
+        then answered or failed later (one builder, so both rows carry the same fields)."""
         return UsageRecord(
             request_id=job.request_id, key_id=job.key_id, user=params.get("user"),
             safety_identifier=params.get("safety_identifier"), model=model_id,
@@ -393,17 +407,6 @@ class ImageService:
             images=made, cost=cost.amount, cost_estimated=cost.estimated, client_request_id=job.client_request_id,
             input_tokens=sum(item.result.input_tokens for item in served),
             output_tokens=sum(item.result.output_tokens for item in served),
-        )
-
-    @staticmethod
-    def _usage_record(job: ImageJob, outcome: ImagesOutcome, params: NormalizedParams) -> UsageRecord:
-        return UsageRecord(
-            request_id=job.request_id, key_id=job.key_id, user=params.get("user"),
-            safety_identifier=params.get("safety_identifier"), model=outcome.model,
-            provider=outcome.provider, mode=job.mode, images=len(outcome.images), cost=outcome.cost,
-            cost_estimated=outcome.cost_estimated,
-            input_tokens=outcome.input_tokens, output_tokens=outcome.output_tokens,
-            client_request_id=job.client_request_id,
         )
 
 

@@ -178,13 +178,6 @@ class UsageLog:
         path.unlink()
         return len(lines)
 
-    def totals_by_model(self) -> list[tuple[str, int, int, float]]:
-        """(model, requests, images, cost) over all records."""
-        rows = self.db.execute(
-            "SELECT model, COUNT(*), SUM(images), SUM(cost) FROM usage GROUP BY model ORDER BY model"
-        )
-        return [(str(r[0]), int(r[1]), int(r[2]), float(r[3])) for r in rows]
-
     def totals(self, since: float, until: float, by: Sequence[Grouping]) -> list[UsageTotal]:
         """Requests, images and cost made in [since, until) (Unix times), one total per distinct
         combination of the `by` columns (one overall total when `by` is empty), largest cost first."""
@@ -202,6 +195,7 @@ class UsageLog:
             if int(row[-3]) > 0 or not by
         ]
         return sorted(totals, key=lambda t: (-t.cost, [str(v) for v in t.group.values()]))
+
 
 def _parse_spooled(line: str) -> tuple[float, UsageRecord]:
     entry: dict[str, Any] = json.loads(line)

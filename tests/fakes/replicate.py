@@ -339,16 +339,10 @@ def validate_seedream_input(data: Any) -> list[bytes]:
     _enum(errors, data, "sequential_image_generation", SEEDREAM_SEQUENTIAL)
     _int_in(errors, data, "width", SEEDREAM_MIN_SIDE, SEEDREAM_MAX_SIDE)
     _int_in(errors, data, "height", SEEDREAM_MIN_SIDE, SEEDREAM_MAX_SIDE)
-    _int_in(errors, data, "max_images", 1, MAX_IMAGES)
     if "enhance_prompt" in data and not isinstance(data["enhance_prompt"], bool):
         errors.append({"type": "invalid_type", "field": "input.enhance_prompt",
                        "description": "Invalid type. Expected: boolean"})
-    inputs = data.get("image_input", [])
-    images = _image_input(errors, inputs, SEEDREAM_MAX_IMAGE_INPUTS)
-    count = data.get("max_images", 1)
-    if isinstance(inputs, list) and isinstance(count, int) and len(inputs) + count > MAX_IMAGES:
-        errors.append({"type": "number_all_of", "field": "input.max_images",
-                       "description": f"Input images plus max_images must not exceed {MAX_IMAGES}"})
+    images = _seedream_images(errors, data, SEEDREAM_MAX_IMAGE_INPUTS)
     _raise_if(errors)
     return images
 
@@ -360,14 +354,21 @@ def validate_seedream_5_lite_input(data: Any) -> list[bytes]:
     _enum(errors, data, "aspect_ratio", SEEDREAM_ASPECT_RATIOS)
     _enum(errors, data, "sequential_image_generation", SEEDREAM_SEQUENTIAL)
     _enum(errors, data, "output_format", SEEDREAM_5_OUTPUT_FORMATS)
+    images = _seedream_images(errors, data, SEEDREAM_5_MAX_IMAGE_INPUTS)
+    _raise_if(errors)
+    return images
+
+
+def _seedream_images(errors: list[dict[str, str]], data: dict[str, Any], max_inputs: int) -> list[bytes]:
+    """max_images and image_input, as every Seedream schema checks them: input images plus the
+    images asked for stay within MAX_IMAGES. Returns the decoded data-URI inputs."""
     _int_in(errors, data, "max_images", 1, MAX_IMAGES)
     inputs = data.get("image_input", [])
-    images = _image_input(errors, inputs, SEEDREAM_5_MAX_IMAGE_INPUTS)
+    images = _image_input(errors, inputs, max_inputs)
     count = data.get("max_images", 1)
     if isinstance(inputs, list) and isinstance(count, int) and len(inputs) + count > MAX_IMAGES:
         errors.append({"type": "number_all_of", "field": "input.max_images",
                        "description": f"Input images plus max_images must not exceed {MAX_IMAGES}"})
-    _raise_if(errors)
     return images
 
 

@@ -8,6 +8,7 @@ per API key) are in test_resilience.py."""
 from __future__ import annotations
 
 import base64
+import json
 import os
 import sqlite3
 import subprocess
@@ -208,6 +209,26 @@ def test_a_b64_answer_replays_after_the_result_ttl(short_results: RunningGateway
     again = post(short_results, body(), "inline")
     assert again.status_code == 200 and again.headers["x-imagegate-idempotent-replayed"] == "true"
     assert again.content == inline.content
+
+
+def test_a_both_answer_replays_after_the_result_ttl_with_its_urls_reissued(short_results: RunningGateway,
+                                                                            fake_gemini: FakeGemini) -> None:
+    """The default answer carries each image twice: expired URLs are stored again from its own
+    b64_json (no second generation), not a 410."""
+    default = {"model": MODEL, "prompt": "both forms"}
+    first = post(short_results, default, "both").json()["data"][0]
+    assert first["url"] and first["b64_json"]
+    wait_until_gone(first["url"])
+    again = post(short_results, default, "both")
+    assert again.status_code == 200 and again.headers["x-imagegate-idempotent-replayed"] == "true"
+    item = again.json()["data"][0]
+    assert item["b64_json"] == first["b64_json"] and item["url"] != first["url"]
+    live = httpx.get(item["url"], timeout=10)
+    assert live.status_code == 200 and live.content == base64.b64decode(first["b64_json"])
+    with sqlite3.connect(short_results.settings.database_path) as db:  # kept so for the next replay
+        (results,) = db.execute("SELECT results FROM idempotency").fetchone()
+    assert item["url"].endswith(f"/results/{json.loads(results)[0]}")
+    assert len(fake_gemini.requests) == 1
 
 
 # --- a claim left by a killed server -----------------------------------------------------------

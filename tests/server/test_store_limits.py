@@ -17,7 +17,8 @@ import pytest
 from imagegate import storage
 
 from ..conftest import RunningGateway
-from ..fakes.gemini import FakeGemini
+from ..fakes.common import Hang
+from ..fakes.gemini import FakeGemini, GeminiError
 
 MODEL = "gemini-3-pro-image-preview"
 
@@ -143,3 +144,69 @@ def test_a_usage_row_the_database_refused_is_inserted_once_it_takes_writes(
     second = client.images.with_raw_response.generate(model=MODEL, prompt="db back", response_format="b64_json")
     ids = [row[0] for row in usage_rows(gw)]
     assert sorted(ids) == sorted([first.headers["x-request-id"], second.headers["x-request-id"]])
+
+
+def _disk_full(fd: int, data: memoryview) -> int:
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_n_images_cost_n_and_a_paid_request_that_then_fails_records_that_cost(
+        gateway_factory: Any, fake_gemini: FakeGemini, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The cost is counted from the upstream's images before the output pipeline releases them.
+    gw = start(gateway_factory, fake_gemini)
+    client = gw.client()
+    served = client.images.generate(model=MODEL, prompt="two", n=2)  # the default: url and b64_json
+    assert len(served.data) == 2 and all(d.url and d.b64_json for d in served.data)
+    assert dict(served.usage.model_dump())["cost"] == pytest.approx(2 * 0.134)  # Gemini API, 1K
+
+    monkeypatch.setattr(storage, "_write_chunk", _disk_full)
+    with pytest.raises(openai.InternalServerError) as caught:
+        client.images.generate(model=MODEL, prompt="two, disk full", n=2)
+    assert_openai_503(caught.value, "storage_full")
+    assert [row[1:] for row in usage_rows(gw)] == [("gemini", 2, pytest.approx(2 * 0.134))] * 2
+
+
+def test_n_failure_policy_fail_still_records_the_images_it_paid_for(
+        gateway_factory: Any, fake_gemini: FakeGemini) -> None:
+    gw = start(gateway_factory, fake_gemini, n_failure_policy="fail")
+    fake_gemini.enqueue(GeminiError(503, "UNAVAILABLE", "overloaded"))
+    with pytest.raises(openai.InternalServerError) as caught:
+        gw.client().images.generate(model=MODEL, prompt="one of two fails", n=2)
+    assert caught.value.status_code == 503
+    # One call failed, the other made (and billed) an image that the policy then withheld.
+    assert [row[1:] for row in usage_rows(gw)] == [("gemini", 1, pytest.approx(0.134))]
+
+
+def test_the_usage_row_of_a_paid_failure_carries_what_a_served_one_does(
+        gateway_factory: Any, fake_gemini: FakeGemini, monkeypatch: pytest.MonkeyPatch) -> None:
+    gw = start(gateway_factory, fake_gemini)
+    fields = {"model": "nano-banana-pro", "prompt": "p", "user": "u-1", "safety_identifier": "s-1"}
+
+    def send(client_request_id: str) -> httpx.Response:
+        return httpx.post(f"{gw.url}/v1/images/generations", json=fields, timeout=30,
+                          headers={"authorization": "Bearer sk-test-gateway", "x-request-id": client_request_id})
+
+    served = send("client-served")
+    monkeypatch.setattr(storage, "_write_chunk", _disk_full)
+    failed = send("client-failed")
+    assert (served.status_code, failed.status_code) == (200, 503)
+    db = sqlite3.connect(gw.settings.database_path)
+    try:
+        rows = db.execute("SELECT request_id, client_request_id, model, user, safety_identifier, cost_estimated, "
+                          "images FROM usage ORDER BY id").fetchall()
+    finally:
+        db.close()
+    assert rows == [
+        (r.headers["x-imagegate-request-id"], r.headers["x-request-id"], "nano-banana-pro", "u-1", "s-1", 0, 1)
+        for r in (served, failed)
+    ]
+
+
+def test_a_request_past_its_deadline_records_the_calls_that_were_billed(
+        gateway_factory: Any, fake_gemini: FakeGemini) -> None:
+    gw = start(gateway_factory, fake_gemini, request_timeout_seconds=1.5)
+    fake_gemini.enqueue(Hang(30))  # one of the two calls never answers; the other makes its image
+    response = httpx.post(f"{gw.url}/v1/images/generations", json={"model": MODEL, "prompt": "p", "n": 2},
+                          headers={"authorization": "Bearer sk-test-gateway"}, timeout=30)
+    assert response.status_code == 504 and response.json()["error"]["code"] == "request_timeout"
+    assert [row[1:] for row in usage_rows(gw)] == [("gemini", 1, pytest.approx(0.134))]

@@ -10,11 +10,14 @@ import base64
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import pytest
 from openai.types.images_response import Usage, UsageInputTokensDetails, UsageOutputTokensDetails
+
+from imagegate import imaging
 
 from ..conftest import API_KEY, RunningGateway, make_settings, start_gateway
 from ..fakes.fal import FakeFal
@@ -211,6 +214,24 @@ def test_without_response_format_edits_carry_both_url_and_b64_json(gateway: Runn
     assert (result.model_extra or {})["effective"]["response_format"] == "both"
 
 
+def test_both_forms_reuse_the_upstreams_base64(gateway: RunningGateway, fake_gemini: FakeGemini,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Gemini sends base64: an image passed through as is answers with that very text as b64_json
+    (decoded once for the hosted file, never encoded again)."""
+    encoded: list[int] = []
+
+    def b64encode(data: bytes) -> bytes:
+        encoded.append(len(data))
+        return base64.b64encode(data)
+
+    monkeypatch.setattr(imaging, "base64", SimpleNamespace(b64encode=b64encode))
+    result = gateway.client().images.generate(model=PRO, prompt="as is")
+    item = result.data[0] if result.data else None
+    assert item is not None and item.url and item.b64_json
+    assert httpx.get(item.url).content == base64.b64decode(item.b64_json)
+    assert encoded == []
+
+
 @pytest.mark.parametrize("default,has_url,has_b64", [("url", True, False), ("b64_json", False, True)])
 def test_the_operator_chooses_the_default_response_format(gateway_factory: Any, fake_gemini: FakeGemini,
                                                           default: str, has_url: bool, has_b64: bool) -> None:
@@ -340,7 +361,8 @@ def test_cors_preflight_is_answered_without_a_key(gateway_factory: Any, fake_gem
                   headers={"origin": ORIGIN})
     assert answer.status_code == 200 and answer.headers["access-control-allow-origin"] == ORIGIN
     exposed = {h.strip() for h in answer.headers["access-control-expose-headers"].lower().split(",")}
-    assert {"x-request-id", "x-imagegate-provider", "x-imagegate-model", "x-imagegate-adjusted"} <= exposed
+    assert {"x-request-id", "x-imagegate-request-id", "x-imagegate-provider", "x-imagegate-model",
+            "x-imagegate-adjusted"} <= exposed
     # Errors reach the browser too (a 401 it can read instead of an opaque network error).
     unauthorized = httpx.get(f"{gw.url}/v1/models", headers={"origin": ORIGIN}, timeout=30)
     assert unauthorized.status_code == 401 and unauthorized.headers["access-control-allow-origin"] == ORIGIN

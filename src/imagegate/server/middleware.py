@@ -88,8 +88,9 @@ class BodySizeLimitMiddleware:
 CORS_ALLOW_HEADERS = ("authorization", "content-type", "idempotency-key", "x-request-id", "openai-organization",
                       "openai-project")
 CORS_HEADER_FAMILY = "x-stainless-"  # the openai SDKs' telemetry headers; new ones appear with SDK releases
-CORS_EXPOSE_HEADERS = ("x-request-id", "x-imagegate-provider", "x-imagegate-model", "x-imagegate-adjusted",
-                       "x-imagegate-idempotent-replayed", "retry-after")
+CORS_EXPOSE_HEADERS = ("x-request-id", "x-imagegate-request-id", "x-imagegate-provider", "x-imagegate-model",
+                       "x-imagegate-adjusted", "x-imagegate-idempotent-replayed", "x-imagegate-original-request-id",
+                       "retry-after")
 
 
 class ApiCORSMiddleware(CORSMiddleware):

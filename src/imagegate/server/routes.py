@@ -82,13 +82,17 @@ async def _serve(request: Request, job: ImageJob, key_id: str | None) -> Respons
     stored, replayed = await gateway.idempotency.run_once(scope, fingerprint, produce,
                                                           gateway.settings.request_timeout_seconds)
     # A kept answer outlives its result URLs (1 h against 24 h by default). Those still served
-    # are replayed as they are: they are live. Expired ones cannot be re-issued: their images are
-    # deleted, and making them again would bill a second generation, which is what the key is
-    # there to prevent. So the client gets a 410 it will not retry, telling it to use a new key.
+    # are replayed as they are: they are live. Expired ones are stored again from the answer's
+    # b64_json where it has one (`both`, the default). A url-only answer's images are deleted, and
+    # making them again would bill a second generation, which is what the key is there to
+    # prevent. So the client gets a 410 it will not retry, telling it to use a new key.
     if replayed and not await anyio.to_thread.run_sync(results_still_served, gateway.store, stored.results):
-        raise IdempotentResultsGone(
-            "The answer kept for this Idempotency-Key points at result URLs that have expired. Send the "
-            "request with a new Idempotency-Key to generate again.", param="Idempotency-Key")
+        reissued = await anyio.to_thread.run_sync(gateway.idempotency.reissue, scope, stored, gateway.store)
+        if reissued is None:
+            raise IdempotentResultsGone(
+                "The answer kept for this Idempotency-Key points at result URLs that have expired. Send the "
+                "request with a new Idempotency-Key to generate again.", param="Idempotency-Key")
+        stored = reissued
     return _replay(stored, replayed=replayed)
 
 
