@@ -8,7 +8,7 @@
     │   ├── PayloadTooLarge             413 (code: payload_too_large)
     │   ├── IdempotencyKeyReused        422 (code: idempotency_key_reused)
     │   ├── IdempotentResultsGone       410 (code: idempotency_results_gone)
-    │   └── RequestTimeout              408 (code: request_timeout; the client did not send its request in time)
+    │   └── RequestTimeout              408 (code: request_header_timeout; the client did not send its request in time)
     ├── AuthenticationFailed            401 authentication_error
     ├── NotFound                        404 not_found_error
     │   └── ModelNotFound               404 invalid_request_error (code: model_not_found)
@@ -168,7 +168,7 @@ class StorageFull(ServiceUnavailable):
 
 class RequestTimeout(InvalidRequest):
     status_code = 408
-    default_code = "request_timeout"
+    default_code = "request_header_timeout"
 
 
 class ServerBusy(ServiceUnavailable):

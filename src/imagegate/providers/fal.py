@@ -49,7 +49,6 @@ PENDING_STATES = frozenset({"IN_QUEUE", "IN_PROGRESS"})
 COMPLETED = "COMPLETED"
 POLICY_TYPE = "content_policy_violation"
 NO_MEDIA_TYPE = "no_media_generated"
-# Binding handlings that mean "the gateway does it; send nothing".
 # A cancel is sent after the deadline has passed, so it gets its own short allowance.
 CANCEL_TIMEOUT_S = 2.0
 # Status polls are idempotent: these answers are retried (fal_client retries the same ones).

@@ -118,8 +118,7 @@ def _raw_response(error: ImagegateError, extra_headers: str = "") -> bytes:
     return head.encode("latin-1") + body
 
 
-HEADER_TIMEOUT_RESPONSE = _raw_response(RequestTimeout("The request head was not received in time.",
-                                                       code="request_header_timeout"))
+HEADER_TIMEOUT_RESPONSE = _raw_response(RequestTimeout("The request head was not received in time."))
 BUSY_RESPONSE = _raw_response(ServerBusy("The server has too many open connections; try again shortly."),
                               "retry-after: 1\r\n")
 
