@@ -132,9 +132,14 @@ class Gateway:
         self.child.stop()
 
 
+RESPONSE_FORMAT = "url"  # --response-format; "default" leaves the field out (the gateway then answers url + b64_json)
+
+
 async def load(url: str, concurrency: int, n: int, output_format: str) -> tuple[int, dict[str, int], float]:
-    body = {"model": MODEL, "prompt": "bench", "resolution": "4K", "output_format": output_format, "n": n,
-            "response_format": "url"}
+    body: dict[str, Any] = {"model": MODEL, "prompt": "bench", "resolution": "4K", "output_format": output_format,
+                            "n": n}
+    if RESPONSE_FORMAT != "default":
+        body["response_format"] = RESPONSE_FORMAT
     headers = {"authorization": f"Bearer {GATEWAY_KEY}"}
     errors: dict[str, int] = {}
     ok = 0
@@ -221,8 +226,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--scenarios", nargs="+", choices=sorted(SCENARIOS), default=list(SCENARIOS))
     parser.add_argument("--no-avif", action="store_true", help="skip the AVIF cost measurement")
+    parser.add_argument("--response-format", choices=["url", "b64_json", "default"], default="url",
+                        help="what the requests ask for (default url; 'default' sends no response_format, so "
+                             "the gateway answers with both url and b64_json)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    global RESPONSE_FORMAT
+    RESPONSE_FORMAT = args.response_format
     from fake_gemini import make_png
 
     started = time.perf_counter()
@@ -248,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             upstream.stop()
     table = summarize(runs)
-    print(f"\n{args.repeats} repeats, {time.perf_counter() - started:.0f} s total, load average now "
+    print(f"\n{args.repeats} repeats, response_format {RESPONSE_FORMAT}, {time.perf_counter() - started:.0f} s total, "
+          f"load average now "
           f"{os.getloadavg()[0]:.2f}\n")
     print("| scenario | config | peak RSS MiB, median (range) | wall s, median | ok | errors |")
     print("|---|---|---|---|---|---|")
@@ -265,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {row['format']} | {row['seconds']} | {row['peak_mib']} | {row['bytes_per_pixel']} | "
               f"{row['output_mib']} |")
     if args.json:
-        args.json.write_text(json.dumps({"runs": [asdict(r) for r in runs], "summary": table, "avif": avif,
+        args.json.write_text(json.dumps({"response_format": RESPONSE_FORMAT, "runs": [asdict(r) for r in runs],
+                                         "summary": table, "avif": avif,
                                          "pillow": pillow}, indent=2) + "\n")
     return 0
 
