@@ -198,7 +198,7 @@ class ImageService:
                                               f"ignored ({outputs[0].format} is lossless)"))
             if hosted:
                 base = job.public_base_url or self.settings.base_public_url
-                outputs = [await self._host(o, base) for o in outputs]
+                outputs = await self._host_all(outputs, base)
             elif response_format in ("url", "both"):  # sync_mode: the media comes back inline, as a data URI
                 outputs = [dataclasses.replace(o, url=f"data:{o.mime_type};base64,{o.blob.b64}") for o in outputs]
             if fallback_from is not None:
@@ -364,11 +364,19 @@ class ImageService:
         delivered.clear()
         return list(await asyncio.gather(*jobs))
 
-    async def _host(self, image: OutputImage, base_url: str) -> OutputImage:
-        # The store raises StorageFull (503) when the result cannot be kept; it leaves no file behind.
-        name = await anyio.to_thread.run_sync(lambda: self.store.put(image.data, image.mime_type))
-        url = f"{base_url}/v1/results/{name}"
-        return dataclasses.replace(image, url=url)
+    async def _host_all(self, images: list[OutputImage], base_url: str) -> list[OutputImage]:
+        """Store every image, or none: when one cannot be kept (StorageFull, 503, leaving no file),
+        those stored before it are deleted, since no answer will ever name their URLs."""
+        names: list[str] = []
+        try:
+            for image in images:
+                names.append(await anyio.to_thread.run_sync(self.store.put, image.data, image.mime_type))
+        except BaseException:
+            for name in names:
+                self.store.delete(name)
+            raise
+        return [dataclasses.replace(image, url=f"{base_url}/v1/results/{name}")
+                for image, name in zip(images, names, strict=True)]
 
     @staticmethod
     def _cost(served: list[Served], views: dict[str, NormalizedParams], layout: Layout, input_images: int) -> Cost:

@@ -54,6 +54,8 @@ class ResultStore(Protocol):
 
     def get(self, name: str) -> StoredResult | None: ...
 
+    def delete(self, name: str) -> None: ...
+
     def purge_expired(self) -> int: ...
 
 
@@ -219,6 +221,11 @@ class LocalResultStore:
             return None
         path = Path(rows[0][0])
         return StoredResult(path, rows[0][1]) if path.exists() else None
+
+    def delete(self, name: str) -> None:
+        """Forget a result and free its space (a request that could not store all its images)."""
+        for (path,) in self.db.execute("DELETE FROM results WHERE token = ? RETURNING path", (name,)):
+            Path(path).unlink(missing_ok=True)
 
     def purge_expired(self) -> int:
         rows = self.db.execute("DELETE FROM results WHERE expires_at <= ? RETURNING path", (time.time(),))

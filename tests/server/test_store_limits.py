@@ -210,3 +210,27 @@ def test_a_request_past_its_deadline_records_the_calls_that_were_billed(
                           headers={"authorization": "Bearer sk-test-gateway"}, timeout=30)
     assert response.status_code == 504 and response.json()["error"]["code"] == "request_timeout"
     assert [row[1:] for row in usage_rows(gw)] == [("gemini", 1, pytest.approx(0.134))]
+
+
+def test_n_images_are_stored_all_or_none(
+        gateway_factory: Any, fake_gemini: FakeGemini, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The disk fills after the first of two images: the answer is a 503, and the first image,
+    whose URL no answer will ever name, is not left taking up the store's budget."""
+    gw = start(gateway_factory, fake_gemini)
+    written: list[Path] = []
+    real_write = storage._write_new_file
+
+    def first_file_then_full(path: Path, data: bytes) -> None:
+        if written:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(path, data)
+        written.append(path)
+
+    monkeypatch.setattr(storage, "_write_new_file", first_file_then_full)
+    with pytest.raises(openai.InternalServerError) as caught:
+        gw.client().images.generate(model=MODEL, prompt="two, room for one", n=2, response_format="url")
+    assert_openai_503(caught.value, "storage_full")
+    assert len(written) == 1  # the first image was stored in full
+    assert list(results_dir(gw).iterdir()) == []
+    assert result_rows(gw) == 0
+    assert [row[1:3] for row in usage_rows(gw)] == [("gemini", 2)]
