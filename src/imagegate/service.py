@@ -372,6 +372,8 @@ class ImageService:
             for image in images:
                 names.append(await anyio.to_thread.run_sync(self.store.put, image.data, image.mime_type))
         except BaseException:
+            # No await here: on a cancel (client gone) an await would be interrupted and leave the
+            # files behind; a few small deletes on the loop are the lesser cost, on a failure path.
             for name in names:
                 self.store.delete(name)
             raise
