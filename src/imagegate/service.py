@@ -20,7 +20,7 @@ from .catalog import Mode, ModelEntry
 from .config import Settings
 from .conversion import ConversionPool, decode_estimate, encode_estimate
 from .dispatch import CallPlan, Dispatcher, Served
-from .errors import ImagegateError, InvalidRequest, UpstreamError, UpstreamUnavailable
+from .errors import ImagegateError, InvalidRequest, UpstreamAtCapacity, UpstreamBadResponse, UpstreamResponseTooLarge
 from .fetch import ImageFetcher, own_result_name
 from .normalize import Adjustment, Layout, resolve_layout
 from .params import NormalizedParams, normalize_params, provider_view, refused_everywhere
@@ -228,10 +228,9 @@ class ImageService:
             return await self.create(dataclasses.replace(job, params=params), fallback_from=requested,
                                      carried=dropped, deadline=deadline)
         except ImagegateError as exc:
-            raise UpstreamUnavailable(
+            raise UpstreamAtCapacity(
                 f"Every provider of '{model.id}' is at capacity, and the fallback model "
-                f"'{model.fallback_model}' failed too: {exc.message}", code="upstream_at_capacity",
-                retry_after=exc.retry_after,
+                f"'{model.fallback_model}' failed too: {exc.message}", retry_after=exc.retry_after,
             ) from exc
 
     def _fallback_params(self, job: ImageJob, fallback: ModelEntry) -> tuple[dict[str, Any], list[Adjustment]]:
@@ -449,13 +448,12 @@ def _check_upstream_image(blob: imaging.ImageBytes, max_pixels: int) -> tuple[st
     Returns the image's (format, width, height)."""
     fmt, width, height = imaging.probe(blob)
     if width * height > max_pixels:
-        raise UpstreamError(f"The upstream sent a {width}x{height} image, over the pixel limit.",
-                            code="upstream_response_too_large")
+        raise UpstreamResponseTooLarge(f"The upstream sent a {width}x{height} image, over the pixel limit.")
     return fmt, width, height
 
 
-def _undecodable() -> UpstreamError:
-    return UpstreamError("The upstream sent an image that cannot be decoded.", code="upstream_bad_response")
+def _undecodable() -> UpstreamBadResponse:
+    return UpstreamBadResponse("The upstream sent an image that cannot be decoded.")
 
 
 def _check_estimate(data: bytes, max_pixels: int) -> int:

@@ -1,4 +1,4 @@
-"""Contract of `imagegate.providers.upstream`: the one place upstream failures become our errors."""
+"""Contract of `imagegate.providers.transport`: the one place upstream failures become our errors."""
 
 from __future__ import annotations
 
@@ -7,12 +7,15 @@ import pytest
 
 from imagegate.errors import (
     ImagegateError,
-    InvalidRequest,
+    UpstreamAuthFailed,
+    UpstreamConnectionError,
     UpstreamError,
+    UpstreamRateLimited,
+    UpstreamRejectedRequest,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from imagegate.providers.upstream import error_for_status, retry_after_seconds, seconds_value, transport_error
+from imagegate.providers.transport import error_for_status, retry_after_seconds, seconds_value, transport_error
 
 REQUEST = httpx.Request("GET", "http://x")
 
@@ -67,7 +70,7 @@ def test_transport_error_maps_every_httpx_error_to_a_server_side_error(cls: type
 @pytest.mark.parametrize("cls", [httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError])
 def test_connection_failures_are_unavailable(cls: type[httpx.HTTPError]) -> None:
     err = transport_error("p", _instantiate(cls))
-    assert type(err) is UpstreamUnavailable
+    assert type(err) is UpstreamConnectionError and isinstance(err, UpstreamUnavailable)
     assert err.status_code == 503
     assert err.code == "upstream_connection_error"
 
@@ -80,13 +83,13 @@ def test_the_base_class_itself_maps_too() -> None:
 
 # status -> (exact class, our HTTP status, code, keeps retry_after)
 STATUS_TABLE = {
-    400: (InvalidRequest, 400, "upstream_rejected_request", False),
-    401: (UpstreamError, 502, "upstream_auth_failed", False),
-    403: (UpstreamError, 502, "upstream_auth_failed", False),
+    400: (UpstreamRejectedRequest, 400, "upstream_rejected_request", False),
+    401: (UpstreamAuthFailed, 502, "upstream_auth_failed", False),
+    403: (UpstreamAuthFailed, 502, "upstream_auth_failed", False),
     404: (UpstreamError, 502, "upstream_error", False),
     408: (UpstreamTimeout, 504, "upstream_timeout", True),
-    422: (InvalidRequest, 400, "upstream_rejected_request", False),
-    429: (UpstreamUnavailable, 503, "upstream_rate_limited", True),
+    422: (UpstreamRejectedRequest, 400, "upstream_rejected_request", False),
+    429: (UpstreamRateLimited, 503, "upstream_rate_limited", True),
     500: (UpstreamError, 502, "upstream_error", False),
     502: (UpstreamError, 502, "upstream_error", False),
     503: (UpstreamUnavailable, 503, "upstream_unavailable", True),
