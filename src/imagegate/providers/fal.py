@@ -17,10 +17,12 @@ downloads the outputs. Output images come as URLs to fal's CDN, or as data URIs 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ContentPolicyViolation, ImagegateError, NoImageGenerated, UpstreamBadResponse, UpstreamError
+from ..plugins import ProviderSpec
 from .base import (
     HttpProvider,
     ProviderRequest,
@@ -302,3 +304,8 @@ class FalProvider(HttpProvider):
         job = QueueJob(self.base_url, self.api_key, request, endpoint)
         return await run_job(job, client=self.client, timeout=self.timeout, max_bytes=self.max_response_bytes,
                              interval=self.poll_interval)
+
+
+def register_providers(register: Callable[[ProviderSpec], None]) -> None:
+    """The plugin hook (plugins.py): built-in providers register as outside ones do."""
+    register(FalProvider.provider_spec())

@@ -9,10 +9,12 @@ interim "thought" images before its answer: those parts carry `thought: true` an
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import ContentPolicyViolation, ImagegateError, NoImageGenerated, UpstreamBadResponse
 from ..imaging import MIME_BY_FORMAT, decode_b64_image
+from ..plugins import ProviderSpec
 from .base import (
     HttpProvider,
     InputImage,
@@ -249,3 +251,8 @@ class GeminiProvider(HttpProvider):
         )
         keep_all = request.options.get("limit_generations") is False
         return parse_response(parse_json(self.provider_id, response.body), keep_all_images=keep_all)
+
+
+def register_providers(register: Callable[[ProviderSpec], None]) -> None:
+    """The plugin hook (plugins.py): built-in providers register as outside ones do."""
+    register(GeminiProvider.provider_spec())

@@ -8,10 +8,12 @@ answer is downloaded all the same.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import ContentPolicyViolation, ImagegateError, NoImageGenerated, UpstreamBadResponse
 from ..imaging import MIME_BY_FORMAT, decode_b64_image, sniff_format
+from ..plugins import ProviderSpec
 from .base import (
     HttpProvider,
     ProviderImage,
@@ -182,3 +184,8 @@ class OpenAIProvider(HttpProvider):
             raise UpstreamBadResponse(f"{self.provider_id} sent an image with neither b64_json nor url.")
         return await download_image(self.client, url, provider=self.provider_id, timeout=self.timeout,
                                     max_bytes=self.max_response_bytes)
+
+
+def register_providers(register: Callable[[ProviderSpec], None]) -> None:
+    """The plugin hook (plugins.py): built-in providers register as outside ones do."""
+    register(OpenAIProvider.provider_spec())

@@ -21,6 +21,7 @@ failures are told apart by their wording (the exact texts are not documented).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,7 @@ from ..errors import (
     UpstreamBadResponse,
     UpstreamError,
 )
+from ..plugins import ProviderSpec
 from .base import (
     HttpProvider,
     ProviderRequest,
@@ -291,3 +293,8 @@ class ReplicateProvider(HttpProvider):
         job = PredictionJob(self.base_url, self.api_key, request, self.timeout)
         return await run_job(job, client=self.client, timeout=self.timeout, max_bytes=self.max_response_bytes,
                              interval=self.poll_interval)
+
+
+def register_providers(register: Callable[[ProviderSpec], None]) -> None:
+    """The plugin hook (plugins.py): built-in providers register as outside ones do."""
+    register(ReplicateProvider.provider_spec())
