@@ -27,20 +27,31 @@ ImageSource = bytes | str
 
 
 class InputLoader:
-    def __init__(self, settings: Settings, store: ResultStore, fetcher: ImageFetcher,
-                 conversions: ConversionPool) -> None:
+    def __init__(
+        self, settings: Settings, store: ResultStore, fetcher: ImageFetcher, conversions: ConversionPool
+    ) -> None:
         self.settings = settings
         self.store = store
         self.fetcher = fetcher
         self.conversions = conversions
 
-    async def load(self, *, mode: str, images: Sequence[ImageSource], mask: ImageSource | None, model: ModelEntry,
-                   param: str, key_id: str | None, own_bases: Sequence[str]) -> tuple[list[InputImage], InputImage | None]:
+    async def load(
+        self,
+        *,
+        mode: str,
+        images: Sequence[ImageSource],
+        mask: ImageSource | None,
+        model: ModelEntry,
+        param: str,
+        key_id: str | None,
+        own_bases: Sequence[str],
+    ) -> tuple[list[InputImage], InputImage | None]:
         """Every image and the mask, each checked fully (a 400 naming `param` or `mask`).
         `own_bases` are the base URLs whose `/v1/results/...` are this gateway's own results."""
         _check_count(mode, len(images), model, param)
-        loaded = await _all_or_none([self._load_image(src, param, model.input_formats, key_id, own_bases)
-                                     for src in images])
+        loaded = await _all_or_none(
+            [self._load_image(src, param, model.input_formats, key_id, own_bases) for src in images]
+        )
         loaded_mask = None
         if mask is not None:
             if mode != "edit":
@@ -50,18 +61,21 @@ class InputLoader:
             if (loaded_mask.width, loaded_mask.height) != (first.width, first.height):
                 raise InvalidRequest(
                     f"'mask' is {loaded_mask.width}x{loaded_mask.height} but the first image is "
-                    f"{first.width}x{first.height}; they must be the same size.", param="mask",
+                    f"{first.width}x{first.height}; they must be the same size.",
+                    param="mask",
                 )
         return loaded, loaded_mask
 
-    async def _load_image(self, source: ImageSource, param: str, allowed: list[str], key_id: str | None,
-                          own_bases: Sequence[str]) -> InputImage:
+    async def _load_image(
+        self, source: ImageSource, param: str, allowed: list[str], key_id: str | None, own_bases: Sequence[str]
+    ) -> InputImage:
         s = self.settings
         if isinstance(source, str):
             source = await self._read_url(source, param, key_id, own_bases)
         elif len(source) > s.max_image_bytes:
-            raise InvalidRequest(f"'{param}' is larger than {s.max_image_bytes} bytes.", param=param,
-                                 code="payload_too_large")
+            raise InvalidRequest(
+                f"'{param}' is larger than {s.max_image_bytes} bytes.", param=param, code="payload_too_large"
+            )
         data = source
         fmt, width, height = await self.conversions.run(
             _check_estimate(data, s.max_image_pixels),
@@ -82,11 +96,15 @@ class InputLoader:
                 raise FileNotFoundError(name)
             data = await anyio.to_thread.run_sync(stored.path.read_bytes)
         except OSError as exc:  # unknown, expired, or purged between the lookup and the read
-            raise InvalidRequest(f"'{param}': the result {name!r} of this gateway does not exist or has expired.",
-                                 param=param, code="result_not_found") from exc
+            raise InvalidRequest(
+                f"'{param}': the result {name!r} of this gateway does not exist or has expired.",
+                param=param,
+                code="result_not_found",
+            ) from exc
         if len(data) > s.max_image_bytes:
-            raise InvalidRequest(f"'{param}' is larger than {s.max_image_bytes} bytes.", param=param,
-                                 code="payload_too_large")
+            raise InvalidRequest(
+                f"'{param}' is larger than {s.max_image_bytes} bytes.", param=param, code="payload_too_large"
+            )
         return data
 
 

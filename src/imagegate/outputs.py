@@ -60,9 +60,14 @@ class Finishing:
     inline: bool  # base64 in the answer (b64_json, both, sync_mode)
 
 
-async def finish_images(conversions: ConversionPool, delivered: list[Delivered], how: Finishing, *,
-                        deadline: float | None = None,
-                        on_image: Callable[[int, OutputImage], None] | None = None) -> list[OutputImage]:
+async def finish_images(
+    conversions: ConversionPool,
+    delivered: list[Delivered],
+    how: Finishing,
+    *,
+    deadline: float | None = None,
+    on_image: Callable[[int, OutputImage], None] | None = None,
+) -> list[OutputImage]:
     """Composite, convert and measure each image in the conversion pool. Empties `delivered`, so
     that each upstream image is released as soon as its own job is done. `on_image(index, image)`
     is called as each one is finished, in the order they finish."""
@@ -72,8 +77,9 @@ async def finish_images(conversions: ConversionPool, delivered: list[Delivered],
         try:
             if composite:
                 assert how.first_input is not None and how.mask is not None
-                blob = imaging.ImageBytes(imaging.composite_masked_edit(how.first_input.data, blob.read(),
-                                                                        how.mask.data))
+                blob = imaging.ImageBytes(
+                    imaging.composite_masked_edit(how.first_input.data, blob.read(), how.mask.data)
+                )
             blob, fmt = imaging.convert(blob, how.target, how.compression)
             # Make the form the response needs here, off the event loop, and keep only that one.
             if how.hosted:
@@ -122,8 +128,10 @@ async def host_all(store: ResultStore, images: list[OutputImage], base_url: str)
         for name in names:
             store.delete(name)
         raise
-    return [dataclasses.replace(image, url=f"{base_url}/v1/results/{name}")
-            for image, name in zip(images, names, strict=True)]
+    return [
+        dataclasses.replace(image, url=f"{base_url}/v1/results/{name}")
+        for image, name in zip(images, names, strict=True)
+    ]
 
 
 def inline_urls(images: list[OutputImage]) -> list[OutputImage]:
@@ -136,8 +144,9 @@ def _check_upstream_image(blob: imaging.ImageBytes, max_pixels: int) -> tuple[st
     Returns the image's (format, width, height)."""
     fmt, width, height = imaging.probe(blob)
     if width * height > max_pixels:
-        raise UpstreamError(f"The upstream sent a {width}x{height} image, over the pixel limit.",
-                            code="upstream_response_too_large")
+        raise UpstreamError(
+            f"The upstream sent a {width}x{height} image, over the pixel limit.", code="upstream_response_too_large"
+        )
     return fmt, width, height
 
 

@@ -223,8 +223,11 @@ class RequestContext:
         self.normalized, self.candidates, self.planned_layout = None, [], None
         self.paid, self.served, self.errors, self.delivered, self.made, self.cost = [], None, [], [], 0, None
         self._adjustments = {}
-        self.adjust(AdjustmentSource.FALLBACK,
-                    Adjustment("model", self.fallback_from, f"{fallback.id} (allow_fallback_model)"), *dropped)
+        self.adjust(
+            AdjustmentSource.FALLBACK,
+            Adjustment("model", self.fallback_from, f"{fallback.id} (allow_fallback_model)"),
+            *dropped,
+        )
 
 
 def _done(value: T | None, stage: str) -> T:
@@ -239,8 +242,15 @@ Stage = Callable[[RequestContext], Awaitable[None]]
 
 
 class Pipeline:
-    def __init__(self, settings: Settings, router: Router, store: ResultStore, usage: UsageSink,
-                 inputs: InputLoader, default_model: str) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        router: Router,
+        store: ResultStore,
+        usage: UsageSink,
+        inputs: InputLoader,
+        default_model: str,
+    ) -> None:
         self.settings = settings
         self.router = router
         self.store = store
@@ -257,8 +267,12 @@ class Pipeline:
                 await self._stage(ctx, "fallback", self.fall_back)
             else:
                 _check_delivery(ctx, self.settings.n_failure_policy)
-            for name, stage in (("finish", self.finish), ("host", self.host), ("record_usage", self.record_usage),
-                                ("render", self.render)):
+            for name, stage in (
+                ("finish", self.finish),
+                ("host", self.host),
+                ("record_usage", self.record_usage),
+                ("render", self.render),
+            ):
                 await self._stage(ctx, name, stage)
         except BaseException:
             self._record_after_failure(ctx)
@@ -274,8 +288,13 @@ class Pipeline:
 
     async def _serve_model(self, ctx: RequestContext) -> None:
         """The stages that depend on the model: run again for a fallback."""
-        for name, stage in (("validate", self.validate), ("plan", self.plan), ("load_inputs", self.load_inputs),
-                            ("layout", self.lay_out), ("dispatch", self.dispatch)):
+        for name, stage in (
+            ("validate", self.validate),
+            ("plan", self.plan),
+            ("load_inputs", self.load_inputs),
+            ("layout", self.lay_out),
+            ("dispatch", self.dispatch),
+        ):
             await self._stage(ctx, name, stage)
 
     async def resolve_model(self, ctx: RequestContext) -> None:
@@ -287,14 +306,16 @@ class Pipeline:
         mode = ctx.job.mode
         if mode not in ctx.model.modes:
             raise InvalidRequest(f"Model '{ctx.model_id}' does not support {mode} requests.", param="model")
-        ctx.normalized = normalize_params(ctx.fields, model=ctx.model, mode=mode,
-                                          strict=self.settings.strict_parameters)
+        ctx.normalized = normalize_params(
+            ctx.fields, model=ctx.model, mode=mode, strict=self.settings.strict_parameters
+        )
 
     async def plan(self, ctx: RequestContext) -> None:
         """400s happen here, before anything is fetched or sent anywhere."""
         routes = self.router.routes(ctx.model_id, given=set(ctx.params.values))
-        ctx.candidates = plan_candidates(ctx.params, routes, strict=self.settings.strict_parameters,
-                                         has_mask=ctx.job.mask is not None)
+        ctx.candidates = plan_candidates(
+            ctx.params, routes, strict=self.settings.strict_parameters, has_mask=ctx.job.mask is not None
+        )
 
     async def load_inputs(self, ctx: RequestContext) -> None:
         job = ctx.job
@@ -305,8 +326,14 @@ class Pipeline:
         try:
             async with asyncio.timeout_at(ctx.deadline):
                 ctx.images, ctx.mask = await self.inputs.load(
-                    mode=job.mode, images=job.images, mask=job.mask, model=ctx.model, param=job.image_param,
-                    key_id=job.key_id, own_bases=bases)
+                    mode=job.mode,
+                    images=job.images,
+                    mask=job.mask,
+                    model=ctx.model,
+                    param=job.image_param,
+                    key_id=job.key_id,
+                    own_bases=bases,
+                )
         except TimeoutError as exc:
             raise self.dispatcher.timed_out(" (while fetching its input images)") from exc
         ctx.inputs_loaded = True
@@ -314,8 +341,13 @@ class Pipeline:
     async def lay_out(self, ctx: RequestContext) -> None:
         params = ctx.params
         input_shape = (ctx.images[0].width, ctx.images[0].height) if ctx.images else None
-        ctx.planned_layout = resolve_layout(ctx.model, size=params.get("size"), aspect_ratio=params.get("aspect_ratio"),
-                                            resolution=params.get("resolution"), input_shape=input_shape)
+        ctx.planned_layout = resolve_layout(
+            ctx.model,
+            size=params.get("size"),
+            aspect_ratio=params.get("aspect_ratio"),
+            resolution=params.get("resolution"),
+            input_shape=input_shape,
+        )
         ctx.adjust(AdjustmentSource.LAYOUT, *ctx.planned_layout.adjustments)
 
     async def dispatch(self, ctx: RequestContext) -> None:
@@ -335,9 +367,12 @@ class Pipeline:
     def _may_fall_back(self, ctx: RequestContext) -> bool:
         """`allow_fallback_model`: only when nothing was made and every provider of the model is at capacity."""
         return (
-            not ctx.delivered and bool(ctx.params.get("allow_fallback_model"))
-            and ctx.model.fallback_model is not None and ctx.fallback_from is None
-            and bool(ctx.errors) and all(is_capacity(e) for e in ctx.errors)
+            not ctx.delivered
+            and bool(ctx.params.get("allow_fallback_model"))
+            and ctx.model.fallback_model is not None
+            and ctx.fallback_from is None
+            and bool(ctx.errors)
+            and all(is_capacity(e) for e in ctx.errors)
         )
 
     async def fall_back(self, ctx: RequestContext) -> None:
@@ -355,7 +390,8 @@ class Pipeline:
         except ImagegateError as exc:
             raise UpstreamUnavailable(
                 f"Every provider of '{model.id}' is at capacity, and the fallback model "
-                f"'{model.fallback_model}' failed too: {exc.message}", code="upstream_at_capacity",
+                f"'{model.fallback_model}' failed too: {exc.message}",
+                code="upstream_at_capacity",
                 retry_after=exc.retry_after,
             ) from exc
 
@@ -369,8 +405,11 @@ class Pipeline:
             if name in ("model", "allow_fallback_model") or value is None:
                 continue
             spec = fallback.parameters.get(name)
-            honoured = spec is not None and spec.availability(ctx.job.mode) != "not_available" and any(
-                not r.binding.unavailable([name]) for r in routes)
+            honoured = (
+                spec is not None
+                and spec.availability(ctx.job.mode) != "not_available"
+                and any(not r.binding.unavailable([name]) for r in routes)
+            )
             if honoured or name == "prompt":
                 fields[name] = value
             else:
@@ -386,16 +425,29 @@ class Pipeline:
         # here, which finish_images consumes: each is freed once converted, not when all are.
         for item in _done(ctx.served, "dispatch"):
             item.result.images.clear()
-        how = Finishing(target=params.get("output_format"), compression=params.get("output_compression"),
-                        first_input=ctx.images[0] if ctx.images else None, mask=ctx.mask,
-                        hosted=self._hosted(ctx), inline=ctx.response_format != "url")
-        ctx.outputs = await finish_images(self.inputs.conversions, ctx.delivered, how, deadline=ctx.deadline,
-                                          on_image=lambda index, image: ctx.emit("image_finished", index=index,
-                                                                                 image=image))
+        how = Finishing(
+            target=params.get("output_format"),
+            compression=params.get("output_compression"),
+            first_input=ctx.images[0] if ctx.images else None,
+            mask=ctx.mask,
+            hosted=self._hosted(ctx),
+            inline=ctx.response_format != "url",
+        )
+        ctx.outputs = await finish_images(
+            self.inputs.conversions,
+            ctx.delivered,
+            how,
+            deadline=ctx.deadline,
+            on_image=lambda index, image: ctx.emit("image_finished", index=index, image=image),
+        )
         ctx.adjust(AdjustmentSource.DIMENSIONS, *_dimension_adjustments(ctx.layout, ctx.outputs))
         if how.compression is not None and ctx.outputs[0].format in imaging.LOSSLESS:
-            ctx.adjust(AdjustmentSource.OUTPUT, Adjustment("output_compression", str(how.compression),
-                                                           f"ignored ({ctx.outputs[0].format} is lossless)"))
+            ctx.adjust(
+                AdjustmentSource.OUTPUT,
+                Adjustment(
+                    "output_compression", str(how.compression), f"ignored ({ctx.outputs[0].format} is lossless)"
+                ),
+            )
 
     def _hosted(self, ctx: RequestContext) -> bool:
         return ctx.response_format in ("url", "both") and not ctx.params.get("sync_mode")
@@ -415,9 +467,17 @@ class Pipeline:
     async def render(self, ctx: RequestContext) -> None:
         served, cost = _done(ctx.served, "dispatch"), _done(ctx.cost, "dispatch")
         ctx.outcome = ImagesOutcome(
-            created=int(time.time()), model=ctx.model_id, provider=_providers(served), layout=ctx.layout,
-            images=ctx.outputs, response_format=ctx.response_format, seed=ctx.params.get("seed"),
-            adjustments=ctx.adjustments, cost=cost.amount, currency=cost.currency, cost_estimated=cost.estimated,
+            created=int(time.time()),
+            model=ctx.model_id,
+            provider=_providers(served),
+            layout=ctx.layout,
+            images=ctx.outputs,
+            response_format=ctx.response_format,
+            seed=ctx.params.get("seed"),
+            adjustments=ctx.adjustments,
+            cost=cost.amount,
+            currency=cost.currency,
+            cost_estimated=cost.estimated,
             input_tokens=sum(item.result.input_tokens for item in served),
             output_tokens=sum(item.result.output_tokens for item in served),
             input_details=sum((item.result.input_split() for item in served), TokenSplit()),
@@ -443,8 +503,13 @@ class Pipeline:
         """Each served call at its own provider's price (failover can split a request between two),
         for what the upstream made."""
         return total_cost(
-            Charge(item.route.model.binding_price(item.route.provider_id), layout.resolution,
-                   len(item.result.images), input_images, item.candidate.view.options)
+            Charge(
+                item.route.model.binding_price(item.route.provider_id),
+                layout.resolution,
+                len(item.result.images),
+                input_images,
+                item.candidate.view.options,
+            )
             for item in served
         )
 
@@ -454,9 +519,16 @@ class Pipeline:
         answered or failed later (one builder, so both rows carry the same fields)."""
         job, params = ctx.job, ctx.params
         return UsageRecord(
-            request_id=job.request_id, key_id=job.key_id, user=params.get("user"),
-            safety_identifier=params.get("safety_identifier"), model=ctx.model_id, provider=_providers(served),
-            mode=job.mode, images=made, cost=cost.amount, cost_estimated=cost.estimated,
+            request_id=job.request_id,
+            key_id=job.key_id,
+            user=params.get("user"),
+            safety_identifier=params.get("safety_identifier"),
+            model=ctx.model_id,
+            provider=_providers(served),
+            mode=job.mode,
+            images=made,
+            cost=cost.amount,
+            cost_estimated=cost.estimated,
             client_request_id=job.client_request_id,
             input_tokens=sum(item.result.input_tokens for item in served),
             output_tokens=sum(item.result.output_tokens for item in served),
