@@ -70,9 +70,11 @@ class CountingFetcher(ImageFetcher):
     def __init__(self) -> None:
         super().__init__(allow_private=False, timeout_seconds=5, concurrency_per_key=4)
         self.urls: list[str] = []
+        self.delay = 0.0
 
     async def fetch(self, url: str, *, param: str, max_bytes: int, key_id: str | None) -> bytes:
         self.urls.append(url)
+        await asyncio.sleep(self.delay)
         return await super().fetch(url, param=param, max_bytes=max_bytes, key_id=key_id)
 
 
@@ -221,6 +223,15 @@ async def test_usage_is_recorded_when_the_deadline_strikes_after_a_paid_call(tmp
     with pytest.raises(UpstreamTimeout):
         await h.create(n=2)
     assert [u.images for u in h.usage.records] == [1]
+
+
+async def test_the_deadline_covers_fetching_the_inputs(tmp_path: Path) -> None:
+    h = Harness(tmp_path, request_timeout_seconds=0.2)
+    h.fetcher.delay = 30
+    with pytest.raises(UpstreamTimeout) as excinfo:
+        await h.create("edit", images=[PNG_URI])
+    assert "while fetching its input images" in excinfo.value.message
+    assert h.fakes["gemini"].history == [] and h.usage.records == []
 
 
 async def test_usage_is_recorded_when_the_client_goes_away_after_a_paid_call(tmp_path: Path) -> None:

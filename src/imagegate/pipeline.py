@@ -212,6 +212,8 @@ class RequestContext:
         return sorted(self._adjustments, key=lambda a: self._adjustments[a])
 
     def emit(self, kind: EventKind, **details: Any) -> None:
+        if not self.listeners:
+            return  # the usual case: no event is built
         event = PipelineEvent(kind, self.stage, self.job.request_id, self.model_id, **details)
         for listener in self.listeners:
             listener(event)
