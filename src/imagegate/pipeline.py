@@ -184,7 +184,7 @@ class RequestContext:
     response_format: str = ""
     outputs: list[OutputImage] = field(default_factory=list)
     # record_usage
-    usage_recorded: bool = False
+    usage: UsageRecord | None = None  # the row written for this request
     # render
     outcome: ImagesOutcome | None = None
     _adjustments: dict[Adjustment, AdjustmentSource] = field(default_factory=dict)
@@ -462,9 +462,9 @@ class Pipeline:
             ctx.outputs = inline_urls(ctx.outputs)
 
     async def record_usage(self, ctx: RequestContext) -> None:
-        usage = self._usage_record(ctx, _done(ctx.served, "dispatch"), ctx.made, _done(ctx.cost, "dispatch"))
-        ctx.usage_recorded = True  # even if this await is cancelled: the thread still writes it
-        await anyio.to_thread.run_sync(self.usage.record, usage)
+        # Set first: even if this await is cancelled, the thread still writes the row.
+        ctx.usage = self._usage_record(ctx, _done(ctx.served, "dispatch"), ctx.made, _done(ctx.cost, "dispatch"))
+        await anyio.to_thread.run_sync(self.usage.record, ctx.usage)
 
     async def render(self, ctx: RequestContext) -> None:
         served, cost = _done(ctx.served, "dispatch"), _done(ctx.cost, "dispatch")
@@ -489,7 +489,7 @@ class Pipeline:
     def _record_after_failure(self, ctx: RequestContext) -> None:
         """A request failing after upstream calls made images: they are paid for, so the usage row
         is written on the spot before the error leaves (see usage.record_after_failure)."""
-        if ctx.usage_recorded:
+        if ctx.usage is not None:
             return
         if ctx.served is not None:  # dispatch finished: what it counted before finish released the images
             calls, made, cost = ctx.served, ctx.made, ctx.cost
