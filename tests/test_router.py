@@ -161,3 +161,19 @@ def test_a_parameter_no_candidate_honours_is_refused_when_planning() -> None:
             replicate={"parameters": {"seed": NOT_AVAILABLE}},
         )
     assert excinfo.value.param == "seed"
+
+
+def test_a_standard_field_no_candidate_honours_is_not_applied_unless_strict() -> None:
+    quality = {"type": "string", "description": "q", "t2i": "supported", "edit": "supported", "values": ["low", "high"]}
+    entry = model_entry(
+        "m", parameters={"quality": quality}, providers={"gemini": {"parameters": {"quality": NOT_AVAILABLE}}}
+    )
+    routes = Router(small_catalog(entry), {"gemini": FakeProvider("gemini")}).routes("m")
+    params = normalize_params({"prompt": "p", "quality": "high"}, model=entry, mode="t2i")
+    (candidate,) = plan_candidates(params, routes, strict=False, has_mask=False)
+    assert [(a.param, a.applied) for a in candidate.view.ignored] == [
+        ("quality", "not applied (provider gemini lacks it)")
+    ]
+    assert "quality" not in candidate.view.options
+    with pytest.raises(UnsupportedParameter):
+        plan_candidates(params, routes, strict=True, has_mask=False)
