@@ -386,7 +386,8 @@ class ImageService:
         for what the upstream made: counted before the output pipeline releases the images."""
         return total_cost(
             Charge(item.route.model.binding_price(item.route.provider_id), layout.resolution,
-                   len(item.result.images), input_images, views[item.route.provider_id].options)
+                   len(item.result.images), input_images, views[item.route.provider_id].options,
+                   size=(layout.width, layout.height))
             for item in served
         )
 
