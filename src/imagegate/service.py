@@ -104,6 +104,13 @@ class ImagesOutcome:
         }
 
 
+def _compressed_upstream(route: Route, output_format: str | None) -> bool:
+    """Whether the route's upstream made `output_format` natively with `output_compression` sent to it."""
+    handling = route.binding.handling("output_compression")
+    return (output_format in route.binding.native_output_formats and handling is not None
+            and handling.handling not in ("emulated", "not_available"))
+
+
 class ImageService:
     def __init__(
         self,
@@ -325,7 +332,8 @@ class ImageService:
         target = params.get("output_format")
         compression = params.get("output_compression")
 
-        def finish(route: Route, image: ProviderImage, composite: bool, width: int, height: int) -> OutputImage:
+        def finish(route: Route, image: ProviderImage, composite: bool, width: int, height: int,
+                   compression: int | None) -> OutputImage:
             blob = image.blob
             try:
                 if composite:
@@ -354,10 +362,12 @@ class ImageService:
             except (binascii.Error, OSError, SyntaxError, ValueError) as exc:
                 # Only the head was checked on arrival; the rest of the upstream's image is broken.
                 raise _undecodable() from exc
+            # An upstream that made the format itself was sent the compression too: re-encoding would only lose.
+            level = None if current == target and _compressed_upstream(route, target) else compression
             estimate = 0  # passing the image through decodes no pixels
-            if composite or imaging.needs_reencode(current, target, compression):
+            if composite or imaging.needs_reencode(current, target, level):
                 estimate = encode_estimate(width, height, target or current, composite=composite)
-            return await self.conversions.run(estimate, finish, route, image, composite, width, height,
+            return await self.conversions.run(estimate, finish, route, image, composite, width, height, level,
                                               deadline=deadline)
 
         jobs = [one(r, img) for r, img in delivered]
