@@ -198,4 +198,4 @@ def test_the_plugins_own_tests_pass_in_its_venv(plugin_venv: PluginVenv) -> None
         plugin_venv.source / "tests",
         env=plugin_venv.env,
     )
-    assert "2 passed" in output
+    assert "3 passed" in output

@@ -38,6 +38,25 @@ def test_the_model_is_served_with_no_setting(client: OpenAI) -> None:
         assert (image.format, image.size) == ("JPEG", (96, 64))
 
 
+def test_edit_opacity_is_a_setting(tmp_path: Path) -> None:
+    """Settings(<id>_<name>=...) is one of the places a provider setting comes from: at opacity 0
+    an edit is the input image itself."""
+    green = Image.new("RGB", (32, 32), (10, 200, 30))
+    upload = io.BytesIO()
+    green.save(upload, "PNG")
+    app = create_app(Settings(data_dir=tmp_path, api_keys="k", testpattern_edit_opacity="0"))
+    with TestClient(app) as http:
+        client = OpenAI(base_url="http://testserver/v1", api_key="k", http_client=http, max_retries=0)
+        result = client.images.edit(
+            model="testpattern",
+            prompt="p",
+            image=("in.png", upload.getvalue(), "image/png"),
+            response_format="b64_json",
+        )
+    with Image.open(io.BytesIO(base64.b64decode(result.data[0].b64_json or ""))) as edited:
+        assert edited.convert("RGB").getcolors() == [(edited.width * edited.height, (10, 200, 30))]
+
+
 def test_the_prompt_picks_the_palette_and_the_seed_varies_the_picture() -> None:
     assert palette_for("a") == palette_for("a") != palette_for("b")
     assert draw("a", 70, 10, seed=1, pattern="bars").tobytes() == draw("a", 70, 10, seed=1, pattern="bars").tobytes()
