@@ -94,3 +94,12 @@ def test_gpt_image_2_layouts_stay_within_openais_rules() -> None:
             w, h = layout.width, layout.height
             assert w % 16 == h % 16 == 0 and max(w, h) <= 3840 and max(w, h) <= 3 * min(w, h), (ratio, tier)
             assert 655_360 <= w * h <= 8_294_400, (ratio, tier)
+
+
+def test_a_tier_clamped_twice_is_one_adjustment() -> None:
+    """4K is mapped to 3K, and at 3:1 the pixel limits bring 3K down to the 2K tier: one entry."""
+    model = load_builtin_catalog().get("gpt-image-2")
+    assert model is not None
+    layout = resolve_layout(model, aspect_ratio="3:1", resolution="4K")
+    assert (layout.width, layout.height) == (3840, 1280)
+    assert [(a.param, a.requested, a.applied) for a in layout.adjustments] == [("resolution", "4K", "2K")]

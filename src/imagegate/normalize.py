@@ -335,6 +335,8 @@ def resolve_layout(
         # Clamping to the pixel limits can land nearer another tier: name the one delivered.
         delivered = nearest_tier(float(width * height), model.resolution_tiers, model.resolution_kind)
         if delivered != tier:
+            # One entry per parameter: what was asked, and what was delivered in the end.
+            adjustments = [a for a in adjustments if a.param != "resolution"]
             adjustments.append(Adjustment("resolution", resolution.strip() if resolution else tier, delivered))
             tier = delivered
     return Layout(ratio, tier, width, height, tuple(adjustments))
