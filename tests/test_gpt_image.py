@@ -8,7 +8,11 @@ from pydantic import ValidationError
 
 from imagegate.catalog import BindingPrice, PixelLimits, load_builtin_catalog
 from imagegate.normalize import clamp_dimensions, resolve_layout
+from imagegate.params import normalize_params
 from imagegate.pricing import Charge, call_cost, image_price, total_cost
+from imagegate.router import Route, plan_candidates
+
+from .fakes.provider import FakeProvider
 
 TABLE = {"low": {"1024x1024": 0.01, "1536x1024": 0.02}, "high": {"1024x1024": 0.1, "1536x1024": 0.2}}
 PRICE = BindingPrice(per_image=0.05, by_quality_size=TABLE)
@@ -103,3 +107,28 @@ def test_a_tier_clamped_twice_is_one_adjustment() -> None:
     layout = resolve_layout(model, aspect_ratio="3:1", resolution="4K")
     assert (layout.width, layout.height) == (3840, 1280)
     assert [(a.param, a.requested, a.applied) for a in layout.adjustments] == [("resolution", "4K", "2K")]
+
+
+@pytest.mark.parametrize(
+    ("model_id", "provider_id", "fmt", "expected"),
+    [
+        ("gpt-image-2", "openai", "jpeg", True),  # made by OpenAI with the compression sent
+        ("gpt-image-2", "openai", "png", True),
+        ("gpt-image-2", "openai", "avif", False),  # not native: the gateway converts, at that compression
+        ("gemini-3-pro-image-preview", "fal", "jpeg", False),  # fal's compression is the gateway's own
+    ],
+)
+def test_only_an_upstream_sent_the_compression_keeps_its_bytes(
+    model_id: str, provider_id: str, fmt: str, expected: bool
+) -> None:
+    model = load_builtin_catalog().get(model_id)
+    assert model is not None
+    binding = model.providers[provider_id]
+    route = Route(model, provider_id, binding, FakeProvider(provider_id))
+    (candidate,) = plan_candidates(
+        normalize_params({"prompt": "p", "output_format": fmt, "output_compression": 50}, model=model, mode="t2i"),
+        [route],
+        strict=False,
+        has_mask=False,
+    )
+    assert candidate.compressed_upstream is expected
