@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -199,3 +200,13 @@ def test_the_plugins_own_tests_pass_in_its_venv(plugin_venv: PluginVenv) -> None
         env=plugin_venv.env,
     )
     assert "3 passed" in output
+
+
+def test_imagegate_plugins_names_it_configured_with_no_setting(plugin_venv: PluginVenv, tmp_path: Path) -> None:
+    env = plugin_venv.env | {"IMAGEGATE_DATA_DIR": str(tmp_path / "data")}
+    listing = json.loads(_run(plugin_venv.python, "-m", "imagegate", "plugins", "--json", env=env))
+    (row,) = [row for row in listing["providers"] if row["id"] == "testpattern"]
+    assert (row["plugin"], row["configured"]) == ("imagegate_testpattern", True)
+    assert row["settings"] == [
+        {"name": "edit_opacity", "env": "TESTPATTERN_EDIT_OPACITY", "required": False, "set": True}
+    ]
