@@ -228,7 +228,9 @@ def test_gpt_image_1_generation(gateway_factory: Any, fake_openai: FakeOpenAI) -
     # aspect_ratio and resolution are folded into size; OpenAI has no seed.
     assert not {"aspect_ratio", "resolution", "seed"} & set(sent)
     assert adjustments(result) == []
-    assert usage(result)["cost"] == pytest.approx(2 * 0.042)
+    # OpenAI's price for high quality at 1536x1024 (the binding's by_quality_size table).
+    assert usage(result)["cost"] == pytest.approx(2 * 0.25)
+    assert usage(result)["cost_estimated"] is False
 
 
 def test_gpt_image_1_maps_other_sizes_to_its_three(gateway_factory: Any, fake_openai: FakeOpenAI) -> None:
