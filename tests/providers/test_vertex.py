@@ -1,0 +1,371 @@
+"""Contract tests of the Vertex AI provider against a fake token endpoint and a fake Vertex (real HTTP).
+
+The token endpoint is the `token_uri` of a service-account key file the tests write, with a freshly
+generated RSA key; it verifies google-auth's signed JWT-bearer grant. The fake Vertex checks the
+path (project, location, model) and the bearer token, and answers like Gemini, errors included.
+First the adapter called directly, then the gateway through the openai SDK.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from imagegate.catalog import ModelEntry
+from imagegate.errors import ConfigurationError, ContentPolicyViolation, ImagegateError, UpstreamError, UpstreamUnavailable
+from imagegate.normalize import resolve_layout
+from imagegate.providers import ProviderRequest, ProviderResult
+from imagegate.providers.vertex import VertexProvider, default_base_url
+from tests.fakes.common import Delay
+from tests.fakes.gemini import FLASH_SIZES, PRO_SIZES, FinishBlocked, GeminiError, PromptBlocked
+from tests.fakes.images import detect_mime, image_size
+from tests.fakes.vertex import (
+    CLOUD_PLATFORM_SCOPE,
+    GOOGLE_TOKEN_AUDIENCE,
+    FakeGoogleOAuth,
+    FakeVertex,
+    ServiceAccount,
+    TokenError,
+    new_service_account,
+    write_key_file,
+)
+
+from .inputs import PNG
+
+PRO = "gemini-3-pro-image-preview"
+FLASH = "gemini-2.5-flash-image"
+PROJECT = "test-project"
+
+
+def vertex_path(model: str, location: str = "global", project: str = PROJECT) -> str:
+    return f"/v1/projects/{project}/locations/{location}/publishers/google/models/{model}:generateContent"
+
+
+# --- fakes and keys ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def account() -> ServiceAccount:
+    return new_service_account(project_id=PROJECT)
+
+
+@pytest.fixture(scope="module")
+def oauth_server(account: ServiceAccount) -> Iterator[FakeGoogleOAuth]:
+    with FakeGoogleOAuth() as fake:
+        fake.register(account)
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def vertex_server(oauth_server: FakeGoogleOAuth) -> Iterator[FakeVertex]:
+    with FakeVertex(oauth=oauth_server, project=PROJECT) as fake:
+        yield fake
+
+
+@pytest.fixture
+def oauth(oauth_server: FakeGoogleOAuth) -> Iterator[FakeGoogleOAuth]:
+    oauth_server.reset()
+    yield oauth_server
+    oauth_server.reset()
+
+
+@pytest.fixture
+def vertex(vertex_server: FakeVertex, oauth: FakeGoogleOAuth) -> Iterator[FakeVertex]:
+    vertex_server.reset()
+    yield vertex_server
+    vertex_server.reset()
+
+
+@pytest.fixture
+def key_file(tmp_path: Path, account: ServiceAccount, oauth: FakeGoogleOAuth) -> Path:
+    return write_key_file(tmp_path / "service-account.json", account, oauth.token_uri)
+
+
+def catalog_model(model_id: str) -> ModelEntry:
+    """The model as the gateway's catalog has it, the vertex provider's catalog data included."""
+    # TODO(plugins): the gateway's own catalog once the plugin API adds provider catalogs.
+    import importlib.resources
+
+    from imagegate.catalog import ProviderBinding, load_builtin_catalog
+
+    entry = load_builtin_catalog().get(model_id)
+    data = json.loads(importlib.resources.files("imagegate").joinpath("data/providers/vertex.json").read_text())
+    assert entry is not None
+    binding = ProviderBinding.model_validate(data["bindings"][entry.id])
+    return entry.model_copy(update={"providers": {**entry.providers, "vertex": binding}})
+
+
+def make_request(model_id: str = PRO, prompt: str = "a red fox in snow", **kwargs: Any) -> ProviderRequest:
+    model = catalog_model(model_id)
+    layout = kwargs.pop("layout", None) or resolve_layout(model)
+    mode = "edit" if kwargs.get("images") else "t2i"
+    return ProviderRequest(mode=mode, prompt=prompt, layout=layout, binding=model.providers["vertex"], **kwargs)
+
+
+@pytest.fixture
+async def provider(vertex: FakeVertex, key_file: Path, http: httpx.AsyncClient) -> AsyncIterator[VertexProvider]:
+    adapter = VertexProvider.from_values(
+        {"project": PROJECT, "location": "global", "base_url": vertex.base_url, "credentials_file": str(key_file)},
+        client=http, timeout=30.0, max_response_bytes=64 * 1024 * 1024)
+    yield adapter
+    await adapter.aclose()
+
+
+async def raised(provider: VertexProvider, request: ProviderRequest | None = None) -> ImagegateError:
+    with pytest.raises(ImagegateError) as info:
+        await provider.run(request or make_request())
+    return info.value
+
+
+def bearer(recorded: Any) -> str:
+    scheme, _, token = recorded.headers["authorization"].partition(" ")
+    assert scheme == "Bearer"
+    return token
+
+
+# --- the wire call ----------------------------------------------------------------------------
+
+
+async def test_url_bearer_token_and_gemini_body(provider: VertexProvider, vertex: FakeVertex,
+                                               oauth: FakeGoogleOAuth) -> None:
+    layout = resolve_layout(catalog_model(PRO), aspect_ratio="16:9", resolution="2K")
+    result = await provider.run(make_request(prompt="a lighthouse at dusk", layout=layout, seed=7))
+    assert isinstance(result, ProviderResult)
+    [sent] = vertex.requests
+    # The binding calls Vertex's GA id (see the catalog data's notes).
+    assert sent.path == vertex_path("gemini-3-pro-image")
+    assert bearer(sent) == oauth.issued[0]
+    assert "x-goog-api-key" not in sent.headers and "key" not in sent.query
+    body = sent.json
+    assert body["contents"][0]["parts"][0] == {"text": "a lighthouse at dusk"}
+    assert body["generationConfig"]["imageConfig"] == {"aspectRatio": "16:9", "imageSize": "2K"}
+    assert body["generationConfig"]["seed"] == 7
+    assert image_size(result.images[0].data) == PRO_SIZES[("16:9", "2K")]
+    assert result.input_tokens > 0 and result.output_tokens > 0
+
+
+async def test_the_token_grant_is_a_signed_jwt_for_the_cloud_platform_scope(
+        provider: VertexProvider, vertex: FakeVertex, oauth: FakeGoogleOAuth, account: ServiceAccount) -> None:
+    await provider.run(make_request())
+    [grant] = oauth.requests
+    assert grant.path == "/token"  # the key file's token_uri, not Google's
+    claims = grant.json  # verified against the account's public key by the fake
+    assert claims["iss"] == account.client_email
+    assert claims["aud"] == GOOGLE_TOKEN_AUDIENCE
+    assert CLOUD_PLATFORM_SCOPE in claims["scope"].split()
+
+
+async def test_edit_sends_the_images_inline(provider: VertexProvider, vertex: FakeVertex) -> None:
+    result = await provider.run(make_request(prompt="make it blue", images=(PNG,)))
+    parts = vertex.requests[0].json["contents"][0]["parts"]
+    assert parts[0] == {"text": "make it blue"}
+    assert base64.b64decode(parts[1]["inline_data"]["data"]) == PNG.data
+    assert result.images
+
+
+async def test_nano_banana_calls_its_own_model_without_an_image_size(provider: VertexProvider,
+                                                                     vertex: FakeVertex) -> None:
+    layout = resolve_layout(catalog_model(FLASH), aspect_ratio="3:2")
+    result = await provider.run(make_request(FLASH, layout=layout))
+    [sent] = vertex.requests
+    assert sent.path == vertex_path(FLASH)
+    assert sent.json["generationConfig"]["imageConfig"] == {"aspectRatio": "3:2"}
+    assert image_size(result.images[0].data) == FLASH_SIZES["3:2"]
+
+
+@pytest.mark.parametrize(("location", "host"), [
+    ("global", "https://aiplatform.googleapis.com"),
+    ("us-central1", "https://us-central1-aiplatform.googleapis.com"),
+    ("europe-west4", "https://europe-west4-aiplatform.googleapis.com"),
+    ("eu", "https://aiplatform.eu.rep.googleapis.com"),
+])
+def test_default_host_follows_the_location(location: str, host: str, http: httpx.AsyncClient) -> None:
+    assert default_base_url(location) == host
+    adapter = VertexProvider.from_values({"project": "p", "location": location}, client=http, timeout=1.0,
+                                         max_response_bytes=1)
+    assert adapter.url_for("m") == f"{host}/v1/projects/p/locations/{location}/publishers/google/models/m:generateContent"
+
+
+async def test_the_location_is_in_the_url(vertex: FakeVertex, key_file: Path, http: httpx.AsyncClient) -> None:
+    vertex.location = "us-central1"
+    adapter = VertexProvider.from_values(
+        {"project": PROJECT, "location": "us-central1", "base_url": vertex.base_url, "credentials_file": str(key_file)},
+        client=http, timeout=30.0, max_response_bytes=64 * 1024 * 1024)
+    await adapter.run(make_request())
+    assert vertex.requests[0].path == vertex_path("gemini-3-pro-image", "us-central1")
+    await adapter.aclose()
+
+
+async def test_a_wrong_project_is_refused_upstream(vertex: FakeVertex, key_file: Path, http: httpx.AsyncClient) -> None:
+    adapter = VertexProvider.from_values(
+        {"project": "someone-else", "base_url": vertex.base_url, "credentials_file": str(key_file)},
+        client=http, timeout=30.0, max_response_bytes=64 * 1024 * 1024)
+    error = await raised(adapter)
+    assert isinstance(error, UpstreamError) and error.code == "upstream_auth_failed"  # Google's 403
+    assert error.upstream_status == 403 and "PERMISSION_DENIED" in error.message
+    await adapter.aclose()
+
+
+# --- native output formats ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("fmt", "compression", "options"), [
+    ("jpeg", 70, {"mimeType": "image/jpeg", "compressionQuality": 70}),
+    ("jpeg", None, {"mimeType": "image/jpeg"}),
+    ("png", 70, {"mimeType": "image/png"}),  # compression is a JPEG option
+])
+async def test_native_output_format_is_asked_of_vertex(provider: VertexProvider, vertex: FakeVertex, fmt: str,
+                                                       compression: int | None, options: dict[str, Any]) -> None:
+    result = await provider.run(make_request(output_format=fmt, output_compression=compression))
+    assert vertex.requests[0].json["generationConfig"]["imageConfig"]["imageOutputOptions"] == options
+    assert detect_mime(result.images[0].data) == f"image/{fmt}"
+    assert result.images[0].mime_type == f"image/{fmt}"
+
+
+async def test_no_output_format_no_output_options(provider: VertexProvider, vertex: FakeVertex) -> None:
+    await provider.run(make_request(output_compression=50))
+    assert "imageOutputOptions" not in vertex.requests[0].json["generationConfig"]["imageConfig"]
+
+
+def test_binding_declares_png_and_jpeg_native() -> None:
+    for model_id in (PRO, FLASH):
+        binding = catalog_model(model_id).providers["vertex"]
+        assert binding.native_output_formats == ["png", "jpeg"]
+        handling = binding.handling("output_format")
+        assert handling is not None and handling.to == "generationConfig.imageConfig.imageOutputOptions.mimeType"
+
+
+# --- tokens ------------------------------------------------------------------------------------
+
+
+async def test_the_token_is_reused_while_fresh(provider: VertexProvider, vertex: FakeVertex,
+                                              oauth: FakeGoogleOAuth) -> None:
+    await provider.run(make_request())
+    await provider.run(make_request())
+    assert len(oauth.requests) == 1
+    assert bearer(vertex.requests[0]) == bearer(vertex.requests[1]) == oauth.issued[0]
+
+
+async def test_a_token_near_its_expiry_is_refreshed(provider: VertexProvider, vertex: FakeVertex,
+                                                   oauth: FakeGoogleOAuth) -> None:
+    # 60 s is inside google-auth's refresh margin (3 min 45 s): the token is stale at once.
+    oauth.expires_in = 60
+    await provider.run(make_request())
+    await provider.run(make_request())
+    assert len(oauth.requests) == 2
+    assert [bearer(r) for r in vertex.requests] == oauth.issued
+    assert oauth.issued[0] != oauth.issued[1]
+
+
+async def test_concurrent_requests_share_one_refresh(provider: VertexProvider, vertex: FakeVertex,
+                                                     oauth: FakeGoogleOAuth) -> None:
+    oauth.enqueue(Delay(0.3))  # the first grant is slow: the others must wait for it, not ask again
+    results = await asyncio.gather(*(provider.run(make_request(prompt=f"p{i}")) for i in range(5)))
+    assert len(results) == 5
+    assert len(oauth.requests) == 1
+    assert {bearer(r) for r in vertex.requests} == {oauth.issued[0]}
+
+
+async def test_a_401_gets_one_new_token_and_one_retry(provider: VertexProvider, vertex: FakeVertex,
+                                                      oauth: FakeGoogleOAuth) -> None:
+    await provider.run(make_request())
+    oauth.revoke(oauth.issued[0])  # still fresh by its expiry, but Vertex no longer takes it
+    result = await provider.run(make_request())
+    assert result.images
+    assert len(oauth.requests) == 2
+    assert [bearer(r) for r in vertex.requests] == [oauth.issued[0], oauth.issued[0], oauth.issued[1]]
+
+
+async def test_a_second_401_is_an_upstream_auth_error(provider: VertexProvider, vertex: FakeVertex,
+                                                      oauth: FakeGoogleOAuth) -> None:
+    unauthenticated = GeminiError(401, "UNAUTHENTICATED", "Request had invalid authentication credentials.")
+    vertex.enqueue(unauthenticated, unauthenticated)
+    error = await raised(provider)
+    assert isinstance(error, UpstreamError) and error.status_code == 502
+    assert error.code == "upstream_auth_failed"
+    assert len(vertex.requests) == 2 and len(oauth.requests) == 2  # one refresh, no loop
+
+
+@pytest.mark.parametrize("refusal", [
+    TokenError(),
+    TokenError(401, "invalid_client", "The OAuth client was not found."),
+])
+async def test_token_endpoint_refusal_is_upstream_auth_failed(provider: VertexProvider, vertex: FakeVertex,
+                                                              oauth: FakeGoogleOAuth, refusal: TokenError) -> None:
+    oauth.enqueue(refusal)
+    error = await raised(provider)
+    assert isinstance(error, UpstreamError) and error.status_code == 502
+    assert error.code == "upstream_auth_failed"
+    assert refusal.description in error.message
+    assert vertex.requests == []  # no call without a token
+
+
+async def test_a_key_the_token_endpoint_does_not_know_is_refused(
+        vertex: FakeVertex, oauth: FakeGoogleOAuth, tmp_path: Path, http: httpx.AsyncClient) -> None:
+    stranger = write_key_file(tmp_path / "stranger.json", new_service_account("who@elsewhere.iam.gserviceaccount.com"),
+                              oauth.token_uri)
+    adapter = VertexProvider.from_values(
+        {"project": PROJECT, "base_url": vertex.base_url, "credentials_file": str(stranger)},
+        client=http, timeout=30.0, max_response_bytes=1024)
+    error = await raised(adapter)
+    assert error.code == "upstream_auth_failed" and "account not found" in error.message
+    await adapter.aclose()
+
+
+@pytest.mark.parametrize("content", [None, "{not json", json.dumps({"type": "service_account"})])
+def test_an_unreadable_key_file_fails_at_start(tmp_path: Path, http: httpx.AsyncClient, content: str | None) -> None:
+    path = tmp_path / "key.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(ConfigurationError, match="GOOGLE_APPLICATION_CREDENTIALS"):
+        VertexProvider.from_values({"project": PROJECT, "credentials_file": str(path)}, client=http,
+                                   timeout=1.0, max_response_bytes=1)
+
+
+async def test_application_default_credentials_without_a_key_file(
+        vertex: FakeVertex, oauth: FakeGoogleOAuth, account: ServiceAccount, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, http: httpx.AsyncClient) -> None:
+    # gcloud's ADC file (`gcloud auth application-default login` writes it here; a key may stand in).
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))
+    (tmp_path / "gcloud").mkdir()
+    write_key_file(tmp_path / "gcloud" / "application_default_credentials.json", account, oauth.token_uri)
+    adapter = VertexProvider.from_values({"project": PROJECT, "base_url": vertex.base_url}, client=http,
+                                         timeout=30.0, max_response_bytes=64 * 1024 * 1024)
+    assert (await adapter.run(make_request())).images
+    assert len(oauth.requests) == 1 and bearer(vertex.requests[0]) == oauth.issued[0]
+    await adapter.aclose()
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+
+async def test_429_is_rate_limited_with_googles_retry_delay(provider: VertexProvider, vertex: FakeVertex) -> None:
+    vertex.enqueue(GeminiError(429, "RESOURCE_EXHAUSTED", "Quota exceeded for aiplatform.googleapis.com.",
+                               retry_after_s=7))
+    error = await raised(provider)
+    assert isinstance(error, UpstreamUnavailable) and error.code == "upstream_rate_limited"
+    assert error.retry_after == 7
+
+
+async def test_503_is_unavailable(provider: VertexProvider, vertex: FakeVertex) -> None:
+    vertex.enqueue(GeminiError(503, "UNAVAILABLE", "The model is overloaded."))
+    error = await raised(provider)
+    assert isinstance(error, UpstreamUnavailable) and error.status_code == 503
+
+
+@pytest.mark.parametrize("blocked", [PromptBlocked("PROHIBITED_CONTENT"), FinishBlocked("IMAGE_SAFETY"),
+                                     PromptBlocked("MODEL_ARMOR")])
+async def test_safety_blocks_are_content_policy_violations(provider: VertexProvider, vertex: FakeVertex,
+                                                           blocked: Any) -> None:
+    vertex.enqueue(blocked)
+    error = await raised(provider)
+    assert isinstance(error, ContentPolicyViolation)
+    assert error.status_code == 400 and error.code == "content_policy_violation"
