@@ -72,12 +72,14 @@ class ServiceAccount:
     public_key: rsa.RSAPublicKey
 
 
-def new_service_account(email: str = "imagegate-test@test-project.iam.gserviceaccount.com",
-                        project_id: str = "test-project") -> ServiceAccount:
+def new_service_account(
+    email: str = "imagegate-test@test-project.iam.gserviceaccount.com", project_id: str = "test-project"
+) -> ServiceAccount:
     """A service account with a freshly generated RSA key (2048 bits, as Google issues)."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption()).decode("ascii")
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode("ascii")
     return ServiceAccount(email, project_id, secrets.token_hex(20), pem, key.public_key())
 
 
@@ -162,8 +164,9 @@ class FakeGoogleOAuth(BaseFake):
             if isinstance(behaviour, (Hang, Delay)):
                 await self.sleep(request, behaviour.seconds)
             elif isinstance(behaviour, TokenError):
-                return json_response(behaviour.status, {"error": behaviour.error,
-                                                        "error_description": behaviour.description})
+                return json_response(
+                    behaviour.status, {"error": behaviour.error, "error_description": behaviour.description}
+                )
             elif isinstance(behaviour, RawResponse):
                 return raw_response(behaviour)
             try:
@@ -196,16 +199,19 @@ class FakeGoogleOAuth(BaseFake):
         if header.get("kid") != account.key_id:
             raise _Refusal("Invalid JWT Signature.")
         try:
-            account.public_key.verify(signature, f"{head_b64}.{claims_b64}".encode("ascii"),
-                                      padding.PKCS1v15(), hashes.SHA256())
+            account.public_key.verify(
+                signature, f"{head_b64}.{claims_b64}".encode("ascii"), padding.PKCS1v15(), hashes.SHA256()
+            )
         except InvalidSignature:
             raise _Refusal("Invalid JWT Signature.") from None
         now = time.time()
         if claims.get("aud") != GOOGLE_TOKEN_AUDIENCE:
             raise _Refusal("Invalid JWT: Token must be a short-lived token and in a reasonable timeframe.")
         if not (claims.get("iat", now + 1e9) <= now + 60 < claims.get("exp", 0) + 60):
-            raise _Refusal("Invalid JWT: Token must be a short-lived token (60 minutes) and in a reasonable "
-                           "timeframe. Check your iat and exp values in the JWT claim.")
+            raise _Refusal(
+                "Invalid JWT: Token must be a short-lived token (60 minutes) and in a reasonable "
+                "timeframe. Check your iat and exp values in the JWT claim."
+            )
         if CLOUD_PLATFORM_SCOPE not in str(claims.get("scope", "")).split():
             raise _Refusal("Invalid OAuth scope or ID token audience provided.", "invalid_scope")
         return dict(claims)
@@ -230,8 +236,9 @@ def _pop(obj: dict[str, Any], camel: str, snake: str) -> Any:
 class FakeVertex(FakeGemini):
     """Fake Vertex AI generateContent. Bearer tokens are checked against `oauth`."""
 
-    def __init__(self, *, oauth: FakeGoogleOAuth, project: str = "test-project", location: str = "global",
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, *, oauth: FakeGoogleOAuth, project: str = "test-project", location: str = "global", **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.oauth = oauth
         self.project = project
@@ -263,12 +270,23 @@ class FakeVertex(FakeGemini):
         try:
             self._check_bearer(request)
             if project != self.project:
-                raise _Reject(403, "PERMISSION_DENIED", f"Permission 'aiplatform.endpoints.predict' denied on "
-                              f"resource '//aiplatform.googleapis.com/{resource}' (or it may not exist).")
-            if location != self.location or method != "generateContent" or not model or (
-                    self.known_models is not None and model not in self.known_models):
-                raise _Reject(404, "NOT_FOUND", f"Publisher Model `{resource}` was not found or your project "
-                              "does not have access to it.")
+                raise _Reject(
+                    403,
+                    "PERMISSION_DENIED",
+                    f"Permission 'aiplatform.endpoints.predict' denied on "
+                    f"resource '//aiplatform.googleapis.com/{resource}' (or it may not exist).",
+                )
+            if (
+                location != self.location
+                or method != "generateContent"
+                or not model
+                or (self.known_models is not None and model not in self.known_models)
+            ):
+                raise _Reject(
+                    404,
+                    "NOT_FOUND",
+                    f"Publisher Model `{resource}` was not found or your project does not have access to it.",
+                )
             if not ok:
                 raise _invalid("Invalid JSON payload received. Unexpected token.")
             parsed = self._parse_vertex(recorded.json)
@@ -279,8 +297,12 @@ class FakeVertex(FakeGemini):
     def _check_bearer(self, request: Request) -> None:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not self.oauth.is_valid(token):
-            raise _Reject(401, "UNAUTHENTICATED", "Request had invalid authentication credentials. Expected OAuth 2 "
-                          "access token, login cookie or other valid authentication credential.")
+            raise _Reject(
+                401,
+                "UNAUTHENTICATED",
+                "Request had invalid authentication credentials. Expected OAuth 2 "
+                "access token, login cookie or other valid authentication credential.",
+            )
 
     def _parse_vertex(self, body: Any) -> VertexParsed:
         """Take the Vertex-only imageConfig fields out (checking them), then validate the rest as
@@ -297,22 +319,34 @@ class FakeVertex(FakeGemini):
                 raise _invalid(f"Invalid value at 'generation_config.image_config.person_generation', {person!r}")
             _pop(image_config, "prominentPeople", "prominent_people")
         parsed = parse_request(body)
-        return VertexParsed(**{f.name: getattr(parsed, f.name) for f in fields(ParsedRequest)},
-                            output_mime=mime, compression=compression)
+        return VertexParsed(
+            **{f.name: getattr(parsed, f.name) for f in fields(ParsedRequest)},
+            output_mime=mime,
+            compression=compression,
+        )
 
     def _output_options(self, options: Any) -> tuple[str | None, int | None]:
         if options is None:
             return None, None
-        if not isinstance(options, dict) or set(options) - {"mimeType", "mime_type", "compressionQuality",
-                                                             "compression_quality"}:
-            raise _invalid("Invalid JSON payload received. Unknown name at 'generation_config.image_config."
-                           "image_output_options': Cannot find field.")
+        if not isinstance(options, dict) or set(options) - {
+            "mimeType",
+            "mime_type",
+            "compressionQuality",
+            "compression_quality",
+        }:
+            raise _invalid(
+                "Invalid JSON payload received. Unknown name at 'generation_config.image_config."
+                "image_output_options': Cannot find field."
+            )
         mime = _pop(options, "mimeType", "mime_type")
         quality = _pop(options, "compressionQuality", "compression_quality")
         if mime is not None and mime not in VERTEX_OUTPUT_MIMES:
             raise _invalid(f"Unsupported output mime type {mime!r}.")
-        if quality is not None and (isinstance(quality, bool) or not isinstance(quality, int)
-                                    or not 0 <= quality <= 100):
-            raise _invalid(f"Invalid value at 'generation_config.image_config.image_output_options."
-                           f"compression_quality' (TYPE_INT32), {quality!r}")
+        if quality is not None and (
+            isinstance(quality, bool) or not isinstance(quality, int) or not 0 <= quality <= 100
+        ):
+            raise _invalid(
+                f"Invalid value at 'generation_config.image_config.image_output_options."
+                f"compression_quality' (TYPE_INT32), {quality!r}"
+            )
         return mime, quality

@@ -19,7 +19,13 @@ import httpx
 import pytest
 
 from imagegate.catalog import ModelEntry
-from imagegate.errors import ConfigurationError, ContentPolicyViolation, ImagegateError, UpstreamError, UpstreamUnavailable
+from imagegate.errors import (
+    ConfigurationError,
+    ContentPolicyViolation,
+    ImagegateError,
+    UpstreamError,
+    UpstreamUnavailable,
+)
 from imagegate.normalize import resolve_layout
 from imagegate.providers import ProviderRequest, ProviderResult
 from imagegate.providers.vertex import VertexProvider, default_base_url
@@ -113,7 +119,10 @@ def make_request(model_id: str = PRO, prompt: str = "a red fox in snow", **kwarg
 async def provider(vertex: FakeVertex, key_file: Path, http: httpx.AsyncClient) -> AsyncIterator[VertexProvider]:
     adapter = VertexProvider.from_values(
         {"project": PROJECT, "location": "global", "base_url": vertex.base_url, "credentials_file": str(key_file)},
-        client=http, timeout=30.0, max_response_bytes=64 * 1024 * 1024)
+        client=http,
+        timeout=30.0,
+        max_response_bytes=64 * 1024 * 1024,
+    )
     yield adapter
     await adapter.aclose()
 
@@ -133,8 +142,9 @@ def bearer(recorded: Any) -> str:
 # --- the wire call ----------------------------------------------------------------------------
 
 
-async def test_url_bearer_token_and_gemini_body(provider: VertexProvider, vertex: FakeVertex,
-                                               oauth: FakeGoogleOAuth) -> None:
+async def test_url_bearer_token_and_gemini_body(
+    provider: VertexProvider, vertex: FakeVertex, oauth: FakeGoogleOAuth
+) -> None:
     layout = resolve_layout(catalog_model(PRO), aspect_ratio="16:9", resolution="2K")
     result = await provider.run(make_request(prompt="a lighthouse at dusk", layout=layout, seed=7))
     assert isinstance(result, ProviderResult)
@@ -152,7 +162,8 @@ async def test_url_bearer_token_and_gemini_body(provider: VertexProvider, vertex
 
 
 async def test_the_token_grant_is_a_signed_jwt_for_the_cloud_platform_scope(
-        provider: VertexProvider, vertex: FakeVertex, oauth: FakeGoogleOAuth, account: ServiceAccount) -> None:
+    provider: VertexProvider, vertex: FakeVertex, oauth: FakeGoogleOAuth, account: ServiceAccount
+) -> None:
     await provider.run(make_request())
     [grant] = oauth.requests
     assert grant.path == "/token"  # the key file's token_uri, not Google's
@@ -170,8 +181,9 @@ async def test_edit_sends_the_images_inline(provider: VertexProvider, vertex: Fa
     assert result.images
 
 
-async def test_nano_banana_calls_its_own_model_without_an_image_size(provider: VertexProvider,
-                                                                     vertex: FakeVertex) -> None:
+async def test_nano_banana_calls_its_own_model_without_an_image_size(
+    provider: VertexProvider, vertex: FakeVertex
+) -> None:
     layout = resolve_layout(catalog_model(FLASH), aspect_ratio="3:2")
     result = await provider.run(make_request(FLASH, layout=layout))
     [sent] = vertex.requests
@@ -180,24 +192,33 @@ async def test_nano_banana_calls_its_own_model_without_an_image_size(provider: V
     assert image_size(result.images[0].data) == FLASH_SIZES["3:2"]
 
 
-@pytest.mark.parametrize(("location", "host"), [
-    ("global", "https://aiplatform.googleapis.com"),
-    ("us-central1", "https://us-central1-aiplatform.googleapis.com"),
-    ("europe-west4", "https://europe-west4-aiplatform.googleapis.com"),
-    ("eu", "https://aiplatform.eu.rep.googleapis.com"),
-])
+@pytest.mark.parametrize(
+    ("location", "host"),
+    [
+        ("global", "https://aiplatform.googleapis.com"),
+        ("us-central1", "https://us-central1-aiplatform.googleapis.com"),
+        ("europe-west4", "https://europe-west4-aiplatform.googleapis.com"),
+        ("eu", "https://aiplatform.eu.rep.googleapis.com"),
+    ],
+)
 def test_default_host_follows_the_location(location: str, host: str, http: httpx.AsyncClient) -> None:
     assert default_base_url(location) == host
-    adapter = VertexProvider.from_values({"project": "p", "location": location}, client=http, timeout=1.0,
-                                         max_response_bytes=1)
-    assert adapter.url_for("m") == f"{host}/v1/projects/p/locations/{location}/publishers/google/models/m:generateContent"
+    adapter = VertexProvider.from_values(
+        {"project": "p", "location": location}, client=http, timeout=1.0, max_response_bytes=1
+    )
+    assert (
+        adapter.url_for("m") == f"{host}/v1/projects/p/locations/{location}/publishers/google/models/m:generateContent"
+    )
 
 
 async def test_the_location_is_in_the_url(vertex: FakeVertex, key_file: Path, http: httpx.AsyncClient) -> None:
     vertex.location = "us-central1"
     adapter = VertexProvider.from_values(
         {"project": PROJECT, "location": "us-central1", "base_url": vertex.base_url, "credentials_file": str(key_file)},
-        client=http, timeout=30.0, max_response_bytes=64 * 1024 * 1024)
+        client=http,
+        timeout=30.0,
+        max_response_bytes=64 * 1024 * 1024,
+    )
     await adapter.run(make_request())
     assert vertex.requests[0].path == vertex_path("gemini-3-pro-image", "us-central1")
     await adapter.aclose()
@@ -206,7 +227,10 @@ async def test_the_location_is_in_the_url(vertex: FakeVertex, key_file: Path, ht
 async def test_a_wrong_project_is_refused_upstream(vertex: FakeVertex, key_file: Path, http: httpx.AsyncClient) -> None:
     adapter = VertexProvider.from_values(
         {"project": "someone-else", "base_url": vertex.base_url, "credentials_file": str(key_file)},
-        client=http, timeout=30.0, max_response_bytes=64 * 1024 * 1024)
+        client=http,
+        timeout=30.0,
+        max_response_bytes=64 * 1024 * 1024,
+    )
     error = await raised(adapter)
     assert isinstance(error, UpstreamError) and error.code == "upstream_auth_failed"  # Google's 403
     assert error.upstream_status == 403 and "PERMISSION_DENIED" in error.message
@@ -216,13 +240,17 @@ async def test_a_wrong_project_is_refused_upstream(vertex: FakeVertex, key_file:
 # --- native output formats ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("fmt", "compression", "options"), [
-    ("jpeg", 70, {"mimeType": "image/jpeg", "compressionQuality": 70}),
-    ("jpeg", None, {"mimeType": "image/jpeg"}),
-    ("png", 70, {"mimeType": "image/png"}),  # compression is a JPEG option
-])
-async def test_native_output_format_is_asked_of_vertex(provider: VertexProvider, vertex: FakeVertex, fmt: str,
-                                                       compression: int | None, options: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    ("fmt", "compression", "options"),
+    [
+        ("jpeg", 70, {"mimeType": "image/jpeg", "compressionQuality": 70}),
+        ("jpeg", None, {"mimeType": "image/jpeg"}),
+        ("png", 70, {"mimeType": "image/png"}),  # compression is a JPEG option
+    ],
+)
+async def test_native_output_format_is_asked_of_vertex(
+    provider: VertexProvider, vertex: FakeVertex, fmt: str, compression: int | None, options: dict[str, Any]
+) -> None:
     result = await provider.run(make_request(output_format=fmt, output_compression=compression))
     assert vertex.requests[0].json["generationConfig"]["imageConfig"]["imageOutputOptions"] == options
     assert detect_mime(result.images[0].data) == f"image/{fmt}"
@@ -245,16 +273,18 @@ def test_binding_declares_png_and_jpeg_native() -> None:
 # --- tokens ------------------------------------------------------------------------------------
 
 
-async def test_the_token_is_reused_while_fresh(provider: VertexProvider, vertex: FakeVertex,
-                                              oauth: FakeGoogleOAuth) -> None:
+async def test_the_token_is_reused_while_fresh(
+    provider: VertexProvider, vertex: FakeVertex, oauth: FakeGoogleOAuth
+) -> None:
     await provider.run(make_request())
     await provider.run(make_request())
     assert len(oauth.requests) == 1
     assert bearer(vertex.requests[0]) == bearer(vertex.requests[1]) == oauth.issued[0]
 
 
-async def test_a_token_near_its_expiry_is_refreshed(provider: VertexProvider, vertex: FakeVertex,
-                                                   oauth: FakeGoogleOAuth) -> None:
+async def test_a_token_near_its_expiry_is_refreshed(
+    provider: VertexProvider, vertex: FakeVertex, oauth: FakeGoogleOAuth
+) -> None:
     # 60 s is inside google-auth's refresh margin (3 min 45 s): the token is stale at once.
     oauth.expires_in = 60
     await provider.run(make_request())
@@ -264,8 +294,9 @@ async def test_a_token_near_its_expiry_is_refreshed(provider: VertexProvider, ve
     assert oauth.issued[0] != oauth.issued[1]
 
 
-async def test_concurrent_requests_share_one_refresh(provider: VertexProvider, vertex: FakeVertex,
-                                                     oauth: FakeGoogleOAuth) -> None:
+async def test_concurrent_requests_share_one_refresh(
+    provider: VertexProvider, vertex: FakeVertex, oauth: FakeGoogleOAuth
+) -> None:
     oauth.enqueue(Delay(0.3))  # the first grant is slow: the others must wait for it, not ask again
     results = await asyncio.gather(*(provider.run(make_request(prompt=f"p{i}")) for i in range(5)))
     assert len(results) == 5
@@ -273,8 +304,9 @@ async def test_concurrent_requests_share_one_refresh(provider: VertexProvider, v
     assert {bearer(r) for r in vertex.requests} == {oauth.issued[0]}
 
 
-async def test_a_401_gets_one_new_token_and_one_retry(provider: VertexProvider, vertex: FakeVertex,
-                                                      oauth: FakeGoogleOAuth) -> None:
+async def test_a_401_gets_one_new_token_and_one_retry(
+    provider: VertexProvider, vertex: FakeVertex, oauth: FakeGoogleOAuth
+) -> None:
     await provider.run(make_request())
     oauth.revoke(oauth.issued[0])  # still fresh by its expiry, but Vertex no longer takes it
     result = await provider.run(make_request())
@@ -283,8 +315,9 @@ async def test_a_401_gets_one_new_token_and_one_retry(provider: VertexProvider, 
     assert [bearer(r) for r in vertex.requests] == [oauth.issued[0], oauth.issued[0], oauth.issued[1]]
 
 
-async def test_a_second_401_is_an_upstream_auth_error(provider: VertexProvider, vertex: FakeVertex,
-                                                      oauth: FakeGoogleOAuth) -> None:
+async def test_a_second_401_is_an_upstream_auth_error(
+    provider: VertexProvider, vertex: FakeVertex, oauth: FakeGoogleOAuth
+) -> None:
     unauthenticated = GeminiError(401, "UNAUTHENTICATED", "Request had invalid authentication credentials.")
     vertex.enqueue(unauthenticated, unauthenticated)
     error = await raised(provider)
@@ -293,12 +326,16 @@ async def test_a_second_401_is_an_upstream_auth_error(provider: VertexProvider, 
     assert len(vertex.requests) == 2 and len(oauth.requests) == 2  # one refresh, no loop
 
 
-@pytest.mark.parametrize("refusal", [
-    TokenError(),
-    TokenError(401, "invalid_client", "The OAuth client was not found."),
-])
-async def test_token_endpoint_refusal_is_upstream_auth_failed(provider: VertexProvider, vertex: FakeVertex,
-                                                              oauth: FakeGoogleOAuth, refusal: TokenError) -> None:
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        TokenError(),
+        TokenError(401, "invalid_client", "The OAuth client was not found."),
+    ],
+)
+async def test_token_endpoint_refusal_is_upstream_auth_failed(
+    provider: VertexProvider, vertex: FakeVertex, oauth: FakeGoogleOAuth, refusal: TokenError
+) -> None:
     oauth.enqueue(refusal)
     error = await raised(provider)
     assert isinstance(error, UpstreamError) and error.status_code == 502
@@ -308,12 +345,17 @@ async def test_token_endpoint_refusal_is_upstream_auth_failed(provider: VertexPr
 
 
 async def test_a_key_the_token_endpoint_does_not_know_is_refused(
-        vertex: FakeVertex, oauth: FakeGoogleOAuth, tmp_path: Path, http: httpx.AsyncClient) -> None:
-    stranger = write_key_file(tmp_path / "stranger.json", new_service_account("who@elsewhere.iam.gserviceaccount.com"),
-                              oauth.token_uri)
+    vertex: FakeVertex, oauth: FakeGoogleOAuth, tmp_path: Path, http: httpx.AsyncClient
+) -> None:
+    stranger = write_key_file(
+        tmp_path / "stranger.json", new_service_account("who@elsewhere.iam.gserviceaccount.com"), oauth.token_uri
+    )
     adapter = VertexProvider.from_values(
         {"project": PROJECT, "base_url": vertex.base_url, "credentials_file": str(stranger)},
-        client=http, timeout=30.0, max_response_bytes=1024)
+        client=http,
+        timeout=30.0,
+        max_response_bytes=1024,
+    )
     error = await raised(adapter)
     assert error.code == "upstream_auth_failed" and "account not found" in error.message
     await adapter.aclose()
@@ -325,20 +367,30 @@ def test_an_unreadable_key_file_fails_at_start(tmp_path: Path, http: httpx.Async
     if content is not None:
         path.write_text(content)
     with pytest.raises(ConfigurationError, match="GOOGLE_APPLICATION_CREDENTIALS"):
-        VertexProvider.from_values({"project": PROJECT, "credentials_file": str(path)}, client=http,
-                                   timeout=1.0, max_response_bytes=1)
+        VertexProvider.from_values(
+            {"project": PROJECT, "credentials_file": str(path)}, client=http, timeout=1.0, max_response_bytes=1
+        )
 
 
 async def test_application_default_credentials_without_a_key_file(
-        vertex: FakeVertex, oauth: FakeGoogleOAuth, account: ServiceAccount, tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch, http: httpx.AsyncClient) -> None:
+    vertex: FakeVertex,
+    oauth: FakeGoogleOAuth,
+    account: ServiceAccount,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    http: httpx.AsyncClient,
+) -> None:
     # gcloud's ADC file (`gcloud auth application-default login` writes it here; a key may stand in).
     monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
     monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))
     (tmp_path / "gcloud").mkdir()
     write_key_file(tmp_path / "gcloud" / "application_default_credentials.json", account, oauth.token_uri)
-    adapter = VertexProvider.from_values({"project": PROJECT, "base_url": vertex.base_url}, client=http,
-                                         timeout=30.0, max_response_bytes=64 * 1024 * 1024)
+    adapter = VertexProvider.from_values(
+        {"project": PROJECT, "base_url": vertex.base_url},
+        client=http,
+        timeout=30.0,
+        max_response_bytes=64 * 1024 * 1024,
+    )
     assert (await adapter.run(make_request())).images
     assert len(oauth.requests) == 1 and bearer(vertex.requests[0]) == oauth.issued[0]
     await adapter.aclose()
@@ -348,8 +400,9 @@ async def test_application_default_credentials_without_a_key_file(
 
 
 async def test_429_is_rate_limited_with_googles_retry_delay(provider: VertexProvider, vertex: FakeVertex) -> None:
-    vertex.enqueue(GeminiError(429, "RESOURCE_EXHAUSTED", "Quota exceeded for aiplatform.googleapis.com.",
-                               retry_after_s=7))
+    vertex.enqueue(
+        GeminiError(429, "RESOURCE_EXHAUSTED", "Quota exceeded for aiplatform.googleapis.com.", retry_after_s=7)
+    )
     error = await raised(provider)
     assert isinstance(error, UpstreamUnavailable) and error.code == "upstream_rate_limited"
     assert error.retry_after == 7
@@ -361,10 +414,12 @@ async def test_503_is_unavailable(provider: VertexProvider, vertex: FakeVertex) 
     assert isinstance(error, UpstreamUnavailable) and error.status_code == 503
 
 
-@pytest.mark.parametrize("blocked", [PromptBlocked("PROHIBITED_CONTENT"), FinishBlocked("IMAGE_SAFETY"),
-                                     PromptBlocked("MODEL_ARMOR")])
-async def test_safety_blocks_are_content_policy_violations(provider: VertexProvider, vertex: FakeVertex,
-                                                           blocked: Any) -> None:
+@pytest.mark.parametrize(
+    "blocked", [PromptBlocked("PROHIBITED_CONTENT"), FinishBlocked("IMAGE_SAFETY"), PromptBlocked("MODEL_ARMOR")]
+)
+async def test_safety_blocks_are_content_policy_violations(
+    provider: VertexProvider, vertex: FakeVertex, blocked: Any
+) -> None:
     vertex.enqueue(blocked)
     error = await raised(provider)
     assert isinstance(error, ContentPolicyViolation)

@@ -75,15 +75,18 @@ def load_key_file(path: str) -> google.auth.credentials.Credentials:
         if isinstance(info, dict) and info.get("type") == "service_account":
             # google-auth's functions are untyped (py.typed, but no annotations): hence the ignores.
             account: google.auth.credentials.Credentials = service_account.Credentials.from_service_account_file(  # type: ignore[no-untyped-call]
-                path, scopes=[CLOUD_PLATFORM_SCOPE])
+                path, scopes=[CLOUD_PLATFORM_SCOPE]
+            )
             return account
         loaded: google.auth.credentials.Credentials
         loaded, _project = google.auth.load_credentials_from_file(  # type: ignore[no-untyped-call]
-            path, scopes=[CLOUD_PLATFORM_SCOPE])
+            path, scopes=[CLOUD_PLATFORM_SCOPE]
+        )
         return loaded
     except (OSError, ValueError, google.auth.exceptions.GoogleAuthError) as exc:
         raise ConfigurationError(
-            f"GOOGLE_APPLICATION_CREDENTIALS ({path}) is not a readable Google credentials file: {exc}") from exc
+            f"GOOGLE_APPLICATION_CREDENTIALS ({path}) is not a readable Google credentials file: {exc}"
+        ) from exc
 
 
 class _TimedRequest(google.auth.transport.requests.Request):
@@ -93,10 +96,17 @@ class _TimedRequest(google.auth.transport.requests.Request):
         super().__init__(session)
         self.timeout = timeout
 
-    def __call__(self, url: str, method: str = "GET", body: Any = None, headers: Any = None,
-                 timeout: Any = None, **kwargs: Any) -> Any:
-        return super().__call__(url, method=method, body=body, headers=headers,  # type: ignore[no-untyped-call]
-                                timeout=timeout or self.timeout, **kwargs)
+    def __call__(
+        self, url: str, method: str = "GET", body: Any = None, headers: Any = None, timeout: Any = None, **kwargs: Any
+    ) -> Any:
+        return super().__call__(
+            url,
+            method=method,
+            body=body,
+            headers=headers,  # type: ignore[no-untyped-call]
+            timeout=timeout or self.timeout,
+            **kwargs,
+        )
 
 
 class AccessTokens:
@@ -105,8 +115,9 @@ class AccessTokens:
     `credentials` None: application default credentials, looked up on the first refresh (in the
     worker thread: on Google Cloud that asks the metadata server)."""
 
-    def __init__(self, credentials: google.auth.credentials.Credentials | None,
-                 timeout: float = TOKEN_TIMEOUT_SECONDS) -> None:
+    def __init__(
+        self, credentials: google.auth.credentials.Credentials | None, timeout: float = TOKEN_TIMEOUT_SECONDS
+    ) -> None:
         self._credentials = credentials
         self._session = requests.Session()
         self._transport = _TimedRequest(self._session, timeout)
@@ -146,8 +157,9 @@ class AccessTokens:
         except google.auth.exceptions.GoogleAuthError as exc:
             # RefreshError (the token endpoint said no), TransportError (it could not be reached),
             # DefaultCredentialsError (no application default credentials on this machine).
-            raise auth_failed(f"could not get an access token ({type(exc).__name__}: {upstream_text(str(exc), 300)})."
-                              ) from exc
+            raise auth_failed(
+                f"could not get an access token ({type(exc).__name__}: {upstream_text(str(exc), 300)})."
+            ) from exc
         token: str | None = self._credentials.token
         if not token:
             raise auth_failed("the token endpoint answered without an access token.")
@@ -197,21 +209,30 @@ class VertexProvider(ImageProvider):
         self.max_response_bytes = max_response_bytes
 
     @classmethod
-    def from_values(cls, values: dict[str, str | None], *, client: httpx.AsyncClient, timeout: float,
-                    max_response_bytes: int) -> VertexProvider:
+    def from_values(
+        cls, values: dict[str, str | None], *, client: httpx.AsyncClient, timeout: float, max_response_bytes: int
+    ) -> VertexProvider:
         """From the provider's settings: project, location, base_url, credentials_file."""
         project = values.get("project")
         if not project:
             raise ConfigurationError("The vertex provider needs VERTEX_PROJECT.")
         key_file = values.get("credentials_file")
         tokens = AccessTokens(load_key_file(key_file) if key_file else None)
-        return cls(project=project, location=values.get("location") or DEFAULT_LOCATION,
-                   base_url=values.get("base_url"), client=client, tokens=tokens, timeout=timeout,
-                   max_response_bytes=max_response_bytes)
+        return cls(
+            project=project,
+            location=values.get("location") or DEFAULT_LOCATION,
+            base_url=values.get("base_url"),
+            client=client,
+            tokens=tokens,
+            timeout=timeout,
+            max_response_bytes=max_response_bytes,
+        )
 
     def url_for(self, model: str) -> str:
-        return (f"{self.base_url}/v1/projects/{self.project}/locations/{self.location}"
-                f"/publishers/google/models/{model}:generateContent")
+        return (
+            f"{self.base_url}/v1/projects/{self.project}/locations/{self.location}"
+            f"/publishers/google/models/{model}:generateContent"
+        )
 
     async def generate(self, request: ProviderRequest) -> ProviderResult:
         return await self._generate_content(request)
@@ -236,9 +257,16 @@ class VertexProvider(ImageProvider):
         return parse_response(parse_json(self.provider_id, response.body), keep_all_images=keep_all)
 
     async def _post(self, url: str, body: dict[str, Any], token: str) -> UpstreamResponse:
-        return await send(self.client, "POST", url, provider=self.provider_id, timeout=self.timeout,
-                          max_bytes=self.max_response_bytes, json=body,
-                          headers={"authorization": f"Bearer {token}"})
+        return await send(
+            self.client,
+            "POST",
+            url,
+            provider=self.provider_id,
+            timeout=self.timeout,
+            max_bytes=self.max_response_bytes,
+            json=body,
+            headers={"authorization": f"Bearer {token}"},
+        )
 
     async def aclose(self) -> None:
         self.tokens.close()
