@@ -43,6 +43,7 @@ from tests.fakes.vertex import (
     write_key_file,
 )
 
+from ..conftest import API_KEY
 from .inputs import PNG
 
 PRO = "gemini-3-pro-image-preview"
@@ -424,3 +425,132 @@ async def test_safety_blocks_are_content_policy_violations(
     error = await raised(provider)
     assert isinstance(error, ContentPolicyViolation)
     assert error.status_code == 400 and error.code == "content_policy_violation"
+
+
+# --- through the gateway, with the openai SDK ----------------------------------------------------
+
+
+@pytest.fixture
+def vertex_env(monkeypatch: pytest.MonkeyPatch, key_file: Path, vertex: FakeVertex) -> FakeVertex:
+    """Only the Vertex variables: no config file, no other provider."""
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key_file))
+    monkeypatch.setenv("VERTEX_PROJECT", PROJECT)
+    monkeypatch.setenv("VERTEX_BASE_URL", vertex.base_url)
+    return vertex
+
+
+def test_sdk_generation_is_served_by_vertex_with_only_its_variables(
+    gateway_factory: Any, vertex_env: FakeVertex, oauth: FakeGoogleOAuth
+) -> None:
+    gw = gateway_factory()
+    response = gw.client().images.with_raw_response.generate(
+        model=PRO, prompt="a lighthouse", response_format="b64_json", extra_body={"aspect_ratio": "16:9"}
+    )
+    assert response.headers["x-imagegate-provider"] == "vertex"
+    result = response.parse()
+    assert image_size(base64.b64decode(result.data[0].b64_json or "")) == PRO_SIZES[("16:9", "1K")]
+    usage = response.http_response.json()["usage"]
+    assert (usage["provider"], usage["cost"]) == ("vertex", 0.134)
+    [sent] = vertex_env.requests
+    assert sent.path == vertex_path("gemini-3-pro-image")
+    assert bearer(sent) == oauth.issued[0]
+
+
+def test_sdk_edit_is_served_by_vertex(gateway_factory: Any, vertex_env: FakeVertex) -> None:
+    gw = gateway_factory()
+    response = gw.client().images.with_raw_response.edit(
+        model=PRO, prompt="make it blue", image=("in.png", PNG.data, "image/png"), response_format="b64_json"
+    )
+    assert response.headers["x-imagegate-provider"] == "vertex"
+    assert response.parse().data[0].b64_json
+    parts = vertex_env.requests[0].json["contents"][0]["parts"]
+    assert base64.b64decode(parts[1]["inline_data"]["data"]) == PNG.data
+
+
+def test_sdk_jpeg_is_made_by_vertex_not_converted(gateway_factory: Any, vertex_env: FakeVertex) -> None:
+    gw = gateway_factory()
+    result = gw.client().images.generate(
+        model=PRO, prompt="p", output_format="jpeg", output_compression=60, response_format="b64_json"
+    )
+    options = vertex_env.requests[0].json["generationConfig"]["imageConfig"]["imageOutputOptions"]
+    assert options == {"mimeType": "image/jpeg", "compressionQuality": 60}
+    assert detect_mime(base64.b64decode(result.data[0].b64_json or "")) == "image/jpeg"
+    assert result.output_format == "jpeg"
+
+
+def test_vertex_location_is_in_the_url(
+    gateway_factory: Any, vertex_env: FakeVertex, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VERTEX_LOCATION", "europe-west4")
+    vertex_env.location = "europe-west4"
+    gateway_factory().client().images.generate(model=FLASH, prompt="p")
+    assert vertex_env.requests[0].path == vertex_path(FLASH, "europe-west4")
+
+
+def test_vertex_comes_after_the_existing_providers_and_takes_over_on_503(
+    gateway_factory: Any, vertex_env: FakeVertex, fake_gemini: Any
+) -> None:
+    gw = gateway_factory(gemini_api_key=fake_gemini.api_key, gemini_base_url=fake_gemini.base_url)
+    first = gw.client().images.with_raw_response.generate(model=PRO, prompt="p")
+    assert first.headers["x-imagegate-provider"] == "gemini"
+    assert vertex_env.requests == []
+    fake_gemini.enqueue(GeminiError(503, "UNAVAILABLE", "The model is overloaded."))
+    second = gw.client().images.with_raw_response.generate(model=PRO, prompt="p")
+    assert second.headers["x-imagegate-provider"] == "vertex"
+    assert len(vertex_env.requests) == 1
+
+
+def test_a_429_from_vertex_is_retried(gateway_factory: Any, vertex_env: FakeVertex) -> None:
+    gw = gateway_factory(retry_attempts=2, retry_backoff_seconds=0.01)
+    vertex_env.enqueue(GeminiError(429, "RESOURCE_EXHAUSTED", "Quota exceeded.", retry_after_s=0.01))
+    response = gw.client().images.with_raw_response.generate(model=PRO, prompt="p")
+    assert response.headers["x-imagegate-provider"] == "vertex"
+    assert len(vertex_env.requests) == 2
+
+
+def test_a_token_endpoint_failure_is_502_upstream_auth_failed(
+    gateway_factory: Any, vertex_env: FakeVertex, oauth: FakeGoogleOAuth
+) -> None:
+    import openai
+
+    oauth.enqueue(TokenError())
+    with pytest.raises(openai.APIStatusError) as info:
+        gateway_factory().client().images.generate(model=PRO, prompt="p")
+    assert info.value.status_code == 502
+    assert info.value.body["code"] == "upstream_auth_failed"  # type: ignore[index]
+    assert vertex_env.requests == []
+
+
+def test_a_safety_block_is_400_content_policy_violation(gateway_factory: Any, vertex_env: FakeVertex) -> None:
+    import openai
+
+    vertex_env.enqueue(PromptBlocked("PROHIBITED_CONTENT"))
+    with pytest.raises(openai.BadRequestError) as info:
+        gateway_factory().client().images.generate(model=PRO, prompt="p")
+    assert info.value.body["code"] == "content_policy_violation"  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("model_id", "upstream", "per_image", "by_resolution"),
+    [
+        (PRO, "gemini-3-pro-image", 0.134, {"1K": 0.134, "2K": 0.134, "4K": 0.24}),
+        (FLASH, FLASH, 0.039, {}),
+    ],
+)
+def test_models_list_vertex_last_with_its_price(
+    gateway_factory: Any,
+    vertex_env: FakeVertex,
+    model_id: str,
+    upstream: str,
+    per_image: float,
+    by_resolution: dict[str, float],
+) -> None:
+    gw = gateway_factory()
+    card = httpx.get(f"{gw.url}/v1/models/{model_id}", headers={"authorization": f"Bearer {API_KEY}"}).json()
+    assert card["available"] is True
+    assert [p["id"] for p in card["providers"]][-1] == "vertex"
+    vertex_card = card["providers"][-1]
+    assert vertex_card["configured"] is True and vertex_card["upstream_model"] == upstream
+    price = vertex_card["price"]
+    assert (price["per_image"], price["by_resolution"], price["estimated"]) == (per_image, by_resolution, False)
+    assert vertex_card["parameters"]["output_format"]["handling"] == "converted"
