@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from imagegate.catalog import ModelEntry
+from imagegate.config import FileConfig
 from imagegate.errors import (
     ConfigurationError,
     ContentPolicyViolation,
@@ -26,7 +27,9 @@ from imagegate.errors import (
     UpstreamError,
     UpstreamUnavailable,
 )
+from imagegate.gateway import build_catalog
 from imagegate.normalize import resolve_layout
+from imagegate.plugins import ProviderContext
 from imagegate.providers import ProviderRequest, ProviderResult
 from imagegate.providers.vertex import VertexProvider, default_base_url
 from tests.fakes.common import Delay
@@ -95,18 +98,18 @@ def key_file(tmp_path: Path, account: ServiceAccount, oauth: FakeGoogleOAuth) ->
     return write_key_file(tmp_path / "service-account.json", account, oauth.token_uri)
 
 
+CATALOG = build_catalog(FileConfig())  # the gateway's: built-in models plus the plugins' catalog data
+
+
 def catalog_model(model_id: str) -> ModelEntry:
-    """The model as the gateway's catalog has it, the vertex provider's catalog data included."""
-    # TODO(plugins): the gateway's own catalog once the plugin API adds provider catalogs.
-    import importlib.resources
-
-    from imagegate.catalog import ProviderBinding, load_builtin_catalog
-
-    entry = load_builtin_catalog().get(model_id)
-    data = json.loads(importlib.resources.files("imagegate").joinpath("data/providers/vertex.json").read_text())
+    entry = CATALOG.get(model_id)
     assert entry is not None
-    binding = ProviderBinding.model_validate(data["bindings"][entry.id])
-    return entry.model_copy(update={"providers": {**entry.providers, "vertex": binding}})
+    return entry
+
+
+def vertex_adapter(http: httpx.AsyncClient, **values: str) -> VertexProvider:
+    """The adapter as the gateway builds it, from the plugin's setting values."""
+    return VertexProvider.from_context(ProviderContext("vertex", values, http, 30.0, 64 * 1024 * 1024))
 
 
 def make_request(model_id: str = PRO, prompt: str = "a red fox in snow", **kwargs: Any) -> ProviderRequest:
@@ -118,11 +121,9 @@ def make_request(model_id: str = PRO, prompt: str = "a red fox in snow", **kwarg
 
 @pytest.fixture
 async def provider(vertex: FakeVertex, key_file: Path, http: httpx.AsyncClient) -> AsyncIterator[VertexProvider]:
-    adapter = VertexProvider.from_values(
-        {"project": PROJECT, "location": "global", "base_url": vertex.base_url, "credentials_file": str(key_file)},
-        client=http,
-        timeout=30.0,
-        max_response_bytes=64 * 1024 * 1024,
+    adapter = vertex_adapter(
+        http,
+        **{"project": PROJECT, "location": "global", "base_url": vertex.base_url, "credentials_file": str(key_file)},
     )
     yield adapter
     await adapter.aclose()
@@ -204,9 +205,7 @@ async def test_nano_banana_calls_its_own_model_without_an_image_size(
 )
 def test_default_host_follows_the_location(location: str, host: str, http: httpx.AsyncClient) -> None:
     assert default_base_url(location) == host
-    adapter = VertexProvider.from_values(
-        {"project": "p", "location": location}, client=http, timeout=1.0, max_response_bytes=1
-    )
+    adapter = vertex_adapter(http, **{"project": "p", "location": location})
     assert (
         adapter.url_for("m") == f"{host}/v1/projects/p/locations/{location}/publishers/google/models/m:generateContent"
     )
@@ -214,11 +213,14 @@ def test_default_host_follows_the_location(location: str, host: str, http: httpx
 
 async def test_the_location_is_in_the_url(vertex: FakeVertex, key_file: Path, http: httpx.AsyncClient) -> None:
     vertex.location = "us-central1"
-    adapter = VertexProvider.from_values(
-        {"project": PROJECT, "location": "us-central1", "base_url": vertex.base_url, "credentials_file": str(key_file)},
-        client=http,
-        timeout=30.0,
-        max_response_bytes=64 * 1024 * 1024,
+    adapter = vertex_adapter(
+        http,
+        **{
+            "project": PROJECT,
+            "location": "us-central1",
+            "base_url": vertex.base_url,
+            "credentials_file": str(key_file),
+        },
     )
     await adapter.run(make_request())
     assert vertex.requests[0].path == vertex_path("gemini-3-pro-image", "us-central1")
@@ -226,11 +228,8 @@ async def test_the_location_is_in_the_url(vertex: FakeVertex, key_file: Path, ht
 
 
 async def test_a_wrong_project_is_refused_upstream(vertex: FakeVertex, key_file: Path, http: httpx.AsyncClient) -> None:
-    adapter = VertexProvider.from_values(
-        {"project": "someone-else", "base_url": vertex.base_url, "credentials_file": str(key_file)},
-        client=http,
-        timeout=30.0,
-        max_response_bytes=64 * 1024 * 1024,
+    adapter = vertex_adapter(
+        http, **{"project": "someone-else", "base_url": vertex.base_url, "credentials_file": str(key_file)}
     )
     error = await raised(adapter)
     assert isinstance(error, UpstreamError) and error.code == "upstream_auth_failed"  # Google's 403
@@ -351,11 +350,8 @@ async def test_a_key_the_token_endpoint_does_not_know_is_refused(
     stranger = write_key_file(
         tmp_path / "stranger.json", new_service_account("who@elsewhere.iam.gserviceaccount.com"), oauth.token_uri
     )
-    adapter = VertexProvider.from_values(
-        {"project": PROJECT, "base_url": vertex.base_url, "credentials_file": str(stranger)},
-        client=http,
-        timeout=30.0,
-        max_response_bytes=1024,
+    adapter = vertex_adapter(
+        http, **{"project": PROJECT, "base_url": vertex.base_url, "credentials_file": str(stranger)}
     )
     error = await raised(adapter)
     assert error.code == "upstream_auth_failed" and "account not found" in error.message
@@ -368,9 +364,7 @@ def test_an_unreadable_key_file_fails_at_start(tmp_path: Path, http: httpx.Async
     if content is not None:
         path.write_text(content)
     with pytest.raises(ConfigurationError, match="GOOGLE_APPLICATION_CREDENTIALS"):
-        VertexProvider.from_values(
-            {"project": PROJECT, "credentials_file": str(path)}, client=http, timeout=1.0, max_response_bytes=1
-        )
+        vertex_adapter(http, **{"project": PROJECT, "credentials_file": str(path)})
 
 
 async def test_application_default_credentials_without_a_key_file(
@@ -386,12 +380,7 @@ async def test_application_default_credentials_without_a_key_file(
     monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))
     (tmp_path / "gcloud").mkdir()
     write_key_file(tmp_path / "gcloud" / "application_default_credentials.json", account, oauth.token_uri)
-    adapter = VertexProvider.from_values(
-        {"project": PROJECT, "base_url": vertex.base_url},
-        client=http,
-        timeout=30.0,
-        max_response_bytes=64 * 1024 * 1024,
-    )
+    adapter = vertex_adapter(http, **{"project": PROJECT, "base_url": vertex.base_url})
     assert (await adapter.run(make_request())).images
     assert len(oauth.requests) == 1 and bearer(vertex.requests[0]) == oauth.issued[0]
     await adapter.aclose()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import google.auth
@@ -33,6 +34,7 @@ from google.oauth2 import service_account
 
 from ..errors import ConfigurationError, UpstreamError
 from ..imaging import MIME_BY_FORMAT
+from ..plugins import ProviderContext, ProviderSpec, Setting, catalog_file
 from .base import ImageProvider, ProviderRequest, ProviderResult
 from .gemini import _google_error as google_error
 from .gemini import build_body, parse_response
@@ -209,23 +211,19 @@ class VertexProvider(ImageProvider):
         self.max_response_bytes = max_response_bytes
 
     @classmethod
-    def from_values(
-        cls, values: dict[str, str | None], *, client: httpx.AsyncClient, timeout: float, max_response_bytes: int
-    ) -> VertexProvider:
-        """From the provider's settings: project, location, base_url, credentials_file."""
-        project = values.get("project")
-        if not project:
-            raise ConfigurationError("The vertex provider needs VERTEX_PROJECT.")
-        key_file = values.get("credentials_file")
+    def from_context(cls, context: ProviderContext) -> VertexProvider:
+        """The adapter from its settings (see SETTINGS); a key file that cannot be read fails here,
+        at start, not on the first request."""
+        key_file = context.value("credentials_file")
         tokens = AccessTokens(load_key_file(key_file) if key_file else None)
         return cls(
-            project=project,
-            location=values.get("location") or DEFAULT_LOCATION,
-            base_url=values.get("base_url"),
-            client=client,
+            project=context.value("project") or "",
+            location=context.value("location") or DEFAULT_LOCATION,
+            base_url=context.value("base_url"),
+            client=context.client,
             tokens=tokens,
-            timeout=timeout,
-            max_response_bytes=max_response_bytes,
+            timeout=context.timeout,
+            max_response_bytes=context.max_response_bytes,
         )
 
     def url_for(self, model: str) -> str:
@@ -270,3 +268,27 @@ class VertexProvider(ImageProvider):
 
     async def aclose(self) -> None:
         self.tokens.close()
+
+
+# What turns the provider on: a project (credentials come from the key file, else from application
+# default credentials). VERTEX_BASE_URL points it elsewhere (a fake, a proxy); left out, the host
+# follows the location (default_base_url).
+SETTINGS = (
+    Setting("project", "VERTEX_PROJECT", required=True),
+    Setting("location", "VERTEX_LOCATION", default=DEFAULT_LOCATION),
+    Setting("base_url", "VERTEX_BASE_URL"),
+    Setting("credentials_file", "GOOGLE_APPLICATION_CREDENTIALS"),
+)
+
+
+def register_providers(register: Callable[[ProviderSpec], None]) -> None:
+    """The plugin hook (plugins.py). The catalog data adds vertex as the last provider of Nano
+    Banana Pro and Nano Banana, with Vertex's upstream ids and prices."""
+    register(
+        ProviderSpec(
+            id=VertexProvider.provider_id,
+            factory=VertexProvider.from_context,
+            settings=SETTINGS,
+            catalog=catalog_file("imagegate", "data/providers/vertex.json"),
+        )
+    )
