@@ -543,3 +543,15 @@ def test_models_list_vertex_last_with_its_price(
     price = vertex_card["price"]
     assert (price["per_image"], price["by_resolution"], price["estimated"]) == (per_image, by_resolution, False)
     assert vertex_card["parameters"]["output_format"]["handling"] == "converted"
+
+
+def test_a_503_from_vertex_fails_over_to_the_next_provider(
+    gateway_factory: Any, vertex_env: FakeVertex, fake_gemini: Any, tmp_path: Path
+) -> None:
+    config = tmp_path / "imagegate.toml"
+    config.write_text(f'[routing]\n"{PRO}" = ["vertex", "gemini"]\n')
+    gw = gateway_factory(config=config, gemini_api_key=fake_gemini.api_key, gemini_base_url=fake_gemini.base_url)
+    vertex_env.enqueue(GeminiError(503, "UNAVAILABLE", "The model is overloaded."))
+    response = gw.client().images.with_raw_response.generate(model=PRO, prompt="p")
+    assert response.headers["x-imagegate-provider"] == "gemini"
+    assert len(vertex_env.requests) == 1 and len(fake_gemini.requests) == 1

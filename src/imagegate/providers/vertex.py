@@ -101,14 +101,8 @@ class _TimedRequest(google.auth.transport.requests.Request):
     def __call__(
         self, url: str, method: str = "GET", body: Any = None, headers: Any = None, timeout: Any = None, **kwargs: Any
     ) -> Any:
-        return super().__call__(
-            url,
-            method=method,
-            body=body,
-            headers=headers,  # type: ignore[no-untyped-call]
-            timeout=timeout or self.timeout,
-            **kwargs,
-        )
+        call = super().__call__  # untyped in google-auth
+        return call(url, method=method, body=body, headers=headers, timeout=timeout or self.timeout, **kwargs)  # type: ignore[no-untyped-call]
 
 
 class AccessTokens:
