@@ -503,8 +503,8 @@ def test_a_token_endpoint_failure_is_502_upstream_auth_failed(
     import openai
 
     oauth.enqueue(TokenError())
-    with pytest.raises(openai.APIStatusError) as info:
-        gateway_factory().client().images.generate(model=PRO, prompt="p")
+    with gateway_factory().client() as client, pytest.raises(openai.APIStatusError) as info:
+        client.images.generate(model=PRO, prompt="p")
     assert info.value.status_code == 502
     assert info.value.body["code"] == "upstream_auth_failed"  # type: ignore[index]
     assert vertex_env.requests == []
@@ -514,8 +514,8 @@ def test_a_safety_block_is_400_content_policy_violation(gateway_factory: Any, ve
     import openai
 
     vertex_env.enqueue(PromptBlocked("PROHIBITED_CONTENT"))
-    with pytest.raises(openai.BadRequestError) as info:
-        gateway_factory().client().images.generate(model=PRO, prompt="p")
+    with gateway_factory().client() as client, pytest.raises(openai.BadRequestError) as info:
+        client.images.generate(model=PRO, prompt="p")
     assert info.value.body["code"] == "content_policy_violation"  # type: ignore[index]
 
 

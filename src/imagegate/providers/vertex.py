@@ -142,6 +142,8 @@ class AccessTokens:
     async def _refresh(self) -> str:
         if self._refreshing is None or self._refreshing.done():
             self._refreshing = asyncio.ensure_future(asyncio.to_thread(self._refresh_blocking))
+            # Its failure is every waiter's; if all of them were cancelled, nobody is left to read it.
+            self._refreshing.add_done_callback(lambda done: done.cancelled() or done.exception())
         # shield: a request cancelled while waiting (deadline, disconnect) leaves the refresh to the others.
         return await asyncio.shield(self._refreshing)
 
