@@ -555,3 +555,21 @@ def test_a_503_from_vertex_fails_over_to_the_next_provider(
     response = gw.client().images.with_raw_response.generate(model=PRO, prompt="p")
     assert response.headers["x-imagegate-provider"] == "gemini"
     assert len(vertex_env.requests) == 1 and len(fake_gemini.requests) == 1
+
+
+async def test_no_credentials_at_all_fails_at_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, http: httpx.AsyncClient
+) -> None:
+    from google.auth.compute_engine import _metadata
+
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "no-gcloud"))  # no gcloud ADC file
+    # What NO_GCE_CHECK=true does (google-auth reads it at import): no metadata-server probe, which
+    # would leave loopback.
+    monkeypatch.setattr(_metadata, "_NO_GCE_CHECK", True)
+    adapter = vertex_adapter(http, project=PROJECT)
+    with pytest.raises(ConfigurationError, match="GOOGLE_APPLICATION_CREDENTIALS"):
+        await adapter.start()
+    error = await raised(adapter)  # without a start (a CLI run): each request says why
+    assert error.code == "upstream_auth_failed" and "no Google credentials" in error.message
+    await adapter.aclose()

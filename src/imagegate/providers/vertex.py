@@ -108,8 +108,8 @@ class _TimedRequest(google.auth.transport.requests.Request):
 class AccessTokens:
     """An OAuth access token for Vertex AI, cached and refreshed (see the module docstring).
 
-    `credentials` None: application default credentials, looked up on the first refresh (in the
-    worker thread: on Google Cloud that asks the metadata server)."""
+    `credentials` None: application default credentials, looked up by `resolve` (at server start,
+    else on the first refresh)."""
 
     def __init__(
         self, credentials: google.auth.credentials.Credentials | None, timeout: float = TOKEN_TIMEOUT_SECONDS
@@ -147,18 +147,32 @@ class AccessTokens:
         # shield: a request cancelled while waiting (deadline, disconnect) leaves the refresh to the others.
         return await asyncio.shield(self._refreshing)
 
+    def resolve(self) -> google.auth.credentials.Credentials:
+        """The credentials: the key file's, else application default credentials, looked up once
+        (blocking: on Google Cloud that asks the metadata server). None found is a configuration
+        error: the operator set VERTEX_PROJECT but gave the gateway no way to sign in."""
+        if self._credentials is None:
+            try:
+                self._credentials, _project = google.auth.default(scopes=[CLOUD_PLATFORM_SCOPE])
+            except google.auth.exceptions.DefaultCredentialsError as exc:
+                raise ConfigurationError(
+                    "VERTEX_PROJECT is set but no Google credentials were found: set GOOGLE_APPLICATION_CREDENTIALS "
+                    f"to a service-account key file, or run `gcloud auth application-default login` ({exc})"
+                ) from exc
+        return self._credentials
+
     def _refresh_blocking(self) -> str:
         try:
-            if self._credentials is None:
-                self._credentials, _project = google.auth.default(scopes=[CLOUD_PLATFORM_SCOPE])
-            self._credentials.refresh(self._transport)  # type: ignore[no-untyped-call]
+            credentials = self.resolve()
+            credentials.refresh(self._transport)  # type: ignore[no-untyped-call]
+        except ConfigurationError as exc:  # no credentials at all (a CLI run, which has no start)
+            raise auth_failed(exc.message) from exc
         except google.auth.exceptions.GoogleAuthError as exc:
-            # RefreshError (the token endpoint said no), TransportError (it could not be reached),
-            # DefaultCredentialsError (no application default credentials on this machine).
+            # RefreshError (the token endpoint said no), TransportError (it could not be reached).
             raise auth_failed(
                 f"could not get an access token ({type(exc).__name__}: {upstream_text(str(exc), 300)})."
             ) from exc
-        token: str | None = self._credentials.token
+        token: str | None = credentials.token
         if not token:
             raise auth_failed("the token endpoint answered without an access token.")
         return token
@@ -261,6 +275,11 @@ class VertexProvider(ImageProvider):
             json=body,
             headers={"authorization": f"Bearer {token}"},
         )
+
+    async def start(self) -> None:
+        """Server start: find the credentials now, so a machine without any fails to start with a
+        clear message instead of failing (slowly: the metadata-server probe) every request."""
+        await asyncio.to_thread(self.tokens.resolve)
 
     async def aclose(self) -> None:
         self.tokens.close()
