@@ -6,7 +6,7 @@
 The body and the answer are the Gemini API's (the same proto-JSON `GenerateContentRequest` and
 `GenerateContentResponse`), so this module reuses providers/gemini.py's body building, response
 parsing and Google error parsing, and adds only what differs: the URL, the bearer token, and the
-Vertex-only image output options (a native output format, so the gateway converts nothing).
+Vertex-only image output options (PNG and JPEG made natively, so the gateway converts nothing).
 
 Tokens come from google-auth: the key file named by GOOGLE_APPLICATION_CREDENTIALS (a service
 account's key honours its `token_uri`), else application default credentials. google-auth is
