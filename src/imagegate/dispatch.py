@@ -16,7 +16,7 @@ from . import logs
 from .config import Settings
 from .errors import ImagegateError, UpstreamTimeout
 from .normalize import Layout
-from .params import NormalizedParams
+from .params import ProviderView
 from .providers import InputImage, ProviderRequest, ProviderResult
 from .resilience import CircuitBreaker, backoff_delay, is_retryable, is_upstream_failure
 from .router import Route
@@ -65,7 +65,7 @@ class Dispatcher:
         )
 
     async def run(
-        self, routes: list[Route], views: dict[str, NormalizedParams], plan: CallPlan, n: int,
+        self, routes: list[Route], views: dict[str, ProviderView], plan: CallPlan, n: int,
         deadline: float | None = None, paid: list[Served] | None = None,
     ) -> tuple[list[Served], list[ImagegateError]]:
         """All calls for `n` images within the request deadline (then UpstreamTimeout, 504). The
@@ -81,7 +81,7 @@ class Dispatcher:
             raise self.timed_out() from exc
 
     async def _fill(
-        self, routes: list[Route], views: dict[str, NormalizedParams], plan: CallPlan, n: int, paid: list[Served]
+        self, routes: list[Route], views: dict[str, ProviderView], plan: CallPlan, n: int, paid: list[Served]
     ) -> tuple[list[Served], list[ImagegateError]]:
         served: list[Served] = []
         errors: list[ImagegateError] = []
@@ -89,7 +89,7 @@ class Dispatcher:
         for route in routes:
             if not pending:
                 break
-            per_call = route.binding.max_images_per_call
+            per_call = views[route.provider_id].plan.max_images_per_call
             calls = [_Slot(s.offset + i, min(per_call, s.count - i)) for s in pending for i in range(0, s.count, per_call)]
             outcomes = await asyncio.gather(
                 *(self._paid(route, self._request(route, views[route.provider_id], plan, c), paid) for c in calls),
@@ -107,13 +107,12 @@ class Dispatcher:
                     raise outcome  # a bug, not an upstream failure: the error handler logs a 500
         return served, errors
 
-    def _request(self, route: Route, view: NormalizedParams, plan: CallPlan, slot: _Slot) -> ProviderRequest:
+    def _request(self, route: Route, view: ProviderView, plan: CallPlan, slot: _Slot) -> ProviderRequest:
         seed = view.get("seed")
-        output_format = view.get("output_format")
         return ProviderRequest(
-            mode=plan.mode, prompt=view.get("prompt"), layout=plan.layout, binding=route.binding, n=slot.count,
+            mode=plan.mode, prompt=view.get("prompt"), layout=plan.layout, plan=view.plan, n=slot.count,
             seed=None if seed is None else (seed + slot.offset) % SEED_RANGE, images=plan.images, mask=plan.mask,
-            output_format=output_format if output_format in route.binding.native_output_formats else None,
+            output_format=view.native_output_format,
             output_compression=view.get("output_compression"), options=view.options, extra=view.extra,
         )
 

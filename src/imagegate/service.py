@@ -23,7 +23,7 @@ from .dispatch import CallPlan, Dispatcher, Served
 from .errors import ImagegateError, InvalidRequest, UpstreamError, UpstreamUnavailable
 from .fetch import ImageFetcher, own_result_name
 from .normalize import Adjustment, Layout, resolve_layout
-from .params import NormalizedParams, normalize_params, provider_view, refused_everywhere
+from .params import NormalizedParams, ProviderView, normalize_params, provider_views
 from .pricing import Charge, Cost, total_cost
 from .providers import InputImage, ProviderImage, TokenSplit
 from .resilience import is_capacity, is_upstream_failure
@@ -139,9 +139,7 @@ class ImageService:
         # 2. Providers, best first, each with its own view of the parameters (400s happen here,
         #    before anything is sent anywhere).
         routes = self.router.routes(model_id, given=set(params.values))
-        strict = refused_everywhere(params, model, (r.binding for r in routes), strict=strict_params)
-        views = {r.provider_id: provider_view(params, model=model, provider_id=r.provider_id, binding=r.binding,
-                                              strict=strict) for r in routes}
+        views = provider_views(params, model, {r.provider_id: r.binding for r in routes}, strict=strict_params)
         # 3. Inputs, then the layout (an edit keeps its first image's shape by default).
         try:
             async with asyncio.timeout_at(deadline):
@@ -188,7 +186,7 @@ class ImageService:
             # here, which _finish_images consumes: each is freed once converted, not when all are.
             for item in served:
                 item.result.images.clear()
-            outputs = await self._finish_images(delivered, params, images, mask, hosted,
+            outputs = await self._finish_images(delivered, views, params, images, mask, hosted,
                                                 inline=response_format != "url",
                                                 deadline=deadline)
             adjustments += _dimension_adjustments(layout, outputs)
@@ -314,7 +312,8 @@ class ImageService:
         return data
 
     async def _finish_images(
-        self, delivered: list[tuple[Route, ProviderImage]], params: NormalizedParams, images: list[InputImage],
+        self, delivered: list[tuple[Route, ProviderImage]], views: dict[str, ProviderView], params: NormalizedParams,
+        images: list[InputImage],
         mask: InputImage | None, hosted: bool, inline: bool, deadline: float | None = None,
     ) -> list[OutputImage]:
         """Composite, convert and measure each image in the conversion pool (each job reserves its
@@ -346,8 +345,7 @@ class ImageService:
             return OutputImage(blob, fmt, width, height, image.revised_prompt)
 
         async def one(route: Route, image: ProviderImage) -> OutputImage:
-            handling = route.binding.handling("mask")
-            composite = mask is not None and handling is not None and handling.handling == "emulated"
+            composite = mask is not None and views[route.provider_id].mask_emulated
             try:
                 # Compositing and converting keep the pixel size, so this one probe measures the result.
                 current, width, height = _check_upstream_image(image.blob, MAX_UPSTREAM_PIXELS)
@@ -381,7 +379,7 @@ class ImageService:
                 for image, name in zip(images, names, strict=True)]
 
     @staticmethod
-    def _cost(served: list[Served], views: dict[str, NormalizedParams], layout: Layout, input_images: int) -> Cost:
+    def _cost(served: list[Served], views: dict[str, ProviderView], layout: Layout, input_images: int) -> Cost:
         """Each served call at its own provider's price (failover can split a request between two),
         for what the upstream made: counted before the output pipeline releases the images."""
         return total_cost(

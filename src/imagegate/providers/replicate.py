@@ -5,8 +5,8 @@ usually enough for one image) and `Cancel-After` (so Replicate stops it even if 
 If it is not finished by then, `urls.get` is polled until it is, or until `timeout` (the
 deadline of the whole prediction, polling and download included) passes; then it is canceled.
 
-The input is built from the catalog binding: a gateway value goes to the field its `to` names
-(minus the `input.` prefix) unless the binding says the gateway emulates it. Images travel as
+The input is built from the request's plan (the catalog binding's): a gateway value goes to the
+field its `to` names (minus the `input.` prefix) unless the gateway emulates it. Images travel as
 data URIs. A mask, which Replicate's Nano Banana Pro does not take, is sent as one more image
 plus an instruction, and the gateway composites the original back outside it afterwards.
 
@@ -32,9 +32,7 @@ from .base import (
     ProviderImage,
     ProviderRequest,
     ProviderResult,
-    binding_targets,
     merge_passthrough,
-    sent_field,
 )
 from .gemini import MASK_NOTE
 from .upstream import UpstreamResponse, error_for_status, parse_json, retry_after_seconds, send, upstream_text
@@ -68,26 +66,20 @@ FORMAT_NAMES = {"jpeg": "jpg"}
 
 
 def input_field(request: ProviderRequest, param: str) -> str | None:
-    """The `input` field a gateway value goes to, or None when the binding does not send it
-    (emulated or not available, or a composite target such as `input.a + input.b`)."""
-    target = sent_field(request.binding, param, undeclared=DEFAULT_FIELDS.get(param))
-    if target is None or "+" in target or " " in target:
-        return None
-    return target.removeprefix("input.")
-
-
-def _mask_is_emulated(request: ProviderRequest) -> bool:
-    handling = request.binding.handling("mask")
-    return handling is not None and handling.handling == "emulated"
+    """The `input` field a gateway value goes to, or None when the plan does not send it
+    (emulated or not available, or several fields such as `input.a + input.b`)."""
+    target = request.plan.target(param, undeclared=DEFAULT_FIELDS.get(param))
+    return target.removeprefix("input.") if target is not None else None
 
 
 def build_input(request: ProviderRequest) -> dict[str, Any]:
-    """The prediction's `input` object, from the request and what the binding declares."""
+    """The prediction's `input` object, from the request and its plan."""
+    plan = request.plan
     prompt = request.prompt
     images = [image.data_uri() for image in request.images]
     values: dict[str, Any] = {}
     if request.mask is not None:
-        if _mask_is_emulated(request):
+        if plan.emulates("mask"):
             images.append(request.mask.data_uri())
             prompt = f"{prompt}\n\n{MASK_NOTE}"
         else:
@@ -109,24 +101,17 @@ def build_input(request: ProviderRequest) -> dict[str, Any]:
         values["aspect_ratio"] = values["resolution"] = None
         body.update(size="custom", width=request.layout.width, height=request.layout.height)
     for param, value in values.items():
-        name = input_field(request, param)
-        if name is not None and value is not None:
-            body[name] = value
+        plan.place(body, param, value, undeclared=DEFAULT_FIELDS.get(param), prefix="input.")
     for param, value in request.options.items():
-        handling = request.binding.handling(param)
-        if handling is None:
-            body[param] = value
-        elif (name := input_field(request, param)) is not None:
-            body[name] = value
-    reserved = [*binding_targets(request.binding, prefix="input."), *((f,) for f in DEFAULT_FIELDS.values())]
+        plan.place(body, param, value, undeclared=param, prefix="input.")
+    reserved = [*plan.reserved(prefix="input."), *((f,) for f in DEFAULT_FIELDS.values())]
     merge_passthrough(body, request.extra, reserved=reserved)
     return body
 
 
 def _takes_custom_size(request: ProviderRequest) -> bool:
-    """The binding sends `size` as width and height (seedream's size=custom)."""
-    size = request.binding.handling("size")
-    return size is not None and size.to is not None and "input.width" in size.to
+    """The plan sends `size` as width and height (seedream's size=custom)."""
+    return "input.width" in request.plan.paths("size")
 
 
 def cancel_after(timeout: float) -> str:
@@ -286,7 +271,7 @@ class ReplicateProvider(HttpProvider):
 
     async def _create(self, request: ProviderRequest, deadline: float) -> dict[str, Any]:
         remaining = self._remaining(deadline)
-        url = f"{self.base_url}/v1/models/{request.binding.upstream_for(request.mode)}/predictions"
+        url = f"{self.base_url}/v1/models/{request.upstream_model}/predictions"
         headers = {**self._auth, "prefer": prefer_wait(remaining), "cancel-after": cancel_after(self.timeout)}
         response = await send(self.client, "POST", url, provider=PROVIDER, timeout=remaining,
                               max_bytes=self.max_response_bytes, json={"input": build_input(request)},
