@@ -10,7 +10,7 @@ from types import TracebackType
 
 import httpx
 
-from .catalog import Catalog, builtin_data, load_builtin_catalog, override_binding, parse_entries
+from .catalog import Catalog, builtin_data, check, load_builtin_catalog, override_binding, parse_entries
 from .config import FileConfig, Settings
 from .db import Database
 from .engine.describe import (
@@ -98,6 +98,7 @@ class Gateway:
         file_config = settings.file_config()
         checkpoints = read_local_models(file_config, settings.local_model)
         self.catalog = build_catalog(file_config, checkpoints)
+        check(self.catalog, known_providers=[*PROVIDER_CLASSES, "local"])  # cross-model problems stop the start
         sources = local_sources(self.catalog)
         local = build_local_provider(settings, sources, checkpoints) if sources else None
         self.db = Database(settings.database_path)
