@@ -24,7 +24,8 @@ from imagegate.errors import ConfigurationError, InvalidRequest, UnsupportedPara
 from imagegate.gateway import Gateway
 from imagegate.normalize import resolve_layout
 from imagegate.params import ParamFate, WirePlan, coerce_scalar, normalize_params, provider_views
-from imagegate.providers import PROVIDER_CLASSES, ProviderRequest
+from imagegate.plugins import load_registry
+from imagegate.providers import ProviderRequest
 from imagegate.providers.fal import build_input as fal_input
 from imagegate.providers.gemini import build_body
 from imagegate.providers.openai import build_fields
@@ -33,7 +34,7 @@ from imagegate.providers.replicate import build_input as replicate_input
 from .conftest import make_settings
 
 CATALOG = load_builtin_catalog()
-KNOWN = [*PROVIDER_CLASSES, "local"]
+KNOWN = [*(spec.id for spec in load_registry()), "local"]
 DEFAULTS = builtin_data()["default_parameters"]
 
 
