@@ -4,6 +4,7 @@ catalog's cross-model checks at load time. Pure, no servers, except a Gateway th
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +21,12 @@ from imagegate.catalog import (
     load_builtin_catalog,
     parse_entries,
 )
+from imagegate.config import FileConfig
 from imagegate.errors import ConfigurationError, InvalidRequest, UnsupportedParameter
-from imagegate.gateway import Gateway
+from imagegate.gateway import Gateway, build_catalog
 from imagegate.normalize import resolve_layout
 from imagegate.params import ParamFate, WirePlan, coerce_scalar, normalize_params, provider_views
-from imagegate.plugins import load_registry
+from imagegate.plugins import DEFAULT_PLUGINS, ProviderRegistry, ProviderSpec, load_registry
 from imagegate.providers import ProviderRequest
 from imagegate.providers.fal import build_input as fal_input
 from imagegate.providers.gemini import build_body
@@ -351,3 +353,34 @@ def test_a_config_file_model_with_cross_model_problems_stops_the_start(tmp_path:
         Gateway(settings)
     assert message in info.value.message
     assert not (tmp_path / "data").exists() or not any((tmp_path / "data").iterdir())  # nothing was opened
+
+
+def registry_with(catalog: dict[str, Any]) -> ProviderRegistry:
+    """The built-in providers plus `acme`, whose plugin brings `catalog`."""
+    registry = ProviderRegistry()
+    for name in DEFAULT_PLUGINS:
+        registry.load(name, importlib.import_module(name))
+    registry.register(ProviderSpec(id="acme", factory=lambda context: None, catalog=lambda: catalog))  # type: ignore[arg-type,return-value]
+    return registry
+
+
+def test_plugin_catalog_data_takes_binding_defaults_and_is_checked_like_the_rest() -> None:
+    data = {
+        "binding_defaults": {"acme": {"max_images_per_call": 3, "parameters": {"seed": {"handling": "not_available"}}}},
+        "models": [raw_model(id="acme-model", providers={"acme": {"upstream_model": "a"}})],
+        "bindings": {PRO.id: {"upstream_model": "acme-pro"}},
+    }
+    registry = registry_with(data)
+    catalog = build_catalog(FileConfig(), registry=registry)
+    for model_id, upstream in (("acme-model", "a"), (PRO.id, "acme-pro")):
+        acme = catalog.get(model_id).providers["acme"]  # type: ignore[union-attr]
+        assert (acme.upstream_model, acme.max_images_per_call, acme.unavailable(["seed"])) == (upstream, 3, {"seed"})
+    check(catalog, [spec.id for spec in registry])
+
+    broken = {
+        **data,
+        "models": [raw_model(id="acme-model", fallback_model="gone", providers={"acme": {"upstream_model": "a"}})],
+    }
+    registry = registry_with(broken)
+    with pytest.raises(ConfigurationError, match="model acme-model: fallback_model 'gone' is not in the catalog"):
+        check(build_catalog(FileConfig(), registry=registry), [spec.id for spec in registry])
