@@ -384,3 +384,12 @@ def test_plugin_catalog_data_takes_binding_defaults_and_is_checked_like_the_rest
     registry = registry_with(broken)
     with pytest.raises(ConfigurationError, match="model acme-model: fallback_model 'gone' is not in the catalog"):
         check(build_catalog(FileConfig(), registry=registry), [spec.id for spec in registry])
+
+
+def test_a_config_file_model_with_prose_in_to_stops_the_start_with_one_clear_line(tmp_path: Path) -> None:
+    body = f'sizes = [{ROW}]\n[models.providers.openai]\nupstream_model = "u"\n'
+    body += '[models.providers.openai.parameters.size]\nhandling = "converted"\nto = "the width and height"\n'
+    with pytest.raises(ConfigurationError, match="A model of the config file is invalid") as info:
+        Gateway(make_settings(tmp_path, config=write_model(tmp_path, body)))
+    assert "providers.openai.parameters.size.to" in info.value.message
+    assert "'the width and height' is not a dotted path" in info.value.message

@@ -60,7 +60,12 @@ def build_catalog(file_config: FileConfig, local_checkpoints: Iterable[Checkpoin
     catalog = load_builtin_catalog()
     add_plugin_catalogs(catalog, registry or load_registry())
     raw_entries = [*file_config.models, *(catalog_entry(c) for c in local_checkpoints)]
-    for entry in parse_entries({"models": raw_entries}, builtin_data().get("default_parameters")):
+    try:
+        entries = parse_entries({"models": raw_entries}, builtin_data().get("default_parameters"))
+    except ValidationError as exc:  # one clear line at startup, not a traceback
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigurationError(f"A model of the config file is invalid: {problems}") from exc
+    for entry in entries:
         catalog.add(entry)
     for model_id, override in file_config.model_overrides.items():
         for provider_id, changes in override.providers.items():
