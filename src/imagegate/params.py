@@ -221,10 +221,6 @@ class WirePlan:
         """The gateway does it (a mask composited back, n split into calls...), not the upstream."""
         return self.handling(param) == "emulated"
 
-    def sends(self, param: str) -> bool:
-        """The upstream gets the value: declared sent, or not declared at all."""
-        return self.handling(param) not in NOT_SENT
-
     def paths(self, param: str) -> tuple[str, ...]:
         """Every upstream path `param` is declared to reach, whatever its handling."""
         spec = self.handlings.get(param)
@@ -266,9 +262,11 @@ Fate = Literal["passthrough", "renamed", "converted", "emulated", "not_available
 
 @dataclass(frozen=True)
 class ParamFate:
-    """What happens to one given parameter on one provider: `handling` as the binding declares it
-    ("gateway" for the gateway's own fields it does not mention, "extra" for unknown fields passed
-    through, "not_applied" for what the request is served without), and where it goes."""
+    """What happens to one given parameter on one provider: `fate` is its handling as the binding
+    declares it ("gateway" for the gateway's own fields it does not mention, "extra" for unknown
+    fields passed through, "not_applied" for what the request is served without), `paths` where it
+    goes upstream. The value's upstream spelling (jpeg as jpg, a tolerance as thresholds) and the
+    layout's resolved values are the adapter's to write."""
 
     fate: Fate
     paths: tuple[str, ...] = ()
