@@ -277,7 +277,7 @@ class ProviderView(NormalizedParams):
     """The request as one provider gets it (the parameters, as NormalizedParams), with that
     provider's wire plan and the fate of every given parameter."""
 
-    plan: WirePlan = field(default_factory=lambda: WirePlan(upstream_model=""))
+    plan: WirePlan = field(kw_only=True)
     fates: dict[str, ParamFate] = field(default_factory=dict)
 
     @property
