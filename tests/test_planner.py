@@ -187,6 +187,15 @@ def test_adapters_place_values_where_the_plan_says_not_where_the_catalog_does() 
     )
     config = build_body(ProviderRequest(mode="t2i", prompt="p", layout=layout, plan=plan))["generationConfig"]
     assert config["imageConfig"] == {"aspectRatio": "16:9"}  # an emulated resolution is not sent
+    moved = {
+        "enable_web_search": ParamHandlingSpec(handling="emulated"),
+        "safety_tolerance": ParamHandlingSpec(handling="converted", to="generationConfig.safety"),
+    }
+    plan = WirePlan(upstream_model="g", handlings={**gemini.handlings, **moved})
+    options = {"enable_web_search": True, "safety_tolerance": "6"}
+    body = build_body(ProviderRequest(mode="t2i", prompt="p", layout=layout, plan=plan, options=options))
+    assert "tools" not in body and "safetySettings" not in body
+    assert {s["threshold"] for s in body["generationConfig"]["safety"]} == {"BLOCK_ONLY_HIGH"}
 
     fal = WirePlan.from_binding(PRO.providers["fal"])
     plan = WirePlan(

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..errors import ContentPolicyViolation, ImagegateError, UpstreamError
 from ..imaging import MIME_BY_FORMAT, decode_b64_image
+from ..params import WirePlan
 from ..plugins import ProviderSpec
 from .base import (
     HttpProvider,
@@ -80,21 +81,24 @@ def build_body(request: ProviderRequest) -> dict[str, Any]:
     # Models with one fixed tier (gemini-2.5-flash-image) take no imageSize: the plan says so.
     plan.place(body, "resolution", request.layout.resolution, undeclared=IMAGE_SIZE_PATH)
     plan.place(body, "seed", request.seed, undeclared=SEED_PATH)
-    _apply_options(body, request.options)
+    _apply_options(body, request.options, plan)
     merge_passthrough(body, request.extra, reserved=plan.reserved(), fold=proto_field)
     return body
 
 
-def _apply_options(body: dict[str, Any], options: dict[str, Any]) -> None:
+def _apply_options(body: dict[str, Any], options: dict[str, Any], plan: WirePlan) -> None:
+    """Gemini's own options, each converted to what generateContent takes and placed where the
+    plan says (`tools`, `safetySettings` unless the binding moves them)."""
     if options.get("enable_web_search"):
-        body.setdefault("tools", []).append({"google_search": {}})
-    threshold = None
+        plan.place(body, "enable_web_search", [{"google_search": {}}], undeclared="tools")
+    threshold, source = None, None
     if "safety_tolerance" in options:
-        threshold = TOLERANCE_THRESHOLDS[str(options["safety_tolerance"])]
+        threshold, source = TOLERANCE_THRESHOLDS[str(options["safety_tolerance"])], "safety_tolerance"
     if "safety_filter_level" in options:  # the more specific of the two wins
-        threshold = str(options["safety_filter_level"]).upper()
-    if threshold is not None:
-        body["safetySettings"] = [{"category": c, "threshold": threshold} for c in HARM_CATEGORIES]
+        threshold, source = str(options["safety_filter_level"]).upper(), "safety_filter_level"
+    if threshold is not None and source is not None:
+        settings = [{"category": c, "threshold": threshold} for c in HARM_CATEGORIES]
+        plan.place(body, source, settings, undeclared="safetySettings")
 
 
 def _google_error(provider: str, status: int, data: Any, retry_after: float | None) -> ImagegateError:
