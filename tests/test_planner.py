@@ -402,3 +402,18 @@ def test_a_config_file_model_with_prose_in_to_stops_the_start_with_one_clear_lin
         Gateway(make_settings(tmp_path, config=write_model(tmp_path, body)))
     assert "providers.openai.parameters.size.to" in info.value.message
     assert "'the width and height' is not a dotted path" in info.value.message
+
+
+def flexible(ratios: list[str], **limits: int) -> ModelEntry:
+    limits = {"min_side": 512, "max_side": 1024, "max_pixels": 1024 * 1024, "multiple_of": 16, **limits}
+    return entry(id="flex", sizes=None, pixel_limits=limits, aspect_ratios=ratios, resolution_tiers=["1K", "2K"])
+
+
+def test_a_flexible_model_must_resolve_every_ratio_and_tier_within_its_limits() -> None:
+    check(Catalog([flexible(["1:1", "16:9", "21:9"])]), KNOWN)
+    with pytest.raises(ConfigurationError) as info:
+        check(Catalog([flexible(["1:1", "16:9"], min_side=2048)]), KNOWN)
+    assert "model flex: ratio 16:9 at tier 2K resolves to" in info.value.message
+    assert "outside pixel_limits" in info.value.message
+    with pytest.raises(ConfigurationError, match="model flex: aspect ratio 'wide' is not W:H"):
+        check(Catalog([flexible(["1:1", "wide"])]), KNOWN)

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from importlib import resources
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from . import wire
-from .errors import ConfigurationError
+from .errors import ConfigurationError, ImagegateError
 
 Mode = Literal["t2i", "edit"]
 Availability = Literal["required", "supported", "not_available"]
@@ -346,7 +346,39 @@ def model_problems(model: ModelEntry, catalog: Catalog, known_providers: set[str
         problems.append(f"{where}: default_aspect_ratio {model.default_aspect_ratio} is not among its ratios "
                         f"({', '.join(ratios)})")
     problems += [f"{where}: {p}" for p in _size_table_problems(model)]
+    problems += [f"{where}: {p}" for p in _flexible_size_problems(model)]
     return problems
+
+
+def _flexible_size_problems(model: ModelEntry) -> list[str]:
+    """A flexible model: every ratio at every tier resolves to a size within its pixel limits."""
+    limits = model.pixel_limits
+    if limits is None:
+        return []
+    from .normalize import ratio_value, resolve_layout  # normalize imports this module
+
+    problems = [f"aspect ratio {r!r} is not W:H" for r in model.aspect_ratios or [] if not _is_ratio(r, ratio_value)]
+    if problems:
+        return problems
+    for ratio in model.aspect_ratios or []:
+        for tier in model.resolution_tiers:
+            try:
+                layout = resolve_layout(model, aspect_ratio=ratio, resolution=tier)
+            except (ImagegateError, ValueError, ZeroDivisionError):
+                problems.append(f"ratio {ratio} at tier {tier} does not resolve to a size")
+                continue
+            w, h = layout.width, layout.height
+            if (w % limits.multiple_of or h % limits.multiple_of or min(w, h) < limits.min_side
+                    or max(w, h) > limits.max_side or w * h > limits.max_pixels):
+                problems.append(f"ratio {ratio} at tier {tier} resolves to {w}x{h}, outside pixel_limits")
+    return problems
+
+
+def _is_ratio(text: str, ratio_value: Callable[[str], float]) -> bool:
+    try:
+        return ratio_value(text) > 0
+    except (ValueError, ZeroDivisionError):
+        return False
 
 
 def _size_table_problems(model: ModelEntry) -> list[str]:
