@@ -156,14 +156,11 @@ class ProviderCase(ABC):
         """The value at each path the plan sends `size` to, in the upstream's spelling."""
 
 
-class GeminiCase(ProviderCase):
-    id = "gemini"
-    fixture = "fake_gemini"
+class GoogleCase(ProviderCase):
+    """What the Gemini API and Vertex AI share: the generateContent body, answers and error bodies."""
+
     model_id = "gemini-3-pro-image-preview"
     option_fields = {"enable_web_search": True}
-
-    def settings(self, upstream: FakeGemini) -> dict[str, str]:
-        return {"api_key": upstream.api_key, "base_url": upstream.base_url}
 
     def rate_limited(self, seconds: float) -> Any:
         # Google puts the back-off hint in a RetryInfo detail, not in a header (fakes/gemini.py).
@@ -185,15 +182,27 @@ class GeminiCase(ProviderCase):
         return {"generationConfig.imageConfig": {"aspectRatio": layout.aspect_ratio, "imageSize": layout.resolution}}
 
 
-class VertexCase(GeminiCase):
+class GeminiCase(GoogleCase):
+    id = "gemini"
+    fixture = "fake_gemini"
+
+    def settings(self, upstream: FakeGemini) -> dict[str, str]:
+        return {"api_key": upstream.api_key, "base_url": upstream.base_url}
+
+
+class VertexCase(GoogleCase):
     """Gemini's body and answers over Vertex's URL, with an OAuth token from the key file."""
 
     id = "vertex"
     fixture = "vertex_upstream"
 
     def settings(self, upstream: VertexUpstream) -> dict[str, str]:
-        return {"project": upstream.project, "location": "global", "base_url": upstream.vertex.base_url,
-                "credentials_file": str(upstream.key_file)}
+        return {
+            "project": upstream.project,
+            "location": "global",
+            "base_url": upstream.vertex.base_url,
+            "credentials_file": str(upstream.key_file),
+        }
 
     def rejected_key_settings(self, upstream: VertexUpstream) -> dict[str, str]:
         # The key file is Vertex's credential: one the token endpoint does not know is refused there.
@@ -224,8 +233,9 @@ class ReplicateCase(ProviderCase):
         return upstream.cancels
 
     def rate_limited(self, seconds: float) -> Any:
-        return ReplicateError(429, f"Request was throttled. Your rate limit resets in ~{seconds:g}s.",
-                              retry_after_s=seconds)
+        return ReplicateError(
+            429, f"Request was throttled. Your rate limit resets in ~{seconds:g}s.", retry_after_s=seconds
+        )
 
     def overloaded(self) -> Any:
         return ReplicateError(503, "Service Unavailable", title="Service Unavailable")
@@ -274,8 +284,16 @@ class FalCase(ProviderCase):
         return FalError(500, "Internal Server Error")
 
     def rejects_input(self) -> Any:
-        return FalError(422, [{"loc": ["body", "prompt"], "msg": "ensure this value has at most 50000 characters",
-                               "type": "value_error.any_str.max_length"}])
+        return FalError(
+            422,
+            [
+                {
+                    "loc": ["body", "prompt"],
+                    "msg": "ensure this value has at most 50000 characters",
+                    "type": "value_error.any_str.max_length",
+                }
+            ],
+        )
 
     def content_policy(self) -> Any:
         return ContentPolicy()
@@ -301,8 +319,13 @@ class OpenAICase(ProviderCase):
         return {"api_key": upstream.api_key, "base_url": upstream.base_url}
 
     def rate_limited(self, seconds: float) -> Any:
-        return OpenAIError(429, "Rate limit reached for images per minute.", type="requests",
-                           code="rate_limit_exceeded", retry_after_s=seconds)
+        return OpenAIError(
+            429,
+            "Rate limit reached for images per minute.",
+            type="requests",
+            code="rate_limit_exceeded",
+            retry_after_s=seconds,
+        )
 
     def overloaded(self) -> Any:
         return OpenAIError(503, "The engine is currently overloaded, please try again later.", type="server_error")
@@ -311,12 +334,20 @@ class OpenAICase(ProviderCase):
         return OpenAIError(500, "The server had an error while processing your request.", type="server_error")
 
     def rejects_input(self) -> Any:
-        return OpenAIError(400, "Invalid value: 'auto'. Supported values are: 'low', 'medium' and 'high'.",
-                           code="invalid_value", param="quality")
+        return OpenAIError(
+            400,
+            "Invalid value: 'auto'. Supported values are: 'low', 'medium' and 'high'.",
+            code="invalid_value",
+            param="quality",
+        )
 
     def content_policy(self) -> Any:
-        return OpenAIError(400, "Your request was rejected as a result of our safety system.",
-                           type="image_generation_user_error", code="moderation_blocked")
+        return OpenAIError(
+            400,
+            "Your request was rejected as a result of our safety system.",
+            type="image_generation_user_error",
+            code="moderation_blocked",
+        )
 
     def size_on_wire(self, layout: Layout) -> dict[str, Any]:
         return {"size": f"{layout.width}x{layout.height}"}

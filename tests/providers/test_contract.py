@@ -24,6 +24,7 @@ from imagegate.catalog import Catalog, ModelEntry
 from imagegate.errors import (
     ContentPolicyViolation,
     ImagegateError,
+    UnsupportedParameter,
     UpstreamAuthFailed,
     UpstreamBadResponse,
     UpstreamConnectionError,
@@ -33,7 +34,6 @@ from imagegate.errors import (
     UpstreamResponseTooLarge,
     UpstreamTimeout,
     UpstreamUnavailable,
-    UnsupportedParameter,
 )
 from imagegate.normalize import resolve_layout
 from imagegate.params import NOT_SENT, ProviderView, normalize_params, provider_views
@@ -63,8 +63,13 @@ def vertex_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VertexU
     with FakeGoogleOAuth() as oauth, FakeVertex(oauth=oauth, project="contract-project") as vertex:
         oauth.register(account)
         stranger = new_service_account("who@elsewhere.iam.gserviceaccount.com", "elsewhere")
-        yield VertexUpstream(oauth, vertex, write_key_file(root / "key.json", account, oauth.token_uri),
-                             write_key_file(root / "stranger.json", stranger, oauth.token_uri), "contract-project")
+        yield VertexUpstream(
+            oauth,
+            vertex,
+            write_key_file(root / "key.json", account, oauth.token_uri),
+            write_key_file(root / "stranger.json", stranger, oauth.token_uri),
+            "contract-project",
+        )
 
 
 @pytest.fixture
@@ -98,8 +103,9 @@ class Harness:
         assert entry is not None
         return entry
 
-    def adapter(self, settings: dict[str, str] | None = None, *, timeout: float = TIMEOUT,
-                max_bytes: int = MAX_BYTES) -> ImageProvider:
+    def adapter(
+        self, settings: dict[str, str] | None = None, *, timeout: float = TIMEOUT, max_bytes: int = MAX_BYTES
+    ) -> ImageProvider:
         """The adapter as the gateway builds it: the registry's factory, given a ProviderContext."""
         spec = load_registry().get(self.case.id)
         assert spec is not None, f"no plugin registers {self.case.id}"
@@ -115,17 +121,31 @@ class Harness:
         params = normalize_params(raw, model=self.model, mode=mode)  # type: ignore[arg-type]
         return provider_views(params, self.model, self.model.providers, strict=False)[self.case.id]
 
-    def request(self, mode: str = "t2i", *, images: tuple[InputImage, ...] = (), mask: InputImage | None = None,
-                **fields: Any) -> ProviderRequest:
+    def request(
+        self, mode: str = "t2i", *, images: tuple[InputImage, ...] = (), mask: InputImage | None = None, **fields: Any
+    ) -> ProviderRequest:
         """What the dispatcher hands the adapter for one call (dispatch.Dispatcher._request)."""
         view = self.view(mode, **fields)
-        layout = resolve_layout(self.model, size=view.get("size"), aspect_ratio=view.get("aspect_ratio"),
-                                resolution=view.get("resolution"),
-                                input_shape=(images[0].width, images[0].height) if images else None)
+        layout = resolve_layout(
+            self.model,
+            size=view.get("size"),
+            aspect_ratio=view.get("aspect_ratio"),
+            resolution=view.get("resolution"),
+            input_shape=(images[0].width, images[0].height) if images else None,
+        )
         return ProviderRequest(
-            mode=mode, prompt=view.get("prompt"), layout=layout, plan=view.plan, n=int(view.get("n", 1)),
-            seed=view.get("seed"), images=images, mask=mask, output_format=view.native_output_format,
-            output_compression=view.get("output_compression"), options=view.options, extra=view.extra,
+            mode=mode,
+            prompt=view.get("prompt"),
+            layout=layout,
+            plan=view.plan,
+            n=int(view.get("n", 1)),
+            seed=view.get("seed"),
+            images=images,
+            mask=mask,
+            output_format=view.native_output_format,
+            output_compression=view.get("output_compression"),
+            options=view.options,
+            extra=view.extra,
         )
 
     def edit_request(self, **fields: Any) -> ProviderRequest:
@@ -134,8 +154,11 @@ class Harness:
     async def run(self, request: ProviderRequest | None = None, adapter: ImageProvider | None = None) -> ProviderResult:
         return await (adapter or self.adapter()).run(request or self.request())
 
-    async def raised(self, request: ProviderRequest | None = None, adapter: ImageProvider | None = None,
-                     ) -> ImagegateError:
+    async def raised(
+        self,
+        request: ProviderRequest | None = None,
+        adapter: ImageProvider | None = None,
+    ) -> ImagegateError:
         with pytest.raises(ImagegateError) as info:
             await self.run(request, adapter)
         return info.value
@@ -317,8 +340,10 @@ async def test_a_job_past_the_timeout_is_cancelled(harness: Harness) -> None:
 async def test_the_caller_going_away_stops_the_upstream(harness: Harness) -> None:
     harness.enqueue(harness.case.stuck())
     task = asyncio.create_task(harness.run())
-    await harness.until("the first call", lambda: len(harness.case.requests(harness.upstream)) >= 2
-                        if harness.case.polling else len(harness.calls) == 1)
+    await harness.until(
+        "the first call",
+        lambda: len(harness.case.requests(harness.upstream)) >= 2 if harness.case.polling else len(harness.calls) == 1,
+    )
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -432,7 +457,9 @@ async def test_the_adapter_reads_the_plan_not_the_catalog(harness: Harness, monk
     """Given a plan the catalog never made (an upstream model it does not know), the adapter calls
     what the plan says, and never looks anything up in a catalog."""
     request = harness.request()
-    probe = dataclasses.replace(request, plan=dataclasses.replace(request.plan, upstream_model=harness.case.probe_model))
+    probe = dataclasses.replace(
+        request, plan=dataclasses.replace(request.plan, upstream_model=harness.case.probe_model)
+    )
 
     def no_catalog(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("the adapter consulted the catalog")
