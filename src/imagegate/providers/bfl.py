@@ -1,0 +1,345 @@
+"""Black Forest Labs FLUX API: submit a task, poll the polling URL it returns, download the sample.
+
+    POST {base}/v1/{endpoint}   x-key: <key>   {"prompt": ..., "width"/"height" or "aspect_ratio", ...}
+      -> {"id": ..., "polling_url": ...}
+    GET {polling_url}           x-key: <key>
+      -> {"status": "Pending" | "Ready" | "Request Moderated" | ..., "result": {"sample": <signed URL>}}
+    GET {sample}                (no key: a signed blob URL that expires after about ten minutes)
+
+Wire facts and their sources (none is in the spec; correct them here when BFL's docs say otherwise):
+- endpoints, `x-key`, `polling_url`, `result.sample`, its ten-minute expiry, 402 (credits) and 429 (too
+  many active tasks): black-forest-labs/skills, skills/bfl-api/SKILL.md and references/endpoints.md;
+- "always use the polling_url returned" (the global endpoint routes tasks across clusters, so a
+  polling URL built from the id may reach the wrong one): docs.bfl.ai "Image Generation with Text
+  Prompts", API Endpoints; LiteLLM's handler (litellm/llms/black_forest_labs) polls it too, and only
+  on hosts inside bfl.ai, since the key travels with the poll;
+- FLUX.1 Kontext's body (`aspect_ratio` between 21:9 and 9:21, `prompt_upsampling`, `safety_tolerance`
+  0-6, output_format jpeg|png): the OpenAPI schema FluxKontextProInputs published on docs.bfl.ml;
+- FLUX.2's body (`width`/`height`, `input_image_2`..`input_image_8`, `disable_pup`, safety_tolerance
+  0-5) and the statuses `Pending`, `Reasoning`, `Generating`, `Ready`, `Request Moderated`,
+  `Content Moderated`, `Error`, `Task not found`: the BFL OpenAPI (api.bfl.ai/openapi.json) as
+  summarised by third-party integrations; `Failed` is handled because LiteLLM and others do;
+- BFL has no cancel endpoint (none in the OpenAPI's utility endpoints), so a task we give up on
+  runs to its end upstream.
+
+Which body fields carry the layout (`width + height` or `aspect_ratio`) and each option is read from
+the catalog binding (`data/providers/bfl.json`), so the catalog shown in GET /v1/models and the wire
+cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import ContentPolicyViolation, ImagegateError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from ..imaging import MIME_BY_FORMAT, ImageBytes, sniff_format
+from .base import (
+    HttpProvider,
+    ProviderImage,
+    ProviderRequest,
+    ProviderResult,
+    binding_targets,
+    merge_passthrough,
+    sent_field,
+)
+from .upstream import UpstreamResponse, error_for_status, parse_json, retry_after_seconds, send, upstream_text
+
+PROVIDER = "bfl"
+READY = "Ready"
+MODERATED = frozenset({"Request Moderated", "Content Moderated"})
+FAILED = frozenset({"Error", "Failed"})
+TASK_LOST = "Task not found"
+TERMINAL = frozenset({READY, TASK_LOST, *MODERATED, *FAILED})
+# Any other status ("Pending", "Reasoning", "Generating", one BFL adds later) means "not yet": the
+# deadline bounds the wait, and a new progress status must not fail a task that is running.
+# BFL's input image fields, in order: one per reference image (FLUX.2 takes 8, Kontext 1 officially).
+IMAGE_FIELDS = ("input_image", *(f"input_image_{i}" for i in range(2, 9)))
+# Values a binding sends under a differently-meant field ("converted" options): FLUX.2 [pro] takes
+# `disable_pup`, the negation of the `prompt_upsampling` the catalog (and Kontext) speak of.
+CONVERSIONS: dict[str, Callable[[Any], Any]] = {"disable_pup": lambda value: not value}
+# A poll is a GET of a task that is already running (and paid for): these answers are retried
+# until the deadline rather than thrown away, as Replicate's and fal's clients do.
+POLL_RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+# The task is paid for once it is Ready: its download is not cut off by a deadline with only
+# milliseconds left.
+MIN_DOWNLOAD_TIMEOUT_S = 5.0
+
+
+# --- request ---------------------------------------------------------------------------------
+
+
+def body_field(request: ProviderRequest, param: str) -> str | None:
+    """The body field a gateway value goes to, per the binding (None: not sent)."""
+    return sent_field(request.binding, param, undeclared=param)
+
+
+def layout_fields(request: ProviderRequest) -> dict[str, Any]:
+    """The layout as the binding says this endpoint takes it: FLUX.2 `width + height` (the clamped
+    pixels say everything ratio and tier would), Kontext `aspect_ratio` (it picks the pixels)."""
+    targets = {t.strip() for t in (body_field(request, "size") or "").split("+")}
+    if {"width", "height"} <= targets:
+        return {"width": request.layout.width, "height": request.layout.height}
+    if "aspect_ratio" in targets:
+        return {"aspect_ratio": request.layout.aspect_ratio}
+    return {}
+
+
+def image_fields(request: ProviderRequest) -> dict[str, str]:
+    """Input images as plain base64 under input_image, input_image_2, ... (the API takes base64 or
+    a URL; the gateway has the bytes already). The mask is never sent: the gateway composites."""
+    if body_field(request, "image") is None:
+        return {}
+    return {name: ImageBytes(image.data).b64 for name, image in zip(IMAGE_FIELDS, request.images, strict=False)}
+
+
+def option_fields(request: ProviderRequest) -> dict[str, Any]:
+    """Provider parameters (safety_tolerance, prompt_upsampling) under their binding's field, converted
+    where the binding says so; an option the binding does not declare goes out under its own name."""
+    fields: dict[str, Any] = {}
+    for param, value in request.options.items():
+        name = body_field(request, param)
+        if name is not None and value is not None:
+            fields[name] = CONVERSIONS.get(name, _same)(value)
+    return fields
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def build_body(request: ProviderRequest) -> dict[str, Any]:
+    """The submit body: the prompt, the layout, images, seed, format and options, then pass-through
+    fields (which may add upstream fields, never replace these)."""
+    body: dict[str, Any] = {"prompt": request.prompt, **layout_fields(request), **image_fields(request)}
+    for param, value in (("seed", request.seed), ("output_format", request.output_format)):
+        name = body_field(request, param)
+        if name is not None and value is not None:
+            body[name] = value
+    body.update(option_fields(request))
+    reserved = [*binding_targets(request.binding), *((name,) for name in IMAGE_FIELDS)]
+    merge_passthrough(body, request.extra, reserved=reserved)
+    return body
+
+
+# --- answers ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Task:
+    id: str
+    polling_url: str
+
+
+def _bad_response(what: str) -> UpstreamError:
+    return UpstreamError(f"{PROVIDER} sent {what}.", code="upstream_bad_response")
+
+
+def submitted_task(data: Any) -> Task:
+    """The submit answer: `id` and `polling_url`, both required (AsyncResponse in the OpenAPI)."""
+    if not isinstance(data, dict):
+        raise _bad_response("a submit answer that is not an object")
+    task_id, polling_url = data.get("id"), data.get("polling_url")
+    if not isinstance(task_id, str) or not task_id:
+        raise _bad_response("a submit answer without an id")
+    if not isinstance(polling_url, str) or not polling_url:
+        raise _bad_response("a submit answer without a polling_url")
+    return Task(task_id, polling_url)
+
+
+def _registered_domain(host: str) -> str:
+    """'api.eu.bfl.ai' -> 'bfl.ai'; an IP address or a one-label host is its own domain."""
+    labels = host.split(".")
+    if len(labels) <= 2 or all(label.isdigit() for label in labels) or ":" in host:
+        return host
+    return ".".join(labels[-2:])
+
+
+def check_polling_url(polling_url: str, base_url: str) -> None:
+    """The key is sent with every poll, so the polling URL must stay with the upstream: http(s), on the
+    base URL's host or within its registered domain (api.bfl.ai hands out e.g. gateway.bfl.ai)."""
+    url, base = urllib.parse.urlsplit(polling_url), urllib.parse.urlsplit(base_url)
+    host, base_host = (url.hostname or "").lower(), (base.hostname or "").lower()
+    domain = _registered_domain(base_host)
+    same_place = host == base_host and url.port == base.port
+    if url.scheme not in ("http", "https") or not (same_place or host == domain or host.endswith("." + domain)):
+        raise _bad_response(f"a polling_url outside {domain or 'its base URL'} (refused: the API key would go with it)")
+
+
+def task_status(data: Any) -> str:
+    if not isinstance(data, dict) or not isinstance(data.get("status"), str):
+        raise _bad_response("a poll answer without a status")
+    status: str = data["status"]
+    return status
+
+
+def _details_text(data: dict[str, Any]) -> str:
+    """What BFL says about a failure: `error` (endpoints.md), else `details` (moderation reasons live
+    in details["Moderation Reasons"], as third-party clients read them)."""
+    error, details = data.get("error"), data.get("details")
+    if isinstance(details, dict) and isinstance(details.get("Moderation Reasons"), list):
+        return ", ".join(upstream_text(reason, 200) for reason in details["Moderation Reasons"][:10])
+    if error:
+        return upstream_text(error)
+    return upstream_text(details) if details else ""
+
+
+def status_error(data: dict[str, Any]) -> ImagegateError:
+    """A terminal status other than Ready as our error."""
+    status, detail = data["status"], _details_text(data)
+    suffix = f": {detail}" if detail else "."
+    if status in MODERATED:
+        what = "request" if status == "Request Moderated" else "generated image"
+        return ContentPolicyViolation(f"{PROVIDER}'s moderation blocked the {what} ({status}){suffix}", param="prompt")
+    if status == TASK_LOST:
+        return UpstreamError(f"{PROVIDER} lost the task (Task not found){suffix}", code="upstream_task_not_found")
+    return UpstreamError(f"The {PROVIDER} task failed ({status}){suffix}", code="upstream_request_failed")
+
+
+def sample_url(data: dict[str, Any]) -> str:
+    result = data.get("result")
+    sample = result.get("sample") if isinstance(result, dict) else None
+    if not isinstance(sample, str) or not sample:
+        raise UpstreamError(f"{PROVIDER} said Ready without a result.sample.", code="no_image_generated")
+    if not sample.startswith(("http://", "https://")):
+        raise _bad_response("a result.sample that is not an http(s) URL")
+    return sample
+
+
+def detail_message(body: bytes, status: int) -> str:
+    """FastAPI-style `{"detail": "..."}` or `{"detail": [{"loc", "msg"}]}` (HTTPValidationError)."""
+    try:
+        data = parse_json(PROVIDER, body)
+    except UpstreamError:
+        data = None
+    detail = data.get("detail") if isinstance(data, dict) else None
+    if isinstance(detail, list):
+        parts = []
+        for item in detail[:20]:
+            if isinstance(item, dict):
+                loc = item.get("loc")
+                where = ".".join(upstream_text(p, 100) for p in loc[:10]) if isinstance(loc, list) else ""
+                parts.append(f"{where}: {upstream_text(item.get('msg') or '')}" if where else upstream_text(item.get("msg")))
+            else:
+                parts.append(upstream_text(item))
+        return "; ".join(parts) or f"HTTP {status}"
+    return upstream_text(detail) if detail else f"HTTP {status}"
+
+
+def http_error(response: UpstreamResponse) -> ImagegateError:
+    """A non-2xx answer. 402 is BFL's "insufficient credits": the operator's account, not the
+    client's request, so a 502 like a bad upstream key; 429 ("too many active tasks", 24 at once for
+    most endpoints) is capacity, 503 with Retry-After, which a fallback or a later retry may cure."""
+    message = detail_message(response.body, response.status_code)
+    if response.status_code == 402:
+        error: ImagegateError = UpstreamError(
+            f"{PROVIDER} returned HTTP 402 (the account has insufficient credits): {message}",
+            code="upstream_insufficient_credits")
+        error.upstream_status = 402
+        return error
+    return error_for_status(PROVIDER, response.status_code, message, retry_after=retry_after_seconds(response.headers))
+
+
+def image_from_bytes(data: bytes) -> ProviderImage:
+    fmt = sniff_format(data)
+    if fmt is None:
+        raise _bad_response("a result.sample that is not an image")
+    return ProviderImage(ImageBytes(data), MIME_BY_FORMAT[fmt])
+
+
+# --- the adapter -----------------------------------------------------------------------------
+
+
+class BflProvider(HttpProvider):
+    provider_id = PROVIDER
+    key_env_var = "BFL_API_KEY"
+    base_url_env_var = "BFL_BASE_URL"
+    default_base_url = "https://api.bfl.ai"
+    # Seconds between polls (BFL's docs poll every 0.5 s); tests shorten it.
+    poll_interval: float = 0.5
+
+    @property
+    def _auth(self) -> dict[str, str]:
+        return {"x-key": self.api_key}
+
+    async def generate(self, request: ProviderRequest) -> ProviderResult:
+        return await self._run(request)
+
+    async def edit(self, request: ProviderRequest) -> ProviderResult:
+        return await self._run(request)
+
+    async def _run(self, request: ProviderRequest) -> ProviderResult:
+        deadline = time.monotonic() + self.timeout
+        task = await self._submit(request, deadline)
+        ready = await self._wait(task, deadline)
+        return ProviderResult(images=[await self._download(sample_url(ready), deadline)])
+
+    def _remaining(self, deadline: float, task: Task | None = None) -> float:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            where = f" (task {task.id} still running; BFL has no cancel)" if task else ""
+            raise UpstreamTimeout(f"{PROVIDER} did not finish within {self.timeout:g} s{where}.")
+        return left
+
+    async def _submit(self, request: ProviderRequest, deadline: float) -> Task:
+        url = f"{self.base_url}/v1/{request.binding.upstream_for(request.mode)}"
+        response = await send(self.client, "POST", url, provider=PROVIDER, timeout=self._remaining(deadline),
+                              max_bytes=self.max_response_bytes, json=build_body(request), headers=self._auth)
+        if not 200 <= response.status_code < 300:
+            raise http_error(response)
+        task = submitted_task(parse_json(PROVIDER, response.body))
+        check_polling_url(task.polling_url, self.base_url)
+        return task
+
+    async def _wait(self, task: Task, deadline: float) -> dict[str, Any]:
+        """Poll the task's own polling URL until a terminal status; Ready's answer is returned."""
+        delay = 0.0  # the first poll goes out at once: a fast task may already be done
+        while True:
+            await asyncio.sleep(min(delay, self._remaining(deadline, task)))
+            delay = self.poll_interval
+            try:
+                response = await send(self.client, "GET", task.polling_url, provider=PROVIDER,
+                                      timeout=self._remaining(deadline, task), max_bytes=self.max_response_bytes,
+                                      headers=self._auth)
+            except UpstreamUnavailable:
+                continue  # a dropped connection: the task runs on regardless
+            data = self._poll_answer(response)
+            if data is None:
+                delay = max(self.poll_interval, retry_after_seconds(response.headers) or 0.0)
+                continue
+            status = task_status(data)
+            if status == READY:
+                return data
+            if status in TERMINAL:
+                raise status_error(data)
+
+    @staticmethod
+    def _poll_answer(response: UpstreamResponse) -> dict[str, Any] | None:
+        """A poll's JSON; None for a transient failure worth polling again. A non-2xx answer that still
+        names a terminal status (BFL answers "Task not found" with an error status) is that status."""
+        ok = 200 <= response.status_code < 300
+        try:
+            data = parse_json(PROVIDER, response.body)
+        except UpstreamError:
+            if ok:
+                raise
+            data = None
+        if not ok and not (isinstance(data, dict) and data.get("status") in TERMINAL - {READY}):
+            if response.status_code in POLL_RETRY_STATUSES:
+                return None
+            raise http_error(response)
+        return data if isinstance(data, dict) else {"status": None}
+
+    async def _download(self, url: str, deadline: float) -> ProviderImage:
+        # A signed URL on BFL's delivery host: the key is not sent along.
+        timeout = max(deadline - time.monotonic(), MIN_DOWNLOAD_TIMEOUT_S)
+        response = await send(self.client, "GET", url, provider=PROVIDER, timeout=timeout,
+                              max_bytes=self.max_response_bytes)
+        if response.status_code != 200:
+            raise UpstreamError(f"Downloading the {PROVIDER} result gave HTTP {response.status_code} "
+                                "(result URLs expire after about ten minutes).")
+        return image_from_bytes(response.body)
