@@ -223,7 +223,9 @@ def detail_message(body: bytes, status: int) -> str:
             if isinstance(item, dict):
                 loc = item.get("loc")
                 where = ".".join(upstream_text(p, 100) for p in loc[:10]) if isinstance(loc, list) else ""
-                parts.append(f"{where}: {upstream_text(item.get('msg') or '')}" if where else upstream_text(item.get("msg")))
+                parts.append(
+                    f"{where}: {upstream_text(item.get('msg') or '')}" if where else upstream_text(item.get("msg"))
+                )
             else:
                 parts.append(upstream_text(item))
         return "; ".join(parts) or f"HTTP {status}"
@@ -238,7 +240,8 @@ def http_error(response: UpstreamResponse) -> ImagegateError:
     if response.status_code == 402:
         error: ImagegateError = UpstreamError(
             f"{PROVIDER} returned HTTP 402 (the account has insufficient credits): {message}",
-            code="upstream_insufficient_credits")
+            code="upstream_insufficient_credits",
+        )
         error.upstream_status = 402
         return error
     return error_for_status(PROVIDER, response.status_code, message, retry_after=retry_after_seconds(response.headers))
@@ -287,8 +290,16 @@ class BflProvider(HttpProvider):
 
     async def _submit(self, request: ProviderRequest, deadline: float) -> Task:
         url = f"{self.base_url}/v1/{request.binding.upstream_for(request.mode)}"
-        response = await send(self.client, "POST", url, provider=PROVIDER, timeout=self._remaining(deadline),
-                              max_bytes=self.max_response_bytes, json=build_body(request), headers=self._auth)
+        response = await send(
+            self.client,
+            "POST",
+            url,
+            provider=PROVIDER,
+            timeout=self._remaining(deadline),
+            max_bytes=self.max_response_bytes,
+            json=build_body(request),
+            headers=self._auth,
+        )
         if not 200 <= response.status_code < 300:
             raise http_error(response)
         task = submitted_task(parse_json(PROVIDER, response.body))
@@ -302,9 +313,15 @@ class BflProvider(HttpProvider):
             await asyncio.sleep(min(delay, self._remaining(deadline, task)))
             delay = self.poll_interval
             try:
-                response = await send(self.client, "GET", task.polling_url, provider=PROVIDER,
-                                      timeout=self._remaining(deadline, task), max_bytes=self.max_response_bytes,
-                                      headers=self._auth)
+                response = await send(
+                    self.client,
+                    "GET",
+                    task.polling_url,
+                    provider=PROVIDER,
+                    timeout=self._remaining(deadline, task),
+                    max_bytes=self.max_response_bytes,
+                    headers=self._auth,
+                )
             except UpstreamUnavailable:
                 continue  # a dropped connection: the task runs on regardless
             data = self._poll_answer(response)
@@ -337,9 +354,12 @@ class BflProvider(HttpProvider):
     async def _download(self, url: str, deadline: float) -> ProviderImage:
         # A signed URL on BFL's delivery host: the key is not sent along.
         timeout = max(deadline - time.monotonic(), MIN_DOWNLOAD_TIMEOUT_S)
-        response = await send(self.client, "GET", url, provider=PROVIDER, timeout=timeout,
-                              max_bytes=self.max_response_bytes)
+        response = await send(
+            self.client, "GET", url, provider=PROVIDER, timeout=timeout, max_bytes=self.max_response_bytes
+        )
         if response.status_code != 200:
-            raise UpstreamError(f"Downloading the {PROVIDER} result gave HTTP {response.status_code} "
-                                "(result URLs expire after about ten minutes).")
+            raise UpstreamError(
+                f"Downloading the {PROVIDER} result gave HTTP {response.status_code} "
+                "(result URLs expire after about ten minutes)."
+            )
         return image_from_bytes(response.body)
