@@ -1,0 +1,305 @@
+"""Contract tests of the Black Forest Labs adapter against the fake FLUX API (real HTTP).
+
+The adapter is called directly with a `ProviderRequest` built from the catalog's "bfl" bindings
+(`data/providers/bfl.json`) and a layout from `resolve_layout`. The end-to-end tests through the
+openai SDK are in tests/server/test_bfl_gateway.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from importlib import resources
+from typing import Any
+
+import httpx
+import pytest
+
+from imagegate.catalog import ModelEntry, builtin_data, parse_entries
+from imagegate.errors import (
+    ContentPolicyViolation,
+    ImagegateError,
+    InvalidRequest,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from imagegate.normalize import Layout, resolve_layout
+from imagegate.providers import ProviderRequest
+from imagegate.providers.bfl import BflProvider, check_polling_url, status_error
+from tests.fakes.bfl import (
+    BflError,
+    FakeBfl,
+    MalformedJSON,
+    Moderated,
+    PollError,
+    SampleMissing,
+    Stuck,
+    TaskFails,
+    TaskLost,
+)
+from tests.fakes.images import color_for, detect_mime, image_size, pixel_at
+
+from .inputs import JPEG, MASK, PNG
+
+
+def bfl_models() -> dict[str, ModelEntry]:
+    raw = json.loads(resources.files("imagegate").joinpath("data/providers/bfl.json").read_text("utf-8"))
+    return {m.id: m for m in parse_entries(raw, builtin_data()["default_parameters"])}
+
+
+MODELS = bfl_models()
+FLUX2, KONTEXT = MODELS["flux-2-pro"], MODELS["flux-kontext-pro"]
+
+
+def make_request(
+    model: ModelEntry = FLUX2, prompt: str = "a red fox in snow", *, layout: Layout | None = None, **kwargs: Any
+) -> ProviderRequest:
+    mode = "edit" if kwargs.get("images") else "t2i"
+    shape = (kwargs["images"][0].width, kwargs["images"][0].height) if kwargs.get("images") else None
+    return ProviderRequest(
+        mode=mode,
+        prompt=prompt,
+        layout=layout or resolve_layout(model, input_shape=shape),
+        binding=model.providers["bfl"],
+        **kwargs,
+    )
+
+
+@pytest.fixture
+def fake_bfl() -> Any:
+    with FakeBfl() as fake:
+        yield fake
+
+
+@pytest.fixture
+def provider(fake_bfl: FakeBfl, http: httpx.AsyncClient) -> BflProvider:
+    provider = BflProvider(api_key=fake_bfl.api_key, base_url=fake_bfl.base_url, client=http)
+    provider.poll_interval = 0.01
+    return provider
+
+
+async def raised(provider: BflProvider, request: ProviderRequest | None = None) -> ImagegateError:
+    with pytest.raises(ImagegateError) as info:
+        await provider.run(request or make_request())
+    return info.value
+
+
+def test_provider_identity() -> None:
+    assert BflProvider.provider_id == "bfl"
+    assert BflProvider.key_env_var == "BFL_API_KEY"
+    assert BflProvider.base_url_env_var == "BFL_BASE_URL"
+    assert BflProvider.default_base_url == "https://api.bfl.ai"
+
+
+# --- request wire format --------------------------------------------------------------------
+
+
+async def test_t2i_submit_polls_the_returned_url_and_downloads(provider: BflProvider, fake_bfl: FakeBfl) -> None:
+    fake_bfl.pending_polls = 2
+    result = await provider.run(make_request(prompt="a lighthouse", output_format="png"))
+    (submit,) = fake_bfl.submits
+    assert submit.path == "/v1/flux-2-pro" and submit.headers["x-key"] == fake_bfl.api_key
+    assert submit.json == {"prompt": "a lighthouse", "width": 1024, "height": 1024, "output_format": "png"}
+    # Pending, Pending, Ready: all on the URL the submit returned (the fake serves no /v1/get_result).
+    assert [(p.path, p.query["id"]) for p in fake_bfl.polls] == [
+        ("/regional/eu/v1/get_result", next(iter(fake_bfl.tasks)))
+    ] * 3
+    assert all(p.headers["x-key"] == fake_bfl.api_key for p in fake_bfl.polls)
+    (download,) = fake_bfl.downloads
+    assert "x-key" not in download.headers  # a signed URL: the key stays with BFL's API
+    (image,) = result.images
+    assert image.mime_type == "image/png" == detect_mime(image.data)
+    assert image_size(image.data) == (1024, 1024) and pixel_at(image.data)[:3] == color_for("a lighthouse")
+
+
+@pytest.mark.parametrize(
+    ("layout_args", "size"),
+    [
+        ({"aspect_ratio": "16:9", "resolution": "2K"}, (2720, 1536)),
+        ({"size": "1920x1080"}, (1936, 1088)),  # multiples of 16
+        ({"aspect_ratio": "9:21", "resolution": "1.5K"}, (1008, 2352)),
+    ],
+)
+async def test_flux2_layout_is_width_and_height(
+    provider: BflProvider, fake_bfl: FakeBfl, layout_args: dict[str, str], size: tuple[int, int]
+) -> None:
+    layout = resolve_layout(FLUX2, **layout_args)
+    result = await provider.run(make_request(layout=layout))
+    sent = fake_bfl.submits[0].json
+    assert (sent["width"], sent["height"]) == size == (layout.width, layout.height)
+    assert "aspect_ratio" not in sent
+    assert image_size(result.images[0].data) == size
+    assert result.images[0].mime_type == "image/jpeg"  # FLUX.2's default format, read from the bytes
+
+
+async def test_seed_safety_tolerance_and_prompt_upsampling(provider: BflProvider, fake_bfl: FakeBfl) -> None:
+    request = make_request(seed=42, output_format="jpeg", options={"safety_tolerance": 4, "prompt_upsampling": False})
+    result = await provider.run(request)
+    sent = fake_bfl.submits[0].json
+    assert (sent["seed"], sent["output_format"], sent["safety_tolerance"]) == (42, "jpeg", 4)
+    assert sent["disable_pup"] is True and "prompt_upsampling" not in sent  # FLUX.2 [pro]'s own name, negated
+    assert pixel_at(result.images[0].data)[:3] == pytest.approx(color_for("a red fox in snow|42"), abs=3)
+
+
+async def test_flux2_reference_images_are_base64_fields(provider: BflProvider, fake_bfl: FakeBfl) -> None:
+    result = await provider.run(make_request(prompt="combine", images=(PNG, JPEG), mask=MASK))
+    sent = fake_bfl.submits[0].json
+    assert sent["input_image"] == base64.b64encode(PNG.data).decode()
+    assert sent["input_image_2"] == base64.b64encode(JPEG.data).decode()
+    assert "mask" not in sent and "input_image_3" not in sent  # the gateway composites the mask
+    assert (sent["width"], sent["height"]) == (1168, 880)  # 4:3 from the first image, at 1K
+    assert fake_bfl.tasks[next(iter(fake_bfl.tasks))].images == [PNG.data, JPEG.data]
+    assert image_size(result.images[0].data) == (1168, 880)
+
+
+async def test_kontext_edit_sends_aspect_ratio_and_one_image(provider: BflProvider, fake_bfl: FakeBfl) -> None:
+    request = make_request(
+        KONTEXT, "make it night", images=(PNG,), options={"prompt_upsampling": True, "safety_tolerance": 6}
+    )
+    result = await provider.run(request)
+    (submit,) = fake_bfl.submits
+    assert submit.path == "/v1/flux-kontext-pro"
+    assert submit.json == {
+        "prompt": "make it night",
+        "aspect_ratio": "4:3",
+        "input_image": base64.b64encode(PNG.data).decode(),
+        "prompt_upsampling": True,
+        "safety_tolerance": 6,
+    }
+    assert image_size(result.images[0].data) == (1184, 880)  # the catalog's size for 4:3
+    assert result.images[0].mime_type == "image/png"  # Kontext's default format
+
+
+@pytest.mark.parametrize("ratio", [s.aspect_ratio for s in KONTEXT.sizes or []])
+async def test_kontext_catalog_sizes_match_what_the_fake_makes(
+    provider: BflProvider, fake_bfl: FakeBfl, ratio: str
+) -> None:
+    layout = resolve_layout(KONTEXT, aspect_ratio=ratio)
+    result = await provider.run(make_request(KONTEXT, layout=layout))
+    assert fake_bfl.submits[0].json["aspect_ratio"] == ratio
+    assert image_size(result.images[0].data) == (layout.width, layout.height)
+
+
+async def test_extra_fields_may_add_but_not_replace(provider: BflProvider, fake_bfl: FakeBfl) -> None:
+    await provider.run(make_request(extra={"webhook_secret": "s"}))
+    assert fake_bfl.submits[0].json["webhook_secret"] == "s"
+    for extra in ({"width": 64}, {"input_image_3": "x"}, {"disable_pup": False}, {"prompt": "other"}):
+        err = await raised(provider, make_request(extra=extra))
+        assert isinstance(err, InvalidRequest) and err.code == "reserved_upstream_field"
+    assert len(fake_bfl.submits) == 1
+
+
+async def test_schema_rejection_is_a_400_naming_the_field(provider: BflProvider, fake_bfl: FakeBfl) -> None:
+    err = await raised(provider, make_request(extra={"bogus": 1}))
+    assert isinstance(err, InvalidRequest) and err.status_code == 400 and err.code == "upstream_rejected_request"
+    assert "body.bogus" in err.message
+
+
+# --- errors ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", ["Content Moderated", "Request Moderated"])
+async def test_moderation_is_content_policy_violation(provider: BflProvider, fake_bfl: FakeBfl, status: str) -> None:
+    fake_bfl.enqueue(Moderated(status, ("Derivative Works Filter",)))
+    err = await raised(provider)
+    assert isinstance(err, ContentPolicyViolation) and err.status_code == 400
+    assert (err.code, err.param) == ("content_policy_violation", "prompt")
+    assert status in err.message and "Derivative Works Filter" in err.message
+    assert fake_bfl.downloads == []
+
+
+@pytest.mark.parametrize("status", ["Error", "Failed"])
+async def test_failed_task_is_502(provider: BflProvider, fake_bfl: FakeBfl, status: str) -> None:
+    fake_bfl.enqueue(TaskFails(status, "GPU fell over"))
+    err = await raised(provider)
+    assert type(err) is UpstreamError and err.status_code == 502 and err.code == "upstream_request_failed"
+    assert "GPU fell over" in err.message
+
+
+async def test_lost_task_is_502(provider: BflProvider, fake_bfl: FakeBfl) -> None:
+    fake_bfl.enqueue(TaskLost())
+    err = await raised(provider)
+    assert type(err) is UpstreamError and err.code == "upstream_task_not_found"
+    assert len(fake_bfl.polls) == 1  # a 404 that names a terminal status is not retried
+
+
+async def test_insufficient_credits_is_502(provider: BflProvider, fake_bfl: FakeBfl) -> None:
+    fake_bfl.enqueue(BflError(402, "Insufficient credits"))
+    err = await raised(provider)
+    assert type(err) is UpstreamError and err.status_code == 502
+    assert err.code == "upstream_insufficient_credits" and err.upstream_status == 402
+    assert "Insufficient credits" in err.message and fake_bfl.polls == []
+
+
+async def test_too_many_active_tasks_is_503_with_retry_after(provider: BflProvider, fake_bfl: FakeBfl) -> None:
+    fake_bfl.enqueue(BflError(429, "Too many active tasks", retry_after_s=7))
+    err = await raised(provider)
+    assert isinstance(err, UpstreamUnavailable) and err.status_code == 503
+    assert (err.code, err.retry_after, err.upstream_status) == ("upstream_rate_limited", 7, 429)
+
+
+async def test_wrong_key_is_upstream_auth_failed(fake_bfl: FakeBfl, http: httpx.AsyncClient) -> None:
+    provider = BflProvider(api_key="wrong", base_url=fake_bfl.base_url, client=http)
+    err = await raised(provider)
+    assert type(err) is UpstreamError and err.code == "upstream_auth_failed"
+
+
+async def test_transient_poll_errors_are_retried(provider: BflProvider, fake_bfl: FakeBfl) -> None:
+    fake_bfl.enqueue(PollError(503, times=2))
+    result = await provider.run(make_request())
+    assert len(result.images) == 1 and len(fake_bfl.polls) == 4  # 503, 503, Pending, Ready
+
+
+async def test_deadline_is_504(provider: BflProvider, fake_bfl: FakeBfl) -> None:
+    fake_bfl.enqueue(Stuck())
+    provider.timeout = 0.2
+    err = await raised(provider)
+    assert isinstance(err, UpstreamTimeout) and err.status_code == 504
+    assert "no cancel" in err.message and len(fake_bfl.polls) >= 2
+
+
+async def test_expired_sample_is_502(provider: BflProvider, fake_bfl: FakeBfl) -> None:
+    fake_bfl.enqueue(SampleMissing())
+    err = await raised(provider)
+    assert type(err) is UpstreamError and "HTTP 404" in err.message
+
+
+async def test_garbled_submit_answer_is_502(provider: BflProvider, fake_bfl: FakeBfl) -> None:
+    fake_bfl.enqueue(MalformedJSON())
+    err = await raised(provider)
+    assert type(err) is UpstreamError and err.code == "upstream_bad_response"
+
+
+async def test_foreign_polling_url_is_refused_before_the_key_goes_there(
+    provider: BflProvider, fake_bfl: FakeBfl
+) -> None:
+    fake_bfl.polling_host = "localhost"  # the same server under another name: not the base URL's host
+    err = await raised(provider)
+    assert type(err) is UpstreamError and err.code == "upstream_bad_response" and "polling_url" in err.message
+    assert fake_bfl.polls == []
+
+
+@pytest.mark.parametrize(
+    ("url", "ok"),
+    [
+        ("https://api.bfl.ai/v1/get_result?id=1", True),
+        ("https://gateway.bfl.ai/v1/get_result?id=1", True),
+        ("https://api.eu.bfl.ai/v1/get_result?id=1", True),
+        ("https://bfl.ai.evil.example/v1/get_result", False),
+        ("https://evil.example/?bfl.ai", False),
+        ("ftp://api.bfl.ai/x", False),
+    ],
+)
+def test_polling_url_must_stay_within_the_base_urls_domain(url: str, ok: bool) -> None:
+    if ok:
+        check_polling_url(url, "https://api.bfl.ai")
+    else:
+        with pytest.raises(UpstreamError):
+            check_polling_url(url, "https://api.bfl.ai")
+
+
+def test_unknown_terminal_detail_shapes_never_crash() -> None:
+    for details in (None, "text", {"Moderation Reasons": "not a list"}, {"Moderation Reasons": [1, {"a": 2}]}, [1]):
+        error = status_error({"status": "Content Moderated", "details": details})
+        assert isinstance(error, ContentPolicyViolation)
