@@ -233,6 +233,18 @@ def override_binding(catalog: Catalog, model_id: str, provider_id: str, changes:
     catalog.add(model.model_copy(update={"providers": {**model.providers, provider_id: binding}}))
 
 
+def add_binding(catalog: Catalog, model_id: str, provider_id: str, raw_binding: dict[str, Any]) -> None:
+    """One more provider for a model already in the catalog (a plugin's `bindings`), after the
+    model's own providers. The model must exist, and must not have that provider yet."""
+    model = catalog.get(model_id)
+    if model is None:
+        raise ConfigurationError(f"a binding for model '{model_id}', which the catalog does not have")
+    if provider_id in model.providers:
+        raise ConfigurationError(f"model '{model.id}' already has provider '{provider_id}'")
+    binding = ProviderBinding.model_validate(raw_binding)
+    catalog.add(model.model_copy(update={"providers": {**model.providers, provider_id: binding}}))
+
+
 def parse_entries(raw: dict[str, Any], default_parameters: dict[str, Any] | None = None) -> list[ModelEntry]:
     """Validate catalog entries; each gets the gateway's core parameters unless it redefines them.
     A redefined standard field keeps the default's `if_unavailable`: it is still OpenAI's field."""

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from .catalog import Catalog, ModelEntry, ProviderBinding
 from .engine.describe import LOCAL_MODEL_ENV
 from .errors import ModelNotFound, UpstreamUnavailable
-from .providers import PROVIDER_CLASSES, ImageProvider
+from .plugins import load_registry
+from .providers import ImageProvider
 from .resilience import CircuitBreaker
 
 
@@ -26,9 +27,10 @@ class Route:
 
 
 def key_env_var(provider_id: str) -> str:
-    """The environment variable that turns a provider on."""
-    if provider_id in PROVIDER_CLASSES:
-        return PROVIDER_CLASSES[provider_id].key_env_var
+    """The environment variable(s) that turn a provider on."""
+    spec = load_registry().get(provider_id)
+    if spec is not None:
+        return spec.enabling_variables()
     return LOCAL_MODEL_ENV if provider_id == "local" else f"[providers.{provider_id}] in the config file"
 
 

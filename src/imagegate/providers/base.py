@@ -10,7 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 import httpx
 
@@ -18,6 +18,7 @@ from ..catalog import ProviderBinding
 from ..errors import InvalidRequest
 from ..imaging import ImageBytes
 from ..normalize import Layout
+from ..plugins import ProviderContext, ProviderSpec, http_settings
 
 
 @dataclass(frozen=True)
@@ -244,3 +245,20 @@ class HttpProvider(ImageProvider):
         self.api_key = api_key
         self.base_url = base_url.rstrip("/")
         self.client = client
+
+    @classmethod
+    def from_context(cls, context: ProviderContext) -> Self:
+        """The adapter a plugin's factory builds from its settings (see plugins.py)."""
+        provider = cls(api_key=context.value("api_key") or "", client=context.client,
+                       base_url=context.value("base_url") or cls.default_base_url)
+        provider.timeout = context.timeout
+        provider.max_response_bytes = context.max_response_bytes
+        if context.poll_interval is not None and hasattr(provider, "poll_interval"):
+            provider.poll_interval = context.poll_interval
+        return provider
+
+    @classmethod
+    def provider_spec(cls) -> ProviderSpec:
+        """The usual registration: a key and a base URL variable, no catalog data of its own."""
+        return ProviderSpec(id=cls.provider_id, factory=cls.from_context,
+                            settings=http_settings(cls.key_env_var, cls.base_url_env_var))

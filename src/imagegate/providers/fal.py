@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -31,6 +32,7 @@ from ..errors import (
 )
 from ..fetch import decode_data_uri
 from ..imaging import MIME_BY_FORMAT, ImageBytes, decode_b64_image, sniff_format
+from ..plugins import ProviderSpec
 from .base import (
     HttpProvider,
     ProviderImage,
@@ -403,3 +405,8 @@ class FalProvider(HttpProvider):
         if fmt is None:
             raise _bad_response("bytes that are not an image")
         return ImageBytes(response.body), fmt
+
+
+def register_providers(register: Callable[[ProviderSpec], None]) -> None:
+    """The plugin hook (plugins.py): built-in providers register as outside ones do."""
+    register(FalProvider.provider_spec())

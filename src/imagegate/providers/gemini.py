@@ -9,10 +9,12 @@ interim "thought" images before its answer: those parts carry `thought: true` an
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import ContentPolicyViolation, ImagegateError, UpstreamError
 from ..imaging import MIME_BY_FORMAT, decode_b64_image
+from ..plugins import ProviderSpec
 from .base import (
     HttpProvider,
     InputImage,
@@ -243,3 +245,8 @@ class GeminiProvider(HttpProvider):
             raise _google_error(self.provider_id, response.status_code, data, retry_after)
         keep_all = request.options.get("limit_generations") is False
         return parse_response(parse_json(self.provider_id, response.body), keep_all_images=keep_all)
+
+
+def register_providers(register: Callable[[ProviderSpec], None]) -> None:
+    """The plugin hook (plugins.py): built-in providers register as outside ones do."""
+    register(GeminiProvider.provider_spec())

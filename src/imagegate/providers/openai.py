@@ -8,10 +8,12 @@ answer is downloaded all the same.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import ContentPolicyViolation, ImagegateError, UpstreamError
 from ..imaging import MIME_BY_FORMAT, ImageBytes, decode_b64_image, sniff_format
+from ..plugins import ProviderSpec
 from .base import (
     HttpProvider,
     ProviderImage,
@@ -183,3 +185,8 @@ class OpenAIProvider(HttpProvider):
         if sniffed is None:
             raise UpstreamError(f"{self.provider_id} sent bytes that are not an image.", code="upstream_bad_response")
         return ProviderImage(ImageBytes(response.body), MIME_BY_FORMAT[sniffed])
+
+
+def register_providers(register: Callable[[ProviderSpec], None]) -> None:
+    """The plugin hook (plugins.py): built-in providers register as outside ones do."""
+    register(OpenAIProvider.provider_spec())

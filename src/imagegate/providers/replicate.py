@@ -23,10 +23,12 @@ import json
 import math
 import time
 import urllib.parse
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from ..errors import ContentPolicyViolation, ImagegateError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from ..imaging import MIME_BY_FORMAT, ImageBytes, decode_b64_image, sniff_format
+from ..plugins import ProviderSpec
 from .base import (
     HttpProvider,
     ProviderImage,
@@ -351,3 +353,8 @@ class ReplicateProvider(HttpProvider):
         if response.status_code != 200:
             raise UpstreamError(f"Downloading the {PROVIDER} output gave HTTP {response.status_code}.")
         return image_from_bytes(response.body)
+
+
+def register_providers(register: Callable[[ProviderSpec], None]) -> None:
+    """The plugin hook (plugins.py): built-in providers register as outside ones do."""
+    register(ReplicateProvider.provider_spec())
