@@ -1,18 +1,20 @@
 """Contract tests of the Black Forest Labs adapter against the fake FLUX API (real HTTP).
 
-The adapter is called directly with a `ProviderRequest` built from the catalog's "bfl" bindings
-(`data/providers/bfl.json`) and a layout from `resolve_layout`. The end-to-end tests through the
-openai SDK are in tests/server/test_bfl_gateway.py.
+First the adapter, called directly with a `ProviderRequest` built from the catalog's "bfl" bindings
+(`data/providers/bfl.json`) and a layout from `resolve_layout`; then end to end: the official openai
+SDK -> a real gateway configured with nothing but BFL_API_KEY / BFL_BASE_URL -> the fake.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Iterator
 from importlib import resources
 from typing import Any
 
 import httpx
+import openai
 import pytest
 
 from imagegate.catalog import ModelEntry, builtin_data, parse_entries
@@ -38,8 +40,9 @@ from tests.fakes.bfl import (
     TaskFails,
     TaskLost,
 )
-from tests.fakes.images import color_for, detect_mime, image_size, pixel_at
+from tests.fakes.images import color_for, detect_mime, image_size, pixel_at, solid_png
 
+from ..conftest import API_KEY, RunningGateway
 from .inputs import JPEG, MASK, PNG
 
 
@@ -66,10 +69,17 @@ def make_request(
     )
 
 
-@pytest.fixture
-def fake_bfl() -> Any:
+@pytest.fixture(scope="module")
+def fake_bfl_server() -> Iterator[FakeBfl]:
     with FakeBfl() as fake:
         yield fake
+
+
+@pytest.fixture
+def fake_bfl(fake_bfl_server: FakeBfl) -> Iterator[FakeBfl]:
+    fake_bfl_server.reset()
+    yield fake_bfl_server
+    fake_bfl_server.reset()
 
 
 @pytest.fixture
@@ -303,3 +313,168 @@ def test_unknown_terminal_detail_shapes_never_crash() -> None:
     for details in (None, "text", {"Moderation Reasons": "not a list"}, {"Moderation Reasons": [1, {"a": 2}]}, [1]):
         error = status_error({"status": "Content Moderated", "details": details})
         assert isinstance(error, ContentPolicyViolation)
+
+
+# --- end to end: the openai SDK -> the gateway -> the fake --------------------------------------
+
+AUTH = {"authorization": f"Bearer {API_KEY}"}
+UPLOAD = ("in.png", solid_png(64, 48, (10, 200, 30)), "image/png")  # 4:3
+
+
+def only_bfl(factory: Any, fake: FakeBfl, **settings: Any) -> RunningGateway:
+    gw: RunningGateway = factory(bfl_api_key=fake.api_key, bfl_base_url=fake.base_url, **settings)
+    return gw
+
+
+def decoded(result: Any) -> bytes:
+    return base64.b64decode(result.data[0].b64_json or "")
+
+
+def test_t2i_with_only_the_bfl_environment_variables(
+    gateway_factory: Any, fake_bfl: FakeBfl, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BFL_API_KEY", fake_bfl.api_key)
+    monkeypatch.setenv("BFL_BASE_URL", fake_bfl.base_url)
+    gw: RunningGateway = gateway_factory()
+    response = gw.client().images.with_raw_response.generate(
+        model="flux-2-pro",
+        prompt="a harbour",
+        size="1536x1024",
+        response_format="b64_json",
+        extra_body={"seed": 7, "safety_tolerance": 3, "output_format": "png"},
+    )
+    result = response.parse()
+    assert response.headers["x-imagegate-provider"] == "bfl"
+    assert response.headers["x-imagegate-model"] == "flux-2-pro"
+    sent = fake_bfl.submits[-1].json
+    assert sent == {
+        "prompt": "a harbour",
+        "width": 1536,
+        "height": 1024,
+        "seed": 7,
+        "output_format": "png",
+        "safety_tolerance": 3,
+    }
+    image = decoded(result)
+    assert detect_mime(image) == "image/png" and image_size(image) == (1536, 1024)
+    assert pixel_at(image)[:3] == color_for("a harbour|7")
+    usage = dict(result.usage.model_dump())
+    assert usage["cost"] == pytest.approx(0.05) and usage["cost_estimated"] is True  # 1.57 MP: the 1.5K tier
+
+
+def test_kontext_edit_sends_the_upload_as_base64(gateway_factory: Any, fake_bfl: FakeBfl) -> None:
+    client = only_bfl(gateway_factory, fake_bfl).client()
+    response = client.images.with_raw_response.edit(
+        model="flux-kontext-pro", prompt="make it night", image=UPLOAD, response_format="b64_json"
+    )
+    result = response.parse()
+    assert response.headers["x-imagegate-provider"] == "bfl"
+    (submit,) = fake_bfl.submits
+    assert submit.path == "/v1/flux-kontext-pro"
+    assert base64.b64decode(submit.json["input_image"]) == UPLOAD[1]
+    assert submit.json["aspect_ratio"] == "4:3"  # the upload's shape
+    assert image_size(decoded(result)) == (1184, 880)
+    assert result.model_extra["effective"]["provider"] == "bfl"
+    assert dict(result.usage.model_dump())["cost"] == pytest.approx(0.04)
+
+
+def test_a_format_bfl_lacks_is_converted_by_the_gateway(gateway_factory: Any, fake_bfl: FakeBfl) -> None:
+    client = only_bfl(gateway_factory, fake_bfl).client()
+    result = client.images.generate(
+        model="flux-2-pro", prompt="p", response_format="b64_json", extra_body={"output_format": "webp"}
+    )
+    assert "output_format" not in fake_bfl.submits[-1].json
+    assert detect_mime(decoded(result)) == "image/webp"
+
+
+def test_out_of_range_safety_tolerance_is_a_400_before_any_task(gateway_factory: Any, fake_bfl: FakeBfl) -> None:
+    client = only_bfl(gateway_factory, fake_bfl).client()
+    with pytest.raises(openai.BadRequestError) as info:
+        client.images.generate(model="flux-2-pro", prompt="p", extra_body={"safety_tolerance": 6})
+    assert info.value.body["param"] == "safety_tolerance"  # type: ignore[index]
+    assert fake_bfl.requests == []
+
+
+def error_body(info: pytest.ExceptionInfo[openai.APIStatusError]) -> dict[str, Any]:
+    body = info.value.body
+    assert isinstance(body, dict)
+    return body
+
+
+def test_moderation_is_a_400_content_policy_violation(gateway_factory: Any, fake_bfl: FakeBfl) -> None:
+    client = only_bfl(gateway_factory, fake_bfl).client()
+    fake_bfl.enqueue(Moderated("Request Moderated", ("Prompt Filter",)))
+    with pytest.raises(openai.BadRequestError) as info:
+        client.images.generate(model="flux-2-pro", prompt="something forbidden")
+    body = error_body(info)
+    assert (body["code"], body["type"], body["param"]) == (
+        "content_policy_violation",
+        "invalid_request_error",
+        "prompt",
+    )
+    assert "Prompt Filter" in body["message"]
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "status", "code"),
+    [
+        (BflError(402, "Insufficient credits"), 502, "upstream_insufficient_credits"),
+        (BflError(429, "Too many active tasks", retry_after_s=3), 503, "upstream_rate_limited"),
+    ],
+)
+def test_credits_and_task_limits_are_openai_style_errors(
+    gateway_factory: Any, fake_bfl: FakeBfl, behaviour: BflError, status: int, code: str
+) -> None:
+    client = only_bfl(gateway_factory, fake_bfl).client()
+    fake_bfl.enqueue(behaviour)
+    with pytest.raises(openai.APIStatusError) as info:
+        client.images.generate(model="flux-2-pro", prompt="p")
+    assert info.value.status_code == status
+    assert error_body(info)["code"] == code and behaviour.detail in error_body(info)["message"]
+    if status == 503:
+        assert info.value.response.headers["retry-after"] == "3"
+
+
+def test_the_deadline_is_a_504(gateway_factory: Any, fake_bfl: FakeBfl) -> None:
+    client = only_bfl(gateway_factory, fake_bfl, upstream_timeout_seconds=0.3).client()
+    fake_bfl.enqueue(Stuck())
+    with pytest.raises(openai.APIStatusError) as info:
+        client.images.generate(model="flux-2-pro", prompt="p")
+    assert info.value.status_code == 504 and error_body(info)["code"] == "upstream_timeout"
+
+
+def test_models_lists_the_flux_models_with_sizes_and_prices(gateway_factory: Any, fake_bfl: FakeBfl) -> None:
+    gw = only_bfl(gateway_factory, fake_bfl)
+    cards = {c["id"]: c for c in httpx.get(f"{gw.url}/v1/models", headers=AUTH).json()["data"]}
+    flux2, kontext = cards["flux-2-pro"], cards["flux-kontext-pro"]
+    assert flux2["available"] and kontext["available"]
+    assert flux2["pixel_limits"] == {
+        "min_side": 64,
+        "max_side": 4096,
+        "max_pixels": 4194304,
+        "min_pixels": 0,
+        "multiple_of": 16,
+    }
+    assert flux2["max_input_images"] == 8 and flux2["resolution_tiers"] == ["1K", "1.5K", "2K"]
+    assert {"aspect_ratio": "16:9", "resolution": "1K", "width": 1392, "height": 752} in kontext["sizes"]
+    assert kontext["aspect_ratios"][0] == "21:9" and kontext["aspect_ratios"][-1] == "9:21"
+    (provider,) = flux2["providers"]
+    assert (provider["id"], provider["configured"], provider["upstream_model"]) == ("bfl", True, "flux-2-pro")
+    assert provider["price"]["by_resolution"] == {"1K": 0.031, "1.5K": 0.05, "2K": 0.078}
+    assert provider["price"]["estimated"] is True and "bfl.ai/pricing" in provider["price"]["source"]
+    assert kontext["providers"][0]["price"]["per_image"] == 0.04
+    for card in (flux2, kontext):
+        for name in ("safety_tolerance", "prompt_upsampling"):
+            assert card["parameters"][name]["provider"] == "bfl"
+        assert card["providers"][0]["parameters"]["output_format"]["handling"] == "passthrough"
+    assert flux2["providers"][0]["parameters"]["prompt_upsampling"]["to"] == "disable_pup"
+    assert cards["black-forest-labs/flux-2-pro"]["alias_of"] == "flux-2-pro"
+
+
+def test_without_the_key_the_flux_models_are_listed_but_unavailable(gateway_factory: Any) -> None:
+    gw: RunningGateway = gateway_factory()
+    card = httpx.get(f"{gw.url}/v1/models/flux-2-pro", headers=AUTH).json()
+    assert card["available"] is False and card["providers"][0]["configured"] is False
+    with pytest.raises(openai.APIStatusError) as info:
+        gw.client().images.generate(model="flux-2-pro", prompt="p")
+    assert info.value.status_code == 503 and "BFL_API_KEY" in error_body(info)["message"]

@@ -38,6 +38,7 @@ from typing import Any
 
 from ..errors import ContentPolicyViolation, ImagegateError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from ..imaging import MIME_BY_FORMAT, ImageBytes, sniff_format
+from ..plugins import ProviderSpec, catalog_file, http_settings
 from .base import (
     HttpProvider,
     ProviderImage,
@@ -363,3 +364,15 @@ class BflProvider(HttpProvider):
                 "(result URLs expire after about ten minutes)."
             )
         return image_from_bytes(response.body)
+
+
+def register_providers(register: Callable[[ProviderSpec], None]) -> None:
+    """The plugin hook (plugins.py): BFL_API_KEY turns it on; its models come with it."""
+    register(
+        ProviderSpec(
+            id=PROVIDER,
+            factory=BflProvider.from_context,
+            settings=http_settings(BflProvider.key_env_var, BflProvider.base_url_env_var),
+            catalog=catalog_file("imagegate", "data/providers/bfl.json"),
+        )
+    )
