@@ -191,6 +191,16 @@ async def test_kontext_catalog_sizes_match_what_the_fake_makes(
     assert image_size(result.images[0].data) == (layout.width, layout.height)
 
 
+async def test_kontext_16_9_is_served_as_its_nearest_preferred_resolution(
+    provider: BflProvider, fake_bfl: FakeBfl
+) -> None:
+    layout = resolve_layout(KONTEXT, aspect_ratio="16:9")
+    assert [(a.param, a.applied) for a in layout.adjustments] == [("aspect_ratio", "15:8")]
+    result = await provider.run(make_request(KONTEXT, layout=layout))
+    assert fake_bfl.submits[0].json["aspect_ratio"] == "15:8"
+    assert image_size(result.images[0].data) == (1392, 752)
+
+
 async def test_extra_fields_may_add_but_not_replace(provider: BflProvider, fake_bfl: FakeBfl) -> None:
     await provider.run(make_request(extra={"webhook_secret": "s"}))
     assert fake_bfl.submits[0].json["webhook_secret"] == "s"
@@ -456,7 +466,8 @@ def test_models_lists_the_flux_models_with_sizes_and_prices(gateway_factory: Any
         "multiple_of": 16,
     }
     assert flux2["max_input_images"] == 8 and flux2["resolution_tiers"] == ["1K", "1.5K", "2K"]
-    assert {"aspect_ratio": "16:9", "resolution": "1K", "width": 1392, "height": 752} in kontext["sizes"]
+    assert {"aspect_ratio": "15:8", "resolution": "1K", "width": 1392, "height": 752} in kontext["sizes"]
+    assert len(kontext["sizes"]) == 17
     assert kontext["aspect_ratios"][0] == "21:9" and kontext["aspect_ratios"][-1] == "9:21"
     (provider,) = flux2["providers"]
     assert (provider["id"], provider["configured"], provider["upstream_model"]) == ("bfl", True, "flux-2-pro")
