@@ -8,6 +8,7 @@ SDK -> a real gateway configured with nothing but BFL_API_KEY / BFL_BASE_URL -> 
 from __future__ import annotations
 
 import base64
+import io
 import json
 from collections.abc import Iterator
 from importlib import resources
@@ -16,6 +17,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from PIL import Image
 
 from imagegate.catalog import ModelEntry, builtin_data, parse_entries
 from imagegate.errors import (
@@ -489,3 +491,38 @@ def test_without_the_key_the_flux_models_are_listed_but_unavailable(gateway_fact
     with pytest.raises(openai.APIStatusError) as info:
         gw.client().images.generate(model="flux-2-pro", prompt="p")
     assert info.value.status_code == 503 and "BFL_API_KEY" in error_body(info)["message"]
+
+
+def test_flux2_multi_reference_edit_with_a_mask_composited_by_the_gateway(
+    gateway_factory: Any, fake_bfl: FakeBfl
+) -> None:
+    client = only_bfl(gateway_factory, fake_bfl).client()
+    red, blue = solid_png(64, 64, (255, 0, 0)), solid_png(32, 32, (0, 0, 255))
+    mask = Image.new("RGBA", (64, 64), (0, 0, 0, 0))  # left half opaque: keep; right half: edit
+    mask.paste((0, 0, 0, 255), (0, 0, 32, 64))
+    buffer = io.BytesIO()
+    mask.save(buffer, "PNG")
+    result = client.images.edit(
+        model="flux-2-pro",
+        prompt="paint",
+        image=[("a.png", red, "image/png"), ("b.png", blue, "image/png")],
+        mask=("m.png", buffer.getvalue(), "image/png"),
+        response_format="b64_json",
+        output_format="png",
+    )
+    sent = fake_bfl.submits[-1].json
+    assert [base64.b64decode(sent[f]) for f in ("input_image", "input_image_2")] == [red, blue]
+    assert "mask" not in sent and (sent["width"], sent["height"]) == (1024, 1024)
+    out = decoded(result)
+    assert pixel_at(out, 100, 512)[:3] == (255, 0, 0)  # kept from the original
+    assert pixel_at(out, 900, 512)[:3] == color_for("paint")  # FLUX's edit
+
+
+def test_n_is_one_task_per_image(gateway_factory: Any, fake_bfl: FakeBfl) -> None:
+    client = only_bfl(gateway_factory, fake_bfl).client()
+    result = client.images.generate(
+        model="flux-kontext-pro", prompt="p", n=2, response_format="b64_json", extra_body={"seed": 10}
+    )
+    assert len(result.data) == 2 and len(fake_bfl.submits) == 2
+    assert sorted(s.json["seed"] for s in fake_bfl.submits) == [10, 11]
+    assert dict(result.usage.model_dump())["cost"] == pytest.approx(0.08)
