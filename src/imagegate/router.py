@@ -1,9 +1,13 @@
-"""Which providers serve a model, in what order.
+"""Which providers serve a model, in what order, and how each of them sees the request.
 
 The catalog (or the config file's `[routing]`) gives the priority order; only configured
 providers count. Providers that can honour every provider-specific parameter of the request
 come first; a provider whose circuit is open goes last (it is still tried when nothing else is
 left, so a request is never refused only because the breaker is cautious).
+
+`plan_candidates` turns those routes into `Candidate`s: each route with its provider's complete
+view of the request, decided once, before anything is sent. It is the one place candidates are
+built; the dispatcher and the output stage read their decisions and never ask the catalog again.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from dataclasses import dataclass
 from .catalog import Catalog, ModelEntry, ProviderBinding
 from .engine.describe import LOCAL_MODEL_ENV
 from .errors import ModelNotFound, UpstreamUnavailable
+from .params import NormalizedParams, provider_view, refused_everywhere
 from .plugins import load_registry
 from .providers import ImageProvider
 from .resilience import CircuitBreaker
@@ -76,3 +81,46 @@ class Router:
         wanted = given or set()
         # sorted() is stable: within each group the priority order stays.
         return sorted(routes, key=lambda r: (self.breaker.is_open(r.provider_id), len(r.binding.unavailable(wanted))))
+
+
+@dataclass(frozen=True, eq=False)
+class Candidate:
+    """A route plus its provider's complete view of one request: the parameters it gets (`view`,
+    with what it does not apply in `view.ignored`), whether the gateway emulates the request's mask
+    for it (it is sent as a reference, and the original is composited back outside it afterwards),
+    and the requested output format when the upstream makes it natively (None: the gateway converts)."""
+
+    route: Route
+    view: NormalizedParams
+    mask_emulated: bool
+    native_output_format: str | None
+
+    @property
+    def provider_id(self) -> str:
+        return self.route.provider_id
+
+    @property
+    def binding(self) -> ProviderBinding:
+        return self.route.binding
+
+
+def plan_candidates(params: NormalizedParams, routes: list[Route], *, strict: bool, has_mask: bool) -> list[Candidate]:
+    """Every route of a request with its provider's view, best first. A parameter no route
+    honours is a 400 here (see `refused_everywhere`), before anything is fetched or sent;
+    `strict` is IMAGEGATE_STRICT_PARAMETERS."""
+    if not routes:
+        return []
+    model = routes[0].model
+    refused = refused_everywhere(params, model, (r.binding for r in routes), strict=strict)
+    return [_candidate(route, provider_view(params, model=model, provider_id=route.provider_id, binding=route.binding,
+                                            strict=refused), has_mask) for route in routes]
+
+
+def _candidate(route: Route, view: NormalizedParams, has_mask: bool) -> Candidate:
+    mask = route.binding.handling("mask")
+    output_format = view.get("output_format")
+    return Candidate(
+        route=route, view=view,
+        mask_emulated=has_mask and mask is not None and mask.handling == "emulated",
+        native_output_format=output_format if output_format in route.binding.native_output_formats else None,
+    )
