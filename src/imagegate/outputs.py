@@ -17,7 +17,7 @@ import anyio.to_thread
 
 from . import imaging
 from .conversion import ConversionPool, encode_estimate
-from .errors import UpstreamError
+from .errors import UpstreamBadResponse, UpstreamResponseTooLarge
 from .providers import InputImage, ProviderImage
 from .router import Candidate
 from .storage import ResultStore
@@ -144,11 +144,9 @@ def _check_upstream_image(blob: imaging.ImageBytes, max_pixels: int) -> tuple[st
     Returns the image's (format, width, height)."""
     fmt, width, height = imaging.probe(blob)
     if width * height > max_pixels:
-        raise UpstreamError(
-            f"The upstream sent a {width}x{height} image, over the pixel limit.", code="upstream_response_too_large"
-        )
+        raise UpstreamResponseTooLarge(f"The upstream sent a {width}x{height} image, over the pixel limit.")
     return fmt, width, height
 
 
-def _undecodable() -> UpstreamError:
-    return UpstreamError("The upstream sent an image that cannot be decoded.", code="upstream_bad_response")
+def _undecodable() -> UpstreamBadResponse:
+    return UpstreamBadResponse("The upstream sent an image that cannot be decoded.")

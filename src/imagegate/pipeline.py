@@ -45,7 +45,7 @@ from . import imaging
 from .catalog import Mode, ModelEntry
 from .config import Settings
 from .dispatch import CallPlan, Dispatcher, Served
-from .errors import ImagegateError, InvalidRequest, UpstreamUnavailable
+from .errors import ImagegateError, InvalidRequest, UpstreamAtCapacity
 from .inputs import ImageSource, InputLoader, check_for_model
 from .normalize import Adjustment, Layout, resolve_layout
 from .outputs import Delivered, Finishing, OutputImage, finish_images, host_all, inline_urls
@@ -390,10 +390,9 @@ class Pipeline:
             await self._serve_model(ctx)
             _check_delivery(ctx, self.settings.n_failure_policy)
         except ImagegateError as exc:
-            raise UpstreamUnavailable(
+            raise UpstreamAtCapacity(
                 f"Every provider of '{model.id}' is at capacity, and the fallback model "
                 f"'{model.fallback_model}' failed too: {exc.message}",
-                code="upstream_at_capacity",
                 retry_after=exc.retry_after,
             ) from exc
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from .catalog import Catalog, ModelEntry, ProviderBinding
 from .engine.describe import LOCAL_MODEL_ENV
-from .errors import ModelNotFound, UpstreamUnavailable
+from .errors import ModelNotFound, ProviderNotConfigured
 from .params import NormalizedParams, provider_view, refused_everywhere
 from .plugins import load_registry
 from .providers import ImageProvider
@@ -72,10 +72,8 @@ class Router:
         available = self.available_providers(model)
         if not available:
             envs = ", ".join(key_env_var(p) for p in model.providers)
-            raise UpstreamUnavailable(
-                f"No provider is configured for model '{model_id}'. Set one of: {envs}.",
-                param="model",
-                code="provider_not_configured",
+            raise ProviderNotConfigured(
+                f"No provider is configured for model '{model_id}'. Set one of: {envs}.", param="model"
             )
         routes = [Route(model, p, model.providers[p], self.providers[p]) for p in available]
         wanted = given or set()

@@ -12,7 +12,7 @@ import base64
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import ContentPolicyViolation, ImagegateError, UpstreamError
+from ..errors import ContentPolicyViolation, ImagegateError, NoImageGenerated, UpstreamBadResponse
 from ..imaging import MIME_BY_FORMAT, decode_b64_image
 from ..plugins import ProviderSpec
 from .base import (
@@ -26,7 +26,16 @@ from .base import (
     merge_passthrough,
     token_count,
 )
-from .upstream import error_for_status, parse_json, retry_after_seconds, seconds_value, send, upstream_text
+from .transport import (
+    UpstreamResponse,
+    error_for_status,
+    json_or_none,
+    parse_json,
+    retry_after_seconds,
+    seconds_value,
+    send_checked,
+    upstream_text,
+)
 
 # Finish and block reasons that mean "the safety system said no" rather than "it failed".
 SAFETY_REASONS = frozenset(
@@ -124,8 +133,8 @@ def _reason(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def _bad_response(what: str) -> UpstreamError:
-    return UpstreamError(f"gemini sent {what}.", code="upstream_bad_response")
+def _bad_response(what: str) -> UpstreamBadResponse:
+    return UpstreamBadResponse(f"gemini sent {what}.")
 
 
 def _dict(value: Any, what: str) -> dict[str, Any]:
@@ -170,7 +179,7 @@ def parse_response(data: Any, *, keep_all_images: bool) -> ProviderResult:
             raise ContentPolicyViolation(
                 f"The prompt was blocked by the upstream safety system ({reason}). {detail}".strip(), param="prompt"
             )
-        raise UpstreamError("gemini returned no candidates.", code="no_image_generated")
+        raise NoImageGenerated("gemini returned no candidates.")
     candidate = _dict(candidates[0], "candidate")
     parts = _list(_dict(candidate.get("content"), "content").get("parts"), "parts list")
     images: list[ProviderImage] = []
@@ -191,8 +200,7 @@ def parse_response(data: Any, *, keep_all_images: bool) -> ProviderResult:
             raise ContentPolicyViolation(
                 f"The upstream safety system stopped the image ({reason}). {message}".strip(), param="prompt"
             )
-        raise UpstreamError(f"gemini returned no image (finishReason {reason}). {message}".strip(),
-                            code="no_image_generated")
+        raise NoImageGenerated(f"gemini returned no image (finishReason {reason}). {message}".strip())
     usage = _dict(data.get("usageMetadata"), "usageMetadata")
     kept = images if keep_all_images else images[:1]
     return ProviderResult(
@@ -229,20 +237,18 @@ class GeminiProvider(HttpProvider):
     async def edit(self, request: ProviderRequest) -> ProviderResult:
         return await self._generate_content(request)
 
+    def error(self, response: UpstreamResponse) -> ImagegateError:
+        """A non-2xx answer: Google's error body, else the status."""
+        return _google_error(self.provider_id, response.status_code, json_or_none(response.body),
+                             retry_after_seconds(response.headers))
+
     async def _generate_content(self, request: ProviderRequest) -> ProviderResult:
         url = f"{self.base_url}/v1beta/models/{request.binding.upstream_model}:generateContent"
-        response = await send(
+        response = await send_checked(
             self.client, "POST", url, provider=self.provider_id, timeout=self.timeout,
             max_bytes=self.max_response_bytes, json=build_body(request),
-            headers={"x-goog-api-key": self.api_key},
+            headers={"x-goog-api-key": self.api_key}, error=self.error,
         )
-        retry_after = retry_after_seconds(response.headers)
-        if response.status_code != 200:
-            try:
-                data = parse_json(self.provider_id, response.body)
-            except UpstreamError:
-                data = None
-            raise _google_error(self.provider_id, response.status_code, data, retry_after)
         keep_all = request.options.get("limit_generations") is False
         return parse_response(parse_json(self.provider_id, response.body), keep_all_images=keep_all)
 

@@ -25,9 +25,11 @@ from ..catalog import Mode
 from ..engine.describe import LOCAL_MODEL_ENV, Checkpoint, mode_defaults, read_checkpoint
 from ..engine.loader import LoadedModel, Task, load_model
 from ..engine.pipelines import Job, JobOutput
-from ..engine.runner import Engine, EngineBusy
+from ..engine.runner import Engine
+from ..engine.runner import EngineBusy as QueueFull
 from ..errors import (
     ContentPolicyViolation,
+    EngineBusy,
     ImagegateError,
     InvalidRequest,
     UnsupportedParameter,
@@ -97,10 +99,9 @@ class LocalProvider(ImageProvider):
         job = await anyio.to_thread.run_sync(make_job, engine.model, request)
         try:
             output = await _submit(engine, job)
-        except EngineBusy as exc:
-            raise UpstreamUnavailable(
-                f"The local engine is busy: {exc}. Retry after {exc.retry_after:.0f} s.",
-                code="engine_busy", retry_after=exc.retry_after,
+        except QueueFull as exc:
+            raise EngineBusy(
+                f"The local engine is busy: {exc}. Retry after {exc.retry_after:.0f} s.", retry_after=exc.retry_after,
             ) from exc
         except ImagegateError:
             raise

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import ContentPolicyViolation, ImagegateError, UpstreamError
-from ..imaging import MIME_BY_FORMAT, ImageBytes, decode_b64_image, sniff_format
+from ..errors import ContentPolicyViolation, ImagegateError, NoImageGenerated, UpstreamBadResponse
+from ..imaging import MIME_BY_FORMAT, decode_b64_image, sniff_format
 from ..plugins import ProviderSpec
 from .base import (
     HttpProvider,
@@ -25,7 +25,16 @@ from .base import (
     sent_field,
     token_count,
 )
-from .upstream import error_for_status, parse_json, retry_after_seconds, send, upstream_text
+from .transport import (
+    UpstreamResponse,
+    download_image,
+    error_for_status,
+    json_or_none,
+    parse_json,
+    retry_after_seconds,
+    send_checked,
+    upstream_text,
+)
 
 POLICY_CODES = frozenset({"content_policy_violation", "moderation_blocked"})
 
@@ -129,28 +138,27 @@ class OpenAIProvider(HttpProvider):
             files.append(("mask", ("mask.png", request.mask.data, request.mask.mime_type)))
         return await self._call("/images/edits", data=data, files=files)
 
+    def error(self, response: UpstreamResponse) -> ImagegateError:
+        """A non-2xx answer: OpenAI's error body, else the status."""
+        return _error(self.provider_id, response.status_code, json_or_none(response.body),
+                      retry_after_seconds(response.headers))
+
     async def _call(self, path: str, **body: Any) -> ProviderResult:
-        response = await send(
+        response = await send_checked(
             self.client, "POST", self.base_url + path, provider=self.provider_id, timeout=self.timeout,
-            max_bytes=self.max_response_bytes, headers=self._auth, **body,
+            max_bytes=self.max_response_bytes, headers=self._auth, error=self.error, **body,
         )
-        if response.status_code != 200:
-            try:
-                data = parse_json(self.provider_id, response.body)
-            except UpstreamError:
-                data = None
-            raise _error(self.provider_id, response.status_code, data, retry_after_seconds(response.headers))
         return await self._parse(parse_json(self.provider_id, response.body))
 
     async def _parse(self, data: Any) -> ProviderResult:
         items = data.get("data") if isinstance(data, dict) else None
         if not isinstance(items, list) or not items:
-            raise UpstreamError(f"{self.provider_id} returned no images.", code="no_image_generated")
+            raise NoImageGenerated(f"{self.provider_id} returned no images.")
         images: list[ProviderImage] = []
         texts: list[str] = []
         for item in items:
             if not isinstance(item, dict):
-                raise UpstreamError(f"{self.provider_id} sent a malformed image entry.", code="upstream_bad_response")
+                raise UpstreamBadResponse(f"{self.provider_id} sent a malformed image entry.")
             image = await self._image_bytes(item)
             text = upstream_text(item["revised_prompt"], 4000) if item.get("revised_prompt") else None
             images.append(ProviderImage(image.blob, image.mime_type, text))
@@ -170,21 +178,12 @@ class OpenAIProvider(HttpProvider):
             try:
                 blob, fmt = decode_b64_image(b64)
             except ValueError as exc:
-                raise UpstreamError(f"{self.provider_id} sent b64_json that is {exc}.",
-                                    code="upstream_bad_response") from exc
+                raise UpstreamBadResponse(f"{self.provider_id} sent b64_json that is {exc}.") from exc
             return ProviderImage(blob, MIME_BY_FORMAT[fmt])
         if not (isinstance(url, str) and url):
-            raise UpstreamError(f"{self.provider_id} sent an image with neither b64_json nor url.",
-                                code="upstream_bad_response")
-        # The upstream is the operator's choice, so its result URLs are trusted like it is.
-        response = await send(self.client, "GET", url, provider=self.provider_id,
-                              timeout=self.timeout, max_bytes=self.max_response_bytes)
-        if response.status_code != 200:
-            raise UpstreamError(f"Downloading the {self.provider_id} result gave HTTP {response.status_code}.")
-        sniffed = sniff_format(response.body)
-        if sniffed is None:
-            raise UpstreamError(f"{self.provider_id} sent bytes that are not an image.", code="upstream_bad_response")
-        return ProviderImage(ImageBytes(response.body), MIME_BY_FORMAT[sniffed])
+            raise UpstreamBadResponse(f"{self.provider_id} sent an image with neither b64_json nor url.")
+        return await download_image(self.client, url, provider=self.provider_id, timeout=self.timeout,
+                                    max_bytes=self.max_response_bytes)
 
 
 def register_providers(register: Callable[[ProviderSpec], None]) -> None:
