@@ -22,6 +22,9 @@ Wire facts and their sources (none is in the spec; correct them here when BFL's 
 - BFL has no cancel endpoint (none in the OpenAPI's utility endpoints), so a task we give up on
   runs to its end upstream.
 
+This module only describes the task (`FluxTask`); `transport.run_job` submits it, polls, retries
+transient poll answers, keeps the deadline and downloads the sample.
+
 Which body fields carry the layout (`width + height` or `aspect_ratio`) and each option is read from
 the catalog binding (`data/providers/bfl.json`), so the catalog shown in GET /v1/models and the wire
 cannot drift apart.
@@ -29,26 +32,41 @@ cannot drift apart.
 
 from __future__ import annotations
 
-import asyncio
-import time
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ContentPolicyViolation, ImagegateError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
-from ..imaging import MIME_BY_FORMAT, ImageBytes, sniff_format
+from ..errors import (
+    ContentPolicyViolation,
+    ImagegateError,
+    NoImageGenerated,
+    UpstreamAuthFailed,
+    UpstreamBadResponse,
+    UpstreamError,
+)
+from ..imaging import ImageBytes
 from ..plugins import ProviderSpec, catalog_file, http_settings
 from .base import (
     HttpProvider,
-    ProviderImage,
     ProviderRequest,
     ProviderResult,
     binding_targets,
     merge_passthrough,
     sent_field,
 )
-from .upstream import UpstreamResponse, error_for_status, parse_json, retry_after_seconds, send, upstream_text
+from .transport import (
+    Call,
+    JobStatus,
+    PollingJob,
+    UpstreamResponse,
+    error_for_status,
+    json_or_none,
+    parse_json,
+    retry_after_seconds,
+    run_job,
+    upstream_text,
+)
 
 PROVIDER = "bfl"
 READY = "Ready"
@@ -63,12 +81,6 @@ IMAGE_FIELDS = ("input_image", *(f"input_image_{i}" for i in range(2, 9)))
 # Values a binding sends under a differently-meant field ("converted" options): FLUX.2 [pro] takes
 # `disable_pup`, the negation of the `prompt_upsampling` the catalog (and Kontext) speak of.
 CONVERSIONS: dict[str, Callable[[Any], Any]] = {"disable_pup": lambda value: not value}
-# A poll is a GET of a task that is already running (and paid for): these answers are retried
-# until the deadline rather than thrown away, as Replicate's and fal's clients do.
-POLL_RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-# The task is paid for once it is Ready: its download is not cut off by a deadline with only
-# milliseconds left.
-MIN_DOWNLOAD_TIMEOUT_S = 5.0
 
 
 # --- request ---------------------------------------------------------------------------------
@@ -130,14 +142,14 @@ def build_body(request: ProviderRequest) -> dict[str, Any]:
 # --- answers ---------------------------------------------------------------------------------
 
 
+def _bad_response(what: str) -> UpstreamBadResponse:
+    return UpstreamBadResponse(f"{PROVIDER} sent {what}.")
+
+
 @dataclass(frozen=True)
 class Task:
     id: str
     polling_url: str
-
-
-def _bad_response(what: str) -> UpstreamError:
-    return UpstreamError(f"{PROVIDER} sent {what}.", code="upstream_bad_response")
 
 
 def submitted_task(data: Any) -> Task:
@@ -153,7 +165,7 @@ def submitted_task(data: Any) -> Task:
 
 
 def _registered_domain(host: str) -> str:
-    """'api.eu.bfl.ai' -> 'bfl.ai'; an IP address or a one-label host is its own domain."""
+    """'api.eu.bfl.ai' -> 'bfl.ai'; an IP address or a one- or two-label host is its own domain."""
     labels = host.split(".")
     if len(labels) <= 2 or all(label.isdigit() for label in labels) or ":" in host:
         return host
@@ -164,10 +176,8 @@ def check_polling_url(polling_url: str, base_url: str) -> None:
     """The key is sent with every poll, so the polling URL must stay with the upstream: http(s), on the
     base URL's host or within its registered domain (api.bfl.ai hands out e.g. gateway.bfl.ai)."""
     url, base = urllib.parse.urlsplit(polling_url), urllib.parse.urlsplit(base_url)
-    host, base_host = (url.hostname or "").lower(), (base.hostname or "").lower()
-    domain = _registered_domain(base_host)
-    same_place = host == base_host and url.port == base.port
-    if url.scheme not in ("http", "https") or not (same_place or host == domain or host.endswith("." + domain)):
+    host, domain = (url.hostname or "").lower(), _registered_domain((base.hostname or "").lower())
+    if url.scheme not in ("http", "https") or not (host == domain or host.endswith("." + domain)):
         raise _bad_response(f"a polling_url outside {domain or 'its base URL'} (refused: the API key would go with it)")
 
 
@@ -205,41 +215,41 @@ def sample_url(data: dict[str, Any]) -> str:
     result = data.get("result")
     sample = result.get("sample") if isinstance(result, dict) else None
     if not isinstance(sample, str) or not sample:
-        raise UpstreamError(f"{PROVIDER} said Ready without a result.sample.", code="no_image_generated")
+        raise NoImageGenerated(f"{PROVIDER} said Ready without a result.sample.")
     if not sample.startswith(("http://", "https://")):
         raise _bad_response("a result.sample that is not an http(s) URL")
     return sample
 
 
-def detail_message(body: bytes, status: int) -> str:
+def detail_message(data: Any, status: int) -> str:
     """FastAPI-style `{"detail": "..."}` or `{"detail": [{"loc", "msg"}]}` (HTTPValidationError)."""
-    try:
-        data = parse_json(PROVIDER, body)
-    except UpstreamError:
-        data = None
     detail = data.get("detail") if isinstance(data, dict) else None
     if isinstance(detail, list):
         parts = []
         for item in detail[:20]:
-            if isinstance(item, dict):
-                loc = item.get("loc")
-                where = ".".join(upstream_text(p, 100) for p in loc[:10]) if isinstance(loc, list) else ""
-                parts.append(
-                    f"{where}: {upstream_text(item.get('msg') or '')}" if where else upstream_text(item.get("msg"))
-                )
-            else:
+            if not isinstance(item, dict):
                 parts.append(upstream_text(item))
+                continue
+            loc = item.get("loc")
+            where = ".".join(upstream_text(p, 100) for p in loc[:10]) if isinstance(loc, list) else ""
+            message = upstream_text(item.get("msg") or "")
+            parts.append(f"{where}: {message}" if where else message)
         return "; ".join(parts) or f"HTTP {status}"
     return upstream_text(detail) if detail else f"HTTP {status}"
 
 
 def http_error(response: UpstreamResponse) -> ImagegateError:
-    """A non-2xx answer. 402 is BFL's "insufficient credits": the operator's account, not the
-    client's request, so a 502 like a bad upstream key; 429 ("too many active tasks", 24 at once for
-    most endpoints) is capacity, 503 with Retry-After, which a fallback or a later retry may cure."""
-    message = detail_message(response.body, response.status_code)
+    """A non-2xx answer from a submit or a poll. A body that still names a terminal status (BFL
+    answers "Task not found" with an error status) is that status. 402 is BFL's "insufficient
+    credits": the operator's account, not the client's request, so handled like a rejected upstream
+    key (a 502, not retried, another provider may serve); 429 ("too many active tasks", 24 at once
+    for most endpoints) is capacity, 503 with Retry-After."""
+    data = json_or_none(response.body)
+    if isinstance(data, dict) and data.get("status") in TERMINAL - {READY}:
+        return status_error(data)
+    message = detail_message(data, response.status_code)
     if response.status_code == 402:
-        error: ImagegateError = UpstreamError(
+        error: ImagegateError = UpstreamAuthFailed(
             f"{PROVIDER} returned HTTP 402 (the account has insufficient credits): {message}",
             code="upstream_insufficient_credits",
         )
@@ -248,11 +258,44 @@ def http_error(response: UpstreamResponse) -> ImagegateError:
     return error_for_status(PROVIDER, response.status_code, message, retry_after=retry_after_seconds(response.headers))
 
 
-def image_from_bytes(data: bytes) -> ProviderImage:
-    fmt = sniff_format(data)
-    if fmt is None:
-        raise _bad_response("a result.sample that is not an image")
-    return ProviderImage(ImageBytes(data), MIME_BY_FORMAT[fmt])
+# --- the job -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FluxTask(PollingJob):
+    """One task: submitted to the model's endpoint, polled at the polling_url it returns (never one
+    built from the id), its sample downloaded by the transport without the key. No cancel: BFL has
+    none, so a task given up on runs to its end upstream."""
+
+    provider = PROVIDER
+    base_url: str
+    api_key: str
+    request: ProviderRequest
+
+    @property
+    def _auth(self) -> dict[str, str]:
+        return {"x-key": self.api_key}
+
+    def submit(self, remaining: float) -> Call:
+        url = f"{self.base_url}/v1/{self.request.binding.upstream_for(self.request.mode)}"
+        return Call("POST", url, self._auth, json=build_body(self.request))
+
+    def submitted(self, response: UpstreamResponse) -> JobStatus:
+        task = submitted_task(parse_json(PROVIDER, response.body))
+        check_polling_url(task.polling_url, self.base_url)
+        return JobStatus("pending", poll=Call("GET", task.polling_url, self._auth), job_id=task.id)
+
+    def polled(self, response: UpstreamResponse) -> JobStatus:
+        data = parse_json(PROVIDER, response.body)
+        status = task_status(data)
+        if status == READY:
+            return JobStatus.done([sample_url(data)])
+        if status in TERMINAL:
+            return JobStatus.failed(status_error(data))
+        return JobStatus("pending")
+
+    def error(self, response: UpstreamResponse) -> ImagegateError:
+        return http_error(response)
 
 
 # --- the adapter -----------------------------------------------------------------------------
@@ -266,10 +309,6 @@ class BflProvider(HttpProvider):
     # Seconds between polls (BFL's docs poll every 0.5 s); tests shorten it.
     poll_interval: float = 0.5
 
-    @property
-    def _auth(self) -> dict[str, str]:
-        return {"x-key": self.api_key}
-
     async def generate(self, request: ProviderRequest) -> ProviderResult:
         return await self._run(request)
 
@@ -277,93 +316,13 @@ class BflProvider(HttpProvider):
         return await self._run(request)
 
     async def _run(self, request: ProviderRequest) -> ProviderResult:
-        deadline = time.monotonic() + self.timeout
-        task = await self._submit(request, deadline)
-        ready = await self._wait(task, deadline)
-        return ProviderResult(images=[await self._download(sample_url(ready), deadline)])
-
-    def _remaining(self, deadline: float, task: Task | None = None) -> float:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            where = f" (task {task.id} still running; BFL has no cancel)" if task else ""
-            raise UpstreamTimeout(f"{PROVIDER} did not finish within {self.timeout:g} s{where}.")
-        return left
-
-    async def _submit(self, request: ProviderRequest, deadline: float) -> Task:
-        url = f"{self.base_url}/v1/{request.binding.upstream_for(request.mode)}"
-        response = await send(
-            self.client,
-            "POST",
-            url,
-            provider=PROVIDER,
-            timeout=self._remaining(deadline),
+        return await run_job(
+            FluxTask(self.base_url, self.api_key, request),
+            client=self.client,
+            timeout=self.timeout,
             max_bytes=self.max_response_bytes,
-            json=build_body(request),
-            headers=self._auth,
+            interval=self.poll_interval,
         )
-        if not 200 <= response.status_code < 300:
-            raise http_error(response)
-        task = submitted_task(parse_json(PROVIDER, response.body))
-        check_polling_url(task.polling_url, self.base_url)
-        return task
-
-    async def _wait(self, task: Task, deadline: float) -> dict[str, Any]:
-        """Poll the task's own polling URL until a terminal status; Ready's answer is returned."""
-        delay = 0.0  # the first poll goes out at once: a fast task may already be done
-        while True:
-            await asyncio.sleep(min(delay, self._remaining(deadline, task)))
-            delay = self.poll_interval
-            try:
-                response = await send(
-                    self.client,
-                    "GET",
-                    task.polling_url,
-                    provider=PROVIDER,
-                    timeout=self._remaining(deadline, task),
-                    max_bytes=self.max_response_bytes,
-                    headers=self._auth,
-                )
-            except UpstreamUnavailable:
-                continue  # a dropped connection: the task runs on regardless
-            data = self._poll_answer(response)
-            if data is None:
-                delay = max(self.poll_interval, retry_after_seconds(response.headers) or 0.0)
-                continue
-            status = task_status(data)
-            if status == READY:
-                return data
-            if status in TERMINAL:
-                raise status_error(data)
-
-    @staticmethod
-    def _poll_answer(response: UpstreamResponse) -> dict[str, Any] | None:
-        """A poll's JSON; None for a transient failure worth polling again. A non-2xx answer that still
-        names a terminal status (BFL answers "Task not found" with an error status) is that status."""
-        ok = 200 <= response.status_code < 300
-        try:
-            data = parse_json(PROVIDER, response.body)
-        except UpstreamError:
-            if ok:
-                raise
-            data = None
-        if not ok and not (isinstance(data, dict) and data.get("status") in TERMINAL - {READY}):
-            if response.status_code in POLL_RETRY_STATUSES:
-                return None
-            raise http_error(response)
-        return data if isinstance(data, dict) else {"status": None}
-
-    async def _download(self, url: str, deadline: float) -> ProviderImage:
-        # A signed URL on BFL's delivery host: the key is not sent along.
-        timeout = max(deadline - time.monotonic(), MIN_DOWNLOAD_TIMEOUT_S)
-        response = await send(
-            self.client, "GET", url, provider=PROVIDER, timeout=timeout, max_bytes=self.max_response_bytes
-        )
-        if response.status_code != 200:
-            raise UpstreamError(
-                f"Downloading the {PROVIDER} result gave HTTP {response.status_code} "
-                "(result URLs expire after about ten minutes)."
-            )
-        return image_from_bytes(response.body)
 
 
 def register_providers(register: Callable[[ProviderSpec], None]) -> None:
