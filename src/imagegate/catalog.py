@@ -11,6 +11,7 @@ in `Catalog.get`, and nowhere else; a request by alias is reported under the id 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from importlib import resources
 from typing import Any, Literal
@@ -43,6 +44,8 @@ class PixelLimits(_Strict):
     max_pixels: int = Field(gt=0)
     min_pixels: int = Field(default=0, ge=0)
     multiple_of: int = Field(default=8, gt=0)
+    # Long side over short side at most this (gpt-image-2: 3); None: any ratio.
+    max_aspect_ratio: float | None = Field(default=None, ge=1)
 
 
 class Price(_Strict):
@@ -66,8 +69,19 @@ class BindingPrice(_Strict):
     by_resolution: dict[str, float] = Field(default_factory=dict)
     per_input_image: float = Field(default=0.0, ge=0)
     extras: dict[str, float] = Field(default_factory=dict)
+    # Per image by the `quality` sent and the output "WxH" (OpenAI's GPT image price tables); when
+    # given it replaces `per_image` / `by_resolution` for calls whose size is known.
+    by_quality_size: dict[str, dict[str, float]] = Field(default_factory=dict)
     estimated: bool = False
     source: str = ""  # where the figures come from (JSON has no comments)
+
+    @model_validator(mode="after")
+    def _sizes_are_wxh(self) -> BindingPrice:
+        for quality, table in self.by_quality_size.items():
+            for size, amount in table.items():
+                if not re.fullmatch(r"[1-9][0-9]*x[1-9][0-9]*", size) or amount < 0:
+                    raise ValueError(f"price by_quality_size[{quality!r}]: {size!r} must be WxH with a price >= 0")
+        return self
 
     def for_resolution(self, tier: str) -> float:
         return self.by_resolution.get(tier, self.per_image)

@@ -72,7 +72,7 @@ async def finish_images(
     that each upstream image is released as soon as its own job is done. `on_image(index, image)`
     is called as each one is finished, in the order they finish."""
 
-    def finish(image: ProviderImage, composite: bool, width: int, height: int) -> OutputImage:
+    def finish(image: ProviderImage, composite: bool, width: int, height: int, compression: int | None) -> OutputImage:
         blob = image.blob
         try:
             if composite:
@@ -80,7 +80,7 @@ async def finish_images(
                 blob = imaging.ImageBytes(
                     imaging.composite_masked_edit(how.first_input.data, blob.read(), how.mask.data)
                 )
-            blob, fmt = imaging.convert(blob, how.target, how.compression)
+            blob, fmt = imaging.convert(blob, how.target, compression)
             # Make the form the response needs here, off the event loop, and keep only that one.
             if how.hosted:
                 data = blob.data  # decoded now, inside the error mapping
@@ -102,10 +102,14 @@ async def finish_images(
         except (binascii.Error, OSError, SyntaxError, ValueError) as exc:
             # Only the head was checked on arrival; the rest of the upstream's image is broken.
             raise _undecodable() from exc
+        # An upstream that made the format itself was sent the compression too: a re-encode would only lose.
+        compression = None if current == how.target and candidate.compressed_upstream else how.compression
         estimate = 0  # passing the image through decodes no pixels
-        if composite or imaging.needs_reencode(current, how.target, how.compression):
+        if composite or imaging.needs_reencode(current, how.target, compression):
             estimate = encode_estimate(width, height, how.target or current, composite=composite)
-        output = await conversions.run(estimate, finish, image, composite, width, height, deadline=deadline)
+        output = await conversions.run(
+            estimate, finish, image, composite, width, height, compression, deadline=deadline
+        )
         if on_image is not None:
             on_image(index, output)
         return output

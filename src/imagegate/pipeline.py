@@ -510,6 +510,7 @@ class Pipeline:
                 len(item.result.images),
                 input_images,
                 item.candidate.view.options,
+                size=(layout.width, layout.height),
             )
             for item in served
         )

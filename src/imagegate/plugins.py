@@ -44,6 +44,7 @@ DEFAULT_PLUGINS = (
     "imagegate.providers.replicate",
     "imagegate.providers.fal",
     "imagegate.providers.openai",
+    "imagegate.providers.vertex",
     "imagegate.providers.bfl",
 )
 # Settings every provider may take from the config file's [providers.<id>] table.

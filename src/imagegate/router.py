@@ -101,6 +101,14 @@ class Candidate:
     def binding(self) -> ProviderBinding:
         return self.route.binding
 
+    @property
+    def compressed_upstream(self) -> bool:
+        """The upstream makes the requested format itself and is sent `output_compression` too, so
+        re-encoding its image would only lose quality (OpenAI's GPT image models)."""
+        handling = self.binding.handling("output_compression")
+        return (self.native_output_format is not None and handling is not None
+                and handling.handling not in ("emulated", "not_available"))
+
 
 def plan_candidates(params: NormalizedParams, routes: list[Route], *, strict: bool, has_mask: bool) -> list[Candidate]:
     """Every route of a request with its provider's view, best first. A parameter no route
