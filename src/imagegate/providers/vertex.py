@@ -32,13 +32,13 @@ import requests
 from google.auth.credentials import TokenState
 from google.oauth2 import service_account
 
-from ..errors import ConfigurationError, UpstreamError
+from ..errors import ConfigurationError, UpstreamAuthFailed, UpstreamError
 from ..imaging import MIME_BY_FORMAT
 from ..plugins import ProviderContext, ProviderSpec, Setting, catalog_file
 from .base import ImageProvider, ProviderRequest, ProviderResult
 from .gemini import _google_error as google_error
 from .gemini import build_body, parse_response
-from .upstream import UpstreamResponse, parse_json, retry_after_seconds, send, upstream_text
+from .transport import UpstreamResponse, parse_json, retry_after_seconds, send, upstream_text
 
 # The scope every Vertex AI call needs (python-genai _api_client.py, load_auth).
 CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
@@ -61,9 +61,9 @@ def default_base_url(location: str) -> str:
     return f"https://{location}-aiplatform.googleapis.com"
 
 
-def auth_failed(message: str) -> UpstreamError:
+def auth_failed(message: str) -> UpstreamAuthFailed:
     """No token: the gateway's Google credentials, not the client's request, are at fault (502)."""
-    return UpstreamError(f"vertex: {message}", code="upstream_auth_failed")
+    return UpstreamAuthFailed(f"vertex: {message}")
 
 
 def load_key_file(path: str) -> google.auth.credentials.Credentials:
