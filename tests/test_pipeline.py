@@ -275,7 +275,7 @@ async def test_a_fallback_replans_over_the_inputs_already_loaded(tmp_path: Path)
     assert (outcome.model, outcome.provider) == ("backup", "openai")
     assert h.fetcher.urls == [PNG_URI]  # read once, for both models
     (sent,) = h.fakes["openai"].history
-    assert sent.images[0].data == PNG and sent.binding.upstream_model == "openai/backup"
+    assert sent.images[0].data == PNG and sent.upstream_model == "openai/backup"
     assert stages(events) == [
         "resolve_model",
         *SERVE_STAGES,

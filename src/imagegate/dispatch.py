@@ -93,7 +93,7 @@ class Dispatcher:
         for candidate in candidates:
             if not pending:
                 break
-            per_call = candidate.binding.max_images_per_call
+            per_call = candidate.view.plan.max_images_per_call
             calls = [_Slot(s.offset + i, min(per_call, s.count - i)) for s in pending for i in range(0, s.count, per_call)]
             outcomes = await asyncio.gather(
                 *(self._paid(candidate, self._request(candidate, plan, c), paid) for c in calls),
@@ -116,7 +116,7 @@ class Dispatcher:
         view = candidate.view
         seed = view.get("seed")
         return ProviderRequest(
-            mode=plan.mode, prompt=view.get("prompt"), layout=plan.layout, binding=candidate.binding, n=slot.count,
+            mode=plan.mode, prompt=view.get("prompt"), layout=plan.layout, plan=view.plan, n=slot.count,
             seed=None if seed is None else (seed + slot.offset) % SEED_RANGE, images=plan.images, mask=plan.mask,
             output_format=candidate.native_output_format,
             output_compression=view.get("output_compression"), options=view.options, extra=view.extra,

@@ -11,7 +11,16 @@ from types import TracebackType
 import httpx
 from pydantic import ValidationError
 
-from .catalog import Catalog, add_binding, builtin_data, load_builtin_catalog, override_binding, parse_entries
+from .catalog import (
+    Catalog,
+    add_binding,
+    builtin_data,
+    check,
+    load_builtin_catalog,
+    override_binding,
+    parse_entries,
+    with_binding_defaults,
+)
 from .config import FileConfig, Settings
 from .db import Database
 from .engine.describe import (
@@ -51,7 +60,12 @@ def build_catalog(file_config: FileConfig, local_checkpoints: Iterable[Checkpoin
     catalog = load_builtin_catalog()
     add_plugin_catalogs(catalog, registry or load_registry())
     raw_entries = [*file_config.models, *(catalog_entry(c) for c in local_checkpoints)]
-    for entry in parse_entries({"models": raw_entries}, builtin_data().get("default_parameters")):
+    try:
+        entries = parse_entries({"models": raw_entries}, builtin_data().get("default_parameters"))
+    except ValidationError as exc:  # one clear line at startup, not a traceback
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigurationError(f"A model of the config file is invalid: {problems}") from exc
+    for entry in entries:
         catalog.add(entry)
     for model_id, override in file_config.model_overrides.items():
         for provider_id, changes in override.providers.items():
@@ -65,10 +79,12 @@ def add_plugin_catalogs(catalog: Catalog, registry: ProviderRegistry) -> None:
     defaults = builtin_data().get("default_parameters")
     for spec, data in catalog_contributions(registry):
         try:
-            for entry in parse_entries({"models": data.get("models", [])}, defaults):
+            binding_defaults = data.get("binding_defaults", {})  # as in data/models.json
+            for entry in parse_entries({"models": data.get("models", []), "binding_defaults": binding_defaults},
+                                       defaults):
                 catalog.add(entry)
             for model_id, raw_binding in data.get("bindings", {}).items():
-                add_binding(catalog, model_id, spec.id, raw_binding)
+                add_binding(catalog, model_id, spec.id, with_binding_defaults(raw_binding, binding_defaults.get(spec.id)))
         except (ValidationError, ConfigurationError) as exc:
             raise ConfigurationError(f"Provider {spec.id} (plugin {spec.plugin}): bad catalog data: {exc}") from exc
 
@@ -100,6 +116,7 @@ class Gateway:
         file_config = settings.file_config()
         checkpoints = read_local_models(file_config, settings.local_model)
         self.catalog = build_catalog(file_config, checkpoints)
+        check(self.catalog, known_providers=[*(s.id for s in load_registry()), "local"])  # stops a bad start
         sources = local_sources(self.catalog)
         local = build_local_provider(settings, sources, checkpoints) if sources else None
         self.db = Database(settings.database_path)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from .catalog import Catalog, ModelEntry, ProviderBinding
 from .engine.describe import LOCAL_MODEL_ENV
 from .errors import ModelNotFound, ProviderNotConfigured
-from .params import NormalizedParams, provider_view, refused_everywhere
+from .params import NormalizedParams, ProviderView, provider_views
 from .plugins import load_registry
 from .providers import ImageProvider
 from .resilience import CircuitBreaker
@@ -89,7 +89,7 @@ class Candidate:
     and the requested output format when the upstream makes it natively (None: the gateway converts)."""
 
     route: Route
-    view: NormalizedParams
+    view: ProviderView  # its `plan` is what the adapter gets (params.WirePlan)
     mask_emulated: bool
     native_output_format: str | None
 
@@ -112,21 +112,14 @@ class Candidate:
 
 def plan_candidates(params: NormalizedParams, routes: list[Route], *, strict: bool, has_mask: bool) -> list[Candidate]:
     """Every route of a request with its provider's view, best first. A parameter no route
-    honours is a 400 here (see `refused_everywhere`), before anything is fetched or sent;
+    honours is a 400 here (see params.provider_views), before anything is fetched or sent;
     `strict` is IMAGEGATE_STRICT_PARAMETERS."""
     if not routes:
         return []
-    model = routes[0].model
-    refused = refused_everywhere(params, model, (r.binding for r in routes), strict=strict)
-    return [_candidate(route, provider_view(params, model=model, provider_id=route.provider_id, binding=route.binding,
-                                            strict=refused), has_mask) for route in routes]
+    views = provider_views(params, routes[0].model, {r.provider_id: r.binding for r in routes}, strict=strict)
+    return [_candidate(route, views[route.provider_id], has_mask) for route in routes]
 
 
-def _candidate(route: Route, view: NormalizedParams, has_mask: bool) -> Candidate:
-    mask = route.binding.handling("mask")
-    output_format = view.get("output_format")
-    return Candidate(
-        route=route, view=view,
-        mask_emulated=has_mask and mask is not None and mask.handling == "emulated",
-        native_output_format=output_format if output_format in route.binding.native_output_formats else None,
-    )
+def _candidate(route: Route, view: ProviderView, has_mask: bool) -> Candidate:
+    return Candidate(route=route, view=view, mask_emulated=has_mask and view.mask_emulated,
+                     native_output_format=view.native_output_format)

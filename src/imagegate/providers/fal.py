@@ -27,9 +27,7 @@ from .base import (
     HttpProvider,
     ProviderRequest,
     ProviderResult,
-    binding_targets,
     merge_passthrough,
-    sent_field,
 )
 from .gemini import MASK_NOTE
 from .transport import (
@@ -67,17 +65,12 @@ class QueueUrls:
 # --- request ---------------------------------------------------------------------------------
 
 
-def sent_name(request: ProviderRequest, param: str) -> str | None:
-    """The fal field for a gateway value; an undeclared parameter keeps its own name."""
-    return sent_field(request.binding, param, undeclared=param)
-
-
 def _images_and_prompt(request: ProviderRequest) -> tuple[list[str], str]:
     """Input images as data URIs; an emulated mask rides along as one more image plus a note
     telling the model what it is (the gateway composites the original back afterwards)."""
     images = [image.data_uri() for image in request.images]
     prompt = request.prompt
-    if request.mask is not None and sent_name(request, "mask") is None:
+    if request.mask is not None and request.plan.emulates("mask"):
         images.append(request.mask.data_uri())
         prompt = f"{prompt}\n\n{MASK_NOTE}"
     return images, prompt
@@ -91,8 +84,10 @@ def _option_value(name: str, value: Any) -> Any:
 
 
 def build_input(request: ProviderRequest) -> dict[str, Any]:
-    """The submit body. Every gateway value goes under the field its binding names, so the
-    catalog (shown to users in GET /models) and the wire cannot drift apart."""
+    """The submit body. Every gateway value goes where its plan (the catalog binding, shown to
+    users in GET /models) says, so the catalog and the wire cannot drift apart; a parameter the
+    binding does not mention keeps its own name."""
+    plan = request.plan
     images, prompt = _images_and_prompt(request)
     values: dict[str, Any] = {
         "prompt": prompt,
@@ -103,18 +98,14 @@ def build_input(request: ProviderRequest) -> dict[str, Any]:
         "output_format": request.output_format,  # set only when fal can produce it natively
         "image": images or None,
     }
-    if request.mask is not None and sent_name(request, "mask") is not None:
+    if request.mask is not None and not plan.emulates("mask"):
         values["mask"] = request.mask.data_uri()
     body: dict[str, Any] = {}
     for param, value in values.items():
-        name = sent_name(request, param)
-        if name is not None and value is not None:
-            body[name] = value
+        plan.place(body, param, value, undeclared=param)
     for param, value in request.options.items():
-        name = sent_name(request, param)
-        if name is not None and value is not None:
-            body[name] = _option_value(param, value)
-    merge_passthrough(body, request.extra, reserved=binding_targets(request.binding))
+        plan.place(body, param, _option_value(param, value), undeclared=param)
+    merge_passthrough(body, request.extra, reserved=plan.reserved())
     return body
 
 
@@ -295,10 +286,10 @@ class FalProvider(HttpProvider):
     poll_interval: float = 0.5
 
     async def generate(self, request: ProviderRequest) -> ProviderResult:
-        return await self._run(request, request.binding.upstream_for("t2i"))
+        return await self._run(request, request.plan.upstream_for("t2i"))
 
     async def edit(self, request: ProviderRequest) -> ProviderResult:
-        return await self._run(request, request.binding.upstream_for("edit"))
+        return await self._run(request, request.plan.upstream_for("edit"))
 
     async def _run(self, request: ProviderRequest, endpoint: str) -> ProviderResult:
         job = QueueJob(self.base_url, self.api_key, request, endpoint)

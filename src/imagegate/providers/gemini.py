@@ -14,6 +14,7 @@ from typing import Any
 
 from ..errors import ContentPolicyViolation, ImagegateError, NoImageGenerated, UpstreamBadResponse
 from ..imaging import MIME_BY_FORMAT, decode_b64_image
+from ..params import WirePlan
 from ..plugins import ProviderSpec
 from .base import (
     HttpProvider,
@@ -22,7 +23,6 @@ from .base import (
     ProviderRequest,
     ProviderResult,
     TokenSplit,
-    binding_targets,
     merge_passthrough,
     token_count,
 )
@@ -64,13 +64,11 @@ def _inline(image: InputImage) -> dict[str, Any]:
     return {"inline_data": {"mime_type": image.mime_type, "data": base64.b64encode(image.data).decode("ascii")}}
 
 
-def set_path(body: dict[str, Any], dotted: str, value: Any) -> None:
-    """body['a']['b'] = value for 'a.b', creating dicts on the way."""
-    *parents, leaf = dotted.split(".")
-    node = body
-    for key in parents:
-        node = node.setdefault(key, {})
-    node[leaf] = value
+# Where Gemini takes the layout and the seed when a binding does not say (generateContent's
+# GenerationConfig: imageConfig.aspectRatio / imageSize, seed).
+ASPECT_RATIO_PATH = "generationConfig.imageConfig.aspectRatio"
+IMAGE_SIZE_PATH = "generationConfig.imageConfig.imageSize"
+SEED_PATH = "generationConfig.seed"
 
 
 def proto_field(key: str) -> str:
@@ -85,34 +83,31 @@ def build_body(request: ProviderRequest) -> dict[str, Any]:
         parts += [{"text": MASK_NOTE}, _inline(request.mask)]
     body: dict[str, Any] = {
         "contents": [{"role": "user", "parts": parts}],
-        "generationConfig": {
-            "responseModalities": ["TEXT", "IMAGE"],
-            "imageConfig": {"aspectRatio": request.layout.aspect_ratio},
-        },
+        "generationConfig": {"responseModalities": ["TEXT", "IMAGE"]},
     }
-    # Models with one fixed tier (gemini-2.5-flash-image) take no imageSize: the binding says so.
-    resolution = request.binding.handling("resolution")
-    if resolution is None or resolution.handling not in ("emulated", "not_available"):
-        body["generationConfig"]["imageConfig"]["imageSize"] = request.layout.resolution
-    if request.seed is not None:
-        seed_handling = request.binding.handling("seed")
-        set_path(body, (seed_handling.to if seed_handling and seed_handling.to else "generationConfig.seed"),
-                 request.seed)
-    _apply_options(body, request.options)
-    merge_passthrough(body, request.extra, reserved=binding_targets(request.binding), fold=proto_field)
+    plan = request.plan
+    plan.place(body, "aspect_ratio", request.layout.aspect_ratio, undeclared=ASPECT_RATIO_PATH)
+    # Models with one fixed tier (gemini-2.5-flash-image) take no imageSize: the plan says so.
+    plan.place(body, "resolution", request.layout.resolution, undeclared=IMAGE_SIZE_PATH)
+    plan.place(body, "seed", request.seed, undeclared=SEED_PATH)
+    _apply_options(body, request.options, plan)
+    merge_passthrough(body, request.extra, reserved=plan.reserved(), fold=proto_field)
     return body
 
 
-def _apply_options(body: dict[str, Any], options: dict[str, Any]) -> None:
+def _apply_options(body: dict[str, Any], options: dict[str, Any], plan: WirePlan) -> None:
+    """Gemini's own options, each converted to what generateContent takes and placed where the
+    plan says (`tools`, `safetySettings` unless the binding moves them)."""
     if options.get("enable_web_search"):
-        body.setdefault("tools", []).append({"google_search": {}})
-    threshold = None
+        plan.place(body, "enable_web_search", [{"google_search": {}}], undeclared="tools")
+    threshold, source = None, None
     if "safety_tolerance" in options:
-        threshold = TOLERANCE_THRESHOLDS[str(options["safety_tolerance"])]
+        threshold, source = TOLERANCE_THRESHOLDS[str(options["safety_tolerance"])], "safety_tolerance"
     if "safety_filter_level" in options:  # the more specific of the two wins
-        threshold = str(options["safety_filter_level"]).upper()
-    if threshold is not None:
-        body["safetySettings"] = [{"category": c, "threshold": threshold} for c in HARM_CATEGORIES]
+        threshold, source = str(options["safety_filter_level"]).upper(), "safety_filter_level"
+    if threshold is not None and source is not None:
+        settings = [{"category": c, "threshold": threshold} for c in HARM_CATEGORIES]
+        plan.place(body, source, settings, undeclared="safetySettings")
 
 
 def _google_error(provider: str, status: int, data: Any, retry_after: float | None) -> ImagegateError:
@@ -243,7 +238,7 @@ class GeminiProvider(HttpProvider):
                              retry_after_seconds(response.headers))
 
     async def _generate_content(self, request: ProviderRequest) -> ProviderResult:
-        url = f"{self.base_url}/v1beta/models/{request.binding.upstream_model}:generateContent"
+        url = f"{self.base_url}/v1beta/models/{request.upstream_model}:generateContent"
         response = await send_checked(
             self.client, "POST", url, provider=self.provider_id, timeout=self.timeout,
             max_bytes=self.max_response_bytes, json=build_body(request),

@@ -1,7 +1,8 @@
 """Any OpenAI-compatible Images upstream (OpenAI itself, a hosted gateway, another imagegate).
 
 Generations are JSON, edits multipart (`image[]`, `mask`, every other field as a form field).
-Which of our normalized values are sent, and under what name, comes from the catalog binding.
+Which of our normalized values are sent, and under what name, comes from the request's plan
+(the catalog binding's).
 The gateway asks for `b64_json` where the binding says the upstream takes `response_format`; a `url`
 answer is downloaded all the same.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from .. import wire
 from ..errors import ContentPolicyViolation, ImagegateError, NoImageGenerated, UpstreamBadResponse
 from ..imaging import MIME_BY_FORMAT, decode_b64_image, sniff_format
 from ..plugins import ProviderSpec
@@ -20,9 +22,7 @@ from .base import (
     ProviderRequest,
     ProviderResult,
     TokenSplit,
-    binding_targets,
     merge_passthrough,
-    sent_field,
     token_count,
 )
 from .transport import (
@@ -39,12 +39,8 @@ from .transport import (
 POLICY_CODES = frozenset({"content_policy_violation", "moderation_blocked"})
 
 
-def _sent_name(request: ProviderRequest, param: str) -> str | None:
-    """The upstream field name for a gateway value, or None when the binding does not send it."""
-    return sent_field(request.binding, param, undeclared=None)
-
-
 def build_fields(request: ProviderRequest) -> dict[str, Any]:
+    plan = request.plan
     layout = request.layout
     values: dict[str, Any] = {
         "size": f"{layout.width}x{layout.height}",
@@ -54,22 +50,16 @@ def build_fields(request: ProviderRequest) -> dict[str, Any]:
         "output_format": request.output_format,
         "output_compression": request.output_compression if request.output_format else None,
     }
-    fields: dict[str, Any] = {"model": request.binding.upstream_for(request.mode), "prompt": request.prompt,
-                              "n": request.n}
+    fields: dict[str, Any] = {"model": request.upstream_model, "prompt": request.prompt, "n": request.n}
     # Ask for base64 where the upstream takes the field (dall-e, another imagegate); GPT image
     # models always answer base64 and reject it, so their binding declares no `to`.
-    response_format = request.binding.handling("response_format")
-    if response_format is not None and response_format.to:
-        fields[response_format.to] = "b64_json"
+    for path in plan.paths("response_format"):
+        wire.place(fields, path, "b64_json")
     for param, value in values.items():
-        name = _sent_name(request, param)
-        if name is not None and value is not None:
-            fields[name] = value
+        plan.place(fields, param, value)  # a value the binding does not mention is not sent
     for param, value in request.options.items():
-        name = sent_field(request.binding, param, undeclared=param)
-        if name is not None:  # emulated options are the gateway's business, not the upstream's
-            fields[name] = value
-    merge_passthrough(fields, request.extra, reserved=binding_targets(request.binding), fold=form_field)
+        plan.place(fields, param, value, undeclared=param)  # emulated options are the gateway's business
+    merge_passthrough(fields, request.extra, reserved=plan.reserved(), fold=form_field)
     return fields
 
 

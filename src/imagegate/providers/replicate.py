@@ -7,8 +7,8 @@ deadline of the whole prediction, polling and download included) passes; then it
 This module only describes the prediction (`PredictionJob`); `transport.run_job` does the
 submitting, polling, retrying, cancelling and downloading.
 
-The input is built from the catalog binding: a gateway value goes to the field its `to` names
-(minus the `input.` prefix) unless the binding says the gateway emulates it. Images travel as
+The input is built from the request's plan (the catalog binding's): a gateway value goes to the
+field its `to` names (minus the `input.` prefix) unless the gateway emulates it. Images travel as
 data URIs. A mask, which Replicate's Nano Banana Pro does not take, is sent as one more image
 plus an instruction, and the gateway composites the original back outside it afterwards.
 
@@ -38,9 +38,7 @@ from .base import (
     HttpProvider,
     ProviderRequest,
     ProviderResult,
-    binding_targets,
     merge_passthrough,
-    sent_field,
 )
 from .gemini import MASK_NOTE
 from .transport import (
@@ -78,26 +76,20 @@ FORMAT_NAMES = {"jpeg": "jpg"}
 
 
 def input_field(request: ProviderRequest, param: str) -> str | None:
-    """The `input` field a gateway value goes to, or None when the binding does not send it
-    (emulated or not available, or a composite target such as `input.a + input.b`)."""
-    target = sent_field(request.binding, param, undeclared=DEFAULT_FIELDS.get(param))
-    if target is None or "+" in target or " " in target:
-        return None
-    return target.removeprefix("input.")
-
-
-def _mask_is_emulated(request: ProviderRequest) -> bool:
-    handling = request.binding.handling("mask")
-    return handling is not None and handling.handling == "emulated"
+    """The `input` field a gateway value goes to, or None when the plan does not send it
+    (emulated or not available, or several fields such as `input.a + input.b`)."""
+    target = request.plan.target(param, undeclared=DEFAULT_FIELDS.get(param))
+    return target.removeprefix("input.") if target is not None else None
 
 
 def build_input(request: ProviderRequest) -> dict[str, Any]:
-    """The prediction's `input` object, from the request and what the binding declares."""
+    """The prediction's `input` object, from the request and its plan."""
+    plan = request.plan
     prompt = request.prompt
     images = [image.data_uri() for image in request.images]
     values: dict[str, Any] = {}
     if request.mask is not None:
-        if _mask_is_emulated(request):
+        if plan.emulates("mask"):
             images.append(request.mask.data_uri())
             prompt = f"{prompt}\n\n{MASK_NOTE}"
         else:
@@ -119,24 +111,17 @@ def build_input(request: ProviderRequest) -> dict[str, Any]:
         values["aspect_ratio"] = values["resolution"] = None
         body.update(size="custom", width=request.layout.width, height=request.layout.height)
     for param, value in values.items():
-        name = input_field(request, param)
-        if name is not None and value is not None:
-            body[name] = value
+        plan.place(body, param, value, undeclared=DEFAULT_FIELDS.get(param), prefix="input.")
     for param, value in request.options.items():
-        handling = request.binding.handling(param)
-        if handling is None:
-            body[param] = value
-        elif (name := input_field(request, param)) is not None:
-            body[name] = value
-    reserved = [*binding_targets(request.binding, prefix="input."), *((f,) for f in DEFAULT_FIELDS.values())]
+        plan.place(body, param, value, undeclared=param, prefix="input.")
+    reserved = [*plan.reserved(prefix="input."), *((f,) for f in DEFAULT_FIELDS.values())]
     merge_passthrough(body, request.extra, reserved=reserved)
     return body
 
 
 def _takes_custom_size(request: ProviderRequest) -> bool:
-    """The binding sends `size` as width and height (seedream's size=custom)."""
-    size = request.binding.handling("size")
-    return size is not None and size.to is not None and "input.width" in size.to
+    """The plan sends `size` as width and height (seedream's size=custom)."""
+    return "input.width" in request.plan.paths("size")
 
 
 def cancel_after(timeout: float) -> str:
@@ -237,7 +222,7 @@ class PredictionJob(PollingJob):
         return {"authorization": f"Bearer {self.api_key}"}
 
     def submit(self, remaining: float) -> Call:
-        url = f"{self.base_url}/v1/models/{self.request.binding.upstream_for(self.request.mode)}/predictions"
+        url = f"{self.base_url}/v1/models/{self.request.upstream_model}/predictions"
         headers = {**self._auth, "prefer": prefer_wait(remaining), "cancel-after": cancel_after(self.timeout)}
         return Call("POST", url, headers, json={"input": build_input(self.request)})
 

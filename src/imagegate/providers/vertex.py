@@ -249,7 +249,7 @@ class VertexProvider(ImageProvider):
         return await self._generate_content(request)
 
     async def _generate_content(self, request: ProviderRequest) -> ProviderResult:
-        url = self.url_for(request.binding.upstream_for(request.mode))
+        url = self.url_for(request.upstream_model)
         body = build_vertex_body(request)
         token = await self.tokens.token()
         response = await self._post(url, body, token)
