@@ -26,8 +26,8 @@ This module only describes the task (`FluxTask`); `transport.run_job` submits it
 transient poll answers, keeps the deadline and downloads the sample.
 
 Which body fields carry the layout (`width + height` or `aspect_ratio`) and each option is read from
-the catalog binding (`data/providers/bfl.json`), so the catalog shown in GET /v1/models and the wire
-cannot drift apart.
+the request's wire plan (made from the catalog binding in `data/providers/bfl.json`), so the catalog
+shown in GET /v1/models and the wire cannot drift apart.
 """
 
 from __future__ import annotations
@@ -46,14 +46,13 @@ from ..errors import (
     UpstreamError,
 )
 from ..imaging import ImageBytes
+from ..params import NOT_SENT
 from ..plugins import ProviderSpec, catalog_file, http_settings
 from .base import (
     HttpProvider,
     ProviderRequest,
     ProviderResult,
-    binding_targets,
     merge_passthrough,
-    sent_field,
 )
 from .transport import (
     Call,
@@ -86,18 +85,13 @@ CONVERSIONS: dict[str, Callable[[Any], Any]] = {"disable_pup": lambda value: not
 # --- request ---------------------------------------------------------------------------------
 
 
-def body_field(request: ProviderRequest, param: str) -> str | None:
-    """The body field a gateway value goes to, per the binding (None: not sent)."""
-    return sent_field(request.binding, param, undeclared=param)
-
-
 def layout_fields(request: ProviderRequest) -> dict[str, Any]:
-    """The layout as the binding says this endpoint takes it: FLUX.2 `width + height` (the clamped
+    """The layout where the plan says this endpoint takes it: FLUX.2 `width + height` (the clamped
     pixels say everything ratio and tier would), Kontext `aspect_ratio` (it picks the pixels)."""
-    targets = {t.strip() for t in (body_field(request, "size") or "").split("+")}
-    if {"width", "height"} <= targets:
+    paths = set(request.plan.paths("size"))
+    if {"width", "height"} <= paths:
         return {"width": request.layout.width, "height": request.layout.height}
-    if "aspect_ratio" in targets:
+    if "aspect_ratio" in paths:
         return {"aspect_ratio": request.layout.aspect_ratio}
     return {}
 
@@ -105,38 +99,29 @@ def layout_fields(request: ProviderRequest) -> dict[str, Any]:
 def image_fields(request: ProviderRequest) -> dict[str, str]:
     """Input images as plain base64 under input_image, input_image_2, ... (the API takes base64 or
     a URL; the gateway has the bytes already). The mask is never sent: the gateway composites."""
-    if body_field(request, "image") is None:
+    if request.plan.handling("image") in NOT_SENT:
         return {}
     return {name: ImageBytes(image.data).b64 for name, image in zip(IMAGE_FIELDS, request.images, strict=False)}
 
 
-def option_fields(request: ProviderRequest) -> dict[str, Any]:
-    """Provider parameters (safety_tolerance, prompt_upsampling) under their binding's field, converted
-    where the binding says so; an option the binding does not declare goes out under its own name."""
-    fields: dict[str, Any] = {}
+def build_body(request: ProviderRequest) -> dict[str, Any]:
+    """The submit body: the prompt, the layout, images, seed, format and options where the plan puts
+    them (an option it does not mention keeps its own name; a converted one is converted), then
+    pass-through fields (which may add upstream fields, never replace these)."""
+    plan = request.plan
+    body: dict[str, Any] = {**layout_fields(request), **image_fields(request)}
+    for param, value in (("prompt", request.prompt), ("seed", request.seed), ("output_format", request.output_format)):
+        plan.place(body, param, value, undeclared=param)
     for param, value in request.options.items():
-        name = body_field(request, param)
-        if name is not None and value is not None:
-            fields[name] = CONVERSIONS.get(name, _same)(value)
-    return fields
+        target = plan.target(param, undeclared=param)
+        if target is not None and value is not None:
+            plan.place(body, param, CONVERSIONS.get(target, _same)(value), undeclared=param)
+    merge_passthrough(body, request.extra, reserved=[*plan.reserved(), *((name,) for name in IMAGE_FIELDS)])
+    return body
 
 
 def _same(value: Any) -> Any:
     return value
-
-
-def build_body(request: ProviderRequest) -> dict[str, Any]:
-    """The submit body: the prompt, the layout, images, seed, format and options, then pass-through
-    fields (which may add upstream fields, never replace these)."""
-    body: dict[str, Any] = {"prompt": request.prompt, **layout_fields(request), **image_fields(request)}
-    for param, value in (("seed", request.seed), ("output_format", request.output_format)):
-        name = body_field(request, param)
-        if name is not None and value is not None:
-            body[name] = value
-    body.update(option_fields(request))
-    reserved = [*binding_targets(request.binding), *((name,) for name in IMAGE_FIELDS)]
-    merge_passthrough(body, request.extra, reserved=reserved)
-    return body
 
 
 # --- answers ---------------------------------------------------------------------------------
@@ -277,7 +262,7 @@ class FluxTask(PollingJob):
         return {"x-key": self.api_key}
 
     def submit(self, remaining: float) -> Call:
-        url = f"{self.base_url}/v1/{self.request.binding.upstream_for(self.request.mode)}"
+        url = f"{self.base_url}/v1/{self.request.upstream_model}"
         return Call("POST", url, self._auth, json=build_body(self.request))
 
     def submitted(self, response: UpstreamResponse) -> JobStatus:
