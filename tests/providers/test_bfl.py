@@ -523,3 +523,41 @@ def test_n_is_one_task_per_image(gateway_factory: Any, fake_bfl: FakeBfl) -> Non
     assert len(result.data) == 2 and len(fake_bfl.submits) == 2
     assert sorted(s.json["seed"] for s in fake_bfl.submits) == [10, 11]
     assert dict(result.usage.model_dump())["cost"] == pytest.approx(0.08)
+
+
+# --- catalog <-> wire drift: every path a binding declares is where the value lands --------------
+
+DRIFT_ARGUMENTS: dict[str, dict[str, Any]] = {
+    "prompt": {},
+    "seed": {"seed": 3},
+    "output_format": {"output_format": "png"},
+    "safety_tolerance": {"options": {"safety_tolerance": 1}},
+    "prompt_upsampling": {"options": {"prompt_upsampling": False}},
+    "image": {"images": (PNG,)},
+    "size": {},
+    "aspect_ratio": {},
+    "resolution": {},
+}
+SENT = [
+    (model.id, name)
+    for model in MODELS.values()
+    for name, handling in model.providers["bfl"].parameters.items()
+    if handling.handling in ("passthrough", "renamed", "converted")
+]
+
+
+def test_every_sent_parameter_has_a_drift_case() -> None:
+    assert {name for _, name in SENT} <= set(DRIFT_ARGUMENTS)
+
+
+@pytest.mark.parametrize(("model_id", "param"), SENT)
+async def test_declared_paths_are_in_the_body(
+    provider: BflProvider, fake_bfl: FakeBfl, model_id: str, param: str
+) -> None:
+    model = MODELS[model_id]
+    await provider.run(make_request(model, **DRIFT_ARGUMENTS[param]))
+    body = fake_bfl.submits[0].json
+    paths = model.providers["bfl"].parameters[param].paths
+    # An image goes to as many of its fields as there are images: the first one at least.
+    present = [path for path in paths if path in body]
+    assert present == list(paths[:1] if param == "image" else paths), (param, sorted(body))
