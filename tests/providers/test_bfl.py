@@ -316,11 +316,18 @@ async def test_foreign_polling_url_is_refused_before_the_key_goes_there(
     ],
 )
 def test_polling_url_must_stay_within_the_base_urls_domain(url: str, ok: bool) -> None:
-    if ok:
-        check_polling_url(url, "https://api.bfl.ai")
-    else:
-        with pytest.raises(UpstreamError):
-            check_polling_url(url, "https://api.bfl.ai")
+    for base in ("https://api.bfl.ai", "https://bfl-proxy.corp.example"):  # a proxy passes BFL's URLs on
+        if ok:
+            check_polling_url(url, base)
+        else:
+            with pytest.raises(UpstreamError):
+                check_polling_url(url, base)
+
+
+def test_a_proxy_base_url_may_also_poll_on_its_own_host() -> None:
+    check_polling_url("https://bfl-proxy.corp.example/v1/get_result?id=1", "https://bfl-proxy.corp.example")
+    with pytest.raises(UpstreamError):
+        check_polling_url("https://other.example/v1/get_result?id=1", "https://bfl-proxy.corp.example")
 
 
 def test_unknown_terminal_detail_shapes_never_crash() -> None:

@@ -72,6 +72,8 @@ READY = "Ready"
 MODERATED = frozenset({"Request Moderated", "Content Moderated"})
 FAILED = frozenset({"Error", "Failed"})
 TASK_LOST = "Task not found"
+# Where BFL itself hands out polling URLs (api.bfl.ai, gateway.bfl.ai, api.eu.bfl.ai: LiteLLM checks the same).
+BFL_DOMAIN = "bfl.ai"
 TERMINAL = frozenset({READY, TASK_LOST, *MODERATED, *FAILED})
 # Any other status ("Pending", "Reasoning", "Generating", one BFL adds later) means "not yet": the
 # deadline bounds the wait, and a new progress status must not fail a task that is running.
@@ -158,12 +160,16 @@ def _registered_domain(host: str) -> str:
 
 
 def check_polling_url(polling_url: str, base_url: str) -> None:
-    """The key is sent with every poll, so the polling URL must stay with the upstream: http(s), on the
-    base URL's host or within its registered domain (api.bfl.ai hands out e.g. gateway.bfl.ai)."""
+    """The key is sent with every poll, so the polling URL must stay with the upstream: http(s), within
+    the base URL's registered domain (api.bfl.ai hands out e.g. gateway.bfl.ai) or BFL's own (a
+    BFL_BASE_URL proxy in front of BFL passes BFL's polling URLs through), nowhere else."""
     url, base = urllib.parse.urlsplit(polling_url), urllib.parse.urlsplit(base_url)
-    host, domain = (url.hostname or "").lower(), _registered_domain((base.hostname or "").lower())
-    if url.scheme not in ("http", "https") or not (host == domain or host.endswith("." + domain)):
-        raise _bad_response(f"a polling_url outside {domain or 'its base URL'} (refused: the API key would go with it)")
+    host = (url.hostname or "").lower()
+    domains = {_registered_domain((base.hostname or "").lower()), BFL_DOMAIN}
+    if url.scheme not in ("http", "https") or not any(host == d or host.endswith("." + d) for d in domains):
+        raise _bad_response(
+            f"a polling_url outside {' and '.join(sorted(domains))} (refused: the API key would go with it)"
+        )
 
 
 def task_status(data: Any) -> str:
