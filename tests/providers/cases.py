@@ -24,6 +24,7 @@ from imagegate.config import FileConfig
 from imagegate.gateway import build_catalog
 from imagegate.normalize import Layout
 from imagegate.providers.transport import decode_data_uri
+from tests.fakes.bfl import BflError, FakeBfl, Moderated, Stuck
 from tests.fakes.common import Hang, MalformedJSON, RawResponse, RecordedRequest
 from tests.fakes.fal import ContentPolicy, FakeFal, FalError, StuckInQueue
 from tests.fakes.gemini import FakeGemini, GeminiError, PromptBlocked
@@ -353,7 +354,46 @@ class OpenAICase(ProviderCase):
         return {"size": f"{layout.width}x{layout.height}"}
 
 
-CASES: tuple[ProviderCase, ...] = (GeminiCase(), VertexCase(), ReplicateCase(), FalCase(), OpenAICase())
+class BflCase(ProviderCase):
+    """Black Forest Labs: a task submitted, then polled at the polling_url it returns."""
+
+    id = "bfl"
+    fixture = "fake_bfl"
+    model_id = "flux-2-pro"
+    polling = True
+    no_cancel = "BFL has no cancel endpoint (providers/bfl.py): a task given up on runs to its end upstream"
+    option_fields = {"safety_tolerance": 4, "prompt_upsampling": False}  # sent as disable_pup: True
+    probe_model = "flux-2-max"  # an endpoint BFL (and its fake) serves that no catalog binding calls
+
+    def settings(self, upstream: FakeBfl) -> dict[str, str]:
+        return {"api_key": upstream.api_key, "base_url": upstream.base_url}
+
+    def calls(self, upstream: FakeBfl) -> list[RecordedRequest]:
+        return upstream.submits
+
+    def rate_limited(self, seconds: float) -> Any:
+        return BflError(429, "Too many active tasks", retry_after_s=seconds)
+
+    def overloaded(self) -> Any:
+        return BflError(503, "Service temporarily unavailable")
+
+    def server_error(self) -> Any:
+        return BflError(500, "Internal Server Error")
+
+    def rejects_input(self) -> Any:
+        return BflError(422, "prompt: String should have at most 32000 characters")
+
+    def content_policy(self) -> Any:
+        return Moderated("Request Moderated", ("Prompt Filter",))
+
+    def stuck(self) -> Any:
+        return Stuck()
+
+    def size_on_wire(self, layout: Layout) -> dict[str, Any]:
+        return {"width": layout.width, "height": layout.height}
+
+
+CASES: tuple[ProviderCase, ...] = (GeminiCase(), VertexCase(), ReplicateCase(), FalCase(), OpenAICase(), BflCase())
 
 
 # --- reading the wire -------------------------------------------------------------------------
@@ -400,17 +440,17 @@ def wire_of(recorded: RecordedRequest) -> tuple[Any, ...]:
     return recorded.path, recorded.json, recorded.form_items, files
 
 
-def images_at(recorded: RecordedRequest, path: str) -> list[bytes]:
-    """The input images a call carries at `path`: multipart file parts of that name, or JSON
-    values there (a data URI, or Google's `{mime_type, data}` inline blob)."""
+def images_at(recorded: RecordedRequest, paths: tuple[str, ...]) -> list[bytes]:
+    """The input images a call carries at `paths`, in order: multipart file parts of that name, or
+    JSON values there (a data URI, plain base64, or Google's `{mime_type, data}` inline blob)."""
     if recorded.files is not None:
-        return [part.data for part in recorded.files if part.field_name == path]
+        return [part.data for part in recorded.files if part.field_name in paths]
     found: list[bytes] = []
-    for value in lookup(recorded.json, path):
-        values = value if isinstance(value, list) else [value]
-        for item in values:
-            if isinstance(item, str):
-                found.append(decode_data_uri(item))
-            elif isinstance(item, dict):
-                found.append(base64.b64decode(item["data"]))
+    for path in paths:
+        for value in lookup(recorded.json, path):
+            for item in value if isinstance(value, list) else [value]:
+                if isinstance(item, dict):
+                    found.append(base64.b64decode(item["data"]))
+                else:
+                    found.append(decode_data_uri(item) if item.startswith("data:") else base64.b64decode(item))
     return found

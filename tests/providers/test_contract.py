@@ -39,6 +39,7 @@ from imagegate.normalize import resolve_layout
 from imagegate.params import NOT_SENT, ProviderView, normalize_params, provider_views
 from imagegate.plugins import ProviderContext, load_registry
 from imagegate.providers import ImageProvider, InputImage, ProviderRequest, ProviderResult, transport
+from tests.fakes.bfl import FakeBfl
 from tests.fakes.images import detect_mime, image_size
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.fakes.vertex import FakeGoogleOAuth, FakeVertex, new_service_account, write_key_file
@@ -77,6 +78,19 @@ def vertex_upstream(vertex_servers: VertexUpstream) -> Iterator[VertexUpstream]:
     vertex_servers.reset()
     yield vertex_servers
     vertex_servers.reset()
+
+
+@pytest.fixture(scope="module")
+def fake_bfl_server() -> Iterator[FakeBfl]:
+    with FakeBfl() as fake:
+        yield fake
+
+
+@pytest.fixture
+def fake_bfl(fake_bfl_server: FakeBfl) -> Iterator[FakeBfl]:
+    fake_bfl_server.reset()
+    yield fake_bfl_server
+    fake_bfl_server.reset()
 
 
 @pytest.fixture
@@ -320,38 +334,42 @@ async def test_a_hang_past_the_timeout_is_upstream_timeout(harness: Harness) -> 
     assert len(harness.calls) == 1
 
 
+async def assert_the_upstream_was_stopped(harness: Harness) -> None:
+    """What stopping waiting does upstream: a polling upstream's job is cancelled (so it stops
+    working on, and billing for, it); one without a cancel (the case says why) is polled no more;
+    a one-call upstream sees its connection dropped, which is all the cancel there is."""
+    case = harness.case
+    if case.polling and case.no_cancel is None:
+        await asyncio.wait_for(transport.drain_cancels(), 5)  # a caller's cancel goes from a background task
+        await harness.until("the cancel", lambda: harness.cancels == 1)
+    elif case.polling:
+        sent = len(case.requests(harness.upstream))
+        await asyncio.sleep(10 * POLL_INTERVAL)  # ten polls' time: none comes
+        assert len(case.requests(harness.upstream)) == sent and harness.cancels == 0
+    else:
+        await harness.until("the disconnect", lambda: case.disconnects(harness.upstream) == 1)
+
+
 async def test_a_job_past_the_timeout_is_cancelled(harness: Harness) -> None:
     harness.enqueue(harness.case.stuck())
     error = await harness.raised(adapter=harness.adapter(timeout=SHORT_TIMEOUT))
     assert type(error) is UpstreamTimeout and error.status_code == 504
-    if harness.case.polling and harness.case.no_cancel is None:
-        assert harness.cancels == 1  # the upstream stops working on (and billing for) it
-        assert len(harness.calls) == 1
-    elif harness.case.polling:
-        # The upstream has no cancel (see the case's reason): polling stops, nothing more is sent.
-        sent = len(harness.case.requests(harness.upstream))
-        await asyncio.sleep(5 * POLL_INTERVAL)
-        assert len(harness.case.requests(harness.upstream)) == sent
-    else:
-        # One call, no job: dropping the connection is all the cancel there is.
-        await harness.until("the disconnect", lambda: harness.case.disconnects(harness.upstream) == 1)
+    assert len(harness.calls) == 1
+    await assert_the_upstream_was_stopped(harness)
 
 
 async def test_the_caller_going_away_stops_the_upstream(harness: Harness) -> None:
     harness.enqueue(harness.case.stuck())
     task = asyncio.create_task(harness.run())
+    polling = harness.case.polling
     await harness.until(
-        "the first call",
-        lambda: len(harness.case.requests(harness.upstream)) >= 2 if harness.case.polling else len(harness.calls) == 1,
+        "the first call" + (" and poll" if polling else ""),
+        lambda: len(harness.case.requests(harness.upstream)) >= 2 if polling else len(harness.calls) == 1,
     )
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    if harness.case.polling and harness.case.no_cancel is None:
-        await asyncio.wait_for(transport.drain_cancels(), 5)  # sent from a background task
-        await harness.until("the cancel", lambda: harness.cancels == 1)
-    else:
-        await harness.until("the disconnect", lambda: harness.case.disconnects(harness.upstream) == 1)
+    await assert_the_upstream_was_stopped(harness)
 
 
 async def test_the_adapter_recovers_after_errors(harness: Harness) -> None:
@@ -450,7 +468,7 @@ async def test_input_images_reach_the_wire_where_the_plan_says(harness: Harness)
     request = harness.request("edit", images=(PNG, JPEG), prompt="combine")
     await harness.run(request)
     paths = request.plan.paths("image") or ("image",)
-    assert images_at(harness.calls[0], paths[0]) == [PNG.data, JPEG.data]
+    assert images_at(harness.calls[0], paths) == [PNG.data, JPEG.data]
 
 
 async def test_the_adapter_reads_the_plan_not_the_catalog(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
