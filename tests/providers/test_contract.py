@@ -271,6 +271,7 @@ async def test_server_error_is_a_retryable_502(harness: Harness) -> None:
     assert type(error) is UpstreamError
     assert (error.status_code, error.code) == (502, "upstream_error")
     assert error.retryable and error.upstream_status == 500
+    assert harness.case.server_error_words in error.message
 
 
 async def test_rejected_input_is_upstream_rejected_request(harness: Harness) -> None:
@@ -280,6 +281,7 @@ async def test_rejected_input_is_upstream_rejected_request(harness: Harness) -> 
     assert (error.status_code, error.code) == (400, "upstream_rejected_request")
     assert error.client_fault and not error.upstream_failure  # another provider would refuse it too
     assert error.upstream_status in (400, 422)
+    assert harness.case.rejection_words in error.message  # the upstream's own words reach the client
 
 
 async def test_content_policy_is_a_violation(harness: Harness) -> None:
