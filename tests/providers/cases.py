@@ -68,9 +68,9 @@ class ProviderCase(ABC):
     layout_fields: ClassVar[dict[str, Any]] = {"aspect_ratio": "16:9", "resolution": "2K"}
     # A provider-handled option the binding sends (to see that building does not mutate it).
     option_fields: ClassVar[dict[str, Any]] = {}
-    # The upstream's own words in `rejects_input` / `server_error`, as the error message must carry them.
-    rejection_words: ClassVar[str]
-    server_error_words: ClassVar[str]
+    # The upstream's own words for a situation ("rejected_key", "rate_limited", "rejects_input",
+    # "server_error"), as our error message must carry them.
+    words: ClassVar[dict[str, str]]
     # An upstream model id the catalog does not know, in the shape the upstream's URL takes.
     probe_model: ClassVar[str] = "contract-probe-model"
 
@@ -164,8 +164,12 @@ class GoogleCase(ProviderCase):
     """What the Gemini API and Vertex AI share: the generateContent body, answers and error bodies."""
 
     model_id = "gemini-3-pro-image-preview"
-    rejection_words = "INVALID_ARGUMENT Request contains an invalid argument."
-    server_error_words = "INTERNAL An internal error has occurred."
+    words = {
+        "rejected_key": "PERMISSION_DENIED API key not valid",
+        "rate_limited": "RESOURCE_EXHAUSTED You exceeded your current quota.",
+        "rejects_input": "INVALID_ARGUMENT Request contains an invalid argument.",
+        "server_error": "INTERNAL An internal error has occurred.",
+    }
     option_fields = {"enable_web_search": True}
 
     def rate_limited(self, seconds: float) -> Any:
@@ -201,6 +205,7 @@ class VertexCase(GoogleCase):
 
     id = "vertex"
     fixture = "vertex_upstream"
+    words = {**GoogleCase.words, "rejected_key": "Invalid grant: account not found"}  # the token endpoint's
 
     def settings(self, upstream: VertexUpstream) -> dict[str, str]:
         return {
@@ -226,8 +231,12 @@ class ReplicateCase(ProviderCase):
     fixture = "fake_replicate"
     model_id = "gemini-3-pro-image-preview"
     polling = True
-    rejection_words = "Input validation failed: - input.prompt: prompt is too long"
-    server_error_words = "Internal Server Error: Something went wrong"
+    words = {
+        "rejected_key": "Unauthenticated: You did not pass a valid authentication token",
+        "rate_limited": "Request was throttled.",
+        "rejects_input": "Input validation failed: - input.prompt: prompt is too long",
+        "server_error": "Internal Server Error: Something went wrong",
+    }
     option_fields = {"safety_filter_level": "block_only_high"}
     probe_model = "contract/probe-model"  # Replicate's URL takes owner/name
 
@@ -270,8 +279,12 @@ class FalCase(ProviderCase):
     fixture = "fake_fal"
     model_id = "gemini-3-pro-image-preview"
     polling = True
-    rejection_words = "body.prompt: ensure this value has at most 50000 characters"
-    server_error_words = "Internal Server Error"
+    words = {
+        "rejected_key": "Unauthorized",
+        "rate_limited": "Too many requests",
+        "rejects_input": "body.prompt: ensure this value has at most 50000 characters",
+        "server_error": "Internal Server Error",
+    }
     option_fields = {"safety_tolerance": 3}  # an integer here, a string enum on fal's wire
     probe_model = "contract/probe-model"  # fal's endpoint ids are owner/alias
 
@@ -323,8 +336,12 @@ class OpenAICase(ProviderCase):
     model_id = "gpt-image-1.5"
     no_seed = "OpenAI's Images API has no seed parameter (the spec, section 1; the catalog's gpt-image-1.5)"
     layout_fields = {"size": "1536x1024"}
-    rejection_words = "Invalid value: 'auto'. Supported values are"
-    server_error_words = "The server had an error while processing your request."
+    words = {
+        "rejected_key": "Incorrect API key provided",
+        "rate_limited": "Rate limit reached for images per minute.",
+        "rejects_input": "Invalid value: 'auto'. Supported values are",
+        "server_error": "The server had an error while processing your request.",
+    }
     option_fields = {"quality": "high"}
 
     def settings(self, upstream: FakeOpenAI) -> dict[str, str]:
@@ -373,8 +390,12 @@ class BflCase(ProviderCase):
     model_id = "flux-2-pro"
     polling = True
     no_cancel = "BFL has no cancel endpoint (providers/bfl.py): a task given up on runs to its end upstream"
-    rejection_words = "prompt: String should have at most 32000 characters"
-    server_error_words = "Internal Server Error"
+    words = {
+        "rejected_key": "Invalid API key",
+        "rate_limited": "Too many active tasks",
+        "rejects_input": "prompt: String should have at most 32000 characters",
+        "server_error": "Internal Server Error",
+    }
     option_fields = {"safety_tolerance": 4, "prompt_upsampling": False}  # sent as disable_pup: True
     probe_model = "flux-2-max"  # an endpoint BFL (and its fake) serves that no catalog binding calls
 

@@ -246,6 +246,7 @@ async def test_rejected_key_is_upstream_auth_failed(harness: Harness) -> None:
     assert type(error) is UpstreamAuthFailed
     assert (error.status_code, error.code) == (502, "upstream_auth_failed")
     assert not error.retryable  # the operator's key: no retry at the same provider helps
+    assert harness.case.words["rejected_key"] in error.message
 
 
 async def test_rate_limited_carries_retry_after(harness: Harness) -> None:
@@ -256,6 +257,7 @@ async def test_rate_limited_carries_retry_after(harness: Harness) -> None:
     assert error.retry_after == 7 and error.headers() == {"retry-after": "7"}
     assert error.retryable and error.capacity
     assert error.upstream_status == 429
+    assert harness.case.words["rate_limited"] in error.message
 
 
 async def test_overloaded_is_unavailable(harness: Harness) -> None:
@@ -272,7 +274,7 @@ async def test_server_error_is_a_retryable_502(harness: Harness) -> None:
     assert type(error) is UpstreamError
     assert (error.status_code, error.code) == (502, "upstream_error")
     assert error.retryable and error.upstream_status == 500
-    assert harness.case.server_error_words in error.message
+    assert harness.case.words["server_error"] in error.message
 
 
 async def test_rejected_input_is_upstream_rejected_request(harness: Harness) -> None:
@@ -282,7 +284,7 @@ async def test_rejected_input_is_upstream_rejected_request(harness: Harness) -> 
     assert (error.status_code, error.code) == (400, "upstream_rejected_request")
     assert error.client_fault and not error.upstream_failure  # another provider would refuse it too
     assert error.upstream_status in (400, 422)
-    assert harness.case.rejection_words in error.message  # the upstream's own words reach the client
+    assert harness.case.words["rejects_input"] in error.message  # the upstream's own words reach the client
 
 
 async def test_content_policy_is_a_violation(harness: Harness) -> None:
