@@ -3,6 +3,10 @@
 First the adapter, called directly with a `ProviderRequest` built from the catalog's "bfl" bindings
 (`data/providers/bfl.json`) and a layout from `resolve_layout`; then end to end: the official openai
 SDK -> a real gateway configured with nothing but BFL_API_KEY / BFL_BASE_URL -> the fake.
+
+What every provider shares (auth, rate limits, 5xx, rejected input, policy blocks, garbled answers,
+size cap, timeouts and cancels, trailing slash, no mutation, seed/layout/images where the plan says)
+is in test_contract.py; this file keeps what is specific to this upstream.
 """
 
 from __future__ import annotations

@@ -2,6 +2,10 @@
 
 The adapter is called directly: a `ProviderRequest` built from the catalog binding and a layout
 from `resolve_layout`, no gateway server. Spec: the provider wire-format reference (the spec), section 4.
+
+What every provider shares (auth, rate limits, 5xx, rejected input, policy blocks, garbled answers,
+size cap, timeouts and cancels, trailing slash, no mutation, seed/layout/images where the plan says)
+is in test_contract.py; this file keeps what is specific to this upstream.
 """
 
 from __future__ import annotations

@@ -2,6 +2,10 @@
 
 The adapter is called directly with a `ProviderRequest` for gemini-3-pro-image-preview served
 through its `openai` binding (an OpenAI-compatible upstream). Spec: providers.md section 1.
+
+What every provider shares (auth, rate limits, 5xx, rejected input, policy blocks, garbled answers,
+size cap, timeouts and cancels, trailing slash, no mutation, seed/layout/images where the plan says)
+is in test_contract.py; this file keeps what is specific to this upstream.
 """
 
 from __future__ import annotations

@@ -3,6 +3,10 @@
 The adapter is called directly: a `ProviderRequest` built from the catalog's "replicate" binding
 and a layout from `resolve_layout`, no gateway server. Spec: the provider wire-format reference (the spec),
 sections 3 and 5.
+
+What every provider shares (auth, rate limits, 5xx, rejected input, policy blocks, garbled answers,
+size cap, timeouts and cancels, trailing slash, no mutation, seed/layout/images where the plan says)
+is in test_contract.py; this file keeps what is specific to this upstream.
 """
 
 from __future__ import annotations

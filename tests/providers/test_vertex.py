@@ -4,6 +4,10 @@ The token endpoint is the `token_uri` of a service-account key file the tests wr
 generated RSA key; it verifies google-auth's signed JWT-bearer grant. The fake Vertex checks the
 path (project, location, model) and the bearer token, and answers like Gemini, errors included.
 First the adapter called directly, then the gateway through the openai SDK.
+
+What every provider shares (auth, rate limits, 5xx, rejected input, policy blocks, garbled answers,
+size cap, timeouts and cancels, trailing slash, no mutation, seed/layout/images where the plan says)
+is in test_contract.py; this file keeps what is specific to this upstream.
 """
 
 from __future__ import annotations
