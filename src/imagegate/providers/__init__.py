@@ -23,6 +23,7 @@ from .base import (
     merge_passthrough,
     token_count,
 )
+from .bfl import BflProvider
 from .fal import FalProvider
 from .gemini import GeminiProvider
 from .openai import OpenAIProvider
@@ -47,6 +48,7 @@ from .transport import (
 from .vertex import VertexProvider
 
 __all__ = [
+    "BflProvider",
     "Call",
     "FalProvider",
     "GeminiProvider",
