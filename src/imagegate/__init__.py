@@ -5,8 +5,9 @@ The public API, for the two kinds of outside code (tests/test_public_api.py keep
 - a provider plugin (docs/plugins.md): the plugin API (`ProviderSpec`, `Setting`,
   `ProviderContext`, `http_settings`, `catalog_file`, `ENTRY_POINT_GROUP`), the adapter types
   (`ImageProvider`, `HttpProvider`, `ProviderRequest` and its `WirePlan`, `ProviderResult`,
-  `ProviderImage`, `ImageBytes`, `InputImage`, `TokenSplit`, `merge_passthrough`) and the error
-  classes it raises. The transport helpers an HTTP adapter calls are in `imagegate.providers`.
+  `ProviderImage`, `ImageBytes` and `decode_b64_image`, `InputImage`, `TokenSplit`,
+  `merge_passthrough`) and the error classes it raises. The transport helpers an HTTP adapter
+  calls are exported by `imagegate.providers`.
 - an embedder: `Gateway(Settings(...))`, its `ImageService` and `ImageJob` / `ImagesOutcome`,
   the pipeline's events, and the catalog types.
 """
@@ -59,7 +60,7 @@ from .errors import (
     UpstreamUnavailable,
 )
 from .gateway import Gateway
-from .imaging import ImageBytes
+from .imaging import ImageBytes, decode_b64_image
 from .normalize import Adjustment, Layout, resolve_layout
 from .params import WirePlan
 from .plugins import ENTRY_POINT_GROUP, ProviderContext, ProviderSpec, Setting, catalog_file, http_settings
@@ -143,6 +144,7 @@ __all__ = [
     "WirePlan",
     "__version__",
     "catalog_file",
+    "decode_b64_image",
     "http_settings",
     "load_builtin_catalog",
     "merge_passthrough",
