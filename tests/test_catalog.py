@@ -212,7 +212,7 @@ def test_nano_banana_is_1k_only_with_the_flash_size_table() -> None:
     assert model.providers["gemini"].upstream_model == "gemini-2.5-flash-image"
     assert model.providers["replicate"].upstream_model == "google/nano-banana"
     fal = model.providers["fal"]
-    assert (fal.upstream_for("t2i"), fal.upstream_for("edit")) == ("fal-ai/nano-banana", "fal-ai/nano-banana/edit")
+    assert (fal.upstream_model, fal.upstream_model_edit) == ("fal-ai/nano-banana", "fal-ai/nano-banana/edit")
     # One tier: no provider is sent a resolution of its own.
     for binding in model.providers.values():
         resolution = binding.handling("resolution")

@@ -37,7 +37,6 @@ BUILT = []
 
 class Echo(ImageProvider):
     provider_id = "echo"
-    key_env_var = "ECHO_TOKEN"
 
     def __init__(self, context):
         self.context = context

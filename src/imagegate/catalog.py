@@ -148,9 +148,6 @@ class ProviderBinding(_Strict):
         """Those of `names` this provider declares not available."""
         return {n for n in names if (h := self.parameters.get(n)) is not None and h.handling == "not_available"}
 
-    def upstream_for(self, mode: str) -> str:
-        return self.upstream_model_edit if mode == "edit" and self.upstream_model_edit else self.upstream_model
-
 
 class ModelEntry(_Strict):
     id: str

@@ -55,7 +55,6 @@ class _Queued:
 
 class FakeProvider(ImageProvider):
     provider_id = "fake"
-    key_env_var = "FAKE_PROVIDER_KEY"
 
     def __init__(self, provider_id: str = "fake", *, delay: float = 0.0) -> None:
         self.provider_id = provider_id  # type: ignore[misc]  # one class stands in for any provider

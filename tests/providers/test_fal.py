@@ -100,8 +100,8 @@ def test_provider_identity() -> None:
     assert FalProvider.base_url_env_var == "FAL_BASE_URL"
     assert FalProvider.default_base_url == "https://queue.fal.run"
     assert FalProvider.poll_interval == 0.5
-    assert BINDING.upstream_for("t2i") == "fal-ai/nano-banana-pro"
-    assert BINDING.upstream_for("edit") == "fal-ai/nano-banana-pro/edit"
+    assert BINDING.upstream_model == "fal-ai/nano-banana-pro"
+    assert BINDING.upstream_model_edit == "fal-ai/nano-banana-pro/edit"
 
 
 # --- request wire format --------------------------------------------------------------------

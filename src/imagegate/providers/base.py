@@ -193,8 +193,6 @@ class ImageProvider(ABC):
     """One way of making images: an upstream service, or the local engine."""
 
     provider_id: ClassVar[str]
-    # The environment variable that enables this provider with no config file.
-    key_env_var: ClassVar[str]
 
     @abstractmethod
     async def generate(self, request: ProviderRequest) -> ProviderResult: ...
@@ -219,6 +217,8 @@ class ImageProvider(ABC):
 class HttpProvider(ImageProvider):
     """An upstream service over HTTP. Instances are long-lived and share one httpx client."""
 
+    # The variables of its key and base URL (`provider_spec` declares them as its settings).
+    key_env_var: ClassVar[str]
     base_url_env_var: ClassVar[str]
     default_base_url: ClassVar[str]
     # Per upstream call; the gateway sets both from its settings.

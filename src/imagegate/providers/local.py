@@ -21,7 +21,7 @@ from PIL import Image, ImageOps
 
 from .. import imaging, params
 from ..catalog import Mode
-from ..engine.describe import LOCAL_MODEL_ENV, Checkpoint, mode_defaults, read_checkpoint
+from ..engine.describe import Checkpoint, mode_defaults, read_checkpoint
 from ..engine.loader import LoadedModel, Task, load_model
 from ..engine.pipelines import Job, JobOutput
 from ..engine.runner import Engine
@@ -56,7 +56,6 @@ class LocalEngineSettings:
 
 class LocalProvider(ImageProvider):
     provider_id = "local"
-    key_env_var = LOCAL_MODEL_ENV
 
     def __init__(self, sources: list[str], settings: LocalEngineSettings | None = None,
                  checkpoints: dict[str, Checkpoint] | None = None) -> None:

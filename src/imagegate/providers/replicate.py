@@ -75,13 +75,6 @@ FORMAT_NAMES = {"jpeg": "jpg"}
 # --- request ---------------------------------------------------------------------------------
 
 
-def input_field(request: ProviderRequest, param: str) -> str | None:
-    """The `input` field a gateway value goes to, or None when the plan does not send it
-    (emulated or not available, or several fields such as `input.a + input.b`)."""
-    target = request.plan.target(param, undeclared=DEFAULT_FIELDS.get(param))
-    return target.removeprefix("input.") if target is not None else None
-
-
 def build_input(request: ProviderRequest) -> dict[str, Any]:
     """The prediction's `input` object, from the request and its plan."""
     plan = request.plan

@@ -198,8 +198,6 @@ def build_vertex_body(request: ProviderRequest) -> dict[str, Any]:
 
 class VertexProvider(ImageProvider):
     provider_id: ClassVar[str] = "vertex"
-    key_env_var: ClassVar[str] = "VERTEX_PROJECT"
-    base_url_env_var: ClassVar[str] = "VERTEX_BASE_URL"
 
     def __init__(
         self,

@@ -39,7 +39,6 @@ class TestPatternProvider(ImageProvider):
     """Draws test patterns at the requested size; edits draw them over the first input image."""
 
     provider_id = PROVIDER_ID
-    key_env_var = ""  # none: nothing to enable
 
     def __init__(self, edit_opacity: float = 0.5) -> None:
         self.edit_opacity = edit_opacity
