@@ -372,7 +372,8 @@ async def test_application_default_credentials_without_a_key_file(
 
 @pytest.mark.parametrize(
     # PromptBlocked("PROHIBITED_CONTENT") is in test_contract.py (test_content_policy_is_a_violation[vertex]).
-    "blocked", [FinishBlocked("IMAGE_SAFETY"), PromptBlocked("MODEL_ARMOR")]
+    "blocked",
+    [FinishBlocked("IMAGE_SAFETY"), PromptBlocked("MODEL_ARMOR")],
 )
 async def test_safety_blocks_are_content_policy_violations(
     provider: VertexProvider, vertex: FakeVertex, blocked: Any
