@@ -395,8 +395,7 @@ async def test_the_adapter_recovers_after_errors(harness: Harness) -> None:
 async def test_a_trailing_slash_on_the_base_url_is_harmless(harness: Harness) -> None:
     await harness.run()
     settings = harness.case.settings(harness.upstream)
-    url_key = "base_url"
-    await harness.run(adapter=harness.adapter({**settings, url_key: settings[url_key] + "/"}))
+    await harness.run(adapter=harness.adapter({**settings, "base_url": settings["base_url"] + "/"}))
     first, second = harness.calls
     assert second.path == first.path and "//" not in second.path
 
