@@ -3,6 +3,10 @@
 First the adapter, called directly with a `ProviderRequest` built from the catalog's "bfl" bindings
 (`data/providers/bfl.json`) and a layout from `resolve_layout`; then end to end: the official openai
 SDK -> a real gateway configured with nothing but BFL_API_KEY / BFL_BASE_URL -> the fake.
+
+What every provider shares (auth, rate limits, 5xx, rejected input, policy blocks, garbled answers,
+size cap, timeouts and cancels, trailing slash, no mutation, seed/layout/images where the plan says)
+is in test_contract.py; this file keeps what is specific to this upstream.
 """
 
 from __future__ import annotations
@@ -27,8 +31,6 @@ from imagegate.errors import (
     UpstreamAuthFailed,
     UpstreamBadResponse,
     UpstreamError,
-    UpstreamRateLimited,
-    UpstreamTimeout,
 )
 from imagegate.normalize import Layout, resolve_layout
 from imagegate.providers import ProviderRequest
@@ -36,7 +38,6 @@ from imagegate.providers.bfl import BflProvider, check_polling_url, status_error
 from tests.fakes.bfl import (
     BflError,
     FakeBfl,
-    MalformedJSON,
     Moderated,
     PollError,
     SampleMissing,
@@ -223,7 +224,8 @@ async def test_schema_rejection_is_a_400_naming_the_field(provider: BflProvider,
 # --- errors ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("status", ["Content Moderated", "Request Moderated"])
+# "Request Moderated" is in test_contract.py (test_content_policy_is_a_violation[bfl]).
+@pytest.mark.parametrize("status", ["Content Moderated"])
 async def test_moderation_is_content_policy_violation(provider: BflProvider, fake_bfl: FakeBfl, status: str) -> None:
     fake_bfl.enqueue(Moderated(status, ("Derivative Works Filter",)))
     err = await raised(provider)
@@ -256,43 +258,16 @@ async def test_insufficient_credits_is_502(provider: BflProvider, fake_bfl: Fake
     assert "Insufficient credits" in err.message and fake_bfl.polls == []
 
 
-async def test_too_many_active_tasks_is_503_with_retry_after(provider: BflProvider, fake_bfl: FakeBfl) -> None:
-    fake_bfl.enqueue(BflError(429, "Too many active tasks", retry_after_s=7))
-    err = await raised(provider)
-    assert isinstance(err, UpstreamRateLimited) and err.status_code == 503 and err.capacity
-    assert (err.code, err.retry_after, err.upstream_status) == ("upstream_rate_limited", 7, 429)
-
-
-async def test_wrong_key_is_upstream_auth_failed(fake_bfl: FakeBfl, http: httpx.AsyncClient) -> None:
-    provider = BflProvider(api_key="wrong", base_url=fake_bfl.base_url, client=http)
-    err = await raised(provider)
-    assert isinstance(err, UpstreamAuthFailed) and err.code == "upstream_auth_failed"
-
-
 async def test_transient_poll_errors_are_retried(provider: BflProvider, fake_bfl: FakeBfl) -> None:
     fake_bfl.enqueue(PollError(503, times=2))
     result = await provider.run(make_request())
     assert len(result.images) == 1 and len(fake_bfl.polls) == 4  # 503, 503, Pending, Ready
 
 
-async def test_deadline_is_504(provider: BflProvider, fake_bfl: FakeBfl) -> None:
-    fake_bfl.enqueue(Stuck())
-    provider.timeout = 0.2
-    err = await raised(provider)
-    assert isinstance(err, UpstreamTimeout) and err.status_code == 504
-    assert "did not finish within 0.2 s" in err.message and len(fake_bfl.polls) >= 2
-
-
 async def test_expired_sample_is_502(provider: BflProvider, fake_bfl: FakeBfl) -> None:
     fake_bfl.enqueue(SampleMissing())
     err = await raised(provider)
     assert type(err) is UpstreamError and "HTTP 404" in err.message
-
-
-async def test_garbled_submit_answer_is_502(provider: BflProvider, fake_bfl: FakeBfl) -> None:
-    fake_bfl.enqueue(MalformedJSON())
-    err = await raised(provider)
-    assert isinstance(err, UpstreamBadResponse) and err.code == "upstream_bad_response"
 
 
 async def test_foreign_polling_url_is_refused_before_the_key_goes_there(

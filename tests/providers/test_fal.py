@@ -2,13 +2,15 @@
 
 The adapter is called directly: a `ProviderRequest` built from the catalog binding and a layout
 from `resolve_layout`, no gateway server. Spec: the provider wire-format reference (the spec), section 4.
+
+What every provider shares (auth, rate limits, 5xx, rejected input, policy blocks, garbled answers,
+size cap, timeouts and cancels, trailing slash, no mutation, seed/layout/images where the plan says)
+is in test_contract.py; this file keeps what is specific to this upstream.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import socket
 import time
 from typing import Any
 
@@ -21,7 +23,6 @@ from imagegate.errors import (
     ImagegateError,
     InvalidRequest,
     NoImageGenerated,
-    UpstreamAuthFailed,
     UpstreamBadResponse,
     UpstreamError,
     UpstreamTimeout,
@@ -33,7 +34,6 @@ from imagegate.providers.fal import FalProvider, build_input, fallback_urls
 from imagegate.providers.gemini import MASK_NOTE
 from tests.fakes.fal import (
     PRO_SIZES,
-    ContentPolicy,
     FailsAfterRunning,
     FakeFal,
     FalError,
@@ -177,13 +177,6 @@ def test_fallback_urls_drop_the_sub_path() -> None:
     assert urls.cancel_url == "https://queue.fal.run/fal-ai/nano-banana-pro/requests/abc/cancel"
 
 
-async def test_base_url_trailing_slash_is_harmless(fake_fal: FakeFal, http: httpx.AsyncClient) -> None:
-    provider = FalProvider(api_key=fake_fal.api_key, base_url=fake_fal.base_url + "/", client=http)
-    provider.poll_interval = 0.01
-    await provider.run(make_request())
-    assert fake_fal.submits[0].path == GENERATE_PATH
-
-
 @pytest.mark.parametrize(
     ("layout_args", "ratio", "tier"),
     [
@@ -209,12 +202,6 @@ async def test_n_is_num_images(provider: FalProvider, fake_fal: FakeFal, n: int)
     result = await provider.run(make_request("many", n=n))
     assert fake_fal.submits[0].json["num_images"] == n
     assert [pixel_at(i.data)[:3] for i in result.images] == [color_for(f"many#{i}") for i in range(n)]
-
-
-@pytest.mark.parametrize("seed", [0, 4242])
-async def test_seed_is_sent(provider: FalProvider, fake_fal: FakeFal, seed: int) -> None:
-    body = await sent_input(provider, fake_fal, make_request(seed=seed))
-    assert body["seed"] == seed
 
 
 async def test_unset_values_are_not_sent(provider: FalProvider, fake_fal: FakeFal) -> None:
@@ -283,17 +270,6 @@ def test_not_available_options_are_not_sent() -> None:
     body = build_input(make_request(options={"safety_filter_level": "block_only_high", "enable_web_search": True}))
     assert "safety_filter_level" not in body
     assert body["enable_web_search"] is True
-
-
-async def test_build_does_not_mutate_the_request(provider: FalProvider, fake_fal: FakeFal) -> None:
-    extra = {"system_prompt": "x"}
-    options = {"safety_tolerance": 3}
-    request = make_request(images=(PNG,), mask=MASK, extra=extra, options=options)
-    await provider.run(request)
-    await provider.run(request)
-    assert extra == {"system_prompt": "x"} and options == {"safety_tolerance": 3}
-    assert request.prompt == "a red fox in snow"
-    assert fake_fal.submits[0].json == fake_fal.submits[1].json
 
 
 # --- catalog <-> adapter drift ----------------------------------------------------------------
@@ -384,15 +360,6 @@ async def test_mime_comes_from_the_bytes(provider: FalProvider, fake_fal: FakeFa
 # --- errors -----------------------------------------------------------------------------------
 
 
-async def test_bad_key_is_502_auth_failed(fake_fal: FakeFal, http: httpx.AsyncClient) -> None:
-    provider = FalProvider(api_key="wrong-key", base_url=fake_fal.base_url, client=http)
-    err = await raised(provider)
-    assert type(err) is UpstreamAuthFailed
-    assert err.status_code == 502
-    assert err.code == "upstream_auth_failed"
-    assert "Unauthorized" in err.message
-
-
 async def test_extra_field_is_400(provider: FalProvider, fake_fal: FakeFal) -> None:
     err = await raised(provider, make_request(extra={"bogus_field": 1}))
     assert isinstance(err, InvalidRequest)
@@ -406,16 +373,6 @@ async def test_invalid_value_is_400(provider: FalProvider, fake_fal: FakeFal) ->
     assert isinstance(err, InvalidRequest)
     assert err.code == "upstream_rejected_request"
     assert "num_images" in err.message
-
-
-async def test_content_policy_is_400(provider: FalProvider, fake_fal: FakeFal) -> None:
-    fake_fal.enqueue(ContentPolicy())
-    err = await raised(provider)
-    assert isinstance(err, ContentPolicyViolation)
-    assert err.status_code == 400
-    assert err.code == "content_policy_violation"
-    assert err.param == "prompt"
-    assert "flagged" in err.message
 
 
 @pytest.mark.parametrize("status", [400, 500])
@@ -448,23 +405,6 @@ async def test_string_detail_is_in_the_message(provider: FalProvider, fake_fal: 
     assert "Image is too large" in err.message
 
 
-async def test_rate_limit_is_503_with_retry_after(provider: FalProvider, fake_fal: FakeFal) -> None:
-    fake_fal.enqueue(FalError(429, "Too many requests", retry_after_s=7))
-    err = await raised(provider)
-    assert isinstance(err, UpstreamUnavailable)
-    assert err.status_code == 503
-    assert err.code == "upstream_rate_limited"
-    assert err.retry_after == 7
-    assert err.headers() == {"retry-after": "7"}
-
-
-async def test_server_error_is_502(provider: FalProvider, fake_fal: FakeFal) -> None:
-    fake_fal.enqueue(FalError(500, "Internal Server Error"))
-    err = await raised(provider)
-    assert type(err) is UpstreamError
-    assert err.status_code == 502
-
-
 async def test_unknown_app_is_502(provider: FalProvider, fake_fal: FakeFal) -> None:
     fake_fal.known_apps = {"fal-ai/something-else"}
     err = await raised(provider)
@@ -488,21 +428,6 @@ async def test_stuck_in_queue_times_out_and_cancels(provider: FalProvider, fake_
     assert cancel[0].headers["authorization"] == "Key test-fal-key"
 
 
-async def test_caller_cancellation_cancels_the_job(provider: FalProvider, fake_fal: FakeFal) -> None:
-    fake_fal.enqueue(StuckInQueue())
-    task = asyncio.create_task(provider.run(make_request()))
-    while not any(r.path.endswith("/status") for r in fake_fal.requests):
-        await asyncio.sleep(0.01)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    for _ in range(200):
-        if fake_fal.cancels:
-            break
-        await asyncio.sleep(0.01)
-    assert fake_fal.cancels == 1
-
-
 @pytest.mark.parametrize(
     ("error_type", "kind", "code"),
     [
@@ -520,16 +445,6 @@ async def test_fails_after_running(provider: FalProvider, fake_fal: FakeFal,
     assert "it went wrong" in err.message
     job = next(iter(fake_fal.jobs.values()))
     assert not any(r.path == f"/fal-ai/nano-banana-pro/requests/{job.request_id}" for r in fake_fal.requests)
-
-
-async def test_hang_on_submit_is_504(provider: FalProvider, fake_fal: FakeFal) -> None:
-    fake_fal.enqueue(Hang(10))
-    provider.timeout = 0.3
-    start = time.monotonic()
-    err = await raised(provider)
-    assert time.monotonic() - start < 3
-    assert isinstance(err, UpstreamTimeout)
-    assert err.code == "upstream_timeout"
 
 
 async def test_hang_on_result_is_504(provider: FalProvider, fake_fal: FakeFal) -> None:
@@ -576,8 +491,8 @@ async def test_bad_status_answer_is_bad_response(provider: FalProvider, fake_fal
     assert err.code == "upstream_bad_response"
 
 
-@pytest.mark.parametrize("behaviour", [MalformedJSON(), OnResult(MalformedJSON()), OnStatus(MalformedJSON())],
-                         ids=["submit", "result", "status"])
+# On the submit: test_contract.py (test_malformed_json_is_a_bad_response[fal]).
+@pytest.mark.parametrize("behaviour", [OnResult(MalformedJSON()), OnStatus(MalformedJSON())], ids=["result", "status"])
 async def test_malformed_json_is_bad_response(provider: FalProvider, fake_fal: FakeFal, behaviour: Any) -> None:
     fake_fal.enqueue(behaviour)
     err = await raised(provider)
@@ -635,32 +550,6 @@ async def test_downloaded_non_image_is_bad_response(provider: FalProvider, fake_
     err = await raised(provider)
     assert type(err) is UpstreamBadResponse
     assert err.code == "upstream_bad_response"
-
-
-async def test_html_error_page_is_mapped_by_status(provider: FalProvider, fake_fal: FakeFal) -> None:
-    fake_fal.enqueue(RawResponse(503, "<html>busy</html>", headers={"Retry-After": "9"}))
-    err = await raised(provider)
-    assert isinstance(err, UpstreamUnavailable)
-    assert err.retry_after == 9
-
-
-async def test_connection_refused(http: httpx.AsyncClient) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    provider = FalProvider(api_key="k", base_url=f"http://127.0.0.1:{port}", client=http)
-    err = await raised(provider)
-    assert isinstance(err, UpstreamUnavailable)
-    assert err.code == "upstream_connection_error"
-
-
-async def test_provider_recovers_after_errors(provider: FalProvider, fake_fal: FakeFal) -> None:
-    fake_fal.enqueue(FalError(500, "boom"), MalformedJSON())
-    for _ in range(2):
-        await raised(provider)
-    result = await provider.run(make_request())
-    assert len(result.images) == 1
-    assert len(fake_fal.submits) == 3
 
 
 # --- the fake itself: it must refuse what fal refuses ------------------------------------------

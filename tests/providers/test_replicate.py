@@ -3,14 +3,14 @@
 The adapter is called directly: a `ProviderRequest` built from the catalog's "replicate" binding
 and a layout from `resolve_layout`, no gateway server. Spec: the provider wire-format reference (the spec),
 sections 3 and 5.
+
+What every provider shares (auth, rate limits, 5xx, rejected input, policy blocks, garbled answers,
+size cap, timeouts and cancels, trailing slash, no mutation, seed/layout/images where the plan says)
+is in test_contract.py; this file keeps what is specific to this upstream.
 """
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
-import socket
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -22,33 +22,25 @@ from imagegate.errors import (
     ContentPolicyViolation,
     ImagegateError,
     InvalidRequest,
-    UpstreamAuthFailed,
     UpstreamBadResponse,
     UpstreamError,
-    UpstreamResponseTooLarge,
-    UpstreamTimeout,
     UpstreamUnavailable,
 )
 from imagegate.normalize import Layout, resolve_layout
-from imagegate.providers import ProviderRequest, ProviderResult, transport
+from imagegate.providers import ProviderRequest, ProviderResult
 from imagegate.providers.gemini import MASK_NOTE
 from imagegate.providers.replicate import ReplicateProvider
 from tests.fakes.gemini import PRO_SIZES
 from tests.fakes.images import color_for, detect_mime, image_size, pixel_at
 from tests.fakes.replicate import (
-    SAFETY_ERROR,
     CapacityFailure,
     FakeReplicate,
-    Hang,
-    MalformedJSON,
     OutputMissing,
     OutputNotImage,
     PollError,
     PredictionCanceled,
     PredictionFails,
-    PredictionStuck,
     RawResponse,
-    ReplicateError,
 )
 
 from .inputs import JPEG, MASK, PNG, data_uri
@@ -133,13 +125,6 @@ async def test_prefer_wait_and_cancel_after_follow_the_timeout(
     await provider.run(make_request())
     headers = fake_replicate.creates[0].headers
     assert (headers["prefer"], headers["cancel-after"]) == (prefer, cancel_after)
-
-
-async def test_base_url_trailing_slash_is_harmless(fake_replicate: FakeReplicate, http: httpx.AsyncClient) -> None:
-    provider = ReplicateProvider(api_key=fake_replicate.api_key, base_url=fake_replicate.base_url + "/", client=http)
-    provider.poll_interval = 0.01
-    await provider.run(make_request())
-    assert fake_replicate.creates[0].path == PATH
 
 
 @pytest.mark.parametrize(
@@ -234,22 +219,6 @@ async def test_unknown_extra_is_rejected_upstream_as_400(provider: ReplicateProv
     assert isinstance(err, InvalidRequest) and err.status_code == 400
     assert err.code == "upstream_rejected_request"
     assert "bogus_field" in err.message and "Input validation failed" in err.message
-
-
-async def test_build_does_not_mutate_the_request(provider: ReplicateProvider, fake_replicate: FakeReplicate) -> None:
-    options = {"safety_filter_level": "block_only_high"}
-    extra = {"resolution": "2K"}
-    request = make_request(images=(PNG,), mask=MASK, options=options, extra=extra)
-    for _ in range(2):
-        with pytest.raises(InvalidRequest):  # the collision is found before anything is sent
-            await provider.run(request)
-    assert options == {"safety_filter_level": "block_only_high"} and extra == {"resolution": "2K"}
-    request = dataclasses.replace(request, extra={})
-    await provider.run(request)
-    await provider.run(request)
-    assert request.prompt == "a red fox in snow"
-    first, second = (c.json for c in fake_replicate.creates)
-    assert first == second
 
 
 async def test_n_is_sent_only_when_the_binding_declares_it(provider: ReplicateProvider,
@@ -420,55 +389,7 @@ async def test_poll_server_error_is_502_and_cancels(provider: ReplicateProvider,
     assert fake_replicate.cancels == 1
 
 
-async def test_caller_cancellation_cancels_the_prediction(provider: ReplicateProvider,
-                                                          fake_replicate: FakeReplicate) -> None:
-    fake_replicate.enqueue(PredictionStuck())
-    task = asyncio.create_task(provider.run(make_request()))
-    while not fake_replicate.polls:
-        await asyncio.sleep(0.01)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    await asyncio.wait_for(transport.drain_cancels(), 3)  # the cancel runs detached
-    assert fake_replicate.cancels == 1
-    assert next(iter(fake_replicate.predictions.values())).status == "canceled"
-
-
 # --- errors -----------------------------------------------------------------------------------
-
-
-async def test_bad_token_is_502_auth_failed(fake_replicate: FakeReplicate, http: httpx.AsyncClient) -> None:
-    provider = ReplicateProvider(api_key="wrong-token", base_url=fake_replicate.base_url, client=http)
-    err = await raised(provider)
-    assert type(err) is UpstreamAuthFailed and err.status_code == 502
-    assert err.code == "upstream_auth_failed"
-    assert "Unauthenticated" in err.message and "valid authentication token" in err.message
-
-
-async def test_422_is_400(provider: ReplicateProvider, fake_replicate: FakeReplicate) -> None:
-    fake_replicate.enqueue(ReplicateError(422, "- input.prompt: prompt is too long", title="Input validation failed"))
-    err = await raised(provider)
-    assert isinstance(err, InvalidRequest) and err.status_code == 400
-    assert err.code == "upstream_rejected_request"
-    assert "prompt is too long" in err.message
-
-
-async def test_rate_limit_is_503_with_retry_after(provider: ReplicateProvider, fake_replicate: FakeReplicate) -> None:
-    fake_replicate.enqueue(ReplicateError(429, "Request was throttled. Your rate limit resets in ~7s.",
-                                          retry_after_s=7))
-    err = await raised(provider)
-    assert isinstance(err, UpstreamUnavailable) and err.status_code == 503
-    assert err.code == "upstream_rate_limited"
-    assert err.retry_after == 7
-    assert err.headers() == {"retry-after": "7"}
-    assert "throttled" in err.message
-
-
-async def test_server_error_is_502(provider: ReplicateProvider, fake_replicate: FakeReplicate) -> None:
-    fake_replicate.enqueue(ReplicateError(500, "Something went wrong", title="Internal Server Error"))
-    err = await raised(provider)
-    assert type(err) is UpstreamError and err.status_code == 502
-    assert "Internal Server Error: Something went wrong" in err.message
 
 
 async def test_unknown_model_is_502(provider: ReplicateProvider, fake_replicate: FakeReplicate) -> None:
@@ -501,8 +422,8 @@ async def test_capacity_failure_is_503(provider: ReplicateProvider, fake_replica
     assert err.code == "upstream_at_capacity"
 
 
-@pytest.mark.parametrize("text", [SAFETY_ERROR, "NSFW content detected", "Prompt blocked by safety filter"],
-                         ids=["E005", "nsfw", "safety"])
+# SAFETY_ERROR (E005) is in test_contract.py (test_content_policy_is_a_violation[replicate]).
+@pytest.mark.parametrize("text", ["NSFW content detected", "Prompt blocked by safety filter"], ids=["nsfw", "safety"])
 async def test_safety_failure_is_content_policy(provider: ReplicateProvider, fake_replicate: FakeReplicate,
                                                 text: str) -> None:
     fake_replicate.enqueue(PredictionFails(text))
@@ -519,43 +440,6 @@ async def test_canceled_prediction_is_502(provider: ReplicateProvider, fake_repl
     err = await raised(provider)
     assert type(err) is UpstreamError and err.status_code == 502
     assert err.code == "upstream_prediction_canceled"
-
-
-async def test_stuck_prediction_times_out_and_is_canceled(provider: ReplicateProvider,
-                                                          fake_replicate: FakeReplicate) -> None:
-    fake_replicate.enqueue(PredictionStuck())
-    provider.timeout = 0.5
-    start = time.monotonic()
-    err = await raised(provider)
-    assert time.monotonic() - start < 1.5
-    assert isinstance(err, UpstreamTimeout) and err.status_code == 504
-    assert fake_replicate.cancels == 1
-    (prediction,) = fake_replicate.predictions.values()
-    assert prediction.status == "canceled"
-    assert len(fake_replicate.polls) > 3  # it was polled all along
-
-
-async def test_hang_on_create_times_out_quickly(provider: ReplicateProvider, fake_replicate: FakeReplicate) -> None:
-    fake_replicate.enqueue(Hang(10))
-    provider.timeout = 0.3
-    start = time.monotonic()
-    err = await raised(provider)
-    assert time.monotonic() - start < 3
-    assert isinstance(err, UpstreamTimeout) and err.status_code == 504
-    assert err.code == "upstream_timeout"
-
-
-async def test_malformed_json_is_bad_response(provider: ReplicateProvider, fake_replicate: FakeReplicate) -> None:
-    fake_replicate.enqueue(MalformedJSON())
-    err = await raised(provider)
-    assert type(err) is UpstreamBadResponse and err.status_code == 502
-    assert err.code == "upstream_bad_response"
-
-
-async def test_html_503_page_is_unavailable(provider: ReplicateProvider, fake_replicate: FakeReplicate) -> None:
-    fake_replicate.enqueue(RawResponse(503, "<html>busy</html>", headers={"Retry-After": "9"}))
-    err = await raised(provider)
-    assert isinstance(err, UpstreamUnavailable) and err.retry_after == 9
 
 
 @pytest.mark.parametrize("body", ["[]", '"text"', "{}", '{"id": "x", "status": "exploded"}'])
@@ -595,31 +479,6 @@ async def test_output_not_an_image_is_502(provider: ReplicateProvider, fake_repl
     err = await raised(provider)
     assert type(err) is UpstreamBadResponse and err.status_code == 502
     assert err.code == "upstream_bad_response"
-
-
-async def test_connection_refused(http: httpx.AsyncClient) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    provider = ReplicateProvider(api_key="k", base_url=f"http://127.0.0.1:{port}", client=http)
-    err = await raised(provider)
-    assert isinstance(err, UpstreamUnavailable) and err.status_code == 503
-    assert err.code == "upstream_connection_error"
-
-
-async def test_output_too_large(provider: ReplicateProvider, fake_replicate: FakeReplicate) -> None:
-    provider.max_response_bytes = 5000  # the prediction JSON fits, a 1K image does not
-    fake_replicate.instant = True
-    err = await raised(provider, make_request(output_format="png", layout=resolve_layout(MODEL, resolution="4K")))
-    assert type(err) is UpstreamResponseTooLarge and err.code == "upstream_response_too_large"
-
-
-async def test_provider_recovers_after_errors(provider: ReplicateProvider, fake_replicate: FakeReplicate) -> None:
-    fake_replicate.enqueue(ReplicateError(503, "busy"), MalformedJSON(), PredictionFails("boom"))
-    for _ in range(3):
-        await raised(provider)
-    result = await provider.run(make_request())
-    assert len(result.images) == 1
 
 
 # --- the fake itself --------------------------------------------------------------------------

@@ -4,6 +4,10 @@ The token endpoint is the `token_uri` of a service-account key file the tests wr
 generated RSA key; it verifies google-auth's signed JWT-bearer grant. The fake Vertex checks the
 path (project, location, model) and the bearer token, and answers like Gemini, errors included.
 First the adapter called directly, then the gateway through the openai SDK.
+
+What every provider shares (auth, rate limits, 5xx, rejected input, policy blocks, garbled answers,
+size cap, timeouts and cancels, trailing slash, no mutation, seed/layout/images where the plan says)
+is in test_contract.py; this file keeps what is specific to this upstream.
 """
 
 from __future__ import annotations
@@ -25,7 +29,6 @@ from imagegate.errors import (
     ContentPolicyViolation,
     ImagegateError,
     UpstreamError,
-    UpstreamUnavailable,
 )
 from imagegate.gateway import build_catalog
 from imagegate.normalize import resolve_layout
@@ -173,14 +176,6 @@ async def test_the_token_grant_is_a_signed_jwt_for_the_cloud_platform_scope(
     assert claims["iss"] == account.client_email
     assert claims["aud"] == GOOGLE_TOKEN_AUDIENCE
     assert CLOUD_PLATFORM_SCOPE in claims["scope"].split()
-
-
-async def test_edit_sends_the_images_inline(provider: VertexProvider, vertex: FakeVertex) -> None:
-    result = await provider.run(make_request(prompt="make it blue", images=(PNG,)))
-    parts = vertex.requests[0].json["contents"][0]["parts"]
-    assert parts[0] == {"text": "make it blue"}
-    assert base64.b64decode(parts[1]["inline_data"]["data"]) == PNG.data
-    assert result.images
 
 
 async def test_nano_banana_calls_its_own_model_without_an_image_size(
@@ -344,20 +339,6 @@ async def test_token_endpoint_refusal_is_upstream_auth_failed(
     assert vertex.requests == []  # no call without a token
 
 
-async def test_a_key_the_token_endpoint_does_not_know_is_refused(
-    vertex: FakeVertex, oauth: FakeGoogleOAuth, tmp_path: Path, http: httpx.AsyncClient
-) -> None:
-    stranger = write_key_file(
-        tmp_path / "stranger.json", new_service_account("who@elsewhere.iam.gserviceaccount.com"), oauth.token_uri
-    )
-    adapter = vertex_adapter(
-        http, **{"project": PROJECT, "base_url": vertex.base_url, "credentials_file": str(stranger)}
-    )
-    error = await raised(adapter)
-    assert error.code == "upstream_auth_failed" and "account not found" in error.message
-    await adapter.aclose()
-
-
 @pytest.mark.parametrize("content", [None, "{not json", json.dumps({"type": "service_account"})])
 def test_an_unreadable_key_file_fails_at_start(tmp_path: Path, http: httpx.AsyncClient, content: str | None) -> None:
     path = tmp_path / "key.json"
@@ -389,23 +370,10 @@ async def test_application_default_credentials_without_a_key_file(
 # --- errors ------------------------------------------------------------------------------------
 
 
-async def test_429_is_rate_limited_with_googles_retry_delay(provider: VertexProvider, vertex: FakeVertex) -> None:
-    vertex.enqueue(
-        GeminiError(429, "RESOURCE_EXHAUSTED", "Quota exceeded for aiplatform.googleapis.com.", retry_after_s=7)
-    )
-    error = await raised(provider)
-    assert isinstance(error, UpstreamUnavailable) and error.code == "upstream_rate_limited"
-    assert error.retry_after == 7
-
-
-async def test_503_is_unavailable(provider: VertexProvider, vertex: FakeVertex) -> None:
-    vertex.enqueue(GeminiError(503, "UNAVAILABLE", "The model is overloaded."))
-    error = await raised(provider)
-    assert isinstance(error, UpstreamUnavailable) and error.status_code == 503
-
-
 @pytest.mark.parametrize(
-    "blocked", [PromptBlocked("PROHIBITED_CONTENT"), FinishBlocked("IMAGE_SAFETY"), PromptBlocked("MODEL_ARMOR")]
+    # PromptBlocked("PROHIBITED_CONTENT") is in test_contract.py (test_content_policy_is_a_violation[vertex]).
+    "blocked",
+    [FinishBlocked("IMAGE_SAFETY"), PromptBlocked("MODEL_ARMOR")],
 )
 async def test_safety_blocks_are_content_policy_violations(
     provider: VertexProvider, vertex: FakeVertex, blocked: Any
