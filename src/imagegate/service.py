@@ -332,15 +332,7 @@ class ImageService:
                     assert mask is not None
                     blob = imaging.ImageBytes(imaging.composite_masked_edit(images[0].data, blob.read(), mask.data))
                 blob, fmt = imaging.convert(blob, target, compression)
-                # Make the form the response needs here, off the event loop, and keep only that one.
-                if hosted:
-                    data = blob.data  # decoded now, inside the error mapping
-                    if inline:  # both forms: the answer carries url and b64_json; an upstream's base64 is kept
-                        blob.b64  # noqa: B018
-                    else:
-                        blob = imaging.ImageBytes(data)
-                else:
-                    blob = imaging.ImageBytes(b64=blob.b64)
+                blob = imaging.output_form(blob, hosted=hosted, inline=inline)
             except (binascii.Error, OSError, SyntaxError, ValueError) as exc:
                 raise _undecodable() from exc
             return OutputImage(blob, fmt, width, height, image.revised_prompt)
@@ -370,7 +362,7 @@ class ImageService:
         names: list[str] = []
         try:
             for image in images:
-                names.append(await anyio.to_thread.run_sync(self.store.put, image.data, image.mime_type))
+                names.append(await anyio.to_thread.run_sync(self.store.put, image.blob, image.mime_type))
         except BaseException:
             # No await here: on a cancel (client gone) an await would be interrupted and leave the
             # files behind; a few small deletes on the loop are the lesser cost, on a failure path.
