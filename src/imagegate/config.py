@@ -10,7 +10,7 @@ import ipaddress
 import re
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -112,6 +112,9 @@ class Settings(BaseSettings):
     max_connections: int | None = Field(default=None, ge=1)  # IMAGEGATE_MAX_CONNECTIONS, per process
     # A body may take one header timeout plus its size at this rate (0: no limit); IMAGEGATE_MIN_BODY_BYTES_PER_SECOND
     min_body_bytes_per_second: float = Field(default=1024.0, ge=0)
+    # The hot path (bench/gateway_overhead.py): upstream API calls over aiohttp (or httpx, which
+    # every other HTTP use keeps).
+    upstream_client: Literal["aiohttp", "httpx"] = "aiohttp"  # IMAGEGATE_UPSTREAM_CLIENT
 
     # OpenAI wire compatibility. Standard fields a model lacks (quality, style, ...) are served
     # without it and reported, unless strict_parameters makes them a 400. A request without

@@ -19,6 +19,7 @@ from ..errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from . import aio
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,10 @@ async def send(
     **kwargs: Any,
 ) -> UpstreamResponse:
     """One request with a timeout and a cap on the response size (streamed, never buffered past it)."""
+    if (fast := aio.session_for(client)) is not None:  # the gateway's client: aiohttp, see aio.py
+        answer = await fast.exchange(method, url, provider=provider, timeout=timeout, max_bytes=max_bytes, **kwargs)
+        if answer is not None:
+            return UpstreamResponse(*answer)
     try:
         async with client.stream(method, url, timeout=timeout, **kwargs) as response:
             chunks: list[bytes] = []
