@@ -127,6 +127,7 @@ async def test_a_refused_connection_is_unavailable(fast: Any) -> None:
 
 
 @pytest.mark.parametrize("url,kwargs", [("ftp://example.invalid/x", {}), ("http://[::1/x", {}),
+                                        ("http://127.0.0.1:1/\udfff", {}), ("http://bücher.example/x", {}),
                                         ("http://127.0.0.1:1/x", {"files": {"f": b"x"}})])
 async def test_what_aiohttp_does_not_take_as_httpx_does_is_left_to_httpx(fast: Any, url: str,
                                                                         kwargs: dict[str, Any]) -> None:

@@ -80,7 +80,7 @@ class AiohttpUpstream:
                        **kwargs: Any) -> tuple[int, httpx.Headers, bytes] | None:
         """The call's status, headers and body (at most `max_bytes`, read as it streams in), or
         None when this call is httpx's to make (see HANDLED). Raises only ImagegateErrors."""
-        if not HANDLED.issuperset(kwargs):
+        if not HANDLED.issuperset(kwargs) or not url.isascii():  # non-ASCII: httpx's IDNA and errors
             return None
         try:
             target = URL(url, encoded=False)
