@@ -15,8 +15,9 @@ every failed attempt with a traceback (up to `backlog` attempts per loop tick). 
 - It refuses connections beyond `IMAGEGATE_MAX_CONNECTIONS` with a 503: by default the
   descriptor limit, raised from soft to hard at start, less a reserve for upstream sockets,
   result files and the database, so the gateway itself never runs out of descriptors.
-- `guarded_loop` is the event loop (uvicorn's `loop` setting): accept failures are logged once
-  per interval, with a count, instead of once per attempt.
+- `guarded_loop` is the event loop (uvicorn's `loop` setting) when the cap is set past the
+  descriptor limit: accept failures are logged once per interval, with a count, instead of once
+  per attempt. Otherwise `fast_loop`, uvloop (`loop_for` says why).
 - `follow_master` makes a `--workers` process exit when the master dies, even by SIGKILL.
 
 `build_config` and `serve` build all of it from `Settings`; `imagegate serve` and the tests'
@@ -292,10 +293,33 @@ def _loop_exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str, 
 
 
 def guarded_loop() -> asyncio.AbstractEventLoop:
-    """The server's event loop (uvicorn's `loop` setting takes this import path)."""
+    """The server's event loop when accept() may fail (uvicorn's `loop` setting takes this import path)."""
     loop = asyncio.new_event_loop()
     loop.set_exception_handler(_loop_exception_handler)
     return loop
+
+
+def fast_loop() -> asyncio.AbstractEventLoop:
+    """uvloop, where the connection cap keeps accept() clear of EMFILE (see `loop_for`)."""
+    import uvloop
+
+    loop = uvloop.new_event_loop()
+    loop.set_exception_handler(_loop_exception_handler)
+    return loop
+
+
+def loop_for(limits: ConnectionLimits, descriptors: int | None) -> str:
+    """uvloop (libuv: less CPU per request in its transports and callbacks) unless the operator set
+    the connection cap at or past the descriptor limit. There accept() can fail with EMFILE, and
+    asyncio's loop keeps those connections waiting in the backlog and reports the failures (throttled
+    above), where libuv would silently accept and drop them."""
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return f"{__name__}:guarded_loop"
+    if descriptors is not None and limits.max_connections >= descriptors:
+        return f"{__name__}:guarded_loop"
+    return f"{__name__}:fast_loop"
 
 
 def descriptor_limit() -> int | None:
@@ -354,7 +378,7 @@ def build_config(app: Any, settings: Settings, *, log_level: str = "info", **opt
                     "before connections are refused", limits.max_connections, descriptors)
     values: dict[str, Any] = {
         "host": settings.host, "port": settings.port, "log_level": log_level, "log_config": _log_config(log_level),
-        "http": GuardedH11Protocol, "loop": f"{__name__}:guarded_loop",
+        "http": GuardedH11Protocol, "loop": loop_for(limits, descriptors),
         # uvicorn's own keep-alive timer, kept in step with ours (it takes whole seconds).
         "timeout_keep_alive": max(1, round(settings.idle_timeout_seconds)),
         # X-Forwarded-* are judged by the gateway (IMAGEGATE_TRUSTED_PROXIES), not believed from any
