@@ -55,3 +55,19 @@ def test_a_hosted_image_is_decoded_into_its_file_without_a_whole_copy(
     assert len(no_whole_decode) > 2 and sum(no_whole_decode) >= len(stored)
     if response_format is None:
         assert stored == base64.b64decode(item.b64_json or "")
+
+
+def test_the_server_runs_on_uvloop_unless_accept_may_fail() -> None:
+    """uvloop where the connection cap stays under the descriptor limit; asyncio's loop (which
+    keeps and reports EMFILE'd connections, tests/server/test_slow_connections.py) where it does not."""
+    import uvloop
+
+    from imagegate.server.serving import ConnectionLimits, fast_loop, loop_for
+
+    assert loop_for(ConnectionLimits(10.0, 10.0, max_connections=700), 1024).endswith(":fast_loop")
+    assert loop_for(ConnectionLimits(10.0, 10.0, max_connections=1024), 1024).endswith(":guarded_loop")
+    loop = fast_loop()
+    try:
+        assert isinstance(loop, uvloop.Loop)
+    finally:
+        loop.close()
