@@ -115,6 +115,9 @@ class Settings(BaseSettings):
     # The hot path (bench/gateway_overhead.py): upstream API calls over aiohttp (or httpx, which
     # every other HTTP use keeps).
     upstream_client: Literal["aiohttp", "httpx"] = "aiohttp"  # IMAGEGATE_UPSTREAM_CLIENT
+    # Usage rows: appended to a journal and written by a background thread (usage.py), or inserted
+    # in the request (inline: a row is in the table before the answer goes out).
+    usage_writer: Literal["background", "inline"] = "background"  # IMAGEGATE_USAGE_WRITER
 
     # OpenAI wire compatibility. Standard fields a model lacks (quality, style, ...) are served
     # without it and reported, unless strict_parameters makes them a 400. A request without

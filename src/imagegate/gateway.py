@@ -104,7 +104,7 @@ class Gateway:
         self.keys = KeyStore(self.db, settings.static_keys)
         self.store = LocalResultStore(self.db, settings.data_dir / "results", settings.result_ttl_seconds,
                                       max_bytes=settings.results_max_bytes)
-        self.usage = UsageLog(self.db)
+        self.usage = UsageLog(self.db, background=settings.usage_writer == "background")
         self.idempotency = IdempotencyStore(self.db, settings.idempotency_ttl_seconds)
         # One pooled client for all upstream traffic; per-call timeouts are set by each request.
         self.client = httpx.AsyncClient(
@@ -159,4 +159,5 @@ class Gateway:
         if self.aiohttp is not None:
             await self.aiohttp.aclose()
         await self.fetcher.aclose()
+        self.usage.close()  # the background writer's last flush: every journalled row into the table
         self.db.close()

@@ -29,7 +29,7 @@ from .providers import InputImage, ProviderImage, TokenSplit
 from .resilience import is_capacity, is_upstream_failure
 from .router import Route, Router
 from .storage import ResultStore
-from .usage import UsageRecord, UsageSink, record_after_failure
+from .usage import UsageRecord, UsageSink, record_after_failure, record_usage
 
 # Upstream images are decoded for conversion; 4K outputs are ~17 MP, so this only stops bombs.
 MAX_UPSTREAM_PIXELS = 100_000_000
@@ -208,7 +208,7 @@ class ImageService:
         except BaseException:
             record_after_failure(self.usage, usage)
             raise
-        await anyio.to_thread.run_sync(self.usage.record, usage)
+        await record_usage(self.usage, usage)
         return outcome
 
     @staticmethod
