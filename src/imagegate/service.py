@@ -349,6 +349,8 @@ class ImageService:
             estimate = 0  # passing the image through decodes no pixels
             if composite or imaging.needs_reencode(current, target, compression):
                 estimate = encode_estimate(width, height, target or current, composite=composite)
+            if estimate == 0:  # passed through: its base64 is checked at ~20 GB/s, no pixels; no thread hop
+                return finish(route, image, composite, width, height)
             return await self.conversions.run(estimate, finish, route, image, composite, width, height,
                                               deadline=deadline)
 

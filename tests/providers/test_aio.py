@@ -135,6 +135,13 @@ async def test_what_aiohttp_does_not_take_as_httpx_does_is_left_to_httpx(fast: A
     assert await upstream.exchange("POST", url, provider="p", timeout=1.0, max_bytes=10, **kwargs) is None
 
 
+async def test_with_a_proxy_in_the_environment_httpx_makes_the_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    async with httpx.AsyncClient() as client:
+        upstream = aio.attach(client)
+        assert await upstream.exchange("GET", "https://example.com/", provider="p", timeout=1.0, max_bytes=10) is None
+
+
 @pytest.mark.parametrize("setting,agent", [("aiohttp", "aiohttp"), ("httpx", "python-httpx")])
 def test_the_gateway_calls_its_upstream_with_the_configured_client(gateway_factory: Any, fake_gemini: FakeGemini,
                                                                    setting: str, agent: str) -> None:

@@ -10,14 +10,17 @@ The gateway attaches one `AiohttpUpstream` to its shared httpx client (`attach`)
 asks `session_for(client)` first; a client nobody attached (a test's own) stays on httpx.
 The aiohttp session itself is opened on first use, inside the running loop, and closed with
 the gateway. Its settings mirror the httpx client's: the same pool size, no redirects followed,
-proxies from the environment, certifi's CA bundle, and `timeout` on every phase (connect, each
-read), not on the whole call, as httpx's single-float timeout does.
+certifi's CA bundle, and `timeout` on every phase (connect, each read), not on the whole call, as
+httpx's single-float timeout does. Where the environment names a proxy (HTTP_PROXY, HTTPS_PROXY,
+ALL_PROXY), httpx makes every call, as before: aiohttp's `trust_env` reads ~/.netrc in a worker
+thread on every request, which cost more than the rest of the call.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
+import urllib.request
 import weakref
 from collections.abc import Mapping
 from typing import Any
@@ -63,6 +66,8 @@ class AiohttpUpstream:
 
     def __init__(self, max_connections: int = 512) -> None:
         self.max_connections = max_connections
+        # Proxies from the environment (as httpx reads them): then httpx keeps the calls.
+        self.proxied = bool({k: v for k, v in urllib.request.getproxies().items() if k != "no"})
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -72,7 +77,7 @@ class AiohttpUpstream:
             # A session belongs to one loop (tests run gateways on several); a stale one is dropped.
             connector = aiohttp.TCPConnector(limit=self.max_connections, limit_per_host=0,
                                              ssl=ssl.create_default_context(cafile=certifi.where()))
-            self._session = aiohttp.ClientSession(connector=connector, trust_env=True)
+            self._session = aiohttp.ClientSession(connector=connector, trust_env=False)
             self._loop = loop
         return self._session
 
@@ -80,7 +85,7 @@ class AiohttpUpstream:
                        **kwargs: Any) -> tuple[int, httpx.Headers, bytes] | None:
         """The call's status, headers and body (at most `max_bytes`, read as it streams in), or
         None when this call is httpx's to make (see HANDLED). Raises only ImagegateErrors."""
-        if not HANDLED.issuperset(kwargs) or not url.isascii():  # non-ASCII: httpx's IDNA and errors
+        if self.proxied or not HANDLED.issuperset(kwargs) or not url.isascii():  # non-ASCII: httpx's IDNA
             return None
         try:
             target = URL(url, encoded=False)
