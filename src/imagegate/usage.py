@@ -41,6 +41,7 @@ log = logging.getLogger("imagegate")
 SPOOL_NAME = "usage-spool.jsonl"
 JOURNAL_PREFIX = "usage-journal."  # + pid + ".jsonl": this process's records not yet in the database
 FLUSH_SECONDS = 0.2  # the background writer's period
+ERROR_LOG_SECONDS = 60.0  # a writer that keeps failing says so at most this often
 
 
 @dataclass(frozen=True)
@@ -149,23 +150,35 @@ class UsageLog:
         return True
 
     def _write_loop(self) -> None:
+        last_error = 0.0
         while not self._stopping:
             self._wake.wait(FLUSH_SECONDS)
             self._wake.clear()
             try:
                 self.flush()
-            except Exception:  # the writer must outlive a bad moment; the journal keeps the records
-                log.exception("usage writer: flushing the journal failed; retrying")
+            except Exception:  # the writer must outlive a bad moment (EMFILE...); the journal keeps the records
+                if time.monotonic() - last_error > ERROR_LOG_SECONDS:
+                    log.exception("usage writer: flushing the journal failed; it is retried every %gs", FLUSH_SECONDS)
+                    last_error = time.monotonic()
 
     def flush(self) -> int:
-        """Move this process's journal into the database now; returns the rows inserted."""
+        """Move this process's journal into the database now; returns the rows inserted. Costs one
+        failed rename when there is nothing to do."""
+        target = self.spool.with_name(f"{self.spool.name}.{os.getpid()}.{secrets.token_hex(4)}.replaying")
+        claimed: Path | None = None
         with self._journal_lock:
-            claimed = self.spool.with_name(f"{self.spool.name}.{os.getpid()}.{secrets.token_hex(4)}.replaying")
             try:
-                os.rename(self.journal, claimed)
+                os.rename(self.journal, target)
+                claimed = target
             except FileNotFoundError:
                 pass
-        return self.replay(quiet=True)
+        inserted = 0
+        if claimed is not None:
+            with self._replay_lock:
+                inserted = max(0, self._replay_file(claimed))  # on failure its rows went to the spool
+        if self._unwritten or self.spool.exists():
+            inserted += self.replay(quiet=True)
+        return inserted
 
     def close(self) -> None:
         """Stop the writer and flush what is left (shutdown)."""

@@ -71,3 +71,11 @@ def test_the_server_runs_on_uvloop_unless_accept_may_fail() -> None:
         assert isinstance(loop, uvloop.Loop)
     finally:
         loop.close()
+
+
+def test_the_server_parses_http_with_httptools_under_the_same_guards() -> None:
+    """tests/server/test_slow_connections.py and test_serving_logs.py hold the guards to their
+    behaviour on this served protocol."""
+    from imagegate.server.serving import GuardedHttpToolsProtocol, http_protocol
+
+    assert http_protocol() is GuardedHttpToolsProtocol
