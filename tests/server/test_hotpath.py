@@ -76,6 +76,7 @@ def test_the_server_runs_on_uvloop_unless_accept_may_fail() -> None:
 def test_the_server_parses_http_with_httptools_under_the_same_guards() -> None:
     """tests/server/test_slow_connections.py and test_serving_logs.py hold the guards to their
     behaviour on this served protocol."""
-    from imagegate.server.serving import GuardedHttpToolsProtocol, http_protocol
+    from imagegate.config import Settings
+    from imagegate.server.serving import GuardedHttpToolsProtocol, build_config
 
-    assert http_protocol() is GuardedHttpToolsProtocol
+    assert build_config(object(), Settings()).http is GuardedHttpToolsProtocol

@@ -1,12 +1,12 @@
 """How the gateway is served: uvicorn, hardened against slow and numerous connections.
 
-uvicorn 0.54's h11 protocol starts no timer before its first response: a connection that drips
+uvicorn 0.54's protocols start no timer before their first response: a connection that drips
 its request head or body a byte at a time, or sends nothing at all, is held forever, and each
 holds a file descriptor. Once descriptors run out, `accept()` fails with EMFILE and asyncio logs
 every failed attempt with a traceback (up to `backlog` attempts per loop tick). So:
 
-- `GuardedHttpToolsProtocol` (or, without httptools, `GuardedH11Protocol`: one `_Guard`, two
-  parsers) closes a connection whose request head is not complete within
+- `GuardedHttpToolsProtocol` (uvicorn's httptools protocol, a C parser at about half h11's CPU
+  per request, with `_Guard`) closes a connection whose request head is not complete within
   `IMAGEGATE_HEADER_TIMEOUT_SECONDS` (a 408), which sends nothing for
   `IMAGEGATE_IDLE_TIMEOUT_SECONDS` while the server waits on it (an unfinished head or body,
   or keep-alive between requests), or whose body trickles in slower than
@@ -42,11 +42,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import h11
 import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 from uvicorn.protocols.http.flow_control import FlowControl
-from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
@@ -113,7 +111,7 @@ class ServingConfig(uvicorn.Config):
 
 
 def _raw_response(error: ImagegateError, extra_headers: str = "") -> bytes:
-    """A whole HTTP/1.1 answer, written before h11 has parsed a request (so not through it)."""
+    """A whole HTTP/1.1 answer, written before the parser has a request (so not through it)."""
     body = json.dumps(error.to_openai_json()).encode()
     phrase = http.HTTPStatus(error.status_code).phrase
     head = (f"HTTP/1.1 {error.status_code} {phrase}\r\ncontent-type: application/json\r\n"
@@ -152,8 +150,8 @@ IDLE, HEAD, BODY, ANSWER = "idle", "head", "body", "answer"
 
 
 class _Guard:
-    """A header timeout, an idle timeout, a body rate and a connection cap for a uvicorn protocol
-    (h11's or httptools'); the protocol says which phase the client is in (`_phase`).
+    """A header timeout, an idle timeout, a body rate and a connection cap for a uvicorn protocol;
+    the protocol says which phase the client is in (`_phase`).
 
     One timer per connection, re-armed lazily: bytes arriving only move a timestamp, and the timer,
     when it fires early, sets itself again for the new deadline."""
@@ -292,53 +290,9 @@ class _Guard:
         self.transport.close()
 
 
-class GuardedH11Protocol(_Guard, H11Protocol):
-    """uvicorn's h11 protocol with the guard (`_Guard`)."""
-
-    def __init__(self, config: uvicorn.Config, server_state: ServerState, app_state: dict[str, Any],
-                 _loop: asyncio.AbstractEventLoop | None = None) -> None:
-        self._guard_init(config)
-        super().__init__(config, server_state, app_state, _loop)
-
-    def _phase(self) -> Phase:
-        state = self.conn.their_state
-        if state is h11.IDLE:
-            return HEAD if self.conn.trailing_data[0] else IDLE
-        return BODY if state is h11.SEND_BODY else ANSWER
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        over_limit = len(self.connections) >= self.limits.max_connections
-        super().connection_made(transport)
-        self._guard_connection_made(transport, over_limit)
-
-    def data_received(self, data: bytes) -> None:
-        if self._refused:
-            return
-        self._bytes_arrived()
-        before = self.conn.their_state
-        super().data_received(data)
-        state = self.conn.their_state
-        if state is not h11.IDLE:
-            self._head_deadline = None
-        if state is h11.SEND_BODY:
-            if before is h11.SEND_BODY:
-                self._body_received += len(data)
-            else:  # the head just completed: the body's clock starts
-                self._head_done()
-        self._arm()
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        self._answered()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._stop_timer()
-        super().connection_lost(exc)
-
-
 class GuardedHttpToolsProtocol(_Guard, HttpToolsProtocol):
-    """uvicorn's httptools protocol (a C parser: about half h11's CPU per request) with the same
-    guard; the parser's callbacks say which phase the client is in."""
+    """uvicorn's httptools protocol with the guard; the parser's callbacks say which phase the
+    client is in."""
 
     def __init__(self, config: uvicorn.Config, server_state: ServerState, app_state: dict[str, Any],
                  _loop: asyncio.AbstractEventLoop | None = None) -> None:
@@ -387,15 +341,6 @@ class GuardedHttpToolsProtocol(_Guard, HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_timer()
         super().connection_lost(exc)
-
-
-def http_protocol() -> type[asyncio.Protocol]:
-    """httptools where it is installed, h11 otherwise."""
-    try:
-        import httptools  # noqa: F401
-    except ImportError:
-        return GuardedH11Protocol
-    return GuardedHttpToolsProtocol
 
 
 def _loop_exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
@@ -492,7 +437,7 @@ def build_config(app: Any, settings: Settings, *, log_level: str = "info", **opt
                     "before connections are refused", limits.max_connections, descriptors)
     values: dict[str, Any] = {
         "host": settings.host, "port": settings.port, "log_level": log_level, "log_config": _log_config(log_level),
-        "http": http_protocol(), "loop": loop_for(limits, descriptors),
+        "http": GuardedHttpToolsProtocol, "loop": loop_for(limits, descriptors),
         # uvicorn's own keep-alive timer, kept in step with ours (it takes whole seconds).
         "timeout_keep_alive": max(1, round(settings.idle_timeout_seconds)),
         # X-Forwarded-* are judged by the gateway (IMAGEGATE_TRUSTED_PROXIES), not believed from any
