@@ -25,7 +25,8 @@ from .fakes.server import LoopbackServer
 
 API_KEY = "sk-test-gateway"
 PROVIDER_ENV = ("GEMINI_API_KEY", "GEMINI_BASE_URL", "OPENAI_API_KEY", "OPENAI_BASE_URL", "GOOGLE_API_KEY",
-                "REPLICATE_API_TOKEN", "REPLICATE_BASE_URL", "FAL_KEY", "FAL_BASE_URL")
+                "REPLICATE_API_TOKEN", "REPLICATE_BASE_URL", "FAL_KEY", "FAL_BASE_URL",
+                "GOOGLE_APPLICATION_CREDENTIALS", "VERTEX_PROJECT", "VERTEX_LOCATION", "VERTEX_BASE_URL")
 
 
 @pytest.fixture(autouse=True)

@@ -22,8 +22,8 @@ from imagegate.catalog import (
 )
 from imagegate.errors import ConfigurationError
 from imagegate.normalize import nearest_ratio, ratio_value, resolve_layout
+from imagegate.plugins import load_registry
 from imagegate.pricing import Charge, Cost, call_cost, total_cost
-from imagegate.providers import PROVIDER_CLASSES
 
 DATA = builtin_data()
 CORE = set(DATA["default_parameters"])
@@ -74,7 +74,7 @@ def test_the_issue_models_are_all_there() -> None:
 @pytest.mark.parametrize("model", MODELS, ids=IDS)
 def test_providers_are_known_provider_ids(model: ModelEntry) -> None:
     assert model.providers, f"{model.id} has no provider"
-    assert set(model.providers) <= set(PROVIDER_CLASSES)
+    assert set(model.providers) <= {spec.id for spec in load_registry()}
 
 
 @pytest.mark.parametrize("model", MODELS, ids=IDS)

@@ -765,3 +765,16 @@ def test_serve_smoke(fake_gemini: FakeGemini, tmp_path: Path, workers: int) -> N
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=5)
+
+
+def test_plugins_lists_each_provider_and_whether_it_is_configured(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAL_KEY", "secret-fal-key")
+    result = invoke("plugins", "--json")
+    assert result.exit_code == 0, result.output
+    rows = {row["id"]: row for row in json.loads(result.stdout)["providers"]}
+    assert rows["fal"]["configured"] is True and rows["gemini"]["configured"] is False
+    assert rows["fal"]["plugin"] == "imagegate.providers.fal"
+    assert {"name": "api_key", "env": "FAL_KEY", "required": True, "set": True} in rows["fal"]["settings"]
+    assert "secret-fal-key" not in result.stdout
+    table = invoke("plugins")
+    assert table.exit_code == 0 and "REPLICATE_API_TOKEN (required)" in table.stdout

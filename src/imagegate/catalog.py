@@ -11,13 +11,16 @@ in `Catalog.get`, and nowhere else; a request by alias is reported under the id 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import math
+import re
+from collections.abc import Callable, Iterable
 from importlib import resources
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import ConfigurationError
+from . import wire
+from .errors import ConfigurationError, ImagegateError
 
 Mode = Literal["t2i", "edit"]
 Availability = Literal["required", "supported", "not_available"]
@@ -43,6 +46,8 @@ class PixelLimits(_Strict):
     max_pixels: int = Field(gt=0)
     min_pixels: int = Field(default=0, ge=0)
     multiple_of: int = Field(default=8, gt=0)
+    # Long side over short side at most this (gpt-image-2: 3); None: any ratio.
+    max_aspect_ratio: float | None = Field(default=None, ge=1)
 
 
 class Price(_Strict):
@@ -66,8 +71,19 @@ class BindingPrice(_Strict):
     by_resolution: dict[str, float] = Field(default_factory=dict)
     per_input_image: float = Field(default=0.0, ge=0)
     extras: dict[str, float] = Field(default_factory=dict)
+    # Per image by the `quality` sent and the output "WxH" (OpenAI's GPT image price tables); when
+    # given it replaces `per_image` / `by_resolution` for calls whose size is known.
+    by_quality_size: dict[str, dict[str, float]] = Field(default_factory=dict)
     estimated: bool = False
     source: str = ""  # where the figures come from (JSON has no comments)
+
+    @model_validator(mode="after")
+    def _sizes_are_wxh(self) -> BindingPrice:
+        for quality, table in self.by_quality_size.items():
+            for size, amount in table.items():
+                if not re.fullmatch(r"[1-9][0-9]*x[1-9][0-9]*", size) or amount < 0:
+                    raise ValueError(f"price by_quality_size[{quality!r}]: {size!r} must be WxH with a price >= 0")
+        return self
 
     def for_resolution(self, tier: str) -> float:
         return self.by_resolution.get(tier, self.per_image)
@@ -94,8 +110,22 @@ class ParamSpec(_Strict):
 
 class ParamHandlingSpec(_Strict):
     handling: Handling
-    to: str | None = None  # the upstream field it becomes (renamed / converted)
+    # Where it goes upstream: dotted paths in the request body, ` + `-joined where one value becomes
+    # several fields (a JSON list is accepted too). Checked here; see wire.py for the grammar.
+    to: str | None = None
     how: str | None = None  # a sentence for people reading GET /models
+
+    @field_validator("to", mode="before")
+    @classmethod
+    def _paths_are_well_formed(cls, to: Any) -> Any:
+        if isinstance(to, (str, list)) and to:
+            return wire.JOIN.join(wire.parse_to(to))
+        return to
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        """The upstream paths of `to`; () when it has none."""
+        return wire.parse_to(self.to) if self.to else ()
 
 
 class ProviderBinding(_Strict):
@@ -233,17 +263,44 @@ def override_binding(catalog: Catalog, model_id: str, provider_id: str, changes:
     catalog.add(model.model_copy(update={"providers": {**model.providers, provider_id: binding}}))
 
 
+def add_binding(catalog: Catalog, model_id: str, provider_id: str, raw_binding: dict[str, Any]) -> None:
+    """One more provider for a model already in the catalog (a plugin's `bindings`), after the
+    model's own providers. The model must exist, and must not have that provider yet."""
+    model = catalog.get(model_id)
+    if model is None:
+        raise ConfigurationError(f"a binding for model '{model_id}', which the catalog does not have")
+    if provider_id in model.providers:
+        raise ConfigurationError(f"model '{model.id}' already has provider '{provider_id}'")
+    binding = ProviderBinding.model_validate(raw_binding)
+    catalog.add(model.model_copy(update={"providers": {**model.providers, provider_id: binding}}))
+
+
 def parse_entries(raw: dict[str, Any], default_parameters: dict[str, Any] | None = None) -> list[ModelEntry]:
     """Validate catalog entries; each gets the gateway's core parameters unless it redefines them.
-    A redefined standard field keeps the default's `if_unavailable`: it is still OpenAI's field."""
+    A redefined standard field keeps the default's `if_unavailable`: it is still OpenAI's field.
+    `raw["binding_defaults"]` (per provider id) fills in what a binding of that provider in the
+    same data leaves out, parameter by parameter: a binding lists only what differs."""
     defaults = default_parameters or {}
+    binding_defaults: dict[str, Any] = raw.get("binding_defaults", {})
     entries = []
     for model in raw.get("models", []):
         merged = dict(model)
         own = {name: _inherit_leniency(name, spec, defaults) for name, spec in model.get("parameters", {}).items()}
         merged["parameters"] = {**defaults, **own}
+        if isinstance(model.get("providers"), dict):
+            merged["providers"] = {pid: with_binding_defaults(binding, binding_defaults.get(pid))
+                                   for pid, binding in model["providers"].items()}
         entries.append(ModelEntry.model_validate(merged))
     return entries
+
+
+def with_binding_defaults(binding: Any, defaults: dict[str, Any] | None) -> Any:
+    """A raw binding over its provider's defaults: its own fields win, and its own `parameters`
+    win one by one (a parameter's handling is replaced whole, never merged field by field)."""
+    if not defaults or not isinstance(binding, dict):
+        return binding
+    parameters = {**defaults.get("parameters", {}), **binding.get("parameters", {})}
+    return {**defaults, **binding, "parameters": parameters}
 
 
 def _inherit_leniency(name: str, spec: Any, defaults: dict[str, Any]) -> Any:
@@ -263,3 +320,106 @@ def builtin_data() -> dict[str, Any]:
 def load_builtin_catalog() -> Catalog:
     data = builtin_data()
     return Catalog(parse_entries(data, data.get("default_parameters")))
+
+
+
+# --- cross-model checks ------------------------------------------------------------------------
+
+# A size-table row's shape may be off its ratio by rounding: Gemini 2.5 Flash's published sizes are
+# up to 2.8% off (896x1152 for 4:5), so 3% in log terms; each row must still be nearest its own ratio.
+RATIO_TOLERANCE = 0.03
+
+
+def check(catalog: Catalog, known_providers: Iterable[str]) -> None:
+    """What no single entry can check on its own, for built-in, config-file and plugin models
+    alike: ConfigurationError listing every problem found (not only the first)."""
+    known = set(known_providers)
+    problems = [problem for model in catalog for problem in model_problems(model, catalog, known)]
+    if problems:
+        raise ConfigurationError("The model catalog is inconsistent:\n- " + "\n- ".join(problems))
+
+
+def model_problems(model: ModelEntry, catalog: Catalog, known_providers: set[str]) -> list[str]:
+    where = f"model {model.id}"
+    problems: list[str] = []
+    if model.fallback_model is not None:
+        fallback = catalog.get(model.fallback_model)
+        if fallback is None:
+            problems.append(f"{where}: fallback_model {model.fallback_model!r} is not in the catalog")
+        elif fallback.id == model.id:
+            problems.append(f"{where}: fallback_model {model.fallback_model!r} is the model itself")
+        elif not set(model.modes) <= set(fallback.modes):
+            problems.append(f"{where}: fallback_model {fallback.id} does not serve every mode of the model")
+    if not model.providers:
+        problems.append(f"{where}: no provider serves it")
+    for provider_id in model.providers:
+        if provider_id not in known_providers:
+            problems.append(f"{where}: unknown provider {provider_id!r} (known: {', '.join(sorted(known_providers))})")
+    ratios = model.supported_ratios()
+    if model.default_aspect_ratio not in ratios:
+        problems.append(f"{where}: default_aspect_ratio {model.default_aspect_ratio} is not among its ratios "
+                        f"({', '.join(ratios)})")
+    problems += [f"{where}: {p}" for p in _size_table_problems(model)]
+    problems += [f"{where}: {p}" for p in _flexible_size_problems(model)]
+    return problems
+
+
+def _flexible_size_problems(model: ModelEntry) -> list[str]:
+    """A flexible model: every ratio at every tier resolves to a size within its pixel limits."""
+    limits = model.pixel_limits
+    if limits is None:
+        return []
+    from .normalize import ratio_value, resolve_layout  # normalize imports this module
+
+    problems = [f"aspect ratio {r!r} is not W:H" for r in model.aspect_ratios or [] if not _is_ratio(r, ratio_value)]
+    if problems:
+        return problems
+    for ratio in model.aspect_ratios or []:
+        for tier in model.resolution_tiers:
+            try:
+                layout = resolve_layout(model, aspect_ratio=ratio, resolution=tier)
+            except (ImagegateError, ValueError, ZeroDivisionError):
+                problems.append(f"ratio {ratio} at tier {tier} does not resolve to a size")
+                continue
+            w, h = layout.width, layout.height
+            if (w % limits.multiple_of or h % limits.multiple_of or min(w, h) < limits.min_side
+                    or max(w, h) > limits.max_side or w * h > limits.max_pixels):
+                problems.append(f"ratio {ratio} at tier {tier} resolves to {w}x{h}, outside pixel_limits")
+    return problems
+
+
+def _is_ratio(text: str, ratio_value: Callable[[str], float]) -> bool:
+    try:
+        return ratio_value(text) > 0
+    except (ValueError, ZeroDivisionError):
+        return False
+
+
+def _size_table_problems(model: ModelEntry) -> list[str]:
+    """A size table's rows: one per (ratio, tier), each tier a declared one and each shape nearest
+    its own ratio; every tier has a row."""
+    if model.sizes is None:
+        return []
+    from .normalize import nearest_ratio, ratio_value  # normalize imports this module
+
+    problems: list[str] = []
+    keys = [(s.aspect_ratio, s.resolution) for s in model.sizes]
+    problems += [f"size {r} {t} appears twice" for r, t in dict.fromkeys(k for k in keys if keys.count(k) > 1)]
+    ratios = model.supported_ratios()
+    for row in model.sizes:
+        shape = f"size {row.aspect_ratio} {row.resolution} ({row.width}x{row.height})"
+        if row.resolution not in model.resolution_tiers:
+            problems.append(f"{shape}: tier {row.resolution} is not in resolution_tiers")
+        try:
+            wanted = ratio_value(row.aspect_ratio)
+            nearest = nearest_ratio(row.width / row.height, ratios)
+        except (ValueError, ZeroDivisionError):
+            problems.append(f"{shape}: a ratio of the table is not W:H")
+            continue
+        if wanted <= 0 or abs(math.log(row.width / row.height / wanted)) > RATIO_TOLERANCE:
+            problems.append(f"{shape} is more than {RATIO_TOLERANCE:.0%} off its ratio")
+        elif nearest != row.aspect_ratio:
+            problems.append(f"{shape} is nearer another ratio of the table")
+    problems += [f"tier {tier} has no row in sizes" for tier in model.resolution_tiers
+                 if not any(s.resolution == tier for s in model.sizes)]
+    return problems

@@ -1,4 +1,4 @@
-"""The `imagegate` command: serve, generate, edit, models, usage, keys.
+"""The `imagegate` command: serve, generate, edit, models, plugins, usage, keys.
 
 `generate` and `edit` run the gateway in-process (same settings and providers as `serve`), or
 talk to a running gateway with `--server URL`.
@@ -23,12 +23,13 @@ from rich.markup import escape
 from rich.measure import Measurement
 from rich.table import Table
 
-from .config import Settings
+from .config import FileConfig, Settings
 from .db import Database
 from .engine.describe import read_checkpoint
 from .errors import ImagegateError
 from .gateway import Gateway
 from .keys import KeyStore
+from .plugins import ProviderSpec, is_configured, load_registry, setting_values
 from .service import ImageJob, ImagesOutcome
 from .usage import GROUP_COLUMNS, Grouping, UsageLog, UsageTotal
 
@@ -328,6 +329,37 @@ def models(as_json: bool, server: str | None, api_key: str | None) -> None:
     _print_models([_model_row(card) for card in listing["data"] if isinstance(card, dict)])
     if notice := listing.get("notice"):
         err_console.print(f"[yellow]note[/yellow]: {escape(str(notice))}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the providers as JSON.")
+def plugins(as_json: bool) -> None:
+    """List the installed providers, the plugin each comes from, and whether it is configured."""
+    try:
+        settings = Settings()
+        file_config = settings.file_config()
+        rows = [_plugin_row(spec, settings, file_config) for spec in load_registry()]
+    except ImagegateError as exc:
+        _fail(exc)
+    if as_json:
+        click.echo(json.dumps({"providers": rows}, indent=2))
+        return
+    table = Table("provider", "plugin", "configured", "settings")
+    for row in rows:
+        table.add_row(row["id"], row["plugin"], "yes" if row["configured"] else "no",
+                      ", ".join(f"{s['env'] or s['name']}{' (required)' if s['required'] else ''}"
+                                for s in row["settings"]))
+    Console().print(table)
+
+
+def _plugin_row(spec: ProviderSpec, settings: Settings, file_config: FileConfig) -> dict[str, Any]:
+    """What `imagegate plugins` shows of one provider: never a secret's value."""
+    values = setting_values(spec, settings, file_config)
+    return {
+        "id": spec.id, "plugin": spec.plugin, "configured": is_configured(spec, values),
+        "settings": [{"name": s.name, "env": s.env, "required": s.required, "set": s.name in values}
+                     for s in spec.settings],
+    }
 
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")

@@ -1,22 +1,30 @@
 """Settings, built once from the environment (and an optional TOML file) and passed in.
 
-Environment: IMAGEGATE_* for the gateway itself; GEMINI_API_KEY / GEMINI_BASE_URL and
-OPENAI_API_KEY / OPENAI_BASE_URL enable providers with no config file.
+Environment: IMAGEGATE_* for the gateway itself. Providers declare their own variables
+(GEMINI_API_KEY, VERTEX_PROJECT, ...) as data in their plugins (plugins.py): this module names
+none of them. It keeps a copy of the environment, and explicit `<provider>_<setting>=` values
+(`Settings(gemini_api_key=...)`), for the plugins to read.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class ProviderSettings(BaseModel):
+    """A config file's [providers.<id>] table: the common fields, and any setting the provider
+    declares (e.g. `project` for vertex)."""
+
+    model_config = ConfigDict(extra="allow")
+
     api_key: str | None = None
     base_url: str | None = None
     timeout: float | None = None
@@ -64,12 +72,10 @@ def _networks(text: str) -> list[IPNetwork]:
     return [ipaddress.ip_network(part.strip(), strict=False) for part in text.split(",") if part.strip()]
 
 
-def _env(name: str, *more: str) -> Any:
-    return Field(default=None, validation_alias=AliasChoices(name, *more))
-
-
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="IMAGEGATE_", extra="ignore", populate_by_name=True)
+    # extra="allow": `Settings(gemini_api_key=...)` keeps values for provider settings (see
+    # explicit_value), which are declared by the plugins, not here.
+    model_config = SettingsConfigDict(env_prefix="IMAGEGATE_", extra="allow", populate_by_name=True)
 
     host: str = "127.0.0.1"
     port: int = 8000
@@ -147,14 +153,8 @@ class Settings(BaseSettings):
     local_max_batch_images: int = Field(default=8, ge=1)  # images in one forward pass
     local_max_queued_images: int = Field(default=32, ge=1)  # beyond this, 503 with Retry-After
 
-    gemini_api_key: str | None = _env("GEMINI_API_KEY")
-    gemini_base_url: str | None = _env("GEMINI_BASE_URL")
-    replicate_api_key: str | None = _env("REPLICATE_API_TOKEN")
-    replicate_base_url: str | None = _env("REPLICATE_BASE_URL")
-    fal_api_key: str | None = _env("FAL_KEY")
-    fal_base_url: str | None = _env("FAL_BASE_URL")
-    openai_api_key: str | None = _env("OPENAI_API_KEY")
-    openai_base_url: str | None = _env("OPENAI_BASE_URL")
+    # The environment when the settings were built: providers read their own variables from it.
+    environ: dict[str, str] = Field(default_factory=lambda: dict(os.environ), exclude=True, repr=False)
 
     @field_validator("n_failure_policy")
     @classmethod
@@ -216,15 +216,6 @@ class Settings(BaseSettings):
         with open(self.config, "rb") as fh:
             return FileConfig.model_validate(tomllib.load(fh))
 
-    def provider_settings(self, provider_id: str, file_config: FileConfig) -> ProviderSettings:
-        """Environment first, then the config file fills what the environment leaves out."""
-        from_env = ProviderSettings(
-            api_key=getattr(self, f"{provider_id}_api_key", None),
-            base_url=getattr(self, f"{provider_id}_base_url", None),
-        )
-        from_file = file_config.providers.get(provider_id, ProviderSettings())
-        return ProviderSettings(
-            api_key=from_env.api_key or from_file.api_key,
-            base_url=from_env.base_url or from_file.base_url,
-            timeout=from_file.timeout,
-        )
+    def explicit_value(self, name: str) -> Any:
+        """A value given as `Settings(name=...)` that is no field of ours (a provider's setting)."""
+        return (self.model_extra or {}).get(name)

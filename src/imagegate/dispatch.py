@@ -1,8 +1,9 @@
 """Calling upstreams for one request: n split into calls, retries with backoff, failover to the
 next provider, the circuit breaker, and one deadline over all of it.
 
-`n` images are "slots" (a seed offset and a count). Each provider gets the pending slots split
-into calls of at most its `max_images_per_call`, all in parallel; slots whose calls fail for an
+`n` images are "slots" (a seed offset and a count). Each candidate (a provider with its planned view
+of the request, see router.plan_candidates) gets the pending slots split into calls of at most its
+`max_images_per_call`, all in parallel; slots whose calls fail for an
 upstream reason move on to the next provider, slots refused for a client reason (bad input,
 content policy) are final. Nothing here outlives the request's deadline.
 """
@@ -16,10 +17,9 @@ from . import logs
 from .config import Settings
 from .errors import ImagegateError, UpstreamTimeout
 from .normalize import Layout
-from .params import NormalizedParams
 from .providers import InputImage, ProviderRequest, ProviderResult
 from .resilience import CircuitBreaker, backoff_delay, is_retryable, is_upstream_failure
-from .router import Route
+from .router import Candidate, Route
 
 # Seeds are int32 upstream; image i of n gets seed + i, wrapping inside the range.
 SEED_RANGE = 2**31
@@ -37,10 +37,14 @@ class CallPlan:
 
 @dataclass(frozen=True)
 class Served:
-    """One successful upstream call and who served it."""
+    """One successful upstream call and the candidate that served it."""
 
-    route: Route
+    candidate: Candidate
     result: ProviderResult
+
+    @property
+    def route(self) -> Route:
+        return self.candidate.route
 
 
 @dataclass(frozen=True)
@@ -65,7 +69,7 @@ class Dispatcher:
         )
 
     async def run(
-        self, routes: list[Route], views: dict[str, NormalizedParams], plan: CallPlan, n: int,
+        self, candidates: list[Candidate], plan: CallPlan, n: int,
         deadline: float | None = None, paid: list[Served] | None = None,
     ) -> tuple[list[Served], list[ImagegateError]]:
         """All calls for `n` images within the request deadline (then UpstreamTimeout, 504). The
@@ -76,29 +80,29 @@ class Dispatcher:
             deadline = self.deadline()
         try:
             async with asyncio.timeout_at(deadline):
-                return await self._fill(routes, views, plan, n, [] if paid is None else paid)
+                return await self._fill(candidates, plan, n, [] if paid is None else paid)
         except TimeoutError as exc:
             raise self.timed_out() from exc
 
     async def _fill(
-        self, routes: list[Route], views: dict[str, NormalizedParams], plan: CallPlan, n: int, paid: list[Served]
+        self, candidates: list[Candidate], plan: CallPlan, n: int, paid: list[Served]
     ) -> tuple[list[Served], list[ImagegateError]]:
         served: list[Served] = []
         errors: list[ImagegateError] = []
         pending = [_Slot(0, n)]
-        for route in routes:
+        for candidate in candidates:
             if not pending:
                 break
-            per_call = route.binding.max_images_per_call
+            per_call = candidate.view.plan.max_images_per_call
             calls = [_Slot(s.offset + i, min(per_call, s.count - i)) for s in pending for i in range(0, s.count, per_call)]
             outcomes = await asyncio.gather(
-                *(self._paid(route, self._request(route, views[route.provider_id], plan, c), paid) for c in calls),
+                *(self._paid(candidate, self._request(candidate, plan, c), paid) for c in calls),
                 return_exceptions=True,
             )
             pending = []
             for call, outcome in zip(calls, outcomes, strict=True):
                 if isinstance(outcome, ProviderResult):
-                    served.append(Served(route, outcome))
+                    served.append(Served(candidate, outcome))
                 elif isinstance(outcome, ImagegateError):
                     errors.append(outcome)
                     if is_upstream_failure(outcome):
@@ -107,19 +111,20 @@ class Dispatcher:
                     raise outcome  # a bug, not an upstream failure: the error handler logs a 500
         return served, errors
 
-    def _request(self, route: Route, view: NormalizedParams, plan: CallPlan, slot: _Slot) -> ProviderRequest:
+    @staticmethod
+    def _request(candidate: Candidate, plan: CallPlan, slot: _Slot) -> ProviderRequest:
+        view = candidate.view
         seed = view.get("seed")
-        output_format = view.get("output_format")
         return ProviderRequest(
-            mode=plan.mode, prompt=view.get("prompt"), layout=plan.layout, binding=route.binding, n=slot.count,
+            mode=plan.mode, prompt=view.get("prompt"), layout=plan.layout, plan=view.plan, n=slot.count,
             seed=None if seed is None else (seed + slot.offset) % SEED_RANGE, images=plan.images, mask=plan.mask,
-            output_format=output_format if output_format in route.binding.native_output_formats else None,
+            output_format=candidate.native_output_format,
             output_compression=view.get("output_compression"), options=view.options, extra=view.extra,
         )
 
-    async def _paid(self, route: Route, request: ProviderRequest, paid: list[Served]) -> ProviderResult:
-        result = await self._attempts(route, request)
-        paid.append(Served(route, result))
+    async def _paid(self, candidate: Candidate, request: ProviderRequest, paid: list[Served]) -> ProviderResult:
+        result = await self._attempts(candidate.route, request)
+        paid.append(Served(candidate, result))
         return result
 
     async def _attempts(self, route: Route, request: ProviderRequest) -> ProviderResult:

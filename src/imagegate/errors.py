@@ -1,20 +1,30 @@
 """The one error hierarchy of imagegate, rendered as OpenAI error JSON in one place.
 
     ImagegateError                      500 server_error
-    ├── InvalidRequest                  400 invalid_request_error
+    ├── InvalidRequest                  400 invalid_request_error                  client_fault
     │   ├── UnsupportedParameter        400 (code: unsupported_parameter)
     │   ├── InvalidImage                400 (code: invalid_image)
     │   ├── ContentPolicyViolation      400 (code: content_policy_violation)
+    │   ├── UpstreamRejectedRequest     400 (code: upstream_rejected_request; an upstream's 400/422)
     │   ├── PayloadTooLarge             413 (code: payload_too_large)
     │   ├── IdempotencyKeyReused        422 (code: idempotency_key_reused)
     │   ├── IdempotentResultsGone       410 (code: idempotency_results_gone)
     │   └── RequestTimeout              408 (code: request_header_timeout; the client did not send its request in time)
-    ├── AuthenticationFailed            401 authentication_error
-    ├── NotFound                        404 not_found_error
+    ├── AuthenticationFailed            401 authentication_error                   client_fault
+    ├── NotFound                        404 not_found_error                        client_fault
     │   └── ModelNotFound               404 invalid_request_error (code: model_not_found)
-    ├── UpstreamError                   502 upstream_error
-    │   ├── UpstreamUnavailable         503 (rate limited or overloaded upstream)
-    │   └── UpstreamTimeout             504
+    ├── UpstreamError                   502 upstream_error                         upstream_failure, retryable
+    │   ├── UpstreamAuthFailed          502 (code: upstream_auth_failed; our upstream key)        not retryable
+    │   ├── UpstreamBadResponse         502 (code: upstream_bad_response; garbage from upstream)
+    │   ├── UpstreamResponseTooLarge    502 (code: upstream_response_too_large)                   not retryable
+    │   ├── NoImageGenerated            502 (code: no_image_generated)
+    │   ├── UpstreamUnavailable         503 (code: upstream_unavailable)                          capacity
+    │   │   ├── UpstreamRateLimited     503 (code: upstream_rate_limited)
+    │   │   ├── UpstreamAtCapacity      503 (code: upstream_at_capacity)
+    │   │   ├── UpstreamConnectionError 503 (code: upstream_connection_error; refused, reset, dropped)
+    │   │   ├── EngineBusy              503 (code: engine_busy; the local engine's queue is full)   not retryable
+    │   │   └── ProviderNotConfigured   503 (code: provider_not_configured; no key set)  not an upstream failure
+    │   └── UpstreamTimeout             504 (code: upstream_timeout)
     ├── ConfigurationError              500 (code: configuration_error; found at startup, never an answer)
     └── ServiceUnavailable              503 server_error (the gateway's own resources; Retry-After)
         ├── ConversionBusy              503 (code: conversion_busy)
@@ -22,6 +32,17 @@
         └── ServerBusy                  503 (code: too_many_connections)
 
 Providers raise only these; the HTTP layer renders them with `to_openai_json()`.
+
+What a failure means for the request is decided by its class, as httpx decides by
+`TimeoutException` or `TransportError` and never by a message: four class attributes, read by
+dispatch (retries, failover), the circuit breaker and the model fallback. `code` is only what the
+client reads; an instance may carry a more specific one (`upstream_prediction_failed`) without
+changing how it is handled.
+
+- `upstream_failure`: the provider failed; the same request may succeed at another provider.
+- `retryable`: another try at the same provider may succeed (implies `upstream_failure`).
+- `capacity`: at capacity or rate limited, the case `allow_fallback_model` is for.
+- `client_fault`: the request itself is at fault; final, no provider would answer otherwise.
 """
 
 from __future__ import annotations
@@ -38,6 +59,11 @@ class ImagegateError(Exception):
     error_type: str = "server_error"
     default_code: str | None = "internal_error"
     upstream_status: int | None = None  # the upstream's HTTP status, when an upstream answered with an error
+    # How the failure is handled (see the module docstring); by class, never by `code`.
+    upstream_failure: bool = False
+    retryable: bool = False
+    capacity: bool = False
+    client_fault: bool = False
 
     def __init__(
         self,
@@ -74,6 +100,7 @@ class InvalidRequest(ImagegateError):
     status_code = 400
     error_type = "invalid_request_error"
     default_code = "invalid_value"
+    client_fault = True
 
 
 class UnsupportedParameter(InvalidRequest):
@@ -86,6 +113,13 @@ class InvalidImage(InvalidRequest):
 
 class ContentPolicyViolation(InvalidRequest):
     default_code = "content_policy_violation"
+
+
+class UpstreamRejectedRequest(InvalidRequest):
+    """An upstream refused the request's content (its 400/422): the client can fix it, so it stays a
+    400, and another provider would refuse it too."""
+
+    default_code = "upstream_rejected_request"
 
 
 class PayloadTooLarge(InvalidRequest):
@@ -112,12 +146,14 @@ class AuthenticationFailed(ImagegateError):
     status_code = 401
     error_type = "authentication_error"
     default_code = "invalid_api_key"
+    client_fault = True
 
 
 class NotFound(ImagegateError):
     status_code = 404
     error_type = "not_found_error"
     default_code = "not_found"
+    client_fault = True
 
 
 class ModelNotFound(NotFound):
@@ -129,11 +165,67 @@ class UpstreamError(ImagegateError):
     status_code = 502
     error_type = "upstream_error"
     default_code = "upstream_error"
+    upstream_failure = True
+    retryable = True
+
+
+class UpstreamAuthFailed(UpstreamError):
+    """The upstream refused our key (its 401/403): the operator's to fix, and no retry helps."""
+
+    default_code = "upstream_auth_failed"
+    retryable = False
+
+
+class UpstreamBadResponse(UpstreamError):
+    """The upstream's answer could not be read (not JSON, a missing field, not an image)."""
+
+    default_code = "upstream_bad_response"
+
+
+class UpstreamResponseTooLarge(UpstreamError):
+    """Over the size or pixel cap: the same request would be as large again."""
+
+    default_code = "upstream_response_too_large"
+    retryable = False
+
+
+class NoImageGenerated(UpstreamError):
+    default_code = "no_image_generated"
 
 
 class UpstreamUnavailable(UpstreamError):
     status_code = 503
     default_code = "upstream_unavailable"
+    capacity = True
+
+
+class UpstreamRateLimited(UpstreamUnavailable):
+    default_code = "upstream_rate_limited"
+
+
+class UpstreamAtCapacity(UpstreamUnavailable):
+    default_code = "upstream_at_capacity"
+
+
+class UpstreamConnectionError(UpstreamUnavailable):
+    default_code = "upstream_connection_error"
+
+
+class EngineBusy(UpstreamUnavailable):
+    """The local engine's queue is full. It says when to come back; the client hears that at once
+    (503, Retry-After) instead of waiting through retries."""
+
+    default_code = "engine_busy"
+    retryable = False
+
+
+class ProviderNotConfigured(UpstreamUnavailable):
+    """No provider of the model has its key set: not a failure of any provider, and not capacity."""
+
+    default_code = "provider_not_configured"
+    upstream_failure = False
+    retryable = False
+    capacity = False
 
 
 class UpstreamTimeout(UpstreamError):

@@ -9,8 +9,18 @@ from collections.abc import Iterable
 from types import TracebackType
 
 import httpx
+from pydantic import ValidationError
 
-from .catalog import Catalog, builtin_data, load_builtin_catalog, override_binding, parse_entries
+from .catalog import (
+    Catalog,
+    add_binding,
+    builtin_data,
+    check,
+    load_builtin_catalog,
+    override_binding,
+    parse_entries,
+    with_binding_defaults,
+)
 from .config import FileConfig, Settings
 from .db import Database
 from .engine.describe import (
@@ -21,10 +31,12 @@ from .engine.describe import (
     local_model_id,
     read_checkpoint,
 )
+from .errors import ConfigurationError
 from .fetch import ImageFetcher
 from .idempotency import IdempotencyStore
 from .keys import KeyStore
-from .providers import PROVIDER_CLASSES, ImageProvider, aio
+from .plugins import ProviderRegistry, catalog_contributions, configured_providers, load_registry
+from .providers import ImageProvider, aio
 from .resilience import CircuitBreaker
 from .router import Router
 from .service import ImageService
@@ -40,17 +52,41 @@ def read_local_models(file_config: FileConfig, local_model: str | None = None) -
     return [read_checkpoint(s) for s in sources if local_model_id(s) not in described]
 
 
-def build_catalog(file_config: FileConfig, local_checkpoints: Iterable[Checkpoint] = ()) -> Catalog:
-    """Built-in models, then the config file's, then one entry per local checkpoint; then the
-    file's `model_overrides` (upstream ids, prices) on top."""
+def build_catalog(file_config: FileConfig, local_checkpoints: Iterable[Checkpoint] = (),
+                  registry: ProviderRegistry | None = None) -> Catalog:
+    """Built-in models, then what provider plugins bring (models, and bindings to models already
+    there), then the config file's, then one entry per local checkpoint; then the file's
+    `model_overrides` (upstream ids, prices) on top."""
     catalog = load_builtin_catalog()
+    add_plugin_catalogs(catalog, registry or load_registry())
     raw_entries = [*file_config.models, *(catalog_entry(c) for c in local_checkpoints)]
-    for entry in parse_entries({"models": raw_entries}, builtin_data().get("default_parameters")):
+    try:
+        entries = parse_entries({"models": raw_entries}, builtin_data().get("default_parameters"))
+    except ValidationError as exc:  # one clear line at startup, not a traceback
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigurationError(f"A model of the config file is invalid: {problems}") from exc
+    for entry in entries:
         catalog.add(entry)
     for model_id, override in file_config.model_overrides.items():
         for provider_id, changes in override.providers.items():
             override_binding(catalog, model_id, provider_id, changes.model_dump(exclude_none=True))
     return catalog
+
+
+def add_plugin_catalogs(catalog: Catalog, registry: ProviderRegistry) -> None:
+    """Each provider's catalog data: its models, and its bindings appended to existing models
+    (after their own providers, so it comes last in their default order)."""
+    defaults = builtin_data().get("default_parameters")
+    for spec, data in catalog_contributions(registry):
+        try:
+            binding_defaults = data.get("binding_defaults", {})  # as in data/models.json
+            for entry in parse_entries({"models": data.get("models", []), "binding_defaults": binding_defaults},
+                                       defaults):
+                catalog.add(entry)
+            for model_id, raw_binding in data.get("bindings", {}).items():
+                add_binding(catalog, model_id, spec.id, with_binding_defaults(raw_binding, binding_defaults.get(spec.id)))
+        except (ValidationError, ConfigurationError) as exc:
+            raise ConfigurationError(f"Provider {spec.id} (plugin {spec.plugin}): bad catalog data: {exc}") from exc
 
 
 def local_sources(catalog: Catalog) -> list[str]:
@@ -72,24 +108,6 @@ def build_local_provider(settings: Settings, sources: list[str], checkpoints: li
     ), checkpoints={c.source: c for c in checkpoints})
 
 
-def build_providers(
-    settings: Settings, file_config: FileConfig, client: httpx.AsyncClient
-) -> dict[str, ImageProvider]:
-    """Every provider whose key is set, in the environment or the config file."""
-    providers: dict[str, ImageProvider] = {}
-    for provider_id, cls in PROVIDER_CLASSES.items():
-        conf = settings.provider_settings(provider_id, file_config)
-        if not conf.api_key:
-            continue
-        provider = cls(api_key=conf.api_key, base_url=conf.base_url or cls.default_base_url, client=client)
-        provider.timeout = conf.timeout or settings.upstream_timeout_seconds
-        provider.max_response_bytes = settings.max_upstream_response_bytes
-        if settings.poll_interval_seconds is not None and hasattr(provider, "poll_interval"):
-            provider.poll_interval = settings.poll_interval_seconds
-        providers[provider_id] = provider
-    return providers
-
-
 class Gateway:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -98,6 +116,7 @@ class Gateway:
         file_config = settings.file_config()
         checkpoints = read_local_models(file_config, settings.local_model)
         self.catalog = build_catalog(file_config, checkpoints)
+        check(self.catalog, known_providers=[*(s.id for s in load_registry()), "local"])  # stops a bad start
         sources = local_sources(self.catalog)
         local = build_local_provider(settings, sources, checkpoints) if sources else None
         self.db = Database(settings.database_path)
@@ -117,7 +136,7 @@ class Gateway:
                                     concurrency_per_key=settings.fetch_concurrency_per_key)
         # Upstream calls on it go over aiohttp (a third of httpx's CPU on 2 MB answers; providers/aio.py).
         self.aiohttp = aio.attach(self.client, max_connections=512) if settings.upstream_client == "aiohttp" else None
-        self.providers = build_providers(settings, file_config, self.client)
+        self.providers = configured_providers(settings, file_config, self.client)
         if local is not None:
             self.providers["local"] = local
         breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown_seconds)
@@ -134,7 +153,7 @@ class Gateway:
         """What an operator must know before the gateway can serve anything (None when it can)."""
         if self.providers:
             return None
-        clouds = ", ".join(cls.key_env_var for cls in PROVIDER_CLASSES.values())
+        clouds = ", ".join(spec.enabling_variables() for spec in load_registry())
         return (f"No provider is configured, so every image request fails. Set a cloud key ({clouds}) or "
                 f"serve a local model with {LOCAL_MODEL_ENV}=<diffusers directory or hub id> "
                 "(after pip install -e '.[local]').")

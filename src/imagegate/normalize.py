@@ -157,7 +157,18 @@ def _fits(w: int, h: int, limits: PixelLimits) -> bool:
         limits.min_side <= min(w, h)
         and max(w, h) <= limits.max_side
         and limits.min_pixels <= w * h <= limits.max_pixels
+        and (limits.max_aspect_ratio is None or max(w, h) <= min(w, h) * limits.max_aspect_ratio)
     )
+
+
+def _within_ratio(width: float, height: float, limits: PixelLimits) -> tuple[float, float]:
+    """A shape past the model's longest ratio (gpt-image-2: 3:1) becomes that ratio, area kept."""
+    limit = limits.max_aspect_ratio
+    if limit is None or max(width, height) <= min(width, height) * limit:
+        return width, height
+    area = width * height
+    long_side, short_side = math.sqrt(area * limit), math.sqrt(area / limit)
+    return (long_side, short_side) if width >= height else (short_side, long_side)
 
 
 def _scale_into(width: float, height: float, limits: PixelLimits) -> float:
@@ -178,7 +189,8 @@ def _scale_into(width: float, height: float, limits: PixelLimits) -> float:
 def clamp_dimensions(width: float, height: float, limits: PixelLimits) -> tuple[int, int]:
     """Scale (width, height) into the limits keeping the aspect ratio, then round each side to
     the multiple: of the floor/ceil combinations that fit, the one closest in ratio wins
-    (then the one closest in area)."""
+    (then the one closest in area). A shape past `max_aspect_ratio` is first brought to it."""
+    width, height = _within_ratio(width, height, limits)
     scale = _scale_into(width, height, limits)
     w, h, m = width * scale, height * scale, limits.multiple_of
     wanted = math.log(width / height)
@@ -323,6 +335,8 @@ def resolve_layout(
         # Clamping to the pixel limits can land nearer another tier: name the one delivered.
         delivered = nearest_tier(float(width * height), model.resolution_tiers, model.resolution_kind)
         if delivered != tier:
+            # One entry per parameter: what was asked, and what was delivered in the end.
+            adjustments = [a for a in adjustments if a.param != "resolution"]
             adjustments.append(Adjustment("resolution", resolution.strip() if resolution else tier, delivered))
             tier = delivered
     return Layout(ratio, tier, width, height, tuple(adjustments))

@@ -13,16 +13,24 @@ For each field:
   (strict mode, IMAGEGATE_STRICT_PARAMETERS, makes that a 400 again). Their types and enums are
   always checked;
 - a field neither declares is passed straight through to the upstream.
+
+`provider_views` is the one decision per provider: it refuses what no provider of the request
+honours (`refused_everywhere`), then gives each provider its `ProviderView`: the parameters it
+gets, what happened to each given one (`fates`), and its `WirePlan` (where each value goes on the
+wire, the upstream model id per mode, max images per call, native output formats), so that
+adapters never consult the catalog. `coerce_scalar` is the same typing for values checked against
+a Python type instead of a catalog spec (the local engine's pipeline arguments).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-from .catalog import Mode, ModelEntry, ParamSpec, ProviderBinding
+from . import wire
+from .catalog import Handling, Mode, ModelEntry, ParamHandlingSpec, ParamSpec, ProviderBinding
 from .errors import InvalidRequest, UnsupportedParameter
 from .normalize import Adjustment
 
@@ -70,6 +78,20 @@ def _coerce(name: str, spec: ParamSpec, raw: Any) -> Any:
     if spec.type == "string":
         return _string(name, spec, raw)
     return raw
+
+
+# A Python type a value may have to be, as the catalog spells the type of a parameter.
+_SPEC_TYPES: dict[type, Literal["boolean", "integer", "number", "string"]] = {
+    bool: "boolean", int: "integer", float: "number", str: "string"}
+
+
+def coerce_scalar(name: str, raw: Any, wanted: type) -> Any:
+    """`raw` as the Python type `wanted` (bool, int, float or str), by the rules catalog parameters
+    follow (form fields arrive as text): the local engine's pipeline arguments are typed here too."""
+    kind = _SPEC_TYPES.get(wanted)
+    if kind is None:
+        raise InvalidRequest(f"'{name}' cannot be set by a request.", param=name)
+    return _coerce(name, ParamSpec(type=kind, description=name, t2i="supported", edit="supported"), raw)
 
 
 def _string(name: str, spec: ParamSpec, raw: Any) -> str:
@@ -162,15 +184,132 @@ def refused_everywhere(params: NormalizedParams, model: ModelEntry, bindings: It
     return {n for n in names if strict or model.parameters[n].if_unavailable != "not_applied"}
 
 
+# --- one provider's view ------------------------------------------------------------------
+
+NOT_SENT: tuple[Handling, ...] = ("emulated", "not_available")  # the gateway's, or refused before any call
+
+
+@dataclass(frozen=True)
+class WirePlan:
+    """What one provider's adapter needs from the catalog, decided before any call: where each
+    value goes on the wire, which upstream model serves each mode, how many images one call may
+    make, which output formats the upstream makes itself, and its engine defaults."""
+
+    upstream_model: str
+    upstream_model_edit: str | None = None
+    max_images_per_call: int = 1
+    native_output_formats: tuple[str, ...] = ()
+    handlings: Mapping[str, ParamHandlingSpec] = field(default_factory=dict)
+    defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # per mode
+
+    @classmethod
+    def from_binding(cls, binding: ProviderBinding) -> WirePlan:
+        return cls(upstream_model=binding.upstream_model, upstream_model_edit=binding.upstream_model_edit,
+                   max_images_per_call=binding.max_images_per_call,
+                   native_output_formats=tuple(binding.native_output_formats), handlings=dict(binding.parameters),
+                   defaults={mode: dict(values) for mode, values in binding.defaults.items()})
+
+    def upstream_for(self, mode: str) -> str:
+        return self.upstream_model_edit if mode == "edit" and self.upstream_model_edit else self.upstream_model
+
+    def handling(self, param: str) -> Handling | None:
+        """How the binding declares `param` handled; None when it does not mention it."""
+        spec = self.handlings.get(param)
+        return spec.handling if spec is not None else None
+
+    def emulates(self, param: str) -> bool:
+        """The gateway does it (a mask composited back, n split into calls...), not the upstream."""
+        return self.handling(param) == "emulated"
+
+    def paths(self, param: str) -> tuple[str, ...]:
+        """Every upstream path `param` is declared to reach, whatever its handling."""
+        spec = self.handlings.get(param)
+        return spec.paths if spec is not None else ()
+
+    def target(self, param: str, undeclared: str | None = None) -> str | None:
+        """The one path a value is written to: its `to` (or its own name), `undeclared` when the
+        binding does not mention it, None when it is not sent or reaches several fields or a list
+        (`size -> input.width + input.height`, `contents[0]...`: the adapter builds those)."""
+        spec = self.handlings.get(param)
+        if spec is None:
+            return undeclared
+        if spec.handling in NOT_SENT:
+            return None
+        paths = spec.paths or (param,)
+        return paths[0] if len(paths) == 1 and wire.is_plain(paths[0]) else None
+
+    def place(self, body: dict[str, Any], param: str, value: Any, *, undeclared: str | None = None,
+              prefix: str = "") -> None:
+        """Write `value` at `param`'s target (less `prefix`, the part the adapter wraps around the
+        body itself: Replicate's `input.`); nothing when it is None or not sent there."""
+        path = self.target(param, undeclared)
+        if path is not None and value is not None:
+            wire.place(body, path.removeprefix(prefix), value)
+
+    def native_format(self, output_format: str | None) -> str | None:
+        """The output format to ask the upstream for: the request's, when the upstream makes it."""
+        return output_format if output_format in self.native_output_formats else None
+
+    def reserved(self, prefix: str = "") -> list[tuple[str, ...]]:
+        """The upstream paths the gateway sends its own values to, less `prefix`: pass-through may
+        not replace them (see providers/base.py's merge_passthrough)."""
+        return [wire.reserved_prefix(path.removeprefix(prefix)) for spec in self.handlings.values()
+                for path in spec.paths]
+
+
+Fate = Literal["passthrough", "renamed", "converted", "emulated", "not_available", "not_applied", "gateway", "extra"]
+
+
+@dataclass(frozen=True)
+class ParamFate:
+    """What happens to one given parameter on one provider: `fate` is its handling as the binding
+    declares it ("gateway" for the gateway's own fields it does not mention, "extra" for unknown
+    fields passed through, "not_applied" for what the request is served without), `paths` where it
+    goes upstream. The value's upstream spelling (jpeg as jpg, a tolerance as thresholds) and the
+    layout's resolved values are the adapter's to write."""
+
+    fate: Fate
+    paths: tuple[str, ...] = ()
+
+
+@dataclass
+class ProviderView(NormalizedParams):
+    """The request as one provider gets it (the parameters, as NormalizedParams), with that
+    provider's wire plan and the fate of every given parameter."""
+
+    plan: WirePlan = field(kw_only=True)
+    fates: dict[str, ParamFate] = field(default_factory=dict)
+
+    @property
+    def native_output_format(self) -> str | None:
+        return self.plan.native_format(self.get("output_format"))
+
+    @property
+    def mask_emulated(self) -> bool:
+        """A mask is sent as one more image plus an instruction, and composited back afterwards."""
+        return self.plan.emulates("mask")
+
+
+def provider_views(params: NormalizedParams, model: ModelEntry, bindings: Mapping[str, ProviderBinding], *,
+                   strict: bool) -> dict[str, ProviderView]:
+    """Every provider's view of the request, in the order given: the one place that decides what
+    happens to each parameter. A parameter no provider honours is a 400 here (see
+    `refused_everywhere`), before anything is sent anywhere."""
+    refused = refused_everywhere(params, model, bindings.values(), strict=strict)
+    return {provider_id: provider_view(params, model=model, provider_id=provider_id, binding=binding,
+                                       strict=refused)
+            for provider_id, binding in bindings.items()}
+
+
 def provider_view(
     params: NormalizedParams, *, model: ModelEntry, provider_id: str, binding: ProviderBinding,
     strict: set[str],
-) -> NormalizedParams:
+) -> ProviderView:
     """The request as one provider gets it. A parameter it declares not available is a 400 when
     it is in `strict` (no configured provider can honour it); otherwise it is left out and the
     response says so, since the router only sends it here when no better provider is left."""
-    view = NormalizedParams(values=dict(params.values), options=dict(params.options), extra=params.extra,
-                            ignored=list(params.ignored))
+    view = ProviderView(values=dict(params.values), options=dict(params.options), extra=params.extra,
+                        ignored=list(params.ignored), plan=WirePlan.from_binding(binding))
     for name in sorted(binding.unavailable(params.values)):
         value = view.values.pop(name)
         view.options.pop(name, None)
@@ -185,7 +324,21 @@ def provider_view(
             )
         else:
             view.ignored.append(Adjustment(name, _text(value), f"not applied (provider {provider_id} lacks it)"))
+    view.fates = _fates(view, params)
     return view
+
+
+def _fates(view: ProviderView, given: NormalizedParams) -> dict[str, ParamFate]:
+    plan = view.plan
+    fates = {a.param: ParamFate("not_applied") for a in view.ignored}
+    for name in view.values:
+        spec = plan.handlings.get(name)
+        if spec is not None:
+            fates[name] = ParamFate(spec.handling, spec.paths)
+        else:
+            fates[name] = ParamFate("passthrough", (name,)) if name in view.options else ParamFate("gateway")
+    fates.update({name: ParamFate("extra", (name,)) for name in given.extra})
+    return fates
 
 
 def _check_required(result: NormalizedParams, model: ModelEntry, mode: Mode) -> None:

@@ -13,25 +13,25 @@ import random
 import time
 from dataclasses import dataclass
 
-from .errors import ImagegateError, UpstreamError, UpstreamUnavailable
+from .errors import ImagegateError
 
-# Upstream failures that another attempt at the same provider cannot fix.
-# A busy local engine says when to come back; the client hears it at once (503, Retry-After).
-NOT_RETRYABLE_CODES = frozenset({"upstream_auth_failed", "upstream_response_too_large", "engine_busy"})
+# Which failures are worth what is decided by the error's class (`imagegate.errors`), never by its
+# code string; these read the class attributes, for the callers that ask in words.
 
 
 def is_upstream_failure(error: ImagegateError) -> bool:
     """Failures of the provider (worth trying elsewhere), as opposed to the client's request."""
-    return isinstance(error, UpstreamError) and error.code != "provider_not_configured"
+    return error.upstream_failure
 
 
 def is_retryable(error: ImagegateError) -> bool:
-    return is_upstream_failure(error) and error.code not in NOT_RETRYABLE_CODES
+    """Worth another try at the same provider (not a rejected key, an oversized answer, a full engine)."""
+    return error.upstream_failure and error.retryable
 
 
 def is_capacity(error: ImagegateError) -> bool:
     """At capacity or rate limited: the case `allow_fallback_model` is for."""
-    return isinstance(error, UpstreamUnavailable)
+    return error.capacity
 
 
 def backoff_delay(attempt: int, base: float, cap: float, retry_after: float | None) -> float:

@@ -487,6 +487,11 @@ class FakeGemini(BaseFake):
             return FLASH_SIZES[ratio]
         return PRO_SIZES[(ratio, parsed.image_size or "1K")]
 
+    def mime_for(self, parsed: ParsedRequest) -> str:
+        """The output images' type: `output_mime` (the Gemini API has no output format option;
+        FakeVertex answers imageOutputOptions.mimeType here)."""
+        return self.output_mime
+
     def _success_parts(self, parsed: ParsedRequest, model: str | None = None) -> list[dict[str, Any]]:
         """Thought image(s), then text, then the final image(s), as Gemini 3 Pro Image does
         (FLASH_MODELS send no thought images)."""
@@ -501,10 +506,11 @@ class FakeGemini(BaseFake):
         if wants_image:
             width, height = self.output_size(parsed, model)
             seed_text = parsed.prompt + ("" if parsed.seed is None else str(parsed.seed))
+            mime = self.mime_for(parsed)
             for i in range(self.images_per_response):
                 color = color_for(seed_text if i == 0 else f"{seed_text}#{i}")
-                data = _b64(solid_image(self.output_mime, width, height, color))
-                parts.append({"inlineData": {"mimeType": self.output_mime, "data": data},
+                data = _b64(solid_image(mime, width, height, color))
+                parts.append({"inlineData": {"mimeType": mime, "data": data},
                               "thoughtSignature": "sig"})
         return parts
 

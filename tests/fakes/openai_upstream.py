@@ -61,6 +61,14 @@ EDIT_FORM_PARAMS = _COMMON | {"input_fidelity"}  # plus the image / image[] / ma
 EDIT_JSON_PARAMS = (_COMMON - {"response_format"}) | {"images", "mask", "moderation", "input_fidelity"}
 # What GPT image models (gpt-image-1) take as `size` (the provider wire-format reference, section 1.1).
 GPT_IMAGE_SIZES = ("auto", "1024x1024", "1536x1024", "1024x1536")
+# gpt-image-2's WxH rules (the provider wire-format reference 1.1; OpenAI's imagegen skill,
+# references/image-api.md): sides multiples of 16, longest edge 3840, long:short at most 3:1,
+# 655,360 to 8,294,400 pixels.
+FLEX_STEP, FLEX_MAX_EDGE, FLEX_MAX_RATIO, FLEX_MIN_PIXELS, FLEX_MAX_PIXELS = 16, 3840, 3, 655_360, 8_294_400
+# The rules the real API applies per GPT image model, for `FakeOpenAI.with_gpt_image_rules()`.
+GPT_IMAGE_MODELS = frozenset({"gpt-image-1", "gpt-image-1.5", "gpt-image-1-mini", "gpt-image-2", "chatgpt-image-latest"})
+NO_INPUT_FIDELITY_MODELS = frozenset({"gpt-image-1-mini", "gpt-image-2"})  # spec 1.2; gpt-image-2: always high
+OPAQUE_ONLY_MODELS = frozenset({"gpt-image-2"})  # no transparent backgrounds
 
 
 @dataclass(frozen=True)
@@ -153,6 +161,34 @@ def _size(value: Any) -> tuple[int, int]:
     return int(match[1]), int(match[2])
 
 
+def _check_flexible_size(size: str) -> None:
+    """gpt-image-2's rules; the message names the one broken (its wording is the fake's own)."""
+    match = re.fullmatch(r"(\d+)x(\d+)", size)
+    if not match:
+        raise _bad(f"Invalid value: '{size}'. Expected 'auto' or WIDTHxHEIGHT.", "size")
+    width, height = int(match[1]), int(match[2])
+    broken = (
+        "both edges must be multiples of 16" if width % FLEX_STEP or height % FLEX_STEP else
+        "the longest edge must be at most 3840" if max(width, height) > FLEX_MAX_EDGE else
+        "the long edge may be at most 3 times the short edge" if max(width, height) > FLEX_MAX_RATIO * min(width, height)
+        else "the image must have 655,360 to 8,294,400 pixels"
+        if not FLEX_MIN_PIXELS <= width * height <= FLEX_MAX_PIXELS else None
+    )
+    if broken:
+        raise _bad(f"Invalid size '{size}': {broken}.", "size")
+
+
+JPEG_COMMENT = b"made by FakeOpenAI"
+
+
+def _signed(image: bytes) -> bytes:
+    """A JPEG gets a comment segment (COM) after its start marker, which any re-encode drops: a
+    test can tell the upstream's own bytes from a conversion even where both encoders agree."""
+    if not image.startswith(b"\xff\xd8"):
+        return image
+    return image[:2] + b"\xff\xfe" + (len(JPEG_COMMENT) + 2).to_bytes(2, "big") + JPEG_COMMENT + image[2:]
+
+
 def _is_true(value: Any) -> bool:
     return value is True or value == "true"
 
@@ -236,7 +272,12 @@ class FakeOpenAI(BaseFake):
     Opt-in GPT image model strictness (both empty by default, so any model takes anything):
     `reject_response_format_models` - models that answer 400 unknown_parameter to any
     `response_format` (GPT image models always return b64_json and refuse the field);
-    `fixed_size_models` - models that take only GPT_IMAGE_SIZES as `size`.
+    `fixed_size_models` - models that take only GPT_IMAGE_SIZES as `size`;
+    `flexible_size_models` - models that take WxH only within gpt-image-2's rules (FLEX_*);
+    `no_input_fidelity_models` - models that answer 400 to any `input_fidelity`;
+    `opaque_only_models` - models that answer 400 to `background=transparent`.
+    `with_gpt_image_rules()` turns all of them on for the real GPT image models. `served` holds
+    the bytes of every image the fake answered with, in order (to check the gateway's pass-through).
     """
 
     def __init__(self, *, api_key: str = "test-openai-key", strict_params: bool = False,
@@ -247,8 +288,12 @@ class FakeOpenAI(BaseFake):
         self.strict_params = strict_params  # True: unknown parameters -> 400 unknown_parameter
         self.reject_response_format_models: set[str] = set(reject_response_format_models or ())
         self.fixed_size_models: set[str] = set(fixed_size_models or ())
+        self.flexible_size_models: set[str] = set()
+        self.no_input_fidelity_models: set[str] = set()
+        self.opaque_only_models: set[str] = set()
         self.files: dict[str, tuple[bytes, str]] = {}  # served at /files/{name}
         self.downloads: list[str] = []  # names fetched from /files/
+        self.served: list[bytes] = []  # every image answered, in order
         self._settings = dict(api_key=api_key, strict_params=strict_params,
                               reject_response_format_models=frozenset(reject_response_format_models or ()),
                               fixed_size_models=frozenset(fixed_size_models or ()))
@@ -258,8 +303,19 @@ class FakeOpenAI(BaseFake):
         super().reset()
         self.files.clear()
         self.downloads.clear()
+        self.served.clear()
+        self.flexible_size_models, self.no_input_fidelity_models, self.opaque_only_models = set(), set(), set()
         for name, value in self._settings.items():
             setattr(self, name, set(value) if isinstance(value, frozenset) else value)
+
+    def with_gpt_image_rules(self) -> FakeOpenAI:
+        """Refuse what the real API refuses per GPT image model (see the class docstring)."""
+        self.reject_response_format_models |= GPT_IMAGE_MODELS
+        self.fixed_size_models |= GPT_IMAGE_MODELS - {"gpt-image-2"}
+        self.flexible_size_models |= {"gpt-image-2"}
+        self.no_input_fidelity_models |= NO_INPUT_FIDELITY_MODELS
+        self.opaque_only_models |= OPAQUE_ONLY_MODELS
+        return self
 
     @property
     def base_url(self) -> str:
@@ -303,6 +359,14 @@ class FakeOpenAI(BaseFake):
         if model in self.fixed_size_models and size not in (None, "") and size not in GPT_IMAGE_SIZES:
             raise _bad(f"Invalid value: '{size}'. Supported values are: '1024x1024', '1024x1536', '1536x1024', "
                        "and 'auto'.", "size")
+        if model in self.flexible_size_models and size not in (None, "", "auto"):
+            _check_flexible_size(str(size))
+        if model in self.no_input_fidelity_models and fields.get("input_fidelity") not in (None, ""):
+            raise _bad(f"Invalid parameter: 'input_fidelity' is not supported for model '{model}'.",
+                       "input_fidelity", "unsupported_parameter")
+        if model in self.opaque_only_models and fields.get("background") == "transparent":
+            raise _bad(f"Invalid value: 'transparent'. Transparent backgrounds are not supported for model '{model}'.",
+                       "background", "invalid_value")
 
     async def _parse_generation(self, request: Request, recorded: RecordedRequest) -> ImageJob:
         body = self._json_body(recorded)
@@ -400,6 +464,7 @@ class FakeOpenAI(BaseFake):
 
     async def _success(self, job: ImageJob) -> Response:
         images = await run_in_threadpool(self._render, job)
+        self.served.extend(images)
         return json_response(200, self._images_response(job, images))
 
     def _render(self, job: ImageJob) -> list[bytes]:
@@ -411,7 +476,7 @@ class FakeOpenAI(BaseFake):
             color: tuple[int, ...] = color_for(job.prompt if i == 0 else f"{job.prompt}#{i}")
             if job.background == "transparent":
                 color = (*color, 0)
-            out.append(solid_image(mime, job.width, job.height, color, quality))
+            out.append(_signed(solid_image(mime, job.width, job.height, color, quality)))
         return out
 
     def _images_response(self, job: ImageJob, images: list[bytes]) -> dict[str, Any]:

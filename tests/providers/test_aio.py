@@ -1,5 +1,5 @@
 """Contract of `imagegate.providers.aio`: upstream calls over aiohttp keep every behaviour of
-`upstream.send` (the twin of tests/providers/test_upstream.py's httpx mapping), against real
+`transport.send` (the twin of tests/providers/test_transport.py's httpx mapping), against real
 loopback servers."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import aiohttp
 import httpx
 import pytest
 
-from imagegate.errors import ImagegateError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from imagegate.errors import ImagegateError, UpstreamConnectionError, UpstreamError, UpstreamTimeout
 from imagegate.providers import aio
-from imagegate.providers.upstream import send
+from imagegate.providers.transport import send
 from tests.fakes.gemini import FakeGemini, Hang, RawResponse
 
 from ..conftest import RunningGateway
@@ -66,7 +66,7 @@ def test_transport_error_maps_every_aiohttp_error_to_a_server_side_error(cls: ty
                                  aiohttp.ClientOSError, aiohttp.ClientPayloadError])
 def test_connection_failures_are_unavailable(cls: type[BaseException]) -> None:
     err = aio.transport_error("p", _instantiate(cls))
-    assert type(err) is UpstreamUnavailable and err.status_code == 503 and err.code == "upstream_connection_error"
+    assert type(err) is UpstreamConnectionError and err.status_code == 503 and err.code == "upstream_connection_error"
 
 
 BODY = {"contents": [{"role": "user", "parts": [{"text": "p"}]}]}
@@ -121,7 +121,7 @@ async def test_a_refused_connection_is_unavailable(fast: Any) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # nothing listens here once closed
-    with pytest.raises(UpstreamUnavailable) as info:
+    with pytest.raises(UpstreamConnectionError) as info:
         await _post(client, f"http://127.0.0.1:{port}/x", json={})
     assert info.value.code == "upstream_connection_error"
 
@@ -132,14 +132,14 @@ async def test_a_refused_connection_is_unavailable(fast: Any) -> None:
 async def test_what_aiohttp_does_not_take_as_httpx_does_is_left_to_httpx(fast: Any, url: str,
                                                                         kwargs: dict[str, Any]) -> None:
     _, upstream = fast
-    assert await upstream.exchange("POST", url, provider="p", timeout=1.0, max_bytes=10, **kwargs) is None
+    assert await upstream.exchange("POST", url, timeout=1.0, max_bytes=10, **kwargs) is None
 
 
 async def test_with_a_proxy_in_the_environment_httpx_makes_the_calls(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
     async with httpx.AsyncClient() as client:
         upstream = aio.attach(client)
-        assert await upstream.exchange("GET", "https://example.com/", provider="p", timeout=1.0, max_bytes=10) is None
+        assert await upstream.exchange("GET", "https://example.com/", timeout=1.0, max_bytes=10) is None
 
 
 @pytest.mark.parametrize("setting,agent", [("aiohttp", "aiohttp"), ("httpx", "python-httpx")])

@@ -20,6 +20,9 @@ from imagegate.errors import (
     ContentPolicyViolation,
     ImagegateError,
     InvalidRequest,
+    NoImageGenerated,
+    UpstreamAuthFailed,
+    UpstreamBadResponse,
     UpstreamError,
     UpstreamTimeout,
     UpstreamUnavailable,
@@ -384,7 +387,7 @@ async def test_mime_comes_from_the_bytes(provider: FalProvider, fake_fal: FakeFa
 async def test_bad_key_is_502_auth_failed(fake_fal: FakeFal, http: httpx.AsyncClient) -> None:
     provider = FalProvider(api_key="wrong-key", base_url=fake_fal.base_url, client=http)
     err = await raised(provider)
-    assert type(err) is UpstreamError
+    assert type(err) is UpstreamAuthFailed
     assert err.status_code == 502
     assert err.code == "upstream_auth_failed"
     assert "Unauthorized" in err.message
@@ -433,7 +436,7 @@ async def test_error_type_header_is_read(provider: FalProvider, fake_fal: FakeFa
 async def test_no_media_generated_type(provider: FalProvider, fake_fal: FakeFal) -> None:
     fake_fal.enqueue(FalError(422, [{"loc": ["body"], "msg": "no image", "type": "no_media_generated"}]))
     err = await raised(provider)
-    assert type(err) is UpstreamError
+    assert type(err) is NoImageGenerated
     assert err.code == "no_image_generated"
 
 
@@ -504,7 +507,7 @@ async def test_caller_cancellation_cancels_the_job(provider: FalProvider, fake_f
     ("error_type", "kind", "code"),
     [
         ("content_policy_violation", ContentPolicyViolation, "content_policy_violation"),
-        ("no_media_generated", UpstreamError, "no_image_generated"),
+        ("no_media_generated", NoImageGenerated, "no_image_generated"),
         ("internal_server_error", UpstreamError, "upstream_request_failed"),
     ],
 )
@@ -547,10 +550,10 @@ async def test_transient_poll_failure_is_retried(provider: FalProvider, fake_fal
 
 
 async def test_persistent_poll_failure_gives_up_and_cancels(provider: FalProvider, fake_fal: FakeFal) -> None:
-    fake_fal.enqueue(OnStatus(FalError(503, "busy", retry_after_s=4), polls=100))
+    fake_fal.enqueue(OnStatus(FalError(503, "busy", retry_after_s=0.04), polls=100))
     err = await raised(provider)
     assert isinstance(err, UpstreamUnavailable)
-    assert err.retry_after == 4
+    assert err.retry_after == 0.04
     assert len(fake_fal.by_path_suffix("/status")) == 5
     assert fake_fal.cancels == 1
 
@@ -569,7 +572,7 @@ async def test_lost_request_is_502_and_cancelled(provider: FalProvider, fake_fal
 async def test_bad_status_answer_is_bad_response(provider: FalProvider, fake_fal: FakeFal, body: str) -> None:
     fake_fal.enqueue(OnStatus(RawResponse(200, body, content_type="application/json")))
     err = await raised(provider)
-    assert type(err) is UpstreamError
+    assert type(err) is UpstreamBadResponse
     assert err.code == "upstream_bad_response"
 
 
@@ -578,7 +581,7 @@ async def test_bad_status_answer_is_bad_response(provider: FalProvider, fake_fal
 async def test_malformed_json_is_bad_response(provider: FalProvider, fake_fal: FakeFal, behaviour: Any) -> None:
     fake_fal.enqueue(behaviour)
     err = await raised(provider)
-    assert type(err) is UpstreamError
+    assert type(err) is UpstreamBadResponse
     assert err.status_code == 502
     assert err.code == "upstream_bad_response"
 
@@ -586,7 +589,7 @@ async def test_malformed_json_is_bad_response(provider: FalProvider, fake_fal: F
 async def test_empty_images_is_no_image_generated(provider: FalProvider, fake_fal: FakeFal) -> None:
     fake_fal.enqueue(NoImages())
     err = await raised(provider)
-    assert type(err) is UpstreamError
+    assert type(err) is NoImageGenerated
     assert err.status_code == 502
     assert err.code == "no_image_generated"
 
@@ -621,7 +624,7 @@ async def test_result_error_is_mapped(provider: FalProvider, fake_fal: FakeFal) 
 async def test_malformed_output_is_bad_response(provider: FalProvider, fake_fal: FakeFal, body: str) -> None:
     fake_fal.enqueue(OnResult(RawResponse(200, body, content_type="application/json")))
     err = await raised(provider)
-    assert type(err) is UpstreamError
+    assert type(err) is UpstreamBadResponse
     assert err.code == "upstream_bad_response"
 
 
@@ -630,7 +633,7 @@ async def test_downloaded_non_image_is_bad_response(provider: FalProvider, fake_
     body = '{"images": [{"url": "%s/files/junk.png"}]}' % fake_fal.url
     fake_fal.enqueue(OnResult(RawResponse(200, body, content_type="application/json")))
     err = await raised(provider)
-    assert type(err) is UpstreamError
+    assert type(err) is UpstreamBadResponse
     assert err.code == "upstream_bad_response"
 
 

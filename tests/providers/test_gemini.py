@@ -21,7 +21,11 @@ from imagegate.errors import (
     ContentPolicyViolation,
     ImagegateError,
     InvalidRequest,
+    NoImageGenerated,
+    UpstreamAuthFailed,
+    UpstreamBadResponse,
     UpstreamError,
+    UpstreamResponseTooLarge,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
@@ -473,7 +477,7 @@ async def test_finish_blocked_is_content_policy(provider: GeminiProvider, fake_g
 async def test_no_image_is_upstream_error(provider: GeminiProvider, fake_gemini: FakeGemini, behaviour: Any) -> None:
     fake_gemini.enqueue(behaviour)
     err = await raised(provider)
-    assert type(err) is UpstreamError
+    assert type(err) is NoImageGenerated
     assert err.status_code == 502
     assert err.code == "no_image_generated"
 
@@ -536,7 +540,7 @@ async def test_fake_validation_error_is_400(provider: GeminiProvider, fake_gemin
 async def test_bad_key_is_502_auth_failed(fake_gemini: FakeGemini, http: httpx.AsyncClient) -> None:
     provider = GeminiProvider(api_key="wrong-key", base_url=fake_gemini.base_url, client=http)
     err = await raised(provider)
-    assert type(err) is UpstreamError
+    assert type(err) is UpstreamAuthFailed
     assert err.status_code == 502
     assert err.code == "upstream_auth_failed"
 
@@ -562,7 +566,7 @@ async def test_hang_times_out_quickly(provider: GeminiProvider, fake_gemini: Fak
 async def test_malformed_json_is_bad_response(provider: GeminiProvider, fake_gemini: FakeGemini) -> None:
     fake_gemini.enqueue(MalformedJSON())
     err = await raised(provider)
-    assert type(err) is UpstreamError
+    assert type(err) is UpstreamBadResponse
     assert err.code == "upstream_bad_response"
 
 
@@ -627,7 +631,7 @@ async def test_connection_refused(http: httpx.AsyncClient) -> None:
 async def test_response_too_large(provider: GeminiProvider, fake_gemini: FakeGemini) -> None:
     provider.max_response_bytes = 1000
     err = await raised(provider)
-    assert type(err) is UpstreamError
+    assert type(err) is UpstreamResponseTooLarge
     assert err.status_code == 502
     assert err.code == "upstream_response_too_large"
 

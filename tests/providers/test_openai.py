@@ -19,6 +19,9 @@ from imagegate.errors import (
     ContentPolicyViolation,
     ImagegateError,
     InvalidRequest,
+    NoImageGenerated,
+    UpstreamAuthFailed,
+    UpstreamBadResponse,
     UpstreamError,
     UpstreamTimeout,
     UpstreamUnavailable,
@@ -311,7 +314,7 @@ async def test_mime_sniffed_from_bytes(provider: OpenAIProvider, fake_openai: Fa
 async def test_bad_key_is_502_auth_failed(fake_openai: FakeOpenAI, http: httpx.AsyncClient) -> None:
     provider = OpenAIProvider(api_key="wrong", base_url=fake_openai.base_url, client=http)
     err = await raised(provider)
-    assert type(err) is UpstreamError
+    assert type(err) is UpstreamAuthFailed
     assert err.status_code == 502
     assert err.code == "upstream_auth_failed"
 
@@ -378,7 +381,7 @@ async def test_hang_times_out(provider: OpenAIProvider, fake_openai: FakeOpenAI)
 async def test_malformed_json_is_bad_response(provider: OpenAIProvider, fake_openai: FakeOpenAI) -> None:
     fake_openai.enqueue(MalformedJSON())
     err = await raised(provider)
-    assert type(err) is UpstreamError
+    assert type(err) is UpstreamBadResponse
     assert err.status_code == 502
     assert err.code == "upstream_bad_response"
 
@@ -394,7 +397,7 @@ async def test_html_error_page(provider: OpenAIProvider, fake_openai: FakeOpenAI
 async def test_no_images_is_no_image_generated(provider: OpenAIProvider, fake_openai: FakeOpenAI, body: str) -> None:
     fake_openai.enqueue(RawResponse(200, body, content_type="application/json"))
     err = await raised(provider)
-    assert type(err) is UpstreamError
+    assert type(err) is NoImageGenerated
     assert err.status_code == 502
     assert err.code == "no_image_generated"
 
@@ -409,7 +412,7 @@ async def test_no_images_is_no_image_generated(provider: OpenAIProvider, fake_op
 async def test_bad_entries_are_bad_response(provider: OpenAIProvider, fake_openai: FakeOpenAI, body: str) -> None:
     fake_openai.enqueue(RawResponse(200, body, content_type="application/json"))
     err = await raised(provider)
-    assert type(err) is UpstreamError
+    assert type(err) is UpstreamBadResponse
     assert err.code == "upstream_bad_response"
 
 

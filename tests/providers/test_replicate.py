@@ -22,12 +22,15 @@ from imagegate.errors import (
     ContentPolicyViolation,
     ImagegateError,
     InvalidRequest,
+    UpstreamAuthFailed,
+    UpstreamBadResponse,
     UpstreamError,
+    UpstreamResponseTooLarge,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
 from imagegate.normalize import Layout, resolve_layout
-from imagegate.providers import ProviderRequest, ProviderResult
+from imagegate.providers import ProviderRequest, ProviderResult, transport
 from imagegate.providers.gemini import MASK_NOTE
 from imagegate.providers.replicate import ReplicateProvider
 from tests.fakes.gemini import PRO_SIZES
@@ -426,7 +429,7 @@ async def test_caller_cancellation_cancels_the_prediction(provider: ReplicatePro
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    await asyncio.wait_for(asyncio.gather(*ReplicateProvider._background), 3)  # the cancel runs detached
+    await asyncio.wait_for(transport.drain_cancels(), 3)  # the cancel runs detached
     assert fake_replicate.cancels == 1
     assert next(iter(fake_replicate.predictions.values())).status == "canceled"
 
@@ -437,7 +440,7 @@ async def test_caller_cancellation_cancels_the_prediction(provider: ReplicatePro
 async def test_bad_token_is_502_auth_failed(fake_replicate: FakeReplicate, http: httpx.AsyncClient) -> None:
     provider = ReplicateProvider(api_key="wrong-token", base_url=fake_replicate.base_url, client=http)
     err = await raised(provider)
-    assert type(err) is UpstreamError and err.status_code == 502
+    assert type(err) is UpstreamAuthFailed and err.status_code == 502
     assert err.code == "upstream_auth_failed"
     assert "Unauthenticated" in err.message and "valid authentication token" in err.message
 
@@ -545,7 +548,7 @@ async def test_hang_on_create_times_out_quickly(provider: ReplicateProvider, fak
 async def test_malformed_json_is_bad_response(provider: ReplicateProvider, fake_replicate: FakeReplicate) -> None:
     fake_replicate.enqueue(MalformedJSON())
     err = await raised(provider)
-    assert type(err) is UpstreamError and err.status_code == 502
+    assert type(err) is UpstreamBadResponse and err.status_code == 502
     assert err.code == "upstream_bad_response"
 
 
@@ -560,7 +563,7 @@ async def test_unexpected_prediction_shapes(provider: ReplicateProvider, fake_re
                                             body: str) -> None:
     fake_replicate.enqueue(RawResponse(201, body, content_type="application/json"))
     err = await raised(provider)
-    assert type(err) is UpstreamError and err.code == "upstream_bad_response"
+    assert type(err) is UpstreamBadResponse and err.code == "upstream_bad_response"
 
 
 @pytest.mark.parametrize(("output", "code"), [
@@ -577,7 +580,7 @@ async def test_bad_outputs(provider: ReplicateProvider, fake_replicate: FakeRepl
     body = '{"id": "x", "status": "succeeded", "output": %s}' % output
     fake_replicate.enqueue(RawResponse(201, body, content_type="application/json"))
     err = await raised(provider)
-    assert type(err) is UpstreamError and err.code == code
+    assert isinstance(err, UpstreamError) and type(err).default_code == err.code == code
 
 
 async def test_output_url_404_is_502(provider: ReplicateProvider, fake_replicate: FakeReplicate) -> None:
@@ -590,7 +593,7 @@ async def test_output_url_404_is_502(provider: ReplicateProvider, fake_replicate
 async def test_output_not_an_image_is_502(provider: ReplicateProvider, fake_replicate: FakeReplicate) -> None:
     fake_replicate.enqueue(OutputNotImage())
     err = await raised(provider)
-    assert type(err) is UpstreamError and err.status_code == 502
+    assert type(err) is UpstreamBadResponse and err.status_code == 502
     assert err.code == "upstream_bad_response"
 
 
@@ -608,7 +611,7 @@ async def test_output_too_large(provider: ReplicateProvider, fake_replicate: Fak
     provider.max_response_bytes = 5000  # the prediction JSON fits, a 1K image does not
     fake_replicate.instant = True
     err = await raised(provider, make_request(output_format="png", layout=resolve_layout(MODEL, resolution="4K")))
-    assert type(err) is UpstreamError and err.code == "upstream_response_too_large"
+    assert type(err) is UpstreamResponseTooLarge and err.code == "upstream_response_too_large"
 
 
 async def test_provider_recovers_after_errors(provider: ReplicateProvider, fake_replicate: FakeReplicate) -> None:

@@ -10,9 +10,10 @@ import httpx
 import openai
 import pytest
 
-from imagegate.config import Settings
+from imagegate.config import FileConfig, Settings
 from imagegate.db import Database
 from imagegate.keys import KeyStore, hash_key
+from imagegate.plugins import load_registry, setting_values
 
 from ..conftest import RunningGateway
 from ..fakes.gemini import FakeGemini
@@ -86,5 +87,9 @@ def test_settings_read_the_documented_environment(monkeypatch: pytest.MonkeyPatc
     settings = Settings()
     assert settings.static_keys == ["a", "b"]
     assert settings.base_public_url == "https://img.example.com"
-    assert (settings.gemini_api_key, settings.gemini_base_url) == ("g", "http://gemini.local")
-    assert (settings.openai_api_key, settings.openai_base_url) == ("o", "http://openai.local/v1")
+    # Provider variables are declared by the provider plugins and read through them.
+    registry = load_registry()
+    gemini = setting_values(registry.specs["gemini"], settings, FileConfig())
+    assert (gemini["api_key"], gemini["base_url"]) == ("g", "http://gemini.local")
+    openai = setting_values(registry.specs["openai"], settings, FileConfig())
+    assert (openai["api_key"], openai["base_url"]) == ("o", "http://openai.local/v1")

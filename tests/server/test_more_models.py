@@ -93,7 +93,7 @@ def test_model_cards_show_each_models_own_sizes_and_price(gateway_factory: Any) 
     flash, gpt, seedream = cards[FLASH], cards[GPT], cards[SEEDREAM]
     assert len(flash["sizes"]) == 10 and flash["resolution_tiers"] == ["1K"] and flash["pixel_limits"] is None
     assert flash["price"]["per_image"] == 0.039
-    assert [p["id"] for p in flash["providers"]] == ["gemini", "replicate", "fal"]
+    assert [p["id"] for p in flash["providers"]] == ["gemini", "replicate", "fal", "vertex"]
     assert {(s["width"], s["height"]) for s in gpt["sizes"]} == {(1024, 1024), (1536, 1024), (1024, 1536)}
     assert gpt["parameters"]["quality"]["values"] == ["low", "medium", "high", "auto"]
     assert [p["id"] for p in gpt["providers"]] == ["openai"]
@@ -228,7 +228,9 @@ def test_gpt_image_1_generation(gateway_factory: Any, fake_openai: FakeOpenAI) -
     # aspect_ratio and resolution are folded into size; OpenAI has no seed.
     assert not {"aspect_ratio", "resolution", "seed"} & set(sent)
     assert adjustments(result) == []
-    assert usage(result)["cost"] == pytest.approx(2 * 0.042)
+    # OpenAI's price for high quality at 1536x1024 (the binding's by_quality_size table).
+    assert usage(result)["cost"] == pytest.approx(2 * 0.25)
+    assert usage(result)["cost_estimated"] is False
 
 
 def test_gpt_image_1_maps_other_sizes_to_its_three(gateway_factory: Any, fake_openai: FakeOpenAI) -> None:

@@ -1,6 +1,7 @@
-"""Provider adapters. A new upstream is one module here plus one line in PROVIDER_CLASSES.
+"""Provider adapters. Each module registers itself through the plugin hook (plugins.py), as
+outside packages do; nothing here lists them.
 
-The local engine (`local.py`) is not listed: it needs the `local` extra (torch, diffusers), so
+The local engine (`local.py`) is not a plugin: it needs the `local` extra (torch, diffusers), so
 the gateway imports it only when a local model is configured.
 """
 
@@ -20,15 +21,7 @@ from .gemini import GeminiProvider
 from .openai import OpenAIProvider
 from .replicate import ReplicateProvider
 
-PROVIDER_CLASSES: dict[str, type[HttpProvider]] = {
-    GeminiProvider.provider_id: GeminiProvider,
-    ReplicateProvider.provider_id: ReplicateProvider,
-    FalProvider.provider_id: FalProvider,
-    OpenAIProvider.provider_id: OpenAIProvider,
-}
-
 __all__ = [
-    "PROVIDER_CLASSES",
     "FalProvider",
     "GeminiProvider",
     "HttpProvider",

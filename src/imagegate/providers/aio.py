@@ -1,4 +1,4 @@
-"""Upstream calls over aiohttp: the same contract as `upstream.send`, at a third of the CPU.
+"""Upstream calls over aiohttp: the same contract as `transport.send`, at a third of the CPU.
 
 Measured on the bench's 2 MB Gemini answer (bench/README.md): httpx spends ~4 ms of CPU per call
 at 16 concurrent calls (httpcore, anyio, h11 reading in 64 KiB pieces), aiohttp ~1.7 ms. Only the
@@ -6,8 +6,9 @@ upstream calls move: image-URL fetches keep httpx behind the SSRF guard (fetch.p
 this module does not handle the same way (multipart `files=`, a URL that is not plain http(s)) is
 left to httpx, so its errors stay exactly what they were.
 
-The gateway attaches one `AiohttpUpstream` to its shared httpx client (`attach`), and `send`
-asks `session_for(client)` first; a client nobody attached (a test's own) stays on httpx.
+The gateway attaches one `AiohttpUpstream` to its shared httpx client (`attach`), and
+`transport._exchange` asks `session_for(client)` first; a client nobody attached (a test's own)
+stays on httpx.
 The aiohttp session itself is opened on first use, inside the running loop, and closed with
 the gateway. Its settings mirror the httpx client's: the same pool size, no redirects followed,
 certifi's CA bundle, and `timeout` on every phase (connect, each read), not on the whole call, as
@@ -31,7 +32,13 @@ import httpx
 from yarl import URL
 
 from .. import jsonio
-from ..errors import ImagegateError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from ..errors import (
+    ImagegateError,
+    UpstreamBadResponse,
+    UpstreamConnectionError,
+    UpstreamError,
+    UpstreamTimeout,
+)
 
 # Read the body in pieces this large (aiohttp's own buffer decides what is there already).
 READ_CHUNK_BYTES = 1 << 20
@@ -41,16 +48,24 @@ HANDLED = frozenset({"json", "headers", "content", "params"})
 _attached: weakref.WeakKeyDictionary[httpx.AsyncClient, AiohttpUpstream] = weakref.WeakKeyDictionary()
 
 
+class TooLarge(Exception):
+    """A response body over the cap (`transport.send` maps it, as its own `_TooLarge`)."""
+
+
+# What `exchange` raises; `transport.send` maps them with `transport_error`.
+ERRORS = (aiohttp.ClientError, TimeoutError)
+
+
 def transport_error(provider: str, exc: BaseException) -> ImagegateError:
-    """An aiohttp (or asyncio timeout) exception as ours, the twin of upstream.transport_error;
+    """An aiohttp (or asyncio timeout) exception as ours, the twin of transport.transport_error;
     a test checks that every aiohttp error class lands where its httpx sibling does."""
     name = type(exc).__name__
     if isinstance(exc, TimeoutError):  # aiohttp's ServerTimeoutError and ConnectionTimeoutError are ones
         return UpstreamTimeout(f"{provider} did not answer in time ({name}).")
     if isinstance(exc, (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)):
-        return UpstreamUnavailable(f"Could not talk to {provider}: {name}.", code="upstream_connection_error")
+        return UpstreamConnectionError(f"Could not talk to {provider}: {name}.")
     if isinstance(exc, aiohttp.InvalidURL):
-        return UpstreamError(f"{provider} sent a URL that cannot be requested.", code="upstream_bad_response")
+        return UpstreamBadResponse(f"{provider} sent a URL that cannot be requested.")
     return UpstreamError(f"Request to {provider} failed: {name}: {_describe(exc)}")
 
 
@@ -81,10 +96,10 @@ class AiohttpUpstream:
             self._loop = loop
         return self._session
 
-    async def exchange(self, method: str, url: str, *, provider: str, timeout: float, max_bytes: int,
+    async def exchange(self, method: str, url: str, *, timeout: float, max_bytes: int,
                        **kwargs: Any) -> tuple[int, httpx.Headers, bytes] | None:
         """The call's status, headers and body (at most `max_bytes`, read as it streams in), or
-        None when this call is httpx's to make (see HANDLED). Raises only ImagegateErrors."""
+        None when this call is httpx's to make (see HANDLED). Raises ERRORS and TooLarge."""
         if self.proxied or not HANDLED.issuperset(kwargs) or not url.isascii():  # non-ASCII: httpx's IDNA
             return None
         try:
@@ -100,13 +115,10 @@ class AiohttpUpstream:
             headers.setdefault("content-type", "application/json")
         params: Mapping[str, str] | None = kwargs.get("params")
         limits = aiohttp.ClientTimeout(total=None, connect=timeout, sock_connect=timeout, sock_read=timeout)
-        try:
-            async with self._current().request(method, target, data=data, headers=headers, params=params,
-                                               timeout=limits, allow_redirects=False) as response:
-                body = await _read_capped(response, provider, max_bytes)
-                return response.status, httpx.Headers(list(response.raw_headers)), body
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise transport_error(provider, exc) from exc
+        async with self._current().request(method, target, data=data, headers=headers, params=params,
+                                           timeout=limits, allow_redirects=False) as response:
+            body = await _read_capped(response, max_bytes)
+            return response.status, httpx.Headers(list(response.raw_headers)), body
 
     async def aclose(self) -> None:
         if self._session is not None and not self._session.closed:
@@ -115,14 +127,13 @@ class AiohttpUpstream:
         self._session = None
 
 
-async def _read_capped(response: aiohttp.ClientResponse, provider: str, max_bytes: int) -> bytes:
+async def _read_capped(response: aiohttp.ClientResponse, max_bytes: int) -> bytes:
     chunks: list[bytes] = []
     total = 0
     async for chunk in response.content.iter_chunked(READ_CHUNK_BYTES):
         total += len(chunk)
         if total > max_bytes:
-            raise UpstreamError(f"{provider} sent a response larger than {max_bytes} bytes.",
-                                code="upstream_response_too_large")
+            raise TooLarge
         chunks.append(chunk)
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 

@@ -3,14 +3,16 @@
 An adapter turns one `ProviderRequest` (already normalized by the gateway) into its upstream's
 wire call and the answer back into `ProviderImage`s. It raises only `imagegate.errors`.
 The gateway, not the adapter, does `n` splitting, output formats, hosting and usage.
+What goes where on the wire comes from the request's `plan` (params.WirePlan, made from the
+catalog binding by params.provider_view): adapters never consult the catalog themselves.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from dataclasses import InitVar, dataclass, field
+from typing import Any, ClassVar, Self
 
 import httpx
 
@@ -18,6 +20,8 @@ from ..catalog import ProviderBinding
 from ..errors import InvalidRequest
 from ..imaging import ImageBytes
 from ..normalize import Layout
+from ..params import WirePlan
+from ..plugins import ProviderContext, ProviderSpec, http_settings
 
 
 @dataclass(frozen=True)
@@ -35,12 +39,15 @@ class InputImage:
 @dataclass(frozen=True)
 class ProviderRequest:
     """One upstream call's worth of work. `options` holds the recognized, provider-handled
-    parameters (e.g. `enable_web_search`) and `extra` the unrecognized ones, passed through."""
+    parameters (e.g. `enable_web_search`) and `extra` the unrecognized ones, passed through.
+    `plan` says where each value goes; given a `binding` instead (tests, one-off callers), the
+    plan is made from it."""
 
     mode: str  # "t2i" or "edit"
     prompt: str
     layout: Layout
-    binding: ProviderBinding
+    plan: WirePlan = None  # type: ignore[assignment]  # made from `binding` when not given
+    binding: InitVar[ProviderBinding | None] = None
     n: int = 1
     seed: int | None = None
     images: tuple[InputImage, ...] = ()
@@ -49,6 +56,17 @@ class ProviderRequest:
     output_compression: int | None = None
     options: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self, binding: ProviderBinding | None) -> None:
+        if binding is not None:
+            object.__setattr__(self, "plan", WirePlan.from_binding(binding))
+        if self.plan is None:
+            raise TypeError("a ProviderRequest needs a plan (or a binding to make one from)")
+
+    @property
+    def upstream_model(self) -> str:
+        """The upstream model id for this request's mode."""
+        return self.plan.upstream_for(self.mode)
 
 
 @dataclass(frozen=True)
@@ -62,25 +80,11 @@ class ProviderImage:
         return self.blob.data
 
 
-NOT_SENT = ("emulated", "not_available")  # handled by the gateway, or refused before any call
-
-
-def sent_field(binding: ProviderBinding, param: str, undeclared: str | None) -> str | None:
-    """Where a gateway value goes in the upstream request, from the binding: its `to` (or its own
-    name), None when the gateway handles it, `undeclared` when the binding does not mention it."""
-    handling = binding.handling(param)
-    if handling is None:
-        return undeclared
-    if handling.handling in NOT_SENT:
-        return None
-    return handling.to or param
-
-
 # --- pass-through ----------------------------------------------------------------------------
 #
 # Unknown request fields are merged into the upstream body the adapter built, but they may only
-# ADD fields: a field the gateway set (or could set from a request parameter, per the binding's
-# `to` targets) is the gateway's, because it is what the response reports and usage bills.
+# ADD fields: a field the gateway set (or could set from a request parameter, per the plan's
+# `reserved()` paths, the binding's `to` targets) is the gateway's, because it is what the response reports and usage bills.
 # Dicts the gateway built are containers: a new key inside one is an addition, so
 # `generationConfig.temperature` passes while `generationConfig.imageConfig` (a binding target)
 # does not.
@@ -91,25 +95,6 @@ _LEAF: dict[str, Any] = {}  # marks a reserved path's end in the shadow tree (co
 
 def same_key(key: str) -> str:
     return key
-
-
-def binding_targets(binding: ProviderBinding, prefix: str = "") -> list[tuple[str, ...]]:
-    """The upstream paths a binding sends gateway values to ('generationConfig.imageConfig',
-    'input.size + input.width', 'contents[0].parts[0].text' -> ('contents',)), minus `prefix`."""
-    paths: list[tuple[str, ...]] = []
-    for handling in binding.parameters.values():
-        for target in (handling.to or "").split("+"):
-            target = target.strip().removeprefix(prefix)
-            path: list[str] = []
-            for segment in target.split("."):
-                name, bracket, _ = segment.partition("[")
-                if name:
-                    path.append(name)
-                if bracket:  # an indexed list: the whole list is the gateway's
-                    break
-            if path and " " not in target:
-                paths.append(tuple(path))
-    return paths
 
 
 def _shadow(reserved: Iterable[tuple[str, ...]], fold: KeyFold) -> dict[str, Any]:
@@ -244,3 +229,20 @@ class HttpProvider(ImageProvider):
         self.api_key = api_key
         self.base_url = base_url.rstrip("/")
         self.client = client
+
+    @classmethod
+    def from_context(cls, context: ProviderContext) -> Self:
+        """The adapter a plugin's factory builds from its settings (see plugins.py)."""
+        provider = cls(api_key=context.value("api_key") or "", client=context.client,
+                       base_url=context.value("base_url") or cls.default_base_url)
+        provider.timeout = context.timeout
+        provider.max_response_bytes = context.max_response_bytes
+        if context.poll_interval is not None and hasattr(provider, "poll_interval"):
+            provider.poll_interval = context.poll_interval
+        return provider
+
+    @classmethod
+    def provider_spec(cls) -> ProviderSpec:
+        """The usual registration: a key and a base URL variable, no catalog data of its own."""
+        return ProviderSpec(id=cls.provider_id, factory=cls.from_context,
+                            settings=http_settings(cls.key_env_var, cls.base_url_env_var))

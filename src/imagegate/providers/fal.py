@@ -6,42 +6,42 @@ travel as data URIs in `image_urls` (we never upload to fal's storage). The stat
 cancel URLs drop the `/edit` sub-path, so the URLs returned by submit are used as they are and
 only rebuilt (`{base}/{owner}/{alias}/requests/{id}`) when submit leaves them out.
 
-`timeout` is one deadline for the whole job (submit, polling, result and downloads). Polling
-retries transient failures; when the deadline passes, polling fails for good or the caller goes
-away, the queued job is cancelled (best effort) so fal does not keep working on, and billing
-for, an answer nobody waits for. Output images come as URLs to fal's CDN, or as data URIs with
+`timeout` is one deadline for the whole job (submit, polling, result and downloads). This module
+only describes the job (`QueueJob`); `transport.run_job` submits, polls (retrying transient
+failures), cancels the queued job when the deadline passes, polling fails for good or the caller
+goes away (so fal does not keep working on, and billing for, an answer nobody waits for), and
+downloads the outputs. Output images come as URLs to fal's CDN, or as data URIs with
 `sync_mode`; either way the bytes are checked to be an image before they are handed on.
 """
 
 from __future__ import annotations
 
-import asyncio
 import math
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
-from ..errors import (
-    ContentPolicyViolation,
-    ImagegateError,
-    InvalidRequest,
-    UpstreamError,
-    UpstreamTimeout,
-    UpstreamUnavailable,
-)
-from ..fetch import decode_data_uri
-from ..imaging import MIME_BY_FORMAT, ImageBytes, decode_b64_image, sniff_format
+from ..errors import ContentPolicyViolation, ImagegateError, NoImageGenerated, UpstreamBadResponse, UpstreamError
+from ..plugins import ProviderSpec
 from .base import (
     HttpProvider,
-    ProviderImage,
     ProviderRequest,
     ProviderResult,
-    binding_targets,
     merge_passthrough,
-    sent_field,
 )
 from .gemini import MASK_NOTE
-from .upstream import UpstreamResponse, error_for_status, parse_json, retry_after_seconds, send, upstream_text
+from .transport import (
+    Call,
+    JobStatus,
+    PollingJob,
+    UpstreamResponse,
+    error_for_status,
+    json_or_none,
+    parse_json,
+    retry_after_seconds,
+    run_job,
+    upstream_text,
+)
 
 PROVIDER = "fal"
 # Queue states (fal_client `Queued` / `InProgress` / `Completed`): the first two mean "ask again".
@@ -49,19 +49,6 @@ PENDING_STATES = frozenset({"IN_QUEUE", "IN_PROGRESS"})
 COMPLETED = "COMPLETED"
 POLICY_TYPE = "content_policy_violation"
 NO_MEDIA_TYPE = "no_media_generated"
-# A cancel is sent after the deadline has passed, so it gets its own short allowance.
-CANCEL_TIMEOUT_S = 2.0
-# Status polls are idempotent: these answers are retried (fal_client retries the same ones).
-TRANSIENT_STATUSES = frozenset({408, 409, 429, 502, 503, 504})
-MAX_POLL_FAILURES = 5  # in a row; then the last failure is the answer
-
-
-class _TransientPollError(Exception):
-    """A status poll failed in a way worth another poll; carries the error to raise if not."""
-
-    def __init__(self, error: ImagegateError) -> None:
-        super().__init__(error.message)
-        self.error = error
 
 
 @dataclass(frozen=True)
@@ -78,17 +65,12 @@ class QueueUrls:
 # --- request ---------------------------------------------------------------------------------
 
 
-def sent_name(request: ProviderRequest, param: str) -> str | None:
-    """The fal field for a gateway value; an undeclared parameter keeps its own name."""
-    return sent_field(request.binding, param, undeclared=param)
-
-
 def _images_and_prompt(request: ProviderRequest) -> tuple[list[str], str]:
     """Input images as data URIs; an emulated mask rides along as one more image plus a note
     telling the model what it is (the gateway composites the original back afterwards)."""
     images = [image.data_uri() for image in request.images]
     prompt = request.prompt
-    if request.mask is not None and sent_name(request, "mask") is None:
+    if request.mask is not None and request.plan.emulates("mask"):
         images.append(request.mask.data_uri())
         prompt = f"{prompt}\n\n{MASK_NOTE}"
     return images, prompt
@@ -102,8 +84,10 @@ def _option_value(name: str, value: Any) -> Any:
 
 
 def build_input(request: ProviderRequest) -> dict[str, Any]:
-    """The submit body. Every gateway value goes under the field its binding names, so the
-    catalog (shown to users in GET /models) and the wire cannot drift apart."""
+    """The submit body. Every gateway value goes where its plan (the catalog binding, shown to
+    users in GET /models) says, so the catalog and the wire cannot drift apart; a parameter the
+    binding does not mention keeps its own name."""
+    plan = request.plan
     images, prompt = _images_and_prompt(request)
     values: dict[str, Any] = {
         "prompt": prompt,
@@ -114,18 +98,14 @@ def build_input(request: ProviderRequest) -> dict[str, Any]:
         "output_format": request.output_format,  # set only when fal can produce it natively
         "image": images or None,
     }
-    if request.mask is not None and sent_name(request, "mask") is not None:
+    if request.mask is not None and not plan.emulates("mask"):
         values["mask"] = request.mask.data_uri()
     body: dict[str, Any] = {}
     for param, value in values.items():
-        name = sent_name(request, param)
-        if name is not None and value is not None:
-            body[name] = value
+        plan.place(body, param, value, undeclared=param)
     for param, value in request.options.items():
-        name = sent_name(request, param)
-        if name is not None and value is not None:
-            body[name] = _option_value(param, value)
-    merge_passthrough(body, request.extra, reserved=binding_targets(request.binding))
+        plan.place(body, param, _option_value(param, value), undeclared=param)
+    merge_passthrough(body, request.extra, reserved=plan.reserved())
     return body
 
 
@@ -156,8 +136,8 @@ def queue_urls(data: Any, base_url: str, endpoint: str) -> QueueUrls:
 # --- errors ----------------------------------------------------------------------------------
 
 
-def _bad_response(what: str) -> UpstreamError:
-    return UpstreamError(f"{PROVIDER} sent {what}.", code="upstream_bad_response")
+def _bad_response(what: str) -> UpstreamBadResponse:
+    return UpstreamBadResponse(f"{PROVIDER} sent {what}.")
 
 
 def _detail_items(detail: Any) -> list[tuple[str, str | None]]:
@@ -185,17 +165,14 @@ def typed_error(error_type: str | None, message: str) -> ImagegateError | None:
         return ContentPolicyViolation(f"{PROVIDER}: the content policy blocked this request. {message}".strip(),
                                       param="prompt")
     if error_type == NO_MEDIA_TYPE:
-        return UpstreamError(f"{PROVIDER} generated no image. {message}".strip(), code="no_image_generated")
+        return NoImageGenerated(f"{PROVIDER} generated no image. {message}".strip())
     return None
 
 
 def http_error(response: UpstreamResponse) -> ImagegateError:
     """A non-2xx answer from any queue endpoint. Error type first (body `detail[].type`, body
     `error_type` or header `x-fal-error-type`, as fal_client reads them), then the status."""
-    try:
-        data = parse_json(PROVIDER, response.body)
-    except UpstreamError:
-        data = None
+    data = json_or_none(response.body)
     data = data if isinstance(data, dict) else {}
     items = _detail_items(data.get("detail"))
     types = [kind for _, kind in items if kind]
@@ -227,28 +204,13 @@ def completed_error(status: dict[str, Any]) -> ImagegateError | None:
 # --- output ----------------------------------------------------------------------------------
 
 
-def _image_from_data_uri(uri: str) -> tuple[ImageBytes, str]:
-    """Base64 payloads stay base64 (a b64_json answer reuses them without a decode/encode)."""
-    header, _, payload = uri.partition(",")
-    try:
-        if header.endswith(";base64"):
-            return decode_b64_image(payload)
-        data = decode_data_uri(uri, "url")
-    except (ValueError, InvalidRequest) as exc:
-        raise _bad_response("an image data URI that does not decode") from exc
-    fmt = sniff_format(data)
-    if fmt is None:
-        raise _bad_response("a data URI that is not an image")
-    return ImageBytes(data), fmt
-
-
 def _image_entries(data: Any) -> tuple[list[str], str | None]:
     """The output's image URLs and its description; no images at all is fal's "no media"."""
     if not isinstance(data, dict):
         raise _bad_response("a result that is not an object")
     entries = data.get("images")
     if entries is None or entries == []:
-        raise UpstreamError(f"{PROVIDER} returned no images.", code="no_image_generated")
+        raise NoImageGenerated(f"{PROVIDER} returned no images.")
     if not isinstance(entries, list):
         raise _bad_response("a malformed images list")
     urls: list[str] = []
@@ -261,6 +223,57 @@ def _image_entries(data: Any) -> tuple[list[str], str | None]:
     return urls, description if isinstance(description, str) and description.strip() else None
 
 
+# --- the job -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QueueJob(PollingJob):
+    """One queued request: submitted to its endpoint, polled at the status URL, its output read
+    from the response URL, cancelled at the cancel URL (all as the submit answer names them)."""
+
+    provider = PROVIDER
+    base_url: str
+    api_key: str
+    request: ProviderRequest
+    endpoint: str
+
+    @property
+    def _auth(self) -> dict[str, str]:
+        return {"authorization": f"Key {self.api_key}"}
+
+    def submit(self, remaining: float) -> Call:
+        headers = dict(self._auth)
+        seconds = math.floor(remaining)
+        if seconds > 1:  # fal's server-side timeout must be more than 1 s; without it fal keeps going
+            headers["x-fal-request-timeout"] = str(seconds)
+        return Call("POST", f"{self.base_url}/{self.endpoint}", headers, json=build_input(self.request))
+
+    def submitted(self, response: UpstreamResponse) -> JobStatus:
+        urls = queue_urls(parse_json(PROVIDER, response.body), self.base_url, self.endpoint)
+        return JobStatus("pending", poll=Call("GET", urls.status_url, self._auth, params={"logs": "0"}),
+                         cancel=Call("PUT", urls.cancel_url, self._auth),
+                         result=Call("GET", urls.response_url, self._auth), job_id=urls.request_id)
+
+    def polled(self, response: UpstreamResponse) -> JobStatus:
+        status = parse_json(PROVIDER, response.body)
+        if not isinstance(status, dict) or not isinstance(status.get("status"), str):
+            raise _bad_response("a status answer without a status")
+        state = status["status"]
+        if state == COMPLETED:
+            error = completed_error(status)
+            return JobStatus.failed(error) if error is not None else JobStatus("done")  # outputs at `result`
+        if state not in PENDING_STATES:
+            raise _bad_response(f"an unknown queue status {state!r}")
+        return JobStatus("pending")
+
+    def result(self, response: UpstreamResponse) -> JobStatus:
+        urls, description = _image_entries(parse_json(PROVIDER, response.body))
+        return JobStatus.done(urls, description)
+
+    def error(self, response: UpstreamResponse) -> ImagegateError:
+        return http_error(response)
+
+
 # --- the adapter -----------------------------------------------------------------------------
 
 
@@ -271,135 +284,19 @@ class FalProvider(HttpProvider):
     default_base_url = "https://queue.fal.run"
     # Seconds between status polls; tests shorten it.
     poll_interval: float = 0.5
-    # Cancels sent when a deadline passed or the caller went away: kept so they are not collected.
-    _background: ClassVar[set[asyncio.Task[None]]] = set()
-
-    @property
-    def _auth(self) -> dict[str, str]:
-        return {"authorization": f"Key {self.api_key}"}
 
     async def generate(self, request: ProviderRequest) -> ProviderResult:
-        return await self._run(request, request.binding.upstream_for("t2i"))
+        return await self._run(request, request.plan.upstream_for("t2i"))
 
     async def edit(self, request: ProviderRequest) -> ProviderResult:
-        return await self._run(request, request.binding.upstream_for("edit"))
+        return await self._run(request, request.plan.upstream_for("edit"))
 
     async def _run(self, request: ProviderRequest, endpoint: str) -> ProviderResult:
-        deadline = time.monotonic() + self.timeout
-        urls = await self._submit(request, endpoint, deadline)
-        try:
-            status = await self._wait_until_done(urls, deadline)
-        except ImagegateError:
-            await self._cancel(urls)  # timed out or lost track of it: fal must not keep billing
-            raise
-        except asyncio.CancelledError:
-            # The caller gave up (client disconnected): stop fal too, without delaying the cancel.
-            task = asyncio.get_running_loop().create_task(self._cancel(urls))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
-            raise
-        error = completed_error(status)
-        if error is not None:
-            raise error
-        output = await self._json("GET", urls.response_url, deadline, headers=self._auth)
-        return await self._parse_output(output, deadline)
+        job = QueueJob(self.base_url, self.api_key, request, endpoint)
+        return await run_job(job, client=self.client, timeout=self.timeout, max_bytes=self.max_response_bytes,
+                             interval=self.poll_interval)
 
-    # --- HTTP ---
 
-    def _remaining(self, deadline: float) -> float:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise UpstreamTimeout(f"{PROVIDER} did not finish within {self.timeout:g} s.")
-        return left
-
-    async def _call(self, method: str, url: str, deadline: float, **kwargs: Any) -> UpstreamResponse:
-        return await send(self.client, method, url, provider=self.provider_id, timeout=self._remaining(deadline),
-                          max_bytes=self.max_response_bytes, **kwargs)
-
-    async def _json(self, method: str, url: str, deadline: float, **kwargs: Any) -> Any:
-        """One queue call whose answer must be 2xx JSON."""
-        response = await self._call(method, url, deadline, **kwargs)
-        if not 200 <= response.status_code < 300:
-            raise http_error(response)
-        return parse_json(self.provider_id, response.body)
-
-    async def _submit(self, request: ProviderRequest, endpoint: str, deadline: float) -> QueueUrls:
-        headers = dict(self._auth)
-        seconds = math.floor(deadline - time.monotonic())
-        if seconds > 1:  # fal's server-side timeout must be more than 1 s; without it fal keeps going
-            headers["x-fal-request-timeout"] = str(seconds)
-        data = await self._json("POST", f"{self.base_url}/{endpoint}", deadline,
-                                json=build_input(request), headers=headers)
-        return queue_urls(data, self.base_url, endpoint)
-
-    async def _wait_until_done(self, urls: QueueUrls, deadline: float) -> dict[str, Any]:
-        """Poll until COMPLETED and return that status. A poll that fails transiently (429, 5xx
-        from fal's ingress, a dropped connection) is retried, as fal_client does: the job is
-        already running and paid for, so one hiccup must not throw it away."""
-        failures = 0
-        while True:
-            try:
-                status = await self._poll(urls, deadline)
-                failures = 0
-            except _TransientPollError as exc:
-                failures += 1
-                if failures >= MAX_POLL_FAILURES:
-                    raise exc.error from None
-                status = None
-            if status is not None:
-                state = status["status"]
-                if state == COMPLETED:
-                    return status
-                if state not in PENDING_STATES:
-                    raise _bad_response(f"an unknown queue status {state!r}")
-            await asyncio.sleep(min(self.poll_interval, self._remaining(deadline)))
-
-    async def _poll(self, urls: QueueUrls, deadline: float) -> dict[str, Any]:
-        try:
-            response = await self._call("GET", urls.status_url, deadline, params={"logs": "0"}, headers=self._auth)
-        except UpstreamUnavailable as exc:  # connection refused / reset
-            raise _TransientPollError(exc) from exc
-        if not 200 <= response.status_code < 300:
-            error = http_error(response)
-            if response.status_code in TRANSIENT_STATUSES:
-                raise _TransientPollError(error)
-            raise error
-        status = parse_json(self.provider_id, response.body)
-        if not isinstance(status, dict) or not isinstance(status.get("status"), str):
-            raise _bad_response("a status answer without a status")
-        return status
-
-    async def _cancel(self, urls: QueueUrls) -> None:
-        """Best effort: a failed cancel must never hide the error that made us send it."""
-        try:
-            await send(self.client, "PUT", urls.cancel_url, provider=self.provider_id,
-                       timeout=min(self.timeout, CANCEL_TIMEOUT_S), max_bytes=64 * 1024, headers=self._auth)
-        except ImagegateError:
-            pass
-
-    # --- output ---
-
-    async def _parse_output(self, data: Any, deadline: float) -> ProviderResult:
-        urls, description = _image_entries(data)
-        outcomes = await asyncio.gather(*(self._image(url, deadline) for url in urls), return_exceptions=True)
-        images: list[ProviderImage] = []
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException):
-                raise outcome
-            blob, fmt = outcome
-            images.append(ProviderImage(blob, MIME_BY_FORMAT[fmt], revised_prompt=description))
-        return ProviderResult(images=images, text=description)
-
-    async def _image(self, url: str, deadline: float) -> tuple[ImageBytes, str]:
-        if url.startswith("data:"):
-            return _image_from_data_uri(url)
-        if not url.startswith(("http://", "https://")):
-            raise _bad_response("an image url that is neither http(s) nor a data URI")
-        # The upstream is the operator's choice, so its result URLs are trusted like it is.
-        response = await self._call("GET", url, deadline)
-        if response.status_code != 200:
-            raise UpstreamError(f"Downloading the {self.provider_id} result gave HTTP {response.status_code}.")
-        fmt = sniff_format(response.body)
-        if fmt is None:
-            raise _bad_response("bytes that are not an image")
-        return ImageBytes(response.body), fmt
+def register_providers(register: Callable[[ProviderSpec], None]) -> None:
+    """The plugin hook (plugins.py): built-in providers register as outside ones do."""
+    register(FalProvider.provider_spec())

@@ -19,11 +19,14 @@ from __future__ import annotations
 import base64
 import binascii
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 from .. import jsonio
-from ..errors import ContentPolicyViolation, ImagegateError, UpstreamError
+from ..errors import ContentPolicyViolation, ImagegateError, NoImageGenerated, UpstreamBadResponse
 from ..imaging import MIME_BY_FORMAT, decode_b64_image
+from ..params import WirePlan
+from ..plugins import ProviderSpec
 from .base import (
     HttpProvider,
     InputImage,
@@ -31,11 +34,18 @@ from .base import (
     ProviderRequest,
     ProviderResult,
     TokenSplit,
-    binding_targets,
     merge_passthrough,
     token_count,
 )
-from .upstream import error_for_status, parse_json, retry_after_seconds, seconds_value, send, upstream_text
+from .transport import (
+    UpstreamResponse,
+    error_for_status,
+    json_or_none,
+    retry_after_seconds,
+    seconds_value,
+    send_checked,
+    upstream_text,
+)
 
 # Finish and block reasons that mean "the safety system said no" rather than "it failed".
 SAFETY_REASONS = frozenset(
@@ -64,13 +74,11 @@ def _inline(image: InputImage) -> dict[str, Any]:
     return {"inline_data": {"mime_type": image.mime_type, "data": base64.b64encode(image.data).decode("ascii")}}
 
 
-def set_path(body: dict[str, Any], dotted: str, value: Any) -> None:
-    """body['a']['b'] = value for 'a.b', creating dicts on the way."""
-    *parents, leaf = dotted.split(".")
-    node = body
-    for key in parents:
-        node = node.setdefault(key, {})
-    node[leaf] = value
+# Where Gemini takes the layout and the seed when a binding does not say (generateContent's
+# GenerationConfig: imageConfig.aspectRatio / imageSize, seed).
+ASPECT_RATIO_PATH = "generationConfig.imageConfig.aspectRatio"
+IMAGE_SIZE_PATH = "generationConfig.imageConfig.imageSize"
+SEED_PATH = "generationConfig.seed"
 
 
 def proto_field(key: str) -> str:
@@ -85,34 +93,31 @@ def build_body(request: ProviderRequest) -> dict[str, Any]:
         parts += [{"text": MASK_NOTE}, _inline(request.mask)]
     body: dict[str, Any] = {
         "contents": [{"role": "user", "parts": parts}],
-        "generationConfig": {
-            "responseModalities": ["TEXT", "IMAGE"],
-            "imageConfig": {"aspectRatio": request.layout.aspect_ratio},
-        },
+        "generationConfig": {"responseModalities": ["TEXT", "IMAGE"]},
     }
-    # Models with one fixed tier (gemini-2.5-flash-image) take no imageSize: the binding says so.
-    resolution = request.binding.handling("resolution")
-    if resolution is None or resolution.handling not in ("emulated", "not_available"):
-        body["generationConfig"]["imageConfig"]["imageSize"] = request.layout.resolution
-    if request.seed is not None:
-        seed_handling = request.binding.handling("seed")
-        set_path(body, (seed_handling.to if seed_handling and seed_handling.to else "generationConfig.seed"),
-                 request.seed)
-    _apply_options(body, request.options)
-    merge_passthrough(body, request.extra, reserved=binding_targets(request.binding), fold=proto_field)
+    plan = request.plan
+    plan.place(body, "aspect_ratio", request.layout.aspect_ratio, undeclared=ASPECT_RATIO_PATH)
+    # Models with one fixed tier (gemini-2.5-flash-image) take no imageSize: the plan says so.
+    plan.place(body, "resolution", request.layout.resolution, undeclared=IMAGE_SIZE_PATH)
+    plan.place(body, "seed", request.seed, undeclared=SEED_PATH)
+    _apply_options(body, request.options, plan)
+    merge_passthrough(body, request.extra, reserved=plan.reserved(), fold=proto_field)
     return body
 
 
-def _apply_options(body: dict[str, Any], options: dict[str, Any]) -> None:
+def _apply_options(body: dict[str, Any], options: dict[str, Any], plan: WirePlan) -> None:
+    """Gemini's own options, each converted to what generateContent takes and placed where the
+    plan says (`tools`, `safetySettings` unless the binding moves them)."""
     if options.get("enable_web_search"):
-        body.setdefault("tools", []).append({"google_search": {}})
-    threshold = None
+        plan.place(body, "enable_web_search", [{"google_search": {}}], undeclared="tools")
+    threshold, source = None, None
     if "safety_tolerance" in options:
-        threshold = TOLERANCE_THRESHOLDS[str(options["safety_tolerance"])]
+        threshold, source = TOLERANCE_THRESHOLDS[str(options["safety_tolerance"])], "safety_tolerance"
     if "safety_filter_level" in options:  # the more specific of the two wins
-        threshold = str(options["safety_filter_level"]).upper()
-    if threshold is not None:
-        body["safetySettings"] = [{"category": c, "threshold": threshold} for c in HARM_CATEGORIES]
+        threshold, source = str(options["safety_filter_level"]).upper(), "safety_filter_level"
+    if threshold is not None and source is not None:
+        settings = [{"category": c, "threshold": threshold} for c in HARM_CATEGORIES]
+        plan.place(body, source, settings, undeclared="safetySettings")
 
 
 def _google_error(provider: str, status: int, data: Any, retry_after: float | None) -> ImagegateError:
@@ -133,8 +138,8 @@ def _reason(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def _bad_response(what: str) -> UpstreamError:
-    return UpstreamError(f"gemini sent {what}.", code="upstream_bad_response")
+def _bad_response(what: str) -> UpstreamBadResponse:
+    return UpstreamBadResponse(f"gemini sent {what}.")
 
 
 def _dict(value: Any, what: str) -> dict[str, Any]:
@@ -250,8 +255,7 @@ def _parse_whole(provider: str, body: bytes) -> Any:
     try:
         return jsonio.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested too deeply
-        raise UpstreamError(f"{provider} sent a response that is not valid JSON.",
-                            code="upstream_bad_response") from exc
+        raise UpstreamBadResponse(f"{provider} sent a response that is not valid JSON.") from exc
 
 
 def parse_response(data: Any, *, keep_all_images: bool) -> ProviderResult:
@@ -266,7 +270,7 @@ def parse_response(data: Any, *, keep_all_images: bool) -> ProviderResult:
             raise ContentPolicyViolation(
                 f"The prompt was blocked by the upstream safety system ({reason}). {detail}".strip(), param="prompt"
             )
-        raise UpstreamError("gemini returned no candidates.", code="no_image_generated")
+        raise NoImageGenerated("gemini returned no candidates.")
     candidate = _dict(candidates[0], "candidate")
     parts = _list(_dict(candidate.get("content"), "content").get("parts"), "parts list")
     images: list[ProviderImage] = []
@@ -287,8 +291,7 @@ def parse_response(data: Any, *, keep_all_images: bool) -> ProviderResult:
             raise ContentPolicyViolation(
                 f"The upstream safety system stopped the image ({reason}). {message}".strip(), param="prompt"
             )
-        raise UpstreamError(f"gemini returned no image (finishReason {reason}). {message}".strip(),
-                            code="no_image_generated")
+        raise NoImageGenerated(f"gemini returned no image (finishReason {reason}). {message}".strip())
     usage = _dict(data.get("usageMetadata"), "usageMetadata")
     kept = images if keep_all_images else images[:1]
     return ProviderResult(
@@ -325,19 +328,22 @@ class GeminiProvider(HttpProvider):
     async def edit(self, request: ProviderRequest) -> ProviderResult:
         return await self._generate_content(request)
 
+    def error(self, response: UpstreamResponse) -> ImagegateError:
+        """A non-2xx answer: Google's error body, else the status."""
+        return _google_error(self.provider_id, response.status_code, json_or_none(response.body),
+                             retry_after_seconds(response.headers))
+
     async def _generate_content(self, request: ProviderRequest) -> ProviderResult:
-        url = f"{self.base_url}/v1beta/models/{request.binding.upstream_model}:generateContent"
-        response = await send(
+        url = f"{self.base_url}/v1beta/models/{request.upstream_model}:generateContent"
+        response = await send_checked(
             self.client, "POST", url, provider=self.provider_id, timeout=self.timeout,
             max_bytes=self.max_response_bytes, json=build_body(request),
-            headers={"x-goog-api-key": self.api_key},
+            headers={"x-goog-api-key": self.api_key}, error=self.error,
         )
-        retry_after = retry_after_seconds(response.headers)
-        if response.status_code != 200:
-            try:
-                data = parse_json(self.provider_id, response.body)
-            except UpstreamError:
-                data = None
-            raise _google_error(self.provider_id, response.status_code, data, retry_after)
         keep_all = request.options.get("limit_generations") is False
         return parse_response(parse_body(self.provider_id, response.body), keep_all_images=keep_all)
+
+
+def register_providers(register: Callable[[ProviderSpec], None]) -> None:
+    """The plugin hook (plugins.py): built-in providers register as outside ones do."""
+    register(GeminiProvider.provider_spec())

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import io
-import math
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -20,14 +19,16 @@ import anyio.to_thread
 import torch
 from PIL import Image, ImageOps
 
-from .. import imaging
+from .. import imaging, params
 from ..catalog import Mode
 from ..engine.describe import LOCAL_MODEL_ENV, Checkpoint, mode_defaults, read_checkpoint
 from ..engine.loader import LoadedModel, Task, load_model
 from ..engine.pipelines import Job, JobOutput
-from ..engine.runner import Engine, EngineBusy
+from ..engine.runner import Engine
+from ..engine.runner import EngineBusy as QueueFull
 from ..errors import (
     ContentPolicyViolation,
+    EngineBusy,
     ImagegateError,
     InvalidRequest,
     UnsupportedParameter,
@@ -93,14 +94,13 @@ class LocalProvider(ImageProvider):
         return await self._run(request)
 
     async def _run(self, request: ProviderRequest) -> ProviderResult:
-        engine = await self.engine(request.binding.upstream_model)
+        engine = await self.engine(request.plan.upstream_model)
         job = await anyio.to_thread.run_sync(make_job, engine.model, request)
         try:
             output = await _submit(engine, job)
-        except EngineBusy as exc:
-            raise UpstreamUnavailable(
-                f"The local engine is busy: {exc}. Retry after {exc.retry_after:.0f} s.",
-                code="engine_busy", retry_after=exc.retry_after,
+        except QueueFull as exc:
+            raise EngineBusy(
+                f"The local engine is busy: {exc}. Retry after {exc.retry_after:.0f} s.", retry_after=exc.retry_after,
             ) from exc
         except ImagegateError:
             raise
@@ -163,9 +163,9 @@ def _repaint_mask(mask: InputImage, size: tuple[int, int]) -> Image.Image:
 
 def _settings(request: ProviderRequest) -> dict[str, Any]:
     """The request's engine settings over the binding's defaults (or the checkpoint's preset)."""
-    binding = request.binding
+    plan = request.plan
     mode: Mode = "edit" if request.mode == "edit" else "t2i"
-    defaults = binding.defaults.get(mode) or mode_defaults(binding.upstream_model)[mode]
+    defaults = plan.defaults.get(mode) or mode_defaults(plan.upstream_model)[mode]
     return {**defaults, **request.options}
 
 
@@ -184,27 +184,8 @@ def _pass_through(model: LoadedModel, task: Task, extra: dict[str, Any]) -> dict
 
 
 def _as_type(name: str, value: Any, wanted: type) -> Any:
-    if isinstance(value, wanted) and not (wanted is int and isinstance(value, bool)):
-        return value
-    text = str(value).strip().lower()
-    try:
-        if wanted is bool:
-            if text in ("true", "1", "yes", "on", "false", "0", "no", "off"):
-                return text in ("true", "1", "yes", "on")
-        elif wanted is int and not isinstance(value, bool):
-            number = float(text)
-            if number.is_integer():
-                return int(number)
-        elif wanted is float and not isinstance(value, bool):
-            number = float(text)
-            if math.isfinite(number):
-                return number
-        elif wanted is str and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-    except ValueError:
-        pass
-    raise InvalidRequest(f"'{name}' must be {'an' if wanted is int else 'a'} {wanted.__name__}, got {value!r}.",
-                         param=name)
+    """The pipeline's type for a pass-through value, by the gateway's one set of typing rules."""
+    return params.coerce_scalar(name, value, wanted)
 
 
 def make_job(model: LoadedModel, request: ProviderRequest) -> Job:

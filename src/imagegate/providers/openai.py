@@ -1,39 +1,46 @@
 """Any OpenAI-compatible Images upstream (OpenAI itself, a hosted gateway, another imagegate).
 
 Generations are JSON, edits multipart (`image[]`, `mask`, every other field as a form field).
-Which of our normalized values are sent, and under what name, comes from the catalog binding.
+Which of our normalized values are sent, and under what name, comes from the request's plan
+(the catalog binding's).
 The gateway asks for `b64_json` where the binding says the upstream takes `response_format`; a `url`
 answer is downloaded all the same.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from ..errors import ContentPolicyViolation, ImagegateError, UpstreamError
-from ..imaging import MIME_BY_FORMAT, ImageBytes, decode_b64_image, sniff_format
+from .. import wire
+from ..errors import ContentPolicyViolation, ImagegateError, NoImageGenerated, UpstreamBadResponse
+from ..imaging import MIME_BY_FORMAT, decode_b64_image, sniff_format
+from ..plugins import ProviderSpec
 from .base import (
     HttpProvider,
     ProviderImage,
     ProviderRequest,
     ProviderResult,
     TokenSplit,
-    binding_targets,
     merge_passthrough,
-    sent_field,
     token_count,
 )
-from .upstream import error_for_status, parse_json, retry_after_seconds, send, upstream_text
+from .transport import (
+    UpstreamResponse,
+    download_image,
+    error_for_status,
+    json_or_none,
+    parse_json,
+    retry_after_seconds,
+    send_checked,
+    upstream_text,
+)
 
 POLICY_CODES = frozenset({"content_policy_violation", "moderation_blocked"})
 
 
-def _sent_name(request: ProviderRequest, param: str) -> str | None:
-    """The upstream field name for a gateway value, or None when the binding does not send it."""
-    return sent_field(request.binding, param, undeclared=None)
-
-
 def build_fields(request: ProviderRequest) -> dict[str, Any]:
+    plan = request.plan
     layout = request.layout
     values: dict[str, Any] = {
         "size": f"{layout.width}x{layout.height}",
@@ -43,22 +50,16 @@ def build_fields(request: ProviderRequest) -> dict[str, Any]:
         "output_format": request.output_format,
         "output_compression": request.output_compression if request.output_format else None,
     }
-    fields: dict[str, Any] = {"model": request.binding.upstream_for(request.mode), "prompt": request.prompt,
-                              "n": request.n}
+    fields: dict[str, Any] = {"model": request.upstream_model, "prompt": request.prompt, "n": request.n}
     # Ask for base64 where the upstream takes the field (dall-e, another imagegate); GPT image
     # models always answer base64 and reject it, so their binding declares no `to`.
-    response_format = request.binding.handling("response_format")
-    if response_format is not None and response_format.to:
-        fields[response_format.to] = "b64_json"
+    for path in plan.paths("response_format"):
+        wire.place(fields, path, "b64_json")
     for param, value in values.items():
-        name = _sent_name(request, param)
-        if name is not None and value is not None:
-            fields[name] = value
+        plan.place(fields, param, value)  # a value the binding does not mention is not sent
     for param, value in request.options.items():
-        name = sent_field(request.binding, param, undeclared=param)
-        if name is not None:  # emulated options are the gateway's business, not the upstream's
-            fields[name] = value
-    merge_passthrough(fields, request.extra, reserved=binding_targets(request.binding), fold=form_field)
+        plan.place(fields, param, value, undeclared=param)  # emulated options are the gateway's business
+    merge_passthrough(fields, request.extra, reserved=plan.reserved(), fold=form_field)
     return fields
 
 
@@ -127,28 +128,27 @@ class OpenAIProvider(HttpProvider):
             files.append(("mask", ("mask.png", request.mask.data, request.mask.mime_type)))
         return await self._call("/images/edits", data=data, files=files)
 
+    def error(self, response: UpstreamResponse) -> ImagegateError:
+        """A non-2xx answer: OpenAI's error body, else the status."""
+        return _error(self.provider_id, response.status_code, json_or_none(response.body),
+                      retry_after_seconds(response.headers))
+
     async def _call(self, path: str, **body: Any) -> ProviderResult:
-        response = await send(
+        response = await send_checked(
             self.client, "POST", self.base_url + path, provider=self.provider_id, timeout=self.timeout,
-            max_bytes=self.max_response_bytes, headers=self._auth, **body,
+            max_bytes=self.max_response_bytes, headers=self._auth, error=self.error, **body,
         )
-        if response.status_code != 200:
-            try:
-                data = parse_json(self.provider_id, response.body)
-            except UpstreamError:
-                data = None
-            raise _error(self.provider_id, response.status_code, data, retry_after_seconds(response.headers))
         return await self._parse(parse_json(self.provider_id, response.body))
 
     async def _parse(self, data: Any) -> ProviderResult:
         items = data.get("data") if isinstance(data, dict) else None
         if not isinstance(items, list) or not items:
-            raise UpstreamError(f"{self.provider_id} returned no images.", code="no_image_generated")
+            raise NoImageGenerated(f"{self.provider_id} returned no images.")
         images: list[ProviderImage] = []
         texts: list[str] = []
         for item in items:
             if not isinstance(item, dict):
-                raise UpstreamError(f"{self.provider_id} sent a malformed image entry.", code="upstream_bad_response")
+                raise UpstreamBadResponse(f"{self.provider_id} sent a malformed image entry.")
             image = await self._image_bytes(item)
             text = upstream_text(item["revised_prompt"], 4000) if item.get("revised_prompt") else None
             images.append(ProviderImage(image.blob, image.mime_type, text))
@@ -168,18 +168,14 @@ class OpenAIProvider(HttpProvider):
             try:
                 blob, fmt = decode_b64_image(b64)
             except ValueError as exc:
-                raise UpstreamError(f"{self.provider_id} sent b64_json that is {exc}.",
-                                    code="upstream_bad_response") from exc
+                raise UpstreamBadResponse(f"{self.provider_id} sent b64_json that is {exc}.") from exc
             return ProviderImage(blob, MIME_BY_FORMAT[fmt])
         if not (isinstance(url, str) and url):
-            raise UpstreamError(f"{self.provider_id} sent an image with neither b64_json nor url.",
-                                code="upstream_bad_response")
-        # The upstream is the operator's choice, so its result URLs are trusted like it is.
-        response = await send(self.client, "GET", url, provider=self.provider_id,
-                              timeout=self.timeout, max_bytes=self.max_response_bytes)
-        if response.status_code != 200:
-            raise UpstreamError(f"Downloading the {self.provider_id} result gave HTTP {response.status_code}.")
-        sniffed = sniff_format(response.body)
-        if sniffed is None:
-            raise UpstreamError(f"{self.provider_id} sent bytes that are not an image.", code="upstream_bad_response")
-        return ProviderImage(ImageBytes(response.body), MIME_BY_FORMAT[sniffed])
+            raise UpstreamBadResponse(f"{self.provider_id} sent an image with neither b64_json nor url.")
+        return await download_image(self.client, url, provider=self.provider_id, timeout=self.timeout,
+                                    max_bytes=self.max_response_bytes)
+
+
+def register_providers(register: Callable[[ProviderSpec], None]) -> None:
+    """The plugin hook (plugins.py): built-in providers register as outside ones do."""
+    register(OpenAIProvider.provider_spec())
