@@ -20,10 +20,10 @@ from click.testing import CliRunner, Result
 from openai import OpenAI
 from PIL import Image
 
-from imagegate.catalog import load_builtin_catalog
 from imagegate.cli import cli
-from imagegate.config import Settings
+from imagegate.config import FileConfig, Settings
 from imagegate.db import Database
+from imagegate.gateway import build_catalog
 from imagegate.usage import UsageLog, UsageRecord
 
 from .conftest import API_KEY, RunningGateway
@@ -441,8 +441,8 @@ def test_models_with_gemini(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def catalog_ids() -> list[str]:
-    """Every id GET /v1/models lists: each model, then its aliases."""
-    return [name for model in load_builtin_catalog() for name in (model.id, *model.aliases)]
+    """Every id GET /v1/models lists: each model (built-in, then the provider plugins'), then its aliases."""
+    return [name for model in build_catalog(FileConfig()) for name in (model.id, *model.aliases)]
 
 
 def test_models_json_is_the_model_list_with_its_cards(monkeypatch: pytest.MonkeyPatch) -> None:

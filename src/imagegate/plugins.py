@@ -45,6 +45,7 @@ DEFAULT_PLUGINS = (
     "imagegate.providers.fal",
     "imagegate.providers.openai",
     "imagegate.providers.vertex",
+    "imagegate.providers.bfl",
 )
 # Settings every provider may take from the config file's [providers.<id>] table.
 COMMON_FILE_SETTINGS = ("timeout",)
