@@ -559,6 +559,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gateway-workers", type=int, default=1,
                         help="`imagegate serve --workers` (default 1; with more, the gateway CPU column "
                              "counts only the supervisor process)")
+    parser.add_argument("--side", type=int, default=1024,
+                        help="the fake upstream's PNG side in pixels (4096: a 4K image, ~30 MB of base64)")
     parser.add_argument("--keep-data", action="store_true", help="keep the temp dir (logs, gateway data)")
     args = parser.parse_args(argv)
     if args.requests is None:
@@ -661,7 +663,7 @@ def main(argv: list[str] | None = None) -> int:
         upstream_url = f"http://{HOST}:{up_port}"
         upstream = Child("fake upstream",
                          [sys.executable, str(HERE / "fake_gemini.py"), "--host", HOST, "--port", str(up_port),
-                          "--api-key", UPSTREAM_KEY], env, tmp / "upstream.log")
+                          "--api-key", UPSTREAM_KEY, "--side", str(args.side)], env, tmp / "upstream.log")
         children.append(upstream)
         extra = dict(item.split("=", 1) for item in args.gateway_env)
         gateways: dict[str, tuple[Child, str]] = {
@@ -706,7 +708,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = comparisons(results)
 
         print()
-        print(f"Fake upstream PNG: {len(checks.png or b'')} bytes (1024x1024); "
+        print(f"Fake upstream PNG: {len(checks.png or b'')} bytes ({args.side}x{args.side}); "
               f"{platform.python_implementation()} {platform.python_version()}, {os.cpu_count()} CPUs, "
               f"load average before/after {load_before:.2f}/{_loadavg():.2f}, "
               f"{time.perf_counter() - started:.0f}s total, {args.repeat} round(s)")
@@ -736,7 +738,8 @@ def main(argv: list[str] | None = None) -> int:
                            "gateway_prefix": args.gateway_prefix, "gateway_env": args.gateway_env,
                            "gateway_src": str(SRC),
                            "baseline_src": str(args.baseline_src) if args.baseline_src else None,
-                           "litellm": args.litellm, "png_bytes": len(checks.png or b""), "model": MODEL},
+                           "litellm": args.litellm, "png_bytes": len(checks.png or b""), "side": args.side,
+                           "model": MODEL},
                 "results": [asdict(r) for r in results],
                 "comparisons": rows,
                 "targets": target_checks(results, rows),
