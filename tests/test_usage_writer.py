@@ -24,8 +24,18 @@ from imagegate.usage import UsageLog, UsageRecord
 
 
 def record(request_id: str) -> UsageRecord:
-    return UsageRecord(request_id=request_id, key_id="k", user=None, model="m", provider="gemini", mode="t2i",
-                       images=1, cost=0.134, input_tokens=1, output_tokens=2)
+    return UsageRecord(
+        request_id=request_id,
+        key_id="k",
+        user=None,
+        model="m",
+        provider="gemini",
+        mode="t2i",
+        images=1,
+        cost=0.134,
+        input_tokens=1,
+        output_tokens=2,
+    )
 
 
 @pytest.fixture
@@ -122,8 +132,7 @@ WRITER = textwrap.dedent("""
 
 def test_kill_9_mid_burst_loses_no_accepted_record(db: Database) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    child = subprocess.Popen([sys.executable, "-c", WRITER, str(db.path)], stdout=subprocess.PIPE, env=env,
-                             text=True)
+    child = subprocess.Popen([sys.executable, "-c", WRITER, str(db.path)], stdout=subprocess.PIPE, env=env, text=True)
     assert child.stdout is not None
     accepted = 0
     try:

@@ -30,8 +30,11 @@ assert len(PNG_B64) > SPAN_MIN_CHARS
 
 
 def answer(*parts: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    return {"candidates": [{"content": {"role": "model", "parts": list(parts)}, "finishReason": "STOP"}],
-            "usageMetadata": {"promptTokenCount": 3, "candidatesTokenCount": 1290}, **extra}
+    return {
+        "candidates": [{"content": {"role": "model", "parts": list(parts)}, "finishReason": "STOP"}],
+        "usageMetadata": {"promptTokenCount": 3, "candidatesTokenCount": 1290},
+        **extra,
+    }
 
 
 def image(data: str = PNG_B64, key: str = "inlineData", **extra: Any) -> dict[str, Any]:
@@ -101,24 +104,42 @@ def test_every_shape_parses_as_json_loads_would(shape: dict[str, Any], indent: i
 def test_a_duplicate_data_key_gives_json_loads_answer() -> None:
     """The last of two keys wins, as in json.loads (two spans, one unaccounted: parsed whole)."""
     other = PNG_B64[:-8] + "AAAAAAAA"
-    body = ('{"candidates":[{"content":{"parts":[{"inlineData":{"mimeType":"image/png",'
-            f'"data":"{PNG_B64}","data":"{other}"}}}}]}}}}]}}').encode()
+    body = (
+        '{"candidates":[{"content":{"parts":[{"inlineData":{"mimeType":"image/png",'
+        f'"data":"{PNG_B64}","data":"{other}"}}}}]}}}}]}}'
+    ).encode()
     assert plain(parse_body("gemini", body)) == json.loads(body)
 
 
 def test_random_shapes_match_json_loads() -> None:
     rng = random.Random(9)
-    pieces = [image(), image(thought=True), {"text": '"data": "x\\"'}, {"text": PNG_B64}, image(key="inline_data"),
-              {"data": PNG_B64}, image(PNG_B64.replace("A", "\\u0041", 1))]
+    pieces = [
+        image(),
+        image(thought=True),
+        {"text": '"data": "x\\"'},
+        {"text": PNG_B64},
+        image(key="inline_data"),
+        {"data": PNG_B64},
+        image(PNG_B64.replace("A", "\\u0041", 1)),
+    ]
     for _ in range(200):
         shape = answer(*rng.choices(pieces, k=rng.randint(1, 4)))
         body = json.dumps(shape, ensure_ascii=rng.random() < 0.5).encode()
         assert plain(parse_body("gemini", body)) == json.loads(body)
 
 
-@pytest.mark.parametrize("body", [b"", b"{", b'{"candidates": [', b"\xff\xfe", b"[" * 5000 + b"]" * 5000,
-                                  b'{"x": "data": "' + PNG_B64.encode() + b'"}',
-                                  b'{"data": "' + PNG_B64.encode()])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"{",
+        b'{"candidates": [',
+        b"\xff\xfe",
+        b"[" * 5000 + b"]" * 5000,
+        b'{"x": "data": "' + PNG_B64.encode() + b'"}',
+        b'{"data": "' + PNG_B64.encode(),
+    ],
+)
 def test_garbage_is_a_bad_response(body: bytes) -> None:
     try:
         json.loads(body)
@@ -134,7 +155,7 @@ def test_garbage_is_a_bad_response(body: bytes) -> None:
 def test_base64_broken_past_its_head_is_a_bad_response(bad: str) -> None:
     """The head decodes and sniffs as a PNG; a character far past it is not base64. Before, only the
     head was checked and the rest went out as b64_json (a raw control character: broken JSON)."""
-    data = PNG_B64[:-12] + bad + PNG_B64[-12 + len(bad.encode().decode("unicode_escape")):]
+    data = PNG_B64[:-12] + bad + PNG_B64[-12 + len(bad.encode().decode("unicode_escape")) :]
     body = json.dumps(answer(image(data)), ensure_ascii=False).encode()
     with pytest.raises(UpstreamError) as info:
         parse_response(parse_body("gemini", body), keep_all_images=False)
@@ -159,4 +180,3 @@ def test_chunked_decoding_refuses_padding_before_the_end(monkeypatch: pytest.Mon
     with pytest.raises(ValueError):
         ImageBytes(b64="AAA=AAAA" + good).validate()  # each 8-char chunk alone would decode
     assert ImageBytes(b64=good).size() == 16 and ImageBytes(b64="QQ==").size() == 1
-

@@ -42,7 +42,10 @@ def no_whole_decode(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 @pytest.mark.parametrize("response_format", ["url", None])  # None: the default, url and b64_json
 def test_a_hosted_image_is_decoded_into_its_file_without_a_whole_copy(
-    gateway: RunningGateway, fake_gemini: FakeGemini, no_whole_decode: list[int], response_format: str | None,
+    gateway: RunningGateway,
+    fake_gemini: FakeGemini,
+    no_whole_decode: list[int],
+    response_format: str | None,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(imaging, "B64_CHUNK_CHARS", 256)  # the test image is small: several chunks

@@ -90,14 +90,16 @@ class AiohttpUpstream:
         loop = asyncio.get_running_loop()
         if self._session is None or self._session.closed or self._loop is not loop:
             # A session belongs to one loop (tests run gateways on several); a stale one is dropped.
-            connector = aiohttp.TCPConnector(limit=self.max_connections, limit_per_host=0,
-                                             ssl=ssl.create_default_context(cafile=certifi.where()))
+            connector = aiohttp.TCPConnector(
+                limit=self.max_connections, limit_per_host=0, ssl=ssl.create_default_context(cafile=certifi.where())
+            )
             self._session = aiohttp.ClientSession(connector=connector, trust_env=False)
             self._loop = loop
         return self._session
 
-    async def exchange(self, method: str, url: str, *, timeout: float, max_bytes: int,
-                       **kwargs: Any) -> tuple[int, httpx.Headers, bytes] | None:
+    async def exchange(
+        self, method: str, url: str, *, timeout: float, max_bytes: int, **kwargs: Any
+    ) -> tuple[int, httpx.Headers, bytes] | None:
         """The call's status, headers and body (at most `max_bytes`, read as it streams in), or
         None when this call is httpx's to make (see HANDLED). Raises ERRORS and TooLarge."""
         if self.proxied or not HANDLED.issuperset(kwargs) or not url.isascii():  # non-ASCII: httpx's IDNA
@@ -115,8 +117,9 @@ class AiohttpUpstream:
             headers.setdefault("content-type", "application/json")
         params: Mapping[str, str] | None = kwargs.get("params")
         limits = aiohttp.ClientTimeout(total=None, connect=timeout, sock_connect=timeout, sock_read=timeout)
-        async with self._current().request(method, target, data=data, headers=headers, params=params,
-                                           timeout=limits, allow_redirects=False) as response:
+        async with self._current().request(
+            method, target, data=data, headers=headers, params=params, timeout=limits, allow_redirects=False
+        ) as response:
             body = await _read_capped(response, max_bytes)
             return response.status, httpx.Headers(list(response.raw_headers)), body
 
