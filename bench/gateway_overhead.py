@@ -189,11 +189,12 @@ def clean_env() -> dict[str, str]:
 
 @dataclass
 class Target:
-    name: str  # "direct" or "gateway"
+    name: str  # "direct", "gateway" (this checkout), "before" (--baseline-src) or "litellm"
     response_format: str | None  # None for direct
     url: str
     headers: dict[str, str]
     body: dict[str, Any]
+    server: str  # the process serving it, a key of the CPU sources ("upstream" for direct)
 
 
 @dataclass
@@ -201,6 +202,7 @@ class RunResult:
     target: str
     response_format: str | None
     concurrency: int
+    round: int
     requests: int
     errors: int
     wall_s: float
@@ -258,7 +260,7 @@ async def drive(client: httpx.AsyncClient, target: Target, total: int, concurren
 
 
 async def measure(target: Target, total: int, warmup: int, concurrency: int, cpu_sources: dict[str, Any],
-                  first_check: Any = None) -> RunResult:
+                  first_check: Any = None, round_no: int = 0) -> RunResult:
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(limits=limits, timeout=120.0) as client:
         _, warm_errors, _, _ = await drive(client, target, max(warmup, concurrency), concurrency, first_check)
@@ -273,7 +275,8 @@ async def measure(target: Target, total: int, warmup: int, concurrency: int, cpu
     if errors:
         print(f"  ! {len(errors)} errors, first: {errors[0]}", file=sys.stderr)
     return RunResult(
-        target=target.name, response_format=target.response_format, concurrency=concurrency, requests=done,
+        target=target.name, response_format=target.response_format, concurrency=concurrency, round=round_no,
+        requests=done,
         errors=len(errors), wall_s=round(wall, 3), throughput_rps=round(done / wall, 2) if wall else 0.0,
         p50_ms=round(percentile(ms, 50), 2), p95_ms=round(percentile(ms, 95), 2),
         p99_ms=round(percentile(ms, 99), 2), mean_ms=round(sum(ms) / done, 2) if done else float("nan"),
@@ -300,11 +303,11 @@ def own_cpu_seconds() -> float:
 
 
 class Checks:
-    """First-response checks: the gateway must hand back exactly the upstream's PNG."""
+    """First-response checks: every server must hand back exactly the upstream's PNG."""
 
     def __init__(self) -> None:
         self.png: bytes | None = None
-        self.url_example: str | None = None
+        self.url_examples: dict[str, str] = {}  # target name -> one result url it returned
 
     def direct(self, response: httpx.Response) -> None:
         parts = response.json()["candidates"][0]["content"]["parts"]
@@ -313,37 +316,81 @@ class Checks:
             raise AssertionError("the fake upstream's image is not a PNG")
         self.png = png
 
-    def gateway(self, response_format: str, public_url: str) -> Any:
+    def gateway(self, name: str, response_format: str, public_url: str) -> Any:
         def check(response: httpx.Response) -> None:
             body = response.json()
             item = body["data"][0]
             if response_format in ("b64_json", "both"):
                 data = base64.b64decode(item["b64_json"])
                 if data != self.png:
-                    raise AssertionError(f"b64_json is not the upstream's PNG ({len(data)} bytes)")
+                    raise AssertionError(f"{name}: b64_json is not the upstream's PNG ({len(data)} bytes)")
             if response_format in ("url", "both"):
                 url = item.get("url")
                 if not (isinstance(url, str) and url.startswith(f"{public_url}/v1/results/")):
-                    raise AssertionError(f"unexpected url result: {item!r}"[:300])
-                self.url_example = url
+                    raise AssertionError(f"{name}: unexpected url result: {item!r}"[:300])
+                self.url_examples[name] = url
         return check
 
-    def fetch_url_once(self) -> None:
-        if self.url_example is None:
-            return
-        response = httpx.get(self.url_example, timeout=30.0)
-        if response.status_code != 200 or response.content != self.png:
-            raise AssertionError(f"GET {self.url_example} -> {response.status_code}, "
-                                 f"{len(response.content)} bytes, not the upstream's PNG")
+    def litellm(self, response: httpx.Response) -> None:
+        """LiteLLM answers OpenAI's shape with the upstream's base64 as b64_json."""
+        item = response.json()["data"][0]
+        data = base64.b64decode(item.get("b64_json") or "")
+        if data != self.png:
+            raise AssertionError(f"litellm: b64_json is not the upstream's PNG ({len(data)} bytes): "
+                                 f"{str(item)[:200]}")
+
+    def fetch_urls_once(self) -> None:
+        for name, url in self.url_examples.items():
+            response = httpx.get(url, timeout=30.0)
+            if response.status_code != 200 or response.content != self.png:
+                raise AssertionError(f"{name}: GET {url} -> {response.status_code}, "
+                                     f"{len(response.content)} bytes, not the upstream's PNG")
+
+
+# --- LiteLLM's proxy -----------------------------------------------------------------------
+
+LITELLM_KEY = "sk-bench-litellm"
+
+
+def litellm_config(upstream_url: str) -> str:
+    """LiteLLM's proxy config: Nano Banana Pro on the Gemini API, pointed at the fake. LiteLLM's
+    Gemini image transformation (litellm/llms/gemini/image_generation/transformation.py, 1.108)
+    posts to `{api_base}/models/{model}:generateContent` with `x-goog-api-key`, so api_base is the
+    fake's /v1beta. Spend logs and callbacks are off: no database, nothing but the proxying."""
+    return "\n".join([
+        "model_list:",
+        f"  - model_name: {MODEL}",
+        "    litellm_params:",
+        f"      model: gemini/{MODEL}",
+        f"      api_base: {upstream_url}/v1beta",
+        f"      api_key: {UPSTREAM_KEY}",
+        "    model_info:",
+        "      mode: image_generation",
+        "litellm_settings:",
+        "  telemetry: false",
+        "  drop_params: true",
+        "general_settings:",
+        f"  master_key: {LITELLM_KEY}",
+        "  disable_spend_logs: true",
+        "",
+    ])
+
+
+def litellm_env(env: dict[str, str]) -> dict[str, str]:
+    # The packaged cost map, not a download from GitHub at start-up (this machine has no internet).
+    return {**env, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"}
 
 
 # --- reporting -----------------------------------------------------------------------------
 
+Key = tuple[str, str | None, int]  # (target, response_format, concurrency)
+
 
 def add_ratios(results: list[RunResult]) -> None:
-    direct = {r.concurrency: r for r in results if r.target == "direct"}
+    """Each run against the direct run of the same round and concurrency."""
+    direct = {(r.round, r.concurrency): r for r in results if r.target == "direct"}
     for r in results:
-        base = direct.get(r.concurrency)
+        base = direct.get((r.round, r.concurrency))
         if r.target == "direct" or base is None:
             continue
         r.vs_direct = {
@@ -354,24 +401,124 @@ def add_ratios(results: list[RunResult]) -> None:
         }
 
 
+def median(values: list[float]) -> float:
+    return percentile(sorted(values), 50) if values else float("nan")
+
+
+def spread(values: list[float], fmt: str = "{:.1f}") -> str:
+    """median, and [min, max] when there is more than one value."""
+    if not values:
+        return "–"
+    text = fmt.format(median(values))
+    if len(values) > 1:
+        text += f" [{fmt.format(min(values))}, {fmt.format(max(values))}]"
+    return text
+
+
+def grouped(results: list[RunResult]) -> dict[Key, list[RunResult]]:
+    groups: dict[Key, list[RunResult]] = {}
+    for r in results:
+        groups.setdefault((r.target, r.response_format, r.concurrency), []).append(r)
+    return groups
+
+
+TARGET_ORDER = {"direct": 0, "gateway": 1, "before": 2, "litellm": 3}
+
+
 def markdown_table(results: list[RunResult]) -> str:
-    header = ("| target | response_format | clients | requests | req/s | p50 ms | p95 ms | p99 ms "
-              "| p50 × direct | req/s × direct | added p50 ms | CPU ms/req gw / up / client |")
+    """One row per (target, format, clients): medians over the rounds, [min, max] when repeated."""
+    header = ("| target | response_format | clients | rounds x requests | req/s | p50 ms | p95 ms | p99 ms "
+              "| req/s × direct | added p50 ms | CPU ms/req server / upstream / client |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
-    order = sorted(results, key=lambda r: (r.concurrency, r.target != "direct", r.response_format or ""))
-    for r in order:
-        ratios = r.vs_direct or {}
-        cpu = r.cpu_ms_per_request
-        cpu_text = " / ".join(f"{cpu[k]:.1f}" if k in cpu else "–" for k in ("gateway", "upstream", "client"))
+    groups = grouped(results)
+    for (target, fmt, conc), runs in sorted(groups.items(),
+                                            key=lambda kv: (kv[0][2], TARGET_ORDER.get(kv[0][0], 9), kv[0][1] or "")):
+        ratios = [r.vs_direct for r in runs if r.vs_direct]
+        # The serving process's CPU source has the target's name (none of its own for direct).
+        cpu = " / ".join(f"{median([r.cpu_ms_per_request.get(k, float('nan')) for r in runs]):.1f}"
+                         if k else "–" for k in ("" if target == "direct" else target, "upstream", "client"))
+        errors = sum(r.errors for r in runs)
         lines.append(
-            f"| {r.target} | {r.response_format or '–'} | {r.concurrency} | {r.requests}"
-            f"{f' ({r.errors} err)' if r.errors else ''} | {r.throughput_rps:.1f} | {r.p50_ms:.1f} | "
-            f"{r.p95_ms:.1f} | {r.p99_ms:.1f} | "
-            + (f"{ratios['p50_ratio']:.2f} | {ratios['throughput_ratio']:.2f} | {ratios['added_p50_ms']:+.1f}"
-               if ratios else "– | – | –")
-            + f" | {cpu_text} |"
+            f"| {target} | {fmt or '–'} | {conc} | {len(runs)} x {runs[0].requests}"
+            f"{f' ({errors} err)' if errors else ''} | {spread([r.throughput_rps for r in runs])} "
+            f"| {spread([r.p50_ms for r in runs])} | {spread([r.p95_ms for r in runs])} "
+            f"| {spread([r.p99_ms for r in runs])} | "
+            + (f"{spread([x['throughput_ratio'] for x in ratios], '{:.2f}')} "
+               f"| {spread([x['added_p50_ms'] for x in ratios], '{:+.1f}')}" if ratios else "– | –")
+            + f" | {cpu} |"
         )
     return "\n".join(lines)
+
+
+def comparisons(results: list[RunResult]) -> list[dict[str, Any]]:
+    """Per (format, clients), ratios of runs in the same round: gateway/before (this checkout
+    against --baseline-src) and gateway/litellm, before/litellm (throughput; CPU per request)."""
+    by_round: dict[tuple[str, str | None, int, int], RunResult] = {
+        (r.target, r.response_format, r.concurrency, r.round): r for r in results}
+    rows = []
+    keys = sorted({(r.response_format, r.concurrency) for r in results if r.target == "gateway"},
+                  key=lambda k: (k[1], k[0] or ""))
+    rounds = sorted({r.round for r in results})
+    for fmt, conc in keys:
+        row: dict[str, Any] = {"response_format": fmt, "concurrency": conc}
+        for other, other_fmt in (("before", fmt), ("litellm", "b64_json")):
+            rps, cpu = [], []
+            for rnd in rounds:
+                mine, theirs = by_round.get(("gateway", fmt, conc, rnd)), by_round.get((other, other_fmt, conc, rnd))
+                if mine is None or theirs is None or not theirs.throughput_rps:
+                    continue
+                rps.append(round(mine.throughput_rps / theirs.throughput_rps, 3))
+                mine_cpu, theirs_cpu = mine.cpu_ms_per_request.get("gateway"), theirs.cpu_ms_per_request.get(other)
+                if mine_cpu and theirs_cpu:
+                    cpu.append(round(mine_cpu / theirs_cpu, 3))
+            if rps:
+                row[f"vs_{other}"] = {"throughput_ratio": rps, "cpu_ratio": cpu}
+        if len(row) > 2:
+            rows.append(row)
+    return rows
+
+
+def comparison_table(rows: list[dict[str, Any]]) -> str:
+    header = ("| response_format | clients | gateway/before req/s | gateway/before CPU per req "
+              "| gateway/litellm req/s | gateway/litellm CPU per req |")
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for row in rows:
+        cells = []
+        for other in ("before", "litellm"):
+            ratio = row.get(f"vs_{other}")
+            cells += ([spread(ratio["throughput_ratio"], "{:.2f}"), spread(ratio["cpu_ratio"], "{:.2f}")]
+                      if ratio else ["–", "–"])
+        lines.append(f"| {row['response_format']} | {row['concurrency']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def target_checks(results: list[RunResult], rows: list[dict[str, Any]]) -> list[str]:
+    """The issue's targets, each from the medians of this run."""
+    groups = grouped(results)
+    lines = []
+    top = max(r.concurrency for r in results)
+    for (target, fmt, conc), runs in sorted(groups.items(), key=lambda kv: (kv[0][2], kv[0][1] or "")):
+        if target != "gateway":
+            continue
+        ratios = [r.vs_direct for r in runs if r.vs_direct]
+        if not ratios:
+            continue
+        if conc == 1:
+            added = median([x["added_p50_ms"] for x in ratios])
+            lines.append(f"{fmt}, 1 client: added p50 {added:+.1f} ms (target <= 3 ms): "
+                         f"{'met' if added <= 3 else 'NOT met'}")
+        if conc == top and conc > 1:
+            ratio = median([x["throughput_ratio"] for x in ratios])
+            goal = 0.8 if fmt == "b64_json" else 0.7
+            lines.append(f"{fmt}, {conc} clients: {ratio:.2f}x direct throughput (target >= {goal}x): "
+                         f"{'met' if ratio >= goal else 'NOT met'}")
+    for row in rows:
+        lite = row.get("vs_litellm")
+        if lite and row["concurrency"] == top:
+            ratio = median(lite["throughput_ratio"])
+            lines.append(f"{row['response_format']}, {top} clients: {ratio:.2f}x LiteLLM's throughput "
+                         f"(target >= 2.8x): {'met' if ratio >= 2.8 else 'NOT met'}")
+    return lines
 
 
 # --- main ----------------------------------------------------------------------------------
@@ -388,17 +535,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="warm-up requests before each run (default: 10, at least the concurrency)")
     parser.add_argument("--formats", nargs="+", default=["b64_json", "url"], choices=["b64_json", "url", "both"],
                         help="both: url and b64_json in one answer (the gateway's default with no response_format)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="rounds: every target runs once per round, interleaved (the order of this "
+                             "checkout and the baseline alternates); tables give medians and [min, max]")
+    parser.add_argument("--baseline-src", type=Path, default=None, metavar="DIR",
+                        help="also run a gateway from this source tree (a checkout, or its src/), same "
+                             "venv, interleaved with this checkout's: `before` rows and gateway/before ratios")
+    parser.add_argument("--litellm", default=None, metavar="PATH",
+                        help="also run LiteLLM's proxy (this `litellm` executable) on the same fake "
+                             "upstream, b64_json only (it does not host images)")
+    parser.add_argument("--only", nargs="+", default=None, choices=["direct", "gateway", "before", "litellm"],
+                        help="run only these targets (direct is needed for the × direct columns)")
     parser.add_argument("--quick", action="store_true", help="short smoke run (20 / 64 requests, 4 warm-up)")
     parser.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
     parser.add_argument("--gateway-log-level", default="warning",
                         help="`imagegate serve --log-level` (default warning; 'info' adds an access log line "
                              "per request)")
     parser.add_argument("--gateway-prefix", default="",
-                        help="command prefix for the gateway, e.g. a profiler: "
+                        help="command prefix for this checkout's gateway, e.g. a profiler: "
                              "\"py-spy record -o gw.txt -f raw --\" (CPU figures then include the wrapper)")
+    parser.add_argument("--gateway-env", nargs="+", default=[], metavar="NAME=VALUE",
+                        help="extra environment for this checkout's gateway (not the baseline's)")
     parser.add_argument("--gateway-workers", type=int, default=1,
                         help="`imagegate serve --workers` (default 1; with more, the gateway CPU column "
                              "counts only the supervisor process)")
+    parser.add_argument("--side", type=int, default=1024,
+                        help="the fake upstream's PNG side in pixels (4096: a 4K image, ~30 MB of base64)")
     parser.add_argument("--keep-data", action="store_true", help="keep the temp dir (logs, gateway data)")
     args = parser.parse_args(argv)
     if args.requests is None:
@@ -410,35 +572,80 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--requests takes one value, or one per --concurrency value")
     if args.warmup is None:
         args.warmup = 4 if args.quick else 10
+    if args.baseline_src is not None:
+        src = args.baseline_src.resolve()
+        args.baseline_src = src / "src" if (src / "src" / "imagegate").is_dir() else src
+        if not (args.baseline_src / "imagegate").is_dir():
+            parser.error(f"--baseline-src: no imagegate package under {src}")
+    for item in args.gateway_env:
+        if "=" not in item:
+            parser.error(f"--gateway-env takes NAME=VALUE, not {item!r}")
     return args
 
 
-async def run_all(args: argparse.Namespace, upstream_url: str, gateway_url: str, cpu_sources: dict[str, Any],
-                  checks: Checks) -> list[RunResult]:
-    direct = Target("direct", None, f"{upstream_url}/v1beta/models/{UPSTREAM_MODEL}:generateContent",
-                    {"x-goog-api-key": UPSTREAM_KEY}, DIRECT_BODY)
-    gateways = [
-        Target("gateway", fmt, f"{gateway_url}/v1/images/generations",
-               {"authorization": f"Bearer {GATEWAY_KEY}"},
-               {"model": MODEL, "prompt": "bench", "response_format": fmt})
-        for fmt in args.formats
-    ]
+def round_targets(args: argparse.Namespace, upstream_url: str, gateway_urls: dict[str, str],
+                  litellm_url: str | None, round_no: int) -> list[Target]:
+    """The targets of one round at one concurrency, in the order they run: per format this
+    checkout and the baseline side by side (their order alternating by round), LiteLLM last."""
+    targets = [Target("direct", None, f"{upstream_url}/v1beta/models/{UPSTREAM_MODEL}:generateContent",
+                      {"x-goog-api-key": UPSTREAM_KEY}, DIRECT_BODY, "upstream")]
+    names = list(gateway_urls)
+    if round_no % 2:
+        names.reverse()
+    for fmt in args.formats:
+        for name in names:
+            targets.append(Target(name, fmt, f"{gateway_urls[name]}/v1/images/generations",
+                                  {"authorization": f"Bearer {GATEWAY_KEY}"},
+                                  {"model": MODEL, "prompt": "bench", "response_format": fmt}, name))
+    if litellm_url is not None:
+        targets.append(Target("litellm", "b64_json", f"{litellm_url}/v1/images/generations",
+                              {"authorization": f"Bearer {LITELLM_KEY}"},
+                              {"model": MODEL, "prompt": "bench", "response_format": "b64_json"}, "litellm"))
+    if args.only:
+        targets = [t for t in targets if t.name in args.only]
+    return targets
+
+
+async def run_all(args: argparse.Namespace, upstream_url: str, gateway_urls: dict[str, str],
+                  litellm_url: str | None, cpu_sources: dict[str, Any], checks: Checks) -> list[RunResult]:
     results: list[RunResult] = []
-    for concurrency, total in zip(args.concurrency, args.requests, strict=True):
-        for target in [direct, *gateways]:
-            label = f"{target.name}{'/' + target.response_format if target.response_format else ''}"
-            print(f"  {label:<16} clients={concurrency:<3} requests={total} ...", end="", flush=True,
-                  file=sys.stderr)
-            check = checks.direct if target.name == "direct" else checks.gateway(target.response_format or "",
-                                                                                  gateway_url)
-            result = await measure(target, total, args.warmup, concurrency, cpu_sources, check)
-            results.append(result)
-            print(f" {result.throughput_rps:7.1f} req/s  p50 {result.p50_ms:7.1f} ms", file=sys.stderr)
+    if args.only and "direct" not in args.only:  # the checks compare against the upstream's PNG: fetch it once
+        direct = round_targets(argparse.Namespace(**{**vars(args), "only": None}), upstream_url, {}, None, 0)[0]
+        await measure(direct, 1, 1, 1, {}, checks.direct)
+    for round_no in range(args.repeat):
+        for concurrency, total in zip(args.concurrency, args.requests, strict=True):
+            for target in round_targets(args, upstream_url, gateway_urls, litellm_url, round_no):
+                label = f"{target.name}{'/' + target.response_format if target.response_format else ''}"
+                print(f"  [{round_no + 1}/{args.repeat}] {label:<17} clients={concurrency:<3} requests={total} ...",
+                      end="", flush=True, file=sys.stderr)
+                if target.name == "direct":
+                    check = checks.direct
+                elif target.name == "litellm":
+                    check = checks.litellm
+                else:
+                    check = checks.gateway(target.name, target.response_format or "", gateway_urls[target.name])
+                result = await measure(target, total, args.warmup, concurrency, cpu_sources, check, round_no)
+                results.append(result)
+                print(f" {result.throughput_rps:7.1f} req/s  p50 {result.p50_ms:7.1f} ms", file=sys.stderr)
     return results
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
+
+
+def start_gateway(name: str, src: Path, prefix: str, extra_env: dict[str, str], env: dict[str, str],
+                  upstream_url: str, tmp: Path, args: argparse.Namespace) -> tuple[Child, str]:
+    """`imagegate serve` from the source tree `src` (first on PYTHONPATH, ahead of the venv's
+    own install), with its own port and data dir."""
+    port = free_port()
+    url = f"http://{HOST}:{port}"
+    gw_env = {**env, "PYTHONPATH": str(src), "GEMINI_API_KEY": UPSTREAM_KEY, "GEMINI_BASE_URL": upstream_url,
+              "IMAGEGATE_API_KEYS": GATEWAY_KEY, "IMAGEGATE_DATA_DIR": str(tmp / f"data-{name}"),
+              "IMAGEGATE_PUBLIC_URL": url, **extra_env}
+    argv = [*shlex.split(prefix), *gateway_command(), "serve", "--host", HOST, "--port", str(port),
+            "--log-level", args.gateway_log_level, "--workers", str(args.gateway_workers)]
+    return Child(name, argv, gw_env, tmp / f"{name}.log"), url
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -452,45 +659,73 @@ def main(argv: list[str] | None = None) -> int:
     load_before = _loadavg()
     try:
         env = clean_env()
-        up_port, gw_port = free_port(), free_port()
-        upstream_url, gateway_url = f"http://{HOST}:{up_port}", f"http://{HOST}:{gw_port}"
+        up_port = free_port()
+        upstream_url = f"http://{HOST}:{up_port}"
         upstream = Child("fake upstream",
                          [sys.executable, str(HERE / "fake_gemini.py"), "--host", HOST, "--port", str(up_port),
-                          "--api-key", UPSTREAM_KEY], env, tmp / "upstream.log")
+                          "--api-key", UPSTREAM_KEY, "--side", str(args.side)], env, tmp / "upstream.log")
         children.append(upstream)
-        gw_env = {**env, "GEMINI_API_KEY": UPSTREAM_KEY, "GEMINI_BASE_URL": upstream_url,
-                  "IMAGEGATE_API_KEYS": GATEWAY_KEY, "IMAGEGATE_DATA_DIR": str(tmp / "data"),
-                  "IMAGEGATE_PUBLIC_URL": gateway_url}
-        gw_argv = [*shlex.split(args.gateway_prefix), *gateway_command(), "serve", "--host", HOST,
-                   "--port", str(gw_port), "--log-level", args.gateway_log_level,
-                   "--workers", str(args.gateway_workers)]
-        gateway = Child("gateway", gw_argv, gw_env, tmp / "gateway.log")
-        children.append(gateway)
+        extra = dict(item.split("=", 1) for item in args.gateway_env)
+        gateways: dict[str, tuple[Child, str]] = {
+            "gateway": start_gateway("gateway", SRC, args.gateway_prefix, extra, env, upstream_url, tmp, args)}
+        if args.baseline_src is not None:
+            gateways["before"] = start_gateway("before", args.baseline_src, "", {}, env, upstream_url, tmp, args)
+        children += [child for child, _ in gateways.values()]
+        litellm: Child | None = None
+        litellm_url = None
+        if args.litellm:
+            port = free_port()
+            litellm_url = f"http://{HOST}:{port}"
+            config = tmp / "litellm.yaml"
+            config.write_text(litellm_config(upstream_url))
+            litellm = Child("litellm", [args.litellm, "--config", str(config), "--host", HOST, "--port", str(port),
+                                        "--num_workers", "1"], litellm_env(env), tmp / "litellm.log")
+            children.append(litellm)
 
         def gemini_configured(body: Any) -> None:
             if "gemini" not in body.get("providers", []):
                 raise RuntimeError(f"gateway /health does not list gemini: {body}")
 
         wait_healthy(upstream, f"{upstream_url}/health", 60.0)
-        wait_healthy(gateway, f"{gateway_url}/health", 60.0, gemini_configured)
-        print(f"fake upstream {upstream_url} (pid {upstream.proc.pid}), gateway {gateway_url} "
-              f"(pid {gateway.proc.pid}), data in {tmp}", file=sys.stderr)
+        for child, url in gateways.values():
+            wait_healthy(child, f"{url}/health", 60.0, gemini_configured)
+        if litellm is not None:
+            wait_healthy(litellm, f"{litellm_url}/health/liveliness", 180.0)
+        print(f"fake upstream {upstream_url} (pid {upstream.proc.pid}); "
+              + "; ".join(f"{name} {url} (pid {child.proc.pid})" for name, (child, url) in gateways.items())
+              + (f"; litellm {litellm_url} (pid {litellm.proc.pid})" if litellm else "")
+              + f"; data in {tmp}", file=sys.stderr)
 
         checks = Checks()
-        cpu_sources = {"gateway": gateway.cpu_seconds, "upstream": upstream.cpu_seconds, "client": own_cpu_seconds}
-        results = asyncio.run(run_all(args, upstream_url, gateway_url, cpu_sources, checks))
-        checks.fetch_url_once()
+        cpu_sources: dict[str, Any] = {name: child.cpu_seconds for name, (child, _) in gateways.items()}
+        if litellm is not None:
+            cpu_sources["litellm"] = litellm.cpu_seconds
+        cpu_sources |= {"upstream": upstream.cpu_seconds, "client": own_cpu_seconds}
+        gateway_urls = {name: url for name, (_, url) in gateways.items()}
+        results = asyncio.run(run_all(args, upstream_url, gateway_urls, litellm_url, cpu_sources, checks))
+        checks.fetch_urls_once()
         add_ratios(results)
+        rows = comparisons(results)
 
         print()
-        print(f"Fake upstream PNG: {len(checks.png or b'')} bytes (1024x1024); "
+        print(f"Fake upstream PNG: {len(checks.png or b'')} bytes ({args.side}x{args.side}); "
               f"{platform.python_implementation()} {platform.python_version()}, {os.cpu_count()} CPUs, "
               f"load average before/after {load_before:.2f}/{_loadavg():.2f}, "
-              f"{time.perf_counter() - started:.0f}s total")
-        print("CPU ms/req: user+system CPU per measured request of the gateway process, the fake upstream "
-              "and this load generator.")
+              f"{time.perf_counter() - started:.0f}s total, {args.repeat} round(s)")
+        print(f"gateway: {SRC}" + (f"; before: {args.baseline_src}" if args.baseline_src else "")
+              + (f"; litellm: {args.litellm}" if args.litellm else ""))
+        print("CPU ms/req: user+system CPU per measured request of the process serving the target, the fake "
+              "upstream and this load generator. Medians over rounds, [min, max] when repeated.")
         print()
         print(markdown_table(results))
+        if rows:
+            print()
+            print("Ratios of runs in the same round (median [min, max]):")
+            print()
+            print(comparison_table(rows))
+        print()
+        for line in target_checks(results, rows):
+            print(f"- {line}")
         if args.json:
             doc = {
                 "benchmark": "gateway_overhead",
@@ -499,17 +734,23 @@ def main(argv: list[str] | None = None) -> int:
                             "python": platform.python_version(),
                             "loadavg_1m_before": round(load_before, 2), "loadavg_1m_after": round(_loadavg(), 2)},
                 "config": {"concurrency": args.concurrency, "requests": args.requests, "warmup": args.warmup,
-                           "formats": args.formats, "gateway_log_level": args.gateway_log_level,
-                           "gateway_prefix": args.gateway_prefix, "png_bytes": len(checks.png or b""),
+                           "formats": args.formats, "repeat": args.repeat, "gateway_log_level": args.gateway_log_level,
+                           "gateway_prefix": args.gateway_prefix, "gateway_env": args.gateway_env,
+                           "gateway_src": str(SRC),
+                           "baseline_src": str(args.baseline_src) if args.baseline_src else None,
+                           "litellm": args.litellm, "png_bytes": len(checks.png or b""), "side": args.side,
                            "model": MODEL},
                 "results": [asdict(r) for r in results],
+                "comparisons": rows,
+                "targets": target_checks(results, rows),
             }
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(doc, indent=2) + "\n")
             print(f"\nJSON results: {args.json}", file=sys.stderr)
         failed = sum(r.errors for r in results)
         if failed:
-            print(f"\n{failed} requests failed; gateway log tail:\n{gateway.log_tail()}", file=sys.stderr)
+            print(f"\n{failed} requests failed; log tails:\n"
+                  + "\n".join(f"--- {c.name}\n{c.log_tail()}" for c in children), file=sys.stderr)
         return 1 if failed else 0
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)

@@ -102,6 +102,9 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         # the resilience tests turn retries on explicitly.
         "retry_attempts": 1,
         "poll_interval_seconds": 0.01,  # Replicate and fal are polled; the fakes answer at once
+        # Tests read the usage table right after each answer; tests/test_usage_writer.py covers the
+        # default background writer.
+        "usage_writer": "inline",
     }
     values.update(overrides)
     return Settings(**values)

@@ -13,7 +13,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -118,6 +118,12 @@ class Settings(BaseSettings):
     max_connections: int | None = Field(default=None, ge=1)  # IMAGEGATE_MAX_CONNECTIONS, per process
     # A body may take one header timeout plus its size at this rate (0: no limit); IMAGEGATE_MIN_BODY_BYTES_PER_SECOND
     min_body_bytes_per_second: float = Field(default=1024.0, ge=0)
+    # The hot path (bench/gateway_overhead.py): upstream API calls over aiohttp (or httpx, which
+    # every other HTTP use keeps).
+    upstream_client: Literal["aiohttp", "httpx"] = "aiohttp"  # IMAGEGATE_UPSTREAM_CLIENT
+    # Usage rows: appended to a journal and written by a background thread (usage.py), or inserted
+    # in the request (inline: a row is in the table before the answer goes out).
+    usage_writer: Literal["background", "inline"] = "background"  # IMAGEGATE_USAGE_WRITER
 
     # OpenAI wire compatibility. Standard fields a model lacks (quality, style, ...) are served
     # without it and reported, unless strict_parameters makes them a 400. A request without

@@ -73,6 +73,7 @@ CREATE TABLE IF NOT EXISTS usage (
     output_tokens INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS usage_created ON usage (created_at);
+CREATE INDEX IF NOT EXISTS usage_request ON usage (request_id);
 """
 
 # Columns added after a table first shipped: (table, column, declaration). An existing database

@@ -3,6 +3,10 @@
 Keys are long random tokens, so one SHA-256 is the right hash (a slow password hash buys nothing
 against 256 bits of entropy and would cost every request). Auth is on as soon as any key exists,
 and stays on when the last stored key is revoked (revoking must never open the gateway).
+
+Lookups are cached for CACHE_SECONDS (by hash, never the key): a request costs no database query
+on the event loop, and a key revoked by another process (`imagegate keys revoke`) stops working
+within that time; revoked or created through this store, at once.
 """
 
 from __future__ import annotations
@@ -17,6 +21,9 @@ from typing import Protocol
 from .db import Database
 
 KEY_PREFIX = "ig-"
+# How long a lookup (valid, revoked or unknown) is believed; revocation is promised within 1 s.
+CACHE_SECONDS = 0.5
+MAX_CACHED = 10_000  # distinct hashes; a flood of wrong keys clears the cache rather than growing it
 
 
 def hash_key(key: str) -> str:
@@ -50,6 +57,12 @@ class KeyStore:
     def __init__(self, db: Database, static_keys: list[str] | None = None) -> None:
         self.db = db
         self._static_hashes = [hash_key(k) for k in (static_keys or []) if k]
+        self._cache: dict[str, tuple[float, str | None]] = {}  # hash -> (looked up at, key id or None)
+        self._required: tuple[float, bool] | None = None
+
+    def _forget(self) -> None:
+        self._cache.clear()
+        self._required = None
 
     def create(self, name: str) -> tuple[KeyRecord, str]:
         """Make a key; the plaintext is returned once and never stored."""
@@ -62,6 +75,7 @@ class KeyStore:
             "INSERT INTO api_keys (id, name, prefix, key_hash, created_at) VALUES (?, ?, ?, ?, ?)",
             (record.id, record.name, record.prefix, hash_key(plaintext), record.created_at),
         )
+        self._forget()
         return record, plaintext
 
     def list(self) -> list[KeyRecord]:
@@ -73,12 +87,16 @@ class KeyStore:
             "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL RETURNING id",
             (time.time(), key_id),
         )
+        self._forget()
         return bool(rows)
 
     def auth_required(self) -> bool:
         if self._static_hashes:
             return True
-        return bool(self.db.execute("SELECT 1 FROM api_keys LIMIT 1"))
+        now = time.monotonic()
+        if self._required is None or now - self._required[0] >= CACHE_SECONDS:
+            self._required = (now, bool(self.db.execute("SELECT 1 FROM api_keys LIMIT 1")))
+        return self._required[1]
 
     def verify(self, key: str) -> str | None:
         """The key's id ('static-<hash prefix>' for environment keys) when valid and active, else None."""
@@ -86,5 +104,13 @@ class KeyStore:
         for static in self._static_hashes:
             if hmac.compare_digest(static, digest):
                 return f"static-{static[:12]}"  # distinct per key, never the key itself
+        now = time.monotonic()
+        cached = self._cache.get(digest)
+        if cached is not None and now - cached[0] < CACHE_SECONDS:
+            return cached[1]
         rows = self.db.execute("SELECT id FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL", (digest,))
-        return str(rows[0][0]) if rows else None
+        key_id = str(rows[0][0]) if rows else None
+        if len(self._cache) >= MAX_CACHED:
+            self._cache.clear()
+        self._cache[digest] = (now, key_id)
+        return key_id

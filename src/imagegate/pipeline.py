@@ -39,8 +39,6 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, Literal, TypeVar
 
-import anyio.to_thread
-
 from . import imaging
 from .catalog import Mode, ModelEntry
 from .config import Settings
@@ -55,7 +53,7 @@ from .providers import InputImage, TokenSplit
 from .resilience import is_capacity, is_upstream_failure
 from .router import Candidate, Router, plan_candidates
 from .storage import ResultStore
-from .usage import UsageRecord, UsageSink, record_after_failure
+from .usage import UsageRecord, UsageSink, record_after_failure, record_usage
 
 T = TypeVar("T")
 
@@ -463,7 +461,7 @@ class Pipeline:
     async def record_usage(self, ctx: RequestContext) -> None:
         # Set first: even if this await is cancelled, the thread still writes the row.
         ctx.usage = self._usage_record(ctx, _done(ctx.served, "dispatch"), ctx.made, _done(ctx.cost, "dispatch"))
-        await anyio.to_thread.run_sync(self.usage.record, ctx.usage)
+        await record_usage(self.usage, ctx.usage)
 
     async def render(self, ctx: RequestContext) -> None:
         served, cost = _done(ctx.served, "dispatch"), _done(ctx.cost, "dispatch")

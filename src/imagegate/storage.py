@@ -28,7 +28,7 @@ from typing import Protocol
 
 from .db import Database
 from .errors import StorageFull
-from .imaging import FORMAT_BY_MIME
+from .imaging import FORMAT_BY_MIME, ImageBytes
 
 log = logging.getLogger("imagegate")
 GIB = 1024**3
@@ -50,7 +50,7 @@ class StoredResult:
 class ResultStore(Protocol):
     """What the service needs from a result store; S3-compatible storage can implement it."""
 
-    def put(self, data: bytes, content_type: str) -> str: ...
+    def put(self, data: bytes | ImageBytes, content_type: str) -> str: ...
 
     def get(self, name: str) -> StoredResult | None: ...
 
@@ -69,12 +69,15 @@ def _write_chunk(fd: int, data: memoryview) -> int:
     return os.write(fd, data)
 
 
-def _write_new_file(path: Path, data: bytes) -> None:
+def _write_new_file(path: Path, data: bytes | ImageBytes) -> None:
+    """Bytes as they are; an ImageBytes still in base64 decoded a chunk at a time as it is written
+    (no second whole copy of a 30 MB image in memory)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[_write_chunk(fd, view):]
+        for chunk in data.chunks() if isinstance(data, ImageBytes) else (data,):
+            view = memoryview(chunk)
+            while view:
+                view = view[_write_chunk(fd, view):]
     finally:
         os.close(fd)
 
@@ -103,20 +106,22 @@ class LocalResultStore:
                         "SELECT 1, COALESCE(SUM(size), 0) FROM results")
         self._remove_stale_temp_files()
 
-    def put(self, data: bytes, content_type: str) -> str:
+    def put(self, data: bytes | ImageBytes, content_type: str) -> str:
         """Store bytes; returns the file name to put in the URL (token plus extension)."""
         ext = FORMAT_BY_MIME.get(content_type, "bin")
         name = f"{secrets.token_urlsafe(32)}.{ext}"
         path = self.directory / name
-        size = len(data)
+        size = data.size() if isinstance(data, ImageBytes) else len(data)
         claim = self._claim(size)
         temp = self.directory / f".{name}{TEMP_SUFFIX}"  # never a token: tokens do not start with "."
         try:
             _write_new_file(temp, data)
             os.replace(temp, path)
-        except OSError as exc:
+        except BaseException as exc:  # OSError, or base64 that turns out broken (binascii.Error)
             temp.unlink(missing_ok=True)
             self._release(claim)
+            if not isinstance(exc, OSError):
+                raise
             if _is_full(exc):
                 log.error("result store: the disk is full (%s); answering 503 storage_full", exc)
                 raise _storage_full("the disk is full") from exc

@@ -10,7 +10,6 @@ import base64
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -224,7 +223,7 @@ def test_both_forms_reuse_the_upstreams_base64(gateway: RunningGateway, fake_gem
         encoded.append(len(data))
         return base64.b64encode(data)
 
-    monkeypatch.setattr(imaging, "base64", SimpleNamespace(b64encode=b64encode))
+    monkeypatch.setattr(imaging.pybase64, "b64encode", b64encode)
     result = gateway.client().images.generate(model=PRO, prompt="as is")
     item = result.data[0] if result.data else None
     assert item is not None and item.url and item.b64_json

@@ -4,14 +4,25 @@ Prompt and input images go as parts of one user turn; shape and scale as
 `generationConfig.imageConfig.aspectRatio` / `imageSize`. Images come back as inline data.
 Safety blocks arrive as HTTP 200 and are turned into errors here. Gemini 3 Pro Image sends
 interim "thought" images before its answer: those parts carry `thought: true` and are skipped.
+
+An answer is ~2 MB of JSON of which all but a few hundred bytes is one image's base64. So the
+body is not parsed whole: `lift_spans` cuts each long `"data"` string out (base64 has no quote or
+backslash, so the string ends at the next quote), the small rest is parsed, and each inlineData
+gets a view of its span back. Nothing is decoded but the image's head (format, size) and a
+validation pass; a b64_json answer sends the upstream's own bytes. Whenever the cut-down body
+does not account for every span exactly where an image belongs (escaped strings, duplicate keys,
+a `"data"` key elsewhere, garbage), the whole body is parsed the ordinary way instead.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
+import secrets
 from collections.abc import Callable
 from typing import Any
 
+from .. import jsonio
 from ..errors import ContentPolicyViolation, ImagegateError, NoImageGenerated, UpstreamBadResponse
 from ..imaging import MIME_BY_FORMAT, decode_b64_image
 from ..params import WirePlan
@@ -30,7 +41,6 @@ from .transport import (
     UpstreamResponse,
     error_for_status,
     json_or_none,
-    parse_json,
     retry_after_seconds,
     seconds_value,
     send_checked,
@@ -150,16 +160,102 @@ def _list(value: Any, what: str) -> list[Any]:
 
 def _image_part(inline: Any) -> ProviderImage:
     """Check an inlineData blob from its head; trust the bytes, not the declared mime type.
-    The base64 text is kept as it is, so a b64_json answer can reuse it without decoding."""
+    The base64 text (or the view of it in the body) is kept as it is, so a b64_json answer can
+    reuse it without decoding; all of it is validated, so none of it can break the answer's JSON."""
     blob = _dict(inline, "inlineData")
     data = blob.get("data")
-    if not isinstance(data, str):
+    if not isinstance(data, (str, memoryview)):
         raise _bad_response("an inlineData part without base64 data")
     try:
         image, fmt = decode_b64_image(data)
+        image.validate()
+    except binascii.Error as exc:
+        raise _bad_response("inline data that is not valid base64") from exc
     except ValueError as exc:
         raise _bad_response(f"inline data that is {exc}") from exc
     return ProviderImage(image, MIME_BY_FORMAT[fmt])
+
+
+# Strings shorter than this are left in the body: cutting them out saves nothing.
+SPAN_MIN_CHARS = 1024
+_DATA_KEY = b'"data"'
+_WHITESPACE = b" \t\r\n"
+
+
+def _skip_whitespace(body: bytes, index: int) -> int:
+    while index < len(body) and body[index] in _WHITESPACE:
+        index += 1
+    return index
+
+
+def lift_spans(body: bytes) -> tuple[bytes, dict[str, memoryview]]:
+    """The body with the content of every long `"data": "..."` string replaced by a placeholder
+    (unguessable: a fresh nonce per body), and the views of what was cut, by placeholder. Only
+    strings without a backslash are cut: they end at the next quote."""
+    nonce = secrets.token_hex(8)
+    view = memoryview(body)
+    pieces: list[bytes | memoryview] = []
+    spans: dict[str, memoryview] = {}
+    copied = search = 0
+    while (found := body.find(_DATA_KEY, search)) != -1:
+        search = found + len(_DATA_KEY)
+        colon = _skip_whitespace(body, search)
+        if colon >= len(body) or body[colon] != ord(":"):
+            continue
+        quote = _skip_whitespace(body, colon + 1)
+        if quote >= len(body) or body[quote] != ord('"'):
+            continue
+        start = quote + 1
+        end = body.find(b'"', start)
+        if end == -1:
+            break
+        search = end + 1
+        if end - start < SPAN_MIN_CHARS or body.find(b"\\", start, end) != -1:
+            continue
+        placeholder = f"imagegate-span-{nonce}-{len(spans)}"
+        pieces += [view[copied:start], placeholder.encode()]
+        spans[placeholder] = view[start:end]
+        copied = end
+    if not spans:
+        return body, spans
+    pieces.append(view[copied:])
+    return b"".join(pieces), spans
+
+
+def _put_back(data: Any, spans: dict[str, memoryview]) -> bool:
+    """Give each inlineData whose data is a placeholder its span back; True when every span
+    was found there, exactly once (anything else: the cut went wrong, parse the whole body)."""
+    left = dict(spans)
+    candidates = data.get("candidates") if isinstance(data, dict) else None
+    for candidate in candidates if isinstance(candidates, list) else []:
+        content = candidate.get("content") if isinstance(candidate, dict) else None
+        parts = content.get("parts") if isinstance(content, dict) else None
+        for part in parts if isinstance(parts, list) else []:
+            for key in ("inlineData", "inline_data"):
+                blob = part.get(key) if isinstance(part, dict) else None
+                if isinstance(blob, dict) and isinstance(blob.get("data"), str) and blob["data"] in left:
+                    blob["data"] = left.pop(blob["data"])
+    return not left
+
+
+def parse_body(provider: str, body: bytes) -> Any:
+    """The JSON of a 200 answer, with each image's base64 as a view of `body` where it can be."""
+    reduced, spans = lift_spans(body)
+    if spans:
+        try:
+            data = jsonio.loads(reduced)
+        except (ValueError, RecursionError):
+            data = None
+        if data is not None and _put_back(data, spans):
+            return data
+    return _parse_whole(provider, body)
+
+
+def _parse_whole(provider: str, body: bytes) -> Any:
+    try:
+        return jsonio.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested too deeply
+        raise UpstreamBadResponse(f"{provider} sent a response that is not valid JSON.") from exc
 
 
 def parse_response(data: Any, *, keep_all_images: bool) -> ProviderResult:
@@ -245,7 +341,7 @@ class GeminiProvider(HttpProvider):
             headers={"x-goog-api-key": self.api_key}, error=self.error,
         )
         keep_all = request.options.get("limit_generations") is False
-        return parse_response(parse_json(self.provider_id, response.body), keep_all_images=keep_all)
+        return parse_response(parse_body(self.provider_id, response.body), keep_all_images=keep_all)
 
 
 def register_providers(register: Callable[[ProviderSpec], None]) -> None:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import secrets
 from typing import Any
 
 from starlette.responses import Response
 
+from .. import jsonio
 from ..catalog import ModelEntry
 from ..errors import ImagegateError
 from ..gateway import Gateway
@@ -19,8 +19,7 @@ ADJUSTED_HEADER = "x-imagegate-adjusted"
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(json.dumps(body, separators=(",", ":")), status_code=status, headers=headers,
-                    media_type="application/json")
+    return Response(jsonio.dumps(body), status_code=status, headers=headers, media_type="application/json")
 
 
 def error_response(exc: ImagegateError) -> Response:
@@ -28,10 +27,10 @@ def error_response(exc: ImagegateError) -> Response:
 
 
 def images_response(outcome: ImagesOutcome) -> Response:
-    # Base64 needs no JSON escaping, so it is spliced in after encoding the rest: json.dumps
-    # would otherwise scan megabytes of it character by character.
+    # Base64 needs no JSON escaping, so it is spliced in after encoding the rest: the encoder would
+    # otherwise scan megabytes of it, and an upstream's base64 goes out as the bytes it came in.
     nonce = secrets.token_hex(8)
-    splices: dict[str, str] = {}
+    splices: dict[bytes, list[bytes | memoryview]] = {}
     data = []
     both = outcome.response_format == "both"
     for index, image in enumerate(outcome.images):
@@ -40,10 +39,10 @@ def images_response(outcome: ImagesOutcome) -> Response:
             item["url"] = image.url
         elif image.url is not None:  # sync_mode: a data URI
             item["url"] = placeholder = f"url-{nonce}-{index}"
-            splices[f'"{placeholder}"'] = f'"{image.url}"'
+            splices[f'"{placeholder}"'.encode()] = [f'"{image.url}"'.encode()]
         if image.url is None or both:
             item["b64_json"] = placeholder = f"b64-{nonce}-{index}"
-            splices[f'"{placeholder}"'] = f'"{image.blob.b64}"'
+            splices[f'"{placeholder}"'.encode()] = [b'"', image.blob.b64_bytes(), b'"']
         data.append(item)
     effective = outcome.effective()
     body = {
@@ -74,23 +73,24 @@ def images_response(outcome: ImagesOutcome) -> Response:
     headers = {"x-imagegate-provider": outcome.provider, "x-imagegate-model": outcome.model}
     if outcome.adjustments:
         headers[ADJUSTED_HEADER] = "; ".join(a.header_value() for a in outcome.adjustments)
-    return Response(_splice(json.dumps(body, separators=(",", ":")), splices), headers=headers,
-                    media_type="application/json")
+    return Response(_splice(jsonio.dumps(body), splices), headers=headers, media_type="application/json")
 
 
 def _split(split: TokenSplit) -> dict[str, int]:
     return {"text_tokens": split.text_tokens, "image_tokens": split.image_tokens}
 
 
-def _splice(text: str, splices: dict[str, str]) -> str:
-    """Replace each placeholder (in order of appearance) in one pass over the small JSON text."""
-    pieces, position = [], 0
+def _splice(text: bytes, splices: dict[bytes, list[bytes | memoryview]]) -> bytes:
+    """Replace each placeholder (in order of appearance) in one pass over the small JSON text:
+    one copy of each image's base64, into the response body."""
+    pieces: list[bytes | memoryview] = []
+    position = 0
     for placeholder, value in splices.items():
         found = text.index(placeholder, position)
-        pieces += [text[position:found], value]
+        pieces += [text[position:found], *value]
         position = found + len(placeholder)
     pieces.append(text[position:])
-    return "".join(pieces)
+    return b"".join(pieces)
 
 
 def model_list(gateway: Gateway) -> dict[str, Any]:

@@ -1,11 +1,12 @@
 """How the gateway is served: uvicorn, hardened against slow and numerous connections.
 
-uvicorn 0.54's h11 protocol starts no timer before its first response: a connection that drips
+uvicorn 0.54's protocols start no timer before their first response: a connection that drips
 its request head or body a byte at a time, or sends nothing at all, is held forever, and each
 holds a file descriptor. Once descriptors run out, `accept()` fails with EMFILE and asyncio logs
 every failed attempt with a traceback (up to `backlog` attempts per loop tick). So:
 
-- `GuardedH11Protocol` closes a connection whose request head is not complete within
+- `GuardedHttpToolsProtocol` (uvicorn's httptools protocol, a C parser at about half h11's CPU
+  per request, with `_Guard`) closes a connection whose request head is not complete within
   `IMAGEGATE_HEADER_TIMEOUT_SECONDS` (a 408), which sends nothing for
   `IMAGEGATE_IDLE_TIMEOUT_SECONDS` while the server waits on it (an unfinished head or body,
   or keep-alive between requests), or whose body trickles in slower than
@@ -15,8 +16,9 @@ every failed attempt with a traceback (up to `backlog` attempts per loop tick). 
 - It refuses connections beyond `IMAGEGATE_MAX_CONNECTIONS` with a 503: by default the
   descriptor limit, raised from soft to hard at start, less a reserve for upstream sockets,
   result files and the database, so the gateway itself never runs out of descriptors.
-- `guarded_loop` is the event loop (uvicorn's `loop` setting): accept failures are logged once
-  per interval, with a count, instead of once per attempt.
+- `guarded_loop` is the event loop (uvicorn's `loop` setting) when the cap is set past the
+  descriptor limit: accept failures are logged once per interval, with a count, instead of once
+  per attempt. Otherwise `fast_loop`, uvloop (`loop_for` says why).
 - `follow_master` makes a `--workers` process exit when the master dies, even by SIGKILL.
 
 `build_config` and `serve` build all of it from `Settings`; `imagegate serve` and the tests'
@@ -40,11 +42,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import h11
 import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 from uvicorn.protocols.http.flow_control import FlowControl
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from ..config import Settings
@@ -110,7 +111,7 @@ class ServingConfig(uvicorn.Config):
 
 
 def _raw_response(error: ImagegateError, extra_headers: str = "") -> bytes:
-    """A whole HTTP/1.1 answer, written before h11 has parsed a request (so not through it)."""
+    """A whole HTTP/1.1 answer, written before the parser has a request (so not through it)."""
     body = json.dumps(error.to_openai_json()).encode()
     phrase = http.HTTPStatus(error.status_code).phrase
     head = (f"HTTP/1.1 {error.status_code} {phrase}\r\ncontent-type: application/json\r\n"
@@ -127,7 +128,7 @@ class _NotifyingFlow(FlowControl):
     """uvicorn's flow control, telling the protocol when reading resumes (the app asked for more
     body): from then on, the client is the one we wait for."""
 
-    def __init__(self, transport: asyncio.Transport, protocol: GuardedH11Protocol) -> None:
+    def __init__(self, transport: asyncio.Transport, protocol: _Guard) -> None:
         super().__init__(transport)
         self._protocol = protocol
 
@@ -142,17 +143,29 @@ class _NotifyingFlow(FlowControl):
         self._protocol.client_turn(was_paused)
 
 
-class GuardedH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol with a header timeout, an idle timeout and a connection cap.
+# What the client is doing, as the guard sees it: between requests, sending a request head,
+# sending a body, or waiting for our answer (the application has the request).
+Phase = str
+IDLE, HEAD, BODY, ANSWER = "idle", "head", "body", "answer"
+
+
+class _Guard:
+    """A header timeout, an idle timeout, a body rate and a connection cap for a uvicorn protocol;
+    the protocol says which phase the client is in (`_phase`).
 
     One timer per connection, re-armed lazily: bytes arriving only move a timestamp, and the timer,
     when it fires early, sets itself again for the new deadline."""
 
-    def __init__(self, config: uvicorn.Config, server_state: ServerState, app_state: dict[str, Any],
-                 _loop: asyncio.AbstractEventLoop | None = None) -> None:
+    # Set by the uvicorn protocol this is mixed into.
+    loop: asyncio.AbstractEventLoop
+    transport: asyncio.Transport
+    connections: set[Any]
+    flow: FlowControl
+    cycle: Any
+
+    def _guard_init(self, config: uvicorn.Config) -> None:
         if not isinstance(config, ServingConfig):
-            raise TypeError("GuardedH11Protocol needs a ServingConfig (see build_config)")
-        super().__init__(config, server_state, app_state, _loop)
+            raise TypeError(f"{type(self).__name__} needs a ServingConfig (see build_config)")
         self.limits = config.limits
         self._timer: asyncio.TimerHandle | None = None
         self._last_activity = 0.0
@@ -163,9 +176,10 @@ class GuardedH11Protocol(H11Protocol):
         self._paused_at: float | None = None
         self._refused = False
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        over_limit = len(self.connections) >= self.limits.max_connections
-        super().connection_made(transport)
+    def _phase(self) -> Phase:
+        raise NotImplementedError
+
+    def _guard_connection_made(self, transport: asyncio.Transport, over_limit: bool) -> None:
         if over_limit:
             self._refuse()
             return
@@ -182,38 +196,30 @@ class GuardedH11Protocol(H11Protocol):
         self.transport.write(BUSY_RESPONSE)
         self.transport.close()
 
-    def data_received(self, data: bytes) -> None:
-        if self._refused:
-            return
+    def _bytes_arrived(self) -> float:
+        """Before the protocol parses new bytes; returns now."""
         now = self.loop.time()
         self._last_activity = now
-        before = self.conn.their_state
-        if self._head_deadline is None and before is h11.IDLE:
+        if self._head_deadline is None and self._phase() in (IDLE, HEAD):
             self._head_deadline = now + self.limits.header_timeout  # the next request on a kept-alive connection
-        super().data_received(data)
-        state = self.conn.their_state
-        if state is not h11.IDLE:
-            self._head_deadline = None
-        if state is h11.SEND_BODY:
-            if before is h11.SEND_BODY:
-                self._body_received += len(data)
-            else:  # the head just completed: the body's clock starts
-                self._body_started, self._body_received = now, 0
-        self._arm()
+        return now
 
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        if self.conn.their_state is h11.IDLE:  # keep-alive: waiting for the client again, from now
+    def _head_done(self) -> None:
+        self._head_deadline = None
+        self._body_started, self._body_received = self.loop.time(), 0
+
+    def _answered(self) -> None:
+        """A response is complete."""
+        if self._phase() in (IDLE, HEAD):  # keep-alive: waiting for the client again, from now
             self._last_activity = self.loop.time()
-            if self._head_deadline is None and self.conn.trailing_data[0]:  # a pipelined, partial head
+            if self._head_deadline is None and self._phase() == HEAD:  # a pipelined, partial head
                 self._head_deadline = self._last_activity + self.limits.header_timeout
         self._arm()
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def _stop_timer(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        super().connection_lost(exc)
 
     def server_turn(self) -> None:
         """Flow control stops reading (the application is behind): no clock runs on the client."""
@@ -235,16 +241,16 @@ class GuardedH11Protocol(H11Protocol):
         """When this connection expires, or None while the server (not the client) is the slow one."""
         if self._refused or self.transport.is_closing():
             return None
-        state = self.conn.their_state
-        if state is h11.SEND_BODY:
+        phase = self._phase()
+        if phase == BODY:
             if self.flow.read_paused or (self.cycle is not None and self.cycle.waiting_for_100_continue):
                 return None
-        elif state is not h11.IDLE:
+        elif phase == ANSWER:
             return None  # the request is in: the application has it
         deadline = self._last_activity + self.limits.idle_timeout
         if self._head_deadline is not None:
             deadline = min(deadline, self._head_deadline)
-        if state is h11.SEND_BODY and self.limits.min_body_rate > 0:
+        if phase == BODY and self.limits.min_body_rate > 0:
             allowed = self.limits.header_timeout + self._body_received / self.limits.min_body_rate
             deadline = min(deadline, self._body_started + allowed)
         return deadline
@@ -271,16 +277,70 @@ class GuardedH11Protocol(H11Protocol):
 
     def _expire(self) -> None:
         head_expired = self._head_deadline is not None and self._head_deadline <= self.loop.time()
-        if head_expired and self.conn.their_state is h11.IDLE:
-            if self.conn.trailing_data[0]:  # it started a request: say why it ends
+        phase = self._phase()
+        if head_expired and phase in (IDLE, HEAD):
+            if phase == HEAD:  # it started a request: say why it ends
                 self.transport.write(HEADER_TIMEOUT_RESPONSE)
             throttled.log(logging.INFO, "header-timeout", "closed a connection whose request head was not "
                           "complete within %gs", self.limits.header_timeout)
-        elif self.conn.their_state is h11.SEND_BODY:
+        elif phase == BODY:
             throttled.log(logging.INFO, "body-slow", "closed a connection whose request body stalled (idle %gs) "
                           "or trickled (under %g bytes/s)", self.limits.idle_timeout, self.limits.min_body_rate)
         # else an idle keep-alive connection (or one that never spoke): closing it is routine
         self.transport.close()
+
+
+class GuardedHttpToolsProtocol(_Guard, HttpToolsProtocol):
+    """uvicorn's httptools protocol with the guard; the parser's callbacks say which phase the
+    client is in."""
+
+    def __init__(self, config: uvicorn.Config, server_state: ServerState, app_state: dict[str, Any],
+                 _loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self._guard_init(config)
+        self._client_phase: Phase = IDLE
+        super().__init__(config, server_state, app_state, _loop)
+
+    def _phase(self) -> Phase:
+        return self._client_phase
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        over_limit = len(self.connections) >= self.limits.max_connections
+        super().connection_made(transport)
+        self._guard_connection_made(transport, over_limit)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        self._bytes_arrived()
+        super().data_received(data)
+        self._arm()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._client_phase = HEAD
+
+    def on_headers_complete(self) -> None:
+        self._client_phase = BODY
+        self._head_done()
+        super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        self._body_received += len(body)
+        super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        self._client_phase = ANSWER
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        if self._client_phase == ANSWER:  # not a pipelined request already begun
+            self._client_phase = IDLE
+        super().on_response_complete()
+        self._answered()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_timer()
+        super().connection_lost(exc)
 
 
 def _loop_exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
@@ -292,10 +352,33 @@ def _loop_exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str, 
 
 
 def guarded_loop() -> asyncio.AbstractEventLoop:
-    """The server's event loop (uvicorn's `loop` setting takes this import path)."""
+    """The server's event loop when accept() may fail (uvicorn's `loop` setting takes this import path)."""
     loop = asyncio.new_event_loop()
     loop.set_exception_handler(_loop_exception_handler)
     return loop
+
+
+def fast_loop() -> asyncio.AbstractEventLoop:
+    """uvloop, where the connection cap keeps accept() clear of EMFILE (see `loop_for`)."""
+    import uvloop
+
+    loop = uvloop.new_event_loop()
+    loop.set_exception_handler(_loop_exception_handler)
+    return loop
+
+
+def loop_for(limits: ConnectionLimits, descriptors: int | None) -> str:
+    """uvloop (libuv: less CPU per request in its transports and callbacks) unless the operator set
+    the connection cap at or past the descriptor limit. There accept() can fail with EMFILE, and
+    asyncio's loop keeps those connections waiting in the backlog and reports the failures (throttled
+    above), where libuv would silently accept and drop them."""
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return f"{__name__}:guarded_loop"
+    if descriptors is not None and limits.max_connections >= descriptors:
+        return f"{__name__}:guarded_loop"
+    return f"{__name__}:fast_loop"
 
 
 def descriptor_limit() -> int | None:
@@ -354,7 +437,7 @@ def build_config(app: Any, settings: Settings, *, log_level: str = "info", **opt
                     "before connections are refused", limits.max_connections, descriptors)
     values: dict[str, Any] = {
         "host": settings.host, "port": settings.port, "log_level": log_level, "log_config": _log_config(log_level),
-        "http": GuardedH11Protocol, "loop": f"{__name__}:guarded_loop",
+        "http": GuardedHttpToolsProtocol, "loop": loop_for(limits, descriptors),
         # uvicorn's own keep-alive timer, kept in step with ours (it takes whole seconds).
         "timeout_keep_alive": max(1, round(settings.idle_timeout_seconds)),
         # X-Forwarded-* are judged by the gateway (IMAGEGATE_TRUSTED_PROXIES), not believed from any
