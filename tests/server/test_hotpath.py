@@ -8,15 +8,25 @@
 from __future__ import annotations
 
 import base64
+import json
 
 import httpx
 import pytest
 
 from imagegate import imaging
+from imagegate.catalog import ModelEntry, load_builtin_catalog
+from imagegate.normalize import resolve_layout
+from imagegate.outputs import OutputImage
+from imagegate.pipeline import ImagesOutcome
+from imagegate.server.render import PiecesResponse, body_of, images_response
 
 from ..conftest import RunningGateway
 from ..fakes.gemini import FakeGemini
-from ..fakes.images import image_size
+from ..fakes.images import image_size, solid_png
+
+_model = load_builtin_catalog().get("gemini-3-pro-image-preview")
+assert _model is not None
+MODEL: ModelEntry = _model
 
 PRO = "gemini-3-pro-image-preview"
 
@@ -83,3 +93,22 @@ def test_the_server_parses_http_with_httptools_under_the_same_guards() -> None:
     from imagegate.server.serving import GuardedHttpToolsProtocol, build_config
 
     assert build_config(object(), Settings()).http is GuardedHttpToolsProtocol
+
+
+def test_a_b64_json_answer_sends_the_upstreams_base64_without_joining_it_into_a_new_body() -> None:
+    """The answer is sent as pieces: the image's base64 is the very buffer it came in (a view
+    of the upstream's body), and the pieces make the exact JSON a client parses."""
+    png = solid_png(8, 8, (1, 2, 3))
+    upstream = b'{"data":"' + base64.b64encode(png) + b'"}'
+    view = memoryview(upstream)[9:-2]
+    blob = imaging.ImageBytes(b64=view)
+    outcome = ImagesOutcome(
+        created=1, model="m", provider="p", layout=resolve_layout(MODEL), images=[OutputImage(blob, "png", 8, 8)],
+        response_format="b64_json", seed=None, adjustments=[], cost=0.0, currency="USD", cost_estimated=False,
+        input_tokens=0, output_tokens=0)
+    response = images_response(outcome)
+    assert isinstance(response, PiecesResponse)
+    assert any(piece is view for piece in response.pieces)
+    body = body_of(response)
+    assert dict(response.headers)["content-length"] == str(len(body))
+    assert base64.b64decode(json.loads(body)["data"][0]["b64_json"]) == png

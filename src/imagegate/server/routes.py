@@ -19,7 +19,7 @@ from ..service import ImageJob
 from .disconnect import until_disconnected
 from .parsing import parse_edit, parse_generation
 from .public_url import public_base_url
-from .render import images_response, json_response, model_card, model_list
+from .render import body_of, images_response, json_response, model_card, model_list
 
 
 def _gateway(request: Request) -> Gateway:
@@ -71,7 +71,7 @@ async def _serve(request: Request, job: ImageJob, key_id: str | None) -> Respons
         response = images_response(outcome)
         headers = {k: v for k, v in response.headers.items() if k != "content-length"}
         headers["x-imagegate-original-request-id"] = job.request_id
-        return StoredResponse(response.status_code, headers, bytes(response.body),
+        return StoredResponse(response.status_code, headers, body_of(response),
                               result_names(image.url for image in outcome.images))
 
     key = request.headers.get("idempotency-key")
