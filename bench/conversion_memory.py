@@ -117,9 +117,16 @@ class Gateway:
         port = free_port()
         self.url = f"http://{HOST}:{port}"
         data_dir = tmp / f"data-{name}"
-        env = {**clean_env(), "PYTHONPATH": str(SRC), "GEMINI_API_KEY": UPSTREAM_KEY,
-               "GEMINI_BASE_URL": upstream_url, "IMAGEGATE_API_KEYS": GATEWAY_KEY,
-               "IMAGEGATE_DATA_DIR": str(data_dir), "IMAGEGATE_PUBLIC_URL": self.url, **extra_env}
+        env = {
+            **clean_env(),
+            "PYTHONPATH": str(SRC),
+            "GEMINI_API_KEY": UPSTREAM_KEY,
+            "GEMINI_BASE_URL": upstream_url,
+            "IMAGEGATE_API_KEYS": GATEWAY_KEY,
+            "IMAGEGATE_DATA_DIR": str(data_dir),
+            "IMAGEGATE_PUBLIC_URL": self.url,
+            **extra_env,
+        }
         argv = [*gateway_command(), "serve", "--host", HOST, "--port", str(port), "--log-level", "warning"]
         self.child = Child(f"gateway {name}", argv, env, tmp / f"gateway-{name}.log")
         wait_healthy(self.child, f"{self.url}/health", 60.0)
@@ -136,8 +143,13 @@ RESPONSE_FORMAT = "url"  # --response-format; "default" leaves the field out (th
 
 
 async def load(url: str, concurrency: int, n: int, output_format: str) -> tuple[int, dict[str, int], float]:
-    body: dict[str, Any] = {"model": MODEL, "prompt": "bench", "resolution": "4K", "output_format": output_format,
-                            "n": n}
+    body: dict[str, Any] = {
+        "model": MODEL,
+        "prompt": "bench",
+        "resolution": "4K",
+        "output_format": output_format,
+        "n": n,
+    }
     if RESPONSE_FORMAT != "default":
         body["response_format"] = RESPONSE_FORMAT
     headers = {"authorization": f"Bearer {GATEWAY_KEY}"}
@@ -172,8 +184,12 @@ def run_scenario(tmp: Path, upstream_url: str, key: str, config: str, repeat: in
     finally:
         gateway.stop()
     run = Run(label, config, repeat, round(peak / MIB, 1), round(wall, 1), ok, errors)
-    print(f"  {label:18} {config:9} repeat {repeat}: peak RSS {run.peak_rss_mib:7.0f} MiB, {wall:5.1f} s, "
-          f"{ok} ok {errors or ''}", file=sys.stderr, flush=True)
+    print(
+        f"  {label:18} {config:9} repeat {repeat}: peak RSS {run.peak_rss_mib:7.0f} MiB, {wall:5.1f} s, "
+        f"{ok} ok {errors or ''}",
+        file=sys.stderr,
+        flush=True,
+    )
     return run
 
 
@@ -186,18 +202,32 @@ def avif_through_gateway(tmp: Path, upstream_url: str) -> dict[str, Any]:
         peak = vm_hwm(gateway.pid)
     finally:
         gateway.stop()
-    return {"ok": ok, "errors": errors, "wall_s": round(wall, 2), "rss_before_mib": round(before / MIB),
-            "peak_rss_mib": round(peak / MIB), "growth_mib": round((peak - before) / MIB)}
+    return {
+        "ok": ok,
+        "errors": errors,
+        "wall_s": round(wall, 2),
+        "rss_before_mib": round(before / MIB),
+        "peak_rss_mib": round(peak / MIB),
+        "growth_mib": round((peak - before) / MIB),
+    }
 
 
 def pillow_costs(png_path: Path) -> list[dict[str, Any]]:
     rows = []
     for fmt in ("png", "jpeg", "webp", "avif"):
-        out = subprocess.run([sys.executable, "-c", PILLOW_PROBE, fmt, str(png_path)], capture_output=True,
-                             text=True, check=True).stdout.split()
+        out = subprocess.run(
+            [sys.executable, "-c", PILLOW_PROBE, fmt, str(png_path)], capture_output=True, text=True, check=True
+        ).stdout.split()
         seconds, peak, pixels, size = float(out[0]), int(out[1]), int(out[2]), int(out[3])
-        rows.append({"format": fmt, "seconds": round(seconds, 2), "peak_mib": round(peak / MIB),
-                     "bytes_per_pixel": round(peak / pixels, 1), "output_mib": round(size / MIB, 1)})
+        rows.append(
+            {
+                "format": fmt,
+                "seconds": round(seconds, 2),
+                "peak_mib": round(peak / MIB),
+                "bytes_per_pixel": round(peak / pixels, 1),
+                "output_mib": round(size / MIB, 1),
+            }
+        )
     return rows
 
 
@@ -214,10 +244,19 @@ def summarize(runs: list[Run]) -> list[dict[str, Any]]:
             for r in mine:
                 for k, v in r.errors.items():
                     errors[k] = errors.get(k, 0) + v
-            table.append({"scenario": label, "config": config, "runs": len(mine),
-                          "peak_rss_mib_median": statistics.median(peaks), "peak_rss_mib_min": min(peaks),
-                          "peak_rss_mib_max": max(peaks), "wall_s_median": statistics.median(walls),
-                          "ok": sum(r.ok for r in mine), "errors": errors})
+            table.append(
+                {
+                    "scenario": label,
+                    "config": config,
+                    "runs": len(mine),
+                    "peak_rss_mib_median": statistics.median(peaks),
+                    "peak_rss_mib_min": min(peaks),
+                    "peak_rss_mib_max": max(peaks),
+                    "wall_s_median": statistics.median(walls),
+                    "ok": sum(r.ok for r in mine),
+                    "errors": errors,
+                }
+            )
     return table
 
 
@@ -226,9 +265,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--scenarios", nargs="+", choices=sorted(SCENARIOS), default=list(SCENARIOS))
     parser.add_argument("--no-avif", action="store_true", help="skip the AVIF cost measurement")
-    parser.add_argument("--response-format", choices=["url", "b64_json", "default"], default="url",
-                        help="what the requests ask for (default url; 'default' sends no response_format, so "
-                             "the gateway answers with both url and b64_json)")
+    parser.add_argument(
+        "--response-format",
+        choices=["url", "b64_json", "default"],
+        default="url",
+        help="what the requests ask for (default url; 'default' sends no response_format, so "
+        "the gateway answers with both url and b64_json)",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     global RESPONSE_FORMAT
@@ -242,9 +285,23 @@ def main(argv: list[str] | None = None) -> int:
         png_path.write_bytes(make_png(SIDE))
         up_port = free_port()
         upstream_url = f"http://{HOST}:{up_port}"
-        upstream = Child("fake upstream", [sys.executable, str(HERE / "fake_gemini.py"), "--host", HOST,
-                                           "--port", str(up_port), "--api-key", UPSTREAM_KEY, "--png", str(png_path)],
-                         clean_env(), tmp / "upstream.log")
+        upstream = Child(
+            "fake upstream",
+            [
+                sys.executable,
+                str(HERE / "fake_gemini.py"),
+                "--host",
+                HOST,
+                "--port",
+                str(up_port),
+                "--api-key",
+                UPSTREAM_KEY,
+                "--png",
+                str(png_path),
+            ],
+            clean_env(),
+            tmp / "upstream.log",
+        )
         try:
             wait_healthy(upstream, f"{upstream_url}/health", 60.0)
             print(f"4K PNG: {png_path.stat().st_size / MIB:.1f} MiB; {os.cpu_count()} CPUs", file=sys.stderr)
@@ -258,27 +315,43 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             upstream.stop()
     table = summarize(runs)
-    print(f"\n{args.repeats} repeats, response_format {RESPONSE_FORMAT}, {time.perf_counter() - started:.0f} s total, "
-          f"load average now "
-          f"{os.getloadavg()[0]:.2f}\n")
+    print(
+        f"\n{args.repeats} repeats, response_format {RESPONSE_FORMAT}, {time.perf_counter() - started:.0f} s total, "
+        f"load average now "
+        f"{os.getloadavg()[0]:.2f}\n"
+    )
     print("| scenario | config | peak RSS MiB, median (range) | wall s, median | ok | errors |")
     print("|---|---|---|---|---|---|")
     for row in table:
-        print(f"| {row['scenario']} | {row['config']} | {row['peak_rss_mib_median']:.0f} "
-              f"({row['peak_rss_mib_min']:.0f}-{row['peak_rss_mib_max']:.0f}) | {row['wall_s_median']:.1f} | "
-              f"{row['ok']} | {row['errors'] or ''} |")
+        print(
+            f"| {row['scenario']} | {row['config']} | {row['peak_rss_mib_median']:.0f} "
+            f"({row['peak_rss_mib_min']:.0f}-{row['peak_rss_mib_max']:.0f}) | {row['wall_s_median']:.1f} | "
+            f"{row['ok']} | {row['errors'] or ''} |"
+        )
     if avif is not None:
         print(f"\nOne 4K AVIF request through the gateway: {avif}")
     print("\nPillow decode + encode of the 4K PNG, in a bare process:\n")
     print("| format | seconds | peak RSS growth MiB | bytes/pixel | output MiB |")
     print("|---|---|---|---|---|")
     for row in pillow:
-        print(f"| {row['format']} | {row['seconds']} | {row['peak_mib']} | {row['bytes_per_pixel']} | "
-              f"{row['output_mib']} |")
+        print(
+            f"| {row['format']} | {row['seconds']} | {row['peak_mib']} | {row['bytes_per_pixel']} | "
+            f"{row['output_mib']} |"
+        )
     if args.json:
-        args.json.write_text(json.dumps({"response_format": RESPONSE_FORMAT, "runs": [asdict(r) for r in runs],
-                                         "summary": table, "avif": avif,
-                                         "pillow": pillow}, indent=2) + "\n")
+        args.json.write_text(
+            json.dumps(
+                {
+                    "response_format": RESPONSE_FORMAT,
+                    "runs": [asdict(r) for r in runs],
+                    "summary": table,
+                    "avif": avif,
+                    "pillow": pillow,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
     return 0
 
 

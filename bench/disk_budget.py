@@ -128,12 +128,23 @@ def run_one(tmp: Path, upstream_url: str, config: str, repeat: int, args: argpar
     gateway_url = f"http://{HOST}:{port}"
     data_dir = tmp / f"data-{config}-{repeat}"
     budget = str(args.budget_mb * MB) if config == "budget" else "0"
-    env = {**clean_env(), "PYTHONPATH": str(SRC), "GEMINI_API_KEY": UPSTREAM_KEY, "GEMINI_BASE_URL": upstream_url,
-           "IMAGEGATE_API_KEYS": GATEWAY_KEY, "IMAGEGATE_DATA_DIR": str(data_dir),
-           "IMAGEGATE_PUBLIC_URL": gateway_url, "IMAGEGATE_RESULT_TTL_SECONDS": "86400",
-           "IMAGEGATE_RESULTS_MAX_BYTES": budget}
-    gateway = Child(f"gateway {config}", [*gateway_command(), "serve", "--host", HOST, "--port", str(port),
-                                          "--log-level", "warning"], env, tmp / f"gateway-{config}-{repeat}.log")
+    env = {
+        **clean_env(),
+        "PYTHONPATH": str(SRC),
+        "GEMINI_API_KEY": UPSTREAM_KEY,
+        "GEMINI_BASE_URL": upstream_url,
+        "IMAGEGATE_API_KEYS": GATEWAY_KEY,
+        "IMAGEGATE_DATA_DIR": str(data_dir),
+        "IMAGEGATE_PUBLIC_URL": gateway_url,
+        "IMAGEGATE_RESULT_TTL_SECONDS": "86400",
+        "IMAGEGATE_RESULTS_MAX_BYTES": budget,
+    }
+    gateway = Child(
+        f"gateway {config}",
+        [*gateway_command(), "serve", "--host", HOST, "--port", str(port), "--log-level", "warning"],
+        env,
+        tmp / f"gateway-{config}-{repeat}.log",
+    )
     sampler = Sampler(data_dir / "results")
     try:
         wait_healthy(gateway, f"{gateway_url}/health", 60.0)
@@ -146,9 +157,12 @@ def run_one(tmp: Path, upstream_url: str, config: str, repeat: int, args: argpar
         gateway.stop()
     peak = max([s for _, s in sampler.samples] + [final])
     run = Run(config, repeat, ok, errors, seconds, peak / MB, final / MB, ok * size / MB)
-    print(f"  {config:9} repeat {repeat}: {run.rps:5.1f} req/s, writes {run.write_mb_s:5.1f} MB/s, "
-          f"dir max {run.max_dir_mb:7.1f} MB, final {run.final_dir_mb:7.1f} MB, errors {errors or 0}",
-          file=sys.stderr, flush=True)
+    print(
+        f"  {config:9} repeat {repeat}: {run.rps:5.1f} req/s, writes {run.write_mb_s:5.1f} MB/s, "
+        f"dir max {run.max_dir_mb:7.1f} MB, final {run.final_dir_mb:7.1f} MB, errors {errors or 0}",
+        file=sys.stderr,
+        flush=True,
+    )
     return run
 
 
@@ -165,9 +179,21 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp_name)
         up_port = free_port()
         upstream_url = f"http://{HOST}:{up_port}"
-        upstream = Child("fake upstream", [sys.executable, str(HERE / "fake_gemini.py"), "--host", HOST,
-                                           "--port", str(up_port), "--api-key", UPSTREAM_KEY],
-                         clean_env(), tmp / "upstream.log")
+        upstream = Child(
+            "fake upstream",
+            [
+                sys.executable,
+                str(HERE / "fake_gemini.py"),
+                "--host",
+                HOST,
+                "--port",
+                str(up_port),
+                "--api-key",
+                UPSTREAM_KEY,
+            ],
+            clean_env(),
+            tmp / "upstream.log",
+        )
         try:
             wait_healthy(upstream, f"{upstream_url}/health", 60.0)
             for repeat in range(args.repeats):
@@ -175,11 +201,15 @@ def main(argv: list[str] | None = None) -> int:
                 runs += [run_one(tmp, upstream_url, config, repeat, args) for config in order]
         finally:
             upstream.stop()
-    print(f"\n{args.repeats} repeats of {args.seconds:g} s at {args.concurrency} clients, budget "
-          f"{args.budget_mb} MB, {os.cpu_count()} CPUs, {time.perf_counter() - started:.0f} s total, "
-          f"load average now {os.getloadavg()[0]:.2f}\n")
-    print("| config | req/s, median (range) | write MB/s, median (range) | dir max MB, median (range) | "
-          "dir final MB, median | errors |")
+    print(
+        f"\n{args.repeats} repeats of {args.seconds:g} s at {args.concurrency} clients, budget "
+        f"{args.budget_mb} MB, {os.cpu_count()} CPUs, {time.perf_counter() - started:.0f} s total, "
+        f"load average now {os.getloadavg()[0]:.2f}\n"
+    )
+    print(
+        "| config | req/s, median (range) | write MB/s, median (range) | dir max MB, median (range) | "
+        "dir final MB, median | errors |"
+    )
     print("|---|---|---|---|---|---|")
 
     def cell(values: list[float]) -> str:
@@ -191,9 +221,11 @@ def main(argv: list[str] | None = None) -> int:
         for r in mine:
             for k, v in r.errors.items():
                 errors[k] = errors.get(k, 0) + v
-        print(f"| {config} | {cell([r.rps for r in mine])} | {cell([r.write_mb_s for r in mine])} | "
-              f"{cell([r.max_dir_mb for r in mine])} | {statistics.median([r.final_dir_mb for r in mine]):.1f} | "
-              f"{errors or 0} |")
+        print(
+            f"| {config} | {cell([r.rps for r in mine])} | {cell([r.write_mb_s for r in mine])} | "
+            f"{cell([r.max_dir_mb for r in mine])} | {statistics.median([r.final_dir_mb for r in mine]):.1f} | "
+            f"{errors or 0} |"
+        )
     over = [r for r in runs if r.config == "budget" and r.max_dir_mb > args.budget_mb]
     if over:
         print(f"\nBUDGET EXCEEDED in {len(over)} runs", file=sys.stderr)

@@ -132,8 +132,15 @@ def main() -> None:
 
     png = open(args.png, "rb").read() if args.png else make_png(args.side)
     body = response_body(png)
-    uvicorn.run(make_app(args.api_key, body), host=args.host, port=args.port, log_level="warning",
-                access_log=False, lifespan="on", ws="none")
+    uvicorn.run(
+        make_app(args.api_key, body),
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        ws="none",
+    )
 
 
 if __name__ == "__main__":

@@ -32,8 +32,13 @@ def serve(body: bytes) -> tuple[uvicorn.Server, int]:
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"image/png"), (b"content-length", str(len(body)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"image/png"), (b"content-length", str(len(body)).encode())],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off"))
@@ -65,8 +70,9 @@ async def main(args: argparse.Namespace) -> None:
     fetcher = ImageFetcher(allow_private=True, timeout_seconds=30, concurrency_per_key=args.concurrency)
     shared = guarded_client(allow_private=True)
     modes: dict[str, Callable[[], Awaitable[bytes]]] = {
-        "shared pool (baseline)": lambda: fetch_image_url(url, client=shared, param="i", max_bytes=len(body),
-                                                          allow_private=True),
+        "shared pool (baseline)": lambda: fetch_image_url(
+            url, client=shared, param="i", max_bytes=len(body), allow_private=True
+        ),
         "pool per fetch": lambda: fetcher.fetch(url, param="i", max_bytes=len(body), key_id="bench"),
     }
     results: dict[str, list[float]] = {name: [] for name in modes}

@@ -47,16 +47,22 @@ def describe(outcome: Outcome) -> str:
     case = outcome.case
     body = case.body[:120].decode("latin-1").encode("unicode_escape").decode("ascii")
     flag = f"  <-- {outcome.problem}" if outcome.problem else ""
-    return (f"#{case.index:<5} {outcome.status} {case.kind:<8} {case.provider:<9} {case.path} "
-            f"{case.what[:160]} | body {body}{flag}")
+    return (
+        f"#{case.index:<5} {outcome.status} {case.kind:<8} {case.provider:<9} {case.path} "
+        f"{case.what[:160]} | body {body}{flag}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=8)
-    parser.add_argument("--list", choices=["all", "problems", "none"], default="all",
-                        help="which 5xx answers (and rule breaks) to list: all of them, only the rule breaks, none")
+    parser.add_argument(
+        "--list",
+        choices=["all", "problems", "none"],
+        default="all",
+        help="which 5xx answers (and rule breaks) to list: all of them, only the rule breaks, none",
+    )
     parser.add_argument("--json", type=Path, help="also write the counts and the listed cases here")
     args = parser.parse_args(argv)
 
@@ -87,17 +93,28 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {kind:<8} by status: {dict(sorted(report.by_status(kind).items()))}")
     print(f"  all      by status: {dict(sorted(report.by_status().items()))}")
     fives = report.server_errors
-    print(f"5xx: {len(fives)} (500: {sum(o.status == 500 for o in fives)}; "
-          f"client input: {sum(o.case.kind == 'client' for o in fives)})")
+    print(
+        f"5xx: {len(fives)} (500: {sum(o.status == 500 for o in fives)}; "
+        f"client input: {sum(o.case.kind == 'client' for o in fives)})"
+    )
     print(f"rule breaks: {len(report.problems)} {dict(Counter(o.problem for o in report.problems))}")
     print(f"gateway ERROR log lines: {sum(counter.records.values())} {dict(counter.records)}")
     if args.json is not None:
-        args.json.write_text(json.dumps({
-            "seed": args.seed, "cases": len(cases), "seconds": round(report.seconds, 2),
-            "by_status": {k: dict(report.by_status(k if k != "all" else None)) for k in ("client", "upstream", "all")},
-            "problems": dict(Counter(o.problem for o in report.problems)),
-            "listed": [describe(o) for o in listed],
-        }, indent=1))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "seed": args.seed,
+                    "cases": len(cases),
+                    "seconds": round(report.seconds, 2),
+                    "by_status": {
+                        k: dict(report.by_status(k if k != "all" else None)) for k in ("client", "upstream", "all")
+                    },
+                    "problems": dict(Counter(o.problem for o in report.problems)),
+                    "listed": [describe(o) for o in listed],
+                },
+                indent=1,
+            )
+        )
     return 1 if report.problems else 0
 
 

@@ -56,8 +56,10 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 DIRECT_BODY = {
     # What the gateway itself sends for {"prompt": "bench"} on this model (1:1, 1K).
     "contents": [{"role": "user", "parts": [{"text": "bench"}]}],
-    "generationConfig": {"responseModalities": ["TEXT", "IMAGE"],
-                         "imageConfig": {"aspectRatio": "1:1", "imageSize": "1K"}},
+    "generationConfig": {
+        "responseModalities": ["TEXT", "IMAGE"],
+        "imageConfig": {"aspectRatio": "1:1", "imageSize": "1K"},
+    },
 }
 CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -80,8 +82,9 @@ class Child:
         self.argv = argv
         self.log_path = log_path
         self._log = open(log_path, "wb")
-        self.proc = subprocess.Popen(argv, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        self.proc = subprocess.Popen(
+            argv, env=env, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -180,8 +183,7 @@ def gateway_command() -> list[str]:
 
 def clean_env() -> dict[str, str]:
     """Our environment without anything that would reconfigure the gateway behind our back."""
-    return {k: v for k, v in os.environ.items()
-            if not k.startswith(("IMAGEGATE_", "GEMINI_", "OPENAI_"))}
+    return {k: v for k, v in os.environ.items() if not k.startswith(("IMAGEGATE_", "GEMINI_", "OPENAI_"))}
 
 
 # --- load generation -----------------------------------------------------------------------
@@ -227,8 +229,9 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
 
 
-async def drive(client: httpx.AsyncClient, target: Target, total: int, concurrency: int,
-                first_check: Any = None) -> tuple[list[float], list[str], float, int]:
+async def drive(
+    client: httpx.AsyncClient, target: Target, total: int, concurrency: int, first_check: Any = None
+) -> tuple[list[float], list[str], float, int]:
     """`concurrency` workers share `total` requests; returns latencies (s), error strings, wall
     seconds and the size of the last response body."""
     latencies: list[float] = []
@@ -259,8 +262,15 @@ async def drive(client: httpx.AsyncClient, target: Target, total: int, concurren
     return latencies, errors, time.perf_counter() - started, size
 
 
-async def measure(target: Target, total: int, warmup: int, concurrency: int, cpu_sources: dict[str, Any],
-                  first_check: Any = None, round_no: int = 0) -> RunResult:
+async def measure(
+    target: Target,
+    total: int,
+    warmup: int,
+    concurrency: int,
+    cpu_sources: dict[str, Any],
+    first_check: Any = None,
+    round_no: int = 0,
+) -> RunResult:
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(limits=limits, timeout=120.0) as client:
         _, warm_errors, _, _ = await drive(client, target, max(warmup, concurrency), concurrency, first_check)
@@ -275,14 +285,23 @@ async def measure(target: Target, total: int, warmup: int, concurrency: int, cpu
     if errors:
         print(f"  ! {len(errors)} errors, first: {errors[0]}", file=sys.stderr)
     return RunResult(
-        target=target.name, response_format=target.response_format, concurrency=concurrency, round=round_no,
+        target=target.name,
+        response_format=target.response_format,
+        concurrency=concurrency,
+        round=round_no,
         requests=done,
-        errors=len(errors), wall_s=round(wall, 3), throughput_rps=round(done / wall, 2) if wall else 0.0,
-        p50_ms=round(percentile(ms, 50), 2), p95_ms=round(percentile(ms, 95), 2),
-        p99_ms=round(percentile(ms, 99), 2), mean_ms=round(sum(ms) / done, 2) if done else float("nan"),
-        max_ms=round(ms[-1], 2) if ms else float("nan"), response_bytes=size,
-        cpu_ms_per_request={name: round((cpu_after[name] - cpu_before[name]) * 1000 / max(done, 1), 2)
-                            for name in cpu_sources},
+        errors=len(errors),
+        wall_s=round(wall, 3),
+        throughput_rps=round(done / wall, 2) if wall else 0.0,
+        p50_ms=round(percentile(ms, 50), 2),
+        p95_ms=round(percentile(ms, 95), 2),
+        p99_ms=round(percentile(ms, 99), 2),
+        mean_ms=round(sum(ms) / done, 2) if done else float("nan"),
+        max_ms=round(ms[-1], 2) if ms else float("nan"),
+        response_bytes=size,
+        cpu_ms_per_request={
+            name: round((cpu_after[name] - cpu_before[name]) * 1000 / max(done, 1), 2) for name in cpu_sources
+        },
     )
 
 
@@ -329,6 +348,7 @@ class Checks:
                 if not (isinstance(url, str) and url.startswith(f"{public_url}/v1/results/")):
                     raise AssertionError(f"{name}: unexpected url result: {item!r}"[:300])
                 self.url_examples[name] = url
+
         return check
 
     def litellm(self, response: httpx.Response) -> None:
@@ -336,15 +356,16 @@ class Checks:
         item = response.json()["data"][0]
         data = base64.b64decode(item.get("b64_json") or "")
         if data != self.png:
-            raise AssertionError(f"litellm: b64_json is not the upstream's PNG ({len(data)} bytes): "
-                                 f"{str(item)[:200]}")
+            raise AssertionError(f"litellm: b64_json is not the upstream's PNG ({len(data)} bytes): {str(item)[:200]}")
 
     def fetch_urls_once(self) -> None:
         for name, url in self.url_examples.items():
             response = httpx.get(url, timeout=30.0)
             if response.status_code != 200 or response.content != self.png:
-                raise AssertionError(f"{name}: GET {url} -> {response.status_code}, "
-                                     f"{len(response.content)} bytes, not the upstream's PNG")
+                raise AssertionError(
+                    f"{name}: GET {url} -> {response.status_code}, "
+                    f"{len(response.content)} bytes, not the upstream's PNG"
+                )
 
 
 # --- LiteLLM's proxy -----------------------------------------------------------------------
@@ -357,23 +378,25 @@ def litellm_config(upstream_url: str) -> str:
     Gemini image transformation (litellm/llms/gemini/image_generation/transformation.py, 1.108)
     posts to `{api_base}/models/{model}:generateContent` with `x-goog-api-key`, so api_base is the
     fake's /v1beta. Spend logs and callbacks are off: no database, nothing but the proxying."""
-    return "\n".join([
-        "model_list:",
-        f"  - model_name: {MODEL}",
-        "    litellm_params:",
-        f"      model: gemini/{MODEL}",
-        f"      api_base: {upstream_url}/v1beta",
-        f"      api_key: {UPSTREAM_KEY}",
-        "    model_info:",
-        "      mode: image_generation",
-        "litellm_settings:",
-        "  telemetry: false",
-        "  drop_params: true",
-        "general_settings:",
-        f"  master_key: {LITELLM_KEY}",
-        "  disable_spend_logs: true",
-        "",
-    ])
+    return "\n".join(
+        [
+            "model_list:",
+            f"  - model_name: {MODEL}",
+            "    litellm_params:",
+            f"      model: gemini/{MODEL}",
+            f"      api_base: {upstream_url}/v1beta",
+            f"      api_key: {UPSTREAM_KEY}",
+            "    model_info:",
+            "      mode: image_generation",
+            "litellm_settings:",
+            "  telemetry: false",
+            "  drop_params: true",
+            "general_settings:",
+            f"  master_key: {LITELLM_KEY}",
+            "  disable_spend_logs: true",
+            "",
+        ]
+    )
 
 
 def litellm_env(env: dict[str, str]) -> dict[str, str]:
@@ -427,24 +450,33 @@ TARGET_ORDER = {"direct": 0, "gateway": 1, "before": 2, "litellm": 3}
 
 def markdown_table(results: list[RunResult]) -> str:
     """One row per (target, format, clients): medians over the rounds, [min, max] when repeated."""
-    header = ("| target | response_format | clients | rounds x requests | req/s | p50 ms | p95 ms | p99 ms "
-              "| req/s × direct | added p50 ms | CPU ms/req server / upstream / client |")
+    header = (
+        "| target | response_format | clients | rounds x requests | req/s | p50 ms | p95 ms | p99 ms "
+        "| req/s × direct | added p50 ms | CPU ms/req server / upstream / client |"
+    )
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     groups = grouped(results)
-    for (target, fmt, conc), runs in sorted(groups.items(),
-                                            key=lambda kv: (kv[0][2], TARGET_ORDER.get(kv[0][0], 9), kv[0][1] or "")):
+    for (target, fmt, conc), runs in sorted(
+        groups.items(), key=lambda kv: (kv[0][2], TARGET_ORDER.get(kv[0][0], 9), kv[0][1] or "")
+    ):
         ratios = [r.vs_direct for r in runs if r.vs_direct]
         # The serving process's CPU source has the target's name (none of its own for direct).
-        cpu = " / ".join(f"{median([r.cpu_ms_per_request.get(k, float('nan')) for r in runs]):.1f}"
-                         if k else "–" for k in ("" if target == "direct" else target, "upstream", "client"))
+        cpu = " / ".join(
+            f"{median([r.cpu_ms_per_request.get(k, float('nan')) for r in runs]):.1f}" if k else "–"
+            for k in ("" if target == "direct" else target, "upstream", "client")
+        )
         errors = sum(r.errors for r in runs)
         lines.append(
             f"| {target} | {fmt or '–'} | {conc} | {len(runs)} x {runs[0].requests}"
             f"{f' ({errors} err)' if errors else ''} | {spread([r.throughput_rps for r in runs])} "
             f"| {spread([r.p50_ms for r in runs])} | {spread([r.p95_ms for r in runs])} "
             f"| {spread([r.p99_ms for r in runs])} | "
-            + (f"{spread([x['throughput_ratio'] for x in ratios], '{:.2f}')} "
-               f"| {spread([x['added_p50_ms'] for x in ratios], '{:+.1f}')}" if ratios else "– | –")
+            + (
+                f"{spread([x['throughput_ratio'] for x in ratios], '{:.2f}')} "
+                f"| {spread([x['added_p50_ms'] for x in ratios], '{:+.1f}')}"
+                if ratios
+                else "– | –"
+            )
             + f" | {cpu} |"
         )
     return "\n".join(lines)
@@ -454,10 +486,12 @@ def comparisons(results: list[RunResult]) -> list[dict[str, Any]]:
     """Per (format, clients), ratios of runs in the same round: gateway/before (this checkout
     against --baseline-src) and gateway/litellm, before/litellm (throughput; CPU per request)."""
     by_round: dict[tuple[str, str | None, int, int], RunResult] = {
-        (r.target, r.response_format, r.concurrency, r.round): r for r in results}
+        (r.target, r.response_format, r.concurrency, r.round): r for r in results
+    }
     rows = []
-    keys = sorted({(r.response_format, r.concurrency) for r in results if r.target == "gateway"},
-                  key=lambda k: (k[1], k[0] or ""))
+    keys = sorted(
+        {(r.response_format, r.concurrency) for r in results if r.target == "gateway"}, key=lambda k: (k[1], k[0] or "")
+    )
     rounds = sorted({r.round for r in results})
     for fmt, conc in keys:
         row: dict[str, Any] = {"response_format": fmt, "concurrency": conc}
@@ -479,15 +513,20 @@ def comparisons(results: list[RunResult]) -> list[dict[str, Any]]:
 
 
 def comparison_table(rows: list[dict[str, Any]]) -> str:
-    header = ("| response_format | clients | gateway/before req/s | gateway/before CPU per req "
-              "| gateway/litellm req/s | gateway/litellm CPU per req |")
+    header = (
+        "| response_format | clients | gateway/before req/s | gateway/before CPU per req "
+        "| gateway/litellm req/s | gateway/litellm CPU per req |"
+    )
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for row in rows:
         cells = []
         for other in ("before", "litellm"):
             ratio = row.get(f"vs_{other}")
-            cells += ([spread(ratio["throughput_ratio"], "{:.2f}"), spread(ratio["cpu_ratio"], "{:.2f}")]
-                      if ratio else ["–", "–"])
+            cells += (
+                [spread(ratio["throughput_ratio"], "{:.2f}"), spread(ratio["cpu_ratio"], "{:.2f}")]
+                if ratio
+                else ["–", "–"]
+            )
         lines.append(f"| {row['response_format']} | {row['concurrency']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -505,19 +544,24 @@ def target_checks(results: list[RunResult], rows: list[dict[str, Any]]) -> list[
             continue
         if conc == 1:
             added = median([x["added_p50_ms"] for x in ratios])
-            lines.append(f"{fmt}, 1 client: added p50 {added:+.1f} ms (target <= 3 ms): "
-                         f"{'met' if added <= 3 else 'NOT met'}")
+            lines.append(
+                f"{fmt}, 1 client: added p50 {added:+.1f} ms (target <= 3 ms): {'met' if added <= 3 else 'NOT met'}"
+            )
         if conc == top and conc > 1:
             ratio = median([x["throughput_ratio"] for x in ratios])
             goal = 0.8 if fmt == "b64_json" else 0.7
-            lines.append(f"{fmt}, {conc} clients: {ratio:.2f}x direct throughput (target >= {goal}x): "
-                         f"{'met' if ratio >= goal else 'NOT met'}")
+            lines.append(
+                f"{fmt}, {conc} clients: {ratio:.2f}x direct throughput (target >= {goal}x): "
+                f"{'met' if ratio >= goal else 'NOT met'}"
+            )
     for row in rows:
         lite = row.get("vs_litellm")
         if lite and row["concurrency"] == top:
             ratio = median(lite["throughput_ratio"])
-            lines.append(f"{row['response_format']}, {top} clients: {ratio:.2f}x LiteLLM's throughput "
-                         f"(target >= 2.8x): {'met' if ratio >= 2.8 else 'NOT met'}")
+            lines.append(
+                f"{row['response_format']}, {top} clients: {ratio:.2f}x LiteLLM's throughput "
+                f"(target >= 2.8x): {'met' if ratio >= 2.8 else 'NOT met'}"
+            )
     return lines
 
 
@@ -526,46 +570,102 @@ def target_checks(results: list[RunResult], rows: list[dict[str, Any]]) -> list[
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32], metavar="N",
-                        help="concurrent clients per run (default: 1 32)")
-    parser.add_argument("--requests", type=int, nargs="+", default=None, metavar="N",
-                        help="measured requests per run, one per --concurrency value or one for all "
-                             "(default: 60 at concurrency 1, 200 above)")
-    parser.add_argument("--warmup", type=int, default=None,
-                        help="warm-up requests before each run (default: 10, at least the concurrency)")
-    parser.add_argument("--formats", nargs="+", default=["b64_json", "url"], choices=["b64_json", "url", "both"],
-                        help="both: url and b64_json in one answer (the gateway's default with no response_format)")
-    parser.add_argument("--repeat", type=int, default=1,
-                        help="rounds: every target runs once per round, interleaved (the order of this "
-                             "checkout and the baseline alternates); tables give medians and [min, max]")
-    parser.add_argument("--baseline-src", type=Path, default=None, metavar="DIR",
-                        help="also run a gateway from this source tree (a checkout, or its src/), same "
-                             "venv, interleaved with this checkout's: `before` rows and gateway/before ratios")
-    parser.add_argument("--litellm", default=None, metavar="PATH",
-                        help="also run LiteLLM's proxy (this `litellm` executable) on the same fake "
-                             "upstream, b64_json only (it does not host images)")
-    parser.add_argument("--only", nargs="+", default=None, choices=["direct", "gateway", "before", "litellm"],
-                        help="run only these targets (direct is needed for the × direct columns)")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        nargs="+",
+        default=[1, 32],
+        metavar="N",
+        help="concurrent clients per run (default: 1 32)",
+    )
+    parser.add_argument(
+        "--requests",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="N",
+        help="measured requests per run, one per --concurrency value or one for all "
+        "(default: 60 at concurrency 1, 200 above)",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="warm-up requests before each run (default: 10, at least the concurrency)",
+    )
+    parser.add_argument(
+        "--formats",
+        nargs="+",
+        default=["b64_json", "url"],
+        choices=["b64_json", "url", "both"],
+        help="both: url and b64_json in one answer (the gateway's default with no response_format)",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="rounds: every target runs once per round, interleaved (the order of this "
+        "checkout and the baseline alternates); tables give medians and [min, max]",
+    )
+    parser.add_argument(
+        "--baseline-src",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also run a gateway from this source tree (a checkout, or its src/), same "
+        "venv, interleaved with this checkout's: `before` rows and gateway/before ratios",
+    )
+    parser.add_argument(
+        "--litellm",
+        default=None,
+        metavar="PATH",
+        help="also run LiteLLM's proxy (this `litellm` executable) on the same fake "
+        "upstream, b64_json only (it does not host images)",
+    )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        default=None,
+        choices=["direct", "gateway", "before", "litellm"],
+        help="run only these targets (direct is needed for the × direct columns)",
+    )
     parser.add_argument("--quick", action="store_true", help="short smoke run (20 / 64 requests, 4 warm-up)")
     parser.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
-    parser.add_argument("--gateway-log-level", default="warning",
-                        help="`imagegate serve --log-level` (default warning; 'info' adds an access log line "
-                             "per request)")
-    parser.add_argument("--gateway-prefix", default="",
-                        help="command prefix for this checkout's gateway, e.g. a profiler: "
-                             "\"py-spy record -o gw.txt -f raw --\" (CPU figures then include the wrapper)")
-    parser.add_argument("--gateway-env", nargs="+", default=[], metavar="NAME=VALUE",
-                        help="extra environment for this checkout's gateway (not the baseline's)")
-    parser.add_argument("--gateway-workers", type=int, default=1,
-                        help="`imagegate serve --workers` (default 1; with more, the gateway CPU column "
-                             "counts only the supervisor process)")
-    parser.add_argument("--side", type=int, default=1024,
-                        help="the fake upstream's PNG side in pixels (4096: a 4K image, ~30 MB of base64)")
+    parser.add_argument(
+        "--gateway-log-level",
+        default="warning",
+        help="`imagegate serve --log-level` (default warning; 'info' adds an access log line per request)",
+    )
+    parser.add_argument(
+        "--gateway-prefix",
+        default="",
+        help="command prefix for this checkout's gateway, e.g. a profiler: "
+        '"py-spy record -o gw.txt -f raw --" (CPU figures then include the wrapper)',
+    )
+    parser.add_argument(
+        "--gateway-env",
+        nargs="+",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment for this checkout's gateway (not the baseline's)",
+    )
+    parser.add_argument(
+        "--gateway-workers",
+        type=int,
+        default=1,
+        help="`imagegate serve --workers` (default 1; with more, the gateway CPU column "
+        "counts only the supervisor process)",
+    )
+    parser.add_argument(
+        "--side",
+        type=int,
+        default=1024,
+        help="the fake upstream's PNG side in pixels (4096: a 4K image, ~30 MB of base64)",
+    )
     parser.add_argument("--keep-data", action="store_true", help="keep the temp dir (logs, gateway data)")
     args = parser.parse_args(argv)
     if args.requests is None:
-        args.requests = [(20 if c == 1 else 64) if args.quick else (60 if c == 1 else 200)
-                         for c in args.concurrency]
+        args.requests = [(20 if c == 1 else 64) if args.quick else (60 if c == 1 else 200) for c in args.concurrency]
     elif len(args.requests) == 1:
         args.requests = args.requests * len(args.concurrency)
     elif len(args.requests) != len(args.concurrency):
@@ -583,31 +683,60 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def round_targets(args: argparse.Namespace, upstream_url: str, gateway_urls: dict[str, str],
-                  litellm_url: str | None, round_no: int) -> list[Target]:
+def round_targets(
+    args: argparse.Namespace, upstream_url: str, gateway_urls: dict[str, str], litellm_url: str | None, round_no: int
+) -> list[Target]:
     """The targets of one round at one concurrency, in the order they run: per format this
     checkout and the baseline side by side (their order alternating by round), LiteLLM last."""
-    targets = [Target("direct", None, f"{upstream_url}/v1beta/models/{UPSTREAM_MODEL}:generateContent",
-                      {"x-goog-api-key": UPSTREAM_KEY}, DIRECT_BODY, "upstream")]
+    targets = [
+        Target(
+            "direct",
+            None,
+            f"{upstream_url}/v1beta/models/{UPSTREAM_MODEL}:generateContent",
+            {"x-goog-api-key": UPSTREAM_KEY},
+            DIRECT_BODY,
+            "upstream",
+        )
+    ]
     names = list(gateway_urls)
     if round_no % 2:
         names.reverse()
     for fmt in args.formats:
         for name in names:
-            targets.append(Target(name, fmt, f"{gateway_urls[name]}/v1/images/generations",
-                                  {"authorization": f"Bearer {GATEWAY_KEY}"},
-                                  {"model": MODEL, "prompt": "bench", "response_format": fmt}, name))
+            targets.append(
+                Target(
+                    name,
+                    fmt,
+                    f"{gateway_urls[name]}/v1/images/generations",
+                    {"authorization": f"Bearer {GATEWAY_KEY}"},
+                    {"model": MODEL, "prompt": "bench", "response_format": fmt},
+                    name,
+                )
+            )
     if litellm_url is not None:
-        targets.append(Target("litellm", "b64_json", f"{litellm_url}/v1/images/generations",
-                              {"authorization": f"Bearer {LITELLM_KEY}"},
-                              {"model": MODEL, "prompt": "bench", "response_format": "b64_json"}, "litellm"))
+        targets.append(
+            Target(
+                "litellm",
+                "b64_json",
+                f"{litellm_url}/v1/images/generations",
+                {"authorization": f"Bearer {LITELLM_KEY}"},
+                {"model": MODEL, "prompt": "bench", "response_format": "b64_json"},
+                "litellm",
+            )
+        )
     if args.only:
         targets = [t for t in targets if t.name in args.only]
     return targets
 
 
-async def run_all(args: argparse.Namespace, upstream_url: str, gateway_urls: dict[str, str],
-                  litellm_url: str | None, cpu_sources: dict[str, Any], checks: Checks) -> list[RunResult]:
+async def run_all(
+    args: argparse.Namespace,
+    upstream_url: str,
+    gateway_urls: dict[str, str],
+    litellm_url: str | None,
+    cpu_sources: dict[str, Any],
+    checks: Checks,
+) -> list[RunResult]:
     results: list[RunResult] = []
     if args.only and "direct" not in args.only:  # the checks compare against the upstream's PNG: fetch it once
         direct = round_targets(argparse.Namespace(**{**vars(args), "only": None}), upstream_url, {}, None, 0)[0]
@@ -616,8 +745,12 @@ async def run_all(args: argparse.Namespace, upstream_url: str, gateway_urls: dic
         for concurrency, total in zip(args.concurrency, args.requests, strict=True):
             for target in round_targets(args, upstream_url, gateway_urls, litellm_url, round_no):
                 label = f"{target.name}{'/' + target.response_format if target.response_format else ''}"
-                print(f"  [{round_no + 1}/{args.repeat}] {label:<17} clients={concurrency:<3} requests={total} ...",
-                      end="", flush=True, file=sys.stderr)
+                print(
+                    f"  [{round_no + 1}/{args.repeat}] {label:<17} clients={concurrency:<3} requests={total} ...",
+                    end="",
+                    flush=True,
+                    file=sys.stderr,
+                )
                 if target.name == "direct":
                     check = checks.direct
                 elif target.name == "litellm":
@@ -634,17 +767,43 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def start_gateway(name: str, src: Path, prefix: str, extra_env: dict[str, str], env: dict[str, str],
-                  upstream_url: str, tmp: Path, args: argparse.Namespace) -> tuple[Child, str]:
+def start_gateway(
+    name: str,
+    src: Path,
+    prefix: str,
+    extra_env: dict[str, str],
+    env: dict[str, str],
+    upstream_url: str,
+    tmp: Path,
+    args: argparse.Namespace,
+) -> tuple[Child, str]:
     """`imagegate serve` from the source tree `src` (first on PYTHONPATH, ahead of the venv's
     own install), with its own port and data dir."""
     port = free_port()
     url = f"http://{HOST}:{port}"
-    gw_env = {**env, "PYTHONPATH": str(src), "GEMINI_API_KEY": UPSTREAM_KEY, "GEMINI_BASE_URL": upstream_url,
-              "IMAGEGATE_API_KEYS": GATEWAY_KEY, "IMAGEGATE_DATA_DIR": str(tmp / f"data-{name}"),
-              "IMAGEGATE_PUBLIC_URL": url, **extra_env}
-    argv = [*shlex.split(prefix), *gateway_command(), "serve", "--host", HOST, "--port", str(port),
-            "--log-level", args.gateway_log_level, "--workers", str(args.gateway_workers)]
+    gw_env = {
+        **env,
+        "PYTHONPATH": str(src),
+        "GEMINI_API_KEY": UPSTREAM_KEY,
+        "GEMINI_BASE_URL": upstream_url,
+        "IMAGEGATE_API_KEYS": GATEWAY_KEY,
+        "IMAGEGATE_DATA_DIR": str(tmp / f"data-{name}"),
+        "IMAGEGATE_PUBLIC_URL": url,
+        **extra_env,
+    }
+    argv = [
+        *shlex.split(prefix),
+        *gateway_command(),
+        "serve",
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--log-level",
+        args.gateway_log_level,
+        "--workers",
+        str(args.gateway_workers),
+    ]
     return Child(name, argv, gw_env, tmp / f"{name}.log"), url
 
 
@@ -661,13 +820,28 @@ def main(argv: list[str] | None = None) -> int:
         env = clean_env()
         up_port = free_port()
         upstream_url = f"http://{HOST}:{up_port}"
-        upstream = Child("fake upstream",
-                         [sys.executable, str(HERE / "fake_gemini.py"), "--host", HOST, "--port", str(up_port),
-                          "--api-key", UPSTREAM_KEY, "--side", str(args.side)], env, tmp / "upstream.log")
+        upstream = Child(
+            "fake upstream",
+            [
+                sys.executable,
+                str(HERE / "fake_gemini.py"),
+                "--host",
+                HOST,
+                "--port",
+                str(up_port),
+                "--api-key",
+                UPSTREAM_KEY,
+                "--side",
+                str(args.side),
+            ],
+            env,
+            tmp / "upstream.log",
+        )
         children.append(upstream)
         extra = dict(item.split("=", 1) for item in args.gateway_env)
         gateways: dict[str, tuple[Child, str]] = {
-            "gateway": start_gateway("gateway", SRC, args.gateway_prefix, extra, env, upstream_url, tmp, args)}
+            "gateway": start_gateway("gateway", SRC, args.gateway_prefix, extra, env, upstream_url, tmp, args)
+        }
         if args.baseline_src is not None:
             gateways["before"] = start_gateway("before", args.baseline_src, "", {}, env, upstream_url, tmp, args)
         children += [child for child, _ in gateways.values()]
@@ -678,8 +852,12 @@ def main(argv: list[str] | None = None) -> int:
             litellm_url = f"http://{HOST}:{port}"
             config = tmp / "litellm.yaml"
             config.write_text(litellm_config(upstream_url))
-            litellm = Child("litellm", [args.litellm, "--config", str(config), "--host", HOST, "--port", str(port),
-                                        "--num_workers", "1"], litellm_env(env), tmp / "litellm.log")
+            litellm = Child(
+                "litellm",
+                [args.litellm, "--config", str(config), "--host", HOST, "--port", str(port), "--num_workers", "1"],
+                litellm_env(env),
+                tmp / "litellm.log",
+            )
             children.append(litellm)
 
         def gemini_configured(body: Any) -> None:
@@ -691,10 +869,13 @@ def main(argv: list[str] | None = None) -> int:
             wait_healthy(child, f"{url}/health", 60.0, gemini_configured)
         if litellm is not None:
             wait_healthy(litellm, f"{litellm_url}/health/liveliness", 180.0)
-        print(f"fake upstream {upstream_url} (pid {upstream.proc.pid}); "
-              + "; ".join(f"{name} {url} (pid {child.proc.pid})" for name, (child, url) in gateways.items())
-              + (f"; litellm {litellm_url} (pid {litellm.proc.pid})" if litellm else "")
-              + f"; data in {tmp}", file=sys.stderr)
+        print(
+            f"fake upstream {upstream_url} (pid {upstream.proc.pid}); "
+            + "; ".join(f"{name} {url} (pid {child.proc.pid})" for name, (child, url) in gateways.items())
+            + (f"; litellm {litellm_url} (pid {litellm.proc.pid})" if litellm else "")
+            + f"; data in {tmp}",
+            file=sys.stderr,
+        )
 
         checks = Checks()
         cpu_sources: dict[str, Any] = {name: child.cpu_seconds for name, (child, _) in gateways.items()}
@@ -708,14 +889,21 @@ def main(argv: list[str] | None = None) -> int:
         rows = comparisons(results)
 
         print()
-        print(f"Fake upstream PNG: {len(checks.png or b'')} bytes ({args.side}x{args.side}); "
-              f"{platform.python_implementation()} {platform.python_version()}, {os.cpu_count()} CPUs, "
-              f"load average before/after {load_before:.2f}/{_loadavg():.2f}, "
-              f"{time.perf_counter() - started:.0f}s total, {args.repeat} round(s)")
-        print(f"gateway: {SRC}" + (f"; before: {args.baseline_src}" if args.baseline_src else "")
-              + (f"; litellm: {args.litellm}" if args.litellm else ""))
-        print("CPU ms/req: user+system CPU per measured request of the process serving the target, the fake "
-              "upstream and this load generator. Medians over rounds, [min, max] when repeated.")
+        print(
+            f"Fake upstream PNG: {len(checks.png or b'')} bytes ({args.side}x{args.side}); "
+            f"{platform.python_implementation()} {platform.python_version()}, {os.cpu_count()} CPUs, "
+            f"load average before/after {load_before:.2f}/{_loadavg():.2f}, "
+            f"{time.perf_counter() - started:.0f}s total, {args.repeat} round(s)"
+        )
+        print(
+            f"gateway: {SRC}"
+            + (f"; before: {args.baseline_src}" if args.baseline_src else "")
+            + (f"; litellm: {args.litellm}" if args.litellm else "")
+        )
+        print(
+            "CPU ms/req: user+system CPU per measured request of the process serving the target, the fake "
+            "upstream and this load generator. Medians over rounds, [min, max] when repeated."
+        )
         print()
         print(markdown_table(results))
         if rows:
@@ -730,16 +918,29 @@ def main(argv: list[str] | None = None) -> int:
             doc = {
                 "benchmark": "gateway_overhead",
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                            "python": platform.python_version(),
-                            "loadavg_1m_before": round(load_before, 2), "loadavg_1m_after": round(_loadavg(), 2)},
-                "config": {"concurrency": args.concurrency, "requests": args.requests, "warmup": args.warmup,
-                           "formats": args.formats, "repeat": args.repeat, "gateway_log_level": args.gateway_log_level,
-                           "gateway_prefix": args.gateway_prefix, "gateway_env": args.gateway_env,
-                           "gateway_src": str(SRC),
-                           "baseline_src": str(args.baseline_src) if args.baseline_src else None,
-                           "litellm": args.litellm, "png_bytes": len(checks.png or b""), "side": args.side,
-                           "model": MODEL},
+                "machine": {
+                    "cpus": os.cpu_count(),
+                    "platform": platform.platform(),
+                    "python": platform.python_version(),
+                    "loadavg_1m_before": round(load_before, 2),
+                    "loadavg_1m_after": round(_loadavg(), 2),
+                },
+                "config": {
+                    "concurrency": args.concurrency,
+                    "requests": args.requests,
+                    "warmup": args.warmup,
+                    "formats": args.formats,
+                    "repeat": args.repeat,
+                    "gateway_log_level": args.gateway_log_level,
+                    "gateway_prefix": args.gateway_prefix,
+                    "gateway_env": args.gateway_env,
+                    "gateway_src": str(SRC),
+                    "baseline_src": str(args.baseline_src) if args.baseline_src else None,
+                    "litellm": args.litellm,
+                    "png_bytes": len(checks.png or b""),
+                    "side": args.side,
+                    "model": MODEL,
+                },
                 "results": [asdict(r) for r in results],
                 "comparisons": rows,
                 "targets": target_checks(results, rows),
@@ -749,8 +950,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\nJSON results: {args.json}", file=sys.stderr)
         failed = sum(r.errors for r in results)
         if failed:
-            print(f"\n{failed} requests failed; log tails:\n"
-                  + "\n".join(f"--- {c.name}\n{c.log_tail()}" for c in children), file=sys.stderr)
+            print(
+                f"\n{failed} requests failed; log tails:\n"
+                + "\n".join(f"--- {c.name}\n{c.log_tail()}" for c in children),
+                file=sys.stderr,
+            )
         return 1 if failed else 0
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)

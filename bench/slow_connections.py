@@ -49,10 +49,14 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gateway_overhead import GATEWAY_KEY, HERE, HOST, MODEL, UPSTREAM_KEY, clean_env, free_port, stop_group  # noqa: E402
 
-BASELINE_CODE = ("import uvicorn; from imagegate.config import Settings; from imagegate.server import create_app; "
-                 "s = Settings(); uvicorn.run(create_app(s), host=s.host, port=s.port, log_level='info')")
-HEAD = (f"POST /v1/images/generations HTTP/1.1\r\nhost: bench\r\nauthorization: Bearer {GATEWAY_KEY}\r\n"
-        "content-type: application/json\r\n").encode()
+BASELINE_CODE = (
+    "import uvicorn; from imagegate.config import Settings; from imagegate.server import create_app; "
+    "s = Settings(); uvicorn.run(create_app(s), host=s.host, port=s.port, log_level='info')"
+)
+HEAD = (
+    f"POST /v1/images/generations HTTP/1.1\r\nhost: bench\r\nauthorization: Bearer {GATEWAY_KEY}\r\n"
+    "content-type: application/json\r\n"
+).encode()
 
 
 def _nofile(soft: int, hard: int | None) -> Any:
@@ -66,13 +70,20 @@ def _nofile(soft: int, hard: int | None) -> Any:
 class Child:
     """A subprocess in its own session, its output in a log file; stop() kills its whole group."""
 
-    def __init__(self, argv: list[str], env: dict[str, str], log_path: Path, nofile: tuple[int, int | None] | None = None
-                 ) -> None:
+    def __init__(
+        self, argv: list[str], env: dict[str, str], log_path: Path, nofile: tuple[int, int | None] | None = None
+    ) -> None:
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(argv, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True,
-                                     preexec_fn=_nofile(*nofile) if nofile else None)
+        self.proc = subprocess.Popen(
+            argv,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_nofile(*nofile) if nofile else None,
+        )
 
     def log_size(self) -> int:
         self._log.flush()
@@ -160,8 +171,9 @@ async def normal_clients(url: str, clients: int, seconds: float) -> tuple[int, i
     async def loop() -> None:
         nonlocal sent, ok
         limits = httpx.Limits(max_keepalive_connections=0)
-        async with httpx.AsyncClient(timeout=5.0, limits=limits,
-                                     headers={"authorization": f"Bearer {GATEWAY_KEY}"}) as client:
+        async with httpx.AsyncClient(
+            timeout=5.0, limits=limits, headers={"authorization": f"Bearer {GATEWAY_KEY}"}
+        ) as client:
             while time.monotonic() < deadline:
                 sent += 1
                 started = time.perf_counter()
@@ -198,7 +210,9 @@ async def slow_phase(port: int, args: argparse.Namespace, child: Child) -> dict[
     stop.set()
     await asyncio.gather(*tasks)
     result: dict[str, Any] = {
-        "normal_sent": sent, "normal_ok": ok, "success_rate": ok / sent if sent else 0.0,
+        "normal_sent": sent,
+        "normal_ok": ok,
+        "success_rate": ok / sent if sent else 0.0,
         "latency_p50_ms": statistics.median(latencies) if latencies else None,
         "latency_max_ms": max(latencies) if latencies else None,
         "log_bytes_per_s": (child.log_size() - log_before) / (elapsed + 1.0),
@@ -231,13 +245,19 @@ async def accept_phase(port: int, seconds: float, child: Child) -> dict[str, Any
 # --- the run ----------------------------------------------------------------------------------
 
 
-def run_mode(phase: str, mode: str, args: argparse.Namespace, tmp: Path, upstream_url: str, run: int
-             ) -> dict[str, Any]:
+def run_mode(phase: str, mode: str, args: argparse.Namespace, tmp: Path, upstream_url: str, run: int) -> dict[str, Any]:
     port = free_port()
     env = clean_env()
-    env.update({"GEMINI_API_KEY": UPSTREAM_KEY, "GEMINI_BASE_URL": upstream_url, "IMAGEGATE_API_KEYS": GATEWAY_KEY,
-                "IMAGEGATE_DATA_DIR": str(tmp / f"data-{phase}-{mode}-{run}"), "IMAGEGATE_HOST": HOST,
-                "IMAGEGATE_PORT": str(port)})
+    env.update(
+        {
+            "GEMINI_API_KEY": UPSTREAM_KEY,
+            "GEMINI_BASE_URL": upstream_url,
+            "IMAGEGATE_API_KEYS": GATEWAY_KEY,
+            "IMAGEGATE_DATA_DIR": str(tmp / f"data-{phase}-{mode}-{run}"),
+            "IMAGEGATE_HOST": HOST,
+            "IMAGEGATE_PORT": str(port),
+        }
+    )
     label = mode
     if phase == "slow":
         nofile: tuple[int, int | None] = (args.soft_nofile, None)
@@ -245,8 +265,12 @@ def run_mode(phase: str, mode: str, args: argparse.Namespace, tmp: Path, upstrea
         nofile = (args.low_nofile, args.low_nofile)
         if mode == "guarded-over-limit":
             env["IMAGEGATE_MAX_CONNECTIONS"] = "100000"
-    child = Child(gateway_argv("baseline" if mode == "baseline" else "guarded", port), env,
-                  tmp / f"{phase}-{label}-{run}.log", nofile)
+    child = Child(
+        gateway_argv("baseline" if mode == "baseline" else "guarded", port),
+        env,
+        tmp / f"{phase}-{label}-{run}.log",
+        nofile,
+    )
     try:
         wait_healthy(child, f"http://{HOST}:{port}/health")
         if phase == "slow":
@@ -256,9 +280,11 @@ def run_mode(phase: str, mode: str, args: argparse.Namespace, tmp: Path, upstrea
     finally:
         child.stop()
     result.update({"phase": phase, "mode": label, "run": run})
-    print(f"  {phase:<6} {label:<18} run {run}: " + json.dumps({k: _round(v) for k, v in result.items()
-                                                                  if k not in ("phase", "mode", "run")}),
-          file=sys.stderr)
+    print(
+        f"  {phase:<6} {label:<18} run {run}: "
+        + json.dumps({k: _round(v) for k, v in result.items() if k not in ("phase", "mode", "run")}),
+        file=sys.stderr,
+    )
     return result
 
 
@@ -276,15 +302,20 @@ def summarize(results: list[dict[str, Any]]) -> str:
         med = statistics.median(values)
         return f"{fmt.format(med)} [{fmt.format(min(values))}, {fmt.format(max(values))}]"
 
-    lines = ["| phase | mode | normal success | normal p50 ms | head-drip closed / open, p50 life s "
-             "| body-drip closed / open | log B/s |", "|---|---|---|---|---|---|---|"]
-    for (phase, mode) in dict.fromkeys((r["phase"], r["mode"]) for r in results):
+    lines = [
+        "| phase | mode | normal success | normal p50 ms | head-drip closed / open, p50 life s "
+        "| body-drip closed / open | log B/s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for phase, mode in dict.fromkeys((r["phase"], r["mode"]) for r in results):
         rows = [r for r in results if r["phase"] == phase and r["mode"] == mode]
         if phase == "slow":
-            lines.append(f"| slow | {mode} | {cell(rows, 'success_rate', '{:.0%}')} | {cell(rows, 'latency_p50_ms')} "
-                         f"| {cell(rows, 'head_closed', '{:.0f}')} / {cell(rows, 'head_still_open', '{:.0f}')}, "
-                         f"{cell(rows, 'head_lifetime_p50_s')} | {cell(rows, 'body_closed', '{:.0f}')} / "
-                         f"{cell(rows, 'body_still_open', '{:.0f}')} | {cell(rows, 'log_bytes_per_s', '{:.0f}')} |")
+            lines.append(
+                f"| slow | {mode} | {cell(rows, 'success_rate', '{:.0%}')} | {cell(rows, 'latency_p50_ms')} "
+                f"| {cell(rows, 'head_closed', '{:.0f}')} / {cell(rows, 'head_still_open', '{:.0f}')}, "
+                f"{cell(rows, 'head_lifetime_p50_s')} | {cell(rows, 'body_closed', '{:.0f}')} / "
+                f"{cell(rows, 'body_still_open', '{:.0f}')} | {cell(rows, 'log_bytes_per_s', '{:.0f}')} |"
+            )
         else:
             lines.append(f"| accept | {mode} | - | - | - | - | {cell(rows, 'log_bytes_per_s', '{:.0f}')} |")
     return "\n".join(lines)
@@ -316,12 +347,25 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     try:
         up_port = free_port()
-        upstream = Child([sys.executable, str(HERE / "fake_gemini.py"), "--host", HOST, "--port", str(up_port),
-                          "--api-key", UPSTREAM_KEY], dict(os.environ), tmp / "upstream.log")
+        upstream = Child(
+            [
+                sys.executable,
+                str(HERE / "fake_gemini.py"),
+                "--host",
+                HOST,
+                "--port",
+                str(up_port),
+                "--api-key",
+                UPSTREAM_KEY,
+            ],
+            dict(os.environ),
+            tmp / "upstream.log",
+        )
         upstream_url = f"http://{HOST}:{up_port}"
         wait_healthy(upstream, f"{upstream_url}/health")
-        print(f"descriptor limit of this shell: soft {soft}, hard {hard}; load {os.getloadavg()[0]:.2f}",
-              file=sys.stderr)
+        print(
+            f"descriptor limit of this shell: soft {soft}, hard {hard}; load {os.getloadavg()[0]:.2f}", file=sys.stderr
+        )
         for run in range(1, args.repeats + 1):
             for mode in ("baseline", "guarded"):
                 results.append(run_mode("slow", mode, args, tmp, upstream_url, run))
@@ -334,14 +378,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"logs kept in {tmp}", file=sys.stderr)
         else:
             shutil.rmtree(tmp, ignore_errors=True)
-    print(f"\n{args.slow} slow connections (drip every {args.drip:g} s), {args.clients} normal clients for "
-          f"{args.slow_seconds:g} s, soft nofile {args.soft_nofile}; accept phase: nofile {args.low_nofile}, "
-          f"{args.accept_seconds:g} s; {args.repeats} repeat(s), {time.monotonic() - started:.0f} s in all; "
-          f"load {os.getloadavg()[0]:.2f}. Medians [min, max]:\n")
+    print(
+        f"\n{args.slow} slow connections (drip every {args.drip:g} s), {args.clients} normal clients for "
+        f"{args.slow_seconds:g} s, soft nofile {args.soft_nofile}; accept phase: nofile {args.low_nofile}, "
+        f"{args.accept_seconds:g} s; {args.repeats} repeat(s), {time.monotonic() - started:.0f} s in all; "
+        f"load {os.getloadavg()[0]:.2f}. Medians [min, max]:\n"
+    )
     print(summarize(results))
     if args.json:
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results},
-                                        indent=2))
+        args.json.write_text(
+            json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results}, indent=2)
+        )
     return 0
 
 

@@ -24,10 +24,23 @@ from .fakes.replicate import FakeReplicate
 from .fakes.server import LoopbackServer
 
 API_KEY = "sk-test-gateway"
-PROVIDER_ENV = ("GEMINI_API_KEY", "GEMINI_BASE_URL", "OPENAI_API_KEY", "OPENAI_BASE_URL", "GOOGLE_API_KEY",
-                "REPLICATE_API_TOKEN", "REPLICATE_BASE_URL", "FAL_KEY", "FAL_BASE_URL",
-                "GOOGLE_APPLICATION_CREDENTIALS", "VERTEX_PROJECT", "VERTEX_LOCATION", "VERTEX_BASE_URL",
-                "BFL_API_KEY", "BFL_BASE_URL")
+PROVIDER_ENV = (
+    "GEMINI_API_KEY",
+    "GEMINI_BASE_URL",
+    "OPENAI_API_KEY",
+    "OPENAI_BASE_URL",
+    "GOOGLE_API_KEY",
+    "REPLICATE_API_TOKEN",
+    "REPLICATE_BASE_URL",
+    "FAL_KEY",
+    "FAL_BASE_URL",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+    "VERTEX_PROJECT",
+    "VERTEX_LOCATION",
+    "VERTEX_BASE_URL",
+    "BFL_API_KEY",
+    "BFL_BASE_URL",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -125,8 +138,11 @@ class RunningGateway:
 def start_gateway(settings: Settings) -> LoopbackServer:
     """Run the real app on a loopback port, served as `imagegate serve` serves it (the
     hardened protocol, loop and limits of imagegate.server.serving); public URL points at it."""
-    server = LoopbackServer(create_app(settings), lifespan="on",
-                            config_factory=lambda app, **options: build_config(app, settings, **options))
+    server = LoopbackServer(
+        create_app(settings),
+        lifespan="on",
+        config_factory=lambda app, **options: build_config(app, settings, **options),
+    )
     server.start()
     return server
 

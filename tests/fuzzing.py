@@ -42,25 +42,154 @@ MASK = solid_png(16, 12, (0, 0, 0, 0))
 JPEG = solid_jpeg(12, 12, (200, 100, 0))
 PNG_URI = "data:image/png;base64," + base64.b64encode(PNG).decode("ascii")
 
-KNOWN = ["prompt", "n", "size", "aspect_ratio", "resolution", "seed", "response_format", "output_format",
-         "output_compression", "enable_web_search", "safety_tolerance", "safety_filter_level",
-         "limit_generations", "sync_mode", "allow_fallback_model", "user", "model"]
+KNOWN = [
+    "prompt",
+    "n",
+    "size",
+    "aspect_ratio",
+    "resolution",
+    "seed",
+    "response_format",
+    "output_format",
+    "output_compression",
+    "enable_web_search",
+    "safety_tolerance",
+    "safety_filter_level",
+    "limit_generations",
+    "sync_mode",
+    "allow_fallback_model",
+    "user",
+    "model",
+]
 # What adapters build: pass-through must not replace these, in any spelling.
-BUILT = ["contents", "generationConfig", "generation_config", "safetySettings", "safety_settings", "tools",
-         "input", "image_input", "image_urls", "num_images", "prompt", "image[]", "image", "images", "mask",
-         "response_modalities", "imageConfig"]
-WORDS = ["temperature", "foo", "x", "system_prompt", "max_images", "cfg", "a_b", "camelCase", "__proto__",
-         "constructor", "toString", "", " ", "a.b", "a[b]", "a[]", "[", "]", "_charset_", "%00", "\u00e9t\u00e9"]
-STRINGS = ["", " ", "a red fox", "auto", "1K", "2K", "4K", "3k", "0.25", "1MP", "1e200K", "1e999", "NaNK", "infK",
-           "-1K", "0K", "9" * 400 + "K", "16:9", "0:0", "1:0", "-1:2", "1e300:1", "21:9", "1024x1024", "1e200x1e200",
-           "0x0", "1x" + "9" * 320, "  4096 x 4096 ", "\uff11\uff10\uff12\uff14x\uff11\uff10\uff12\uff14",
-           "url", "b64_json", "png", "jpeg", "jpg", "webp", "avif", "gif", "bmp", "true", "false", "yes", "1",
-           "\x00", "\x1b[31m", "\u202e", "\ud800", "a\udfffb", "\U0001f600", "caf\u00e9", "line\r\nX-Injected: 1",
-           "%s%n", "${jndi:x}", "'; DROP TABLE usage;--", "../../etc/passwd", PNG_URI,
-           "data:image/png;base64,!!!!", "http://127.0.0.1:1/x.png", "file:///etc/passwd", "http://[::1]/",
-           "block_only_high", "BLOCK_NONE", "6", "9"]
-NUMBERS: list[Any] = [0, 1, -1, 2, 10, 11, 2**31, 2**63, 10**400, 0.5, -0.0, 1e-320, 1e308, float("nan"),
-                      float("inf"), float("-inf"), True, False, None]
+BUILT = [
+    "contents",
+    "generationConfig",
+    "generation_config",
+    "safetySettings",
+    "safety_settings",
+    "tools",
+    "input",
+    "image_input",
+    "image_urls",
+    "num_images",
+    "prompt",
+    "image[]",
+    "image",
+    "images",
+    "mask",
+    "response_modalities",
+    "imageConfig",
+]
+WORDS = [
+    "temperature",
+    "foo",
+    "x",
+    "system_prompt",
+    "max_images",
+    "cfg",
+    "a_b",
+    "camelCase",
+    "__proto__",
+    "constructor",
+    "toString",
+    "",
+    " ",
+    "a.b",
+    "a[b]",
+    "a[]",
+    "[",
+    "]",
+    "_charset_",
+    "%00",
+    "\u00e9t\u00e9",
+]
+STRINGS = [
+    "",
+    " ",
+    "a red fox",
+    "auto",
+    "1K",
+    "2K",
+    "4K",
+    "3k",
+    "0.25",
+    "1MP",
+    "1e200K",
+    "1e999",
+    "NaNK",
+    "infK",
+    "-1K",
+    "0K",
+    "9" * 400 + "K",
+    "16:9",
+    "0:0",
+    "1:0",
+    "-1:2",
+    "1e300:1",
+    "21:9",
+    "1024x1024",
+    "1e200x1e200",
+    "0x0",
+    "1x" + "9" * 320,
+    "  4096 x 4096 ",
+    "\uff11\uff10\uff12\uff14x\uff11\uff10\uff12\uff14",
+    "url",
+    "b64_json",
+    "png",
+    "jpeg",
+    "jpg",
+    "webp",
+    "avif",
+    "gif",
+    "bmp",
+    "true",
+    "false",
+    "yes",
+    "1",
+    "\x00",
+    "\x1b[31m",
+    "\u202e",
+    "\ud800",
+    "a\udfffb",
+    "\U0001f600",
+    "caf\u00e9",
+    "line\r\nX-Injected: 1",
+    "%s%n",
+    "${jndi:x}",
+    "'; DROP TABLE usage;--",
+    "../../etc/passwd",
+    PNG_URI,
+    "data:image/png;base64,!!!!",
+    "http://127.0.0.1:1/x.png",
+    "file:///etc/passwd",
+    "http://[::1]/",
+    "block_only_high",
+    "BLOCK_NONE",
+    "6",
+    "9",
+]
+NUMBERS: list[Any] = [
+    0,
+    1,
+    -1,
+    2,
+    10,
+    11,
+    2**31,
+    2**63,
+    10**400,
+    0.5,
+    -0.0,
+    1e-320,
+    1e308,
+    float("nan"),
+    float("inf"),
+    float("-inf"),
+    True,
+    False,
+    None,
+]
 
 
 @dataclass
@@ -122,9 +251,19 @@ def rand_string(rng: random.Random) -> str:
     if roll < 0.7:
         return "a" * rng.choice([1000, 70_000, 300_000])
     if roll < 0.85:
-        return "".join(chr(rng.choice([rng.randrange(32, 127), rng.randrange(0x80, 0x3000),
-                                       rng.randrange(0xD800, 0xE000), rng.randrange(0x10000, 0x10FFFF)]))
-                       for _ in range(rng.randrange(1, 12)))
+        return "".join(
+            chr(
+                rng.choice(
+                    [
+                        rng.randrange(32, 127),
+                        rng.randrange(0x80, 0x3000),
+                        rng.randrange(0xD800, 0xE000),
+                        rng.randrange(0x10000, 0x10FFFF),
+                    ]
+                )
+            )
+            for _ in range(rng.randrange(1, 12))
+        )
     return rng.choice(WORDS)
 
 
@@ -184,7 +323,7 @@ def mutate_bytes(rng: random.Random, body: bytes) -> tuple[bytes, str]:
         return body[:cut], f"truncated at {cut}"
     if roll < 0.5 and body:
         at = rng.randrange(len(body))
-        return body[:at] + bytes([rng.choice([0xFF, 0xC0, 0xED, 0x80, 0x00])]) + body[at + 1:], f"byte {at} flipped"
+        return body[:at] + bytes([rng.choice([0xFF, 0xC0, 0xED, 0x80, 0x00])]) + body[at + 1 :], f"byte {at} flipped"
     if roll < 0.65:
         return b"\xef\xbb\xbf" + body, "BOM"
     if roll < 0.8:
@@ -195,8 +334,14 @@ def mutate_bytes(rng: random.Random, body: bytes) -> tuple[bytes, str]:
 def valid_params(rng: random.Random) -> dict[str, Any]:
     params: dict[str, Any] = {"model": MODEL, "prompt": "a lighthouse at dawn"}
     for name in rng.sample(["size", "aspect_ratio", "resolution", "n", "seed", "output_format"], rng.randrange(0, 3)):
-        params[name] = {"size": "1024x1024", "aspect_ratio": "16:9", "resolution": "1K", "n": 1, "seed": 7,
-                        "output_format": "png"}[name]
+        params[name] = {
+            "size": "1024x1024",
+            "aspect_ratio": "16:9",
+            "resolution": "1K",
+            "n": 1,
+            "seed": 7,
+            "output_format": "png",
+        }[name]
     params["response_format"] = "b64_json"
     return params
 
@@ -229,9 +374,19 @@ def fuzz_params(rng: random.Random) -> tuple[dict[str, Any], str]:
 def json_case(rng: random.Random, index: int, provider: str, path: str) -> Case:
     params, what = fuzz_params(rng)
     if path.endswith("edits"):
-        refs = rng.choice([[PNG_URI], [{"image_url": PNG_URI}], [{"image_url": {"url": PNG_URI}}],
-                           [rand_value(rng)], rand_value(rng), [PNG_URI] * rng.choice([2, 15]),
-                           [{"file_id": "f"}], ["http://127.0.0.1:1/a.png"], []])
+        refs = rng.choice(
+            [
+                [PNG_URI],
+                [{"image_url": PNG_URI}],
+                [{"image_url": {"url": PNG_URI}}],
+                [rand_value(rng)],
+                rand_value(rng),
+                [PNG_URI] * rng.choice([2, 15]),
+                [{"file_id": "f"}],
+                ["http://127.0.0.1:1/a.png"],
+                [],
+            ]
+        )
         params[rng.choice(["images", "image", "images"])] = refs
         if rng.random() < 0.2:
             params["mask"] = rng.choice([{"image_url": PNG_URI}, rand_value(rng), PNG_URI])
@@ -241,9 +396,17 @@ def json_case(rng: random.Random, index: int, provider: str, path: str) -> Case:
         body, how = mutate_bytes(rng, body)
         what += f"; body {how}"
     if rng.random() < 0.1:
-        headers["content-type"] = rng.choice(["text/plain", "application/json; charset=utf-16", "",
-                                              "multipart/form-data", "application/x-www-form-urlencoded",
-                                              "application/json;;;", "APPLICATION/JSON"])
+        headers["content-type"] = rng.choice(
+            [
+                "text/plain",
+                "application/json; charset=utf-16",
+                "",
+                "multipart/form-data",
+                "application/x-www-form-urlencoded",
+                "application/json;;;",
+                "APPLICATION/JSON",
+            ]
+        )
         what += f"; content-type {headers['content-type']!r}"
     return Case(index, "client", provider, path, headers, body, f"JSON {path.rsplit('/', 1)[-1]}: {what}")
 
@@ -270,8 +433,15 @@ def multipart_case(rng: random.Random, index: int, provider: str) -> Case:
             parts.append(_part(name.encode("utf-8", "surrogatepass"), value))
             what += f"; {name!r} raw bytes"
             continue
-        content_type = rng.choice([None] * 8 + [b"text/plain; charset=utf-16", b"text/plain; charset=latin-1",
-                                                b"text/plain; charset=utf-8", b"application/json"])
+        content_type = rng.choice(
+            [None] * 8
+            + [
+                b"text/plain; charset=utf-16",
+                b"text/plain; charset=latin-1",
+                b"text/plain; charset=utf-8",
+                b"application/json",
+            ]
+        )
         parts.append(_part(name.encode("utf-8", "surrogatepass"), form_bytes(value), content_type=content_type))
     for _ in range(rng.choice([0, 0, 1, 2])):
         depth = rng.choice([2, 30, 40, 1000])
@@ -284,8 +454,14 @@ def multipart_case(rng: random.Random, index: int, provider: str) -> Case:
     images = rng.choice([[PNG], [PNG, JPEG], [b""], [b"not an image"], [PNG[:40]], [], [PNG] * 15])
     for image in images:
         field_name = rng.choice([b"image[]", b"image", b"image[]", b"images", b"img"])
-        parts.append(_part(field_name, image, filename=rng.choice([b"a.png", b"", b"..\\x.png", b"\xff.png"]),
-                           content_type=rng.choice([b"image/png", b"application/octet-stream", b"text/plain"])))
+        parts.append(
+            _part(
+                field_name,
+                image,
+                filename=rng.choice([b"a.png", b"", b"..\\x.png", b"\xff.png"]),
+                content_type=rng.choice([b"image/png", b"application/octet-stream", b"text/plain"]),
+            )
+        )
     if rng.random() < 0.2:
         parts.append(_part(b"mask", rng.choice([MASK, PNG, b"x"]), filename=b"m.png", content_type=b"image/png"))
     rng.shuffle(parts)
@@ -302,14 +478,17 @@ def multipart_case(rng: random.Random, index: int, provider: str) -> Case:
     elif roll < 0.26:
         body, how = mutate_bytes(rng, body)
         what += f"; body {how}"
-    return Case(index, "client", provider, "/v1/images/edits", {"content-type": content_type}, body,
-                f"multipart edit: {what}")
+    return Case(
+        index, "client", provider, "/v1/images/edits", {"content-type": content_type}, body, f"multipart edit: {what}"
+    )
 
 
 def header_mutation(rng: random.Random, case: Case) -> None:
     roll = rng.random()
     if roll < 0.05:
-        case.headers["authorization"] = rng.choice(["", "Bearer", "Basic x", "Bearer \u00e9".encode().decode("latin-1")])
+        case.headers["authorization"] = rng.choice(
+            ["", "Bearer", "Basic x", "Bearer \u00e9".encode().decode("latin-1")]
+        )
         case.what += "; bad authorization"
     elif roll < 0.12:
         case.headers["idempotency-key"] = rng.choice(["k", "x" * 5000, "\u00e9".encode().decode("latin-1"), "a b"])
@@ -344,14 +523,23 @@ def hostile_answer(rng: random.Random, provider: str) -> tuple[Any, str]:
         (answer(status, _garbage(rng)), f"{status} JSON of odd type"),
         (answer(status, {"error": _garbage(rng), "detail": _garbage(rng)}), f"{status} odd error fields"),
         (answer(status, 1e308 * 10), f"{status} Infinity"),
-        (RawResponse(429, b"{}", "application/json", {"retry-after": rng.choice(["1e999", "nan", "-1", "x"])}),
-         "429 odd Retry-After header"),
+        (
+            RawResponse(429, b"{}", "application/json", {"retry-after": rng.choice(["1e999", "nan", "-1", "x"])}),
+            "429 odd Retry-After header",
+        ),
     ]
     specific: dict[str, list[tuple[Any, str]]] = {
         "gemini": [
             (google_retry_delay(rng.choice(["1e999s", "nans", "infs", "-1s", "1e300s", "s", "5"])), "retryDelay"),
-            (gemini_image(usage={"promptTokenCount": rng.choice([10**400, "9" * 5000, -1, 1e308 * 10, [1]]),
-                                 "candidatesTokenCount": _garbage(rng)}), "odd token counts"),
+            (
+                gemini_image(
+                    usage={
+                        "promptTokenCount": rng.choice([10**400, "9" * 5000, -1, 1e308 * 10, [1]]),
+                        "candidatesTokenCount": _garbage(rng),
+                    }
+                ),
+                "odd token counts",
+            ),
             (gemini_image(finishReason=_garbage(rng), content=_garbage(rng)), "odd candidate fields"),
             (answer(200, {"candidates": [{"content": {"parts": [_garbage(rng)]}}]}), "odd part"),
             (answer(200, {"candidates": [], "promptFeedback": _garbage(rng)}), "odd promptFeedback"),
@@ -369,14 +557,23 @@ def hostile_answer(rng: random.Random, provider: str) -> tuple[Any, str]:
             (OnResult(deeply_nested_json(200)), "deeply nested result"),
             (OnStatus(answer(200, {"status": _garbage(rng), "error": _garbage(rng)})), "odd status"),
             (answer(200, {"request_id": _garbage(rng), "status_url": _garbage(rng)}), "odd submit"),
-            (answer(422, {"detail": [{"loc": _garbage(rng), "msg": _garbage(rng), "type": _garbage(rng)}]}),
-             "odd detail"),
+            (
+                answer(422, {"detail": [{"loc": _garbage(rng), "msg": _garbage(rng), "type": _garbage(rng)}]}),
+                "odd detail",
+            ),
         ],
         "openai": [
-            (answer(200, {"data": [{"b64_json": _garbage(rng), "url": _garbage(rng)}],
-                               "usage": {"input_tokens": 10**400}}), "odd data"),
-            (answer(400, {"error": {"code": _garbage(rng), "message": _garbage(rng), "param": _garbage(rng)}}),
-             "odd error"),
+            (
+                answer(
+                    200,
+                    {"data": [{"b64_json": _garbage(rng), "url": _garbage(rng)}], "usage": {"input_tokens": 10**400}},
+                ),
+                "odd data",
+            ),
+            (
+                answer(400, {"error": {"code": _garbage(rng), "message": _garbage(rng), "param": _garbage(rng)}}),
+                "odd error",
+            ),
             (answer(200, {"data": _garbage(rng), "usage": _garbage(rng)}), "odd envelope"),
         ],
     }
@@ -392,8 +589,18 @@ def make_cases(seed: int, count: int) -> list[Case]:
         if roll < 0.2:
             hostile, what = hostile_answer(rng, provider)
             body = json.dumps({"model": MODEL, "prompt": "p", "response_format": "b64_json"}).encode()
-            cases.append(Case(index, "upstream", provider, "/v1/images/generations",
-                              {"content-type": "application/json"}, body, f"{provider} upstream: {what}", hostile))
+            cases.append(
+                Case(
+                    index,
+                    "upstream",
+                    provider,
+                    "/v1/images/generations",
+                    {"content-type": "application/json"},
+                    body,
+                    f"{provider} upstream: {what}",
+                    hostile,
+                )
+            )
             continue
         if roll < 0.55:
             case = json_case(rng, index, provider, "/v1/images/generations")
@@ -423,9 +630,15 @@ def gateways() -> Iterator[dict[str, tuple[str, Any]]]:
         running: dict[str, tuple[str, Any]] = {}
         for provider in PROVIDERS:
             fake = stack.enter_context(FAKES[provider]())
-            settings = Settings(data_dir=root / provider, api_keys=API_KEY, retry_attempts=2,
-                                retry_backoff_seconds=0.01, poll_interval_seconds=0.005, request_timeout_seconds=20,
-                                **{f"{provider}_api_key": fake.api_key, f"{provider}_base_url": fake.base_url})
+            settings = Settings(
+                data_dir=root / provider,
+                api_keys=API_KEY,
+                retry_attempts=2,
+                retry_backoff_seconds=0.01,
+                poll_interval_seconds=0.005,
+                request_timeout_seconds=20,
+                **{f"{provider}_api_key": fake.api_key, f"{provider}_base_url": fake.base_url},
+            )
             server = stack.enter_context(LoopbackServer(create_app(settings), lifespan="on"))
             running[provider] = (server.url, fake)
         yield running
@@ -463,7 +676,9 @@ def run_cases(cases: list[Case], *, progress: Any = None) -> Report:
             fake.reset()
             if case.hostile is not None:
                 fake.enqueue(case.hostile, case.hostile)  # both attempts
-            headers = {k: v.encode("latin-1") for k, v in {"authorization": f"Bearer {API_KEY}", **case.headers}.items()}
+            headers = {
+                k: v.encode("latin-1") for k, v in {"authorization": f"Bearer {API_KEY}", **case.headers}.items()
+            }
             try:
                 response = client.post(url + case.path, content=case.body, headers=headers)
             except httpx.HTTPError as exc:  # a dropped connection is no answer at all

@@ -169,8 +169,12 @@ def test_size_table_rows_are_unique_and_match_their_ratio(model: ModelEntry) -> 
 def test_larger_tiers_have_more_pixels(model: ModelEntry) -> None:
     assert model.sizes is not None
     for ratio in model.supported_ratios():
-        areas = [s.width * s.height for tier in model.resolution_tiers for s in model.sizes
-                 if s.aspect_ratio == ratio and s.resolution == tier]
+        areas = [
+            s.width * s.height
+            for tier in model.resolution_tiers
+            for s in model.sizes
+            if s.aspect_ratio == ratio and s.resolution == tier
+        ]
         assert areas == sorted(areas), f"{model.id} {ratio}: {areas}"
 
 
@@ -178,7 +182,7 @@ def test_larger_tiers_have_more_pixels(model: ModelEntry) -> None:
 def test_flexible_models_resolve_every_ratio_and_tier_within_limits(model: ModelEntry) -> None:
     limits = model.pixel_limits
     assert limits is not None and model.aspect_ratios
-    assert limits.min_side <= limits.max_side and limits.max_pixels >= limits.min_side ** 2
+    assert limits.min_side <= limits.max_side and limits.max_pixels >= limits.min_side**2
     assert model.default_aspect_ratio in model.aspect_ratios
     for ratio in model.aspect_ratios:
         for tier in model.resolution_tiers:
@@ -199,9 +203,15 @@ def test_nano_banana_is_1k_only_with_the_flash_size_table() -> None:
     assert model.name == "Nano Banana"
     assert model.resolution_tiers == ["1K"] and model.default_resolution == "1K"
     assert table(model) == {
-        ("1:1", "1K", 1024, 1024), ("2:3", "1K", 832, 1248), ("3:2", "1K", 1248, 832),
-        ("3:4", "1K", 864, 1184), ("4:3", "1K", 1184, 864), ("4:5", "1K", 896, 1152),
-        ("5:4", "1K", 1152, 896), ("9:16", "1K", 768, 1344), ("16:9", "1K", 1344, 768),
+        ("1:1", "1K", 1024, 1024),
+        ("2:3", "1K", 832, 1248),
+        ("3:2", "1K", 1248, 832),
+        ("3:4", "1K", 864, 1184),
+        ("4:3", "1K", 1184, 864),
+        ("4:5", "1K", 896, 1152),
+        ("5:4", "1K", 1152, 896),
+        ("9:16", "1K", 768, 1344),
+        ("16:9", "1K", 1344, 768),
         ("21:9", "1K", 1536, 672),
     }
     assert len(model.sizes or []) == 10
@@ -298,8 +308,12 @@ def test_an_alias_may_not_collide_with_an_id_or_another_alias() -> None:
 
 def test_a_config_override_changes_one_binding_and_nothing_else() -> None:
     catalog = load_builtin_catalog()
-    override_binding(catalog, "nano-banana-pro", "gemini", {
-        "upstream_model": "gemini-3-pro-image-preview", "price": {"per_image": 0.1, "by_resolution": {"4K": 0.2}}})
+    override_binding(
+        catalog,
+        "nano-banana-pro",
+        "gemini",
+        {"upstream_model": "gemini-3-pro-image-preview", "price": {"per_image": 0.1, "by_resolution": {"4K": 0.2}}},
+    )
     pro = catalog.get("gemini-3-pro-image-preview")
     assert pro is not None
     assert pro.providers["gemini"].upstream_model == "gemini-3-pro-image-preview"
@@ -311,14 +325,18 @@ def test_a_config_override_changes_one_binding_and_nothing_else() -> None:
     assert catalog.get("nano-banana-pro") is pro  # aliases survive the replacement
 
 
-@pytest.mark.parametrize(("model_id", "provider_id", "changes", "message"), [
-    ("no-such-model", "gemini", {"upstream_model": "x"}, "there is no model 'no-such-model'"),
-    ("gemini-3-pro-image-preview", "nope", {"upstream_model": "x"}, "has no provider 'nope'"),
-    ("gemini-3-pro-image-preview", "gemini", {"price": {"per_image": -1}}, "price.per_image"),
-    ("gemini-3-pro-image-preview", "gemini", {"price": {"per_image": 1, "bogus": 2}}, "price.bogus"),
-])
-def test_a_bad_override_is_a_clear_configuration_error(model_id: str, provider_id: str, changes: dict[str, Any],
-                                                       message: str) -> None:
+@pytest.mark.parametrize(
+    ("model_id", "provider_id", "changes", "message"),
+    [
+        ("no-such-model", "gemini", {"upstream_model": "x"}, "there is no model 'no-such-model'"),
+        ("gemini-3-pro-image-preview", "nope", {"upstream_model": "x"}, "has no provider 'nope'"),
+        ("gemini-3-pro-image-preview", "gemini", {"price": {"per_image": -1}}, "price.per_image"),
+        ("gemini-3-pro-image-preview", "gemini", {"price": {"per_image": 1, "bogus": 2}}, "price.bogus"),
+    ],
+)
+def test_a_bad_override_is_a_clear_configuration_error(
+    model_id: str, provider_id: str, changes: dict[str, Any], message: str
+) -> None:
     with pytest.raises(ConfigurationError, match=message) as info:
         override_binding(load_builtin_catalog(), model_id, provider_id, changes)
     assert "[model_overrides." in info.value.message
@@ -350,8 +368,9 @@ def test_every_binding_price_is_known_or_marked_estimated_with_a_source(model: M
 
 
 def test_call_cost_counts_tier_input_images_and_extras() -> None:
-    price = BindingPrice(per_image=0.134, by_resolution={"4K": 0.24}, per_input_image=0.0011,
-                         extras={"enable_web_search": 0.015})
+    price = BindingPrice(
+        per_image=0.134, by_resolution={"4K": 0.24}, per_input_image=0.0011, extras={"enable_web_search": 0.015}
+    )
     assert call_cost(Charge(price, "1K", images=1)) == pytest.approx(0.134)
     assert call_cost(Charge(price, "4K", images=2)) == pytest.approx(0.48)
     assert call_cost(Charge(price, "2K", images=1, input_images=3)) == pytest.approx(0.134 + 0.0033)

@@ -342,8 +342,20 @@ def test_remote_generate(gateway: RunningGateway, fake_gemini: FakeGemini, tmp_p
 
 def test_remote_generate_n_and_size(gateway: RunningGateway, fake_gemini: FakeGemini, tmp_path: Path) -> None:
     out = tmp_path / "r.webp"
-    result = ok("generate", "two", "--server", gateway.url + "/", "--api-key", API_KEY,
-                "--n", "2", "--size", "1920x1080", "-o", str(out))
+    result = ok(
+        "generate",
+        "two",
+        "--server",
+        gateway.url + "/",
+        "--api-key",
+        API_KEY,
+        "--n",
+        "2",
+        "--size",
+        "1920x1080",
+        "-o",
+        str(out),
+    )
 
     paths = [tmp_path / "r-1.webp", tmp_path / "r-2.webp"]
     assert result.stdout.strip().splitlines() == [str(p) for p in paths]
@@ -383,8 +395,18 @@ def test_remote_error_shows_the_http_status(gateway: RunningGateway, fake_gemini
 
 
 def test_remote_bad_size_exits_1(gateway: RunningGateway, fake_gemini: FakeGemini, tmp_path: Path) -> None:
-    result = invoke("generate", "a cat", "--server", gateway.url, "--api-key", API_KEY, "--size", "banana",
-                    "-o", str(tmp_path / "x.png"))
+    result = invoke(
+        "generate",
+        "a cat",
+        "--server",
+        gateway.url,
+        "--api-key",
+        API_KEY,
+        "--size",
+        "banana",
+        "-o",
+        str(tmp_path / "x.png"),
+    )
     assert_clean_failure(result)
     assert "banana" in result.stderr and "invalid_value" in result.stderr
     assert fake_gemini.requests == []
@@ -392,28 +414,49 @@ def test_remote_bad_size_exits_1(gateway: RunningGateway, fake_gemini: FakeGemin
 
 def test_remote_summary_mentions_adjustment(gateway: RunningGateway, fake_gemini: FakeGemini, tmp_path: Path) -> None:
     """Regression: with --server the summary used to drop the response's adjustments."""
-    result = ok("generate", "wide", "--server", gateway.url, "--api-key", API_KEY, "--size", "1920x1080",
-                "-o", str(tmp_path / "w.png"))
+    result = ok(
+        "generate",
+        "wide",
+        "--server",
+        gateway.url,
+        "--api-key",
+        API_KEY,
+        "--size",
+        "1920x1080",
+        "-o",
+        str(tmp_path / "w.png"),
+    )
     assert "adjusted size: 1920x1080 -> 1365x768" in flat(result.stderr)
 
 
 def test_remote_unreachable_server_is_a_readable_error(tmp_path: Path) -> None:
     """Regression: this used to raise httpx.ConnectError out of the CLI (a traceback)."""
     server = f"http://127.0.0.1:{free_port()}"
-    result = invoke("generate", "a cat", "--server", server, "--api-key", "k", "-o", str(tmp_path / "x.png"),
-                    catch_exceptions=True)
+    result = invoke(
+        "generate", "a cat", "--server", server, "--api-key", "k", "-o", str(tmp_path / "x.png"), catch_exceptions=True
+    )
     assert_clean_failure(result)
 
 
 def test_remote_non_json_answer_is_a_readable_error(fake_gemini: FakeGemini, tmp_path: Path) -> None:
     """Regression: a plain-text 404 page used to raise JSONDecodeError out of the CLI."""
-    result = invoke("generate", "a cat", "--server", fake_gemini.url, "--api-key", "k", "-o", str(tmp_path / "x.png"),
-                    catch_exceptions=True)
+    result = invoke(
+        "generate",
+        "a cat",
+        "--server",
+        fake_gemini.url,
+        "--api-key",
+        "k",
+        "-o",
+        str(tmp_path / "x.png"),
+        catch_exceptions=True,
+    )
     assert_clean_failure(result)
 
 
-def test_remote_api_key_from_environment(gateway: RunningGateway, fake_gemini: FakeGemini, tmp_path: Path,
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_remote_api_key_from_environment(
+    gateway: RunningGateway, fake_gemini: FakeGemini, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("IMAGEGATE_SERVER", gateway.url)
     monkeypatch.setenv("IMAGEGATE_API_KEY", API_KEY)
     out = tmp_path / "env.png"
@@ -480,14 +523,18 @@ def test_models_from_a_running_server(gateway: RunningGateway, fake_gemini: Fake
     served = httpx.get(f"{gateway.url}/v1/models", headers={"authorization": f"Bearer {API_KEY}"}, timeout=30).json()
     listing = json.loads(ok("models", "--json", "--server", gateway.url, "--api-key", API_KEY).stdout)
     assert listing == served
-    line = next(line for line in ok("models", "--server", gateway.url, "--api-key", API_KEY).stdout.splitlines()
-                if MODEL in line)
+    line = next(
+        line
+        for line in ok("models", "--server", gateway.url, "--api-key", API_KEY).stdout.splitlines()
+        if MODEL in line
+    )
     assert "gemini" in line.replace(MODEL, "") and "not configured" not in line
     assert "not configured" in next(line for line in ok("models").stdout.splitlines() if MODEL in line)
 
 
-def test_models_server_and_key_from_the_environment(gateway: RunningGateway, fake_gemini: FakeGemini,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_models_server_and_key_from_the_environment(
+    gateway: RunningGateway, fake_gemini: FakeGemini, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("IMAGEGATE_SERVER", gateway.url)
     monkeypatch.setenv("IMAGEGATE_API_KEY", API_KEY)
     listing = json.loads(ok("models", "--json").stdout)
@@ -517,8 +564,9 @@ def record_usage(rows: list[tuple[float, str | None, str, str, int, float]]) -> 
         log = UsageLog(db)
         now = time.time()
         for index, (age, key_id, model, provider, images, cost) in enumerate(rows):
-            log.record(UsageRecord(f"req_{index}", key_id, None, model, provider, "t2i", images, cost, 0, 0),
-                       at=now - age)
+            log.record(
+                UsageRecord(f"req_{index}", key_id, None, model, provider, "t2i", images, cost, 0, 0), at=now - age
+            )
     finally:
         db.close()
 
@@ -534,29 +582,37 @@ SEEDREAM = "bytedance/seedream-4"
 
 @pytest.fixture
 def recorded() -> None:
-    record_usage([
-        (1 * HOUR, "key_a", MODEL, "gemini", 2, 0.268),
-        (2 * HOUR, "key_a", MODEL, "gemini", 1, 0.134),
-        (3 * HOUR, "key_b", MODEL, "fal", 1, 0.15),
-        (3 * DAY, "key_b", SEEDREAM, "replicate", 4, 0.12),
-        (40 * DAY, "key_a", MODEL, "gemini", 10, 1.34),
-    ])
+    record_usage(
+        [
+            (1 * HOUR, "key_a", MODEL, "gemini", 2, 0.268),
+            (2 * HOUR, "key_a", MODEL, "gemini", 1, 0.134),
+            (3 * HOUR, "key_b", MODEL, "fal", 1, 0.15),
+            (3 * DAY, "key_b", SEEDREAM, "replicate", 4, 0.12),
+            (40 * DAY, "key_a", MODEL, "gemini", 10, 1.34),
+        ]
+    )
 
 
 def test_usage_defaults_to_30_days_grouped_by_key_model_and_provider(recorded: None) -> None:
     data = usage_json()
     assert data["by"] == ["key", "model", "provider"] and data["currency"] == "USD"
     groups = {(t["key"], t["model"], t["provider"]): (t["requests"], t["images"], t["cost"]) for t in data["totals"]}
-    assert groups == {("key_a", MODEL, "gemini"): (2, 3, 0.402), ("key_b", MODEL, "fal"): (1, 1, 0.15),
-                      ("key_b", SEEDREAM, "replicate"): (1, 4, 0.12)}  # the 40-day-old row is out
+    assert groups == {
+        ("key_a", MODEL, "gemini"): (2, 3, 0.402),
+        ("key_b", MODEL, "fal"): (1, 1, 0.15),
+        ("key_b", SEEDREAM, "replicate"): (1, 4, 0.12),
+    }  # the 40-day-old row is out
     assert data["total"] == {"requests": 4, "images": 8, "cost": pytest.approx(0.672)}
 
 
-@pytest.mark.parametrize(("by", "expected"), [
-    ("model", {MODEL: (3, 4, 0.552), SEEDREAM: (1, 4, 0.12)}),
-    ("provider", {"gemini": (2, 3, 0.402), "fal": (1, 1, 0.15), "replicate": (1, 4, 0.12)}),
-    ("key", {"key_a": (2, 3, 0.402), "key_b": (2, 5, 0.27)}),
-])
+@pytest.mark.parametrize(
+    ("by", "expected"),
+    [
+        ("model", {MODEL: (3, 4, 0.552), SEEDREAM: (1, 4, 0.12)}),
+        ("provider", {"gemini": (2, 3, 0.402), "fal": (1, 1, 0.15), "replicate": (1, 4, 0.12)}),
+        ("key", {"key_a": (2, 3, 0.402), "key_b": (2, 5, 0.27)}),
+    ],
+)
 def test_usage_by_one_grouping(recorded: None, by: str, expected: dict[str, tuple[int, int, float]]) -> None:
     data = usage_json("--by", by)
     got = {t[by]: (t["requests"], t["images"], pytest.approx(t["cost"])) for t in data["totals"]}
@@ -582,8 +638,9 @@ def test_usage_table_names_stored_keys_and_totals(recorded: None) -> None:
     assert "$0.8060" in total and " 9 " in total  # 0.672 + 0.134; 8 + 1 images
 
 
-@pytest.mark.parametrize("args", [["--since", "yesterday"], ["--until", "3 days"], ["--since", "1d", "--until", "2d"],
-                                  ["--by", "user"]])
+@pytest.mark.parametrize(
+    "args", [["--since", "yesterday"], ["--until", "3 days"], ["--since", "1d", "--until", "2d"], ["--by", "user"]]
+)
 def test_usage_bad_period_or_grouping_is_a_usage_error(args: list[str]) -> None:
     result = invoke("usage", *args)
     assert result.exit_code == 2, result.output
@@ -593,8 +650,9 @@ def test_usage_bad_period_or_grouping_is_a_usage_error(args: list[str]) -> None:
 def test_usage_of_real_requests(gateway: RunningGateway, fake_gemini: FakeGemini) -> None:
     """Usage made through the gateway (which shares IMAGEGATE_DATA_DIR with the CLI here)."""
     client = gateway.client()
-    costs = [client.images.generate(model=MODEL, prompt="counted", n=n, response_format="b64_json").usage
-             for n in (1, 2)]
+    costs = [
+        client.images.generate(model=MODEL, prompt="counted", n=n, response_format="b64_json").usage for n in (1, 2)
+    ]
     data = usage_json()
     assert len(data["totals"]) == 1
     row = data["totals"][0]
@@ -663,14 +721,16 @@ def test_created_key_works_against_a_server(gateway_factory: Any, fake_gemini: F
     other_id, other = create_key("to-revoke")
     ok("keys", "revoke", other_id)
 
-    gw: RunningGateway = gateway_factory(api_keys="", gemini_api_key=fake_gemini.api_key,
-                                         gemini_base_url=fake_gemini.base_url)
+    gw: RunningGateway = gateway_factory(
+        api_keys="", gemini_api_key=fake_gemini.api_key, gemini_base_url=fake_gemini.base_url
+    )
     result = gw.client(api_key=plaintext).images.generate(model=MODEL, prompt="keyed", response_format="b64_json")
     assert image_size(base64.b64decode(result.data[0].b64_json or "")) == (1024, 1024)
 
     for bad in ("ig-not-a-real-key", other):
-        response = httpx.post(f"{gw.url}/v1/images/generations", json={"prompt": "x"},
-                              headers={"authorization": f"Bearer {bad}"})
+        response = httpx.post(
+            f"{gw.url}/v1/images/generations", json={"prompt": "x"}, headers={"authorization": f"Bearer {bad}"}
+        )
         assert response.status_code == 401
 
     out = tmp_path / "cli.png"
@@ -713,18 +773,32 @@ def test_serve_smoke(fake_gemini: FakeGemini, tmp_path: Path, workers: int) -> N
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = dict(os.environ)
-    env.update({
-        "IMAGEGATE_API_KEYS": API_KEY,
-        "IMAGEGATE_DATA_DIR": str(tmp_path / "serve-data"),
-        "GEMINI_API_KEY": fake_gemini.api_key,
-        "GEMINI_BASE_URL": fake_gemini.base_url,
-    })
+    env.update(
+        {
+            "IMAGEGATE_API_KEYS": API_KEY,
+            "IMAGEGATE_DATA_DIR": str(tmp_path / "serve-data"),
+            "GEMINI_API_KEY": fake_gemini.api_key,
+            "GEMINI_BASE_URL": fake_gemini.base_url,
+        }
+    )
     log = tmp_path / "serve.log"
     with open(log, "wb") as log_file:
         proc = subprocess.Popen(
-            [*imagegate_command(), "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
-             "--workers", str(workers)],
-            env=env, stdout=log_file, stderr=subprocess.STDOUT,
+            [
+                *imagegate_command(),
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+                "--workers",
+                str(workers),
+            ],
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
         )
         try:
             deadline = time.monotonic() + 20
@@ -750,10 +824,18 @@ def test_serve_smoke(fake_gemini: FakeGemini, tmp_path: Path, workers: int) -> N
             assert len(fake_gemini.requests) == 2 * workers
             # Forwarded headers from a peer not in IMAGEGATE_TRUSTED_PROXIES change nothing (uvicorn
             # itself would believe X-Forwarded-Proto from loopback; serve turns that off).
-            spoofed = httpx.post(f"{base}/v1/images/generations", timeout=30, json={
-                "model": MODEL, "prompt": "served", "response_format": "url"}, headers={
-                "authorization": f"Bearer {API_KEY}", "x-forwarded-proto": "https", "x-forwarded-for": "10.0.0.1",
-                "x-forwarded-host": "evil.example", "forwarded": "proto=https;host=evil.example"})
+            spoofed = httpx.post(
+                f"{base}/v1/images/generations",
+                timeout=30,
+                json={"model": MODEL, "prompt": "served", "response_format": "url"},
+                headers={
+                    "authorization": f"Bearer {API_KEY}",
+                    "x-forwarded-proto": "https",
+                    "x-forwarded-for": "10.0.0.1",
+                    "x-forwarded-host": "evil.example",
+                    "forwarded": "proto=https;host=evil.example",
+                },
+            )
             assert spoofed.json()["data"][0]["url"].startswith(base + "/v1/results/")
 
             denied = httpx.post(f"{base}/v1/images/generations", json={"prompt": "x"}, timeout=10)

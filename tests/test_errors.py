@@ -13,8 +13,10 @@ from imagegate import errors, resilience
 
 # "│   ├── Name      404 some_error (code: the_code; ...)": depth from the indent, then the class,
 # its status, its OpenAI type when it sets its own, and its default code when the tree names one.
-LINE = re.compile(r"^(?P<indent>[ │├└─]*)(?P<name>[A-Z]\w+)\s+(?P<status>\d{3})(?: (?P<type>[a-z_]+_error))?"
-                  r"(?:.*?code: (?P<code>[a-z_]+))?")
+LINE = re.compile(
+    r"^(?P<indent>[ │├└─]*)(?P<name>[A-Z]\w+)\s+(?P<status>\d{3})(?: (?P<type>[a-z_]+_error))?"
+    r"(?:.*?code: (?P<code>[a-z_]+))?"
+)
 
 
 def drawn_tree() -> list[tuple[int, str, int, str | None, str | None]]:
@@ -44,8 +46,11 @@ def test_the_docstring_tree_matches_the_error_classes() -> None:
         assert cls.status_code == status, name
         assert code in (None, cls.default_code), name
         parents.append(cls)
-    classes = {name for name, obj in inspect.getmembers(errors, inspect.isclass)
-               if issubclass(obj, errors.ImagegateError) and obj.__module__ == errors.__name__}
+    classes = {
+        name
+        for name, obj in inspect.getmembers(errors, inspect.isclass)
+        if issubclass(obj, errors.ImagegateError) and obj.__module__ == errors.__name__
+    }
     assert {name for _, name, *_ in rows} == classes
 
 
@@ -87,8 +92,11 @@ BEHAVIOUR: dict[type[errors.ImagegateError], tuple[int, str | None, bool, bool, 
 
 
 def test_every_error_class_has_its_behaviour_listed() -> None:
-    classes = {obj for _, obj in inspect.getmembers(errors, inspect.isclass)
-               if issubclass(obj, errors.ImagegateError) and obj.__module__ == errors.__name__}
+    classes = {
+        obj
+        for _, obj in inspect.getmembers(errors, inspect.isclass)
+        if issubclass(obj, errors.ImagegateError) and obj.__module__ == errors.__name__
+    }
     assert set(BEHAVIOUR) == classes
 
 
@@ -98,10 +106,17 @@ def test_status_code_and_behaviour_of(cls: type[errors.ImagegateError]) -> None:
     error = cls("m")
     assert (error.status_code, error.code, error.to_openai_json()["error"]["code"]) == (status, code, code)
     assert (error.upstream_failure, error.retryable, error.capacity, error.client_fault) == (
-        upstream_failure, retryable, capacity, client_fault)
+        upstream_failure,
+        retryable,
+        capacity,
+        client_fault,
+    )
     # The resilience helpers read the same attributes.
     assert (resilience.is_upstream_failure(error), resilience.is_retryable(error), resilience.is_capacity(error)) == (
-        upstream_failure, retryable, capacity)
+        upstream_failure,
+        retryable,
+        capacity,
+    )
 
 
 def test_a_specific_code_does_not_change_the_behaviour() -> None:
@@ -109,7 +124,10 @@ def test_a_specific_code_does_not_change_the_behaviour() -> None:
     plain, specific = errors.UpstreamError("m"), errors.UpstreamError("m", code="upstream_prediction_failed")
     assert specific.code == "upstream_prediction_failed"
     assert (specific.upstream_failure, specific.retryable, specific.capacity) == (
-        plain.upstream_failure, plain.retryable, plain.capacity)
+        plain.upstream_failure,
+        plain.retryable,
+        plain.capacity,
+    )
     busy = errors.UpstreamUnavailable("m", code="engine_busy")  # the old way of saying EngineBusy
     assert busy.retryable and not errors.EngineBusy("m").retryable
 
@@ -122,9 +140,13 @@ def _code_comparisons(tree: ast.AST) -> list[int]:
             operands = [node.left, *node.comparators]
             if any(isinstance(op, ast.Attribute) and op.attr == "code" for op in operands):
                 lines.append(node.lineno)
-        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in (
-                "startswith", "endswith") and isinstance(node.func.value, ast.Attribute) \
-                and node.func.value.attr == "code":
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in ("startswith", "endswith")
+            and isinstance(node.func.value, ast.Attribute)
+            and node.func.value.attr == "code"
+        ):
             lines.append(node.lineno)
     return lines
 
@@ -144,6 +166,8 @@ def test_no_module_decides_by_comparing_error_codes() -> None:
 
 def test_the_code_comparison_finder_finds_them() -> None:
     """The check above would prove nothing if the finder missed the shapes it looks for."""
-    source = ("if e.code == 'x': pass\nif 'y' != err.code: pass\nok = e.code not in CODES\n"
-              "ok = e.code.startswith('upstream_')\nok = e.status_code == 5\n")
+    source = (
+        "if e.code == 'x': pass\nif 'y' != err.code: pass\nok = e.code not in CODES\n"
+        "ok = e.code.startswith('upstream_')\nok = e.status_code == 5\n"
+    )
     assert _code_comparisons(ast.parse(source)) == [1, 2, 3, 4]

@@ -80,8 +80,10 @@ def test_gemini_success_shape_and_thought_part(gemini: FakeGemini) -> None:
 
 def test_gemini_snake_case_inline_image_and_query_key(gemini: FakeGemini) -> None:
     png = base64.b64encode(solid_png(300, 200, (1, 2, 3))).decode()
-    body = {"contents": [{"parts": [{"text": "edit"}, {"inline_data": {"mime_type": "image/png", "data": png}}]}],
-            "generation_config": {"seed": 7}}
+    body = {
+        "contents": [{"parts": [{"text": "edit"}, {"inline_data": {"mime_type": "image/png", "data": png}}]}],
+        "generation_config": {"seed": 7},
+    }
     resp = httpx.post(gemini.base_url + GEMINI_PATH + "?key=test-gemini-key", json=body, timeout=10)
     assert resp.status_code == 200
     final = resp.json()["candidates"][0]["content"]["parts"][-1]
@@ -107,8 +109,15 @@ def test_gemini_bad_key_is_403(gemini: FakeGemini) -> None:
         _text_body("x", imageSize="1k"),
         _text_body("x", aspectRatio="7:3"),
         {**_text_body("x"), "n": 2},
-        {"contents": [{"parts": [{"inlineData": {"mimeType": "image/png",
-                                                 "data": base64.b64encode(solid_jpeg(8, 8)).decode()}}]}]},
+        {
+            "contents": [
+                {
+                    "parts": [
+                        {"inlineData": {"mimeType": "image/png", "data": base64.b64encode(solid_jpeg(8, 8)).decode()}}
+                    ]
+                }
+            ]
+        },
     ],
     ids=["lowercase-size", "bad-ratio", "unknown-field", "mime-mismatch"],
 )
@@ -148,8 +157,9 @@ def test_gemini_concurrency_and_extra_images() -> None:
     with FakeGemini(output_mime="image/jpeg", images_per_response=2) as fake:
         fake.default_behaviour = Delay(0.3)
         results: list[httpx.Response] = []
-        threads = [threading.Thread(target=lambda: results.append(_gemini_post(fake, _text_body("p"))))
-                   for _ in range(3)]
+        threads = [
+            threading.Thread(target=lambda: results.append(_gemini_post(fake, _text_body("p")))) for _ in range(3)
+        ]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -165,9 +175,12 @@ def test_gemini_concurrency_and_extra_images() -> None:
 
 
 def test_openai_generation_b64(openai_fake: FakeOpenAI) -> None:
-    resp = httpx.post(openai_fake.base_url + "/images/generations", headers=_oa_headers(),
-                      json={"model": "gpt-image-1", "prompt": "dog", "n": 2, "size": "512x256",
-                            "output_format": "webp"}, timeout=10)
+    resp = httpx.post(
+        openai_fake.base_url + "/images/generations",
+        headers=_oa_headers(),
+        json={"model": "gpt-image-1", "prompt": "dog", "n": 2, "size": "512x256", "output_format": "webp"},
+        timeout=10,
+    )
     assert resp.status_code == 200
     body = resp.json()
     assert len(body["data"]) == 2 and body["usage"]["output_tokens"] > 0
@@ -177,16 +190,22 @@ def test_openai_generation_b64(openai_fake: FakeOpenAI) -> None:
 
 
 def test_openai_bad_key_and_scripted_error(openai_fake: FakeOpenAI) -> None:
-    resp = httpx.post(openai_fake.base_url + "/images/generations", headers=_oa_headers("nope"),
-                      json={"prompt": "x"}, timeout=10)
+    resp = httpx.post(
+        openai_fake.base_url + "/images/generations", headers=_oa_headers("nope"), json={"prompt": "x"}, timeout=10
+    )
     assert resp.status_code == 401
     assert resp.json()["error"]["code"] == "invalid_api_key"
     openai_fake.enqueue(OpenAIError(429, "slow down", type="requests", code="rate_limit_exceeded", retry_after_s=2))
-    resp = httpx.post(openai_fake.base_url + "/images/generations", headers=_oa_headers(),
-                      json={"prompt": "x"}, timeout=10)
+    resp = httpx.post(
+        openai_fake.base_url + "/images/generations", headers=_oa_headers(), json={"prompt": "x"}, timeout=10
+    )
     assert resp.status_code == 429 and resp.headers["retry-after"] == "2"
-    assert resp.json()["error"] == {"message": "slow down", "type": "requests", "param": None,
-                                    "code": "rate_limit_exceeded"}
+    assert resp.json()["error"] == {
+        "message": "slow down",
+        "type": "requests",
+        "param": None,
+        "code": "rate_limit_exceeded",
+    }
 
 
 def test_openai_multipart_edit_recorded(openai_fake: FakeOpenAI) -> None:
@@ -195,30 +214,40 @@ def test_openai_multipart_edit_recorded(openai_fake: FakeOpenAI) -> None:
         ("image[]", ("b.jpg", solid_jpeg(32, 32), "image/jpeg")),
         ("mask", ("mask.png", solid_png(64, 64, (0, 0, 0, 0)), "image/png")),
     ]
-    resp = httpx.post(openai_fake.base_url + "/images/edits", headers=_oa_headers(),
-                      data={"prompt": "add hat", "model": "gpt-image-1", "image_config[aspect_ratio]": "16:9"},
-                      files=files, timeout=10)
+    resp = httpx.post(
+        openai_fake.base_url + "/images/edits",
+        headers=_oa_headers(),
+        data={"prompt": "add hat", "model": "gpt-image-1", "image_config[aspect_ratio]": "16:9"},
+        files=files,
+        timeout=10,
+    )
     assert resp.status_code == 200, resp.text
     recorded = openai_fake.requests[0]
     assert recorded.form == {"prompt": "add hat", "model": "gpt-image-1", "image_config[aspect_ratio]": "16:9"}
     assert [(f.field_name, f.filename, f.content_type) for f in recorded.files] == [
-        ("image[]", "a.png", "image/png"), ("image[]", "b.jpg", "image/jpeg"), ("mask", "mask.png", "image/png")]
+        ("image[]", "a.png", "image/png"),
+        ("image[]", "b.jpg", "image/jpeg"),
+        ("mask", "mask.png", "image/png"),
+    ]
     assert image_size(recorded.files[0].data) == (64, 64)
 
 
 def test_openai_mask_size_mismatch_is_400(openai_fake: FakeOpenAI) -> None:
-    files = [("image", ("a.png", solid_png(64, 64), "image/png")),
-             ("mask", ("m.png", solid_png(32, 32), "image/png"))]
-    resp = httpx.post(openai_fake.base_url + "/images/edits", headers=_oa_headers(),
-                      data={"prompt": "x"}, files=files, timeout=10)
+    files = [("image", ("a.png", solid_png(64, 64), "image/png")), ("mask", ("m.png", solid_png(32, 32), "image/png"))]
+    resp = httpx.post(
+        openai_fake.base_url + "/images/edits", headers=_oa_headers(), data={"prompt": "x"}, files=files, timeout=10
+    )
     assert resp.status_code == 400 and resp.json()["error"]["param"] == "mask"
 
 
 def test_openai_json_edit_and_url_response(openai_fake: FakeOpenAI) -> None:
     data_url = "data:image/png;base64," + base64.b64encode(solid_png(16, 16)).decode()
-    resp = httpx.post(openai_fake.base_url + "/images/edits", headers=_oa_headers(),
-                      json={"prompt": "blue", "images": [{"image_url": data_url}], "response_format": "url"},
-                      timeout=10)
+    resp = httpx.post(
+        openai_fake.base_url + "/images/edits",
+        headers=_oa_headers(),
+        json={"prompt": "blue", "images": [{"image_url": data_url}], "response_format": "url"},
+        timeout=10,
+    )
     assert resp.status_code == 200, resp.text
     url = resp.json()["data"][0]["url"]
     assert url.startswith(openai_fake.url + "/files/") and url.endswith(".png")
@@ -231,8 +260,12 @@ def test_openai_json_edit_and_url_response(openai_fake: FakeOpenAI) -> None:
 def test_hang_ends_when_client_gives_up(gemini: FakeGemini) -> None:
     gemini.enqueue(Hang(30))
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(gemini.base_url + GEMINI_PATH, json=_text_body("x"),
-                   headers={"x-goog-api-key": "test-gemini-key"}, timeout=0.2)
+        httpx.post(
+            gemini.base_url + GEMINI_PATH,
+            json=_text_body("x"),
+            headers={"x-goog-api-key": "test-gemini-key"},
+            timeout=0.2,
+        )
     # The handler counts the cancel, then leaves its in-flight count: wait for both (under load
     # the test thread can look in between).
     deadline = time.monotonic() + 5
@@ -249,20 +282,27 @@ SEEDREAM_5_PATH = "/v1/models/bytedance/seedream-5-lite/predictions"
 
 
 def _replicate_create(fake: FakeReplicate, data: dict[str, object]) -> httpx.Response:
-    return httpx.post(fake.base_url + SEEDREAM_5_PATH, json={"input": data}, timeout=10,
-                      headers={"authorization": f"Bearer {fake.api_key}", "prefer": "wait"})
+    return httpx.post(
+        fake.base_url + SEEDREAM_5_PATH,
+        json={"input": data},
+        timeout=10,
+        headers={"authorization": f"Bearer {fake.api_key}", "prefer": "wait"},
+    )
 
 
-@pytest.mark.parametrize(("data", "field"), [
-    ({"prompt": "p", "size": "custom", "width": 2048, "height": 2048}, "width"),  # seedream-4's, not 5 lite's
-    ({"prompt": "p", "size": "4K"}, "input.size"),
-    ({"prompt": "p", "size": "1K"}, "input.size"),
-    ({"prompt": "p", "aspect_ratio": "4:5"}, "input.aspect_ratio"),
-    ({"prompt": "p", "output_format": "jpg"}, "input.output_format"),
-    ({"prompt": "p", "enhance_prompt": True}, "enhance_prompt"),
-    ({"prompt": "p", "seed": 1}, "seed"),
-    ({"prompt": "p", "image_input": ["https://example.invalid/x.png"] * 15}, "input.image_input"),
-])
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ({"prompt": "p", "size": "custom", "width": 2048, "height": 2048}, "width"),  # seedream-4's, not 5 lite's
+        ({"prompt": "p", "size": "4K"}, "input.size"),
+        ({"prompt": "p", "size": "1K"}, "input.size"),
+        ({"prompt": "p", "aspect_ratio": "4:5"}, "input.aspect_ratio"),
+        ({"prompt": "p", "output_format": "jpg"}, "input.output_format"),
+        ({"prompt": "p", "enhance_prompt": True}, "enhance_prompt"),
+        ({"prompt": "p", "seed": 1}, "seed"),
+        ({"prompt": "p", "image_input": ["https://example.invalid/x.png"] * 15}, "input.image_input"),
+    ],
+)
 def test_fake_replicate_refuses_what_seedream_5_lite_does_not_take(data: dict[str, object], field: str) -> None:
     with FakeReplicate(instant=True) as fake:
         response = _replicate_create(fake, data)
@@ -272,8 +312,9 @@ def test_fake_replicate_refuses_what_seedream_5_lite_does_not_take(data: dict[st
 
 def test_fake_replicate_seedream_5_lite_makes_an_array_of_png_at_the_tier() -> None:
     with FakeReplicate(instant=True) as fake:
-        response = _replicate_create(fake, {"prompt": "p", "size": "3K", "aspect_ratio": "16:9",
-                                            "output_format": "png"})
+        response = _replicate_create(
+            fake, {"prompt": "p", "size": "3K", "aspect_ratio": "16:9", "output_format": "png"}
+        )
         assert response.status_code == 201, response.text
         prediction = response.json()
         assert prediction["status"] == "succeeded" and isinstance(prediction["output"], list)

@@ -82,11 +82,17 @@ def mock_client(handler: Callable[[httpx.Request], httpx.Response]) -> httpx.Asy
     return httpx.AsyncClient(transport=httpx.MockTransport(handler))
 
 
-async def get(url: str, handler: Callable[[httpx.Request], httpx.Response], *, max_bytes: int = 1_000_000,
-              allow_private: bool = False) -> bytes:
+async def get(
+    url: str,
+    handler: Callable[[httpx.Request], httpx.Response],
+    *,
+    max_bytes: int = 1_000_000,
+    allow_private: bool = False,
+) -> bytes:
     async with mock_client(handler) as client:
-        return await fetch_image_url(url, client=client, param="images", max_bytes=max_bytes,
-                                     allow_private=allow_private)
+        return await fetch_image_url(
+            url, client=client, param="images", max_bytes=max_bytes, allow_private=allow_private
+        )
 
 
 async def test_public_url_is_fetched() -> None:
@@ -158,8 +164,9 @@ async def test_five_redirects_are_fine() -> None:
     assert await get("http://public.example/r0", handler) == PNG
 
 
-@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://example.com/a.png", "http:///nohost",
-                                 "javascript:alert(1)"])
+@pytest.mark.parametrize(
+    "url", ["file:///etc/passwd", "ftp://example.com/a.png", "http:///nohost", "javascript:alert(1)"]
+)
 async def test_only_http_urls(url: str) -> None:
     def handler(request: httpx.Request) -> httpx.Response:  # pragma: no cover - must not run
         raise AssertionError("fetched a non-http URL")
@@ -295,15 +302,21 @@ class LoopbackNetwork(httpcore.AsyncNetworkBackend):
         self.connected: list[tuple[str, int]] = []
         self.real = httpcore.AnyIOBackend()
 
-    async def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
-                          socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-                          ) -> httpcore.AsyncNetworkStream:
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
         self.connected.append((host, port))
         if host == PUBLIC_IP:
             host, port = "127.0.0.1", self.public_port
         assert host in ("127.0.0.1", "::1"), f"a test tried to reach {host}"
-        return await self.real.connect_tcp(host, port, timeout=timeout, local_address=local_address,
-                                           socket_options=socket_options)
+        return await self.real.connect_tcp(
+            host, port, timeout=timeout, local_address=local_address, socket_options=socket_options
+        )
 
 
 @pytest.fixture
@@ -315,8 +328,9 @@ def hosts() -> Iterator[tuple[ImageHost, ImageHost]]:
 
 async def guarded_get(url: str, dns: FakeDNS, network: LoopbackNetwork, *, allow_private: bool = False) -> bytes:
     async with guarded_client(allow_private=allow_private, resolver=dns, network_backend=network) as client:
-        return await fetch_image_url(url, client=client, param="images", max_bytes=1_000_000,
-                                     allow_private=allow_private)
+        return await fetch_image_url(
+            url, client=client, param="images", max_bytes=1_000_000, allow_private=allow_private
+        )
 
 
 async def test_dns_rebinding_name_gets_no_request(hosts: tuple[ImageHost, ImageHost]) -> None:
@@ -334,8 +348,10 @@ async def test_dns_rebinding_name_gets_no_request(hosts: tuple[ImageHost, ImageH
     assert public.host_headers == [f"rebind.example:{internal.port}"]  # Host stays the name
 
 
-@pytest.mark.parametrize("answer", [["127.0.0.1"], [PUBLIC_IP, "127.0.0.1"], ["::1"], ["::ffff:127.0.0.1"],
-                                    ["64:ff9b::7f00:1"], ["169.254.169.254"]])
+@pytest.mark.parametrize(
+    "answer",
+    [["127.0.0.1"], [PUBLIC_IP, "127.0.0.1"], ["::1"], ["::ffff:127.0.0.1"], ["64:ff9b::7f00:1"], ["169.254.169.254"]],
+)
 async def test_name_with_a_private_answer_is_refused_before_connecting(
     hosts: tuple[ImageHost, ImageHost], answer: list[str]
 ) -> None:
@@ -365,8 +381,10 @@ async def test_private_names_are_fetched_when_allowed(hosts: tuple[ImageHost, Im
     _, internal = hosts
     dns = FakeDNS({"internal.example": [["127.0.0.1"]]})
     network = LoopbackNetwork(0)
-    assert await guarded_get(f"http://internal.example:{internal.port}/a.png", dns, network,
-                             allow_private=True) == HOSTED_PNG
+    assert (
+        await guarded_get(f"http://internal.example:{internal.port}/a.png", dns, network, allow_private=True)
+        == HOSTED_PNG
+    )
     assert network.connected == [("127.0.0.1", internal.port)]
 
 
@@ -377,8 +395,9 @@ async def test_unresolvable_name_is_a_400() -> None:
     assert "cannot resolve" in info.value.message
 
 
-async def test_environment_proxy_is_not_used(monkeypatch: pytest.MonkeyPatch,
-                                             hosts: tuple[ImageHost, ImageHost]) -> None:
+async def test_environment_proxy_is_not_used(
+    monkeypatch: pytest.MonkeyPatch, hosts: tuple[ImageHost, ImageHost]
+) -> None:
     """A proxy would be the only address ever checked; the fetch client ignores HTTP(S)_PROXY."""
     public, internal = hosts
     monkeypatch.setenv("HTTP_PROXY", internal.url)
@@ -410,16 +429,20 @@ async def test_dripping_url_is_cut_at_the_total_cap(hosts: tuple[ImageHost, Imag
 async def test_per_key_limit_holds_one_key_and_spares_another(hosts: tuple[ImageHost, ImageHost]) -> None:
     public, _ = hosts
     fetcher = loopback_fetcher(timeout_seconds=30.0, concurrency_per_key=2)
-    drips = [asyncio.ensure_future(fetcher.fetch(f"{public.url}/drip", param="images", max_bytes=10_000_000,
-                                                 key_id="a")) for _ in range(6)]
+    drips = [
+        asyncio.ensure_future(fetcher.fetch(f"{public.url}/drip", param="images", max_bytes=10_000_000, key_id="a"))
+        for _ in range(6)
+    ]
     try:
         async with asyncio.timeout(15):
             while public.open_drips < 2:
                 await asyncio.sleep(0.05)
             await asyncio.sleep(0.5)  # time for any fetch beyond the limit to connect
             # Key "b" is not behind key "a"'s queue.
-            assert await fetcher.fetch(f"{public.url}/a.png", param="images", max_bytes=10_000_000,
-                                       key_id="b") == HOSTED_PNG
+            assert (
+                await fetcher.fetch(f"{public.url}/a.png", param="images", max_bytes=10_000_000, key_id="b")
+                == HOSTED_PNG
+            )
         assert public.peak_drips == 2
         assert public.hits.count("/drip") == 2
     finally:
@@ -433,20 +456,23 @@ async def test_per_key_limit_holds_one_key_and_spares_another(hosts: tuple[Image
 # --- result URLs of this gateway ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("url", "name"), [
-    ("http://127.0.0.1:8000/v1/results/abc_DEF-1.png", "abc_DEF-1.png"),
-    ("http://127.0.0.1:8000/openai/v1/results/abc.webp", "abc.webp"),
-    ("HTTP://LOCALHOST:8000/v1/results/abc.png", "abc.png"),  # scheme and host are case-blind
-    ("https://img.example.com/v1/results/abc.png", "abc.png"),  # the default port
-    ("https://img.example.com:443/gw/v1/results/abc.png", "abc.png"),  # below the base's own path
-    ("http://127.0.0.1:8000/v1/results/abc.png?x=1", None),
-    ("http://127.0.0.1:8001/v1/results/abc.png", None),  # another port is another origin
-    ("http://10.0.0.1:8000/v1/results/abc.png", None),
-    ("http://127.0.0.1:8000/v1/results/../keys", None),
-    ("http://127.0.0.1:8000/v1/results/a/b.png", None),
-    ("http://127.0.0.1:8000/v2/results/abc.png", None),
-    ("https://img.example.com/v1/results/abc.png#frag", None),
-])
+@pytest.mark.parametrize(
+    ("url", "name"),
+    [
+        ("http://127.0.0.1:8000/v1/results/abc_DEF-1.png", "abc_DEF-1.png"),
+        ("http://127.0.0.1:8000/openai/v1/results/abc.webp", "abc.webp"),
+        ("HTTP://LOCALHOST:8000/v1/results/abc.png", "abc.png"),  # scheme and host are case-blind
+        ("https://img.example.com/v1/results/abc.png", "abc.png"),  # the default port
+        ("https://img.example.com:443/gw/v1/results/abc.png", "abc.png"),  # below the base's own path
+        ("http://127.0.0.1:8000/v1/results/abc.png?x=1", None),
+        ("http://127.0.0.1:8001/v1/results/abc.png", None),  # another port is another origin
+        ("http://10.0.0.1:8000/v1/results/abc.png", None),
+        ("http://127.0.0.1:8000/v1/results/../keys", None),
+        ("http://127.0.0.1:8000/v1/results/a/b.png", None),
+        ("http://127.0.0.1:8000/v2/results/abc.png", None),
+        ("https://img.example.com/v1/results/abc.png#frag", None),
+    ],
+)
 def test_own_result_name(url: str, name: str | None) -> None:
     bases = ["http://127.0.0.1:8000", "http://localhost:8000/", "https://img.example.com", "https://img.example.com/gw"]
     assert own_result_name(url, bases) == name
@@ -460,9 +486,28 @@ def tls_host(tmp_path: Any) -> Iterator[tuple[int, ssl.SSLContext, list[str | No
     """A loopback HTTPS server with a self-signed certificate for img.example only (not for
     127.0.0.1); returns (port, a client context trusting it, the SNI names it was sent)."""
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
-                    "/CN=img.example", "-addext", "subjectAltName=DNS:img.example", "-keyout", str(key),
-                    "-out", str(cert)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=img.example",
+            "-addext",
+            "subjectAltName=DNS:img.example",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
     names: list[str | None] = []
     server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_context.load_cert_chain(cert, key)
@@ -483,8 +528,10 @@ def tls_host(tmp_path: Any) -> Iterator[tuple[int, ssl.SSLContext, list[str | No
             try:
                 with server_context.wrap_socket(raw, server_side=True) as conn:
                     conn.recv(65536)
-                    conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: image/png\r\ncontent-length: %d\r\n"
-                                 b"connection: close\r\n\r\n%s" % (len(HOSTED_PNG), HOSTED_PNG))
+                    conn.sendall(
+                        b"HTTP/1.1 200 OK\r\ncontent-type: image/png\r\ncontent-length: %d\r\n"
+                        b"connection: close\r\n\r\n%s" % (len(HOSTED_PNG), HOSTED_PNG)
+                    )
             except (OSError, ssl.SSLError):
                 continue
 
@@ -497,12 +544,13 @@ def tls_host(tmp_path: Any) -> Iterator[tuple[int, ssl.SSLContext, list[str | No
 
 
 async def test_tls_verifies_and_sends_the_host_name_not_the_address(
-    tls_host: tuple[int, ssl.SSLContext, list[str | None]]
+    tls_host: tuple[int, ssl.SSLContext, list[str | None]],
 ) -> None:
     port, context, names = tls_host
     dns = FakeDNS({"img.example": [["127.0.0.1"]]})
     async with guarded_client(allow_private=True, resolver=dns, ssl_context=context) as client:
-        data = await fetch_image_url(f"https://img.example:{port}/a.png", client=client, param="images",
-                                     max_bytes=1_000_000, allow_private=True)
+        data = await fetch_image_url(
+            f"https://img.example:{port}/a.png", client=client, param="images", max_bytes=1_000_000, allow_private=True
+        )
     assert data == HOSTED_PNG
     assert names == ["img.example"]

@@ -434,8 +434,16 @@ def test_empty_strings_are_like_absent_parameters(nbp: ModelEntry) -> None:
 
 @pytest.mark.parametrize(
     ("shape", "ratio"),
-    [((600, 800), "3:4"), ((800, 600), "4:3"), ((1920, 1080), "16:9"), ((1080, 1920), "9:16"),
-     ((500, 500), "1:1"), ((3000, 1000), "21:9"), ((640, 960), "2:3"), ((800, 1000), "4:5")],
+    [
+        ((600, 800), "3:4"),
+        ((800, 600), "4:3"),
+        ((1920, 1080), "16:9"),
+        ((1080, 1920), "9:16"),
+        ((500, 500), "1:1"),
+        ((3000, 1000), "21:9"),
+        ((640, 960), "2:3"),
+        ((800, 1000), "4:5"),
+    ],
 )
 def test_edit_keeps_the_input_shape(nbp: ModelEntry, shape: tuple[int, int], ratio: str) -> None:
     assert resolve_layout(nbp, input_shape=shape) == Layout(ratio, "1K", *SPEC_DIMS[(ratio, "1K")], ())
@@ -672,8 +680,15 @@ def test_prop_size_wxh_ignores_ratio_and_resolution(w: int, h: int, ratio: str, 
     alone = resolve_layout(NBP, size=f"{w}x{h}")
     both = resolve_layout(NBP, size=f"{w}x{h}", aspect_ratio=ratio, resolution=tier, input_shape=(h, w))
     assert (both.aspect_ratio, both.resolution, both.width, both.height) == (
-        alone.aspect_ratio, alone.resolution, alone.width, alone.height)
-    assert set(both.adjustments) == set(alone.adjustments) | {ignored("aspect_ratio", ratio), ignored("resolution", tier)}
+        alone.aspect_ratio,
+        alone.resolution,
+        alone.width,
+        alone.height,
+    )
+    assert set(both.adjustments) == set(alone.adjustments) | {
+        ignored("aspect_ratio", ratio),
+        ignored("resolution", tier),
+    }
 
 
 ratio_parts = st.one_of(
@@ -699,13 +714,18 @@ def test_prop_aspect_ratio_picks_a_nearest_ratio(a: str, b: str, tier: str | Non
     # size=W:H is the same as aspect_ratio, reported under `size`.
     via_size = resolve_layout(NBP, size=text, resolution=tier)
     assert (via_size.aspect_ratio, via_size.resolution, via_size.width, via_size.height) == (
-        layout.aspect_ratio, layout.resolution, layout.width, layout.height)
+        layout.aspect_ratio,
+        layout.resolution,
+        layout.width,
+        layout.height,
+    )
     assert via_size.adjustments == tuple(Adjustment("size", x.requested, x.applied) for x in layout.adjustments)
 
 
 @PROPS
-@given(x=st.floats(min_value=0.1, max_value=10, allow_nan=False), ratio=st.sampled_from(SPEC_RATIOS),
-       lower=st.booleans())
+@given(
+    x=st.floats(min_value=0.1, max_value=10, allow_nan=False), ratio=st.sampled_from(SPEC_RATIOS), lower=st.booleans()
+)
 def test_prop_k_resolution_picks_a_nearest_tier(x: float, ratio: str, lower: bool) -> None:
     number = f"{x:.3f}"
     text = number + ("k" if lower else "K")
@@ -763,7 +783,7 @@ def test_prop_flexible_size_fits_limits_and_keeps_ratio(shape: tuple[int, int]) 
     # Reported iff changed.
     assert (layout.adjustments == ()) == ((layout.width, layout.height) == (w, h))
     # Not shrunk for nothing: a request that already fits and is on the grid is kept.
-    if (w % 64 == 0 and h % 64 == 0 and min(w, h) >= 256 and max(w, h) <= 2048 and w * h <= 2_000_000):
+    if w % 64 == 0 and h % 64 == 0 and min(w, h) >= 256 and max(w, h) <= 2048 and w * h <= 2_000_000:
         assert (layout.width, layout.height) == (w, h)
 
 

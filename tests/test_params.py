@@ -32,10 +32,17 @@ def config_model(parameters: dict[str, Any] | None = None, binding: dict[str, An
     """A model as a config file adds it, with the built-in default parameters."""
     from imagegate.catalog import builtin_data
 
-    raw = {"id": "custom", "name": "Custom", "modes": ["t2i"], "resolution_tiers": ["1K"], "default_resolution": "1K",
-           "sizes": [{"aspect_ratio": "1:1", "resolution": "1K", "width": 1024, "height": 1024}],
-           "price": {"per_image": 0.01}, "parameters": parameters or {},
-           "providers": {"openai": {"upstream_model": "u", "parameters": binding or {}}}}
+    raw = {
+        "id": "custom",
+        "name": "Custom",
+        "modes": ["t2i"],
+        "resolution_tiers": ["1K"],
+        "default_resolution": "1K",
+        "sizes": [{"aspect_ratio": "1:1", "resolution": "1K", "width": 1024, "height": 1024}],
+        "price": {"per_image": 0.01},
+        "parameters": parameters or {},
+        "providers": {"openai": {"upstream_model": "u", "parameters": binding or {}}},
+    }
     return parse_entries({"models": [raw]}, builtin_data()["default_parameters"])[0]
 
 
@@ -55,9 +62,18 @@ def test_a_models_own_spec_of_a_standard_field_stays_lenient() -> None:
     assert GPT.parameters["seed"].if_unavailable is None  # not a standard field: still refused
 
 
-@pytest.mark.parametrize("name,value", [("quality", "hd"), ("style", "vivid"), ("background", "opaque"),
-                                        ("moderation", "low"), ("input_fidelity", "high"), ("partial_images", 1),
-                                        ("stream", True)])
+@pytest.mark.parametrize(
+    "name,value",
+    [
+        ("quality", "hd"),
+        ("style", "vivid"),
+        ("background", "opaque"),
+        ("moderation", "low"),
+        ("input_fidelity", "high"),
+        ("partial_images", 1),
+        ("stream", True),
+    ],
+)
 def test_a_standard_field_the_model_lacks_is_not_applied(name: str, value: Any) -> None:
     params = normalize_params({"prompt": "p", name: value}, model=PRO, mode="t2i")
     assert name not in params.values and name not in params.options and name not in params.extra
@@ -73,8 +89,17 @@ def test_form_field_text_of_a_standard_field_is_typed() -> None:
     assert {a.param: a.requested for a in params.ignored} == {"stream": "true", "partial_images": "2"}
 
 
-@pytest.mark.parametrize("name,value", [("quality", "ultra"), ("style", 3), ("partial_images", 5),
-                                        ("partial_images", -1), ("stream", "sometimes"), ("background", ["auto"])])
+@pytest.mark.parametrize(
+    "name,value",
+    [
+        ("quality", "ultra"),
+        ("style", 3),
+        ("partial_images", 5),
+        ("partial_images", -1),
+        ("stream", "sometimes"),
+        ("background", ["auto"]),
+    ],
+)
 def test_a_standard_field_of_the_wrong_type_or_value_is_400(name: str, value: Any) -> None:
     with pytest.raises(InvalidRequest) as excinfo:
         normalize_params({"prompt": "p", name: value}, model=PRO, mode="t2i")
@@ -94,9 +119,12 @@ def test_non_standard_unavailable_parameters_are_still_refused() -> None:
 
 def test_refused_everywhere_spares_standard_fields_unless_strict() -> None:
     entry = config_model(
-        parameters={"quality": {"type": "string", "description": "q", "t2i": "supported", "edit": "supported"},
-                    "steps": {"type": "integer", "description": "s", "t2i": "supported", "edit": "supported"}},
-        binding={"quality": {"handling": "not_available"}, "steps": {"handling": "not_available"}})
+        parameters={
+            "quality": {"type": "string", "description": "q", "t2i": "supported", "edit": "supported"},
+            "steps": {"type": "integer", "description": "s", "t2i": "supported", "edit": "supported"},
+        },
+        binding={"quality": {"handling": "not_available"}, "steps": {"handling": "not_available"}},
+    )
     assert entry.parameters["quality"].if_unavailable == "not_applied"  # inherited from the default
     params = normalize_params({"prompt": "p", "quality": "low", "steps": 3}, model=entry, mode="t2i")
     bindings = list(entry.providers.values())
@@ -135,15 +163,44 @@ def test_token_splits_without_upstream_details() -> None:
 # --- result URL helpers ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("host", ["localhost", "localhost:8000", "images.example.com", "a-b.example:443",
-                                  "127.0.0.1:8000", "[::1]", "[2001:db8::1]:8443", "xn--bcher-kva.example"])
+@pytest.mark.parametrize(
+    "host",
+    [
+        "localhost",
+        "localhost:8000",
+        "images.example.com",
+        "a-b.example:443",
+        "127.0.0.1:8000",
+        "[::1]",
+        "[2001:db8::1]:8443",
+        "xn--bcher-kva.example",
+    ],
+)
 def test_valid_hosts(host: str) -> None:
     assert valid_host(host)
 
 
-@pytest.mark.parametrize("host", ["", "evil/x", "a b", "exämple.com", "host:0", "host:65536", "[::g]", "::1",
-                                  "host:", "user@host", "-a.com", "a..b", "a" * 64 + ".com", "host:80:80",
-                                  'x"y', "host\r\nx: y"])
+@pytest.mark.parametrize(
+    "host",
+    [
+        "",
+        "evil/x",
+        "a b",
+        "exämple.com",
+        "host:0",
+        "host:65536",
+        "[::g]",
+        "::1",
+        "host:",
+        "user@host",
+        "-a.com",
+        "a..b",
+        "a" * 64 + ".com",
+        "host:80:80",
+        'x"y',
+        "host\r\nx: y",
+    ],
+)
 def test_invalid_hosts(host: str) -> None:
     assert not valid_host(host)
 

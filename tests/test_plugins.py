@@ -28,7 +28,7 @@ from imagegate.plugins import (
     setting_values,
 )
 
-PLUGIN_SOURCE = '''
+PLUGIN_SOURCE = """
 from imagegate.plugins import ProviderSpec, Setting
 from imagegate.providers.base import ImageProvider, ProviderResult
 
@@ -58,7 +58,7 @@ def register_providers(register):
         Setting("api_key", "ECHO_TOKEN", required=True, secret=True),
         Setting("region", "ECHO_REGION", default="eu"),
     )))
-'''
+"""
 GEMINI_BINDING = {"upstream_model": "echo-pro"}
 
 
@@ -115,8 +115,9 @@ def test_a_plugin_binding_comes_after_the_models_own_providers(site: Path) -> No
     assert model is not None
     assert list(model.providers)[-1] == "echo"
     assert model.providers["echo"].upstream_model == "echo-pro"
-    assert list(model.providers)[:-1] == list(build_catalog(FileConfig(), registry=_builtin_only()).get(
-        "gemini-3-pro-image-preview").providers)  # type: ignore[union-attr]
+    assert list(model.providers)[:-1] == list(
+        build_catalog(FileConfig(), registry=_builtin_only()).get("gemini-3-pro-image-preview").providers
+    )  # type: ignore[union-attr]
 
 
 def _builtin_only():  # type: ignore[no-untyped-def]
@@ -135,15 +136,23 @@ def test_a_binding_to_a_model_the_catalog_lacks_fails_at_startup(site: Path) -> 
 
 
 def test_settings_come_from_explicit_values_then_env_then_file_then_default(tmp_path: Path) -> None:
-    spec = ProviderSpec(id="echo", factory=lambda c: None,  # type: ignore[arg-type,return-value]
-                        settings=(Setting("api_key", "ECHO_TOKEN", required=True),
-                                  Setting("region", "ECHO_REGION", default="eu"),
-                                  Setting("zone", "ECHO_ZONE")))
-    file_config = FileConfig(providers={"echo": ProviderSettings(api_key="from-file", zone="z-file",
-                                                                  timeout=12)})  # type: ignore[call-arg]
+    spec = ProviderSpec(
+        id="echo",
+        factory=lambda c: None,  # type: ignore[arg-type,return-value]
+        settings=(
+            Setting("api_key", "ECHO_TOKEN", required=True),
+            Setting("region", "ECHO_REGION", default="eu"),
+            Setting("zone", "ECHO_ZONE"),
+        ),
+    )
+    file_config = FileConfig(providers={"echo": ProviderSettings(api_key="from-file", zone="z-file", timeout=12)})  # type: ignore[call-arg]
     settings = Settings(data_dir=tmp_path, environ={"ECHO_TOKEN": "from-env", "ECHO_ZONE": ""})
-    assert setting_values(spec, settings, file_config) == {"api_key": "from-env", "region": "eu", "zone": "z-file",
-                                                          "timeout": "12.0"}
+    assert setting_values(spec, settings, file_config) == {
+        "api_key": "from-env",
+        "region": "eu",
+        "zone": "z-file",
+        "timeout": "12.0",
+    }
     explicit = Settings(data_dir=tmp_path, environ={"ECHO_TOKEN": "from-env"}, echo_api_key="explicit")
     assert setting_values(spec, explicit, FileConfig())["api_key"] == "explicit"
     assert setting_values(spec, Settings(data_dir=tmp_path, environ={}), FileConfig()) == {"region": "eu"}
@@ -154,8 +163,9 @@ async def test_a_provider_is_built_only_when_its_required_settings_are_set(site:
     async with httpx.AsyncClient() as client:
         off = configured_providers(Settings(data_dir=tmp_path, environ={}), FileConfig(), client)
         assert "echo" not in off
-        on = configured_providers(Settings(data_dir=tmp_path, environ={"ECHO_TOKEN": "t"}, upstream_timeout_seconds=7),
-                                  FileConfig(), client)
+        on = configured_providers(
+            Settings(data_dir=tmp_path, environ={"ECHO_TOKEN": "t"}, upstream_timeout_seconds=7), FileConfig(), client
+        )
     context = on["echo"].context  # type: ignore[attr-defined]
     assert (context.provider_id, dict(context.values), context.timeout) == ("echo", {"api_key": "t", "region": "eu"}, 7)
     assert context.client is client
@@ -169,15 +179,21 @@ async def test_the_gateway_serves_a_plugin_provider_and_names_its_variables(site
         assert gateway.router.available_providers(gateway.router.model("gemini-3-pro-image-preview")) == ["echo"]
 
 
-@pytest.mark.parametrize(("source", "message"), [
-    ("raise RuntimeError('boom')\n", "broken_plugin cannot be loaded: RuntimeError: boom"),
-    ("x = 1\n", "broken_plugin has no register_providers"),
-    (textwrap.dedent('''
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("raise RuntimeError('boom')\n", "broken_plugin cannot be loaded: RuntimeError: boom"),
+        ("x = 1\n", "broken_plugin has no register_providers"),
+        (
+            textwrap.dedent("""
         from imagegate.plugins import ProviderSpec
         def register_providers(register):
             register(ProviderSpec(id="gemini", factory=None))
-    '''), "registers provider 'gemini', which plugin imagegate.providers.gemini already registered"),
-])
+    """),
+            "registers provider 'gemini', which plugin imagegate.providers.gemini already registered",
+        ),
+    ],
+)
 def test_a_broken_plugin_is_a_configuration_error_at_startup(site: Path, source: str, message: str) -> None:
     install_plugin(site, "broken_plugin", source, dist="broken-plugin")
     with pytest.raises(ConfigurationError, match=message.replace("(", r"\(").replace(")", r"\)")):

@@ -103,7 +103,10 @@ def test_a_result_larger_than_the_budget_is_storage_full(db: Database, tmp_path:
 def test_processes_sharing_the_database_share_one_budget(tmp_path: Path, clock: Clock) -> None:
     first_db, second_db = Database(tmp_path / "imagegate.db"), Database(tmp_path / "imagegate.db")
     try:
-        first, second = make_store(first_db, tmp_path, max_bytes=3 * KB), make_store(second_db, tmp_path, max_bytes=3 * KB)
+        first, second = (
+            make_store(first_db, tmp_path, max_bytes=3 * KB),
+            make_store(second_db, tmp_path, max_bytes=3 * KB),
+        )
         for index in range(6):
             (first if index % 2 else second).put(b"x" * KB, "image/png")
             clock.now += 1
@@ -113,8 +116,9 @@ def test_processes_sharing_the_database_share_one_budget(tmp_path: Path, clock: 
         second_db.close()
 
 
-def test_a_full_disk_mid_write_is_storage_full_and_leaves_nothing(db: Database, tmp_path: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_full_disk_mid_write_is_storage_full_and_leaves_nothing(
+    db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     store = make_store(db, tmp_path, max_bytes=10 * KB)
 
     def half_then_full(fd: int, data: memoryview) -> int:
@@ -134,8 +138,9 @@ def test_a_full_disk_mid_write_is_storage_full_and_leaves_nothing(db: Database, 
     assert stored is not None and stored.path.read_bytes() == b"y" * KB
 
 
-def test_other_write_errors_are_not_reported_as_a_full_disk(db: Database, tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_other_write_errors_are_not_reported_as_a_full_disk(
+    db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     store = make_store(db, tmp_path)
 
     def broken(fd: int, data: memoryview) -> int:
@@ -150,8 +155,7 @@ def test_other_write_errors_are_not_reported_as_a_full_disk(db: Database, tmp_pa
 
 def test_a_claim_left_by_a_dead_process_expires(db: Database, tmp_path: Path, clock: Clock) -> None:
     store = make_store(db, tmp_path, max_bytes=2 * KB)
-    db.execute("INSERT INTO result_reservations (id, bytes, expires_at) VALUES ('dead', ?, ?)",
-               (2 * KB, clock.now + 1))
+    db.execute("INSERT INTO result_reservations (id, bytes, expires_at) VALUES ('dead', ?, ?)", (2 * KB, clock.now + 1))
     with pytest.raises(StorageFull):
         store.put(b"x" * KB, "image/png")  # the whole budget is claimed by a write "in progress"
     clock.now += storage.RESERVATION_SECONDS

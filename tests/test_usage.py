@@ -15,8 +15,18 @@ from imagegate.usage import UsageLog, UsageRecord
 
 
 def record(request_id: str, images: int = 1) -> UsageRecord:
-    return UsageRecord(request_id=request_id, key_id="key", user=None, model="m", provider="gemini", mode="generate",
-                       images=images, cost=0.134 * images, input_tokens=3, output_tokens=4)
+    return UsageRecord(
+        request_id=request_id,
+        key_id="key",
+        user=None,
+        model="m",
+        provider="gemini",
+        mode="generate",
+        images=images,
+        cost=0.134 * images,
+        input_tokens=3,
+        output_tokens=4,
+    )
 
 
 def rows(db: Database) -> list[tuple[str, int, float]]:
@@ -45,8 +55,9 @@ def db(tmp_path: Path) -> Iterator[Database]:
     database.close()
 
 
-def test_a_failed_insert_is_spooled_and_inserted_at_the_next_write(db: Database, monkeypatch: pytest.MonkeyPatch,
-                                                                   caplog: pytest.LogCaptureFixture) -> None:
+def test_a_failed_insert_is_spooled_and_inserted_at_the_next_write(
+    db: Database, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     usage = UsageLog(db)
     broken = FailingInserts(db, monkeypatch)
     usage.record(record("req-1", images=2))  # does not raise
@@ -60,8 +71,9 @@ def test_a_failed_insert_is_spooled_and_inserted_at_the_next_write(db: Database,
     assert list(usage.spool.parent.glob("*.replaying")) == []
 
 
-def test_when_the_spool_fails_too_the_record_is_kept_in_memory(tmp_path: Path, db: Database,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_when_the_spool_fails_too_the_record_is_kept_in_memory(
+    tmp_path: Path, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
     usage = UsageLog(db, spool=tmp_path / "missing-dir" / "spool.jsonl")
     broken = FailingInserts(db, monkeypatch)
     usage.record(record("req-1"))
@@ -72,8 +84,18 @@ def test_when_the_spool_fails_too_the_record_is_kept_in_memory(tmp_path: Path, d
 
 def test_spooled_records_are_inserted_at_start_with_their_original_time(db: Database) -> None:
     spool = db.path.with_name("usage-spool.jsonl")
-    fields = {"request_id": "req-old", "key_id": None, "user": "u", "model": "m", "provider": "fal",
-              "mode": "edit", "images": 3, "cost": 0.45, "input_tokens": 0, "output_tokens": 0}
+    fields = {
+        "request_id": "req-old",
+        "key_id": None,
+        "user": "u",
+        "model": "m",
+        "provider": "fal",
+        "mode": "edit",
+        "images": 3,
+        "cost": 0.45,
+        "input_tokens": 0,
+        "output_tokens": 0,
+    }
     spool.write_text(json.dumps({"created_at": 123.0, "record": fields}) + "\n")
     UsageLog(db)
     assert db.execute("SELECT request_id, created_at, user, images FROM usage")[0][:] == ("req-old", 123.0, "u", 3)

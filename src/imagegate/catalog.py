@@ -193,9 +193,13 @@ class ModelEntry(_Strict):
         if binding.price is not None:
             return binding.price
         listed = self.price
-        return BindingPrice(per_image=listed.per_image, currency=listed.currency,
-                            by_resolution=dict(listed.by_resolution), estimated=True,
-                            source="the model's listed price (the provider's own is not known)")
+        return BindingPrice(
+            per_image=listed.per_image,
+            currency=listed.currency,
+            by_resolution=dict(listed.by_resolution),
+            estimated=True,
+            source="the model's listed price (the provider's own is not known)",
+        )
 
     def supported_ratios(self) -> list[str]:
         if self.sizes is not None:
@@ -285,8 +289,10 @@ def parse_entries(raw: dict[str, Any], default_parameters: dict[str, Any] | None
         own = {name: _inherit_leniency(name, spec, defaults) for name, spec in model.get("parameters", {}).items()}
         merged["parameters"] = {**defaults, **own}
         if isinstance(model.get("providers"), dict):
-            merged["providers"] = {pid: with_binding_defaults(binding, binding_defaults.get(pid))
-                                   for pid, binding in model["providers"].items()}
+            merged["providers"] = {
+                pid: with_binding_defaults(binding, binding_defaults.get(pid))
+                for pid, binding in model["providers"].items()
+            }
         entries.append(ModelEntry.model_validate(merged))
     return entries
 
@@ -308,16 +314,13 @@ def _inherit_leniency(name: str, spec: Any, defaults: dict[str, Any]) -> Any:
 
 
 def builtin_data() -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(
-        resources.files("imagegate").joinpath("data/models.json").read_text("utf-8")
-    )
+    data: dict[str, Any] = json.loads(resources.files("imagegate").joinpath("data/models.json").read_text("utf-8"))
     return data
 
 
 def load_builtin_catalog() -> Catalog:
     data = builtin_data()
     return Catalog(parse_entries(data, data.get("default_parameters")))
-
 
 
 # --- cross-model checks ------------------------------------------------------------------------
@@ -354,8 +357,9 @@ def model_problems(model: ModelEntry, catalog: Catalog, known_providers: set[str
             problems.append(f"{where}: unknown provider {provider_id!r} (known: {', '.join(sorted(known_providers))})")
     ratios = model.supported_ratios()
     if model.default_aspect_ratio not in ratios:
-        problems.append(f"{where}: default_aspect_ratio {model.default_aspect_ratio} is not among its ratios "
-                        f"({', '.join(ratios)})")
+        problems.append(
+            f"{where}: default_aspect_ratio {model.default_aspect_ratio} is not among its ratios ({', '.join(ratios)})"
+        )
     problems += [f"{where}: {p}" for p in _size_table_problems(model)]
     problems += [f"{where}: {p}" for p in _flexible_size_problems(model)]
     return problems
@@ -379,8 +383,13 @@ def _flexible_size_problems(model: ModelEntry) -> list[str]:
                 problems.append(f"ratio {ratio} at tier {tier} does not resolve to a size")
                 continue
             w, h = layout.width, layout.height
-            if (w % limits.multiple_of or h % limits.multiple_of or min(w, h) < limits.min_side
-                    or max(w, h) > limits.max_side or w * h > limits.max_pixels):
+            if (
+                w % limits.multiple_of
+                or h % limits.multiple_of
+                or min(w, h) < limits.min_side
+                or max(w, h) > limits.max_side
+                or w * h > limits.max_pixels
+            ):
                 problems.append(f"ratio {ratio} at tier {tier} resolves to {w}x{h}, outside pixel_limits")
     return problems
 
@@ -417,6 +426,9 @@ def _size_table_problems(model: ModelEntry) -> list[str]:
             problems.append(f"{shape} is more than {RATIO_TOLERANCE:.0%} off its ratio")
         elif nearest != row.aspect_ratio:
             problems.append(f"{shape} is nearer another ratio of the table")
-    problems += [f"tier {tier} has no row in sizes" for tier in model.resolution_tiers
-                 if not any(s.resolution == tier for s in model.sizes)]
+    problems += [
+        f"tier {tier} has no row in sizes"
+        for tier in model.resolution_tiers
+        if not any(s.resolution == tier for s in model.sizes)
+    ]
     return problems

@@ -46,8 +46,9 @@ def cli() -> None:
 @cli.command()
 @click.option("--host", default=None, help="Interface to bind (default 127.0.0.1 or IMAGEGATE_HOST).")
 @click.option("--port", default=None, type=int, help="Port (default 8000 or IMAGEGATE_PORT).")
-@click.option("--workers", default=None, type=click.IntRange(min=1),
-              help="Server processes (default 1 or IMAGEGATE_WORKERS).")
+@click.option(
+    "--workers", default=None, type=click.IntRange(min=1), help="Server processes (default 1 or IMAGEGATE_WORKERS)."
+)
 @click.option("--log-level", default="info", show_default=True)
 def serve(host: str | None, port: int | None, workers: int | None, log_level: str) -> None:
     """Serve the API (under /v1 and /openai/v1)."""
@@ -67,8 +68,10 @@ def serve(host: str | None, port: int | None, workers: int | None, log_level: st
         except ImagegateError as exc:
             _fail(exc)
     if settings.local_model and settings.workers > 1:
-        err_console.print(f"[yellow]note[/yellow]: each of the {settings.workers} workers loads its own copy of "
-                          f"{settings.local_model}; one worker serves a local model best (it batches requests).")
+        err_console.print(
+            f"[yellow]note[/yellow]: each of the {settings.workers} workers loads its own copy of "
+            f"{settings.local_model}; one worker serves a local model best (it batches requests)."
+        )
     serving.serve(settings, log_level=log_level)
 
 
@@ -82,12 +85,27 @@ def _image_options(fn: Any) -> Any:
         click.option("--seed", default=None, type=int),
         click.option("--output-format", default=None, type=click.Choice(["png", "jpeg", "jpg", "gif", "webp", "avif"])),
         click.option("--output-compression", default=None, type=int, help="0-100 for jpeg, webp, avif."),
-        click.option("--param", "extra", multiple=True, metavar="KEY=VALUE",
-                     help="Any other parameter, e.g. --param enable_web_search=true."),
-        click.option("-o", "--output", "output", default=None, type=click.Path(dir_okay=False),
-                     help="File to write; with n > 1, NAME-1.EXT, NAME-2.EXT, ..."),
-        click.option("--server", default=None, envvar="IMAGEGATE_SERVER",
-                     help="Use a running gateway at this URL instead of running in-process."),
+        click.option(
+            "--param",
+            "extra",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="Any other parameter, e.g. --param enable_web_search=true.",
+        ),
+        click.option(
+            "-o",
+            "--output",
+            "output",
+            default=None,
+            type=click.Path(dir_okay=False),
+            help="File to write; with n > 1, NAME-1.EXT, NAME-2.EXT, ...",
+        ),
+        click.option(
+            "--server",
+            default=None,
+            envvar="IMAGEGATE_SERVER",
+            help="Use a running gateway at this URL instead of running in-process.",
+        ),
         click.option("--api-key", default=None, envvar="IMAGEGATE_API_KEY", help="Key for --server."),
     ]
     for option in reversed(options):
@@ -123,13 +141,16 @@ def generate(prompt: str, **kw: Any) -> None:
 @cli.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--prompt", required=True, help="What to change.")
-@click.option("--mask", default=None, type=click.Path(exists=True, dir_okay=False),
-              help="PNG whose transparent areas may change.")
+@click.option(
+    "--mask", default=None, type=click.Path(exists=True, dir_okay=False), help="PNG whose transparent areas may change."
+)
 @_image_options
 def edit(images: tuple[str, ...], prompt: str, mask: str | None, **kw: Any) -> None:
     """Edit one or more IMAGES with a prompt."""
     job = ImageJob(
-        mode="edit", params=_collect_params(prompt, kw), images=[Path(p).read_bytes() for p in images],
+        mode="edit",
+        params=_collect_params(prompt, kw),
+        images=[Path(p).read_bytes() for p in images],
         mask=Path(mask).read_bytes() if mask else None,
     )
     _run_job(job, kw)
@@ -166,13 +187,26 @@ async def _run_local(job: ImageJob) -> tuple[list[tuple[bytes, str]], str]:
 
 def _summary(outcome: ImagesOutcome) -> str:
     eff = outcome.effective()
-    return _summary_text(outcome.model, outcome.provider, len(outcome.images), f"{eff['width']}x{eff['height']}",
-                         eff["output_format"], outcome.cost,
-                         [(a.param, a.requested, a.applied) for a in outcome.adjustments])
+    return _summary_text(
+        outcome.model,
+        outcome.provider,
+        len(outcome.images),
+        f"{eff['width']}x{eff['height']}",
+        eff["output_format"],
+        outcome.cost,
+        [(a.param, a.requested, a.applied) for a in outcome.adjustments],
+    )
 
 
-def _summary_text(model: object, provider: object, count: int, size: object, fmt: str, cost: float,
-                  adjustments: list[tuple[object, object, object]]) -> str:
+def _summary_text(
+    model: object,
+    provider: object,
+    count: int,
+    size: object,
+    fmt: str,
+    cost: float,
+    adjustments: list[tuple[object, object, object]],
+) -> str:
     """One summary for in-process and remote runs: what served it, what came back, what changed."""
     text = f"{model} via {provider}: {count} image(s) {size} {fmt}, ${cost:.3f}"
     for param, requested, applied in adjustments:
@@ -197,7 +231,8 @@ def _post_remote(job: ImageJob, base: str, client: httpx.Client) -> httpx.Respon
         return client.post(f"{base}/v1/images/generations", json=job.params)
     files: list[tuple[str, tuple[str, bytes, str]]] = [
         ("image[]", (f"image-{i}", data, "application/octet-stream"))
-        for i, data in enumerate(job.images) if isinstance(data, bytes)
+        for i, data in enumerate(job.images)
+        if isinstance(data, bytes)
     ]
     if isinstance(job.mask, bytes):
         files.append(("mask", ("mask.png", job.mask, "image/png")))
@@ -221,8 +256,12 @@ def _run_remote(job: ImageJob, server: str, api_key: str | None) -> tuple[list[t
     except (ValueError, KeyError, TypeError) as exc:
         raise ImagegateError(f"{base} did not answer like an imagegate server.", code="bad_response") from exc
     summary = _summary_text(
-        response.headers.get("x-imagegate-model"), response.headers.get("x-imagegate-provider"), len(images),
-        body.get("size"), fmt, body.get("usage", {}).get("cost", 0),
+        response.headers.get("x-imagegate-model"),
+        response.headers.get("x-imagegate-provider"),
+        len(images),
+        body.get("size"),
+        fmt,
+        body.get("usage", {}).get("cost", 0),
         [(a.get("param"), a.get("requested"), a.get("applied")) for a in body.get("adjustments") or []],
     )
     return images, summary
@@ -286,8 +325,13 @@ def _model_row(card: dict[str, Any]) -> tuple[str, str, str, str, str]:
     name = str(card.get("name") or "")
     if card.get("alias_of"):
         name = f"{name} (alias of {card['alias_of']})"
-    return (str(card.get("id")), name, ", ".join(card.get("modes") or []),
-            _price_text(card.get("price")), ", ".join(configured) or "not configured")
+    return (
+        str(card.get("id")),
+        name,
+        ", ".join(card.get("modes") or []),
+        _price_text(card.get("price")),
+        ", ".join(configured) or "not configured",
+    )
 
 
 MODEL_COLUMNS = ("model", "name", "modes", "price/image", "providers")
@@ -314,8 +358,12 @@ def _print_models(rows: list[tuple[str, str, str, str, str]]) -> None:
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the model list as JSON (what GET /v1/models answers).")
-@click.option("--server", default=None, envvar="IMAGEGATE_SERVER",
-              help="List the models of a running gateway at this URL instead of this environment's.")
+@click.option(
+    "--server",
+    default=None,
+    envvar="IMAGEGATE_SERVER",
+    help="List the models of a running gateway at this URL instead of this environment's.",
+)
 @click.option("--api-key", default=None, envvar="IMAGEGATE_API_KEY", help="Key for --server.")
 def models(as_json: bool, server: str | None, api_key: str | None) -> None:
     """List the models in the catalog and whether a provider serves them."""
@@ -346,9 +394,12 @@ def plugins(as_json: bool) -> None:
         return
     table = Table("provider", "plugin", "configured", "settings")
     for row in rows:
-        table.add_row(row["id"], row["plugin"], "yes" if row["configured"] else "no",
-                      ", ".join(f"{s['env'] or s['name']}{' (required)' if s['required'] else ''}"
-                                for s in row["settings"]))
+        table.add_row(
+            row["id"],
+            row["plugin"],
+            "yes" if row["configured"] else "no",
+            ", ".join(f"{s['env'] or s['name']}{' (required)' if s['required'] else ''}" for s in row["settings"]),
+        )
     Console().print(table)
 
 
@@ -356,9 +407,12 @@ def _plugin_row(spec: ProviderSpec, settings: Settings, file_config: FileConfig)
     """What `imagegate plugins` shows of one provider: never a secret's value."""
     values = setting_values(spec, settings, file_config)
     return {
-        "id": spec.id, "plugin": spec.plugin, "configured": is_configured(spec, values),
-        "settings": [{"name": s.name, "env": s.env, "required": s.required, "set": s.name in values}
-                     for s in spec.settings],
+        "id": spec.id,
+        "plugin": spec.plugin,
+        "configured": is_configured(spec, values),
+        "settings": [
+            {"name": s.name, "env": s.env, "required": s.required, "set": s.name in values} for s in spec.settings
+        ],
     }
 
 
@@ -375,8 +429,9 @@ def parse_when(text: str, now: float, option: str = "--since") -> float:
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
-        raise click.BadParameter(f"{text!r} is neither a span like 24h or 7d nor an ISO date like 2026-11-30.",
-                                 param_hint=option) from None
+        raise click.BadParameter(
+            f"{text!r} is neither a span like 24h or 7d nor an ISO date like 2026-11-30.", param_hint=option
+        ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()
@@ -393,11 +448,20 @@ def _key_label(key_id: str | None, names: dict[str, str]) -> str:
 
 
 @cli.command()
-@click.option("--since", default="30d", show_default=True,
-              help="Start: a span back from now (90m, 24h, 7d, 2w) or an ISO date/time (UTC by default).")
+@click.option(
+    "--since",
+    default="30d",
+    show_default=True,
+    help="Start: a span back from now (90m, 24h, 7d, 2w) or an ISO date/time (UTC by default).",
+)
 @click.option("--until", default=None, help="End (not included), in the same forms. Default: now.")
-@click.option("--by", "by", multiple=True, type=click.Choice(list(GROUP_COLUMNS)),
-              help="Group by key, model or provider; repeat to combine. Default: all three together.")
+@click.option(
+    "--by",
+    "by",
+    multiple=True,
+    type=click.Choice(list(GROUP_COLUMNS)),
+    help="Group by key, model or provider; repeat to combine. Default: all three together.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the totals as JSON.")
 def usage(since: str, until: str | None, by: tuple[Grouping, ...], as_json: bool) -> None:
     """Requests, images and cost served over a period, from the usage log in IMAGEGATE_DATA_DIR."""
@@ -414,8 +478,7 @@ def usage(since: str, until: str | None, by: tuple[Grouping, ...], as_json: bool
         names = {record.id: record.name for record in KeyStore(db).list()}
     finally:
         db.close()
-    total = UsageTotal({}, sum(t.requests for t in totals), sum(t.images for t in totals),
-                       sum(t.cost for t in totals))
+    total = UsageTotal({}, sum(t.requests for t in totals), sum(t.images for t in totals), sum(t.cost for t in totals))
     if as_json:
         click.echo(json.dumps(_usage_json(start, end, groups, totals, total, names), indent=2))
         return
@@ -424,10 +487,10 @@ def usage(since: str, until: str | None, by: tuple[Grouping, ...], as_json: bool
         err_console.print("no usage recorded in this period")
         return
     table = Table(*groups, "requests", "images", "cost", show_footer=len(totals) > 1)
-    for column in table.columns[:len(groups)]:
+    for column in table.columns[: len(groups)]:
         column.no_wrap = True
     table.columns[0].footer = "total"
-    for column, value in zip(table.columns[len(groups):], _amounts(total), strict=True):
+    for column, value in zip(table.columns[len(groups) :], _amounts(total), strict=True):
         column.footer, column.justify = value, "right"
     for t in totals:
         labels = [_key_label(t.group[g], names) if g == "key" else str(t.group[g]) for g in groups]
@@ -439,8 +502,14 @@ def _amounts(total: UsageTotal) -> tuple[str, str, str]:
     return str(total.requests), str(total.images), f"${total.cost:.4f}"
 
 
-def _usage_json(start: float, end: float, groups: tuple[Grouping, ...], totals: list[UsageTotal],
-                total: UsageTotal, names: dict[str, str]) -> dict[str, Any]:
+def _usage_json(
+    start: float,
+    end: float,
+    groups: tuple[Grouping, ...],
+    totals: list[UsageTotal],
+    total: UsageTotal,
+    names: dict[str, str],
+) -> dict[str, Any]:
     def entry(t: UsageTotal) -> dict[str, Any]:
         item: dict[str, Any] = {str(name): value for name, value in t.group.items()}
         if "key" in t.group:
@@ -448,8 +517,14 @@ def _usage_json(start: float, end: float, groups: tuple[Grouping, ...], totals: 
             item["key_name"] = names.get(key_id) if key_id is not None else None
         return item | {"requests": t.requests, "images": t.images, "cost": round(t.cost, 6)}
 
-    return {"since": _iso(start), "until": _iso(end), "by": list(groups), "currency": "USD",
-            "totals": [entry(t) for t in totals], "total": entry(total)}
+    return {
+        "since": _iso(start),
+        "until": _iso(end),
+        "by": list(groups),
+        "currency": "USD",
+        "totals": [entry(t) for t in totals],
+        "total": entry(total),
+    }
 
 
 @cli.group()
@@ -494,4 +569,3 @@ def keys_revoke(key_id: str) -> None:
         err_console.print(f"[red]no active key {key_id}[/red]")
         sys.exit(1)
     click.echo(f"revoked {key_id}")
-

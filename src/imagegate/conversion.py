@@ -76,8 +76,11 @@ class ConversionPool:
     @classmethod
     def from_settings(cls, settings: Settings) -> ConversionPool:
         memory = settings.conversion_memory_bytes
-        return cls(settings.conversion_workers or os.cpu_count() or 1,
-                   default_memory_bytes() if memory is None else memory, settings.conversion_max_wait_seconds)
+        return cls(
+            settings.conversion_workers or os.cpu_count() or 1,
+            default_memory_bytes() if memory is None else memory,
+            settings.conversion_max_wait_seconds,
+        )
 
     async def run(self, estimate: int, fn: Callable[..., T], *args: object, deadline: float | None = None) -> T:
         """`deadline` is the request's, in the event loop's clock: waiting never outlasts it."""

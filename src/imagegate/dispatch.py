@@ -65,12 +65,17 @@ class Dispatcher:
     def timed_out(self, while_doing: str = "") -> UpstreamTimeout:
         return UpstreamTimeout(
             f"The request did not finish within its deadline of {self.settings.request_timeout_seconds:g} s"
-            f"{while_doing}.", code="request_timeout",
+            f"{while_doing}.",
+            code="request_timeout",
         )
 
     async def run(
-        self, candidates: list[Candidate], plan: CallPlan, n: int,
-        deadline: float | None = None, paid: list[Served] | None = None,
+        self,
+        candidates: list[Candidate],
+        plan: CallPlan,
+        n: int,
+        deadline: float | None = None,
+        paid: list[Served] | None = None,
     ) -> tuple[list[Served], list[ImagegateError]]:
         """All calls for `n` images within the request deadline (then UpstreamTimeout, 504). The
         deadline is the request's, passed in, so time spent fetching its inputs counts too.
@@ -94,7 +99,9 @@ class Dispatcher:
             if not pending:
                 break
             per_call = candidate.view.plan.max_images_per_call
-            calls = [_Slot(s.offset + i, min(per_call, s.count - i)) for s in pending for i in range(0, s.count, per_call)]
+            calls = [
+                _Slot(s.offset + i, min(per_call, s.count - i)) for s in pending for i in range(0, s.count, per_call)
+            ]
             outcomes = await asyncio.gather(
                 *(self._paid(candidate, self._request(candidate, plan, c), paid) for c in calls),
                 return_exceptions=True,
@@ -116,10 +123,18 @@ class Dispatcher:
         view = candidate.view
         seed = view.get("seed")
         return ProviderRequest(
-            mode=plan.mode, prompt=view.get("prompt"), layout=plan.layout, plan=view.plan, n=slot.count,
-            seed=None if seed is None else (seed + slot.offset) % SEED_RANGE, images=plan.images, mask=plan.mask,
+            mode=plan.mode,
+            prompt=view.get("prompt"),
+            layout=plan.layout,
+            plan=view.plan,
+            n=slot.count,
+            seed=None if seed is None else (seed + slot.offset) % SEED_RANGE,
+            images=plan.images,
+            mask=plan.mask,
             output_format=candidate.native_output_format,
-            output_compression=view.get("output_compression"), options=view.options, extra=view.extra,
+            output_compression=view.get("output_compression"),
+            options=view.options,
+            extra=view.extra,
         )
 
     async def _paid(self, candidate: Candidate, request: ProviderRequest, paid: list[Served]) -> ProviderResult:
@@ -135,20 +150,23 @@ class Dispatcher:
                 result = await route.provider.run(request)
             except ImagegateError as error:
                 if not is_upstream_failure(error):
-                    logs.upstream_failure(route.provider_id, error, attempt=attempt + 1,
-                                          attempts=settings.retry_attempts, retrying=False)
+                    logs.upstream_failure(
+                        route.provider_id, error, attempt=attempt + 1, attempts=settings.retry_attempts, retrying=False
+                    )
                     raise
                 self.breaker.record_failure(route.provider_id)
                 last = attempt + 1 >= settings.retry_attempts
                 retrying = not (last or not is_retryable(error) or self.breaker.is_open(route.provider_id))
                 delay = 0.0
                 if retrying:
-                    delay = backoff_delay(attempt, settings.retry_backoff_seconds, settings.retry_max_delay_seconds,
-                                          error.retry_after)
+                    delay = backoff_delay(
+                        attempt, settings.retry_backoff_seconds, settings.retry_max_delay_seconds, error.retry_after
+                    )
                     # The upstream asks for a long pause: the next provider is faster.
                     retrying = delay <= settings.retry_max_delay_seconds
-                logs.upstream_failure(route.provider_id, error, attempt=attempt + 1,
-                                      attempts=settings.retry_attempts, retrying=retrying)
+                logs.upstream_failure(
+                    route.provider_id, error, attempt=attempt + 1, attempts=settings.retry_attempts, retrying=retrying
+                )
                 if not retrying:
                     raise
                 await asyncio.sleep(delay)

@@ -99,8 +99,13 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
     (unless private ones are allowed) and connects to the checked address. TLS still verifies and
     sends SNI for the host name (httpcore takes those from the URL, not from what we connect to)."""
 
-    def __init__(self, *, allow_private: bool, resolver: Resolver = resolve_host,
-                 inner: httpcore.AsyncNetworkBackend | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        allow_private: bool,
+        resolver: Resolver = resolve_host,
+        inner: httpcore.AsyncNetworkBackend | None = None,
+    ) -> None:
         self.allow_private = allow_private
         self.resolver = resolver
         self.inner = inner or httpcore.AnyIOBackend()
@@ -119,21 +124,28 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         return addresses
 
     async def connect_tcp(
-        self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.AsyncNetworkStream:
         error: Exception | None = None
         for address in await self.checked_addresses(host, port):
             try:
-                return await self.inner.connect_tcp(address, port, timeout=timeout, local_address=local_address,
-                                                    socket_options=socket_options)
+                return await self.inner.connect_tcp(
+                    address, port, timeout=timeout, local_address=local_address, socket_options=socket_options
+                )
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
                 error = exc  # the next address may answer
         assert error is not None
         raise error
 
     async def connect_unix_socket(
-        self, path: str, timeout: float | None = None,
+        self,
+        path: str,
+        timeout: float | None = None,
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.AsyncNetworkStream:
         raise httpcore.ConnectError("image URLs are fetched over TCP only")
@@ -151,9 +163,13 @@ class _GuardedTransport(httpx.AsyncHTTPTransport):
         self._pool = httpcore.AsyncConnectionPool(ssl_context=ssl_context, network_backend=backend)
 
 
-def guarded_client(*, allow_private: bool, resolver: Resolver = resolve_host,
-                   network_backend: httpcore.AsyncNetworkBackend | None = None,
-                   ssl_context: ssl.SSLContext | None = None) -> httpx.AsyncClient:
+def guarded_client(
+    *,
+    allow_private: bool,
+    resolver: Resolver = resolve_host,
+    network_backend: httpcore.AsyncNetworkBackend | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+) -> httpx.AsyncClient:
     """An httpx client whose every connection goes through the SSRF guard. No environment
     proxies (trust_env=False): a proxy would be the only address ever checked."""
     backend = GuardedBackend(allow_private=allow_private, resolver=resolver, inner=network_backend)
@@ -190,7 +206,8 @@ def _host_and_port(url: str, param: str) -> tuple[str, int]:
 def _not_allowed(param: str, host: str) -> InvalidRequest:
     return InvalidRequest(
         f"'{param}': {host!r} resolves to a private, loopback or link-local address; fetching it is not allowed.",
-        param=param, code="url_not_allowed",
+        param=param,
+        code="url_not_allowed",
     )
 
 
@@ -233,7 +250,8 @@ async def fetch_image_url(
                     continue
                 if response.status_code != 200:
                     raise InvalidRequest(
-                        f"'{param}': fetching the URL gave HTTP {response.status_code}.", param=param,
+                        f"'{param}': fetching the URL gave HTTP {response.status_code}.",
+                        param=param,
                         code="image_fetch_failed",
                     )
                 return await _read_capped(response, max_bytes, param)
@@ -242,8 +260,9 @@ async def fetch_image_url(
         except HostNotResolved as exc:
             raise InvalidRequest(f"'{param}': cannot resolve host {exc.host!r}.", param=param) from exc
         except (httpx.HTTPError, httpx.InvalidURL, UnicodeError) as exc:
-            raise InvalidRequest(f"'{param}': could not fetch the URL ({type(exc).__name__}).", param=param,
-                                 code="image_fetch_failed") from exc
+            raise InvalidRequest(
+                f"'{param}': could not fetch the URL ({type(exc).__name__}).", param=param, code="image_fetch_failed"
+            ) from exc
     raise InvalidRequest(f"'{param}': too many redirects.", param=param, code="image_fetch_failed")
 
 
@@ -282,8 +301,15 @@ class ImageFetcher:
     URL keeps dripping. Closing the whole pool closes such a connection too. The cost is no
     keep-alive between fetches; user image URLs seldom share a host within seconds."""
 
-    def __init__(self, *, allow_private: bool, timeout_seconds: float, concurrency_per_key: int,
-                 resolver: Resolver = resolve_host, network_backend: httpcore.AsyncNetworkBackend | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        allow_private: bool,
+        timeout_seconds: float,
+        concurrency_per_key: int,
+        resolver: Resolver = resolve_host,
+        network_backend: httpcore.AsyncNetworkBackend | None = None,
+    ) -> None:
         self.allow_private = allow_private
         self.timeout_seconds = timeout_seconds
         self.resolver = resolver
@@ -296,16 +322,28 @@ class ImageFetcher:
         if url.startswith("data:"):  # no network, no slot
             return decode_data_uri_capped(url, param, max_bytes)
         async with self.limiter.slot(key_id):
-            client = guarded_client(allow_private=self.allow_private, resolver=self.resolver,
-                                    network_backend=self.network_backend, ssl_context=self._ssl_context)
+            client = guarded_client(
+                allow_private=self.allow_private,
+                resolver=self.resolver,
+                network_backend=self.network_backend,
+                ssl_context=self._ssl_context,
+            )
             try:
                 async with asyncio.timeout(self.timeout_seconds):
-                    return await fetch_image_url(url, client=client, param=param, max_bytes=max_bytes,
-                                                 allow_private=self.allow_private, timeout=self.timeout_seconds)
+                    return await fetch_image_url(
+                        url,
+                        client=client,
+                        param=param,
+                        max_bytes=max_bytes,
+                        allow_private=self.allow_private,
+                        timeout=self.timeout_seconds,
+                    )
             except TimeoutError as exc:
                 raise InvalidRequest(
                     f"'{param}': fetching the URL took longer than {self.timeout_seconds:g} s "
-                    "(IMAGEGATE_FETCH_TIMEOUT_SECONDS).", param=param, code="image_fetch_timeout",
+                    "(IMAGEGATE_FETCH_TIMEOUT_SECONDS).",
+                    param=param,
+                    code="image_fetch_timeout",
                 ) from exc
             finally:
                 await self._close(client)
@@ -353,6 +391,6 @@ def own_result_name(url: str, bases: Iterable[str]) -> str | None:
         if known is None or known[0] != origin:
             continue
         prefix = known[1].rstrip("/")
-        if path.startswith(prefix) and (match := _RESULT_PATH.fullmatch(path[len(prefix):])):
+        if path.startswith(prefix) and (match := _RESULT_PATH.fullmatch(path[len(prefix) :])):
             return match["name"]
     return None

@@ -52,8 +52,9 @@ def read_local_models(file_config: FileConfig, local_model: str | None = None) -
     return [read_checkpoint(s) for s in sources if local_model_id(s) not in described]
 
 
-def build_catalog(file_config: FileConfig, local_checkpoints: Iterable[Checkpoint] = (),
-                  registry: ProviderRegistry | None = None) -> Catalog:
+def build_catalog(
+    file_config: FileConfig, local_checkpoints: Iterable[Checkpoint] = (), registry: ProviderRegistry | None = None
+) -> Catalog:
     """Built-in models, then what provider plugins bring (models, and bindings to models already
     there), then the config file's, then one entry per local checkpoint; then the file's
     `model_overrides` (upstream ids, prices) on top."""
@@ -80,11 +81,14 @@ def add_plugin_catalogs(catalog: Catalog, registry: ProviderRegistry) -> None:
     for spec, data in catalog_contributions(registry):
         try:
             binding_defaults = data.get("binding_defaults", {})  # as in data/models.json
-            for entry in parse_entries({"models": data.get("models", []), "binding_defaults": binding_defaults},
-                                       defaults):
+            for entry in parse_entries(
+                {"models": data.get("models", []), "binding_defaults": binding_defaults}, defaults
+            ):
                 catalog.add(entry)
             for model_id, raw_binding in data.get("bindings", {}).items():
-                add_binding(catalog, model_id, spec.id, with_binding_defaults(raw_binding, binding_defaults.get(spec.id)))
+                add_binding(
+                    catalog, model_id, spec.id, with_binding_defaults(raw_binding, binding_defaults.get(spec.id))
+                )
         except (ValidationError, ConfigurationError) as exc:
             raise ConfigurationError(f"Provider {spec.id} (plugin {spec.plugin}): bad catalog data: {exc}") from exc
 
@@ -102,10 +106,16 @@ def build_local_provider(settings: Settings, sources: list[str], checkpoints: li
             f"A local model is configured but the local engine cannot be imported ({exc}). "
             "Install it with: pip install -e '.[local]'"
         ) from exc
-    return LocalProvider(sources, LocalEngineSettings(
-        device=settings.local_device, dtype=settings.local_dtype,
-        max_batch_images=settings.local_max_batch_images, max_queued_images=settings.local_max_queued_images,
-    ), checkpoints={c.source: c for c in checkpoints})
+    return LocalProvider(
+        sources,
+        LocalEngineSettings(
+            device=settings.local_device,
+            dtype=settings.local_dtype,
+            max_batch_images=settings.local_max_batch_images,
+            max_queued_images=settings.local_max_queued_images,
+        ),
+        checkpoints={c.source: c for c in checkpoints},
+    )
 
 
 class Gateway:
@@ -121,8 +131,9 @@ class Gateway:
         local = build_local_provider(settings, sources, checkpoints) if sources else None
         self.db = Database(settings.database_path)
         self.keys = KeyStore(self.db, settings.static_keys)
-        self.store = LocalResultStore(self.db, settings.data_dir / "results", settings.result_ttl_seconds,
-                                      max_bytes=settings.results_max_bytes)
+        self.store = LocalResultStore(
+            self.db, settings.data_dir / "results", settings.result_ttl_seconds, max_bytes=settings.results_max_bytes
+        )
         self.usage = UsageLog(self.db, background=settings.usage_writer == "background")
         self.idempotency = IdempotencyStore(self.db, settings.idempotency_ttl_seconds)
         # One pooled client for all upstream traffic; per-call timeouts are set by each request.
@@ -131,9 +142,11 @@ class Gateway:
         )
         # Image URLs that users send get their own pool, behind the SSRF guard: a tenant's slow
         # URLs cannot take the connections the upstream calls need.
-        self.fetcher = ImageFetcher(allow_private=settings.allow_private_urls,
-                                    timeout_seconds=settings.fetch_timeout_seconds,
-                                    concurrency_per_key=settings.fetch_concurrency_per_key)
+        self.fetcher = ImageFetcher(
+            allow_private=settings.allow_private_urls,
+            timeout_seconds=settings.fetch_timeout_seconds,
+            concurrency_per_key=settings.fetch_concurrency_per_key,
+        )
         # Upstream calls on it go over aiohttp (a third of httpx's CPU on 2 MB answers; providers/aio.py).
         self.aiohttp = aio.attach(self.client, max_connections=512) if settings.upstream_client == "aiohttp" else None
         self.providers = configured_providers(settings, file_config, self.client)
@@ -141,8 +154,9 @@ class Gateway:
             self.providers["local"] = local
         breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown_seconds)
         self.router = Router(self.catalog, self.providers, file_config.routing, breaker)
-        self.service = ImageService(settings, self.router, self.store, self.usage, self.fetcher,
-                                    default_model=self._default_model())
+        self.service = ImageService(
+            settings, self.router, self.store, self.usage, self.fetcher, default_model=self._default_model()
+        )
 
     def _default_model(self) -> str | None:
         """The first model some configured provider serves (a local model when there is no
@@ -154,9 +168,11 @@ class Gateway:
         if self.providers:
             return None
         clouds = ", ".join(spec.enabling_variables() for spec in load_registry())
-        return (f"No provider is configured, so every image request fails. Set a cloud key ({clouds}) or "
-                f"serve a local model with {LOCAL_MODEL_ENV}=<diffusers directory or hub id> "
-                "(after pip install -e '.[local]').")
+        return (
+            f"No provider is configured, so every image request fails. Set a cloud key ({clouds}) or "
+            f"serve a local model with {LOCAL_MODEL_ENV}=<diffusers directory or hub id> "
+            "(after pip install -e '.[local]')."
+        )
 
     async def start(self) -> None:
         """Server start: providers get ready (the local engine loads its weights)."""

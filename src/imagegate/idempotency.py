@@ -88,7 +88,9 @@ class IdempotencyStore:
     def _load(self, scope: str) -> _Row | None:
         rows = self.db.execute(
             "SELECT state, status, headers, body, fingerprint, results FROM idempotency "
-            "WHERE scope = ? AND expires_at > ?", (scope, time.time()))
+            "WHERE scope = ? AND expires_at > ?",
+            (scope, time.time()),
+        )
         if not rows:
             return None
         state, status, headers, body, fingerprint, results = rows[0]
@@ -102,8 +104,15 @@ class IdempotencyStore:
         self.db.execute(
             "UPDATE idempotency SET state = 'done', status = ?, headers = ?, body = ?, results = ?, expires_at = ? "
             "WHERE scope = ? AND claim = ? AND state = 'pending'",
-            (response.status, json.dumps(response.headers), response.body, json.dumps(list(response.results)),
-             time.time() + self.ttl_seconds, scope, owner),
+            (
+                response.status,
+                json.dumps(response.headers),
+                response.body,
+                json.dumps(list(response.results)),
+                time.time() + self.ttl_seconds,
+                scope,
+                owner,
+            ),
         )
 
     def reissue(self, scope: str, response: StoredResponse, store: ResultStore) -> StoredResponse | None:
@@ -112,8 +121,10 @@ class IdempotencyStore:
         b64_json (its bytes are gone). May raise StorageFull, like any result being stored."""
         reissued = reissue_results(response, store)
         if reissued is not None:
-            self.db.execute("UPDATE idempotency SET body = ?, results = ? WHERE scope = ? AND state = 'done'",
-                            (reissued.body, json.dumps(list(reissued.results)), scope))
+            self.db.execute(
+                "UPDATE idempotency SET body = ?, results = ? WHERE scope = ? AND state = 'done'",
+                (reissued.body, json.dumps(list(reissued.results)), scope),
+            )
         return reissued
 
     def purge_expired(self) -> int:
@@ -149,12 +160,17 @@ class IdempotencyStore:
             if found is not None and found.fingerprint not in (None, fingerprint):
                 raise IdempotencyKeyReused(
                     "This Idempotency-Key was already used for a different request. Send a new key for a new "
-                    "request (a retry must repeat its request exactly).", param="Idempotency-Key")
+                    "request (a retry must repeat its request exactly).",
+                    param="Idempotency-Key",
+                )
             if found is not None and found.response is not None:
                 return found.response, True
             if time.monotonic() > give_up:
-                raise UpstreamTimeout("A request with this Idempotency-Key is still running.",
-                                      param="Idempotency-Key", code="idempotency_key_in_use")
+                raise UpstreamTimeout(
+                    "A request with this Idempotency-Key is still running.",
+                    param="Idempotency-Key",
+                    code="idempotency_key_in_use",
+                )
             await asyncio.sleep(POLL_SECONDS)  # the first request is still generating
 
 
@@ -164,8 +180,11 @@ ENDPOINTS = {"t2i": "images/generations", "edit": "images/edits"}
 def idempotency_scope(key: str, key_id: str | None, mode: str) -> str:
     """The key's scope: the caller and the endpoint (by request mode, so every mount shares it)."""
     if not key or len(key) > MAX_KEY_LENGTH or not key.isprintable():
-        raise InvalidRequest(f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} printable characters.",
-                             param="Idempotency-Key", code="invalid_idempotency_key")
+        raise InvalidRequest(
+            f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} printable characters.",
+            param="Idempotency-Key",
+            code="invalid_idempotency_key",
+        )
     return f"{key_id or '-'}|{ENDPOINTS.get(mode, mode)}|{key}"
 
 

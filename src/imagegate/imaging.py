@@ -123,7 +123,7 @@ class ImageBytes:
             raise binascii.Error("base64 text of a length that is not a multiple of 4")
         last = len(text) - B64_CHUNK_CHARS
         for start in range(0, len(text), B64_CHUNK_CHARS):
-            chunk = text[start:start + B64_CHUNK_CHARS]
+            chunk = text[start : start + B64_CHUNK_CHARS]
             if start < last and chunk[-1:] in ("=", b"="):  # padding ends the whole text, not a chunk
                 raise binascii.Error("base64 padding before the end")
             yield pybase64.b64decode(chunk, validate=True)
@@ -186,9 +186,7 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
-def check_image(
-    data: bytes, *, param: str, allowed: list[str], max_pixels: int
-) -> tuple[str, int, int]:
+def check_image(data: bytes, *, param: str, allowed: list[str], max_pixels: int) -> tuple[str, int, int]:
     """Validate an uploaded image fully; returns (format, width, height) as displayed (EXIF
     orientation applied) or raises a 400."""
     fmt = sniff_format(data)
@@ -285,9 +283,11 @@ def output_form(blob: ImageBytes, *, hosted: bool, inline: bool) -> ImageBytes:
 def composite_masked_edit(original: bytes, edited: bytes, mask: bytes) -> bytes:
     """Keep the original outside the mask's transparent area (OpenAI's mask semantics), for
     providers that cannot take a mask. Works at the edited image's size; returns PNG."""
-    with Image.open(io.BytesIO(edited)) as out_img, Image.open(io.BytesIO(original)) as src, Image.open(
-        io.BytesIO(mask)
-    ) as mask_img:
+    with (
+        Image.open(io.BytesIO(edited)) as out_img,
+        Image.open(io.BytesIO(original)) as src,
+        Image.open(io.BytesIO(mask)) as mask_img,
+    ):
         size = out_img.size
         result = out_img.convert("RGBA")
         base = ImageOps.exif_transpose(src).convert("RGBA").resize(size, Image.Resampling.LANCZOS)

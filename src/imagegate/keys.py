@@ -68,7 +68,10 @@ class KeyStore:
         """Make a key; the plaintext is returned once and never stored."""
         plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
         record = KeyRecord(
-            id="key_" + secrets.token_hex(6), name=name, prefix=plaintext[:10], created_at=time.time(),
+            id="key_" + secrets.token_hex(6),
+            name=name,
+            prefix=plaintext[:10],
+            created_at=time.time(),
             revoked_at=None,
         )
         self.db.execute(

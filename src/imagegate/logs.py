@@ -33,6 +33,15 @@ def upstream_failure(provider: str, error: ImagegateError, *, attempt: int, atte
         message = message[:MAX_MESSAGE_CHARS] + "…"
     status = error.upstream_status if error.upstream_status is not None else "-"
     level = logging.WARNING if is_upstream_failure(error) else logging.INFO
-    log.log(level, "upstream failure: provider=%s status=%s code=%s attempt=%d/%d then=%s request_id=%s message=%s",
-            provider, status, error.code, attempt, attempts, "retry" if retrying else "no-retry",
-            current_request_id() or "-", json.dumps(message, ensure_ascii=False))
+    log.log(
+        level,
+        "upstream failure: provider=%s status=%s code=%s attempt=%d/%d then=%s request_id=%s message=%s",
+        provider,
+        status,
+        error.code,
+        attempt,
+        attempts,
+        "retry" if retrying else "no-retry",
+        current_request_id() or "-",
+        json.dumps(message, ensure_ascii=False),
+    )

@@ -60,9 +60,7 @@ def _sane(value: float) -> bool:
 def parse_ratio(text: str, param: str = "aspect_ratio") -> float:
     match = _RATIO.match(text)
     if not match:
-        raise InvalidRequest(
-            f"Invalid {param} {text!r}: expected W:H with positive numbers, e.g. '16:9'.", param=param
-        )
+        raise InvalidRequest(f"Invalid {param} {text!r}: expected W:H with positive numbers, e.g. '16:9'.", param=param)
     w, h = float(match.group(1)), float(match.group(2))
     if not (_sane(w) and _sane(h)):
         raise InvalidRequest(f"Invalid {param} {text!r}: both sides must be positive.", param=param)
@@ -76,9 +74,7 @@ def parse_pixels(text: str) -> tuple[int, int] | None:
         return None
     w, h = float(match.group(1)), float(match.group(2))
     if not (_sane(w) and _sane(h)) or w != int(w) or h != int(h):
-        raise InvalidRequest(
-            f"Invalid size {text!r}: width and height must be positive whole pixels.", param="size"
-        )
+        raise InvalidRequest(f"Invalid size {text!r}: width and height must be positive whole pixels.", param="size")
     return int(w), int(h)
 
 
@@ -111,8 +107,7 @@ def parse_resolution(text: str) -> float | None:
             )
         pixels = float(match.group(1)) * 1_000_000
     if not _sane(pixels):
-        raise InvalidRequest(f"Invalid resolution {text!r}: must be a finite number above zero.",
-                             param="resolution")
+        raise InvalidRequest(f"Invalid resolution {text!r}: must be a finite number above zero.", param="resolution")
     return pixels
 
 
@@ -196,13 +191,15 @@ def clamp_dimensions(width: float, height: float, limits: PixelLimits) -> tuple[
     wanted = math.log(width / height)
     options = {
         (max(m, math.floor(w / m) * m) + dw * m, max(m, math.floor(h / m) * m) + dh * m)
-        for dw in (0, 1) for dh in (0, 1)
+        for dw in (0, 1)
+        for dh in (0, 1)
     }
     fitting = [(cw, ch) for cw, ch in options if _fits(cw, ch, limits)]
     if fitting:
         area = w * h
-        return min(fitting, key=lambda c: (round(abs(math.log(c[0] / c[1]) - wanted), 12),
-                                           abs(math.log(c[0] * c[1] / area))))
+        return min(
+            fitting, key=lambda c: (round(abs(math.log(c[0] / c[1]) - wanted), 12), abs(math.log(c[0] * c[1] / area)))
+        )
     # Limits too tight for this ratio on the grid: keep the maxima, give up on the ratio.
     cw, ch = max(m, math.floor(w / m) * m), max(m, math.floor(h / m) * m)
     floor_side = math.floor(limits.max_side / m) * m
@@ -290,8 +287,11 @@ def resolve_layout(
             _check_ignored(aspect_ratio, None)
             if aspect_ratio and aspect_ratio.strip().lower() != "auto":
                 adjustments.append(Adjustment("aspect_ratio", aspect_ratio.strip(), "ignored (size takes precedence)"))
-            return _with(resolve_layout(model, aspect_ratio=size, resolution=resolution, input_shape=input_shape),
-                         adjustments, rename=("aspect_ratio", "size"))
+            return _with(
+                resolve_layout(model, aspect_ratio=size, resolution=resolution, input_shape=input_shape),
+                adjustments,
+                rename=("aspect_ratio", "size"),
+            )
         raise InvalidRequest(
             f"Invalid size {size!r}: expected WxH pixels such as '1024x1024', a ratio such as '16:9', or 'auto'.",
             param="size",
@@ -325,8 +325,9 @@ def resolve_layout(
     if model.sizes is not None:
         dims = _table_dimensions(model, ratio, tier)
         if dims is None:  # a sparse table: fall back to the ratio's nearest tier
-            tier = nearest_tier(tier_pixels(tier, model.resolution_kind), _tiers_with_ratio(model, ratio),
-                                model.resolution_kind)
+            tier = nearest_tier(
+                tier_pixels(tier, model.resolution_kind), _tiers_with_ratio(model, ratio), model.resolution_kind
+            )
             dims = _table_dimensions(model, ratio, tier)
         assert dims is not None
         width, height = dims

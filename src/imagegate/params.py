@@ -36,8 +36,23 @@ from .normalize import Adjustment
 
 # Handled by the gateway itself for every provider; never forwarded as options.
 GATEWAY_PARAMS = frozenset(
-    {"model", "prompt", "n", "size", "aspect_ratio", "resolution", "seed", "response_format",
-     "output_format", "output_compression", "image", "images", "mask", "user", "safety_identifier"}
+    {
+        "model",
+        "prompt",
+        "n",
+        "size",
+        "aspect_ratio",
+        "resolution",
+        "seed",
+        "response_format",
+        "output_format",
+        "output_compression",
+        "image",
+        "images",
+        "mask",
+        "user",
+        "safety_identifier",
+    }
 )
 # Free text: a number or a list here is a client bug, never turned into text.
 TEXT_PARAMS = frozenset({"prompt"})
@@ -71,8 +86,11 @@ def _coerce(name: str, spec: ParamSpec, raw: Any) -> Any:
         number = _number(name, spec, raw)
         lo, hi = spec.minimum, spec.maximum
         if (lo is not None and number < lo) or (hi is not None and number > hi):
-            bounds = f"between {_text(lo)} and {_text(hi)}" if lo is not None and hi is not None else (
-                f"at least {_text(lo)}" if lo is not None else f"at most {_text(hi)}")
+            bounds = (
+                f"between {_text(lo)} and {_text(hi)}"
+                if lo is not None and hi is not None
+                else (f"at least {_text(lo)}" if lo is not None else f"at most {_text(hi)}")
+            )
             raise InvalidRequest(f"'{name}' must be {bounds}, got {raw!r}.", param=name)
         return number
     if spec.type == "string":
@@ -82,7 +100,11 @@ def _coerce(name: str, spec: ParamSpec, raw: Any) -> Any:
 
 # A Python type a value may have to be, as the catalog spells the type of a parameter.
 _SPEC_TYPES: dict[type, Literal["boolean", "integer", "number", "string"]] = {
-    bool: "boolean", int: "integer", float: "number", str: "string"}
+    bool: "boolean",
+    int: "integer",
+    float: "number",
+    str: "string",
+}
 
 
 def coerce_scalar(name: str, raw: Any, wanted: type) -> Any:
@@ -95,8 +117,11 @@ def coerce_scalar(name: str, raw: Any, wanted: type) -> Any:
 
 
 def _string(name: str, spec: ParamSpec, raw: Any) -> str:
-    if isinstance(raw, bool) or not isinstance(raw, (str, int, float)) or (
-            name in TEXT_PARAMS and not isinstance(raw, str)):
+    if (
+        isinstance(raw, bool)
+        or not isinstance(raw, (str, int, float))
+        or (name in TEXT_PARAMS and not isinstance(raw, str))
+    ):
         raise InvalidRequest(f"'{name}' must be a string, got {_shown(raw)}.", param=name)
     text = str(raw).strip()
     if name in TEXT_PARAMS and not text:
@@ -175,8 +200,9 @@ def normalize_params(raw: dict[str, Any], *, model: ModelEntry, mode: Mode, stri
     return result
 
 
-def refused_everywhere(params: NormalizedParams, model: ModelEntry, bindings: Iterable[ProviderBinding], *,
-                       strict: bool) -> set[str]:
+def refused_everywhere(
+    params: NormalizedParams, model: ModelEntry, bindings: Iterable[ProviderBinding], *, strict: bool
+) -> set[str]:
     """The given parameters no provider of the request honours: each is a 400 unless it is a
     standard field served without it (not in `strict` mode)."""
     lacking = [b.unavailable(params.values) for b in bindings]
@@ -204,10 +230,14 @@ class WirePlan:
 
     @classmethod
     def from_binding(cls, binding: ProviderBinding) -> WirePlan:
-        return cls(upstream_model=binding.upstream_model, upstream_model_edit=binding.upstream_model_edit,
-                   max_images_per_call=binding.max_images_per_call,
-                   native_output_formats=tuple(binding.native_output_formats), handlings=dict(binding.parameters),
-                   defaults={mode: dict(values) for mode, values in binding.defaults.items()})
+        return cls(
+            upstream_model=binding.upstream_model,
+            upstream_model_edit=binding.upstream_model_edit,
+            max_images_per_call=binding.max_images_per_call,
+            native_output_formats=tuple(binding.native_output_formats),
+            handlings=dict(binding.parameters),
+            defaults={mode: dict(values) for mode, values in binding.defaults.items()},
+        )
 
     def upstream_for(self, mode: str) -> str:
         return self.upstream_model_edit if mode == "edit" and self.upstream_model_edit else self.upstream_model
@@ -238,8 +268,9 @@ class WirePlan:
         paths = spec.paths or (param,)
         return paths[0] if len(paths) == 1 and wire.is_plain(paths[0]) else None
 
-    def place(self, body: dict[str, Any], param: str, value: Any, *, undeclared: str | None = None,
-              prefix: str = "") -> None:
+    def place(
+        self, body: dict[str, Any], param: str, value: Any, *, undeclared: str | None = None, prefix: str = ""
+    ) -> None:
         """Write `value` at `param`'s target (less `prefix`, the part the adapter wraps around the
         body itself: Replicate's `input.`); nothing when it is None or not sent there."""
         path = self.target(param, undeclared)
@@ -253,8 +284,9 @@ class WirePlan:
     def reserved(self, prefix: str = "") -> list[tuple[str, ...]]:
         """The upstream paths the gateway sends its own values to, less `prefix`: pass-through may
         not replace them (see providers/base.py's merge_passthrough)."""
-        return [wire.reserved_prefix(path.removeprefix(prefix)) for spec in self.handlings.values()
-                for path in spec.paths]
+        return [
+            wire.reserved_prefix(path.removeprefix(prefix)) for spec in self.handlings.values() for path in spec.paths
+        ]
 
 
 Fate = Literal["passthrough", "renamed", "converted", "emulated", "not_available", "not_applied", "gateway", "extra"]
@@ -290,26 +322,37 @@ class ProviderView(NormalizedParams):
         return self.plan.emulates("mask")
 
 
-def provider_views(params: NormalizedParams, model: ModelEntry, bindings: Mapping[str, ProviderBinding], *,
-                   strict: bool) -> dict[str, ProviderView]:
+def provider_views(
+    params: NormalizedParams, model: ModelEntry, bindings: Mapping[str, ProviderBinding], *, strict: bool
+) -> dict[str, ProviderView]:
     """Every provider's view of the request, in the order given: the one place that decides what
     happens to each parameter. A parameter no provider honours is a 400 here (see
     `refused_everywhere`), before anything is sent anywhere."""
     refused = refused_everywhere(params, model, bindings.values(), strict=strict)
-    return {provider_id: provider_view(params, model=model, provider_id=provider_id, binding=binding,
-                                       strict=refused)
-            for provider_id, binding in bindings.items()}
+    return {
+        provider_id: provider_view(params, model=model, provider_id=provider_id, binding=binding, strict=refused)
+        for provider_id, binding in bindings.items()
+    }
 
 
 def provider_view(
-    params: NormalizedParams, *, model: ModelEntry, provider_id: str, binding: ProviderBinding,
+    params: NormalizedParams,
+    *,
+    model: ModelEntry,
+    provider_id: str,
+    binding: ProviderBinding,
     strict: set[str],
 ) -> ProviderView:
     """The request as one provider gets it. A parameter it declares not available is a 400 when
     it is in `strict` (no configured provider can honour it); otherwise it is left out and the
     response says so, since the router only sends it here when no better provider is left."""
-    view = ProviderView(values=dict(params.values), options=dict(params.options), extra=params.extra,
-                        ignored=list(params.ignored), plan=WirePlan.from_binding(binding))
+    view = ProviderView(
+        values=dict(params.values),
+        options=dict(params.options),
+        extra=params.extra,
+        ignored=list(params.ignored),
+        plan=WirePlan.from_binding(binding),
+    )
     for name in sorted(binding.unavailable(params.values)):
         value = view.values.pop(name)
         view.options.pop(name, None)

@@ -120,8 +120,10 @@ class ProviderRegistry:
     def register(self, spec: ProviderSpec) -> None:
         if spec.id in self.specs:
             other = self.specs[spec.id].plugin
-            raise ConfigurationError(f"Plugin {self._current_plugin} registers provider '{spec.id}', "
-                                     f"which plugin {other} already registered.")
+            raise ConfigurationError(
+                f"Plugin {self._current_plugin} registers provider '{spec.id}', "
+                f"which plugin {other} already registered."
+            )
         if spec.id == "local":
             raise ConfigurationError(f"Plugin {self._current_plugin}: the provider id 'local' is the local engine's.")
         self.specs[spec.id] = replace(spec, plugin=spec.plugin or self._current_plugin)
@@ -202,8 +204,9 @@ def configured_providers(
         if not is_configured(spec, values):
             continue
         timeout = float(values["timeout"]) if "timeout" in values else settings.upstream_timeout_seconds
-        context = ProviderContext(spec.id, values, client, timeout, settings.max_upstream_response_bytes,
-                                  settings.poll_interval_seconds)
+        context = ProviderContext(
+            spec.id, values, client, timeout, settings.max_upstream_response_bytes, settings.poll_interval_seconds
+        )
         providers[spec.id] = spec.factory(context)
     return providers
 
@@ -215,6 +218,7 @@ def catalog_contributions(registry: ProviderRegistry | None = None) -> Iterable[
             try:
                 data = spec.catalog()
             except (OSError, ValueError) as exc:
-                raise ConfigurationError(f"Provider {spec.id} (plugin {spec.plugin}): its catalog data "
-                                         f"cannot be read: {exc}") from exc
+                raise ConfigurationError(
+                    f"Provider {spec.id} (plugin {spec.plugin}): its catalog data cannot be read: {exc}"
+                ) from exc
             yield spec, data

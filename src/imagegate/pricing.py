@@ -41,9 +41,11 @@ class Cost:
 
 def _nearest_size(table: Mapping[str, float], width: int, height: int) -> tuple[str, float]:
     """The listed size closest in shape and area (log distances), and its area."""
+
     def distance(key: str) -> float:
         w, h = (int(side) for side in key.split("x"))
         return abs(math.log((w / h) / (width / height))) + abs(math.log(w * h / (width * height)))
+
     key = min(table, key=distance)
     w, h = (int(side) for side in key.split("x"))
     return key, float(w * h)
@@ -82,5 +84,8 @@ def total_cost(charges: Iterable[Charge], default_currency: str = "USD") -> Cost
     """The sum over served calls, rounded to a millionth (float noise is not money)."""
     charges = list(charges)
     currency = charges[0].price.currency if charges else default_currency
-    return Cost(amount=round(sum(call_cost(c) for c in charges), 6), currency=currency,
-                estimated=any(c.price.estimated or image_price(c)[1] for c in charges))
+    return Cost(
+        amount=round(sum(call_cost(c) for c in charges), 6),
+        currency=currency,
+        estimated=any(c.price.estimated or image_price(c)[1] for c in charges),
+    )

@@ -106,8 +106,11 @@ class Candidate:
         """The upstream makes the requested format itself and is sent `output_compression` too, so
         re-encoding its image would only lose quality (OpenAI's GPT image models)."""
         handling = self.binding.handling("output_compression")
-        return (self.native_output_format is not None and handling is not None
-                and handling.handling not in ("emulated", "not_available"))
+        return (
+            self.native_output_format is not None
+            and handling is not None
+            and handling.handling not in ("emulated", "not_available")
+        )
 
 
 def plan_candidates(params: NormalizedParams, routes: list[Route], *, strict: bool, has_mask: bool) -> list[Candidate]:
@@ -121,5 +124,9 @@ def plan_candidates(params: NormalizedParams, routes: list[Route], *, strict: bo
 
 
 def _candidate(route: Route, view: ProviderView, has_mask: bool) -> Candidate:
-    return Candidate(route=route, view=view, mask_emulated=has_mask and view.mask_emulated,
-                     native_output_format=view.native_output_format)
+    return Candidate(
+        route=route,
+        view=view,
+        mask_emulated=has_mask and view.mask_emulated,
+        native_output_format=view.native_output_format,
+    )

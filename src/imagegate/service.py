@@ -40,8 +40,7 @@ class ImageService:
         self.settings = settings
         self.router = router
         inputs = InputLoader(settings, store, fetcher, ConversionPool.from_settings(settings))
-        self.pipeline = Pipeline(settings, router, store, usage, inputs,
-                                 default_model or next(iter(router.catalog)).id)
+        self.pipeline = Pipeline(settings, router, store, usage, inputs, default_model or next(iter(router.catalog)).id)
 
     async def create(self, job: ImageJob, *, on_event: EventListener | None = None) -> ImagesOutcome:
         """Serve one request within one deadline (its inputs, every upstream call, the output

@@ -77,7 +77,7 @@ def _write_new_file(path: Path, data: bytes | ImageBytes) -> None:
         for chunk in data.chunks() if isinstance(data, ImageBytes) else (data,):
             view = memoryview(chunk)
             while view:
-                view = view[_write_chunk(fd, view):]
+                view = view[_write_chunk(fd, view) :]
     finally:
         os.close(fd)
 
@@ -89,8 +89,10 @@ def _is_full(exc: BaseException) -> bool:
 
 
 def _storage_full(detail: str) -> StorageFull:
-    return StorageFull(f"The gateway cannot store this result now: {detail}. Try again later, or ask for "
-                       "response_format=b64_json.", retry_after=RETRY_AFTER_SECONDS)
+    return StorageFull(
+        f"The gateway cannot store this result now: {detail}. Try again later, or ask for response_format=b64_json.",
+        retry_after=RETRY_AFTER_SECONDS,
+    )
 
 
 class LocalResultStore:
@@ -102,8 +104,7 @@ class LocalResultStore:
         directory.mkdir(parents=True, exist_ok=True)
         self.max_bytes = default_max_bytes(directory) if max_bytes is None else max_bytes
         # The total starts as the sum of what is stored (rows from before sizes were kept count 0).
-        self.db.execute("INSERT OR IGNORE INTO results_total (id, bytes) "
-                        "SELECT 1, COALESCE(SUM(size), 0) FROM results")
+        self.db.execute("INSERT OR IGNORE INTO results_total (id, bytes) SELECT 1, COALESCE(SUM(size), 0) FROM results")
         self._remove_stale_temp_files()
 
     def put(self, data: bytes | ImageBytes, content_type: str) -> str:
@@ -149,16 +150,20 @@ class LocalResultStore:
         if not self.max_bytes:
             return None
         if size > self.max_bytes:
-            raise _storage_full(f"the result ({size} bytes) is larger than the store's budget "
-                                f"(IMAGEGATE_RESULTS_MAX_BYTES={self.max_bytes})")
+            raise _storage_full(
+                f"the result ({size} bytes) is larger than the store's budget "
+                f"(IMAGEGATE_RESULTS_MAX_BYTES={self.max_bytes})"
+            )
         claim = secrets.token_hex(8)
         now = time.time()
         try:
             with self.db.transaction() as conn:
                 conn.execute("DELETE FROM result_reservations WHERE expires_at <= ?", (now,))
                 evicted = self._make_room(conn, size, now)
-                conn.execute("INSERT INTO result_reservations (id, bytes, expires_at) VALUES (?, ?, ?)",
-                             (claim, size, now + RESERVATION_SECONDS))
+                conn.execute(
+                    "INSERT INTO result_reservations (id, bytes, expires_at) VALUES (?, ?, ?)",
+                    (claim, size, now + RESERVATION_SECONDS),
+                )
         except sqlite3.Error as exc:
             if _is_full(exc):
                 raise _storage_full("the database's disk is full") from exc
@@ -178,8 +183,9 @@ class LocalResultStore:
             evicted.append(path)
             excess -= freed
         while excess > 0:
-            oldest = conn.execute("SELECT token, path, size FROM results ORDER BY created_at LIMIT ?",
-                                  (EVICTION_BATCH,)).fetchall()
+            oldest = conn.execute(
+                "SELECT token, path, size FROM results ORDER BY created_at LIMIT ?", (EVICTION_BATCH,)
+            ).fetchall()
             if not oldest:
                 raise _storage_full("the store's budget is taken by results being written")
             for token, path, freed in oldest:

@@ -195,9 +195,11 @@ class UsageLog:
     def _insert_once(self, created_at: float, usage: UsageRecord) -> None:
         """A replayed row, unless that request's row at that time is there already (a process killed
         between inserting a journal's rows and deleting the file)."""
-        self.db.execute(_INSERT + "SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE NOT EXISTS "
-                        "(SELECT 1 FROM usage WHERE request_id = ? AND created_at = ?)",
-                        (*_values(created_at, usage), usage.request_id, created_at))
+        self.db.execute(
+            _INSERT + "SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE NOT EXISTS "
+            "(SELECT 1 FROM usage WHERE request_id = ? AND created_at = ?)",
+            (*_values(created_at, usage), usage.request_id, created_at),
+        )
 
     def _keep(self, created_at: float, usage: UsageRecord, exc: Exception) -> None:
         line = _line(created_at, usage)
@@ -211,12 +213,23 @@ class UsageLog:
                 os.close(fd)
         except OSError as spool_exc:
             self._unwritten.append((created_at, usage))
-            log.error("USAGE NOT WRITTEN for request %s: the database failed (%s) and so did the spool file %s "
-                      "(%s); kept in memory (%d records) until the database takes writes again",
-                      usage.request_id, exc, self.spool, spool_exc, len(self._unwritten))
+            log.error(
+                "USAGE NOT WRITTEN for request %s: the database failed (%s) and so did the spool file %s "
+                "(%s); kept in memory (%d records) until the database takes writes again",
+                usage.request_id,
+                exc,
+                self.spool,
+                spool_exc,
+                len(self._unwritten),
+            )
             return
-        log.error("usage row for request %s not written to the database (%s); spooled to %s, to be inserted "
-                  "once the database takes writes again", usage.request_id, exc, self.spool)
+        log.error(
+            "usage row for request %s not written to the database (%s); spooled to %s, to be inserted "
+            "once the database takes writes again",
+            usage.request_id,
+            exc,
+            self.spool,
+        )
 
     def replay(self, *, quiet: bool = False) -> int:
         """Insert what was kept in memory or spooled (and dead processes' journals); returns how
@@ -256,12 +269,17 @@ class UsageLog:
             pid = journal.name.removeprefix(JOURNAL_PREFIX).removesuffix(".jsonl")
             if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
                 try:
-                    os.rename(journal, self.spool.with_name(f"{self.spool.name}.{pid}.{secrets.token_hex(4)}.replaying"))
+                    os.rename(
+                        journal, self.spool.with_name(f"{self.spool.name}.{pid}.{secrets.token_hex(4)}.replaying")
+                    )
                 except FileNotFoundError:
                     pass
         mine = sorted(self.spool.parent.glob(f"{self.spool.name}.{os.getpid()}.*.replaying"))
-        orphans = [p for p in self.spool.parent.glob(f"{self.spool.name}.*.replaying")
-                   if p not in mine and not _process_alive(p)]
+        orphans = [
+            p
+            for p in self.spool.parent.glob(f"{self.spool.name}.*.replaying")
+            if p not in mine and not _process_alive(p)
+        ]
         return [*orphans, *mine]
 
     def _replay_file(self, path: Path) -> int:
@@ -302,14 +320,29 @@ class UsageLog:
         return sorted(totals, key=lambda t: (-t.cost, [str(v) for v in t.group.values()]))
 
 
-_INSERT = ("INSERT INTO usage (request_id, created_at, key_id, user, model, provider, mode, images, cost, "
-           "input_tokens, output_tokens, cost_estimated, client_request_id, safety_identifier) ")
+_INSERT = (
+    "INSERT INTO usage (request_id, created_at, key_id, user, model, provider, mode, images, cost, "
+    "input_tokens, output_tokens, cost_estimated, client_request_id, safety_identifier) "
+)
 
 
 def _values(created_at: float, usage: UsageRecord) -> tuple[Any, ...]:
-    return (usage.request_id, created_at, usage.key_id, usage.user, usage.model, usage.provider, usage.mode,
-            usage.images, usage.cost, usage.input_tokens, usage.output_tokens, int(usage.cost_estimated),
-            usage.client_request_id, usage.safety_identifier)
+    return (
+        usage.request_id,
+        created_at,
+        usage.key_id,
+        usage.user,
+        usage.model,
+        usage.provider,
+        usage.mode,
+        usage.images,
+        usage.cost,
+        usage.input_tokens,
+        usage.output_tokens,
+        int(usage.cost_estimated),
+        usage.client_request_id,
+        usage.safety_identifier,
+    )
 
 
 def _line(created_at: float, usage: UsageRecord) -> str:

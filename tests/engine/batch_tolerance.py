@@ -35,4 +35,5 @@ def assert_same_render(a: bytes | ArrayLike, b: bytes | ArrayLike) -> None:
     largest, mean = render_difference(a, b)
     assert largest <= MAX_CHANNEL_DIFFERENCE and mean <= MAX_MEAN_DIFFERENCE, (
         f"renders differ by up to {largest} levels (mean {mean:.4f}); the tolerance is "
-        f"{MAX_CHANNEL_DIFFERENCE} (mean {MAX_MEAN_DIFFERENCE})")
+        f"{MAX_CHANNEL_DIFFERENCE} (mean {MAX_MEAN_DIFFERENCE})"
+    )

@@ -27,8 +27,12 @@ from .tiny_models import build_fake_hub_cache
 
 @pytest.mark.parametrize(
     ("source", "model_id"),
-    [("/models/sd-turbo", "local/sd-turbo"), ("stabilityai/sd-turbo", "local/sd-turbo"),
-     ("/models/sd-turbo/", "local/sd-turbo"), ("sdxl", "local/sdxl")],
+    [
+        ("/models/sd-turbo", "local/sd-turbo"),
+        ("stabilityai/sd-turbo", "local/sd-turbo"),
+        ("/models/sd-turbo/", "local/sd-turbo"),
+        ("sdxl", "local/sdxl"),
+    ],
 )
 def test_model_id_is_the_last_path_component(source: str, model_id: str) -> None:
     assert local_model_id(source) == model_id
@@ -44,8 +48,9 @@ def test_hub_ids_and_directories_are_told_apart(tmp_path: Path) -> None:
     assert not is_hub_id(str(tmp_path / "org"))
 
 
-@pytest.mark.parametrize(("kind", "modes"), [("text2image", ["t2i", "edit"]), ("inpaint", ["edit"]),
-                                             ("instruct", ["edit"])])
+@pytest.mark.parametrize(
+    ("kind", "modes"), [("text2image", ["t2i", "edit"]), ("inpaint", ["edit"]), ("instruct", ["edit"])]
+)
 def test_kind_and_modes_come_from_the_checkpoint(tiny_checkpoints: Any, kind: str, modes: list[str]) -> None:
     checkpoint = read_checkpoint(str(tiny_checkpoints(kind)))
     assert checkpoint.kind == kind
@@ -97,8 +102,9 @@ def test_turbo_checkpoints_get_one_step_defaults() -> None:
     assert plain["t2i"]["num_inference_steps"] > 1 and plain["t2i"]["guidance_scale"] > 1
 
 
-def test_hub_ids_resolve_through_the_cache_offline(tiny_checkpoints: Any, tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hub_ids_resolve_through_the_cache_offline(
+    tiny_checkpoints: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     snapshot = build_fake_hub_cache(tmp_path / "hub", "acme/tiny-sd-turbo", tiny_checkpoints())
     # huggingface_hub reads these once, at import: patch what it reads at call time too.
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -139,9 +145,15 @@ def test_a_broken_config_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_transformer_checkpoints_use_packed_multiples(tmp_path: Path) -> None:
     """Flux-style checkpoints pack latents in 2x2 patches: sizes are multiples of 16."""
-    (tmp_path / "model_index.json").write_text(json.dumps(
-        {"_class_name": "FluxPipeline", "transformer": ["diffusers", "FluxTransformer2DModel"],
-         "vae": ["diffusers", "AutoencoderKL"]}))
+    (tmp_path / "model_index.json").write_text(
+        json.dumps(
+            {
+                "_class_name": "FluxPipeline",
+                "transformer": ["diffusers", "FluxTransformer2DModel"],
+                "vae": ["diffusers", "AutoencoderKL"],
+            }
+        )
+    )
     (tmp_path / "vae").mkdir()
     (tmp_path / "vae" / "config.json").write_text(json.dumps({"block_out_channels": [128, 256, 512, 512]}))
     (tmp_path / "transformer").mkdir()

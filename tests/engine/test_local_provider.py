@@ -20,16 +20,28 @@ from imagegate.providers.local import LocalProvider, _as_type, encode_output
 
 @pytest.mark.parametrize(
     ("value", "wanted", "expected"),
-    [("0.5", float, 0.5), (1, float, 1.0), ("2", int, 2), ("2.0", int, 2), (3, int, 3),
-     ("true", bool, True), ("off", bool, False), (False, bool, False), (7, str, "7"), ("x", str, "x")],
+    [
+        ("0.5", float, 0.5),
+        (1, float, 1.0),
+        ("2", int, 2),
+        ("2.0", int, 2),
+        (3, int, 3),
+        ("true", bool, True),
+        ("off", bool, False),
+        (False, bool, False),
+        (7, str, "7"),
+        ("x", str, "x"),
+    ],
 )
 def test_form_text_becomes_the_type_the_pipeline_takes(value: Any, wanted: type, expected: Any) -> None:
     converted = _as_type("arg", value, wanted)
     assert converted == expected and type(converted) is wanted
 
 
-@pytest.mark.parametrize(("value", "wanted"), [("lots", float), ("2.5", int), (True, int), ("nan", float),
-                                               ("maybe", bool), (True, float), (False, str)])
+@pytest.mark.parametrize(
+    ("value", "wanted"),
+    [("lots", float), ("2.5", int), (True, int), ("nan", float), ("maybe", bool), (True, float), (False, str)],
+)
 def test_values_of_the_wrong_kind_are_400s_naming_the_argument(value: Any, wanted: type) -> None:
     with pytest.raises(InvalidRequest) as info:
         _as_type("arg", value, wanted)
@@ -37,8 +49,13 @@ def test_values_of_the_wrong_kind_are_400s_naming_the_argument(value: Any, wante
 
 
 def _request(output_format: str | None = None) -> ProviderRequest:
-    return ProviderRequest(mode="t2i", prompt="x", layout=Layout("1:1", "1K", 8, 8),
-                           binding=ProviderBinding(upstream_model="/models/x"), output_format=output_format)
+    return ProviderRequest(
+        mode="t2i",
+        prompt="x",
+        layout=Layout("1:1", "1K", 8, 8),
+        binding=ProviderBinding(upstream_model="/models/x"),
+        output_format=output_format,
+    )
 
 
 def test_images_the_safety_checker_flagged_are_a_content_policy_error() -> None:
@@ -54,7 +71,8 @@ def test_images_are_encoded_in_the_native_format_asked_for() -> None:
 
 
 async def test_the_provider_loads_the_checkpoint_the_gateway_already_read(
-        tiny_checkpoints: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    tiny_checkpoints: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A hub model's configs are fetched once per start, not again when its weights load."""
     source = str(tiny_checkpoints())
     checkpoint = read_checkpoint(source)

@@ -31,10 +31,17 @@ async def engine(model: LoadedModel) -> AsyncIterator[Engine]:
     await engine.aclose()
 
 
-def job(prompt: str = "a red cat", seeds: tuple[int, ...] = (1,), steps: int = 2, size: int = 32,
-        **kwargs: Any) -> Job:
-    return Job(task="text2image", prompt=prompt, seeds=list(seeds), width=size, height=size, steps=steps,
-               guidance_scale=0.0, **kwargs)
+def job(prompt: str = "a red cat", seeds: tuple[int, ...] = (1,), steps: int = 2, size: int = 32, **kwargs: Any) -> Job:
+    return Job(
+        task="text2image",
+        prompt=prompt,
+        seeds=list(seeds),
+        width=size,
+        height=size,
+        steps=steps,
+        guidance_scale=0.0,
+        **kwargs,
+    )
 
 
 def slow_job() -> Job:
@@ -132,8 +139,9 @@ async def test_each_image_has_its_own_seed_whatever_the_batch(engine: Engine) ->
     """Image i of a batch is the image its seed gives alone: batching changes nothing visible
     (within the rounding tolerance of batch_tolerance.py)."""
     alone = [await engine.submit(job(prompt=p, seeds=(s,))) for p, s in (("a cat", 5), ("a dog", 6))]
-    batched = await asyncio.gather(engine.submit(job(prompt="a cat", seeds=(5,))),
-                                   engine.submit(job(prompt="a dog", seeds=(6,))))
+    batched = await asyncio.gather(
+        engine.submit(job(prompt="a cat", seeds=(5,))), engine.submit(job(prompt="a dog", seeds=(6,)))
+    )
     assert engine.stats.batch_sizes[-1] == 2
     for a, b in zip(alone, batched, strict=True):
         assert_same_render(pixels(a), pixels(b))
@@ -215,8 +223,17 @@ async def test_one_callers_departure_does_not_stop_a_shared_batch(engine: Engine
 
 
 async def test_a_failing_batch_fails_its_callers_and_the_engine_goes_on(engine: Engine) -> None:
-    broken = Job(task="img2img", prompt="x", seeds=[1], width=32, height=32, steps=2, guidance_scale=0.0,
-                 strength=0.5, image=None)  # img2img without an image: the pipeline raises
+    broken = Job(
+        task="img2img",
+        prompt="x",
+        seeds=[1],
+        width=32,
+        height=32,
+        steps=2,
+        guidance_scale=0.0,
+        strength=0.5,
+        image=None,
+    )  # img2img without an image: the pipeline raises
     with pytest.raises(ValueError):
         await engine.submit(broken)
     output = await engine.submit(job())
@@ -227,10 +244,33 @@ async def test_img2img_and_inpaint_views_share_the_weights(engine: Engine, model
     source = Image.new("RGB", (32, 32), (200, 30, 30))
     mask = Image.new("L", (32, 32), 0)
     mask.paste(255, (0, 0, 16, 16))
-    edited = await engine.submit(Job(task="img2img", prompt="x", seeds=[1], width=32, height=32, steps=2,
-                                     guidance_scale=0.0, strength=0.5, image=source))
-    painted = await engine.submit(Job(task="inpaint", prompt="x", seeds=[1], width=32, height=32, steps=2,
-                                      guidance_scale=0.0, strength=1.0, image=source, mask=mask))
+    edited = await engine.submit(
+        Job(
+            task="img2img",
+            prompt="x",
+            seeds=[1],
+            width=32,
+            height=32,
+            steps=2,
+            guidance_scale=0.0,
+            strength=0.5,
+            image=source,
+        )
+    )
+    painted = await engine.submit(
+        Job(
+            task="inpaint",
+            prompt="x",
+            seeds=[1],
+            width=32,
+            height=32,
+            steps=2,
+            guidance_scale=0.0,
+            strength=1.0,
+            image=source,
+            mask=mask,
+        )
+    )
     assert edited.images[0].size == painted.images[0].size == (32, 32)
     assert model.pipeline("img2img").unet is model.base.unet
     assert model.pipeline("inpaint").unet is model.base.unet

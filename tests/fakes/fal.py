@@ -93,13 +93,13 @@ EDIT_FIELDS = GENERATE_FIELDS | {"image_urls"}
 # fal-ai/nano-banana: the fields it takes (UNCONFIRMED, from third-party copies of its schema).
 NANO_BANANA = "fal-ai/nano-banana"
 NANO_BANANA_ASPECT_RATIOS = tuple(r for r in ASPECT_RATIOS if r != "auto")
-NANO_BANANA_GENERATE_FIELDS = frozenset({"prompt", "num_images", "aspect_ratio", "output_format", "sync_mode",
-                                         "limit_generations"})
+NANO_BANANA_GENERATE_FIELDS = frozenset(
+    {"prompt", "num_images", "aspect_ratio", "output_format", "sync_mode", "limit_generations"}
+)
 NANO_BANANA_EDIT_FIELDS = NANO_BANANA_GENERATE_FIELDS | {"image_urls"}
 NANO_BANANA_MAX_IMAGE_URLS = 10
 
-POLICY_MESSAGE = ("The content could not be processed because it contained material flagged by a "
-                  "content checker.")
+POLICY_MESSAGE = "The content could not be processed because it contained material flagged by a content checker."
 
 
 def description_for(prompt: str) -> str:
@@ -229,15 +229,27 @@ def _check_scalar(name: str, value: Any, enums: dict[str, tuple[str, ...]] | Non
         if isinstance(value, bool) or not isinstance(value, int):
             return _item(loc, "value is not a valid integer", "type_error.integer")
         if name == "num_images" and value < 1:
-            return _item(loc, "ensure this value is greater than or equal to 1", "value_error.number.not_ge",
-                         ctx={"limit_value": 1})
+            return _item(
+                loc,
+                "ensure this value is greater than or equal to 1",
+                "value_error.number.not_ge",
+                ctx={"limit_value": 1},
+            )
         if name == "num_images" and value > MAX_NUM_IMAGES:
-            return _item(loc, f"ensure this value is less than or equal to {MAX_NUM_IMAGES}",
-                         "value_error.number.not_le", ctx={"limit_value": MAX_NUM_IMAGES})
+            return _item(
+                loc,
+                f"ensure this value is less than or equal to {MAX_NUM_IMAGES}",
+                "value_error.number.not_le",
+                ctx={"limit_value": MAX_NUM_IMAGES},
+            )
     if name in enums and value not in enums[name]:  # an integer 4 is not the string "4"
         permitted = ", ".join(f"'{v}'" for v in enums[name])
-        return _item(loc, f"value is not a valid enumeration member; permitted: {permitted}", "type_error.enum",
-                     ctx={"enum_values": list(enums[name])})
+        return _item(
+            loc,
+            f"value is not a valid enumeration member; permitted: {permitted}",
+            "type_error.enum",
+            ctx={"enum_values": list(enums[name])},
+        )
     return None
 
 
@@ -256,8 +268,12 @@ def _decode_image_url(url: Any, index: int) -> tuple[bytes | None, dict[str, Any
     except (binascii.Error, ValueError):
         data = None
     if data is None or detect_mime(data) is None:
-        return None, _item(loc, "Failed to load the image. Please ensure the image file is not corrupted "
-                                "and is in a supported format.", "image_load_error", input=url[:64])
+        return None, _item(
+            loc,
+            "Failed to load the image. Please ensure the image file is not corrupted and is in a supported format.",
+            "image_load_error",
+            input=url[:64],
+        )
     return data, None
 
 
@@ -290,9 +306,14 @@ def validate_input(body: Any, *, edit: bool, app: str | None = None) -> tuple[di
         if not isinstance(urls, list):
             problems.append(_item(["body", "image_urls"], "value is not a valid list", "type_error.list"))
         elif app == NANO_BANANA and len(urls) > NANO_BANANA_MAX_IMAGE_URLS:
-            problems.append(_item(["body", "image_urls"], f"ensure this value has at most "
-                                  f"{NANO_BANANA_MAX_IMAGE_URLS} items", "value_error.list.max_items",
-                                  ctx={"limit_value": NANO_BANANA_MAX_IMAGE_URLS}))
+            problems.append(
+                _item(
+                    ["body", "image_urls"],
+                    f"ensure this value has at most {NANO_BANANA_MAX_IMAGE_URLS} items",
+                    "value_error.list.max_items",
+                    ctx={"limit_value": NANO_BANANA_MAX_IMAGE_URLS},
+                )
+            )
         else:
             for index, url in enumerate(urls):
                 data, problem = _decode_image_url(url, index)
@@ -319,8 +340,9 @@ class FakeFal(BaseFake):
     `known_apps` (None = every owner/alias exists), `jobs` (request_id -> FalJob), `cancels`
     (PUT .../cancel received for known jobs), `files` / `downloads` (the `/files/` store)."""
 
-    def __init__(self, *, api_key: str = "test-fal-key", queue_polls: int = 1,
-                 known_apps: set[str] | None = None) -> None:
+    def __init__(
+        self, *, api_key: str = "test-fal-key", queue_polls: int = 1, known_apps: set[str] | None = None
+    ) -> None:
         super().__init__()
         self.api_key = api_key
         self.queue_polls = queue_polls
@@ -358,15 +380,17 @@ class FakeFal(BaseFake):
         return f"{self.url}/{app}/requests/{request_id}"
 
     def app(self) -> Starlette:
-        return Starlette(routes=[
-            Route("/files/{name}", self._file, methods=["GET"]),
-            Route("/{owner}/{alias}/requests/{request_id}/status", self._status, methods=["GET"]),
-            Route("/{owner}/{alias}/requests/{request_id}/cancel", self._cancel, methods=["PUT"]),
-            Route("/{owner}/{alias}/requests/{request_id}", self._result, methods=["GET"]),
-            Route("/{owner}/{alias}", self._submit, methods=["POST"]),
-            Route("/{owner}/{alias}/edit", self._submit, methods=["POST"]),
-            Route("/{rest:path}", self._not_found, methods=["GET", "POST", "PUT", "DELETE"]),
-        ])
+        return Starlette(
+            routes=[
+                Route("/files/{name}", self._file, methods=["GET"]),
+                Route("/{owner}/{alias}/requests/{request_id}/status", self._status, methods=["GET"]),
+                Route("/{owner}/{alias}/requests/{request_id}/cancel", self._cancel, methods=["PUT"]),
+                Route("/{owner}/{alias}/requests/{request_id}", self._result, methods=["GET"]),
+                Route("/{owner}/{alias}", self._submit, methods=["POST"]),
+                Route("/{owner}/{alias}/edit", self._submit, methods=["POST"]),
+                Route("/{rest:path}", self._not_found, methods=["GET", "POST", "PUT", "DELETE"]),
+            ]
+        )
 
     # --- helpers ---
 
@@ -420,8 +444,13 @@ class FakeFal(BaseFake):
         elif isinstance(behaviour, FalError):
             return self._fal_error(behaviour)
         elif isinstance(behaviour, ContentPolicy):
-            item = _item(["body", "prompt"], behaviour.message, "content_policy_violation",
-                         url="https://docs.fal.ai/errors#content_policy_violation", input=body.get("prompt"))
+            item = _item(
+                ["body", "prompt"],
+                behaviour.message,
+                "content_policy_violation",
+                url="https://docs.fal.ai/errors#content_policy_violation",
+                input=body.get("prompt"),
+            )
             return json_response(422, {"detail": [item]}, {"X-Fal-Retryable": "false"})
         elif isinstance(behaviour, MalformedJSON):
             return Response(behaviour.body or '{"request_id": "', media_type="application/json")
@@ -466,12 +495,24 @@ class FakeFal(BaseFake):
                 return answer
         job.polls += 1
         root = self.queue_root(job.app, job.request_id)
-        answer: dict[str, Any] = {"request_id": job.request_id, "response_url": root,
-                                  "status_url": f"{root}/status", "cancel_url": f"{root}/cancel"}
+        answer: dict[str, Any] = {
+            "request_id": job.request_id,
+            "response_url": root,
+            "status_url": f"{root}/status",
+            "cancel_url": f"{root}/cancel",
+        }
         logs: list[Any] | None = [] if request.query_params.get("logs") == "1" else None
         if job.cancelled:
-            return json_response(200, answer | {"status": "COMPLETED", "logs": logs, "error": "Request was cancelled",
-                                                "error_type": "request_cancelled"})
+            return json_response(
+                200,
+                answer
+                | {
+                    "status": "COMPLETED",
+                    "logs": logs,
+                    "error": "Request was cancelled",
+                    "error_type": "request_cancelled",
+                },
+            )
         if isinstance(job.behaviour, StuckInQueue) or job.polls <= job.queue_polls:
             position = 0 if isinstance(job.behaviour, StuckInQueue) else job.queue_polls - job.polls
             return json_response(202, answer | {"status": "IN_QUEUE", "queue_position": position})
@@ -567,6 +608,14 @@ class FakeFal(BaseFake):
                 url = f"{self.url}/files/{name}"
                 if not isinstance(job.behaviour, MissingFiles):
                     self.files[name] = (data, mime)
-            images.append({"url": url, "content_type": mime, "file_name": name, "file_size": len(data),
-                           "width": width, "height": height})
+            images.append(
+                {
+                    "url": url,
+                    "content_type": mime,
+                    "file_name": name,
+                    "file_size": len(data),
+                    "width": width,
+                    "height": height,
+                }
+            )
         return {"images": images, "description": description_for(prompt)}

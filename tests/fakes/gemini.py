@@ -112,19 +112,46 @@ THOUGHT_COLOR = (255, 0, 255)  # the 8x8 interim "thought" image is magenta
 
 # Field names the real API knows (camelCase; snake_case is accepted and canonicalised).
 _TOP_LEVEL = {
-    "contents", "generationConfig", "safetySettings", "tools",
-    "systemInstruction", "toolConfig", "cachedContent",
+    "contents",
+    "generationConfig",
+    "safetySettings",
+    "tools",
+    "systemInstruction",
+    "toolConfig",
+    "cachedContent",
 }
 _CONTENT = {"role", "parts"}
-_PART_DATA = {"text", "inlineData", "fileData", "functionCall", "functionResponse",
-              "executableCode", "codeExecutionResult"}
+_PART_DATA = {
+    "text",
+    "inlineData",
+    "fileData",
+    "functionCall",
+    "functionResponse",
+    "executableCode",
+    "codeExecutionResult",
+}
 _PART = _PART_DATA | {"thought", "thoughtSignature", "videoMetadata", "partMetadata"}
 _BLOB = {"mimeType", "data"}
 _GENERATION_CONFIG = {
-    "stopSequences", "responseMimeType", "responseSchema", "responseJsonSchema",
-    "responseModalities", "candidateCount", "maxOutputTokens", "temperature", "topP", "topK",
-    "seed", "presencePenalty", "frequencyPenalty", "responseLogprobs", "logprobs",
-    "enableEnhancedCivicAnswers", "speechConfig", "thinkingConfig", "imageConfig",
+    "stopSequences",
+    "responseMimeType",
+    "responseSchema",
+    "responseJsonSchema",
+    "responseModalities",
+    "candidateCount",
+    "maxOutputTokens",
+    "temperature",
+    "topP",
+    "topK",
+    "seed",
+    "presencePenalty",
+    "frequencyPenalty",
+    "responseLogprobs",
+    "logprobs",
+    "enableEnhancedCivicAnswers",
+    "speechConfig",
+    "thinkingConfig",
+    "imageConfig",
     "mediaResolution",
 }
 _IMAGE_CONFIG = {"aspectRatio", "imageSize"}  # the rest of ImageConfig is Vertex-only
@@ -182,8 +209,9 @@ def _invalid(message: str) -> _Reject:
     return _Reject(400, "INVALID_ARGUMENT", message)
 
 
-def google_error_body(status: int, google_status: str, message: str,
-                      retry_after_s: float | None = None) -> dict[str, Any]:
+def google_error_body(
+    status: int, google_status: str, message: str, retry_after_s: float | None = None
+) -> dict[str, Any]:
     error: dict[str, Any] = {"code": status, "message": message, "status": google_status}
     if retry_after_s is not None:
         delay = f"{retry_after_s:g}s"
@@ -203,8 +231,11 @@ def _camel(name: str) -> str:
 def _fields(obj: Any, allowed: set[str], where: str) -> dict[str, Any]:
     """Canonicalise keys to camelCase; unknown names are a 400, as in the real API."""
     if not isinstance(obj, dict):
-        raise _invalid(f"Invalid value at '{where}', expected an object." if where else
-                       "Invalid JSON payload received. Expected an object.")
+        raise _invalid(
+            f"Invalid value at '{where}', expected an object."
+            if where
+            else "Invalid JSON payload received. Expected an object."
+        )
     out: dict[str, Any] = {}
     for key, value in obj.items():
         name = _camel(key)
@@ -250,11 +281,14 @@ def _parse_blob(blob: Any, where: str) -> bytes | None:
         return None
     actual = detect_mime(data)
     if actual is None:
-        raise _invalid("Unable to process input image. Please retry or report in "
-                       "https://developers.generativeai.google/guide/troubleshooting")
+        raise _invalid(
+            "Unable to process input image. Please retry or report in "
+            "https://developers.generativeai.google/guide/troubleshooting"
+        )
     if actual != mime:
-        raise _invalid(f"Unable to process input image: the declared mime type {mime} does "
-                       f"not match the image data ({actual}).")
+        raise _invalid(
+            f"Unable to process input image: the declared mime type {mime} does not match the image data ({actual})."
+        )
     return data
 
 
@@ -262,12 +296,15 @@ def _parse_part(part: Any, where: str, texts: list[str], images: list[bytes]) ->
     fields = _fields(part, _PART, where)
     data_fields = [name for name in fields if name in _PART_DATA]
     if len(data_fields) != 1:
-        raise _invalid(f"* GenerateContentRequest.{where}.data: required oneof field 'data' "
-                       "must have one initialized field")
+        raise _invalid(
+            f"* GenerateContentRequest.{where}.data: required oneof field 'data' must have one initialized field"
+        )
     if "text" in fields:
         if not isinstance(fields["text"], str) or not fields["text"]:
-            raise _invalid("Unable to submit request because it has an empty text parameter. "
-                           "Add a value to the parameter and try again.")
+            raise _invalid(
+                "Unable to submit request because it has an empty text parameter. "
+                "Add a value to the parameter and try again."
+            )
         texts.append(fields["text"])
     elif "inlineData" in fields:
         image = _parse_blob(fields["inlineData"], f"{where}.inline_data")
@@ -311,9 +348,11 @@ def _parse_modalities(value: Any) -> list[str] | None:
     out = []
     for i, item in enumerate(value):
         if not isinstance(item, str) or item.upper() not in _MODALITIES:
-            raise _invalid(f"Invalid value at 'generation_config.response_modalities[{i}]' "
-                           f"(type.googleapis.com/google.ai.generativelanguage.v1beta."
-                           f"GenerationConfig.Modality), {item!r}")
+            raise _invalid(
+                f"Invalid value at 'generation_config.response_modalities[{i}]' "
+                f"(type.googleapis.com/google.ai.generativelanguage.v1beta."
+                f"GenerationConfig.Modality), {item!r}"
+            )
         out.append(item.upper())
     return out
 
@@ -324,11 +363,15 @@ def _parse_image_config(value: Any) -> tuple[str | None, str | None]:
     fields = _fields(value, _IMAGE_CONFIG, "generation_config.image_config")
     ratio, size = fields.get("aspectRatio"), fields.get("imageSize")
     if ratio is not None and ratio not in ASPECT_RATIOS:
-        raise _invalid(f"* GenerateContentRequest.generation_config.image_config.aspect_ratio: "
-                       f"Unsupported aspect ratio {ratio!r}. Supported: {', '.join(ASPECT_RATIOS)}.")
+        raise _invalid(
+            f"* GenerateContentRequest.generation_config.image_config.aspect_ratio: "
+            f"Unsupported aspect ratio {ratio!r}. Supported: {', '.join(ASPECT_RATIOS)}."
+        )
     if size is not None and size not in IMAGE_SIZES:  # "1k" is rejected: uppercase K only
-        raise _invalid(f"* GenerateContentRequest.generation_config.image_config.image_size: "
-                       f"Unsupported image size {size!r}. Supported: 1K, 2K, 4K.")
+        raise _invalid(
+            f"* GenerateContentRequest.generation_config.image_config.image_size: "
+            f"Unsupported image size {size!r}. Supported: 1K, 2K, 4K."
+        )
     return ratio, size
 
 
@@ -382,8 +425,13 @@ class FakeGemini(BaseFake):
         self.images_per_response = images_per_response
         self.thought_images = thought_images
         self.known_models = known_models  # None: every model name exists
-        self._settings = dict(api_key=api_key, output_mime=output_mime, images_per_response=images_per_response,
-                              thought_images=thought_images, known_models=known_models)
+        self._settings = dict(
+            api_key=api_key,
+            output_mime=output_mime,
+            images_per_response=images_per_response,
+            thought_images=thought_images,
+            known_models=known_models,
+        )
 
     def reset(self) -> None:
         """Clear recordings/queue/counters and restore the constructor settings."""
@@ -413,8 +461,11 @@ class FakeGemini(BaseFake):
             if method != "generateContent" or not model:
                 raise _Reject(404, "NOT_FOUND", f"Method not found: {request.url.path}")
             if self.known_models is not None and model not in self.known_models:
-                raise _Reject(404, "NOT_FOUND", f"models/{model} is not found for API version "
-                              "v1beta, or is not supported for generateContent.")
+                raise _Reject(
+                    404,
+                    "NOT_FOUND",
+                    f"models/{model} is not found for API version v1beta, or is not supported for generateContent.",
+                )
             if not ok:
                 raise _invalid("Invalid JSON payload received. Unexpected token.")
             parsed = parse_request(recorded.json)
@@ -433,8 +484,9 @@ class FakeGemini(BaseFake):
             await self.sleep(request, behaviour.seconds)
             return await self._success(model, parsed)
         if isinstance(behaviour, GeminiError):
-            body = google_error_body(behaviour.status, behaviour.google_status, behaviour.message,
-                                     behaviour.retry_after_s)
+            body = google_error_body(
+                behaviour.status, behaviour.google_status, behaviour.message, behaviour.retry_after_s
+            )
             return json_response(behaviour.status, body)
         if isinstance(behaviour, PromptBlocked):
             return json_response(200, self._prompt_blocked(model, behaviour))
@@ -450,22 +502,29 @@ class FakeGemini(BaseFake):
             return await self._success(model, parsed)
         raise TypeError(f"FakeGemini cannot apply behaviour {behaviour!r}")
 
-    def _envelope(self, model: str, parts: list[dict[str, Any]], finish: str,
-                  finish_message: str | None = None) -> dict[str, Any]:
-        candidate: dict[str, Any] = {"content": {"role": "model", "parts": parts},
-                                     "finishReason": finish, "index": 0}
+    def _envelope(
+        self, model: str, parts: list[dict[str, Any]], finish: str, finish_message: str | None = None
+    ) -> dict[str, Any]:
+        candidate: dict[str, Any] = {"content": {"role": "model", "parts": parts}, "finishReason": finish, "index": 0}
         if finish_message is not None:
             candidate["finishMessage"] = finish_message
-        return {"candidates": [candidate], "usageMetadata": dict(USAGE),
-                "modelVersion": model, "responseId": secrets.token_urlsafe(12)}
+        return {
+            "candidates": [candidate],
+            "usageMetadata": dict(USAGE),
+            "modelVersion": model,
+            "responseId": secrets.token_urlsafe(12),
+        }
 
     def _prompt_blocked(self, model: str, blocked: PromptBlocked) -> dict[str, Any]:
         feedback: dict[str, Any] = {"blockReason": blocked.reason}
         if blocked.message is not None:
             feedback["blockReasonMessage"] = blocked.message
-        return {"promptFeedback": feedback,
-                "usageMetadata": {"promptTokenCount": 17, "totalTokenCount": 17},
-                "modelVersion": model, "responseId": secrets.token_urlsafe(12)}
+        return {
+            "promptFeedback": feedback,
+            "usageMetadata": {"promptTokenCount": 17, "totalTokenCount": 17},
+            "modelVersion": model,
+            "responseId": secrets.token_urlsafe(12),
+        }
 
     def _finish_blocked(self, model: str, blocked: FinishBlocked) -> dict[str, Any]:
         parts = [{"text": "I'm unable to create that image."}]
@@ -510,8 +569,7 @@ class FakeGemini(BaseFake):
             for i in range(self.images_per_response):
                 color = color_for(seed_text if i == 0 else f"{seed_text}#{i}")
                 data = _b64(solid_image(mime, width, height, color))
-                parts.append({"inlineData": {"mimeType": mime, "data": data},
-                              "thoughtSignature": "sig"})
+                parts.append({"inlineData": {"mimeType": mime, "data": data}, "thoughtSignature": "sig"})
         return parts
 
 
@@ -521,10 +579,13 @@ def success_usage(input_images: int) -> dict[str, Any]:
     prompt_details = [{"modality": "TEXT", "tokenCount": PROMPT_TOKENS}]
     if image_tokens:
         prompt_details.append({"modality": "IMAGE", "tokenCount": image_tokens})
-    return {"promptTokenCount": PROMPT_TOKENS + image_tokens, "candidatesTokenCount": IMAGE_OUTPUT_TOKENS,
-            "totalTokenCount": PROMPT_TOKENS + image_tokens + IMAGE_OUTPUT_TOKENS,
-            "promptTokensDetails": prompt_details,
-            "candidatesTokensDetails": [{"modality": "IMAGE", "tokenCount": IMAGE_OUTPUT_TOKENS}]}
+    return {
+        "promptTokenCount": PROMPT_TOKENS + image_tokens,
+        "candidatesTokenCount": IMAGE_OUTPUT_TOKENS,
+        "totalTokenCount": PROMPT_TOKENS + image_tokens + IMAGE_OUTPUT_TOKENS,
+        "promptTokensDetails": prompt_details,
+        "candidatesTokensDetails": [{"modality": "IMAGE", "tokenCount": IMAGE_OUTPUT_TOKENS}],
+    }
 
 
 def _b64(data: bytes) -> str:

@@ -26,8 +26,12 @@ def deeply_nested_json(status: int = 200, depth: int = 100_000) -> RawResponse:
 
 def google_retry_delay(delay: str, status: int = 429) -> RawResponse:
     """A Google error with a RetryInfo detail whose retryDelay is exactly `delay` ("1e999s", "nans")."""
-    error = {"code": status, "status": "RESOURCE_EXHAUSTED", "message": "Resource has been exhausted",
-             "details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": delay}]}
+    error = {
+        "code": status,
+        "status": "RESOURCE_EXHAUSTED",
+        "message": "Resource has been exhausted",
+        "details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": delay}],
+    }
     return json_answer(status, {"error": error})
 
 
@@ -35,9 +39,14 @@ def gemini_image(usage: dict[str, Any] | None = None, **candidate: Any) -> RawRe
     """A Gemini success with one small PNG; `usage` and `candidate` fields replace the normal ones."""
     data = base64.b64encode(solid_png(8, 8, (1, 2, 3))).decode("ascii")
     body = {
-        "candidates": [{"content": {"role": "model", "parts": [{"inlineData": {"mimeType": "image/png",
-                                                                                "data": data}}]},
-                        "finishReason": "STOP", "index": 0, **candidate}],
+        "candidates": [
+            {
+                "content": {"role": "model", "parts": [{"inlineData": {"mimeType": "image/png", "data": data}}]},
+                "finishReason": "STOP",
+                "index": 0,
+                **candidate,
+            }
+        ],
         "usageMetadata": usage if usage is not None else {"promptTokenCount": 1, "candidatesTokenCount": 1},
     }
     return json_answer(200, body)

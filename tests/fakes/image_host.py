@@ -35,9 +35,16 @@ class ImageHost:
         self.open_drips = 0
         self.peak_drips = 0
         self._lock = threading.Lock()
-        self._server = LoopbackServer(Starlette(routes=[
-            Route("/a.png", self._png), Route("/redirect", self._redirect), Route("/drip", self._drip),
-        ]), graceful_shutdown_s=1)
+        self._server = LoopbackServer(
+            Starlette(
+                routes=[
+                    Route("/a.png", self._png),
+                    Route("/redirect", self._redirect),
+                    Route("/drip", self._drip),
+                ]
+            ),
+            graceful_shutdown_s=1,
+        )
 
     @property
     def url(self) -> str:
@@ -81,6 +88,7 @@ class ImageHost:
         self._server.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self._server.stop()

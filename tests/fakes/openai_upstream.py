@@ -54,8 +54,20 @@ MAX_INPUT_IMAGES = 16
 OUTPUT_TOKENS_PER_IMAGE = 1056
 INPUT_TOKENS_PER_IMAGE = 323
 
-_COMMON = {"prompt", "model", "n", "size", "quality", "response_format", "output_format",
-           "output_compression", "background", "stream", "partial_images", "user"}
+_COMMON = {
+    "prompt",
+    "model",
+    "n",
+    "size",
+    "quality",
+    "response_format",
+    "output_format",
+    "output_compression",
+    "background",
+    "stream",
+    "partial_images",
+    "user",
+}
 GENERATION_PARAMS = _COMMON | {"moderation", "style"}
 EDIT_FORM_PARAMS = _COMMON | {"input_fidelity"}  # plus the image / image[] / mask files
 EDIT_JSON_PARAMS = (_COMMON - {"response_format"}) | {"images", "mask", "moderation", "input_fidelity"}
@@ -66,7 +78,9 @@ GPT_IMAGE_SIZES = ("auto", "1024x1024", "1536x1024", "1024x1536")
 # 655,360 to 8,294,400 pixels.
 FLEX_STEP, FLEX_MAX_EDGE, FLEX_MAX_RATIO, FLEX_MIN_PIXELS, FLEX_MAX_PIXELS = 16, 3840, 3, 655_360, 8_294_400
 # The rules the real API applies per GPT image model, for `FakeOpenAI.with_gpt_image_rules()`.
-GPT_IMAGE_MODELS = frozenset({"gpt-image-1", "gpt-image-1.5", "gpt-image-1-mini", "gpt-image-2", "chatgpt-image-latest"})
+GPT_IMAGE_MODELS = frozenset(
+    {"gpt-image-1", "gpt-image-1.5", "gpt-image-1-mini", "gpt-image-2", "chatgpt-image-latest"}
+)
 NO_INPUT_FIDELITY_MODELS = frozenset({"gpt-image-1-mini", "gpt-image-2"})  # spec 1.2; gpt-image-2: always high
 OPAQUE_ONLY_MODELS = frozenset({"gpt-image-2"})  # no transparent backgrounds
 
@@ -88,8 +102,15 @@ class OpenAIError:
 class _Reject(Exception):
     """A request the real API would refuse, with the OpenAI error to send."""
 
-    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
-                 code: str | None = None, param: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.error = OpenAIError(status, message, type, code, param)
 
@@ -133,11 +154,17 @@ def _as_int(value: Any, param: str, low: int, high: int) -> int:
         kind = "a string" if isinstance(value, str) else type(value).__name__
         raise _bad(f"Invalid type for '{param}': expected an integer, but got {kind} instead.", param, "invalid_type")
     if value < low:
-        raise _bad(f"Invalid '{param}': integer below minimum value. Expected a value >= {low}, "
-                   f"but got {value} instead.", param, "integer_below_min_value")
+        raise _bad(
+            f"Invalid '{param}': integer below minimum value. Expected a value >= {low}, but got {value} instead.",
+            param,
+            "integer_below_min_value",
+        )
     if value > high:
-        raise _bad(f"Invalid '{param}': integer above maximum value. Expected a value <= {high}, "
-                   f"but got {value} instead.", param, "integer_above_max_value")
+        raise _bad(
+            f"Invalid '{param}': integer above maximum value. Expected a value <= {high}, but got {value} instead.",
+            param,
+            "integer_above_max_value",
+        )
     return value
 
 
@@ -156,8 +183,11 @@ def _size(value: Any) -> tuple[int, int]:
         return 1024, 1024
     match = re.fullmatch(r"(\d+)x(\d+)", str(value))
     if not match or not all(1 <= int(side) <= MAX_SIDE for side in match.groups()):
-        raise _bad(f"Invalid value: '{value}'. Supported values are: '1024x1024', '1024x1536', "
-                   "'1536x1024', and 'auto' (or WxH).", "size")
+        raise _bad(
+            f"Invalid value: '{value}'. Supported values are: '1024x1024', '1024x1536', "
+            "'1536x1024', and 'auto' (or WxH).",
+            "size",
+        )
     return int(match[1]), int(match[2])
 
 
@@ -168,11 +198,15 @@ def _check_flexible_size(size: str) -> None:
         raise _bad(f"Invalid value: '{size}'. Expected 'auto' or WIDTHxHEIGHT.", "size")
     width, height = int(match[1]), int(match[2])
     broken = (
-        "both edges must be multiples of 16" if width % FLEX_STEP or height % FLEX_STEP else
-        "the longest edge must be at most 3840" if max(width, height) > FLEX_MAX_EDGE else
-        "the long edge may be at most 3 times the short edge" if max(width, height) > FLEX_MAX_RATIO * min(width, height)
+        "both edges must be multiples of 16"
+        if width % FLEX_STEP or height % FLEX_STEP
+        else "the longest edge must be at most 3840"
+        if max(width, height) > FLEX_MAX_EDGE
+        else "the long edge may be at most 3 times the short edge"
+        if max(width, height) > FLEX_MAX_RATIO * min(width, height)
         else "the image must have 655,360 to 8,294,400 pixels"
-        if not FLEX_MIN_PIXELS <= width * height <= FLEX_MAX_PIXELS else None
+        if not FLEX_MIN_PIXELS <= width * height <= FLEX_MAX_PIXELS
+        else None
     )
     if broken:
         raise _bad(f"Invalid size '{size}': {broken}.", "size")
@@ -221,25 +255,30 @@ def parse_job(fields: dict[str, Any], allowed: set[str], strict: bool) -> ImageJ
 
 def _check_input_image(data: bytes, index: int, param: str = "image") -> None:
     if detect_mime(data) not in INPUT_MIMES:
-        raise _bad(f"Invalid image file or mode for image {index + 1}, please check your image file.",
-                   param, "invalid_image_file")
+        raise _bad(
+            f"Invalid image file or mode for image {index + 1}, please check your image file.",
+            param,
+            "invalid_image_file",
+        )
 
 
 def _check_image_count(count: int, param: str) -> None:
     if count == 0:
         raise _bad(f"Missing required parameter: '{param}'.", param, "missing_required_parameter")
     if count > MAX_INPUT_IMAGES:
-        raise _bad(f"Invalid '{param}': array too long. Expected an array with maximum length "
-                   f"{MAX_INPUT_IMAGES}, but got an array with length {count} instead.",
-                   param, "array_above_max_length")
+        raise _bad(
+            f"Invalid '{param}': array too long. Expected an array with maximum length "
+            f"{MAX_INPUT_IMAGES}, but got an array with length {count} instead.",
+            param,
+            "array_above_max_length",
+        )
 
 
 def _check_mask(mask: bytes, first_image: bytes) -> None:
     if detect_mime(mask) != "image/png":
         raise _bad("Invalid mask image format - mask must be a PNG.", "mask", "invalid_image_file")
     if image_size(mask) != image_size(first_image):
-        raise _bad("Invalid mask image format - mask size does not match image size", "mask",
-                   "invalid_image_file")
+        raise _bad("Invalid mask image format - mask size does not match image size", "mask", "invalid_image_file")
 
 
 def _decode_data_url(url: str, where: str) -> bytes:
@@ -255,8 +294,11 @@ def _decode_data_url(url: str, where: str) -> bytes:
 def _image_ref(ref: Any, where: str) -> bytes | None:
     """An ImageRefParam holds exactly one of image_url / file_id; data URLs are checked."""
     if not isinstance(ref, dict) or len(ref) != 1 or next(iter(ref)) not in ("image_url", "file_id"):
-        raise _bad(f"Invalid '{where}': expected an object with exactly one of 'image_url' or 'file_id'.",
-                   where, "invalid_type")
+        raise _bad(
+            f"Invalid '{where}': expected an object with exactly one of 'image_url' or 'file_id'.",
+            where,
+            "invalid_type",
+        )
     url = ref.get("image_url")
     if isinstance(url, str) and url.startswith("data:"):
         return _decode_data_url(url, f"{where}.image_url")
@@ -280,9 +322,14 @@ class FakeOpenAI(BaseFake):
     the bytes of every image the fake answered with, in order (to check the gateway's pass-through).
     """
 
-    def __init__(self, *, api_key: str = "test-openai-key", strict_params: bool = False,
-                 reject_response_format_models: set[str] | None = None,
-                 fixed_size_models: set[str] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        api_key: str = "test-openai-key",
+        strict_params: bool = False,
+        reject_response_format_models: set[str] | None = None,
+        fixed_size_models: set[str] | None = None,
+    ) -> None:
         super().__init__()
         self.api_key = api_key
         self.strict_params = strict_params  # True: unknown parameters -> 400 unknown_parameter
@@ -294,9 +341,12 @@ class FakeOpenAI(BaseFake):
         self.files: dict[str, tuple[bytes, str]] = {}  # served at /files/{name}
         self.downloads: list[str] = []  # names fetched from /files/
         self.served: list[bytes] = []  # every image answered, in order
-        self._settings = dict(api_key=api_key, strict_params=strict_params,
-                              reject_response_format_models=frozenset(reject_response_format_models or ()),
-                              fixed_size_models=frozenset(fixed_size_models or ()))
+        self._settings = dict(
+            api_key=api_key,
+            strict_params=strict_params,
+            reject_response_format_models=frozenset(reject_response_format_models or ()),
+            fixed_size_models=frozenset(fixed_size_models or ()),
+        )
 
     def reset(self) -> None:
         """Clear recordings/queue/counters/files and restore the constructor settings."""
@@ -323,11 +373,13 @@ class FakeOpenAI(BaseFake):
         return self.url + "/v1"
 
     def app(self) -> Starlette:
-        return Starlette(routes=[
-            Route("/v1/images/generations", self._generations, methods=["POST"]),
-            Route("/v1/images/edits", self._edits, methods=["POST"]),
-            Route("/files/{name}", self._file, methods=["GET"]),
-        ])
+        return Starlette(
+            routes=[
+                Route("/v1/images/generations", self._generations, methods=["POST"]),
+                Route("/v1/images/edits", self._edits, methods=["POST"]),
+                Route("/files/{name}", self._file, methods=["GET"]),
+            ]
+        )
 
     async def _generations(self, request: Request) -> Response:
         return await self._serve(request, self._parse_generation)
@@ -357,16 +409,24 @@ class FakeOpenAI(BaseFake):
             raise _bad("Unknown parameter: 'response_format'.", "response_format", "unknown_parameter")
         size = fields.get("size")
         if model in self.fixed_size_models and size not in (None, "") and size not in GPT_IMAGE_SIZES:
-            raise _bad(f"Invalid value: '{size}'. Supported values are: '1024x1024', '1024x1536', '1536x1024', "
-                       "and 'auto'.", "size")
+            raise _bad(
+                f"Invalid value: '{size}'. Supported values are: '1024x1024', '1024x1536', '1536x1024', and 'auto'.",
+                "size",
+            )
         if model in self.flexible_size_models and size not in (None, "", "auto"):
             _check_flexible_size(str(size))
         if model in self.no_input_fidelity_models and fields.get("input_fidelity") not in (None, ""):
-            raise _bad(f"Invalid parameter: 'input_fidelity' is not supported for model '{model}'.",
-                       "input_fidelity", "unsupported_parameter")
+            raise _bad(
+                f"Invalid parameter: 'input_fidelity' is not supported for model '{model}'.",
+                "input_fidelity",
+                "unsupported_parameter",
+            )
         if model in self.opaque_only_models and fields.get("background") == "transparent":
-            raise _bad(f"Invalid value: 'transparent'. Transparent backgrounds are not supported for model '{model}'.",
-                       "background", "invalid_value")
+            raise _bad(
+                f"Invalid value: 'transparent'. Transparent backgrounds are not supported for model '{model}'.",
+                "background",
+                "invalid_value",
+            )
 
     async def _parse_generation(self, request: Request, recorded: RecordedRequest) -> ImageJob:
         body = self._json_body(recorded)
@@ -379,16 +439,23 @@ class FakeOpenAI(BaseFake):
             return await self._parse_multipart_edit(request, recorded)
         if content_type.startswith("application/json"):
             return self._parse_json_edit(recorded)
-        raise _bad(f"Invalid Content-Type header ({content_type}), expected multipart/form-data "
-                   "or application/json.", None, None)
+        raise _bad(
+            f"Invalid Content-Type header ({content_type}), expected multipart/form-data or application/json.",
+            None,
+            None,
+        )
 
     def _json_body(self, recorded: RecordedRequest) -> dict[str, Any]:
         ok, body = parse_json(recorded.body)
         recorded.json = body
         if not ok or not isinstance(body, dict):
-            raise _bad("We could not parse the JSON body of your request. (HINT: This likely means "
-                       "you aren't using your HTTP library correctly. The OpenAI API expects a JSON "
-                       "payload, but what was sent was not valid JSON.)", None, None)
+            raise _bad(
+                "We could not parse the JSON body of your request. (HINT: This likely means "
+                "you aren't using your HTTP library correctly. The OpenAI API expects a JSON "
+                "payload, but what was sent was not valid JSON.)",
+                None,
+                None,
+            )
         recorded.model = body.get("model")
         return body
 
@@ -415,8 +482,9 @@ class FakeOpenAI(BaseFake):
         fields, files = await self._read_multipart(request, recorded)
         for name in ("image", "image[]", "mask"):
             if name in fields:
-                raise _bad(f"Invalid type for '{name}': expected a file, but got a string instead.",
-                           name, "invalid_type")
+                raise _bad(
+                    f"Invalid type for '{name}': expected a file, but got a string instead.", name, "invalid_type"
+                )
         images = [part.data for part in files if part.field_name in ("image", "image[]")]
         _check_image_count(len(images), "image")
         for i, data in enumerate(images):

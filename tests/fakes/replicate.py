@@ -83,8 +83,15 @@ SAFETY_FILTER_LEVELS = ("block_low_and_above", "block_medium_and_above", "block_
 MAX_IMAGE_INPUTS = 14
 MAX_IMAGES = 15  # seedream's max_images, accepted only with array_output
 MAX_PREFER_WAIT_S = 60
-INPUT_FIELDS = {"prompt", "image_input", "aspect_ratio", "resolution", "output_format",
-                "safety_filter_level", "allow_fallback_model"}
+INPUT_FIELDS = {
+    "prompt",
+    "image_input",
+    "aspect_ratio",
+    "resolution",
+    "output_format",
+    "safety_filter_level",
+    "allow_fallback_model",
+}
 TERMINAL = frozenset({"succeeded", "failed", "canceled", "aborted"})
 MIME_BY_OUTPUT_FORMAT = {"jpg": "image/jpeg", "jpeg": "image/jpeg", "png": "image/png"}
 CAPACITY_ERROR = "Service is currently unavailable due to high demand. Please try again later. (E003)"
@@ -95,8 +102,17 @@ NANO_BANANA = "google/nano-banana"
 NANO_BANANA_FIELDS = {"prompt", "image_input", "aspect_ratio", "output_format"}
 # bytedance/seedream-4 (the provider wire-format reference, section 5).
 SEEDREAM_4 = "bytedance/seedream-4"
-SEEDREAM_FIELDS = {"prompt", "image_input", "size", "width", "height", "aspect_ratio",
-                   "sequential_image_generation", "max_images", "enhance_prompt"}
+SEEDREAM_FIELDS = {
+    "prompt",
+    "image_input",
+    "size",
+    "width",
+    "height",
+    "aspect_ratio",
+    "sequential_image_generation",
+    "max_images",
+    "enhance_prompt",
+}
 SEEDREAM_SIZES = ("1K", "2K", "4K", "custom")
 SEEDREAM_ASPECT_RATIOS = ("match_input_image", "1:1", "4:3", "3:4", "16:9", "9:16", "3:2", "2:3", "21:9")
 SEEDREAM_SEQUENTIAL = ("disabled", "auto")
@@ -105,8 +121,15 @@ SEEDREAM_MIN_SIDE, SEEDREAM_MAX_SIDE = 1024, 4096
 # bytedance/seedream-5-lite (spec/providers.md section 5; the aspect_ratio and output_format enums
 # are from third-party code, UNCONFIRMED).
 SEEDREAM_5_LITE = "bytedance/seedream-5-lite"
-SEEDREAM_5_FIELDS = {"prompt", "image_input", "size", "aspect_ratio", "sequential_image_generation", "max_images",
-                     "output_format"}
+SEEDREAM_5_FIELDS = {
+    "prompt",
+    "image_input",
+    "size",
+    "aspect_ratio",
+    "sequential_image_generation",
+    "max_images",
+    "output_format",
+}
 SEEDREAM_5_SIZES = ("2K", "3K")
 SEEDREAM_5_OUTPUT_FORMATS = ("png", "jpeg")
 SEEDREAM_5_MAX_IMAGE_INPUTS = 14
@@ -224,8 +247,9 @@ def problem(status: int, title: str | None, detail: str, headers: dict[str, str]
 def _enum(errors: list[dict[str, str]], data: dict[str, Any], name: str, allowed: tuple[str, ...]) -> None:
     if name in data and data[name] not in allowed:
         choices = ", ".join(f'"{v}"' for v in allowed)
-        errors.append({"type": "enum", "field": f"input.{name}",
-                       "description": f"{name} must be one of the following: {choices}"})
+        errors.append(
+            {"type": "enum", "field": f"input.{name}", "description": f"{name} must be one of the following: {choices}"}
+        )
 
 
 def _decode_data_uri(uri: str) -> bytes | None:
@@ -241,12 +265,22 @@ def _decode_data_uri(uri: str) -> bytes | None:
 def _image_input(errors: list[dict[str, str]], value: Any, max_items: int = MAX_IMAGE_INPUTS) -> list[bytes]:
     """Check image_input (array of http(s) or data URIs, <= max_items); decoded data-URI images out."""
     if not isinstance(value, list):
-        errors.append({"type": "array_type", "field": "input.image_input",
-                       "description": "Invalid type. Expected: array, given: " + type(value).__name__})
+        errors.append(
+            {
+                "type": "array_type",
+                "field": "input.image_input",
+                "description": "Invalid type. Expected: array, given: " + type(value).__name__,
+            }
+        )
         return []
     if len(value) > max_items:
-        errors.append({"type": "array_max_items", "field": "input.image_input",
-                       "description": f"Array must have at most {max_items} items"})
+        errors.append(
+            {
+                "type": "array_max_items",
+                "field": "input.image_input",
+                "description": f"Array must have at most {max_items} items",
+            }
+        )
     images: list[bytes] = []
     for i, uri in enumerate(value):
         where = f"input.image_input.{i}"
@@ -256,8 +290,9 @@ def _image_input(errors: list[dict[str, str]], value: Any, max_items: int = MAX_
         if uri.startswith("data:"):
             data = _decode_data_uri(uri)
             if data is None or detect_mime(data) is None:
-                errors.append({"type": "format", "field": where,
-                               "description": "Could not decode the data URI as an image"})
+                errors.append(
+                    {"type": "format", "field": where, "description": "Could not decode the data URI as an image"}
+                )
                 continue
             images.append(data)
     return images
@@ -270,8 +305,13 @@ def validate_input(data: Any, *, allow_max_images: bool) -> list[bytes]:
     errors: list[dict[str, str]] = []
     allowed = INPUT_FIELDS | ({"max_images"} if allow_max_images else set())
     for name in sorted(set(data) - allowed):
-        errors.append({"type": "additional_property_not_allowed", "field": "input",
-                       "description": f"Additional property {name} is not allowed"})
+        errors.append(
+            {
+                "type": "additional_property_not_allowed",
+                "field": "input",
+                "description": f"Additional property {name} is not allowed",
+            }
+        )
     prompt = data.get("prompt")
     if not isinstance(prompt, str) or not prompt:
         errors.append({"type": "required", "field": "input", "description": "prompt is required"})
@@ -280,13 +320,24 @@ def validate_input(data: Any, *, allow_max_images: bool) -> list[bytes]:
     _enum(errors, data, "output_format", OUTPUT_FORMATS)
     _enum(errors, data, "safety_filter_level", SAFETY_FILTER_LEVELS)
     if "allow_fallback_model" in data and not isinstance(data["allow_fallback_model"], bool):
-        errors.append({"type": "invalid_type", "field": "input.allow_fallback_model",
-                       "description": "Invalid type. Expected: boolean"})
+        errors.append(
+            {
+                "type": "invalid_type",
+                "field": "input.allow_fallback_model",
+                "description": "Invalid type. Expected: boolean",
+            }
+        )
     count = data.get("max_images", 1)
-    if "max_images" in allowed and (isinstance(count, bool) or not isinstance(count, int)
-                                    or not 1 <= count <= MAX_IMAGES):
-        errors.append({"type": "number_all_of", "field": "input.max_images",
-                       "description": f"Must be an integer between 1 and {MAX_IMAGES}"})
+    if "max_images" in allowed and (
+        isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_IMAGES
+    ):
+        errors.append(
+            {
+                "type": "number_all_of",
+                "field": "input.max_images",
+                "description": f"Must be an integer between 1 and {MAX_IMAGES}",
+            }
+        )
     images = _image_input(errors, data.get("image_input", []))
     if errors:
         detail = "".join(f"- {e['field']}: {e['description']}\n" for e in errors)
@@ -306,8 +357,13 @@ def _object_with(data: Any, allowed: set[str]) -> list[dict[str, str]]:
         raise _Reject(422, "Input validation failed", "- input: Invalid type. Expected: object\n")
     errors: list[dict[str, str]] = []
     for name in sorted(set(data) - allowed):
-        errors.append({"type": "additional_property_not_allowed", "field": "input",
-                       "description": f"Additional property {name} is not allowed"})
+        errors.append(
+            {
+                "type": "additional_property_not_allowed",
+                "field": "input",
+                "description": f"Additional property {name} is not allowed",
+            }
+        )
     prompt = data.get("prompt")
     if not isinstance(prompt, str) or not prompt:
         errors.append({"type": "required", "field": "input", "description": "prompt is required"})
@@ -317,8 +373,13 @@ def _object_with(data: Any, allowed: set[str]) -> list[dict[str, str]]:
 def _int_in(errors: list[dict[str, str]], data: dict[str, Any], name: str, low: int, high: int) -> None:
     value = data.get(name)
     if name in data and (isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high):
-        errors.append({"type": "number_all_of", "field": f"input.{name}",
-                       "description": f"Must be an integer between {low} and {high}"})
+        errors.append(
+            {
+                "type": "number_all_of",
+                "field": f"input.{name}",
+                "description": f"Must be an integer between {low} and {high}",
+            }
+        )
 
 
 def validate_nano_banana_input(data: Any) -> list[bytes]:
@@ -340,8 +401,9 @@ def validate_seedream_input(data: Any) -> list[bytes]:
     _int_in(errors, data, "width", SEEDREAM_MIN_SIDE, SEEDREAM_MAX_SIDE)
     _int_in(errors, data, "height", SEEDREAM_MIN_SIDE, SEEDREAM_MAX_SIDE)
     if "enhance_prompt" in data and not isinstance(data["enhance_prompt"], bool):
-        errors.append({"type": "invalid_type", "field": "input.enhance_prompt",
-                       "description": "Invalid type. Expected: boolean"})
+        errors.append(
+            {"type": "invalid_type", "field": "input.enhance_prompt", "description": "Invalid type. Expected: boolean"}
+        )
     images = _seedream_images(errors, data, SEEDREAM_MAX_IMAGE_INPUTS)
     _raise_if(errors)
     return images
@@ -367,8 +429,13 @@ def _seedream_images(errors: list[dict[str, str]], data: dict[str, Any], max_inp
     images = _image_input(errors, inputs, max_inputs)
     count = data.get("max_images", 1)
     if isinstance(inputs, list) and isinstance(count, int) and len(inputs) + count > MAX_IMAGES:
-        errors.append({"type": "number_all_of", "field": "input.max_images",
-                       "description": f"Input images plus max_images must not exceed {MAX_IMAGES}"})
+        errors.append(
+            {
+                "type": "number_all_of",
+                "field": "input.max_images",
+                "description": f"Input images plus max_images must not exceed {MAX_IMAGES}",
+            }
+        )
     return images
 
 
@@ -403,12 +470,18 @@ def _check_headers(request: Request) -> tuple[str | None, str | None]:
     if prefer is not None:
         match = _PREFER.fullmatch(prefer)
         if not match or (match[1] is not None and not 1 <= int(match[1]) <= MAX_PREFER_WAIT_S):
-            raise _Reject(400, "Invalid Prefer header",
-                          f"Prefer must be 'wait' or 'wait=N' with N from 1 to {MAX_PREFER_WAIT_S}, got {prefer!r}.")
+            raise _Reject(
+                400,
+                "Invalid Prefer header",
+                f"Prefer must be 'wait' or 'wait=N' with N from 1 to {MAX_PREFER_WAIT_S}, got {prefer!r}.",
+            )
     cancel_after = request.headers.get("cancel-after")
     if cancel_after is not None and not _DURATION.fullmatch(cancel_after.strip()):
-        raise _Reject(400, "Invalid Cancel-After header",
-                      f"Cancel-After must be a duration such as '30s' or '1m', got {cancel_after!r}.")
+        raise _Reject(
+            400,
+            "Invalid Cancel-After header",
+            f"Cancel-After must be a duration such as '30s' or '1m', got {cancel_after!r}.",
+        )
     return prefer, cancel_after
 
 
@@ -445,8 +518,14 @@ class FakeReplicate(BaseFake):
         self.predictions: dict[str, Prediction] = {}
         self.files: dict[str, tuple[bytes, str]] = {}  # served at /files/{name}
         self.cancels = 0  # cancel requests received for known predictions
-        self._settings = dict(api_key=api_key, processing_polls=processing_polls, instant=instant,
-                              array_output=array_output, data_uri_output=data_uri_output, known_models=known_models)
+        self._settings = dict(
+            api_key=api_key,
+            processing_polls=processing_polls,
+            instant=instant,
+            array_output=array_output,
+            data_uri_output=data_uri_output,
+            known_models=known_models,
+        )
 
     def reset(self) -> None:
         """Clear recordings/queue/counters/predictions/files and restore the constructor settings."""
@@ -480,12 +559,14 @@ class FakeReplicate(BaseFake):
         return [r for r in self.requests if r.path.startswith("/files/")]
 
     def app(self) -> Starlette:
-        return Starlette(routes=[
-            Route("/v1/models/{owner}/{name}/predictions", self._create, methods=["POST"]),
-            Route("/v1/predictions/{id}", self._get, methods=["GET"]),
-            Route("/v1/predictions/{id}/cancel", self._cancel, methods=["POST"]),
-            Route("/files/{name}", self._file, methods=["GET"]),
-        ])
+        return Starlette(
+            routes=[
+                Route("/v1/models/{owner}/{name}/predictions", self._create, methods=["POST"]),
+                Route("/v1/predictions/{id}", self._get, methods=["GET"]),
+                Route("/v1/predictions/{id}/cancel", self._cancel, methods=["POST"]),
+                Route("/files/{name}", self._file, methods=["GET"]),
+            ]
+        )
 
     def _check_auth(self, request: Request) -> None:
         if request.headers.get("authorization") != f"Bearer {self.api_key}":
@@ -528,8 +609,15 @@ class FakeReplicate(BaseFake):
             images = validate_nano_banana_input(data)
         else:
             images = validate_input(data, allow_max_images=self.array_output)
-        return Prediction(id=secrets.token_hex(10), model=model, input=recorded.json["input"], images=images,
-                          prefer=prefer, cancel_after=cancel_after, created_at=_now())
+        return Prediction(
+            id=secrets.token_hex(10),
+            model=model,
+            input=recorded.json["input"],
+            images=images,
+            prefer=prefer,
+            cancel_after=cancel_after,
+            created_at=_now(),
+        )
 
     async def _apply(self, behaviour: Any, request: Request, prediction: Prediction) -> Response:
         """Turn one scripted behaviour into the create's HTTP answer."""
@@ -540,8 +628,9 @@ class FakeReplicate(BaseFake):
             headers = None if behaviour.retry_after_s is None else {"Retry-After": f"{behaviour.retry_after_s:g}"}
             return problem(behaviour.status, behaviour.title, behaviour.detail, headers)
         if isinstance(behaviour, MalformedJSON):
-            return Response(behaviour.body or '{"id": "abc", "status": ', status_code=201,
-                            media_type="application/json")
+            return Response(
+                behaviour.body or '{"id": "abc", "status": ', status_code=201, media_type="application/json"
+            )
         if isinstance(behaviour, RawResponse):
             return raw_response(behaviour)
         if isinstance(behaviour, PollError):
@@ -561,7 +650,8 @@ class FakeReplicate(BaseFake):
             return
         prediction.polls += 1
         if isinstance(prediction.outcome, PredictionStuck) or (
-                not to_the_end and prediction.polls <= self.processing_polls):
+            not to_the_end and prediction.polls <= self.processing_polls
+        ):
             prediction.status = "processing"
             prediction.started_at = prediction.started_at or _now()
             return
@@ -625,12 +715,26 @@ class FakeReplicate(BaseFake):
     def prediction_json(self, prediction: Prediction) -> dict[str, Any]:
         get = f"{self.url}/v1/predictions/{prediction.id}"
         body: dict[str, Any] = {
-            "id": prediction.id, "model": prediction.model, "version": "hidden", "input": prediction.input,
-            "logs": "", "output": prediction.output, "data_removed": False, "error": prediction.error,
-            "source": "api", "status": prediction.status, "created_at": prediction.created_at,
-            "started_at": prediction.started_at, "completed_at": prediction.completed_at, "deadline": None,
-            "urls": {"get": get, "cancel": f"{get}/cancel", "web": f"https://replicate.com/p/{prediction.id}",
-                     "stream": f"{self.url}/v1/streams/{prediction.id}"},
+            "id": prediction.id,
+            "model": prediction.model,
+            "version": "hidden",
+            "input": prediction.input,
+            "logs": "",
+            "output": prediction.output,
+            "data_removed": False,
+            "error": prediction.error,
+            "source": "api",
+            "status": prediction.status,
+            "created_at": prediction.created_at,
+            "started_at": prediction.started_at,
+            "completed_at": prediction.completed_at,
+            "deadline": None,
+            "urls": {
+                "get": get,
+                "cancel": f"{get}/cancel",
+                "web": f"https://replicate.com/p/{prediction.id}",
+                "stream": f"{self.url}/v1/streams/{prediction.id}",
+            },
         }
         if prediction.status == "succeeded":
             body["metrics"] = {"predict_time": 8.1, "total_time": 9.0, "image_count": 1}

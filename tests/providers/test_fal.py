@@ -60,9 +60,9 @@ GENERATE_PATH = "/fal-ai/nano-banana-pro"
 EDIT_PATH = "/fal-ai/nano-banana-pro/edit"
 
 
-
-def make_request(prompt: str = "a red fox in snow", *, layout: Layout | None = None,
-                 mode: str | None = None, **kwargs: Any) -> ProviderRequest:
+def make_request(
+    prompt: str = "a red fox in snow", *, layout: Layout | None = None, mode: str | None = None, **kwargs: Any
+) -> ProviderRequest:
     if mode is None:
         mode = "edit" if kwargs.get("images") else "t2i"
     if layout is None:
@@ -188,8 +188,9 @@ def test_fallback_urls_drop_the_sub_path() -> None:
     ],
     ids=["default", "16:9-2K", "21:9", "4:5-4K", "size-WxH"],
 )
-async def test_layout_fields(provider: FalProvider, fake_fal: FakeFal,
-                             layout_args: dict[str, Any], ratio: str, tier: str) -> None:
+async def test_layout_fields(
+    provider: FalProvider, fake_fal: FakeFal, layout_args: dict[str, Any], ratio: str, tier: str
+) -> None:
     layout = resolve_layout(MODEL, **layout_args)
     result = await provider.run(make_request(layout=layout))
     body = fake_fal.submits[0].json
@@ -251,12 +252,21 @@ async def test_options_and_extra_are_merged(provider: FalProvider, fake_fal: Fak
     assert body["system_prompt"] == "be brief"
 
 
-@pytest.mark.parametrize("extra", [
-    {"resolution": "4K"}, {"prompt": "something else"}, {"num_images": 4}, {"image_urls": ["https://x/y.png"]},
-    {"sync_mode": True}, {"aspect_ratio": "21:9"}, {"output_format": "webp"},
-])
-async def test_extra_cannot_replace_built_fields(provider: FalProvider, fake_fal: FakeFal,
-                                                 extra: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"resolution": "4K"},
+        {"prompt": "something else"},
+        {"num_images": 4},
+        {"image_urls": ["https://x/y.png"]},
+        {"sync_mode": True},
+        {"aspect_ratio": "21:9"},
+        {"output_format": "webp"},
+    ],
+)
+async def test_extra_cannot_replace_built_fields(
+    provider: FalProvider, fake_fal: FakeFal, extra: dict[str, Any]
+) -> None:
     """Pass-through may add fields, never replace what the gateway reports and bills (a 4K
     image billed as 1K); the binding's targets are reserved even when this request left them out."""
     err = await raised(provider, make_request(extra=extra))
@@ -315,8 +325,9 @@ async def test_declared_target_field_is_in_the_input(provider: FalProvider, fake
         assert body[field] == value, f"{param}: unexpected value at {field!r}: {body[field]!r}"
 
 
-@pytest.mark.parametrize("param", [n for n, h in BINDING.parameters.items()
-                                   if h.handling in ("emulated", "not_available")])
+@pytest.mark.parametrize(
+    "param", [n for n, h in BINDING.parameters.items() if h.handling in ("emulated", "not_available")]
+)
 def test_emulated_params_declare_no_target(param: str) -> None:
     assert BINDING.parameters[param].to is None
 
@@ -436,8 +447,9 @@ async def test_stuck_in_queue_times_out_and_cancels(provider: FalProvider, fake_
         ("internal_server_error", UpstreamError, "upstream_request_failed"),
     ],
 )
-async def test_fails_after_running(provider: FalProvider, fake_fal: FakeFal,
-                                   error_type: str, kind: type[ImagegateError], code: str) -> None:
+async def test_fails_after_running(
+    provider: FalProvider, fake_fal: FakeFal, error_type: str, kind: type[ImagegateError], code: str
+) -> None:
     fake_fal.enqueue(FailsAfterRunning(error_type, "it went wrong"))
     err = await raised(provider)
     assert type(err) is kind
@@ -454,8 +466,11 @@ async def test_hang_on_result_is_504(provider: FalProvider, fake_fal: FakeFal) -
     assert isinstance(err, UpstreamTimeout)
 
 
-@pytest.mark.parametrize("behaviour", [FalError(503, "busy"), FalError(429, "slow down"),
-                                       RawResponse(502, "<html>Bad Gateway</html>")], ids=["503", "429", "502"])
+@pytest.mark.parametrize(
+    "behaviour",
+    [FalError(503, "busy"), FalError(429, "slow down"), RawResponse(502, "<html>Bad Gateway</html>")],
+    ids=["503", "429", "502"],
+)
 async def test_transient_poll_failure_is_retried(provider: FalProvider, fake_fal: FakeFal, behaviour: Any) -> None:
     """The job is running (and billed): one failed status poll must not throw it away."""
     fake_fal.enqueue(OnStatus(behaviour, polls=2))
@@ -482,8 +497,9 @@ async def test_lost_request_is_502_and_cancelled(provider: FalProvider, fake_fal
     assert fake_fal.cancels == 1
 
 
-@pytest.mark.parametrize("body", ['{"status": "EXPLODED"}', '{"queue_position": 1}', "[]"],
-                         ids=["unknown-state", "no-state", "not-object"])
+@pytest.mark.parametrize(
+    "body", ['{"status": "EXPLODED"}', '{"queue_position": 1}', "[]"], ids=["unknown-state", "no-state", "not-object"]
+)
 async def test_bad_status_answer_is_bad_response(provider: FalProvider, fake_fal: FakeFal, body: str) -> None:
     fake_fal.enqueue(OnStatus(RawResponse(200, body, content_type="application/json")))
     err = await raised(provider)
@@ -527,7 +543,7 @@ async def test_result_error_is_mapped(provider: FalProvider, fake_fal: FakeFal) 
 @pytest.mark.parametrize(
     "body",
     [
-        '[]',
+        "[]",
         '{"images": "x"}',
         '{"images": [{"content_type": "image/png"}]}',
         '{"images": [{"url": "data:image/png;base64,aGVsbG8="}]}',
@@ -555,8 +571,9 @@ async def test_downloaded_non_image_is_bad_response(provider: FalProvider, fake_
 # --- the fake itself: it must refuse what fal refuses ------------------------------------------
 
 
-async def _submit(http: httpx.AsyncClient, fake: FakeFal, path: str, body: Any,
-                  key: str | None = "test-fal-key") -> httpx.Response:
+async def _submit(
+    http: httpx.AsyncClient, fake: FakeFal, path: str, body: Any, key: str | None = "test-fal-key"
+) -> httpx.Response:
     headers = {"authorization": f"Key {key}"} if key else {}
     return await http.post(fake.url + path, json=body, headers=headers)
 
@@ -575,13 +592,18 @@ async def _submit(http: httpx.AsyncClient, fake: FakeFal, path: str, body: Any,
         (GENERATE_PATH, {"prompt": "p", "safety_tolerance": 4}, ["body", "safety_tolerance"], "type_error.enum"),
         (GENERATE_PATH, {"prompt": "p", "sync_mode": "yes"}, ["body", "sync_mode"], "type_error.bool"),
         (EDIT_PATH, {"prompt": "p"}, ["body", "image_urls"], "value_error.missing"),
-        (EDIT_PATH, {"prompt": "p", "image_urls": ["data:image/png;base64,aGVsbG8="]},
-         ["body", "image_urls", 0], "image_load_error"),
+        (
+            EDIT_PATH,
+            {"prompt": "p", "image_urls": ["data:image/png;base64,aGVsbG8="]},
+            ["body", "image_urls", 0],
+            "image_load_error",
+        ),
         (EDIT_PATH, {"prompt": "p", "image_urls": ["c:/x.png"]}, ["body", "image_urls", 0], "value_error.url.scheme"),
     ],
 )
-async def test_fake_validates_like_fal(fake_fal: FakeFal, http: httpx.AsyncClient, path: str, body: dict[str, Any],
-                                       loc: list[Any], type_: str) -> None:
+async def test_fake_validates_like_fal(
+    fake_fal: FakeFal, http: httpx.AsyncClient, path: str, body: dict[str, Any], loc: list[Any], type_: str
+) -> None:
     response = await _submit(http, fake_fal, path, body)
     assert response.status_code == 422
     assert {"loc": loc, "type": type_} in [{"loc": d["loc"], "type": d["type"]} for d in response.json()["detail"]]
@@ -591,9 +613,11 @@ async def test_fake_validates_like_fal(fake_fal: FakeFal, http: httpx.AsyncClien
 async def test_fake_auth_and_lifecycle(fake_fal: FakeFal, http: httpx.AsyncClient) -> None:
     assert (await _submit(http, fake_fal, GENERATE_PATH, {"prompt": "p"}, key=None)).status_code == 401
     assert (await _submit(http, fake_fal, GENERATE_PATH, {"prompt": "p"}, key="nope")).json() == {
-        "detail": "Unauthorized"}
-    response = await _submit(http, fake_fal, EDIT_PATH, {"prompt": "p", "image_urls": [data_uri(PNG)],
-                                                         "aspect_ratio": "auto"})
+        "detail": "Unauthorized"
+    }
+    response = await _submit(
+        http, fake_fal, EDIT_PATH, {"prompt": "p", "image_urls": [data_uri(PNG)], "aspect_ratio": "auto"}
+    )
     answer = response.json()
     assert "/edit/" not in answer["status_url"] and answer["response_url"].endswith(answer["request_id"])
     auth = {"authorization": "Key test-fal-key"}

@@ -57,17 +57,16 @@ HARM_CATEGORIES = {
 }
 
 
-
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def make_request(prompt: str = "a red fox in snow", *, layout: Layout | None = None,
-                 mode: str | None = None, **kwargs: Any) -> ProviderRequest:
+def make_request(
+    prompt: str = "a red fox in snow", *, layout: Layout | None = None, mode: str | None = None, **kwargs: Any
+) -> ProviderRequest:
     if mode is None:
         mode = "edit" if kwargs.get("images") else "t2i"
-    return ProviderRequest(mode=mode, prompt=prompt, layout=layout or resolve_layout(MODEL),
-                           binding=BINDING, **kwargs)
+    return ProviderRequest(mode=mode, prompt=prompt, layout=layout or resolve_layout(MODEL), binding=BINDING, **kwargs)
 
 
 @pytest.fixture
@@ -121,8 +120,9 @@ async def test_url_header_and_prompt(provider: GeminiProvider, fake_gemini: Fake
     ],
     ids=["default", "16:9-2K", "21:9-4K", "9:16", "4:5-4K", "size-WxH"],
 )
-async def test_image_config_from_layout(provider: GeminiProvider, fake_gemini: FakeGemini,
-                                        layout_args: dict[str, str], ratio: str, tier: str) -> None:
+async def test_image_config_from_layout(
+    provider: GeminiProvider, fake_gemini: FakeGemini, layout_args: dict[str, str], ratio: str, tier: str
+) -> None:
     layout = resolve_layout(MODEL, **layout_args)
     assert (layout.aspect_ratio, layout.resolution) == (ratio, tier)
     result = await provider.run(make_request(layout=layout))
@@ -149,8 +149,7 @@ async def test_input_images_become_inline_data_parts(provider: GeminiProvider, f
     ]
 
 
-async def test_edit_without_aspect_ratio_still_sends_layout(provider: GeminiProvider,
-                                                            fake_gemini: FakeGemini) -> None:
+async def test_edit_without_aspect_ratio_still_sends_layout(provider: GeminiProvider, fake_gemini: FakeGemini) -> None:
     layout = resolve_layout(MODEL, input_shape=(PNG.width, PNG.height))  # 64x48 -> 4:3
     body = await sent_body(provider, fake_gemini, make_request(images=(PNG,), layout=layout))
     assert body["generationConfig"]["imageConfig"] == {"aspectRatio": "4:3", "imageSize": "1K"}
@@ -185,19 +184,27 @@ def _thresholds(body: dict[str, Any]) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("level", ["block_low_and_above", "block_medium_and_above", "block_only_high"])
-async def test_safety_filter_level_sets_all_categories(provider: GeminiProvider, fake_gemini: FakeGemini,
-                                                       level: str) -> None:
+async def test_safety_filter_level_sets_all_categories(
+    provider: GeminiProvider, fake_gemini: FakeGemini, level: str
+) -> None:
     body = await sent_body(provider, fake_gemini, make_request(options={"safety_filter_level": level}))
     assert set(_thresholds(body).values()) == {level.upper()}
 
 
 @pytest.mark.parametrize(
     ("tolerance", "threshold"),
-    [("1", "BLOCK_LOW_AND_ABOVE"), ("2", "BLOCK_LOW_AND_ABOVE"), ("3", "BLOCK_MEDIUM_AND_ABOVE"),
-     ("4", "BLOCK_MEDIUM_AND_ABOVE"), ("5", "BLOCK_ONLY_HIGH"), ("6", "BLOCK_ONLY_HIGH")],
+    [
+        ("1", "BLOCK_LOW_AND_ABOVE"),
+        ("2", "BLOCK_LOW_AND_ABOVE"),
+        ("3", "BLOCK_MEDIUM_AND_ABOVE"),
+        ("4", "BLOCK_MEDIUM_AND_ABOVE"),
+        ("5", "BLOCK_ONLY_HIGH"),
+        ("6", "BLOCK_ONLY_HIGH"),
+    ],
 )
-async def test_safety_tolerance_thresholds(provider: GeminiProvider, fake_gemini: FakeGemini,
-                                           tolerance: str, threshold: str) -> None:
+async def test_safety_tolerance_thresholds(
+    provider: GeminiProvider, fake_gemini: FakeGemini, tolerance: str, threshold: str
+) -> None:
     body = await sent_body(provider, fake_gemini, make_request(options={"safety_tolerance": tolerance}))
     assert set(_thresholds(body).values()) == {threshold}
 
@@ -227,23 +234,27 @@ async def test_extra_is_deep_merged(provider: GeminiProvider, fake_gemini: FakeG
     assert body["systemInstruction"] == {"parts": [{"text": "be brief"}]}
 
 
-@pytest.mark.parametrize(("extra", "param"), [
-    ({"generationConfig": {"imageConfig": {"imageSize": "4K"}}}, "generationConfig"),
-    ({"generationConfig": {"imageConfig": {"personGeneration": "ALLOW_ALL"}}}, "generationConfig"),
-    ({"generationConfig": {"responseModalities": ["IMAGE"]}}, "generationConfig"),
-    ({"generationConfig": {"seed": 7}}, "generationConfig"),
-    ({"generationConfig": "plain text"}, "generationConfig"),
-    ({"contents": [{"role": "user", "parts": [{"text": "another prompt"}]}]}, "contents"),
-    ({"safetySettings": []}, "safetySettings"),  # reserved by the binding even when not built
-    ({"tools": [{"code_execution": {}}]}, "tools"),
-    # proto-JSON: snake_case names the same fields, at any level
-    ({"generation_config": {"image_config": {"image_size": "4K"}}}, "generation_config"),
-    ({"generationConfig": {"image_config": {"imageSize": "4K"}}}, "generationConfig"),
-    ({"generation_config": {"response_modalities": ["IMAGE"]}}, "generation_config"),
-    ({"safety_settings": [{"category": "HARM_CATEGORY_HARASSMENT", "threshold": "BLOCK_NONE"}]}, "safety_settings"),
-])
-async def test_extra_cannot_replace_gateway_fields(provider: GeminiProvider, fake_gemini: FakeGemini,
-                                                   extra: dict[str, Any], param: str) -> None:
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"generationConfig": {"imageConfig": {"imageSize": "4K"}}}, "generationConfig"),
+        ({"generationConfig": {"imageConfig": {"personGeneration": "ALLOW_ALL"}}}, "generationConfig"),
+        ({"generationConfig": {"responseModalities": ["IMAGE"]}}, "generationConfig"),
+        ({"generationConfig": {"seed": 7}}, "generationConfig"),
+        ({"generationConfig": "plain text"}, "generationConfig"),
+        ({"contents": [{"role": "user", "parts": [{"text": "another prompt"}]}]}, "contents"),
+        ({"safetySettings": []}, "safetySettings"),  # reserved by the binding even when not built
+        ({"tools": [{"code_execution": {}}]}, "tools"),
+        # proto-JSON: snake_case names the same fields, at any level
+        ({"generation_config": {"image_config": {"image_size": "4K"}}}, "generation_config"),
+        ({"generationConfig": {"image_config": {"imageSize": "4K"}}}, "generationConfig"),
+        ({"generation_config": {"response_modalities": ["IMAGE"]}}, "generation_config"),
+        ({"safety_settings": [{"category": "HARM_CATEGORY_HARASSMENT", "threshold": "BLOCK_NONE"}]}, "safety_settings"),
+    ],
+)
+async def test_extra_cannot_replace_gateway_fields(
+    provider: GeminiProvider, fake_gemini: FakeGemini, extra: dict[str, Any], param: str
+) -> None:
     err = await raised(provider, make_request(extra=extra))
     assert isinstance(err, InvalidRequest) and err.status_code == 400
     assert err.param == param and err.code == "reserved_upstream_field"
@@ -284,25 +295,36 @@ _LAYOUT = resolve_layout(MODEL, aspect_ratio="21:9", resolution="2K")
 
 
 def _all_thresholds(threshold: str) -> Callable[[list[Any]], bool]:
-    return lambda values: (len(values) == 1 and len(values[0]) == 4
-                           and {s["threshold"] for s in values[0]} == {threshold}
-                           and {s["category"] for s in values[0]} == HARM_CATEGORIES)
+    return lambda values: (
+        len(values) == 1
+        and len(values[0]) == 4
+        and {s["threshold"] for s in values[0]} == {threshold}
+        and {s["category"] for s in values[0]} == HARM_CATEGORIES
+    )
 
 
 # param -> (ProviderRequest arguments that use it, check of the values found at `to`)
 DRIFT_CASES: dict[str, tuple[dict[str, Any], Callable[[list[Any]], bool]]] = {
     "prompt": ({"prompt": "drift check"}, lambda v: v == ["drift check"]),
-    "image": ({"images": (PNG, JPEG)},
-              lambda v: v == [{"mime_type": "image/png", "data": b64(PNG.data)},
-                              {"mime_type": "image/jpeg", "data": b64(JPEG.data)}]),
-    "size": ({"layout": resolve_layout(MODEL, size="3129x1341")},
-             lambda v: v == [{"aspectRatio": "21:9", "imageSize": "2K"}]),
+    "image": (
+        {"images": (PNG, JPEG)},
+        lambda v: (
+            v
+            == [{"mime_type": "image/png", "data": b64(PNG.data)}, {"mime_type": "image/jpeg", "data": b64(JPEG.data)}]
+        ),
+    ),
+    "size": (
+        {"layout": resolve_layout(MODEL, size="3129x1341")},
+        lambda v: v == [{"aspectRatio": "21:9", "imageSize": "2K"}],
+    ),
     "aspect_ratio": ({"layout": _LAYOUT}, lambda v: v == ["21:9"]),
     "resolution": ({"layout": _LAYOUT}, lambda v: v == ["2K"]),
     "seed": ({"seed": 987}, lambda v: v == [987]),
     "enable_web_search": ({"options": {"enable_web_search": True}}, lambda v: v == [[{"google_search": {}}]]),
-    "safety_filter_level": ({"options": {"safety_filter_level": "block_medium_and_above"}},
-                            _all_thresholds("BLOCK_MEDIUM_AND_ABOVE")),
+    "safety_filter_level": (
+        {"options": {"safety_filter_level": "block_medium_and_above"}},
+        _all_thresholds("BLOCK_MEDIUM_AND_ABOVE"),
+    ),
     "safety_tolerance": ({"options": {"safety_tolerance": "5"}}, _all_thresholds("BLOCK_ONLY_HIGH")),
 }
 SENT_PARAMS = [name for name, h in BINDING.parameters.items() if h.handling in ("renamed", "converted")]
@@ -317,8 +339,9 @@ def test_binding_declares_sent_params() -> None:
 
 
 @pytest.mark.parametrize("param", SENT_PARAMS)
-async def test_declared_target_path_is_in_the_body(provider: GeminiProvider, fake_gemini: FakeGemini,
-                                                   param: str) -> None:
+async def test_declared_target_path_is_in_the_body(
+    provider: GeminiProvider, fake_gemini: FakeGemini, param: str
+) -> None:
     handling = BINDING.parameters[param]
     if param not in DRIFT_CASES:
         pytest.fail(f"no drift case for {param!r} (declared {handling.handling} to {handling.to!r})")
@@ -330,8 +353,9 @@ async def test_declared_target_path_is_in_the_body(provider: GeminiProvider, fak
     assert check(values), f"{param}: unexpected value(s) at {handling.to!r}: {values!r}"
 
 
-@pytest.mark.parametrize("param", [n for n, h in BINDING.parameters.items()
-                                   if h.handling in ("emulated", "not_available")])
+@pytest.mark.parametrize(
+    "param", [n for n, h in BINDING.parameters.items() if h.handling in ("emulated", "not_available")]
+)
 def test_emulated_params_declare_no_target(param: str) -> None:
     assert BINDING.parameters[param].to is None
 
@@ -389,8 +413,7 @@ async def test_output_mime_webp(provider: GeminiProvider, fake_gemini: FakeGemin
     assert detect_mime(result.images[0].data) == "image/webp"
 
 
-async def test_all_images_kept_when_limit_generations_false(provider: GeminiProvider,
-                                                            fake_gemini: FakeGemini) -> None:
+async def test_all_images_kept_when_limit_generations_false(provider: GeminiProvider, fake_gemini: FakeGemini) -> None:
     fake_gemini.images_per_response = 3
     result = await provider.run(make_request("three", options={"limit_generations": False}))
     assert len(result.images) == 3
@@ -399,8 +422,7 @@ async def test_all_images_kept_when_limit_generations_false(provider: GeminiProv
 
 
 @pytest.mark.parametrize("options", [{}, {"limit_generations": True}], ids=["default", "true"])
-async def test_one_image_by_default(provider: GeminiProvider, fake_gemini: FakeGemini,
-                                    options: dict[str, Any]) -> None:
+async def test_one_image_by_default(provider: GeminiProvider, fake_gemini: FakeGemini, options: dict[str, Any]) -> None:
     fake_gemini.images_per_response = 3
     result = await provider.run(make_request("three", options=options))
     assert len(result.images) == 1
@@ -417,8 +439,7 @@ async def test_edit_mode_uses_the_same_endpoint(provider: GeminiProvider, fake_g
 
 
 @pytest.mark.parametrize("reason", ["SAFETY", "PROHIBITED_CONTENT", "BLOCKLIST", "IMAGE_SAFETY"])
-async def test_prompt_blocked_is_content_policy(provider: GeminiProvider, fake_gemini: FakeGemini,
-                                                reason: str) -> None:
+async def test_prompt_blocked_is_content_policy(provider: GeminiProvider, fake_gemini: FakeGemini, reason: str) -> None:
     fake_gemini.enqueue(PromptBlocked(reason, "blocked for a reason"))
     err = await raised(provider)
     assert isinstance(err, ContentPolicyViolation)
@@ -428,8 +449,7 @@ async def test_prompt_blocked_is_content_policy(provider: GeminiProvider, fake_g
 
 
 @pytest.mark.parametrize("reason", ["IMAGE_SAFETY", "SAFETY", "PROHIBITED_CONTENT", "IMAGE_PROHIBITED_CONTENT"])
-async def test_finish_blocked_is_content_policy(provider: GeminiProvider, fake_gemini: FakeGemini,
-                                                reason: str) -> None:
+async def test_finish_blocked_is_content_policy(provider: GeminiProvider, fake_gemini: FakeGemini, reason: str) -> None:
     fake_gemini.enqueue(FinishBlocked(reason))
     err = await raised(provider)
     assert isinstance(err, ContentPolicyViolation)
@@ -438,8 +458,9 @@ async def test_finish_blocked_is_content_policy(provider: GeminiProvider, fake_g
     assert reason in err.message
 
 
-@pytest.mark.parametrize("behaviour", [FinishBlocked("NO_IMAGE"), FinishBlocked("OTHER"), TextOnly()],
-                         ids=["NO_IMAGE", "OTHER", "TextOnly"])
+@pytest.mark.parametrize(
+    "behaviour", [FinishBlocked("NO_IMAGE"), FinishBlocked("OTHER"), TextOnly()], ids=["NO_IMAGE", "OTHER", "TextOnly"]
+)
 async def test_no_image_is_upstream_error(provider: GeminiProvider, fake_gemini: FakeGemini, behaviour: Any) -> None:
     fake_gemini.enqueue(behaviour)
     err = await raised(provider)
@@ -494,8 +515,9 @@ async def test_unexpected_json_shapes(provider: GeminiProvider, fake_gemini: Fak
     ],
     ids=["inlineData-not-object", "content-not-object", "promptFeedback-not-object"],
 )
-async def test_malformed_structure_is_bad_response(provider: GeminiProvider, fake_gemini: FakeGemini,
-                                                   body: str) -> None:
+async def test_malformed_structure_is_bad_response(
+    provider: GeminiProvider, fake_gemini: FakeGemini, body: str
+) -> None:
     fake_gemini.enqueue(RawResponse(200, body, content_type="application/json"))
     err = await raised(provider)
     assert isinstance(err, UpstreamError)
@@ -512,8 +534,10 @@ async def test_invalid_base64_is_bad_response(provider: GeminiProvider, fake_gem
 
 @pytest.mark.parametrize("data", ["aGVsbG8=", "!!!!", ""], ids=["hello-bytes", "non-alphabet", "empty"])
 async def test_non_image_data_is_bad_response(provider: GeminiProvider, fake_gemini: FakeGemini, data: str) -> None:
-    body = ('{"candidates": [{"content": {"parts": [{"inlineData": {"mimeType": "image/png", "data": "%s"}}]},'
-            ' "finishReason": "STOP"}]}' % data)
+    body = (
+        '{"candidates": [{"content": {"parts": [{"inlineData": {"mimeType": "image/png", "data": "%s"}}]},'
+        ' "finishReason": "STOP"}]}' % data
+    )
     fake_gemini.enqueue(RawResponse(200, body, content_type="application/json"))
     err = await raised(provider)
     assert isinstance(err, UpstreamError)

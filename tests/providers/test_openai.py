@@ -45,12 +45,13 @@ assert MODEL is not None
 BINDING = MODEL.providers["openai"]
 # A binding that leaves response_format to the upstream, so a test can ask the fake for URLs.
 URL_BINDING = BINDING.model_copy(
-    update={"parameters": {k: v for k, v in BINDING.parameters.items() if k != "response_format"}})
+    update={"parameters": {k: v for k, v in BINDING.parameters.items() if k != "response_format"}}
+)
 
 
-
-def make_request(prompt: str = "a red fox in snow", *, layout: Layout | None = None,
-                 mode: str | None = None, **kwargs: Any) -> ProviderRequest:
+def make_request(
+    prompt: str = "a red fox in snow", *, layout: Layout | None = None, mode: str | None = None, **kwargs: Any
+) -> ProviderRequest:
     if mode is None:
         mode = "edit" if kwargs.get("images") else "t2i"
     kwargs.setdefault("binding", BINDING)
@@ -134,13 +135,22 @@ async def test_options_and_extra_are_top_level_fields(provider: OpenAIProvider, 
         assert body[key] == value
 
 
-@pytest.mark.parametrize("extra", [
-    {"size": "1024x1536"}, {"model": "other-model"}, {"prompt": "another"}, {"n": 4},
-    {"response_format": "url"}, {"image[]": "https://example.com/a.png"}, {"image": {"x": "y"}},
-])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"size": "1024x1536"},
+        {"model": "other-model"},
+        {"prompt": "another"},
+        {"n": 4},
+        {"response_format": "url"},
+        {"image[]": "https://example.com/a.png"},
+        {"image": {"x": "y"}},
+    ],
+)
 @pytest.mark.parametrize("images", [(), (PNG,)])
-async def test_extra_cannot_replace_gateway_fields(provider: OpenAIProvider, fake_openai: FakeOpenAI,
-                                                   extra: dict[str, Any], images: tuple[Any, ...]) -> None:
+async def test_extra_cannot_replace_gateway_fields(
+    provider: OpenAIProvider, fake_openai: FakeOpenAI, extra: dict[str, Any], images: tuple[Any, ...]
+) -> None:
     err = await raised(provider, make_request(extra=extra, images=images))
     assert isinstance(err, InvalidRequest) and err.status_code == 400
     assert err.param == next(iter(extra)) and err.code == "reserved_upstream_field"
@@ -175,8 +185,14 @@ async def test_binding_target_names_in_json(provider: OpenAIProvider, fake_opena
 
 async def test_edits_multipart(provider: OpenAIProvider, fake_openai: FakeOpenAI) -> None:
     layout = resolve_layout(MODEL, aspect_ratio="4:3")
-    request = make_request("add a hat", layout=layout, images=(PNG, JPEG), mask=MASK, seed=5,
-                           options={"enable_web_search": True, "limit_generations": False})
+    request = make_request(
+        "add a hat",
+        layout=layout,
+        images=(PNG, JPEG),
+        mask=MASK,
+        seed=5,
+        options={"enable_web_search": True, "limit_generations": False},
+    )
     result = await provider.run(request)
     recorded = fake_openai.requests[0]
     assert recorded.path == "/v1/images/edits"
@@ -222,8 +238,14 @@ async def test_edits_flatten_nested_extra_like_the_sdk(provider: OpenAIProvider,
     await provider.run(request)
     items = fake_openai.requests[0].form_items
     assert items is not None
-    for pair in [("image_config[aspect_ratio]", "16:9"), ("image_config[nested][deep]", "1"),
-                 ("flag", "false"), ("ratio", "0.5"), ("output_format", "jpeg"), ("output_compression", "70")]:
+    for pair in [
+        ("image_config[aspect_ratio]", "16:9"),
+        ("image_config[nested][deep]", "1"),
+        ("flag", "false"),
+        ("ratio", "0.5"),
+        ("output_format", "jpeg"),
+        ("output_compression", "70"),
+    ]:
         assert pair in items
     assert [v for k, v in items if k == "tags[]"] == ["a", "b"]
     assert "image_config" not in dict(items) and "tags" not in dict(items)
@@ -233,7 +255,11 @@ async def test_edits_flatten_nested_extra_like_the_sdk(provider: OpenAIProvider,
 
 
 FORM_VALUES: dict[str, Any] = {
-    "n": 2, "flag": True, "off": False, "ratio": 0.25, "text": "a b&c=d",
+    "n": 2,
+    "flag": True,
+    "off": False,
+    "ratio": 0.25,
+    "text": "a b&c=d",
     "image_config": {"aspect_ratio": "16:9", "nested": {"deep": [1, {"x": "y"}]}},
     "tags": ["a", "b"],
 }
@@ -274,15 +300,18 @@ async def test_url_response_downloaded(provider: OpenAIProvider, fake_openai: Fa
 
 
 async def test_url_response_mime_from_downloaded_bytes(provider: OpenAIProvider, fake_openai: FakeOpenAI) -> None:
-    result = await provider.run(make_request("webp by url", output_format="webp",
-                                             extra={"response_format": "url"}, binding=URL_BINDING))
+    result = await provider.run(
+        make_request("webp by url", output_format="webp", extra={"response_format": "url"}, binding=URL_BINDING)
+    )
     assert len(fake_openai.downloads) == 1
     assert result.images[0].mime_type == "image/webp"
     assert detect_mime(result.images[0].data) == "image/webp"
 
 
 async def test_url_response_on_edit(provider: OpenAIProvider, fake_openai: FakeOpenAI) -> None:
-    result = await provider.run(make_request("edit by url", images=(PNG,), extra={"response_format": "url"}, binding=URL_BINDING))
+    result = await provider.run(
+        make_request("edit by url", images=(PNG,), extra={"response_format": "url"}, binding=URL_BINDING)
+    )
     assert len(fake_openai.downloads) == 1
     assert detect_mime(result.images[0].data) == "image/png"
 
@@ -312,8 +341,11 @@ async def test_mime_sniffed_from_bytes(provider: OpenAIProvider, fake_openai: Fa
 # moderation_blocked is in test_contract.py (test_content_policy_is_a_violation[openai]).
 @pytest.mark.parametrize("code", ["content_policy_violation"])
 async def test_moderation_is_content_policy(provider: OpenAIProvider, fake_openai: FakeOpenAI, code: str) -> None:
-    fake_openai.enqueue(OpenAIError(400, "Your request was rejected by the safety system.",
-                                    type="image_generation_user_error", code=code))
+    fake_openai.enqueue(
+        OpenAIError(
+            400, "Your request was rejected by the safety system.", type="image_generation_user_error", code=code
+        )
+    )
     err = await raised(provider)
     assert isinstance(err, ContentPolicyViolation)
     assert err.status_code == 400
@@ -347,9 +379,11 @@ async def test_no_images_is_no_image_generated(provider: OpenAIProvider, fake_op
 
 @pytest.mark.parametrize(
     "body",
-    ['{"created": 1, "data": [{"b64_json": "aGVsbG8="}]}',  # valid base64 of "hello": not an image
-     '{"created": 1, "data": [{"revised_prompt": "x"}]}',
-     '{"created": 1, "data": ["oops"]}'],
+    [
+        '{"created": 1, "data": [{"b64_json": "aGVsbG8="}]}',  # valid base64 of "hello": not an image
+        '{"created": 1, "data": [{"revised_prompt": "x"}]}',
+        '{"created": 1, "data": ["oops"]}',
+    ],
     ids=["not-an-image", "neither-b64-nor-url", "entry-not-object"],
 )
 async def test_bad_entries_are_bad_response(provider: OpenAIProvider, fake_openai: FakeOpenAI, body: str) -> None:
@@ -357,5 +391,3 @@ async def test_bad_entries_are_bad_response(provider: OpenAIProvider, fake_opena
     err = await raised(provider)
     assert type(err) is UpstreamBadResponse
     assert err.code == "upstream_bad_response"
-
-

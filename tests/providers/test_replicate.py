@@ -52,7 +52,6 @@ BINDING = MODEL.providers["replicate"]
 PATH = "/v1/models/google/nano-banana-pro/predictions"
 
 
-
 def binding_with(**parameters: dict[str, Any]) -> ProviderBinding:
     """The replicate binding with some parameter handlings replaced (e.g. a seedream-like n)."""
     data = BINDING.model_dump(exclude_none=True)
@@ -60,8 +59,9 @@ def binding_with(**parameters: dict[str, Any]) -> ProviderBinding:
     return ProviderBinding.model_validate(data)
 
 
-def make_request(prompt: str = "a red fox in snow", *, layout: Layout | None = None,
-                 mode: str | None = None, **kwargs: Any) -> ProviderRequest:
+def make_request(
+    prompt: str = "a red fox in snow", *, layout: Layout | None = None, mode: str | None = None, **kwargs: Any
+) -> ProviderRequest:
     if mode is None:
         mode = "edit" if kwargs.get("images") else "t2i"
     kwargs.setdefault("binding", BINDING)
@@ -115,12 +115,13 @@ async def test_url_headers_and_input(provider: ReplicateProvider, fake_replicate
     assert sent == {"prompt": "a lighthouse at dusk", "aspect_ratio": "1:1", "resolution": "1K"}
 
 
-@pytest.mark.parametrize(("timeout", "prefer", "cancel_after"),
-                         [(600, "wait=60", "600s"), (20.5, "wait=20", "21s"), (7.9, "wait=7", "8s"),
-                          (2.5, "wait=2", "5s")])
+@pytest.mark.parametrize(
+    ("timeout", "prefer", "cancel_after"),
+    [(600, "wait=60", "600s"), (20.5, "wait=20", "21s"), (7.9, "wait=7", "8s"), (2.5, "wait=2", "5s")],
+)
 async def test_prefer_wait_and_cancel_after_follow_the_timeout(
-        provider: ReplicateProvider, fake_replicate: FakeReplicate, timeout: float, prefer: str,
-        cancel_after: str) -> None:
+    provider: ReplicateProvider, fake_replicate: FakeReplicate, timeout: float, prefer: str, cancel_after: str
+) -> None:
     provider.timeout = timeout
     await provider.run(make_request())
     headers = fake_replicate.creates[0].headers
@@ -138,8 +139,8 @@ async def test_prefer_wait_and_cancel_after_follow_the_timeout(
     ids=["default", "16:9-2K", "4:5-4K", "size-WxH"],
 )
 async def test_layout_goes_to_aspect_ratio_and_resolution(
-        provider: ReplicateProvider, fake_replicate: FakeReplicate, layout_args: dict[str, Any], ratio: str,
-        tier: str) -> None:
+    provider: ReplicateProvider, fake_replicate: FakeReplicate, layout_args: dict[str, Any], ratio: str, tier: str
+) -> None:
     layout = resolve_layout(MODEL, **layout_args)
     result = await provider.run(make_request(layout=layout, output_format="png"))
     sent = fake_replicate.creates[0].json["input"]
@@ -157,17 +158,19 @@ async def test_input_images_become_data_uris(provider: ReplicateProvider, fake_r
     assert prediction.images == [PNG.data, JPEG.data]
 
 
-async def test_mask_is_an_extra_image_plus_a_note(provider: ReplicateProvider,
-                                                  fake_replicate: FakeReplicate) -> None:
+async def test_mask_is_an_extra_image_plus_a_note(provider: ReplicateProvider, fake_replicate: FakeReplicate) -> None:
     sent = await sent_input(provider, fake_replicate, make_request("paint a hat", images=(PNG,), mask=MASK))
     assert sent["image_input"] == [data_uri(PNG), data_uri(MASK)]
     assert sent["prompt"] == f"paint a hat\n\n{MASK_NOTE}"
     assert "mask" not in sent
 
 
-@pytest.mark.parametrize(("gateway", "sent_format", "mime"), [("jpeg", "jpg", "image/jpeg"), ("png", "png", "image/png")])
-async def test_output_format(provider: ReplicateProvider, fake_replicate: FakeReplicate, gateway: str,
-                             sent_format: str, mime: str) -> None:
+@pytest.mark.parametrize(
+    ("gateway", "sent_format", "mime"), [("jpeg", "jpg", "image/jpeg"), ("png", "png", "image/png")]
+)
+async def test_output_format(
+    provider: ReplicateProvider, fake_replicate: FakeReplicate, gateway: str, sent_format: str, mime: str
+) -> None:
     result = await provider.run(make_request(output_format=gateway, output_compression=80))
     sent = fake_replicate.creates[0].json["input"]
     assert sent["output_format"] == sent_format
@@ -175,8 +178,9 @@ async def test_output_format(provider: ReplicateProvider, fake_replicate: FakeRe
     assert result.images[0].mime_type == mime == detect_mime(result.images[0].data)
 
 
-async def test_no_output_format_gets_replicates_default_jpeg(provider: ReplicateProvider,
-                                                             fake_replicate: FakeReplicate) -> None:
+async def test_no_output_format_gets_replicates_default_jpeg(
+    provider: ReplicateProvider, fake_replicate: FakeReplicate
+) -> None:
     """The mime type comes from the bytes: Replicate's default output is jpg."""
     result = await provider.run(make_request())
     assert "output_format" not in fake_replicate.creates[0].json["input"]
@@ -190,20 +194,28 @@ async def test_options_are_merged_into_input(provider: ReplicateProvider, fake_r
     assert sent["allow_fallback_model"] is True
 
 
-async def test_emulated_and_unavailable_options_are_not_sent(provider: ReplicateProvider,
-                                                             fake_replicate: FakeReplicate) -> None:
+async def test_emulated_and_unavailable_options_are_not_sent(
+    provider: ReplicateProvider, fake_replicate: FakeReplicate
+) -> None:
     options = {"limit_generations": True, "enable_web_search": True, "safety_tolerance": "2"}
     sent = await sent_input(provider, fake_replicate, make_request(options=options, seed=5))
     assert set(sent) == {"prompt", "aspect_ratio", "resolution"}
 
 
-@pytest.mark.parametrize("extra", [
-    {"resolution": "4K"}, {"output_format": "png"}, {"prompt": "another"}, {"aspect_ratio": "21:9"},
-    {"image_input": ["https://example.com/a.png"]},  # reserved even in text-to-image, where it is not built
-    {"safety_filter_level": "block_only_high"},
-])
-async def test_extra_cannot_replace_input_fields(provider: ReplicateProvider, fake_replicate: FakeReplicate,
-                                                 extra: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"resolution": "4K"},
+        {"output_format": "png"},
+        {"prompt": "another"},
+        {"aspect_ratio": "21:9"},
+        {"image_input": ["https://example.com/a.png"]},  # reserved even in text-to-image, where it is not built
+        {"safety_filter_level": "block_only_high"},
+    ],
+)
+async def test_extra_cannot_replace_input_fields(
+    provider: ReplicateProvider, fake_replicate: FakeReplicate, extra: dict[str, Any]
+) -> None:
     """Unknown parameters reach the model's input, but never in place of what the gateway sets
     (and reports and bills): that is a 400 before any prediction is created."""
     err = await raised(provider, make_request(extra=extra))
@@ -212,8 +224,9 @@ async def test_extra_cannot_replace_input_fields(provider: ReplicateProvider, fa
     assert fake_replicate.creates == []
 
 
-async def test_unknown_extra_is_rejected_upstream_as_400(provider: ReplicateProvider,
-                                                         fake_replicate: FakeReplicate) -> None:
+async def test_unknown_extra_is_rejected_upstream_as_400(
+    provider: ReplicateProvider, fake_replicate: FakeReplicate
+) -> None:
     err = await raised(provider, make_request(extra={"bogus_field": 1}))
     assert fake_replicate.creates[0].json["input"]["bogus_field"] == 1
     assert isinstance(err, InvalidRequest) and err.status_code == 400
@@ -221,8 +234,9 @@ async def test_unknown_extra_is_rejected_upstream_as_400(provider: ReplicateProv
     assert "bogus_field" in err.message and "Input validation failed" in err.message
 
 
-async def test_n_is_sent_only_when_the_binding_declares_it(provider: ReplicateProvider,
-                                                           fake_replicate: FakeReplicate) -> None:
+async def test_n_is_sent_only_when_the_binding_declares_it(
+    provider: ReplicateProvider, fake_replicate: FakeReplicate
+) -> None:
     """Seedream-style bindings may declare n -> input.max_images; the array output is all kept."""
     fake_replicate.array_output = True
     binding = binding_with(n={"handling": "renamed", "to": "input.max_images"})
@@ -238,14 +252,14 @@ async def test_n_is_not_sent_when_emulated(provider: ReplicateProvider, fake_rep
     assert "max_images" not in sent and "n" not in sent
 
 
-async def test_edit_uses_the_edit_model_when_declared(provider: ReplicateProvider,
-                                                      fake_replicate: FakeReplicate) -> None:
+async def test_edit_uses_the_edit_model_when_declared(
+    provider: ReplicateProvider, fake_replicate: FakeReplicate
+) -> None:
     data = BINDING.model_dump(exclude_none=True) | {"upstream_model_edit": "google/nano-banana-pro-edit"}
     binding = ProviderBinding.model_validate(data)
     await provider.run(make_request(images=(PNG,), binding=binding))
     await provider.run(make_request(binding=binding))
-    assert [c.path for c in fake_replicate.creates] == [
-        "/v1/models/google/nano-banana-pro-edit/predictions", PATH]
+    assert [c.path for c in fake_replicate.creates] == ["/v1/models/google/nano-banana-pro-edit/predictions", PATH]
 
 
 # --- catalog <-> adapter drift ----------------------------------------------------------------
@@ -260,8 +274,10 @@ DRIFT_CASES: dict[str, tuple[dict[str, Any], Callable[[list[Any]], bool]]] = {
     "aspect_ratio": ({"layout": _LAYOUT}, lambda v: v == ["21:9"]),
     "resolution": ({"layout": _LAYOUT}, lambda v: v == ["2K"]),
     "output_format": ({"output_format": "jpeg"}, lambda v: v == ["jpg"]),
-    "safety_filter_level": ({"options": {"safety_filter_level": "block_medium_and_above"}},
-                            lambda v: v == ["block_medium_and_above"]),
+    "safety_filter_level": (
+        {"options": {"safety_filter_level": "block_medium_and_above"}},
+        lambda v: v == ["block_medium_and_above"],
+    ),
     "allow_fallback_model": ({"options": {"allow_fallback_model": True}}, lambda v: v == [True]),
 }
 SENT_PARAMS = [name for name, h in BINDING.parameters.items() if h.handling in ("passthrough", "renamed", "converted")]
@@ -286,8 +302,9 @@ def test_binding_declares_sent_params() -> None:
 
 
 @pytest.mark.parametrize("param", SENT_PARAMS)
-async def test_declared_target_path_is_in_the_input(provider: ReplicateProvider, fake_replicate: FakeReplicate,
-                                                    param: str) -> None:
+async def test_declared_target_path_is_in_the_input(
+    provider: ReplicateProvider, fake_replicate: FakeReplicate, param: str
+) -> None:
     handling = BINDING.parameters[param]
     arguments, check = DRIFT_CASES[param]
     await provider.run(make_request(**arguments))
@@ -299,8 +316,9 @@ async def test_declared_target_path_is_in_the_input(provider: ReplicateProvider,
         assert check(values), f"{param}: unexpected value(s) at {path!r}: {values!r}"
 
 
-@pytest.mark.parametrize("param", [n for n, h in BINDING.parameters.items()
-                                   if h.handling in ("emulated", "not_available")])
+@pytest.mark.parametrize(
+    "param", [n for n, h in BINDING.parameters.items() if h.handling in ("emulated", "not_available")]
+)
 def test_emulated_params_declare_no_target(param: str) -> None:
     assert BINDING.parameters[param].to is None
 
@@ -332,8 +350,7 @@ async def test_instant_prefer_wait_needs_no_poll(provider: ReplicateProvider, fa
     assert len(fake_replicate.downloads) == 1 and len(result.images) == 1
 
 
-async def test_download_is_sent_without_our_token(provider: ReplicateProvider,
-                                                  fake_replicate: FakeReplicate) -> None:
+async def test_download_is_sent_without_our_token(provider: ReplicateProvider, fake_replicate: FakeReplicate) -> None:
     await provider.run(make_request())
     (download,) = fake_replicate.downloads
     assert "authorization" not in download.headers
@@ -364,8 +381,7 @@ async def test_data_uri_output(provider: ReplicateProvider, fake_replicate: Fake
     assert pixel_at(result.images[0].data)[:3] == color_for("inline")
 
 
-async def test_poll_falls_back_to_the_prediction_id(provider: ReplicateProvider,
-                                                    fake_replicate: FakeReplicate) -> None:
+async def test_poll_falls_back_to_the_prediction_id(provider: ReplicateProvider, fake_replicate: FakeReplicate) -> None:
     """No urls in the create answer: poll (and cancel) by id under the base URL."""
     fake_replicate.enqueue(RawResponse(201, '{"id": "p123", "status": "starting"}', content_type="application/json"))
     err = await raised(provider)
@@ -381,8 +397,7 @@ async def test_poll_retries_rate_limits(provider: ReplicateProvider, fake_replic
     assert len(fake_replicate.polls) == 4  # 429, 429, processing, succeeded
 
 
-async def test_poll_server_error_is_502_and_cancels(provider: ReplicateProvider,
-                                                    fake_replicate: FakeReplicate) -> None:
+async def test_poll_server_error_is_502_and_cancels(provider: ReplicateProvider, fake_replicate: FakeReplicate) -> None:
     fake_replicate.enqueue(PollError(500, "Internal server error"))
     err = await raised(provider)
     assert type(err) is UpstreamError and err.status_code == 502
@@ -407,15 +422,20 @@ async def test_failed_prediction_is_502(provider: ReplicateProvider, fake_replic
     assert fake_replicate.cancels == 0  # already over: nothing to cancel
 
 
-@pytest.mark.parametrize("behaviour", [
-    CapacityFailure(),
-    PredictionFails("Model is at capacity, try again later"),
-    PredictionFails("429 RESOURCE_EXHAUSTED: quota"),
-    PredictionFails("The model is overloaded."),
-    PredictionFails("Rate limit exceeded for google/nano-banana-pro"),
-], ids=["E003", "capacity", "resource-exhausted", "overloaded", "rate-limit"])
-async def test_capacity_failure_is_503(provider: ReplicateProvider, fake_replicate: FakeReplicate,
-                                       behaviour: Any) -> None:
+@pytest.mark.parametrize(
+    "behaviour",
+    [
+        CapacityFailure(),
+        PredictionFails("Model is at capacity, try again later"),
+        PredictionFails("429 RESOURCE_EXHAUSTED: quota"),
+        PredictionFails("The model is overloaded."),
+        PredictionFails("Rate limit exceeded for google/nano-banana-pro"),
+    ],
+    ids=["E003", "capacity", "resource-exhausted", "overloaded", "rate-limit"],
+)
+async def test_capacity_failure_is_503(
+    provider: ReplicateProvider, fake_replicate: FakeReplicate, behaviour: Any
+) -> None:
     fake_replicate.enqueue(behaviour)
     err = await raised(provider)
     assert isinstance(err, UpstreamUnavailable) and err.status_code == 503
@@ -424,8 +444,9 @@ async def test_capacity_failure_is_503(provider: ReplicateProvider, fake_replica
 
 # SAFETY_ERROR (E005) is in test_contract.py (test_content_policy_is_a_violation[replicate]).
 @pytest.mark.parametrize("text", ["NSFW content detected", "Prompt blocked by safety filter"], ids=["nsfw", "safety"])
-async def test_safety_failure_is_content_policy(provider: ReplicateProvider, fake_replicate: FakeReplicate,
-                                                text: str) -> None:
+async def test_safety_failure_is_content_policy(
+    provider: ReplicateProvider, fake_replicate: FakeReplicate, text: str
+) -> None:
     fake_replicate.enqueue(PredictionFails(text))
     err = await raised(provider)
     assert isinstance(err, ContentPolicyViolation) and err.status_code == 400
@@ -434,8 +455,9 @@ async def test_safety_failure_is_content_policy(provider: ReplicateProvider, fak
 
 
 @pytest.mark.parametrize("status", ["canceled", "aborted"])
-async def test_canceled_prediction_is_502(provider: ReplicateProvider, fake_replicate: FakeReplicate,
-                                          status: str) -> None:
+async def test_canceled_prediction_is_502(
+    provider: ReplicateProvider, fake_replicate: FakeReplicate, status: str
+) -> None:
     fake_replicate.enqueue(PredictionCanceled(status))
     err = await raised(provider)
     assert type(err) is UpstreamError and err.status_code == 502
@@ -443,24 +465,28 @@ async def test_canceled_prediction_is_502(provider: ReplicateProvider, fake_repl
 
 
 @pytest.mark.parametrize("body", ["[]", '"text"', "{}", '{"id": "x", "status": "exploded"}'])
-async def test_unexpected_prediction_shapes(provider: ReplicateProvider, fake_replicate: FakeReplicate,
-                                            body: str) -> None:
+async def test_unexpected_prediction_shapes(
+    provider: ReplicateProvider, fake_replicate: FakeReplicate, body: str
+) -> None:
     fake_replicate.enqueue(RawResponse(201, body, content_type="application/json"))
     err = await raised(provider)
     assert type(err) is UpstreamBadResponse and err.code == "upstream_bad_response"
 
 
-@pytest.mark.parametrize(("output", "code"), [
-    ("null", "no_image_generated"),
-    ("[]", "no_image_generated"),
-    ("42", "upstream_bad_response"),
-    ('[1, 2]', "upstream_bad_response"),
-    ('"data:image/png;base64,aGVsbG8="', "upstream_bad_response"),
-    ('"data:image/png;base64,!!!"', "upstream_bad_response"),
-    ('"data:image/png"', "upstream_bad_response"),
-], ids=["null", "empty-list", "number", "numbers", "data-not-image", "data-bad-b64", "data-no-comma"])
-async def test_bad_outputs(provider: ReplicateProvider, fake_replicate: FakeReplicate, output: str,
-                           code: str) -> None:
+@pytest.mark.parametrize(
+    ("output", "code"),
+    [
+        ("null", "no_image_generated"),
+        ("[]", "no_image_generated"),
+        ("42", "upstream_bad_response"),
+        ("[1, 2]", "upstream_bad_response"),
+        ('"data:image/png;base64,aGVsbG8="', "upstream_bad_response"),
+        ('"data:image/png;base64,!!!"', "upstream_bad_response"),
+        ('"data:image/png"', "upstream_bad_response"),
+    ],
+    ids=["null", "empty-list", "number", "numbers", "data-not-image", "data-bad-b64", "data-no-comma"],
+)
+async def test_bad_outputs(provider: ReplicateProvider, fake_replicate: FakeReplicate, output: str, code: str) -> None:
     body = '{"id": "x", "status": "succeeded", "output": %s}' % output
     fake_replicate.enqueue(RawResponse(201, body, content_type="application/json"))
     err = await raised(provider)
@@ -484,27 +510,45 @@ async def test_output_not_an_image_is_502(provider: ReplicateProvider, fake_repl
 # --- the fake itself --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("field", "value"), [
-    ("aspect_ratio", "7:3"), ("resolution", "1k"), ("output_format", "jpeg"), ("safety_filter_level", "none"),
-    ("image_input", ["ftp://x/y.png"]), ("image_input", ["data:image/png;base64,aGVsbG8="]),
-    ("image_input", [data_uri(PNG)] * 15), ("max_images", 2), ("allow_fallback_model", "yes"),
-])
-async def test_fake_validates_like_the_schema(fake_replicate: FakeReplicate, http: httpx.AsyncClient,
-                                              field: str, value: Any) -> None:
-    response = await http.post(f"{fake_replicate.base_url}{PATH}", json={"input": {"prompt": "p", field: value}},
-                               headers={"authorization": f"Bearer {fake_replicate.api_key}"})
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("aspect_ratio", "7:3"),
+        ("resolution", "1k"),
+        ("output_format", "jpeg"),
+        ("safety_filter_level", "none"),
+        ("image_input", ["ftp://x/y.png"]),
+        ("image_input", ["data:image/png;base64,aGVsbG8="]),
+        ("image_input", [data_uri(PNG)] * 15),
+        ("max_images", 2),
+        ("allow_fallback_model", "yes"),
+    ],
+)
+async def test_fake_validates_like_the_schema(
+    fake_replicate: FakeReplicate, http: httpx.AsyncClient, field: str, value: Any
+) -> None:
+    response = await http.post(
+        f"{fake_replicate.base_url}{PATH}",
+        json={"input": {"prompt": "p", field: value}},
+        headers={"authorization": f"Bearer {fake_replicate.api_key}"},
+    )
     assert response.status_code == 422
     body = response.json()
     assert body["title"] == "Input validation failed" and body["status"] == 422
     assert field in body["detail"]
 
 
-@pytest.mark.parametrize("headers", [{"prefer": "wait=0"}, {"prefer": "wait=61"}, {"prefer": "respond-async"},
-                                     {"cancel-after": "soon"}])
-async def test_fake_checks_prefer_and_cancel_after(fake_replicate: FakeReplicate, http: httpx.AsyncClient,
-                                                   headers: dict[str, str]) -> None:
-    response = await http.post(f"{fake_replicate.base_url}{PATH}", json={"input": {"prompt": "p"}},
-                               headers={"authorization": f"Bearer {fake_replicate.api_key}", **headers})
+@pytest.mark.parametrize(
+    "headers", [{"prefer": "wait=0"}, {"prefer": "wait=61"}, {"prefer": "respond-async"}, {"cancel-after": "soon"}]
+)
+async def test_fake_checks_prefer_and_cancel_after(
+    fake_replicate: FakeReplicate, http: httpx.AsyncClient, headers: dict[str, str]
+) -> None:
+    response = await http.post(
+        f"{fake_replicate.base_url}{PATH}",
+        json={"input": {"prompt": "p"}},
+        headers={"authorization": f"Bearer {fake_replicate.api_key}", **headers},
+    )
     assert response.status_code == 400
 
 

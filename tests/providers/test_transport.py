@@ -77,10 +77,23 @@ def _instantiate(cls: type[httpx.HTTPError]) -> httpx.HTTPError:
 def test_the_walk_finds_the_httpx_error_tree() -> None:
     names = {c.__name__ for c in HTTPX_ERRORS}
     # A sanity floor: if the walk broke, the parametrized test below would prove nothing.
-    for expected in ("ConnectTimeout", "ReadTimeout", "WriteTimeout", "PoolTimeout", "ConnectError",
-                     "ReadError", "WriteError", "RemoteProtocolError", "LocalProtocolError",
-                     "ProxyError", "UnsupportedProtocol", "DecodingError", "TooManyRedirects",
-                     "HTTPStatusError", "CloseError"):
+    for expected in (
+        "ConnectTimeout",
+        "ReadTimeout",
+        "WriteTimeout",
+        "PoolTimeout",
+        "ConnectError",
+        "ReadError",
+        "WriteError",
+        "RemoteProtocolError",
+        "LocalProtocolError",
+        "ProxyError",
+        "UnsupportedProtocol",
+        "DecodingError",
+        "TooManyRedirects",
+        "HTTPStatusError",
+        "CloseError",
+    ):
         assert expected in names
 
 
@@ -153,9 +166,19 @@ def test_error_for_status_without_retry_after(status: int) -> None:
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [("12", 12.0), ("1.5", 1.5), ("0", 0.0), (" 7 ", 7.0),
-     ("abc", None), ("-1", None), ("inf", None), ("-inf", None), ("nan", None), ("", None),
-     ("Wed, 21 Oct 2015 07:28:00 GMT", None)],
+    [
+        ("12", 12.0),
+        ("1.5", 1.5),
+        ("0", 0.0),
+        (" 7 ", 7.0),
+        ("abc", None),
+        ("-1", None),
+        ("inf", None),
+        ("-inf", None),
+        ("nan", None),
+        ("", None),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", None),
+    ],
 )
 def test_retry_after_seconds(value: str, expected: float | None) -> None:
     assert retry_after_seconds(httpx.Headers({"Retry-After": value})) == expected
@@ -165,10 +188,24 @@ def test_retry_after_seconds_missing_header() -> None:
     assert retry_after_seconds(httpx.Headers({})) is None
 
 
-@pytest.mark.parametrize(("value", "expected"), [
-    ("30s", 30.0), ("1.5", 1.5), (2, 2.0), ("1e999s", None), ("nans", None), ("inf", None), ("-1s", None),
-    ("s", None), ("", None), (None, None), (True, None), ({"s": 1}, None), ("9" * 400, None),
-])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("30s", 30.0),
+        ("1.5", 1.5),
+        (2, 2.0),
+        ("1e999s", None),
+        ("nans", None),
+        ("inf", None),
+        ("-1s", None),
+        ("s", None),
+        ("", None),
+        (None, None),
+        (True, None),
+        ({"s": 1}, None),
+        ("9" * 400, None),
+    ],
+)
 def test_seconds_value_is_finite_or_none(value: object, expected: float | None) -> None:
     assert seconds_value(value) == expected
 
@@ -268,9 +305,12 @@ class ToyJob(PollingJob):
 
     def submitted(self, response: UpstreamResponse) -> JobStatus:
         data = parse_json(self.provider, response.body)
-        return JobStatus("pending", poll=Call("GET", data["poll"], {"x-key": "k"}),
-                         cancel=Call("PUT", f"{self.base_url}/jobs/{data['id']}/cancel", {"x-key": "k"}),
-                         job_id=data["id"])
+        return JobStatus(
+            "pending",
+            poll=Call("GET", data["poll"], {"x-key": "k"}),
+            cancel=Call("PUT", f"{self.base_url}/jobs/{data['id']}/cancel", {"x-key": "k"}),
+            job_id=data["id"],
+        )
 
     def polled(self, response: UpstreamResponse) -> JobStatus:
         data = parse_json(self.provider, response.body)
@@ -281,8 +321,9 @@ class ToyJob(PollingJob):
         return JobStatus("pending")
 
     def error(self, response: UpstreamResponse) -> ImagegateError:
-        return error_for_status(self.provider, response.status_code, "poll failed",
-                                retry_after=retry_after_seconds(response.headers))
+        return error_for_status(
+            self.provider, response.status_code, "poll failed", retry_after=retry_after_seconds(response.headers)
+        )
 
 
 @pytest.fixture
@@ -293,8 +334,9 @@ def host() -> Iterator[JobHost]:
         yield app
 
 
-async def run_toy(host: JobHost, http: httpx.AsyncClient, *, timeout: float = 10.0,
-                  max_bytes: int = 1 << 20) -> ProviderResult:
+async def run_toy(
+    host: JobHost, http: httpx.AsyncClient, *, timeout: float = 10.0, max_bytes: int = 1 << 20
+) -> ProviderResult:
     return await run_job(ToyJob(host.url), client=http, timeout=timeout, max_bytes=max_bytes, interval=0.01)
 
 
@@ -334,8 +376,11 @@ async def test_caller_cancellation_cancels_the_job_in_the_background(host: JobHo
     assert host.cancels == 1
 
 
-@pytest.mark.parametrize("answer", [*(transient(s) for s in sorted(POLL_RETRY_STATUSES)), DROP],
-                         ids=[*(str(s) for s in sorted(POLL_RETRY_STATUSES)), "dropped-connection"])
+@pytest.mark.parametrize(
+    "answer",
+    [*(transient(s) for s in sorted(POLL_RETRY_STATUSES)), DROP],
+    ids=[*(str(s) for s in sorted(POLL_RETRY_STATUSES)), "dropped-connection"],
+)
 async def test_transient_poll_answers_are_retried(host: JobHost, http: httpx.AsyncClient, answer: Answer | str) -> None:
     host.script.extend([answer, answer, host.done()])
     result = await run_toy(host, http)
@@ -366,13 +411,18 @@ async def test_a_good_answer_resets_the_failure_count(host: JobHost, http: httpx
     assert len((await run_toy(host, http)).images) == 1
 
 
-@pytest.mark.parametrize(("answer", "error"), [
-    (Answer(500, {"message": "boom"}), UpstreamError),
-    (Answer(401, {"message": "who are you"}), UpstreamAuthFailed),
-    (Answer(200, b"<html>not json</html>"), UpstreamBadResponse),
-], ids=["500", "401", "garbled"])
-async def test_a_final_poll_failure_cancels_the_job(host: JobHost, http: httpx.AsyncClient, answer: Answer,
-                                                    error: type[ImagegateError]) -> None:
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        (Answer(500, {"message": "boom"}), UpstreamError),
+        (Answer(401, {"message": "who are you"}), UpstreamAuthFailed),
+        (Answer(200, b"<html>not json</html>"), UpstreamBadResponse),
+    ],
+    ids=["500", "401", "garbled"],
+)
+async def test_a_final_poll_failure_cancels_the_job(
+    host: JobHost, http: httpx.AsyncClient, answer: Answer, error: type[ImagegateError]
+) -> None:
     host.script.append(answer)
     with pytest.raises(ImagegateError) as info:
         await run_toy(host, http)
@@ -405,16 +455,17 @@ async def test_every_call_goes_through_exchange(monkeypatch: pytest.MonkeyPatch,
     """The one seam for swapping the client library: with `_exchange` replaced, a whole job runs
     with no socket at all (the base URL points nowhere)."""
     calls: list[tuple[str, str]] = []
-    answers = {"POST": {"id": "7", "poll": "http://nowhere.invalid/jobs/7"},
-               "GET": {"state": "done", "outputs": ["data:image/png;base64," + base64.b64encode(PNG).decode()]}}
+    answers = {
+        "POST": {"id": "7", "poll": "http://nowhere.invalid/jobs/7"},
+        "GET": {"state": "done", "outputs": ["data:image/png;base64," + base64.b64encode(PNG).decode()]},
+    }
 
     async def exchange(client: httpx.AsyncClient, method: str, url: str, **kwargs: Any) -> UpstreamResponse:
         calls.append((method, url))
         return UpstreamResponse(200, httpx.Headers(), json.dumps(answers[method]).encode())
 
     monkeypatch.setattr(transport, "_exchange", exchange)
-    result = await run_job(ToyJob("http://nowhere.invalid"), client=http, timeout=5, max_bytes=1 << 20,
-                           interval=0.01)
+    result = await run_job(ToyJob("http://nowhere.invalid"), client=http, timeout=5, max_bytes=1 << 20, interval=0.01)
     assert len(result.images) == 1
     assert calls == [("POST", "http://nowhere.invalid/jobs"), ("GET", "http://nowhere.invalid/jobs/7")]
 
@@ -433,17 +484,28 @@ async def test_send_checked_returns_2xx_and_raises_the_hook_error(host: JobHost,
         await send_checked(http, "GET", f"{host.url}/nothing", **kwargs)
 
 
-@pytest.mark.parametrize(("uri", "expected"), [
-    ("data:image/png;base64," + base64.b64encode(b"\x89PNG").decode(), b"\x89PNG"),
-    ("data:text/plain,a%20b", b"a b"),
-    ("data:,", b""),
-])
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [
+        ("data:image/png;base64," + base64.b64encode(b"\x89PNG").decode(), b"\x89PNG"),
+        ("data:text/plain,a%20b", b"a b"),
+        ("data:,", b""),
+    ],
+)
 def test_decode_data_uri(uri: str, expected: bytes) -> None:
     assert decode_data_uri(uri) == expected
 
 
-@pytest.mark.parametrize("uri", ["data:image/png;base64", "image/png;base64,AAAA", "data:image/png;base64,!!!",
-                                 "data:image/png;base64,QQ", "data:image/png;base64,QQ==\nQQ=="])
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "data:image/png;base64",
+        "image/png;base64,AAAA",
+        "data:image/png;base64,!!!",
+        "data:image/png;base64,QQ",
+        "data:image/png;base64,QQ==\nQQ==",
+    ],
+)
 def test_decode_data_uri_refuses_malformed(uri: str) -> None:
     with pytest.raises(ValueError):
         decode_data_uri(uri)

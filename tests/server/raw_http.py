@@ -8,8 +8,10 @@ import time
 
 from ..conftest import API_KEY
 
-HEAD = (b"POST /v1/images/generations HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\n"
-        b"authorization: Bearer " + API_KEY.encode() + b"\r\n")
+HEAD = (
+    b"POST /v1/images/generations HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\n"
+    b"authorization: Bearer " + API_KEY.encode() + b"\r\n"
+)
 
 
 def address(url: str) -> tuple[str, int]:

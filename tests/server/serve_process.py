@@ -40,19 +40,32 @@ class ServeProcess:
     """`with ServeProcess(tmp_path, env={...}, args=[...]) as srv: srv.url`; stderr goes to
     `srv.log_path`. `nofile=(soft, hard)` sets RLIMIT_NOFILE in the child (hard None: unchanged)."""
 
-    def __init__(self, tmp_path: Path, *, env: dict[str, str] | None = None, args: tuple[str, ...] = (),
-                 nofile: tuple[int, int | None] | None = None, startup_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        *,
+        env: dict[str, str] | None = None,
+        args: tuple[str, ...] = (),
+        nofile: tuple[int, int | None] | None = None,
+        startup_timeout_s: float = 30.0,
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = tmp_path / f"serve-{self.port}.log"
         full_env = dict(os.environ)  # the tests' environment is already clean (conftest.clean_environ)
-        full_env.update({"PYTHONPATH": os.pathsep.join([SRC, full_env.get("PYTHONPATH", "")]),
-                         "IMAGEGATE_DATA_DIR": str(tmp_path / f"data-{self.port}")})
+        full_env.update(
+            {
+                "PYTHONPATH": os.pathsep.join([SRC, full_env.get("PYTHONPATH", "")]),
+                "IMAGEGATE_DATA_DIR": str(tmp_path / f"data-{self.port}"),
+            }
+        )
         full_env.update(env or {})
         self._log: IO[bytes] = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "imagegate", "serve", "--port", str(self.port), *args],
-            env=full_env, stdout=self._log, stderr=subprocess.STDOUT,
+            env=full_env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
             preexec_fn=_limit_descriptors(*nofile) if nofile else None,
         )
         self.startup_timeout_s = startup_timeout_s

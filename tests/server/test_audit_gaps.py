@@ -31,13 +31,19 @@ def post_json(gateway: RunningGateway, body: Any, path: str = "/v1/images/genera
 
 
 def post_raw(gateway: RunningGateway, raw: str, path: str = "/v1/images/generations") -> httpx.Response:
-    return httpx.post(gateway.url + path, content=raw.encode(), timeout=30,
-                      headers=AUTH | {"content-type": "application/json"})
+    return httpx.post(
+        gateway.url + path, content=raw.encode(), timeout=30, headers=AUTH | {"content-type": "application/json"}
+    )
 
 
 def post_form(gateway: RunningGateway, fields: dict[str, str], image: bytes) -> httpx.Response:
-    return httpx.post(gateway.url + "/v1/images/edits", data=fields, headers=AUTH, timeout=30,
-                      files=[("image", ("a.png", image, "image/png"))])
+    return httpx.post(
+        gateway.url + "/v1/images/edits",
+        data=fields,
+        headers=AUTH,
+        timeout=30,
+        files=[("image", ("a.png", image, "image/png"))],
+    )
 
 
 def assert_400(response: httpx.Response, param: str) -> None:
@@ -52,10 +58,15 @@ def png(width: int = 64, height: int = 48) -> bytes:
 # --- non-finite numbers: int(nan) / int(inf) in params._number ------------------------------
 
 
-@pytest.mark.parametrize(("raw", "param"), [('{"prompt":"p","seed":NaN}', "seed"),
-                                            ('{"prompt":"p","seed":Infinity}', "seed"),
-                                            ('{"prompt":"p","n":1e400}', "n"),
-                                            ('{"prompt":"p","output_compression":-Infinity}', "output_compression")])
+@pytest.mark.parametrize(
+    ("raw", "param"),
+    [
+        ('{"prompt":"p","seed":NaN}', "seed"),
+        ('{"prompt":"p","seed":Infinity}', "seed"),
+        ('{"prompt":"p","n":1e400}', "n"),
+        ('{"prompt":"p","output_compression":-Infinity}', "output_compression"),
+    ],
+)
 def test_non_finite_json_numbers_are_400(gateway: RunningGateway, raw: str, param: str) -> None:
     assert_400(post_raw(gateway, raw), param)
 
@@ -68,12 +79,19 @@ def test_non_finite_form_numbers_are_400(gateway: RunningGateway, field: str, va
 # --- malformed image URLs: urlsplit().port / IDNA errors escape fetch.fetch_image_url -----------
 
 
-@pytest.mark.parametrize("url", ["http://example.com:99999/a.png", "http://example.com:abc/a.png",
-                                 "http://[::1/a.png", "http://" + "a" * 300 + ".com/a.png"])
-def test_malformed_image_urls_are_400_naming_the_field(gateway_factory: Any, fake_gemini: FakeGemini,
-                                                       url: str) -> None:
-    gw = gateway_factory(gemini_api_key=fake_gemini.api_key, gemini_base_url=fake_gemini.base_url,
-                         allow_private_urls=False)  # the default: host names are resolved and checked
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://example.com:99999/a.png",
+        "http://example.com:abc/a.png",
+        "http://[::1/a.png",
+        "http://" + "a" * 300 + ".com/a.png",
+    ],
+)
+def test_malformed_image_urls_are_400_naming_the_field(gateway_factory: Any, fake_gemini: FakeGemini, url: str) -> None:
+    gw = gateway_factory(
+        gemini_api_key=fake_gemini.api_key, gemini_base_url=fake_gemini.base_url, allow_private_urls=False
+    )  # the default: host names are resolved and checked
     response = post_json(gw, {"model": MODEL, "prompt": "p", "images": [{"image_url": url}]}, "/v1/images/edits")
     assert_400(response, "images")
 
@@ -91,10 +109,13 @@ def test_deeply_nested_json_is_400_invalid_json(gateway: RunningGateway) -> None
 # --- user text copied into the x-imagegate-adjusted header ----------------------------------
 
 
-@pytest.mark.parametrize("body", [
-    {"prompt": "p", "size": "1024x1024", "aspect_ratio": "\u65e5\u672c"},  # ignored, never parsed
-    {"prompt": "p", "aspect_ratio": "\u0667:\u0661"},  # Arabic-Indic 7:1, parsed by \\d, mapped to 21:9
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"prompt": "p", "size": "1024x1024", "aspect_ratio": "\u65e5\u672c"},  # ignored, never parsed
+        {"prompt": "p", "aspect_ratio": "\u0667:\u0661"},  # Arabic-Indic 7:1, parsed by \\d, mapped to 21:9
+    ],
+)
 def test_non_latin1_adjusted_values_do_not_500(gateway: RunningGateway, body: dict[str, Any]) -> None:
     response = post_json(gateway, {"model": MODEL, **body})
     assert response.status_code in (200, 400), response.text
@@ -112,14 +133,20 @@ def test_newline_inside_a_ratio_does_not_drop_the_connection(gateway: RunningGat
 # --- edit keeps the first image's shape: as displayed (EXIF orientation) ------------------------
 
 
-def test_edit_keeps_the_displayed_shape_of_an_exif_rotated_photo(gateway: RunningGateway,
-                                                                  fake_gemini: FakeGemini) -> None:
+def test_edit_keeps_the_displayed_shape_of_an_exif_rotated_photo(
+    gateway: RunningGateway, fake_gemini: FakeGemini
+) -> None:
     buf = io.BytesIO()
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees on display: stored 800x600, shown 600x800 (portrait)
     Image.new("RGB", (800, 600), (50, 60, 70)).save(buf, format="JPEG", exif=exif.tobytes())
-    response = httpx.post(gateway.url + "/v1/images/edits", data={"prompt": "p"}, headers=AUTH, timeout=30,
-                          files=[("image", ("photo.jpg", buf.getvalue(), "image/jpeg"))])
+    response = httpx.post(
+        gateway.url + "/v1/images/edits",
+        data={"prompt": "p"},
+        headers=AUTH,
+        timeout=30,
+        files=[("image", ("photo.jpg", buf.getvalue(), "image/jpeg"))],
+    )
     assert response.status_code == 200, response.text
     assert response.json()["effective"]["aspect_ratio"] == "3:4"
 
@@ -128,8 +155,10 @@ def test_edit_keeps_the_displayed_shape_of_an_exif_rotated_photo(gateway: Runnin
 
 
 def _openai_body(count: int, texts: list[str] | None = None) -> str:
-    data = [{"b64_json": base64.b64encode(png(1365, 768)).decode(),
-             "revised_prompt": (texts[i] if texts else None)} for i in range(count)]
+    data = [
+        {"b64_json": base64.b64encode(png(1365, 768)).decode(), "revised_prompt": (texts[i] if texts else None)}
+        for i in range(count)
+    ]
     return json.dumps({"created": 1, "data": data})
 
 
@@ -149,14 +178,27 @@ def test_fewer_images_than_n_from_upstream_is_reported(gateway_factory: Any, fak
 
 def _gemini_body(text: str, color: tuple[int, int, int]) -> str:
     image = base64.b64encode(solid_png(1024, 1024, color)).decode()
-    return json.dumps({"candidates": [{"content": {"role": "model", "parts": [
-        {"text": text}, {"inlineData": {"mimeType": "image/png", "data": image}}]}, "finishReason": "STOP"}],
-        "usageMetadata": {"promptTokenCount": 1, "candidatesTokenCount": 1}})
+    return json.dumps(
+        {
+            "candidates": [
+                {
+                    "content": {
+                        "role": "model",
+                        "parts": [{"text": text}, {"inlineData": {"mimeType": "image/png", "data": image}}],
+                    },
+                    "finishReason": "STOP",
+                }
+            ],
+            "usageMetadata": {"promptTokenCount": 1, "candidatesTokenCount": 1},
+        }
+    )
 
 
 def test_each_image_carries_the_text_of_its_own_call(gateway: RunningGateway, fake_gemini: FakeGemini) -> None:
-    fake_gemini.enqueue(RawResponse(200, _gemini_body("first text", (255, 0, 0)), content_type="application/json"),
-                        RawResponse(200, _gemini_body("second text", (0, 0, 255)), content_type="application/json"))
+    fake_gemini.enqueue(
+        RawResponse(200, _gemini_body("first text", (255, 0, 0)), content_type="application/json"),
+        RawResponse(200, _gemini_body("second text", (0, 0, 255)), content_type="application/json"),
+    )
     response = post_json(gateway, {"model": MODEL, "prompt": "p", "n": 2, "response_format": "b64_json"})
     assert response.status_code == 200, response.text
     assert {d["revised_prompt"] for d in response.json()["data"]} == {"first text", "second text"}
@@ -165,12 +207,22 @@ def test_each_image_carries_the_text_of_its_own_call(gateway: RunningGateway, fa
 # --- behaviour that works and had no end-to-end test --------------------------------------------
 
 
-@pytest.mark.parametrize("url", ["http://0.0.0.0/a.png", "http://[::ffff:127.0.0.1]/a.png", "http://0x7f000001/a.png",
-                                 "http://localhost/a.png", "http://169.254.169.254/latest/meta-data"])
-def test_disguised_loopback_and_metadata_urls_are_refused(gateway_factory: Any, fake_gemini: FakeGemini,
-                                                          url: str) -> None:
-    gw = gateway_factory(gemini_api_key=fake_gemini.api_key, gemini_base_url=fake_gemini.base_url,
-                         allow_private_urls=False)
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://0.0.0.0/a.png",
+        "http://[::ffff:127.0.0.1]/a.png",
+        "http://0x7f000001/a.png",
+        "http://localhost/a.png",
+        "http://169.254.169.254/latest/meta-data",
+    ],
+)
+def test_disguised_loopback_and_metadata_urls_are_refused(
+    gateway_factory: Any, fake_gemini: FakeGemini, url: str
+) -> None:
+    gw = gateway_factory(
+        gemini_api_key=fake_gemini.api_key, gemini_base_url=fake_gemini.base_url, allow_private_urls=False
+    )
     response = post_json(gw, {"model": MODEL, "prompt": "p", "images": [{"image_url": url}]}, "/v1/images/edits")
     assert_400(response, "images")
     assert response.json()["error"]["code"] == "url_not_allowed"

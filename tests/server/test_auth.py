@@ -67,8 +67,9 @@ def test_stored_keys_are_hashed_and_revocable(gateway_factory: Any, fake_gemini:
 
 def test_open_mode_without_any_key(gateway_factory: Any, fake_gemini: FakeGemini) -> None:
     gw = gateway_factory(api_keys="", gemini_api_key=fake_gemini.api_key, gemini_base_url=fake_gemini.base_url)
-    response = httpx.post(gw.url + "/v1/images/generations", json={"prompt": "p", "response_format": "b64_json"},
-                          timeout=30)
+    response = httpx.post(
+        gw.url + "/v1/images/generations", json={"prompt": "p", "response_format": "b64_json"}, timeout=30
+    )
     assert response.status_code == 200
 
 

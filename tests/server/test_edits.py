@@ -87,8 +87,12 @@ def bilevel_png(width: int, height: int) -> bytes:
         left -= rows
     parts.append(compressor.flush())
     header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # bit depth 1, greyscale
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", b"".join(parts))
-            + _png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", b"".join(parts))
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 def data_uri(data: bytes, mime: str = "image/png") -> str:
@@ -147,8 +151,9 @@ def raw_post(gw: RunningGateway, *, content_type: str | None = None, **kwargs: A
 
 def multipart_body(boundary: str, fields: list[tuple[str, str]]) -> bytes:
     """A multipart body of text fields only (httpx sends multipart only when there is a file)."""
-    out = "".join(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
-                  for name, value in fields)
+    out = "".join(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n' for name, value in fields
+    )
     return (out + f"--{boundary}--\r\n").encode()
 
 
@@ -191,7 +196,9 @@ def test_several_images_via_sdk_keep_order_and_mime(client: OpenAI, fake_gemini:
     resp = sdk_edit(client, [png_file(png, "a.png"), ("b.jpg", jpeg, "image/jpeg"), ("c.webp", webp, "image/webp")])
     assert len(resp.data or []) == 1
     assert inline_parts(fake_gemini.requests[0].json) == [
-        ("image/png", png), ("image/jpeg", jpeg), ("image/webp", webp)
+        ("image/png", png),
+        ("image/jpeg", jpeg),
+        ("image/webp", webp),
     ]
 
 
@@ -296,9 +303,7 @@ def test_jpeg_mask_is_rejected(client: OpenAI, fake_gemini: FakeGemini) -> None:
         pytest.param(("lie.png", b"\x89PNG\r\n\x1a\n" + b"\x00" * 200, "image/png"), id="png-magic-only"),
     ],
 )
-def test_bad_image_uploads_are_400_invalid_image(
-    client: OpenAI, fake_gemini: FakeGemini, upload: FileTuple
-) -> None:
+def test_bad_image_uploads_are_400_invalid_image(client: OpenAI, fake_gemini: FakeGemini, upload: FileTuple) -> None:
     with pytest.raises(openai.BadRequestError) as info:
         sdk_edit(client, upload)
     error = error_of(info.value)
@@ -330,8 +335,11 @@ def test_fourteen_images_is_the_maximum_and_accepted(client: OpenAI, fake_gemini
 
 def test_edit_without_image(gateway: RunningGateway, fake_gemini: FakeGemini) -> None:
     boundary = "imagegate-test-boundary"
-    resp = raw_post(gateway, content=multipart_body(boundary, [("prompt", "no picture"), ("model", MODEL)]),
-                    content_type=f"multipart/form-data; boundary={boundary}")
+    resp = raw_post(
+        gateway,
+        content=multipart_body(boundary, [("prompt", "no picture"), ("model", MODEL)]),
+        content_type=f"multipart/form-data; boundary={boundary}",
+    )
     assert resp.status_code == 400, resp.text
     error = resp.json()["error"]
     assert error["param"] == "image"
@@ -402,15 +410,17 @@ def test_request_body_cap_without_content_length(gateway_factory: Any, fake_gemi
     """A chunked upload (no Content-Length) is counted as it streams in."""
     gw = gemini_gateway(gateway_factory, fake_gemini, max_upload_bytes=200_000)
     boundary = "cap-boundary"
-    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"prompt\"\r\n\r\nx\r\n"
-            f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n"
-            "Content-Type: image/png\r\n\r\n").encode()
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="prompt"\r\n\r\nx\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
+        "Content-Type: image/png\r\n\r\n"
+    ).encode()
     payload = noise_png(320, 320)
 
     def chunks() -> Iterator[bytes]:
         yield head
         for i in range(0, len(payload), 16_384):
-            yield payload[i:i + 16_384]
+            yield payload[i : i + 16_384]
         yield f"\r\n--{boundary}--\r\n".encode()
 
     resp = raw_post(gw, content=chunks(), content_type=f"multipart/form-data; boundary={boundary}")
@@ -440,16 +450,21 @@ def test_per_image_byte_cap(gateway_factory: Any, fake_gemini: FakeGemini) -> No
 
 def test_json_edit_with_data_uri(client: OpenAI, fake_gemini: FakeGemini) -> None:
     source = solid_png(30, 40, (5, 6, 7))
-    resp = json_edit(client, {"model": MODEL, "prompt": "json edit", "response_format": "b64_json",
-                              "images": [{"image_url": data_uri(source)}]})
+    resp = json_edit(
+        client,
+        {
+            "model": MODEL,
+            "prompt": "json edit",
+            "response_format": "b64_json",
+            "images": [{"image_url": data_uri(source)}],
+        },
+    )
     assert len(b64_images(resp)) == 1
     assert inline_parts(fake_gemini.requests[0].json) == [("image/png", source)]
     assert image_config(fake_gemini.requests[0].json)["aspectRatio"] == "3:4"
 
 
-def test_json_edit_with_http_url(
-    client: OpenAI, fake_gemini: FakeGemini, image_server: tuple[str, list[str]]
-) -> None:
+def test_json_edit_with_http_url(client: OpenAI, fake_gemini: FakeGemini, image_server: tuple[str, list[str]]) -> None:
     root, hits = image_server
     resp = json_edit(client, {"model": MODEL, "prompt": "from a url", "images": [{"image_url": f"{root}/a.png"}]})
     assert len(resp.data or []) == 1
@@ -473,8 +488,16 @@ def test_json_edit_without_images(client: OpenAI, fake_gemini: FakeGemini) -> No
 
 def test_json_edit_with_data_uri_mask(client: OpenAI, fake_gemini: FakeGemini) -> None:
     red, mask = solid_png(64, 64, (255, 0, 0)), half_mask(64, 64)
-    resp = json_edit(client, {"model": MODEL, "prompt": MASK_PROMPT, "response_format": "b64_json",
-                              "images": [{"image_url": data_uri(red)}], "mask": {"image_url": data_uri(mask)}})
+    resp = json_edit(
+        client,
+        {
+            "model": MODEL,
+            "prompt": MASK_PROMPT,
+            "response_format": "b64_json",
+            "images": [{"image_url": data_uri(red)}],
+            "mask": {"image_url": data_uri(mask)},
+        },
+    )
     assert inline_parts(fake_gemini.requests[0].json) == [("image/png", red), ("image/png", mask)]
     (out,) = b64_images(resp)
     assert pixel_at(out, 100, 512)[:3] == (255, 0, 0)
@@ -563,8 +586,12 @@ def test_edit_through_openai_provider(gateway_factory: Any, fake_openai: FakeOpe
     gw: RunningGateway = gateway_factory(openai_api_key=fake_openai.api_key, openai_base_url=fake_openai.base_url)
     first, second = solid_png(64, 64, (255, 0, 0)), solid_jpeg(64, 64, (0, 255, 0))
     mask = half_mask(64, 64)
-    resp = openai_gateway_edit(gw, [png_file(first, "a.png"), ("b.jpg", second, "image/jpeg")],
-                               prompt="openai edit", mask=png_file(mask, "mask.png"))
+    resp = openai_gateway_edit(
+        gw,
+        [png_file(first, "a.png"), ("b.jpg", second, "image/jpeg")],
+        prompt="openai edit",
+        mask=png_file(mask, "mask.png"),
+    )
     assert fake_gemini.requests == []
     assert len(fake_openai.requests) == 1
     recorded = fake_openai.requests[0]

@@ -22,8 +22,14 @@ def post(gateway: RunningGateway, body: Any, path: str = "/v1/images/generations
     return httpx.post(gateway.url + path, json=body, headers=AUTH | kw.pop("headers", {}), timeout=30, **kw)
 
 
-def assert_error(response: httpx.Response, status: int, *, code: str | None = None, param: str | None = None,
-                 error_type: str | None = None) -> dict[str, Any]:
+def assert_error(
+    response: httpx.Response,
+    status: int,
+    *,
+    code: str | None = None,
+    param: str | None = None,
+    error_type: str | None = None,
+) -> dict[str, Any]:
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
@@ -59,44 +65,58 @@ def assert_error(response: httpx.Response, status: int, *, code: str | None = No
         ({"model": MODEL, "prompt": "p", "image": "http://x/a.png"}, "image"),
     ],
 )
-def test_bad_parameters_are_400_naming_the_param(gateway: RunningGateway, fake_gemini: FakeGemini,
-                                                 body: dict[str, Any], param: str) -> None:
+def test_bad_parameters_are_400_naming_the_param(
+    gateway: RunningGateway, fake_gemini: FakeGemini, body: dict[str, Any], param: str
+) -> None:
     assert_error(post(gateway, body), 400, param=param, error_type="invalid_request_error")
     assert fake_gemini.requests == []  # rejected before any upstream call
 
 
-STANDARD_FIELDS = [("quality", "high"), ("style", "vivid"), ("background", "transparent"), ("stream", True),
-                   ("moderation", "low"), ("input_fidelity", "high"), ("partial_images", 2)]
+STANDARD_FIELDS = [
+    ("quality", "high"),
+    ("style", "vivid"),
+    ("background", "transparent"),
+    ("stream", True),
+    ("moderation", "low"),
+    ("input_fidelity", "high"),
+    ("partial_images", 2),
+]
 
 
 @pytest.mark.parametrize("param,value", STANDARD_FIELDS)
-def test_standard_fields_the_model_lacks_are_not_applied_and_reported(gateway: RunningGateway,
-                                                                      fake_gemini: FakeGemini, param: str,
-                                                                      value: Any) -> None:
+def test_standard_fields_the_model_lacks_are_not_applied_and_reported(
+    gateway: RunningGateway, fake_gemini: FakeGemini, param: str, value: Any
+) -> None:
     response = post(gateway, {"model": MODEL, "prompt": "p", "response_format": "b64_json", param: value})
     assert response.status_code == 200, response.text
     shown = str(value).lower()
-    assert {"param": param, "requested": shown, "applied": f"not applied (model {MODEL} lacks it)"} in \
-        response.json()["adjustments"]
+    assert {"param": param, "requested": shown, "applied": f"not applied (model {MODEL} lacks it)"} in response.json()[
+        "adjustments"
+    ]
     assert f"{param}={shown}->not applied" in response.headers["x-imagegate-adjusted"]
     assert param not in json.dumps(fake_gemini.requests[-1].json)  # never forwarded as pass-through
 
 
 @pytest.mark.parametrize("param,value", STANDARD_FIELDS)
 def test_strict_parameters_make_fields_the_model_lacks_400_naming_param_and_model(
-        gateway_factory: Any, fake_gemini: FakeGemini, param: str, value: Any) -> None:
-    gw = gateway_factory(gemini_api_key=fake_gemini.api_key, gemini_base_url=fake_gemini.base_url,
-                         strict_parameters=True)
-    error = assert_error(post(gw, {"model": MODEL, "prompt": "p", param: value}), 400, param=param,
-                         code="unsupported_parameter")
+    gateway_factory: Any, fake_gemini: FakeGemini, param: str, value: Any
+) -> None:
+    gw = gateway_factory(
+        gemini_api_key=fake_gemini.api_key, gemini_base_url=fake_gemini.base_url, strict_parameters=True
+    )
+    error = assert_error(
+        post(gw, {"model": MODEL, "prompt": "p", param: value}), 400, param=param, code="unsupported_parameter"
+    )
     assert MODEL in error["message"]
     assert fake_gemini.requests == []
 
 
-def test_default_value_of_unavailable_parameter_is_accepted_and_reported(gateway: RunningGateway,
-                                                                         fake_gemini: FakeGemini) -> None:
-    response = post(gateway, {"model": MODEL, "prompt": "p", "stream": False, "quality": "auto",
-                              "response_format": "b64_json"})
+def test_default_value_of_unavailable_parameter_is_accepted_and_reported(
+    gateway: RunningGateway, fake_gemini: FakeGemini
+) -> None:
+    response = post(
+        gateway, {"model": MODEL, "prompt": "p", "stream": False, "quality": "auto", "response_format": "b64_json"}
+    )
     assert response.status_code == 200
     header = response.headers["x-imagegate-adjusted"]
     assert "stream=false->ignored (not available on this model)" in header
@@ -113,11 +133,15 @@ def test_sdk_raises_typed_errors(client: openai.OpenAI, fake_gemini: FakeGemini)
 
 
 def test_invalid_json_and_wrong_content_type(gateway: RunningGateway) -> None:
-    response = httpx.post(gateway.url + "/v1/images/generations", content=b"{not json",
-                          headers=AUTH | {"content-type": "application/json"})
+    response = httpx.post(
+        gateway.url + "/v1/images/generations",
+        content=b"{not json",
+        headers=AUTH | {"content-type": "application/json"},
+    )
     assert_error(response, 400, code="invalid_json")
-    response = httpx.post(gateway.url + "/v1/images/generations", content=b"[1, 2]",
-                          headers=AUTH | {"content-type": "application/json"})
+    response = httpx.post(
+        gateway.url + "/v1/images/generations", content=b"[1, 2]", headers=AUTH | {"content-type": "application/json"}
+    )
     assert_error(response, 400, code="invalid_json")
     response = httpx.post(gateway.url + "/v1/images/generations", data={"prompt": "p"}, headers=AUTH)
     assert_error(response, 400, code="unsupported_content_type")
@@ -145,8 +169,9 @@ def test_unknown_route_and_method(gateway: RunningGateway) -> None:
         (RawResponse(502, "<html>bad gateway</html>"), 502, "upstream_error"),
     ],
 )
-def test_upstream_failures_map_to_openai_errors(gateway: RunningGateway, fake_gemini: FakeGemini, behaviour: Any,
-                                                status: int, code: str) -> None:
+def test_upstream_failures_map_to_openai_errors(
+    gateway: RunningGateway, fake_gemini: FakeGemini, behaviour: Any, status: int, code: str
+) -> None:
     fake_gemini.enqueue(behaviour)
     response = post(gateway, {"model": MODEL, "prompt": "p"})
     assert_error(response, status, code=code)
@@ -166,8 +191,9 @@ def test_upstream_key_rejected_is_502_not_401(gateway_factory: Any, fake_gemini:
 
 
 def test_hanging_upstream_times_out_with_504(gateway_factory: Any, fake_gemini: FakeGemini) -> None:
-    gw = gateway_factory(gemini_api_key=fake_gemini.api_key, gemini_base_url=fake_gemini.base_url,
-                         upstream_timeout_seconds=0.5)
+    gw = gateway_factory(
+        gemini_api_key=fake_gemini.api_key, gemini_base_url=fake_gemini.base_url, upstream_timeout_seconds=0.5
+    )
     fake_gemini.enqueue(Hang(30))
     started = time.monotonic()
     assert_error(post(gw, {"model": MODEL, "prompt": "p"}), 504, code="upstream_timeout")
@@ -199,8 +225,9 @@ def test_server_survives_a_burst_of_bad_requests(gateway: RunningGateway, fake_g
     assert post(gateway, {"model": MODEL, "prompt": "still alive", "response_format": "b64_json"}).status_code == 200
 
 
-def test_image_broken_after_its_header_is_a_502_when_it_must_be_decoded(gateway: RunningGateway,
-                                                                         fake_gemini: FakeGemini) -> None:
+def test_image_broken_after_its_header_is_a_502_when_it_must_be_decoded(
+    gateway: RunningGateway, fake_gemini: FakeGemini
+) -> None:
     """Only the head of an upstream image is checked on arrival; a broken rest surfaces as soon
     as the gateway needs the bytes (hosting, conversion) and is the upstream's fault."""
     import base64
@@ -214,9 +241,17 @@ def test_image_broken_after_its_header_is_a_502_when_it_must_be_decoded(gateway:
     Image.frombytes("RGB", (400, 400), os.urandom(400 * 400 * 3)).save(noise, format="PNG")
     good = base64.b64encode(noise.getvalue()).decode()
     assert len(good) > 4 * 64 * 1024  # longer than the head the gateway checks on arrival
-    broken = good[: len(good) // 2] + "!!!!" + good[len(good) // 2 + 4:]
-    body = {"candidates": [{"content": {"role": "model", "parts": [
-        {"inlineData": {"mimeType": "image/png", "data": broken}}]}, "finishReason": "STOP", "index": 0}]}
+    broken = good[: len(good) // 2] + "!!!!" + good[len(good) // 2 + 4 :]
+    body = {
+        "candidates": [
+            {
+                "content": {"role": "model", "parts": [{"inlineData": {"mimeType": "image/png", "data": broken}}]},
+                "finishReason": "STOP",
+                "index": 0,
+            }
+        ]
+    }
     fake_gemini.enqueue(RawResponse(200, json.dumps(body), content_type="application/json"))
-    assert_error(post(gateway, {"model": MODEL, "prompt": "p", "response_format": "url"}), 502,
-                 code="upstream_bad_response")
+    assert_error(
+        post(gateway, {"model": MODEL, "prompt": "p", "response_format": "url"}), 502, code="upstream_bad_response"
+    )

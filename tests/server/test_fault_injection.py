@@ -73,12 +73,18 @@ def gemini_timeout_config(tmp_path: Path) -> Path:
     return config
 
 
-def test_failover_keeps_every_request_alive(gateway_factory: Any, fake_gemini: FakeGemini,
-                                            fake_replicate: FakeReplicate, gemini_timeout_config: Path) -> None:
+def test_failover_keeps_every_request_alive(
+    gateway_factory: Any, fake_gemini: FakeGemini, fake_replicate: FakeReplicate, gemini_timeout_config: Path
+) -> None:
     gw = gateway_factory(
-        config=gemini_timeout_config, gemini_api_key=fake_gemini.api_key, gemini_base_url=fake_gemini.base_url,
-        replicate_api_key=fake_replicate.api_key, replicate_base_url=fake_replicate.base_url,
-        retry_attempts=2, retry_backoff_seconds=0.01, request_timeout_seconds=20,
+        config=gemini_timeout_config,
+        gemini_api_key=fake_gemini.api_key,
+        gemini_base_url=fake_gemini.base_url,
+        replicate_api_key=fake_replicate.api_key,
+        replicate_base_url=fake_replicate.base_url,
+        retry_attempts=2,
+        retry_backoff_seconds=0.01,
+        request_timeout_seconds=20,
     )
     fake_replicate.instant = True
     fake_gemini.enqueue(*random_faults(4 * REQUESTS, seed=20261125))
@@ -91,22 +97,32 @@ def test_failover_keeps_every_request_alive(gateway_factory: Any, fake_gemini: F
     assert sum(r[1] for r in rows) == successes
     assert slowest < 20  # none hangs
     rate = successes / REQUESTS
-    print(f"\nfault injection with failover: {successes}/{REQUESTS} succeeded ({rate:.1%}), errors {errors}, "
-          f"gemini calls {len(fake_gemini.requests)}, replicate predictions {len(fake_replicate.creates)}, "
-          f"slowest {slowest:.2f} s, total {elapsed:.1f} s")
+    print(
+        f"\nfault injection with failover: {successes}/{REQUESTS} succeeded ({rate:.1%}), errors {errors}, "
+        f"gemini calls {len(fake_gemini.requests)}, replicate predictions {len(fake_replicate.creates)}, "
+        f"slowest {slowest:.2f} s, total {elapsed:.1f} s"
+    )
     assert rate >= 0.99
 
 
-def test_without_failover_the_faults_reach_the_client(gateway_factory: Any, fake_gemini: FakeGemini,
-                                                       gemini_timeout_config: Path) -> None:
-    gw = gateway_factory(config=gemini_timeout_config, gemini_api_key=fake_gemini.api_key,
-                         gemini_base_url=fake_gemini.base_url, retry_attempts=1, request_timeout_seconds=20)
+def test_without_failover_the_faults_reach_the_client(
+    gateway_factory: Any, fake_gemini: FakeGemini, gemini_timeout_config: Path
+) -> None:
+    gw = gateway_factory(
+        config=gemini_timeout_config,
+        gemini_api_key=fake_gemini.api_key,
+        gemini_base_url=fake_gemini.base_url,
+        retry_attempts=1,
+        request_timeout_seconds=20,
+    )
     faults = random_faults(REQUESTS, seed=20261125)
     fake_gemini.enqueue(*faults)
     successes, errors, slowest = run_load(gw)
     expected_failures = sum(f is not None for f in faults)
-    print(f"\nfault injection, one provider, no retries: {successes}/{REQUESTS} succeeded "
-          f"({successes / REQUESTS:.1%}); injected failures {expected_failures}")
+    print(
+        f"\nfault injection, one provider, no retries: {successes}/{REQUESTS} succeeded "
+        f"({successes / REQUESTS:.1%}); injected failures {expected_failures}"
+    )
     assert len(errors) == expected_failures  # every fault surfaces as exactly one clear error
     assert set(errors) <= {502, 503, 504}
     assert len(billed(gw)) == successes

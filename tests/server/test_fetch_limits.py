@@ -39,8 +39,12 @@ def gemini_gateway(gateway_factory: Any, fake: FakeGemini, **overrides: Any) -> 
 
 
 def json_edit(client: OpenAI, urls: list[str]) -> ImagesResponse:
-    body = {"model": MODEL, "prompt": "edit it", "response_format": "b64_json",
-            "images": [{"image_url": url} for url in urls]}
+    body = {
+        "model": MODEL,
+        "prompt": "edit it",
+        "response_format": "b64_json",
+        "images": [{"image_url": url} for url in urls],
+    }
     return client.post(EDIT_PATH, body=body, cast_to=ImagesResponse)
 
 
@@ -51,8 +55,11 @@ def error_of(exc: openai.APIStatusError) -> dict[str, Any]:
 
 def inline_images(fake: FakeGemini) -> list[bytes]:
     parts = fake.requests[-1].json["contents"][0]["parts"]
-    return [base64.b64decode((p.get("inline_data") or p["inlineData"])["data"]) for p in parts
-            if "inline_data" in p or "inlineData" in p]
+    return [
+        base64.b64decode((p.get("inline_data") or p["inlineData"])["data"])
+        for p in parts
+        if "inline_data" in p or "inlineData" in p
+    ]
 
 
 # --- slow URLs ------------------------------------------------------------------------------------
@@ -64,12 +71,21 @@ async def test_one_tenants_dripping_urls_do_not_time_out_another_tenants_generat
     """Tenant A holds 40 edits x 14 dripping URLs (more than the upstream pool's 512 connections);
     tenant B's plain generation still succeeds inside a 5 s request deadline, and A never has
     more than IMAGEGATE_FETCH_CONCURRENCY_PER_KEY fetches open."""
-    gw = gemini_gateway(gateway_factory, fake_gemini, api_keys="tenant-a,tenant-b", request_timeout_seconds=5.0,
-                        fetch_timeout_seconds=3.0, fetch_concurrency_per_key=8)
+    gw = gemini_gateway(
+        gateway_factory,
+        fake_gemini,
+        api_keys="tenant-a,tenant-b",
+        request_timeout_seconds=5.0,
+        fetch_timeout_seconds=3.0,
+        fetch_concurrency_per_key=8,
+    )
     tenant_a = AsyncOpenAI(api_key="tenant-a", base_url=f"{gw.url}/v1", max_retries=0, timeout=30)
     tenant_b = AsyncOpenAI(api_key="tenant-b", base_url=f"{gw.url}/v1", max_retries=0, timeout=30)
-    body = {"model": MODEL, "prompt": "edit it",
-            "images": [{"image_url": f"{image_host.url}/drip?i={i}"} for i in range(14)]}
+    body = {
+        "model": MODEL,
+        "prompt": "edit it",
+        "images": [{"image_url": f"{image_host.url}/drip?i={i}"} for i in range(14)],
+    }
     edits = [asyncio.ensure_future(tenant_a.post(EDIT_PATH, body=body, cast_to=ImagesResponse)) for _ in range(40)]
     try:
         async with asyncio.timeout(10):
@@ -105,8 +121,7 @@ def test_url_dripping_past_the_fetch_cap_is_a_400_within_the_cap(
     assert fake_gemini.requests == []
 
 
-def test_request_deadline_covers_fetching(gateway_factory: Any, fake_gemini: FakeGemini,
-                                          image_host: ImageHost) -> None:
+def test_request_deadline_covers_fetching(gateway_factory: Any, fake_gemini: FakeGemini, image_host: ImageHost) -> None:
     """A request deadline shorter than the fetch cap ends the request with 504 request_timeout."""
     gw = gemini_gateway(gateway_factory, fake_gemini, request_timeout_seconds=1.0, fetch_timeout_seconds=30.0)
     with pytest.raises(openai.APIStatusError) as info:
@@ -119,16 +134,18 @@ def test_request_deadline_covers_fetching(gateway_factory: Any, fake_gemini: Fak
 # --- IPv4 embedded in IPv6 --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("host", [
-    "[::127.0.0.1]",  # IPv4-compatible
-    "[64:ff9b::127.0.0.1]",  # NAT64
-    "[64:ff9b::a9fe:a9fe]",  # NAT64 of the cloud metadata address
-    "[2002:7f00:1::1]",  # 6to4
-    "[2001:0:4136:e378:8000:63bf:3fff:fdd2]",  # Teredo
-    "[::ffff:10.0.0.1]",  # IPv4-mapped
-])
-def test_ipv4_embedded_in_ipv6_is_judged_by_its_ipv4(gateway_factory: Any, fake_gemini: FakeGemini,
-                                                     host: str) -> None:
+@pytest.mark.parametrize(
+    "host",
+    [
+        "[::127.0.0.1]",  # IPv4-compatible
+        "[64:ff9b::127.0.0.1]",  # NAT64
+        "[64:ff9b::a9fe:a9fe]",  # NAT64 of the cloud metadata address
+        "[2002:7f00:1::1]",  # 6to4
+        "[2001:0:4136:e378:8000:63bf:3fff:fdd2]",  # Teredo
+        "[::ffff:10.0.0.1]",  # IPv4-mapped
+    ],
+)
+def test_ipv4_embedded_in_ipv6_is_judged_by_its_ipv4(gateway_factory: Any, fake_gemini: FakeGemini, host: str) -> None:
     gw = gemini_gateway(gateway_factory, fake_gemini, allow_private_urls=False)
     with pytest.raises(openai.BadRequestError) as info:
         json_edit(gw.client(), [f"http://{host}/a.png"])
@@ -164,8 +181,7 @@ def test_own_result_url_is_read_from_the_store(gateway_factory: Any, fake_gemini
 
 def test_own_result_url_on_the_configured_or_the_called_host(gateway_factory: Any, fake_gemini: FakeGemini) -> None:
     """With IMAGEGATE_PUBLIC_URL set, both its URLs and the host the client called are ours."""
-    gw = gemini_gateway(gateway_factory, fake_gemini, allow_private_urls=False,
-                        public_url="https://images.example.com")
+    gw = gemini_gateway(gateway_factory, fake_gemini, allow_private_urls=False, public_url="https://images.example.com")
     client = gw.client()
     public = generate_url(client)
     assert public.startswith("https://images.example.com/v1/results/")
@@ -189,8 +205,9 @@ def test_unknown_or_expired_own_result_is_a_400(gateway_factory: Any, fake_gemin
     assert len(fake_gemini.requests) == 1  # only the generation
 
 
-def test_result_shaped_url_on_another_origin_keeps_the_ssrf_rules(gateway_factory: Any,
-                                                                  fake_gemini: FakeGemini) -> None:
+def test_result_shaped_url_on_another_origin_keeps_the_ssrf_rules(
+    gateway_factory: Any, fake_gemini: FakeGemini
+) -> None:
     gw = gemini_gateway(gateway_factory, fake_gemini, allow_private_urls=False)
     client = gw.client()
     url = generate_url(client).replace("127.0.0.1", "127.0.0.2")

@@ -30,18 +30,24 @@ AUTH = {"authorization": f"Bearer {API_KEY}"}
 PNG = solid_png(16, 16, (9, 9, 9))
 
 
-def post_raw(gateway: RunningGateway, content: bytes | str, content_type: str = "application/json",
-             path: str = "/v1/images/generations") -> httpx.Response:
+def post_raw(
+    gateway: RunningGateway,
+    content: bytes | str,
+    content_type: str = "application/json",
+    path: str = "/v1/images/generations",
+) -> httpx.Response:
     body = content.encode("utf-8", "surrogatepass") if isinstance(content, str) else content
-    return httpx.post(gateway.url + path, content=body, timeout=30,
-                      headers=AUTH | {"content-type": content_type})
+    return httpx.post(gateway.url + path, content=body, timeout=30, headers=AUTH | {"content-type": content_type})
 
 
-def multipart(parts: list[tuple[bytes, bytes]], *, boundary: bytes = b"b0undary", charset: str | None = None,
-              ) -> tuple[bytes, str]:
+def multipart(
+    parts: list[tuple[bytes, bytes]],
+    *,
+    boundary: bytes = b"b0undary",
+    charset: str | None = None,
+) -> tuple[bytes, str]:
     """A multipart body from (part headers, part data) as raw bytes; an image part is added."""
-    image = (b'Content-Disposition: form-data; name="image[]"; filename="a.png"\r\n'
-             b"Content-Type: image/png", PNG)
+    image = (b'Content-Disposition: form-data; name="image[]"; filename="a.png"\r\nContent-Type: image/png', PNG)
     chunks = []
     for headers, data in [*parts, image]:
         chunks.append(b"--" + boundary + b"\r\n" + headers + b"\r\n\r\n" + data + b"\r\n")
@@ -64,12 +70,16 @@ def base_fields() -> list[tuple[bytes, bytes]]:
 # --- pass-through cannot override the gateway ---------------------------------------------------
 
 
-@pytest.mark.parametrize("extra_body", [
-    {"generationConfig": {"imageConfig": {"imageSize": "4K"}}},
-    {"generation_config": {"image_config": {"image_size": "4K"}}},
-])
-def test_imageconfig_pass_through_is_400_and_nothing_is_sent(client: openai.OpenAI, fake_gemini: FakeGemini,
-                                                            extra_body: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    "extra_body",
+    [
+        {"generationConfig": {"imageConfig": {"imageSize": "4K"}}},
+        {"generation_config": {"image_config": {"image_size": "4K"}}},
+    ],
+)
+def test_imageconfig_pass_through_is_400_and_nothing_is_sent(
+    client: openai.OpenAI, fake_gemini: FakeGemini, extra_body: dict[str, Any]
+) -> None:
     """Today's bug: this made a 4K image that was billed and reported as 1K."""
     with pytest.raises(openai.BadRequestError) as info:
         client.images.generate(model=MODEL, prompt="a lighthouse", extra_body=extra_body)
@@ -95,22 +105,26 @@ def test_new_keys_inside_gateway_dicts_pass(client: openai.OpenAI, fake_gemini: 
 # --- client input: JSON -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("raw", "param", "code"), [
-    ('{"model": "M", "prompt": "p", "temperature": NaN}', "temperature", "invalid_number"),
-    ('{"model": "M", "prompt": "p", "temperature": Infinity}', "temperature", "invalid_number"),
-    ('{"model": "M", "prompt": "p", "temperature": -Infinity}', "temperature", "invalid_number"),
-    ('{"model": "M", "prompt": "p", "top": {"a": [1, {"b": NaN}]}}', "top", "invalid_number"),
-    ('{"model": "M", "prompt": "p", "temperature": 1e999}', "temperature", "invalid_number"),
-    ('{"model": "M", "prompt": "\\ud800"}', "prompt", "invalid_text"),
-    ('{"model": "M", "prompt": "p", "note": "x\\udfffy"}', "note", "invalid_text"),
-    ('{"model": "M", "prompt": "p", "cfg": {"\\ud800": 1}}', "cfg", "invalid_text"),
-    ('{"model": "M", "prompt": "p", "\\ud800": 1}', "\\ud800", "invalid_text"),
-    ('{"model": "\\ud800", "prompt": "p"}', "model", "invalid_text"),
-    ('{"model": "M", "prompt": "p", "deep": ' + "[" * 500 + "]" * 500 + "}", "deep", "nested_too_deeply"),
-    ('{"model": "M", "prompt": "p", "deep": ' + '{"a":' * 40 + "1" + "}" * 40 + "}", "deep", "nested_too_deeply"),
-])
-def test_bad_json_values_are_400_before_any_call(gateway: RunningGateway, fake_gemini: FakeGemini,
-                                                 raw: str, param: str, code: str) -> None:
+@pytest.mark.parametrize(
+    ("raw", "param", "code"),
+    [
+        ('{"model": "M", "prompt": "p", "temperature": NaN}', "temperature", "invalid_number"),
+        ('{"model": "M", "prompt": "p", "temperature": Infinity}', "temperature", "invalid_number"),
+        ('{"model": "M", "prompt": "p", "temperature": -Infinity}', "temperature", "invalid_number"),
+        ('{"model": "M", "prompt": "p", "top": {"a": [1, {"b": NaN}]}}', "top", "invalid_number"),
+        ('{"model": "M", "prompt": "p", "temperature": 1e999}', "temperature", "invalid_number"),
+        ('{"model": "M", "prompt": "\\ud800"}', "prompt", "invalid_text"),
+        ('{"model": "M", "prompt": "p", "note": "x\\udfffy"}', "note", "invalid_text"),
+        ('{"model": "M", "prompt": "p", "cfg": {"\\ud800": 1}}', "cfg", "invalid_text"),
+        ('{"model": "M", "prompt": "p", "\\ud800": 1}', "\\ud800", "invalid_text"),
+        ('{"model": "\\ud800", "prompt": "p"}', "model", "invalid_text"),
+        ('{"model": "M", "prompt": "p", "deep": ' + "[" * 500 + "]" * 500 + "}", "deep", "nested_too_deeply"),
+        ('{"model": "M", "prompt": "p", "deep": ' + '{"a":' * 40 + "1" + "}" * 40 + "}", "deep", "nested_too_deeply"),
+    ],
+)
+def test_bad_json_values_are_400_before_any_call(
+    gateway: RunningGateway, fake_gemini: FakeGemini, raw: str, param: str, code: str
+) -> None:
     for path in ("/v1/images/generations", "/v1/images/edits"):
         response = post_raw(gateway, raw.replace('"M"', json.dumps(MODEL)), path=path)
         assert_error(response, 400, param=param, code=code)
@@ -134,20 +148,27 @@ def test_absurd_sizes_are_400(gateway: RunningGateway, fake_gemini: FakeGemini, 
 # --- client input: multipart --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("parts", "charset", "param"), [
-    ([field(b"prompt", b"+2AA-")], "utf-7", None),  # utf-7 decodes to a lone surrogate
-    ([field(b"prompt", b"\\ud800")], "unicode_escape", None),
-    ([field(b"prompt", b"p")], "latin-1", None),
-    ([field(b"note", "é".encode("utf-16"), b"text/plain; charset=utf-16")], None, "note"),
-    ([field(b"note", "é".encode("latin-1"), b"text/plain; charset=latin-1")], None, "note"),
-    ([field(b"_charset_", b"latin-1")], None, "_charset_"),
-    ([field(b"note", b"caf\xe9")], None, "note"),  # invalid UTF-8 bytes in a field
-    ([field(b"not\xffe", b"x")], None, "name"),  # ... and in a field name
-    ([field(b"prompt", b"\xed\xa0\x80")], None, "prompt"),  # a surrogate encoded as UTF-8 bytes
-])
-def test_multipart_charset_tricks_are_400(gateway: RunningGateway, fake_gemini: FakeGemini,
-                                          parts: list[tuple[bytes, bytes]], charset: str | None,
-                                          param: str | None) -> None:
+@pytest.mark.parametrize(
+    ("parts", "charset", "param"),
+    [
+        ([field(b"prompt", b"+2AA-")], "utf-7", None),  # utf-7 decodes to a lone surrogate
+        ([field(b"prompt", b"\\ud800")], "unicode_escape", None),
+        ([field(b"prompt", b"p")], "latin-1", None),
+        ([field(b"note", "é".encode("utf-16"), b"text/plain; charset=utf-16")], None, "note"),
+        ([field(b"note", "é".encode("latin-1"), b"text/plain; charset=latin-1")], None, "note"),
+        ([field(b"_charset_", b"latin-1")], None, "_charset_"),
+        ([field(b"note", b"caf\xe9")], None, "note"),  # invalid UTF-8 bytes in a field
+        ([field(b"not\xffe", b"x")], None, "name"),  # ... and in a field name
+        ([field(b"prompt", b"\xed\xa0\x80")], None, "prompt"),  # a surrogate encoded as UTF-8 bytes
+    ],
+)
+def test_multipart_charset_tricks_are_400(
+    gateway: RunningGateway,
+    fake_gemini: FakeGemini,
+    parts: list[tuple[bytes, bytes]],
+    charset: str | None,
+    param: str | None,
+) -> None:
     body, content_type = multipart([*base_fields(), *parts], charset=charset)
     response = post_raw(gateway, body, content_type, path="/v1/images/edits")
     error = assert_error(response, 400)
@@ -158,10 +179,15 @@ def test_multipart_charset_tricks_are_400(gateway: RunningGateway, fake_gemini: 
 
 
 def test_utf8_multipart_text_still_works(gateway: RunningGateway, fake_gemini: FakeGemini) -> None:
-    body, content_type = multipart([field(b"model", MODEL.encode()), field(b"prompt", "café ☕".encode()),
-                                    field(b"_charset_", b"UTF-8"), field(b"generation_config[temperature]", b"0.5",
-                                                                         b"text/plain; charset=UTF-8")],
-                                   charset="utf-8")
+    body, content_type = multipart(
+        [
+            field(b"model", MODEL.encode()),
+            field(b"prompt", "café ☕".encode()),
+            field(b"_charset_", b"UTF-8"),
+            field(b"generation_config[temperature]", b"0.5", b"text/plain; charset=UTF-8"),
+        ],
+        charset="utf-8",
+    )
     response = post_raw(gateway, body, content_type, path="/v1/images/edits")
     assert response.status_code == 200, response.text
     sent = fake_gemini.requests[0].json
@@ -172,8 +198,9 @@ def test_utf8_multipart_text_still_works(gateway: RunningGateway, fake_gemini: F
 def test_thousand_deep_field_name_is_400(gateway: RunningGateway, fake_gemini: FakeGemini) -> None:
     name = b"a" + b"[b]" * 1000
     body, content_type = multipart([*base_fields(), field(name, b"1")])
-    assert_error(post_raw(gateway, body, content_type, path="/v1/images/edits"), 400, param="a",
-                 code="nested_too_deeply")
+    assert_error(
+        post_raw(gateway, body, content_type, path="/v1/images/edits"), 400, param="a", code="nested_too_deeply"
+    )
     assert fake_gemini.requests == []
 
 
@@ -194,8 +221,7 @@ def test_deeply_nested_gemini_json_is_502(gateway: RunningGateway, fake_gemini: 
 
 
 @pytest.mark.parametrize("delay", ["1e999s", "nans", "infs", "-5s", "1e300s", "99999999999999999999s", "s"])
-def test_non_finite_retry_delay_is_a_plain_503(gateway: RunningGateway, fake_gemini: FakeGemini,
-                                               delay: str) -> None:
+def test_non_finite_retry_delay_is_a_plain_503(gateway: RunningGateway, fake_gemini: FakeGemini, delay: str) -> None:
     fake_gemini.enqueue(google_retry_delay(delay))
     response = generate(gateway)
     assert_error(response, 503, code="upstream_rate_limited")
@@ -205,19 +231,26 @@ def test_non_finite_retry_delay_is_a_plain_503(gateway: RunningGateway, fake_gem
 
 def test_non_finite_retry_delay_never_reaches_a_sleep(gateway_factory: Any, fake_gemini: FakeGemini) -> None:
     """With retries on, a `nans` hint used to become a NaN backoff; each kind is retried normally."""
-    gw = gateway_factory(gemini_api_key=fake_gemini.api_key, gemini_base_url=fake_gemini.base_url,
-                         retry_attempts=3, retry_backoff_seconds=0.01)
+    gw = gateway_factory(
+        gemini_api_key=fake_gemini.api_key,
+        gemini_base_url=fake_gemini.base_url,
+        retry_attempts=3,
+        retry_backoff_seconds=0.01,
+    )
     fake_gemini.enqueue(google_retry_delay("nans"), google_retry_delay("1e999s"))
     response = generate(gw)
     assert response.status_code == 200, response.text
     assert len(fake_gemini.requests) == 3
 
 
-@pytest.mark.parametrize("hostile", [
-    gemini_image(usage={"promptTokenCount": 10**400, "candidatesTokenCount": "9" * 5000}),
-    gemini_image(usage={"promptTokenCount": 1e308 * 10, "candidatesTokenCount": [1]}),
-    gemini_image(usage={"promptTokenCount": 2**70, "candidatesTokenCount": -3}),
-])
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        gemini_image(usage={"promptTokenCount": 10**400, "candidatesTokenCount": "9" * 5000}),
+        gemini_image(usage={"promptTokenCount": 1e308 * 10, "candidatesTokenCount": [1]}),
+        gemini_image(usage={"promptTokenCount": 2**70, "candidatesTokenCount": -3}),
+    ],
+)
 def test_absurd_token_counts_are_not_a_500(gateway: RunningGateway, fake_gemini: FakeGemini, hostile: Any) -> None:
     fake_gemini.enqueue(hostile)
     response = generate(gateway)
@@ -226,13 +259,16 @@ def test_absurd_token_counts_are_not_a_500(gateway: RunningGateway, fake_gemini:
     assert usage["input_tokens"] == 0 and usage["output_tokens"] == 0
 
 
-@pytest.mark.parametrize("hostile", [
-    json_answer(200, {"candidates": [{"finishReason": ["SAFETY"], "content": {"parts": []}}]}),
-    json_answer(200, {"candidates": [], "promptFeedback": {"blockReason": {"a": 1}}}),
-    json_answer(429, {"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "message": "x", "details": 5}}),
-    json_answer(500, {"error": {"status": ["x"], "message": {"nested": [1, 2]}}}),
-    json_answer(200, {"candidates": [{"content": {"parts": [{"inlineData": 7}]}}]}),
-])
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        json_answer(200, {"candidates": [{"finishReason": ["SAFETY"], "content": {"parts": []}}]}),
+        json_answer(200, {"candidates": [], "promptFeedback": {"blockReason": {"a": 1}}}),
+        json_answer(429, {"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "message": "x", "details": 5}}),
+        json_answer(500, {"error": {"status": ["x"], "message": {"nested": [1, 2]}}}),
+        json_answer(200, {"candidates": [{"content": {"parts": [{"inlineData": 7}]}}]}),
+    ],
+)
 def test_odd_gemini_types_are_upstream_errors(gateway: RunningGateway, fake_gemini: FakeGemini, hostile: Any) -> None:
     fake_gemini.enqueue(hostile)
     response = generate(gateway)
@@ -240,17 +276,21 @@ def test_odd_gemini_types_are_upstream_errors(gateway: RunningGateway, fake_gemi
     assert_error(response, response.status_code, error_type="upstream_error")
 
 
-@pytest.mark.parametrize("hostile", [
-    deeply_nested_json(201),
-    deeply_nested_json(422),
-    json_answer(201, {"id": "x", "status": "failed", "error": [[[{"deep": "x"}]]]}),
-    json_answer(201, {"id": "x", "status": "succeeded", "output": {"not": "a uri"}}),
-    json_answer(201, {"id": ["x"], "status": ["succeeded"]}),
-    json_answer(201, {"id": "x", "status": "processing", "urls": {"get": "http://127.0.0.1:1/\udfff"}}),
-    json_answer(201, {"id": "x", "status": "succeeded", "output": "http://[::1"}),
-])
-def test_hostile_replicate_answers_are_not_500(gateway_factory: Any, fake_replicate: FakeReplicate,
-                                               hostile: Any) -> None:
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        deeply_nested_json(201),
+        deeply_nested_json(422),
+        json_answer(201, {"id": "x", "status": "failed", "error": [[[{"deep": "x"}]]]}),
+        json_answer(201, {"id": "x", "status": "succeeded", "output": {"not": "a uri"}}),
+        json_answer(201, {"id": ["x"], "status": ["succeeded"]}),
+        json_answer(201, {"id": "x", "status": "processing", "urls": {"get": "http://127.0.0.1:1/\udfff"}}),
+        json_answer(201, {"id": "x", "status": "succeeded", "output": "http://[::1"}),
+    ],
+)
+def test_hostile_replicate_answers_are_not_500(
+    gateway_factory: Any, fake_replicate: FakeReplicate, hostile: Any
+) -> None:
     gw = gateway_factory(replicate_api_key=fake_replicate.api_key, replicate_base_url=fake_replicate.base_url)
     fake_replicate.enqueue(hostile)
     response = generate(gw)
@@ -258,12 +298,15 @@ def test_hostile_replicate_answers_are_not_500(gateway_factory: Any, fake_replic
     assert_error(response, response.status_code)
 
 
-@pytest.mark.parametrize("hostile", [
-    deeply_nested_json(200),
-    OnResult(deeply_nested_json(200)),
-    OnResult(json_answer(200, {"images": "not a list"})),
-    json_answer(422, {"detail": [{"loc": [{"x": 1}], "msg": {"m": [1]}, "type": ["t"]}]}),
-])
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        deeply_nested_json(200),
+        OnResult(deeply_nested_json(200)),
+        OnResult(json_answer(200, {"images": "not a list"})),
+        json_answer(422, {"detail": [{"loc": [{"x": 1}], "msg": {"m": [1]}, "type": ["t"]}]}),
+    ],
+)
 def test_hostile_fal_answers_are_not_500(gateway_factory: Any, fake_fal: FakeFal, hostile: Any) -> None:
     gw = gateway_factory(fal_api_key=fake_fal.api_key, fal_base_url=fake_fal.base_url)
     fake_fal.enqueue(hostile)
@@ -272,14 +315,17 @@ def test_hostile_fal_answers_are_not_500(gateway_factory: Any, fake_fal: FakeFal
     assert_error(response, response.status_code)
 
 
-@pytest.mark.parametrize("hostile", [
-    deeply_nested_json(200),
-    deeply_nested_json(400),
-    json_answer(400, {"error": {"code": ["content_policy_violation"], "message": "no"}}),
-    json_answer(400, {"error": {"code": "content_policy_violation", "message": {"a": 1}, "param": ["prompt"]}}),
-    json_answer(200, {"data": [{"b64_json": 5}]}),
-    json_answer(200, {"data": {"0": {}}}),
-])
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        deeply_nested_json(200),
+        deeply_nested_json(400),
+        json_answer(400, {"error": {"code": ["content_policy_violation"], "message": "no"}}),
+        json_answer(400, {"error": {"code": "content_policy_violation", "message": {"a": 1}, "param": ["prompt"]}}),
+        json_answer(200, {"data": [{"b64_json": 5}]}),
+        json_answer(200, {"data": {"0": {}}}),
+    ],
+)
 def test_hostile_openai_answers_are_not_500(gateway_factory: Any, fake_openai: FakeOpenAI, hostile: Any) -> None:
     gw = gateway_factory(openai_api_key=fake_openai.api_key, openai_base_url=fake_openai.base_url)
     fake_openai.enqueue(hostile)
@@ -302,13 +348,19 @@ def test_body_cut_off_inside_a_file_leaks_no_spool_file(gateway: RunningGateway,
     assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []
 
 
-def test_a_collision_is_final_not_failed_over(gateway_factory: Any, fake_gemini: FakeGemini,
-                                              fake_replicate: FakeReplicate) -> None:
+def test_a_collision_is_final_not_failed_over(
+    gateway_factory: Any, fake_gemini: FakeGemini, fake_replicate: FakeReplicate
+) -> None:
     """Bodies are built inside each provider's call, after routing: the collision must still be
     the client's error, neither retried nor handed to Replicate (whose input has no `contents`)."""
-    gw = gateway_factory(gemini_api_key=fake_gemini.api_key, gemini_base_url=fake_gemini.base_url,
-                         replicate_api_key=fake_replicate.api_key, replicate_base_url=fake_replicate.base_url,
-                         retry_attempts=3, retry_backoff_seconds=0.01)
+    gw = gateway_factory(
+        gemini_api_key=fake_gemini.api_key,
+        gemini_base_url=fake_gemini.base_url,
+        replicate_api_key=fake_replicate.api_key,
+        replicate_base_url=fake_replicate.base_url,
+        retry_attempts=3,
+        retry_backoff_seconds=0.01,
+    )
     response = generate(gw, n=2, contents=[{"parts": [{"text": "other"}]}])
     assert_error(response, 400, param="contents", code="reserved_upstream_field")
     assert fake_gemini.requests == [] and fake_replicate.creates == []

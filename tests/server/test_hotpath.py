@@ -103,9 +103,20 @@ def test_a_b64_json_answer_sends_the_upstreams_base64_without_joining_it_into_a_
     view = memoryview(upstream)[9:-2]
     blob = imaging.ImageBytes(b64=view)
     outcome = ImagesOutcome(
-        created=1, model="m", provider="p", layout=resolve_layout(MODEL), images=[OutputImage(blob, "png", 8, 8)],
-        response_format="b64_json", seed=None, adjustments=[], cost=0.0, currency="USD", cost_estimated=False,
-        input_tokens=0, output_tokens=0)
+        created=1,
+        model="m",
+        provider="p",
+        layout=resolve_layout(MODEL),
+        images=[OutputImage(blob, "png", 8, 8)],
+        response_format="b64_json",
+        seed=None,
+        adjustments=[],
+        cost=0.0,
+        currency="USD",
+        cost_estimated=False,
+        input_tokens=0,
+        output_tokens=0,
+    )
     response = images_response(outcome)
     assert isinstance(response, PiecesResponse)
     assert any(piece is view for piece in response.pieces)

@@ -51,26 +51,28 @@ def usage_count(gw: RunningGateway) -> int:
 def test_same_key_with_another_prompt_is_a_422_with_the_sdk(gateway: RunningGateway, fake_gemini: FakeGemini) -> None:
     client = gateway.client(max_retries=2)  # the SDK retries 408/409/429/5xx, never a 422
     headers = {"Idempotency-Key": "order-17"}
-    first = client.images.generate(model=MODEL, prompt="a red bicycle", response_format="b64_json",
-                                   extra_headers=headers)
+    first = client.images.generate(
+        model=MODEL, prompt="a red bicycle", response_format="b64_json", extra_headers=headers
+    )
     with pytest.raises(openai.UnprocessableEntityError) as caught:
-        client.images.generate(model=MODEL, prompt="a blue bicycle", response_format="b64_json",
-                               extra_headers=headers)
+        client.images.generate(model=MODEL, prompt="a blue bicycle", response_format="b64_json", extra_headers=headers)
     assert caught.value.status_code == 422
     error = caught.value.response.json()["error"]
     assert error["code"] == "idempotency_key_reused" and error["param"] == "Idempotency-Key"
     assert error["type"] == "invalid_request_error" and "different request" in error["message"]
     assert len(fake_gemini.requests) == 1 and usage_count(gateway) == 1  # nothing generated for it
     # The key still replays its own request.
-    again = client.images.generate(model=MODEL, prompt="a red bicycle", response_format="b64_json",
-                                   extra_headers=headers)
+    again = client.images.generate(
+        model=MODEL, prompt="a red bicycle", response_format="b64_json", extra_headers=headers
+    )
     assert again.data[0].b64_json == first.data[0].b64_json
     assert len(fake_gemini.requests) == 1
 
 
 @pytest.mark.parametrize("change", [{"n": 2}, {"size": "1536x1024"}, {"seed": 7}, {"enable_web_search": True}])
-def test_any_changed_field_is_another_request(gateway: RunningGateway, fake_gemini: FakeGemini,
-                                              change: dict[str, Any]) -> None:
+def test_any_changed_field_is_another_request(
+    gateway: RunningGateway, fake_gemini: FakeGemini, change: dict[str, Any]
+) -> None:
     assert post(gateway, body(), "k").status_code == 200
     reused = post(gateway, body(**change), "k")
     assert reused.status_code == 422, reused.text
@@ -78,8 +80,9 @@ def test_any_changed_field_is_another_request(gateway: RunningGateway, fake_gemi
     assert len(fake_gemini.requests) == 1
 
 
-def test_the_same_fields_in_another_order_are_the_same_request(gateway: RunningGateway,
-                                                               fake_gemini: FakeGemini) -> None:
+def test_the_same_fields_in_another_order_are_the_same_request(
+    gateway: RunningGateway, fake_gemini: FakeGemini
+) -> None:
     fields = body(size="1024x1024", seed=3)
     first = post(gateway, fields, "ordered")
     again = post(gateway, dict(reversed(list(fields.items()))), "ordered")
@@ -87,8 +90,9 @@ def test_the_same_fields_in_another_order_are_the_same_request(gateway: RunningG
     assert again.content == first.content and len(fake_gemini.requests) == 1
 
 
-def test_a_waiting_duplicate_with_another_body_is_refused_at_once(gateway: RunningGateway,
-                                                                  fake_gemini: FakeGemini) -> None:
+def test_a_waiting_duplicate_with_another_body_is_refused_at_once(
+    gateway: RunningGateway, fake_gemini: FakeGemini
+) -> None:
     """While the first request still runs, a reuse for another request does not wait for it."""
     fake_gemini.enqueue(Hang(5.0))
     results: list[httpx.Response] = []
@@ -111,13 +115,18 @@ def test_a_waiting_duplicate_with_another_body_is_refused_at_once(gateway: Runni
 
 def edit(gw: RunningGateway, image: bytes, key: str, prompt: str = "make it blue") -> httpx.Response:
     """A multipart edit; httpx draws a new boundary for every request, as any client does."""
-    return httpx.post(f"{gw.url}/v1/images/edits", headers=AUTH | {"Idempotency-Key": key},
-                      data={"model": MODEL, "prompt": prompt, "response_format": "b64_json"},
-                      files=[("image[]", ("in.png", image, "image/png"))], timeout=30)
+    return httpx.post(
+        f"{gw.url}/v1/images/edits",
+        headers=AUTH | {"Idempotency-Key": key},
+        data={"model": MODEL, "prompt": prompt, "response_format": "b64_json"},
+        files=[("image[]", ("in.png", image, "image/png"))],
+        timeout=30,
+    )
 
 
-def test_a_retried_multipart_edit_replays_and_another_image_is_a_422(gateway: RunningGateway,
-                                                                     fake_gemini: FakeGemini) -> None:
+def test_a_retried_multipart_edit_replays_and_another_image_is_a_422(
+    gateway: RunningGateway, fake_gemini: FakeGemini
+) -> None:
     red, green = solid_png(64, 64, (200, 0, 0)), solid_png(64, 64, (0, 200, 0))
     first = edit(gateway, red, "edit-1")
     again = edit(gateway, red, "edit-1")
@@ -163,8 +172,9 @@ def test_generations_and_edits_keep_their_own_keys(gateway: RunningGateway, fake
 
 @pytest.fixture
 def short_results(gateway_factory: Any, fake_gemini: FakeGemini) -> RunningGateway:
-    gw: RunningGateway = gateway_factory(gemini_api_key=fake_gemini.api_key, gemini_base_url=fake_gemini.base_url,
-                                         result_ttl_seconds=1.0)
+    gw: RunningGateway = gateway_factory(
+        gemini_api_key=fake_gemini.api_key, gemini_base_url=fake_gemini.base_url, result_ttl_seconds=1.0
+    )
     return gw
 
 
@@ -175,15 +185,17 @@ def wait_until_gone(url: str) -> None:
         time.sleep(0.1)
 
 
-def test_replay_with_live_urls_serves_them_and_with_expired_ones_is_a_410(short_results: RunningGateway,
-                                                                         fake_gemini: FakeGemini) -> None:
+def test_replay_with_live_urls_serves_them_and_with_expired_ones_is_a_410(
+    short_results: RunningGateway, fake_gemini: FakeGemini
+) -> None:
     client = short_results.client(max_retries=2)
     headers = {"Idempotency-Key": "hosted"}
     first = client.images.generate(model=MODEL, prompt="hosted", response_format="url", extra_headers=headers)
     url = first.data[0].url
     assert url is not None
-    replay = client.images.with_raw_response.generate(model=MODEL, prompt="hosted", response_format="url",
-                                                      extra_headers=headers)
+    replay = client.images.with_raw_response.generate(
+        model=MODEL, prompt="hosted", response_format="url", extra_headers=headers
+    )
     assert replay.headers["x-imagegate-idempotent-replayed"] == "true"
     assert replay.parse().data[0].url == url and httpx.get(url, timeout=10).status_code == 200  # live: replayed
 
@@ -196,8 +208,9 @@ def test_replay_with_live_urls_serves_them_and_with_expired_ones_is_a_410(short_
     assert "new Idempotency-Key" in error["message"]
     assert len(fake_gemini.requests) == 1  # never generated (nor billed) again under the same key
     # A new key generates.
-    fresh = client.images.generate(model=MODEL, prompt="hosted", response_format="url",
-                                   extra_headers={"Idempotency-Key": "hosted-2"})
+    fresh = client.images.generate(
+        model=MODEL, prompt="hosted", response_format="url", extra_headers={"Idempotency-Key": "hosted-2"}
+    )
     assert fresh.data[0].url and httpx.get(fresh.data[0].url, timeout=10).status_code == 200
 
 
@@ -211,8 +224,9 @@ def test_a_b64_answer_replays_after_the_result_ttl(short_results: RunningGateway
     assert again.content == inline.content
 
 
-def test_a_both_answer_replays_after_the_result_ttl_with_its_urls_reissued(short_results: RunningGateway,
-                                                                            fake_gemini: FakeGemini) -> None:
+def test_a_both_answer_replays_after_the_result_ttl_with_its_urls_reissued(
+    short_results: RunningGateway, fake_gemini: FakeGemini
+) -> None:
     """The default answer carries each image twice: expired URLs are stored again from its own
     b64_json (no second generation), not a 410."""
     default = {"model": MODEL, "prompt": "both forms"}
@@ -239,17 +253,24 @@ def serve(fake_gemini: FakeGemini, tmp_path: Path) -> Iterator[Any]:
     """serve() -> (process, base URL) of `imagegate serve` on a shared data dir; all are killed after."""
     procs: list[subprocess.Popen[bytes]] = []
     env = dict(os.environ) | {
-        "IMAGEGATE_API_KEYS": API_KEY, "IMAGEGATE_DATA_DIR": str(tmp_path / "serve-data"),
-        "IMAGEGATE_REQUEST_TIMEOUT_SECONDS": "3", "IMAGEGATE_RETRY_ATTEMPTS": "1",
-        "GEMINI_API_KEY": fake_gemini.api_key, "GEMINI_BASE_URL": fake_gemini.base_url,
+        "IMAGEGATE_API_KEYS": API_KEY,
+        "IMAGEGATE_DATA_DIR": str(tmp_path / "serve-data"),
+        "IMAGEGATE_REQUEST_TIMEOUT_SECONDS": "3",
+        "IMAGEGATE_RETRY_ATTEMPTS": "1",
+        "GEMINI_API_KEY": fake_gemini.api_key,
+        "GEMINI_BASE_URL": fake_gemini.base_url,
     }
 
     def start() -> tuple[subprocess.Popen[bytes], str]:
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         log = open(tmp_path / f"serve-{port}.log", "wb")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen([*imagegate_command(), "serve", "--host", "127.0.0.1", "--port", str(port),
-                                 "--log-level", "warning"], env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [*imagegate_command(), "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         log.close()
         procs.append(proc)
         deadline = time.monotonic() + 30
@@ -276,8 +297,11 @@ def test_a_claim_left_by_a_killed_server_expires_within_the_deadline(serve: Any,
     headers = AUTH | {"Idempotency-Key": "crash-1"}
     first, base = serve()
     fake_gemini.enqueue(Hang(60.0))
-    sender = threading.Thread(target=lambda: _ignore_errors(
-        lambda: httpx.post(f"{base}/v1/images/generations", json=request, headers=headers, timeout=30)))
+    sender = threading.Thread(
+        target=lambda: _ignore_errors(
+            lambda: httpx.post(f"{base}/v1/images/generations", json=request, headers=headers, timeout=30)
+        )
+    )
     sender.start()
     deadline = time.monotonic() + 20
     while not fake_gemini.requests:

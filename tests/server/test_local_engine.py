@@ -230,7 +230,8 @@ def client(local: RunningGateway) -> openai.OpenAI:
 def test_generate_returns_a_png_of_the_requested_size(local: RunningGateway) -> None:
     """The local model renders at the asked size, and the response says who served it."""
     response = local.client().images.with_raw_response.generate(
-        model=MODEL, prompt="a red cat", size="64x48", response_format="b64_json", extra_body=FAST)
+        model=MODEL, prompt="a red cat", size="64x48", response_format="b64_json", extra_body=FAST
+    )
     assert response.headers["x-imagegate-provider"] == "local"
     assert response.headers["x-imagegate-model"] == MODEL
     assert "x-imagegate-adjusted" not in response.headers
@@ -267,14 +268,18 @@ def test_request_without_model_is_served_by_the_local_model(local: RunningGatewa
     """No cloud key and one local model: a request without `model` goes to the local model,
     not to the catalog's first (cloud) model. The SDK lets `model` out; plain HTTP too."""
     response = local.client().images.with_raw_response.generate(
-        prompt="a red cat", response_format="b64_json", size="32x32", extra_body=FAST)
+        prompt="a red cat", response_format="b64_json", size="32x32", extra_body=FAST
+    )
     assert response.headers["x-imagegate-model"] == MODEL
     assert response.headers["x-imagegate-provider"] == "local"
     assert size_of(decode(response.parse().data[0])) == (32, 32)
 
-    raw = httpx.post(f"{local.url}/v1/images/generations", timeout=60,
-                     headers={"authorization": f"Bearer {API_KEY}"},
-                     json={"prompt": "a red cat", "response_format": "b64_json", **FAST})
+    raw = httpx.post(
+        f"{local.url}/v1/images/generations",
+        timeout=60,
+        headers={"authorization": f"Bearer {API_KEY}"},
+        json={"prompt": "a red cat", "response_format": "b64_json", **FAST},
+    )
     assert raw.status_code == 200, raw.text
     assert raw.headers["x-imagegate-model"] == MODEL
     assert raw.json()["usage"]["model"] == MODEL and raw.json()["usage"]["provider"] == "local"
@@ -286,7 +291,8 @@ def test_request_without_model_is_served_by_the_local_model(local: RunningGatewa
 def test_oversized_request_is_clamped_keeping_the_ratio(local: RunningGateway) -> None:
     """1000x500 is beyond max_side 64: clamped to 64x32 (same 2:1 shape), and reported."""
     response = local.client().images.with_raw_response.generate(
-        model=MODEL, prompt="wide", size="1000x500", response_format="b64_json", extra_body=FAST)
+        model=MODEL, prompt="wide", size="1000x500", response_format="b64_json", extra_body=FAST
+    )
     assert "size=1000x500->64x32" in response.headers["x-imagegate-adjusted"]
     result = response.parse()
     assert size_of(decode(result.data[0])) == (64, 32)
@@ -299,7 +305,8 @@ def test_oversized_request_is_clamped_keeping_the_ratio(local: RunningGateway) -
 def test_size_is_rounded_to_the_multiple_of_8(local: RunningGateway) -> None:
     """50x50 is not a multiple of 8: rendered at 48x48, and reported."""
     response = local.client().images.with_raw_response.generate(
-        model=MODEL, prompt="square", size="50x50", response_format="b64_json", extra_body=FAST)
+        model=MODEL, prompt="square", size="50x50", response_format="b64_json", extra_body=FAST
+    )
     assert "size=50x50->48x48" in response.headers["x-imagegate-adjusted"]
     assert size_of(decode(response.parse().data[0])) == (48, 48)
 
@@ -378,8 +385,7 @@ def test_concurrent_requests_share_a_forward_pass(local: RunningGateway, spy: En
         busy = in_background(pool, local, size="32x32", extra_body={"seed": 1})
         wait_for(lambda: spy.started == 1, "the first request to occupy the engine")
         seeds = [100, 200, 300, 400]
-        waiting = [in_background(pool, local, size="32x32", prompt="a red cat", extra_body={"seed": s})
-                   for s in seeds]
+        waiting = [in_background(pool, local, size="32x32", prompt="a red cat", extra_body={"seed": s}) for s in seeds]
         wait_for(lambda: engine.queued_images == 4, "four requests to queue up")
         spy.release()
         results = [future.result(timeout=WAIT_S) for future in waiting]
@@ -419,10 +425,18 @@ def test_mask_on_a_text2image_model_runs_inpainting(local: RunningGateway, clien
     same input and seed follows the prompt."""
     source = png_bytes(Image.new("RGB", (32, 32), (200, 30, 30)))
     keep_all = mask_png(32, 32)
-    masked = [decode(edit(client, png_file(source), prompt=p, mask=png_file(keep_all, "mask.png"),
-                          extra_body={"seed": 9}).data[0]) for p in ("a dog", "a spaceship at night")]
-    plain = [decode(edit(client, png_file(source), prompt=p, extra_body={"seed": 9}).data[0])
-             for p in ("a dog", "a spaceship at night")]
+    masked = [
+        decode(
+            edit(client, png_file(source), prompt=p, mask=png_file(keep_all, "mask.png"), extra_body={"seed": 9}).data[
+                0
+            ]
+        )
+        for p in ("a dog", "a spaceship at night")
+    ]
+    plain = [
+        decode(edit(client, png_file(source), prompt=p, extra_body={"seed": 9}).data[0])
+        for p in ("a dog", "a spaceship at night")
+    ]
     assert rgb_pixels(plain[0]) != rgb_pixels(plain[1])
     assert rgb_pixels(masked[0]) == rgb_pixels(masked[1])
     assert size_of(masked[0]) == (32, 32)
@@ -456,8 +470,14 @@ def test_instruct_checkpoint_edits_and_composites_the_mask(gateway_factory: Fact
     error = expect_error(lambda: generate(client, model="local/tiny-pix2pix"), 400)
     assert error.param == "model"
 
-    masked = decode(edit(client, png_file(source), model="local/tiny-pix2pix",
-                         mask=png_file(mask_png(32, 32, keep_left=16), "mask.png")).data[0])
+    masked = decode(
+        edit(
+            client,
+            png_file(source),
+            model="local/tiny-pix2pix",
+            mask=png_file(mask_png(32, 32, keep_left=16), "mask.png"),
+        ).data[0]
+    )
     image = open_image(masked).convert("RGB")
     assert image.size == (32, 32)
     kept = {image.getpixel((x, y)) for x in range(16) for y in range(32)}
@@ -467,13 +487,15 @@ def test_instruct_checkpoint_edits_and_composites_the_mask(gateway_factory: Fact
 
     # Its own knob reaches the pipeline; img2img's strength is not one of them.
     def with_image_guidance(scale: float) -> bytes:
-        result = edit(client, png_file(source), model="local/tiny-pix2pix",
-                      extra_body={"seed": 3, "image_guidance_scale": scale})
+        result = edit(
+            client, png_file(source), model="local/tiny-pix2pix", extra_body={"seed": 3, "image_guidance_scale": scale}
+        )
         return rgb_pixels(decode(result.data[0]))
 
     assert with_image_guidance(1.0) != with_image_guidance(4.0)
-    error = expect_error(lambda: edit(client, png_file(source), model="local/tiny-pix2pix",
-                                      extra_body={"strength": 0.5}), 400)
+    error = expect_error(
+        lambda: edit(client, png_file(source), model="local/tiny-pix2pix", extra_body={"strength": 0.5}), 400
+    )
     assert error.param == "strength"
 
 
@@ -489,8 +511,9 @@ def test_instruct_checkpoint_edits_and_composites_the_mask(gateway_factory: Fact
         ({"strength": 0.5}, "strength"),  # an edit-only parameter
     ],
 )
-def test_bad_generation_fields_are_400s(local: RunningGateway, client: openai.OpenAI,
-                                        fields: dict[str, Any], param: str) -> None:
+def test_bad_generation_fields_are_400s(
+    local: RunningGateway, client: openai.OpenAI, fields: dict[str, Any], param: str
+) -> None:
     """OpenAI-style 400s naming the parameter; nothing reaches the engine."""
     error = expect_error(lambda: generate(client, size="32x32", extra_body=fields), 400)
     assert error.param == param
@@ -512,8 +535,9 @@ def test_pipeline_argument_passes_through(local: RunningGateway, client: openai.
     assert spy.batches[-1][0].extra == {"eta": 0.0}
 
 
-def test_pipeline_argument_passes_through_an_edit_form(local: RunningGateway, client: openai.OpenAI,
-                                                       spy: EngineSpy) -> None:
+def test_pipeline_argument_passes_through_an_edit_form(
+    local: RunningGateway, client: openai.OpenAI, spy: EngineSpy
+) -> None:
     """Edits are multipart forms, where every field is a string: a pass-through argument reaches
     the pipeline as the type it takes (eta: float), and a value that is not one is a 400."""
     source = solid_png(32, 32, (10, 10, 200))
@@ -534,8 +558,9 @@ def test_pipeline_argument_passes_through_an_edit_form(local: RunningGateway, cl
         ({"guidance_scale": "abc"}, "guidance_scale"),
     ],
 )
-def test_bad_edit_fields_are_400s(local: RunningGateway, client: openai.OpenAI,
-                                  fields: dict[str, Any], param: str) -> None:
+def test_bad_edit_fields_are_400s(
+    local: RunningGateway, client: openai.OpenAI, fields: dict[str, Any], param: str
+) -> None:
     """Edit fields out of range, or a strength that leaves no denoising step: 400s naming the
     parameter, before the engine."""
     source = solid_png(32, 32, (10, 10, 200))
@@ -563,12 +588,10 @@ def test_mask_of_another_size_is_a_400(local: RunningGateway, client: openai.Ope
 # --- the queue and cancellation --------------------------------------------------------------
 
 
-def test_full_queue_is_a_503_with_retry_after(gateway_factory: Factory, tiny_checkpoints: Any,
-                                             spy: EngineSpy) -> None:
+def test_full_queue_is_a_503_with_retry_after(gateway_factory: Factory, tiny_checkpoints: Any, spy: EngineSpy) -> None:
     """One image running and one queued fill a queue of one: the next request is refused at
     once with 503 engine_busy and a Retry-After; the accepted ones still complete."""
-    running = gateway_factory(local_model=str(tiny_checkpoints()), local_max_queued_images=1,
-                              local_max_batch_images=1)
+    running = gateway_factory(local_model=str(tiny_checkpoints()), local_max_queued_images=1, local_max_batch_images=1)
     engine = engine_of(running)
     spy.hold()
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -598,9 +621,12 @@ def test_client_disconnect_cancels_the_queued_job(local: RunningGateway, spy: En
         busy = in_background(pool, local, size="32x32")
         wait_for(lambda: spy.started == 1, "the first request to occupy the engine")
         with pytest.raises(httpx.ReadTimeout):
-            httpx.post(f"{local.url}/v1/images/generations", headers={"authorization": f"Bearer {API_KEY}"},
-                       json={"model": MODEL, "prompt": "never mind", "size": "32x32", **FAST},
-                       timeout=httpx.Timeout(30, read=1.0))
+            httpx.post(
+                f"{local.url}/v1/images/generations",
+                headers={"authorization": f"Bearer {API_KEY}"},
+                json={"model": MODEL, "prompt": "never mind", "size": "32x32", **FAST},
+                timeout=httpx.Timeout(30, read=1.0),
+            )
         wait_for(lambda: engine.stats.cancelled == 1, "the abandoned job to be cancelled")
         assert engine.queued_images == 0
         spy.release()
@@ -609,17 +635,21 @@ def test_client_disconnect_cancels_the_queued_job(local: RunningGateway, spy: En
     assert [job.prompt for batch in spy.batches for job in batch] == ["a red cat"]
 
 
-def test_client_leaving_a_running_batch_stops_it_after_one_step(local: RunningGateway,
-                                                                 client: openai.OpenAI, spy: EngineSpy) -> None:
+def test_client_leaving_a_running_batch_stops_it_after_one_step(
+    local: RunningGateway, client: openai.OpenAI, spy: EngineSpy
+) -> None:
     """When every caller of the running batch has gone, the denoising loop stops after the
     current step (1 of 50 here), and the next request renders normally."""
     reference = rgb_pixels(decode(generate(client, size="32x32", extra_body={"seed": 4}).data[0]))
     engine = engine_of(local)
     spy.hold()
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(f"{local.url}/v1/images/generations", headers={"authorization": f"Bearer {API_KEY}"},
-                   json={"model": MODEL, "prompt": "long", "size": "64x64", "num_inference_steps": 50},
-                   timeout=httpx.Timeout(30, read=1.0))
+        httpx.post(
+            f"{local.url}/v1/images/generations",
+            headers={"authorization": f"Bearer {API_KEY}"},
+            json={"model": MODEL, "prompt": "long", "size": "64x64", "num_inference_steps": 50},
+            timeout=httpx.Timeout(30, read=1.0),
+        )
     wait_for(lambda: spy.started == 2, "the long request to reach the engine")
     wait_for(spy.abandoned[1], "the server to notice the disconnect")
     spy.release()
@@ -677,9 +707,9 @@ def offline_hub(monkeypatch: pytest.MonkeyPatch, cache: Path) -> None:
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(cache))
 
 
-def test_hub_id_is_served_from_the_cache_with_its_preset(gateway_factory: Factory, tiny_checkpoints: Any,
-                                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                          spy: EngineSpy) -> None:
+def test_hub_id_is_served_from_the_cache_with_its_preset(
+    gateway_factory: Factory, tiny_checkpoints: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spy: EngineSpy
+) -> None:
     """A hub id resolves offline through the hub cache, is served as local/<name>, and a
     "turbo" name gets the turbo defaults (1 step, no guidance)."""
     cache = tmp_path / "hub"
@@ -694,8 +724,9 @@ def test_hub_id_is_served_from_the_cache_with_its_preset(gateway_factory: Factor
     assert binding is not None
     assert binding.providers["local"].defaults["t2i"]["num_inference_steps"] == 1
 
-    result = running.client().images.generate(model="local/tiny-sd-turbo", prompt="fast", size="32x32",
-                                              response_format="b64_json")
+    result = running.client().images.generate(
+        model="local/tiny-sd-turbo", prompt="fast", size="32x32", response_format="b64_json"
+    )
     assert size_of(decode(result.data[0])) == (32, 32)
     job = spy.batches[-1][0]
     assert (job.steps, job.guidance_scale) == (1, 0.0)
@@ -710,8 +741,11 @@ def bad_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, st
     empty_cache = tmp_path / "empty-hub"
     empty_cache.mkdir()
     offline_hub(monkeypatch, empty_cache)
-    return {"missing directory": str(tmp_path / "no-such-model"), "not diffusers": str(not_diffusers),
-            "uncached hub id": "acme/never-downloaded"}
+    return {
+        "missing directory": str(tmp_path / "no-such-model"),
+        "not diffusers": str(not_diffusers),
+        "uncached hub id": "acme/never-downloaded",
+    }
 
 
 @pytest.mark.parametrize("case", ["missing directory", "not diffusers", "uncached hub id"])
@@ -732,9 +766,9 @@ def cli_runner() -> CliRunner:
 
 
 @pytest.mark.parametrize("command", [["models"], ["generate", "a cat", "--model", MODEL]])
-def test_cli_with_a_bad_local_model_exits_with_the_message(bad_sources: dict[str, str],
-                                                           monkeypatch: pytest.MonkeyPatch,
-                                                           command: list[str]) -> None:
+def test_cli_with_a_bad_local_model_exits_with_the_message(
+    bad_sources: dict[str, str], monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
     """The CLI reports a bad IMAGEGATE_LOCAL_MODEL as an error message, not a traceback."""
     source = bad_sources["missing directory"]
     monkeypatch.setenv("IMAGEGATE_LOCAL_MODEL", source)
@@ -747,14 +781,29 @@ def test_cli_with_a_bad_local_model_exits_with_the_message(bad_sources: dict[str
 # --- the CLI in-process ----------------------------------------------------------------------
 
 
-def test_cli_generates_with_the_local_model(tiny_checkpoints: Any, tmp_path: Path,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_generates_with_the_local_model(
+    tiny_checkpoints: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`imagegate generate` runs the local engine in-process and writes the image."""
     monkeypatch.setenv("IMAGEGATE_LOCAL_MODEL", str(tiny_checkpoints()))
     out = tmp_path / "out.png"
-    result = cli_runner().invoke(cli, ["generate", "a cat", "--model", MODEL, "--size", "32x32", "--seed", "3",
-                                       "--param", "num_inference_steps=2", "-o", str(out)])
+    result = cli_runner().invoke(
+        cli,
+        [
+            "generate",
+            "a cat",
+            "--model",
+            MODEL,
+            "--size",
+            "32x32",
+            "--seed",
+            "3",
+            "--param",
+            "num_inference_steps=2",
+            "-o",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, f"{result.output}\n{result.stderr}\n{result.exception!r}"
     assert fmt_of(out.read_bytes()) == "png" and size_of(out.read_bytes()) == (32, 32)
     assert f"{MODEL} via local" in result.stderr
-

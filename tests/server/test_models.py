@@ -64,8 +64,9 @@ def test_unknown_model_is_404_model_not_found(gateway: RunningGateway, client: o
 
 def test_openai_upstream_serves_the_model_when_gemini_is_absent(gateway_factory: Any, fake_openai: FakeOpenAI) -> None:
     gw = gateway_factory(openai_api_key=fake_openai.api_key, openai_base_url=fake_openai.base_url)
-    response = gw.client().images.with_raw_response.generate(model=MODEL, prompt="via openai", n=3,
-                                                             extra_body={"aspect_ratio": "16:9"})
+    response = gw.client().images.with_raw_response.generate(
+        model=MODEL, prompt="via openai", n=3, extra_body={"aspect_ratio": "16:9"}
+    )
     assert response.headers["x-imagegate-provider"] == "openai"
     assert len(response.parse().data) == 3
     sent = fake_openai.requests[-1].json
@@ -75,17 +76,23 @@ def test_openai_upstream_serves_the_model_when_gemini_is_absent(gateway_factory:
     assert len(fake_openai.requests) == 1
 
 
-def test_gemini_is_preferred_when_both_are_configured(gateway_factory: Any, fake_gemini: FakeGemini,
-                                                      fake_openai: FakeOpenAI) -> None:
-    gw = gateway_factory(gemini_api_key=fake_gemini.api_key, gemini_base_url=fake_gemini.base_url,
-                         openai_api_key=fake_openai.api_key, openai_base_url=fake_openai.base_url)
+def test_gemini_is_preferred_when_both_are_configured(
+    gateway_factory: Any, fake_gemini: FakeGemini, fake_openai: FakeOpenAI
+) -> None:
+    gw = gateway_factory(
+        gemini_api_key=fake_gemini.api_key,
+        gemini_base_url=fake_gemini.base_url,
+        openai_api_key=fake_openai.api_key,
+        openai_base_url=fake_openai.base_url,
+    )
     response = gw.client().images.with_raw_response.generate(model=MODEL, prompt="p")
     assert response.headers["x-imagegate-provider"] == "gemini"
     assert fake_openai.requests == []
 
 
-def test_config_file_adds_a_model_and_routing(gateway_factory: Any, fake_gemini: FakeGemini, fake_openai: FakeOpenAI,
-                                              tmp_path: Any) -> None:
+def test_config_file_adds_a_model_and_routing(
+    gateway_factory: Any, fake_gemini: FakeGemini, fake_openai: FakeOpenAI, tmp_path: Any
+) -> None:
     config = tmp_path / "imagegate.toml"
     config.write_text(f'''
 [providers.openai]

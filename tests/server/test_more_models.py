@@ -110,7 +110,8 @@ def test_model_cards_show_each_models_own_sizes_and_price(gateway_factory: Any) 
 def test_nano_banana_on_gemini(gateway_factory: Any, fake_gemini: FakeGemini) -> None:
     gw = only_gemini(gateway_factory, fake_gemini)
     response = gw.client().images.with_raw_response.generate(
-        model=FLASH, prompt="a banana", response_format="b64_json", extra_body={"aspect_ratio": "16:9"})
+        model=FLASH, prompt="a banana", response_format="b64_json", extra_body={"aspect_ratio": "16:9"}
+    )
     result = response.parse()
     assert response.headers["x-imagegate-provider"] == "gemini"
     assert response.headers["x-imagegate-model"] == FLASH
@@ -127,8 +128,9 @@ def test_nano_banana_on_gemini(gateway_factory: Any, fake_gemini: FakeGemini) ->
 
 def test_nano_banana_maps_any_tier_and_size_to_its_one_table(gateway_factory: Any, fake_gemini: FakeGemini) -> None:
     client = only_gemini(gateway_factory, fake_gemini).client()
-    result = client.images.generate(model=FLASH, prompt="p", response_format="b64_json",
-                                    extra_body={"resolution": "4K", "aspect_ratio": "2:3"})
+    result = client.images.generate(
+        model=FLASH, prompt="p", response_format="b64_json", extra_body={"resolution": "4K", "aspect_ratio": "2:3"}
+    )
     assert image_size(decoded(result)) == (832, 1248)
     assert {"param": "resolution", "requested": "4K", "applied": "1K"} in adjustments(result)
 
@@ -149,8 +151,7 @@ def test_nano_banana_on_gemini_sends_no_image_size(gateway_factory: Any, fake_ge
 def test_nano_banana_pro_still_sends_its_image_size(gateway_factory: Any, fake_gemini: FakeGemini) -> None:
     client = only_gemini(gateway_factory, fake_gemini).client()
     client.images.generate(model=PRO, prompt="p", response_format="b64_json", extra_body={"resolution": "2K"})
-    assert fake_gemini.requests[-1].json["generationConfig"]["imageConfig"] == {"aspectRatio": "1:1",
-                                                                                "imageSize": "2K"}
+    assert fake_gemini.requests[-1].json["generationConfig"]["imageConfig"] == {"aspectRatio": "1:1", "imageSize": "2K"}
 
 
 def test_nano_banana_takes_at_most_three_input_images(gateway_factory: Any, fake_gemini: FakeGemini) -> None:
@@ -165,8 +166,12 @@ def test_nano_banana_takes_at_most_three_input_images(gateway_factory: Any, fake
 def test_nano_banana_on_replicate(gateway_factory: Any, fake_replicate: FakeReplicate) -> None:
     gw = only_replicate(gateway_factory, fake_replicate)
     response = gw.client().images.with_raw_response.generate(
-        model=FLASH, prompt="a banana", response_format="b64_json", output_format="png",
-        extra_body={"aspect_ratio": "9:16"})
+        model=FLASH,
+        prompt="a banana",
+        response_format="b64_json",
+        output_format="png",
+        extra_body={"aspect_ratio": "9:16"},
+    )
     assert response.headers["x-imagegate-provider"] == "replicate"
     assert image_size(decoded(response.parse())) == (768, 1344)
     create = fake_replicate.creates[-1]
@@ -176,7 +181,8 @@ def test_nano_banana_on_replicate(gateway_factory: Any, fake_replicate: FakeRepl
 
 
 def test_nano_banana_seed_is_refused_when_no_configured_provider_has_it(
-        gateway_factory: Any, fake_replicate: FakeReplicate) -> None:
+    gateway_factory: Any, fake_replicate: FakeReplicate
+) -> None:
     client = only_replicate(gateway_factory, fake_replicate).client()
     with pytest.raises(openai.BadRequestError) as excinfo:
         client.images.generate(model=FLASH, prompt="p", extra_body={"seed": 7})
@@ -188,7 +194,8 @@ def test_nano_banana_seed_is_refused_when_no_configured_provider_has_it(
 def test_nano_banana_on_fal(gateway_factory: Any, fake_fal: FakeFal) -> None:
     gw = only_fal(gateway_factory, fake_fal)
     response = gw.client().images.with_raw_response.generate(
-        model=FLASH, prompt="two bananas", n=2, response_format="b64_json", extra_body={"aspect_ratio": "3:2"})
+        model=FLASH, prompt="two bananas", n=2, response_format="b64_json", extra_body={"aspect_ratio": "3:2"}
+    )
     result = response.parse()
     assert response.headers["x-imagegate-provider"] == "fal"
     assert [image_size(decoded(result, i)) for i in range(2)] == [(1248, 832)] * 2
@@ -214,8 +221,16 @@ def test_gpt_image_1_generation(gateway_factory: Any, fake_openai: FakeOpenAI) -
     fake_openai.fixed_size_models = {GPT}
     gw = only_openai(gateway_factory, fake_openai)
     response = gw.client().images.with_raw_response.generate(
-        model=GPT, prompt="a lighthouse", size="1536x1024", quality="high", background="opaque",
-        moderation="low", output_format="webp", n=2, response_format="b64_json")
+        model=GPT,
+        prompt="a lighthouse",
+        size="1536x1024",
+        quality="high",
+        background="opaque",
+        moderation="low",
+        output_format="webp",
+        n=2,
+        response_format="b64_json",
+    )
     result = response.parse()
     assert response.headers["x-imagegate-provider"] == "openai"
     assert response.headers["x-imagegate-model"] == GPT
@@ -247,19 +262,24 @@ def test_gpt_image_1_maps_other_sizes_to_its_three(gateway_factory: Any, fake_op
 def test_gpt_image_1_edit_is_multipart_with_input_fidelity(gateway_factory: Any, fake_openai: FakeOpenAI) -> None:
     fake_openai.fixed_size_models = {GPT}
     client = only_openai(gateway_factory, fake_openai).client()
-    result = client.images.edit(model=GPT, prompt="add a hat", image=[INPUT, INPUT], input_fidelity="high",
-                                response_format="b64_json")
+    result = client.images.edit(
+        model=GPT, prompt="add a hat", image=[INPUT, INPUT], input_fidelity="high", response_format="b64_json"
+    )
     assert image_size(decoded(result)) == (1536, 1024)  # a 4:3 input: 3:2 is the nearest of the three
     recorded = fake_openai.requests[-1]
     assert recorded.path == "/v1/images/edits"
     assert recorded.form is not None
     assert (recorded.form["model"], recorded.form["input_fidelity"], recorded.form["size"]) == (
-        GPT, "high", "1536x1024")
+        GPT,
+        "high",
+        "1536x1024",
+    )
     assert [f.field_name for f in recorded.files or []] == ["image[]", "image[]"]
 
 
 def test_gpt_image_1_refuses_seed_and_dall_e_quality_and_skips_edit_moderation(
-        gateway_factory: Any, fake_openai: FakeOpenAI) -> None:
+    gateway_factory: Any, fake_openai: FakeOpenAI
+) -> None:
     client = only_openai(gateway_factory, fake_openai).client()
     with pytest.raises(openai.BadRequestError) as excinfo:
         client.images.generate(model=GPT, prompt="p", extra_body={"seed": 1})
@@ -269,10 +289,12 @@ def test_gpt_image_1_refuses_seed_and_dall_e_quality_and_skips_edit_moderation(
     assert unsupported(excinfo)["param"] == "quality"
     assert fake_openai.requests == []
     # moderation is OpenAI's standard field: gpt-image-1 has none for edits, so it is not applied.
-    edited = client.images.edit(model=GPT, prompt="p", image=INPUT, response_format="b64_json",
-                                extra_body={"moderation": "low"})
-    assert {"param": "moderation", "requested": "low", "applied": f"not applied (model {GPT} lacks it)"} in \
-        (edited.model_extra or {})["adjustments"]
+    edited = client.images.edit(
+        model=GPT, prompt="p", image=INPUT, response_format="b64_json", extra_body={"moderation": "low"}
+    )
+    assert {"param": "moderation", "requested": "low", "applied": f"not applied (model {GPT} lacks it)"} in (
+        edited.model_extra or {}
+    )["adjustments"]
     form = fake_openai.requests[-1].form
     assert form is not None and "moderation" not in form
 
@@ -289,8 +311,9 @@ def test_gpt_image_1_never_sends_response_format(gateway_factory: Any, fake_open
     assert fake_openai.requests[-1].form is not None and "response_format" not in fake_openai.requests[-1].form
 
 
-def test_the_openai_binding_of_nano_banana_pro_still_asks_for_b64(gateway_factory: Any,
-                                                                  fake_openai: FakeOpenAI) -> None:
+def test_the_openai_binding_of_nano_banana_pro_still_asks_for_b64(
+    gateway_factory: Any, fake_openai: FakeOpenAI
+) -> None:
     """The data side of the response_format change: an OpenAI-compatible imagegate upstream still gets it."""
     fake_openai.reject_response_format_models = {GPT}  # only GPT image models refuse it
     client = only_openai(gateway_factory, fake_openai).client()
@@ -304,8 +327,11 @@ def test_the_openai_binding_of_nano_banana_pro_still_asks_for_b64(gateway_factor
 def test_seedream_4_on_replicate(gateway_factory: Any, fake_replicate: FakeReplicate) -> None:
     gw = only_replicate(gateway_factory, fake_replicate)
     response = gw.client().images.with_raw_response.generate(
-        model=SEEDREAM, prompt="a city", response_format="b64_json",
-        extra_body={"aspect_ratio": "16:9", "resolution": "2K"})
+        model=SEEDREAM,
+        prompt="a city",
+        response_format="b64_json",
+        extra_body={"aspect_ratio": "16:9", "resolution": "2K"},
+    )
     result = response.parse()
     assert response.headers["x-imagegate-provider"] == "replicate"
     assert response.headers["x-imagegate-model"] == SEEDREAM
@@ -319,7 +345,8 @@ def test_seedream_4_on_replicate(gateway_factory: Any, fake_replicate: FakeRepli
 
 
 def test_seedream_4_defaults_to_2k_square_and_n_is_one_prediction_each(
-        gateway_factory: Any, fake_replicate: FakeReplicate) -> None:
+    gateway_factory: Any, fake_replicate: FakeReplicate
+) -> None:
     client = only_replicate(gateway_factory, fake_replicate).client()
     result = client.images.generate(model=SEEDREAM, prompt="p", n=2, response_format="b64_json")
     assert [image_size(decoded(result, i)) for i in range(2)] == [(2048, 2048)] * 2
@@ -335,8 +362,9 @@ def test_seedream_4_size_with_a_supported_ratio(gateway_factory: Any, fake_repli
     assert adjustments(result) == []
 
 
-def test_seedream_4_custom_size_is_sent_as_width_and_height(gateway_factory: Any,
-                                                            fake_replicate: FakeReplicate) -> None:
+def test_seedream_4_custom_size_is_sent_as_width_and_height(
+    gateway_factory: Any, fake_replicate: FakeReplicate
+) -> None:
     with only_replicate(gateway_factory, fake_replicate).client() as client:
         result = client.images.generate(model=SEEDREAM, prompt="p", size="2048x1024", response_format="b64_json")
     assert image_size(decoded(result)) == (2048, 1024)
@@ -346,8 +374,9 @@ def test_seedream_4_custom_size_is_sent_as_width_and_height(gateway_factory: Any
 
 def test_seedream_4_edit_sends_image_input(gateway_factory: Any, fake_replicate: FakeReplicate) -> None:
     client = only_replicate(gateway_factory, fake_replicate).client()
-    result = client.images.edit(model=SEEDREAM, prompt="p", image=INPUT, response_format="b64_json",
-                                extra_body={"resolution": "1K"})
+    result = client.images.edit(
+        model=SEEDREAM, prompt="p", image=INPUT, response_format="b64_json", extra_body={"resolution": "1K"}
+    )
     sent = fake_replicate.creates[-1].json["input"]
     assert len(sent["image_input"]) == 1 and sent["image_input"][0].startswith("data:image/png;base64,")
     assert (sent["size"], sent["width"], sent["height"]) == ("custom", 1360, 1024)
@@ -370,19 +399,26 @@ def test_seedream_4_refuses_seed(gateway_factory: Any, fake_replicate: FakeRepli
 def pro_at_capacity(gateway_factory: Any, fake_gemini: FakeGemini, fake_replicate: FakeReplicate) -> OpenAI:
     """Gemini and Replicate both serve Nano Banana Pro, and both are at capacity."""
     gw: RunningGateway = gateway_factory(
-        gemini_api_key=fake_gemini.api_key, gemini_base_url=fake_gemini.base_url,
-        replicate_api_key=fake_replicate.api_key, replicate_base_url=fake_replicate.base_url)
+        gemini_api_key=fake_gemini.api_key,
+        gemini_base_url=fake_gemini.base_url,
+        replicate_api_key=fake_replicate.api_key,
+        replicate_base_url=fake_replicate.base_url,
+    )
     fake_gemini.default_behaviour = GeminiError(503, "UNAVAILABLE", "The model is overloaded. Please try again later.")
     fake_replicate.enqueue(CapacityFailure())  # the Nano Banana Pro prediction; Seedream's succeeds
     return gw.client()
 
 
 def test_allow_fallback_model_serves_seedream_5_lite_when_nano_banana_pro_is_at_capacity(
-        gateway_factory: Any, fake_gemini: FakeGemini, fake_replicate: FakeReplicate) -> None:
+    gateway_factory: Any, fake_gemini: FakeGemini, fake_replicate: FakeReplicate
+) -> None:
     client = pro_at_capacity(gateway_factory, fake_gemini, fake_replicate)
     response = client.images.with_raw_response.generate(
-        model=PRO, prompt="a fox", response_format="b64_json",
-        extra_body={"allow_fallback_model": True, "aspect_ratio": "16:9"})
+        model=PRO,
+        prompt="a fox",
+        response_format="b64_json",
+        extra_body={"allow_fallback_model": True, "aspect_ratio": "16:9"},
+    )
     result = response.parse()
     assert response.headers["x-imagegate-model"] == SEEDREAM_5
     assert response.headers["x-imagegate-provider"] == "replicate"
@@ -403,7 +439,8 @@ def test_allow_fallback_model_serves_seedream_5_lite_when_nano_banana_pro_is_at_
 
 
 def test_without_allow_fallback_model_capacity_is_a_503(
-        gateway_factory: Any, fake_gemini: FakeGemini, fake_replicate: FakeReplicate) -> None:
+    gateway_factory: Any, fake_gemini: FakeGemini, fake_replicate: FakeReplicate
+) -> None:
     client = pro_at_capacity(gateway_factory, fake_gemini, fake_replicate)
     with pytest.raises(openai.APIStatusError) as excinfo:
         client.images.generate(model=PRO, prompt="a fox")
@@ -412,11 +449,15 @@ def test_without_allow_fallback_model_capacity_is_a_503(
 
 
 def test_fallback_leaves_out_parameters_the_fallback_model_lacks(
-        gateway_factory: Any, fake_gemini: FakeGemini, fake_replicate: FakeReplicate) -> None:
+    gateway_factory: Any, fake_gemini: FakeGemini, fake_replicate: FakeReplicate
+) -> None:
     with pro_at_capacity(gateway_factory, fake_gemini, fake_replicate) as client:
         response = client.images.with_raw_response.generate(
-            model=PRO, prompt="a fox", response_format="b64_json",
-            extra_body={"allow_fallback_model": True, "safety_filter_level": "block_only_high"})
+            model=PRO,
+            prompt="a fox",
+            response_format="b64_json",
+            extra_body={"allow_fallback_model": True, "safety_filter_level": "block_only_high"},
+        )
     assert response.headers["x-imagegate-model"] == SEEDREAM_5
     assert "safety_filter_level" not in fake_replicate.creates[-1].json["input"]
     assert "safety_filter_level=block_only_high->" in response.headers["x-imagegate-adjusted"]

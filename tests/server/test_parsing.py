@@ -16,9 +16,18 @@ def fold(*pairs: tuple[str, str]) -> dict[str, object]:
 
 
 def test_plain_nested_and_list_fields() -> None:
-    assert fold(("n", "2"), ("image_config[aspect_ratio]", "16:9"), ("tags[]", "a"), ("tags[]", "b"),
-                ("x[y][z]", "1"), ("x[y][w]", "2")) == {
-        "n": "2", "image_config": {"aspect_ratio": "16:9"}, "tags": ["a", "b"], "x": {"y": {"z": "1", "w": "2"}},
+    assert fold(
+        ("n", "2"),
+        ("image_config[aspect_ratio]", "16:9"),
+        ("tags[]", "a"),
+        ("tags[]", "b"),
+        ("x[y][z]", "1"),
+        ("x[y][w]", "2"),
+    ) == {
+        "n": "2",
+        "image_config": {"aspect_ratio": "16:9"},
+        "tags": ["a", "b"],
+        "x": {"y": {"z": "1", "w": "2"}},
     }
 
 
@@ -26,8 +35,9 @@ def test_repeated_plain_field_keeps_the_last_value() -> None:
     assert fold(("n", "1"), ("n", "3")) == {"n": "3"}
 
 
-@pytest.mark.parametrize("pairs", [(("a", "1"), ("a[b]", "2")), (("a[]", "1"), ("a[b]", "2")),
-                                   (("a[b]", "1"), ("a[]", "2"))])
+@pytest.mark.parametrize(
+    "pairs", [(("a", "1"), ("a[b]", "2")), (("a[]", "1"), ("a[b]", "2")), (("a[b]", "1"), ("a[]", "2"))]
+)
 def test_conflicting_shapes_are_a_400_naming_the_field(pairs: tuple[tuple[str, str], ...]) -> None:
     with pytest.raises(InvalidRequest) as info:
         fold(*pairs)

@@ -19,12 +19,14 @@ def usage_ids(gw: RunningGateway) -> list[tuple[str, str | None]]:
         return [(str(r[0]), r[1]) for r in db.execute("SELECT request_id, client_request_id FROM usage ORDER BY id")]
 
 
-def test_a_reused_client_id_is_echoed_but_usage_rows_get_distinct_ids(gateway: RunningGateway,
-                                                                      fake_gemini: FakeGemini) -> None:
+def test_a_reused_client_id_is_echoed_but_usage_rows_get_distinct_ids(
+    gateway: RunningGateway, fake_gemini: FakeGemini
+) -> None:
     client = gateway.client()
     answers = [
-        client.images.with_raw_response.generate(model=MODEL, prompt=f"p{i}", response_format="b64_json",
-                                                 extra_headers={"x-request-id": "client-run-7"})
+        client.images.with_raw_response.generate(
+            model=MODEL, prompt=f"p{i}", response_format="b64_json", extra_headers={"x-request-id": "client-run-7"}
+        )
         for i in range(2)
     ]
     assert [a.headers["x-request-id"] for a in answers] == ["client-run-7", "client-run-7"]
@@ -33,19 +35,25 @@ def test_a_reused_client_id_is_echoed_but_usage_rows_get_distinct_ids(gateway: R
     assert usage_ids(gateway) == [(gateway_ids[0], "client-run-7"), (gateway_ids[1], "client-run-7")]
 
 
-def test_without_a_client_id_both_headers_carry_the_gateways(gateway: RunningGateway,
-                                                             fake_gemini: FakeGemini) -> None:
-    response = httpx.post(f"{gateway.url}/v1/images/generations", headers={"authorization": f"Bearer {API_KEY}"},
-                          json={"model": MODEL, "prompt": "p", "response_format": "b64_json"}, timeout=30)
+def test_without_a_client_id_both_headers_carry_the_gateways(gateway: RunningGateway, fake_gemini: FakeGemini) -> None:
+    response = httpx.post(
+        f"{gateway.url}/v1/images/generations",
+        headers={"authorization": f"Bearer {API_KEY}"},
+        json={"model": MODEL, "prompt": "p", "response_format": "b64_json"},
+        timeout=30,
+    )
     assert response.status_code == 200
     assert response.headers["x-request-id"] == response.headers["x-imagegate-request-id"]
     assert usage_ids(gateway) == [(response.headers["x-request-id"], None)]
 
 
 def test_an_error_echoes_the_client_id_too(gateway: RunningGateway) -> None:
-    response = httpx.post(f"{gateway.url}/v1/images/generations", headers={"authorization": f"Bearer {API_KEY}",
-                                                                           "x-request-id": "bad-one"},
-                          json={"model": MODEL, "prompt": "p", "size": "banana"}, timeout=30)
+    response = httpx.post(
+        f"{gateway.url}/v1/images/generations",
+        headers={"authorization": f"Bearer {API_KEY}", "x-request-id": "bad-one"},
+        json={"model": MODEL, "prompt": "p", "size": "banana"},
+        timeout=30,
+    )
     assert response.status_code == 400
     assert response.headers["x-request-id"] == "bad-one"
     assert response.headers["x-imagegate-request-id"].startswith("req_")

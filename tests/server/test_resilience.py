@@ -23,15 +23,20 @@ FAST_RETRIES = {"retry_attempts": 2, "retry_backoff_seconds": 0.01, "retry_max_d
 
 def both(gateway_factory: Any, gemini: FakeGemini, openai: FakeOpenAI, **settings: Any) -> RunningGateway:
     gw: RunningGateway = gateway_factory(
-        gemini_api_key=gemini.api_key, gemini_base_url=gemini.base_url,
-        openai_api_key=openai.api_key, openai_base_url=openai.base_url, **settings)
+        gemini_api_key=gemini.api_key,
+        gemini_base_url=gemini.base_url,
+        openai_api_key=openai.api_key,
+        openai_base_url=openai.base_url,
+        **settings,
+    )
     return gw
 
 
 def generate(gw: RunningGateway, body: dict[str, Any] | None = None, **kw: Any) -> httpx.Response:
     payload = {"model": MODEL, "prompt": "p", "response_format": "b64_json"} | (body or {})
-    return httpx.post(f"{gw.url}/v1/images/generations", json=payload, headers=AUTH | kw.pop("headers", {}),
-                      timeout=30, **kw)
+    return httpx.post(
+        f"{gw.url}/v1/images/generations", json=payload, headers=AUTH | kw.pop("headers", {}), timeout=30, **kw
+    )
 
 
 def usage_rows(gw: RunningGateway) -> list[tuple[Any, ...]]:
@@ -50,10 +55,12 @@ def test_a_transient_failure_is_retried_on_the_same_provider(gateway_factory: An
     assert response.headers["x-imagegate-provider"] == "gemini"
 
 
-@pytest.mark.parametrize("failure", [GeminiError(500, "INTERNAL", "boom"), MalformedJSON(),
-                                     GeminiError(503, "UNAVAILABLE", "overloaded")])
-def test_failure_moves_to_the_next_provider(gateway_factory: Any, fake_gemini: FakeGemini,
-                                            fake_openai: FakeOpenAI, failure: Any) -> None:
+@pytest.mark.parametrize(
+    "failure", [GeminiError(500, "INTERNAL", "boom"), MalformedJSON(), GeminiError(503, "UNAVAILABLE", "overloaded")]
+)
+def test_failure_moves_to_the_next_provider(
+    gateway_factory: Any, fake_gemini: FakeGemini, fake_openai: FakeOpenAI, failure: Any
+) -> None:
     gw = both(gateway_factory, fake_gemini, fake_openai)  # one attempt per provider
     fake_gemini.enqueue(failure)
     response = generate(gw)
@@ -64,8 +71,9 @@ def test_failure_moves_to_the_next_provider(gateway_factory: Any, fake_gemini: F
     assert [row[1] for row in usage_rows(gw)] == ["openai"]
 
 
-def test_long_retry_after_goes_to_the_next_provider_without_waiting(gateway_factory: Any, fake_gemini: FakeGemini,
-                                                                    fake_openai: FakeOpenAI) -> None:
+def test_long_retry_after_goes_to_the_next_provider_without_waiting(
+    gateway_factory: Any, fake_gemini: FakeGemini, fake_openai: FakeOpenAI
+) -> None:
     gw = both(gateway_factory, fake_gemini, fake_openai, **FAST_RETRIES)
     fake_gemini.enqueue(GeminiError(429, "RESOURCE_EXHAUSTED", "quota", retry_after_s=23))
     started = time.monotonic()
@@ -94,17 +102,24 @@ def test_client_errors_do_not_fail_over(gateway_factory: Any, fake_gemini: FakeG
     assert fake_openai.requests == [] and len(fake_gemini.requests) == 1
 
 
-def test_rejected_upstream_key_is_not_retried_but_fails_over(gateway_factory: Any, fake_gemini: FakeGemini,
-                                                            fake_openai: FakeOpenAI) -> None:
-    gw = gateway_factory(gemini_api_key="wrong", gemini_base_url=fake_gemini.base_url,
-                         openai_api_key=fake_openai.api_key, openai_base_url=fake_openai.base_url, **FAST_RETRIES)
+def test_rejected_upstream_key_is_not_retried_but_fails_over(
+    gateway_factory: Any, fake_gemini: FakeGemini, fake_openai: FakeOpenAI
+) -> None:
+    gw = gateway_factory(
+        gemini_api_key="wrong",
+        gemini_base_url=fake_gemini.base_url,
+        openai_api_key=fake_openai.api_key,
+        openai_base_url=fake_openai.base_url,
+        **FAST_RETRIES,
+    )
     response = generate(gw)
     assert response.status_code == 200 and response.headers["x-imagegate-provider"] == "openai"
     assert len(fake_gemini.requests) == 1
 
 
-def test_every_provider_failing_is_a_clear_error(gateway_factory: Any, fake_gemini: FakeGemini,
-                                                 fake_openai: FakeOpenAI) -> None:
+def test_every_provider_failing_is_a_clear_error(
+    gateway_factory: Any, fake_gemini: FakeGemini, fake_openai: FakeOpenAI
+) -> None:
     from ..fakes.openai_upstream import OpenAIError
 
     gw = both(gateway_factory, fake_gemini, fake_openai)
@@ -116,8 +131,9 @@ def test_every_provider_failing_is_a_clear_error(gateway_factory: Any, fake_gemi
     assert usage_rows(gw) == []  # nothing billed
 
 
-def test_circuit_breaker_skips_a_failing_provider_then_tries_it_again(gateway_factory: Any, fake_gemini: FakeGemini,
-                                                                     fake_openai: FakeOpenAI) -> None:
+def test_circuit_breaker_skips_a_failing_provider_then_tries_it_again(
+    gateway_factory: Any, fake_gemini: FakeGemini, fake_openai: FakeOpenAI
+) -> None:
     gw = both(gateway_factory, fake_gemini, fake_openai, breaker_failures=2, breaker_cooldown_seconds=0.8)
     fake_gemini.default_behaviour = GeminiError(500, "INTERNAL", "down")
     for _ in range(2):
@@ -133,8 +149,12 @@ def test_circuit_breaker_skips_a_failing_provider_then_tries_it_again(gateway_fa
 
 
 def test_request_never_outlives_its_deadline(gateway_factory: Any, fake_gemini: FakeGemini) -> None:
-    gw = gateway_factory(gemini_api_key=fake_gemini.api_key, gemini_base_url=fake_gemini.base_url,
-                         request_timeout_seconds=0.6, **FAST_RETRIES)
+    gw = gateway_factory(
+        gemini_api_key=fake_gemini.api_key,
+        gemini_base_url=fake_gemini.base_url,
+        request_timeout_seconds=0.6,
+        **FAST_RETRIES,
+    )
     fake_gemini.default_behaviour = Hang(30)
     started = time.monotonic()
     response = generate(gw)
@@ -143,8 +163,9 @@ def test_request_never_outlives_its_deadline(gateway_factory: Any, fake_gemini: 
     assert time.monotonic() - started < 3
 
 
-def test_per_provider_timeout_from_the_config_file(gateway_factory: Any, fake_gemini: FakeGemini,
-                                                   fake_openai: FakeOpenAI, tmp_path: Path) -> None:
+def test_per_provider_timeout_from_the_config_file(
+    gateway_factory: Any, fake_gemini: FakeGemini, fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
     config = tmp_path / "imagegate.toml"
     config.write_text("[providers.gemini]\ntimeout = 0.3\n")
     gw = both(gateway_factory, fake_gemini, fake_openai, config=config)
@@ -209,10 +230,14 @@ handling = "converted"
     return config
 
 
-def test_allow_fallback_model_serves_another_model_at_capacity(gateway_factory: Any, fake_gemini: FakeGemini,
-                                                               fake_openai: FakeOpenAI, tmp_path: Path) -> None:
-    gw = gateway_factory(config=fallback_config(tmp_path, fake_openai), gemini_api_key=fake_gemini.api_key,
-                         gemini_base_url=fake_gemini.base_url)
+def test_allow_fallback_model_serves_another_model_at_capacity(
+    gateway_factory: Any, fake_gemini: FakeGemini, fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    gw = gateway_factory(
+        config=fallback_config(tmp_path, fake_openai),
+        gemini_api_key=fake_gemini.api_key,
+        gemini_base_url=fake_gemini.base_url,
+    )
     fake_gemini.default_behaviour = GeminiError(503, "UNAVAILABLE", "at capacity")
 
     refused = generate(gw, {"model": "primary"})
@@ -229,10 +254,14 @@ def test_allow_fallback_model_serves_another_model_at_capacity(gateway_factory: 
     assert "allow_fallback_model" not in fake_openai.requests[-1].json
 
 
-def test_no_fallback_when_the_failure_is_not_capacity(gateway_factory: Any, fake_gemini: FakeGemini,
-                                                      fake_openai: FakeOpenAI, tmp_path: Path) -> None:
-    gw = gateway_factory(config=fallback_config(tmp_path, fake_openai), gemini_api_key=fake_gemini.api_key,
-                         gemini_base_url=fake_gemini.base_url)
+def test_no_fallback_when_the_failure_is_not_capacity(
+    gateway_factory: Any, fake_gemini: FakeGemini, fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    gw = gateway_factory(
+        config=fallback_config(tmp_path, fake_openai),
+        gemini_api_key=fake_gemini.api_key,
+        gemini_base_url=fake_gemini.base_url,
+    )
     fake_gemini.default_behaviour = GeminiError(500, "INTERNAL", "bug")
     assert generate(gw, {"model": "primary", "allow_fallback_model": True}).status_code == 502
     assert fake_openai.requests == []
@@ -257,8 +286,10 @@ def test_concurrent_duplicates_generate_once(gateway: RunningGateway, fake_gemin
 
     fake_gemini.enqueue(Delay(0.5))
     responses: list[httpx.Response] = []
-    threads = [threading.Thread(target=lambda: responses.append(generate(gateway, headers={"Idempotency-Key": "same"})))
-               for _ in range(4)]
+    threads = [
+        threading.Thread(target=lambda: responses.append(generate(gateway, headers={"Idempotency-Key": "same"})))
+        for _ in range(4)
+    ]
     for t in threads:
         t.start()
     for t in threads:

@@ -36,10 +36,15 @@ def test_start_up_log_names_providers_and_models(gateway_factory: Any, fake_gemi
 def test_upstream_failure_is_one_line_with_provider_status_message_and_request_id(
     gateway_factory: Any, fake_gemini: FakeGemini, caplog: Any
 ) -> None:
-    gateway = gateway_factory(gemini_api_key=fake_gemini.api_key, gemini_base_url=fake_gemini.base_url,
-                              retry_attempts=2, retry_backoff_seconds=0.01)
-    fake_gemini.enqueue(GeminiError(500, "INTERNAL", "the model crashed\nTraceback: here"),
-                        GeminiError(500, "INTERNAL", "still down"))
+    gateway = gateway_factory(
+        gemini_api_key=fake_gemini.api_key,
+        gemini_base_url=fake_gemini.base_url,
+        retry_attempts=2,
+        retry_backoff_seconds=0.01,
+    )
+    fake_gemini.enqueue(
+        GeminiError(500, "INTERNAL", "the model crashed\nTraceback: here"), GeminiError(500, "INTERNAL", "still down")
+    )
     caplog.set_level(logging.INFO, logger="imagegate")
     with pytest.raises(InternalServerError) as raised:
         gateway.client().images.generate(model=MODEL, prompt="a cat", extra_headers={"x-request-id": "req-log-1"})
@@ -50,8 +55,14 @@ def test_upstream_failure_is_one_line_with_provider_status_message_and_request_i
     assert [r.levelname for r in failures] == ["WARNING", "WARNING"]
     first, second = (r.getMessage() for r in failures)
     assert "\n" not in first  # the upstream's newline is quoted, not written
-    for part in ("provider=gemini", "status=500", "attempt=1/2", "then=retry", f"request_id={request_id}",
-                 "the model crashed\\nTraceback: here"):
+    for part in (
+        "provider=gemini",
+        "status=500",
+        "attempt=1/2",
+        "then=retry",
+        f"request_id={request_id}",
+        "the model crashed\\nTraceback: here",
+    ):
         assert part in first
     assert "attempt=2/2" in second and "then=no-retry" in second and "still down" in second
 
@@ -91,8 +102,9 @@ def test_result_files_are_not_sniffed(gateway: Any) -> None:
 def test_keep_alive_client_survives_idle_closes(gateway_factory: Any, fake_gemini: FakeGemini) -> None:
     """The SDK's pooled connections are closed by the idle timeout between requests; its next
     request opens a new one instead of failing."""
-    gateway = gateway_factory(gemini_api_key=fake_gemini.api_key, gemini_base_url=fake_gemini.base_url,
-                              idle_timeout_seconds=0.3)
+    gateway = gateway_factory(
+        gemini_api_key=fake_gemini.api_key, gemini_base_url=fake_gemini.base_url, idle_timeout_seconds=0.3
+    )
     client = gateway.client(api_key=API_KEY)
     for _ in range(2):
         assert client.models.list().data

@@ -54,8 +54,12 @@ def test_header_timeout_closes_a_dripping_connection(gateway_factory: Any) -> No
 def test_idle_timeout_closes_a_stalled_body_but_not_a_slow_upstream(
     gateway_factory: Any, fake_gemini: FakeGemini, caplog: Any
 ) -> None:
-    gateway = gateway_factory(gemini_api_key=fake_gemini.api_key, gemini_base_url=fake_gemini.base_url,
-                              idle_timeout_seconds=0.5, header_timeout_seconds=5)
+    gateway = gateway_factory(
+        gemini_api_key=fake_gemini.api_key,
+        gemini_base_url=fake_gemini.base_url,
+        idle_timeout_seconds=0.5,
+        header_timeout_seconds=5,
+    )
     caplog.set_level("INFO")
     with socket.create_connection(address(gateway.url), timeout=10) as sock:
         sock.sendall(HEAD + b"content-length: 100\r\n\r\n" + b'{"prompt": ')
@@ -94,8 +98,9 @@ def test_idle_keep_alive_connection_is_closed(gateway_factory: Any, fake_gemini:
 def test_connection_cap_refuses_excess_connections_and_keeps_serving(
     gateway_factory: Any, fake_gemini: FakeGemini
 ) -> None:
-    gateway = gateway_factory(gemini_api_key=fake_gemini.api_key, gemini_base_url=fake_gemini.base_url,
-                              max_connections=20)
+    gateway = gateway_factory(
+        gemini_api_key=fake_gemini.api_key, gemini_base_url=fake_gemini.base_url, max_connections=20
+    )
     with _slow_connections(gateway.url, 20) as held:
         time.sleep(0.3)  # all 20 accepted before the excess arrive
         with _slow_connections(gateway.url, 5, payload=b"") as excess:
@@ -125,8 +130,11 @@ def test_normal_client_is_served_while_300_slow_connections_are_open(tmp_path: P
 def test_accept_failures_are_logged_once_per_interval(tmp_path: Path) -> None:
     """A connection cap set above a low descriptor limit makes accept() fail (EMFILE) for as long
     as the connections stay open; asyncio would log each failed attempt with a traceback."""
-    env = {"IMAGEGATE_MAX_CONNECTIONS": "1000", "IMAGEGATE_HEADER_TIMEOUT_SECONDS": "30",
-           "IMAGEGATE_IDLE_TIMEOUT_SECONDS": "60"}
+    env = {
+        "IMAGEGATE_MAX_CONNECTIONS": "1000",
+        "IMAGEGATE_HEADER_TIMEOUT_SECONDS": "30",
+        "IMAGEGATE_IDLE_TIMEOUT_SECONDS": "60",
+    }
     with ServeProcess(tmp_path, env=env, nofile=(64, 64)) as server:
         before = len(server.log())
         with _slow_connections(server.url, 100):
@@ -138,4 +146,3 @@ def test_accept_failures_are_logged_once_per_interval(tmp_path: Path) -> None:
         time.sleep(1.5)  # asyncio retries accept() after 1 s
         assert server.process.poll() is None
         assert json.loads(get_body(server.url, "/health"))["status"] == "ok"
-

@@ -57,13 +57,15 @@ def assert_openai_503(error: openai.APIStatusError, code: str) -> None:
 
 
 def test_a_conversion_over_the_memory_budget_is_503_and_its_usage_is_recorded(
-        gateway_factory: Any, fake_gemini: FakeGemini) -> None:
+    gateway_factory: Any, fake_gemini: FakeGemini
+) -> None:
     # A 1024x1024 WebP encode needs ~11 MB; the budget is 4 MB.
     gw = start(gateway_factory, fake_gemini, conversion_memory_bytes=4 * 2**20)
     client = gw.client()
     with pytest.raises(openai.InternalServerError) as caught:
-        client.images.generate(model=MODEL, prompt="too big to convert", extra_body={"output_format": "webp"},
-                               response_format="b64_json")
+        client.images.generate(
+            model=MODEL, prompt="too big to convert", extra_body={"output_format": "webp"}, response_format="b64_json"
+        )
     assert_openai_503(caught.value, "conversion_busy")
     assert "IMAGEGATE_CONVERSION_MEMORY_BYTES" in caught.value.response.json()["error"]["message"]
     # The upstream made (and billed) the image: the usage row says so.
@@ -75,7 +77,8 @@ def test_a_conversion_over_the_memory_budget_is_503_and_its_usage_is_recorded(
 
 
 def test_a_full_disk_is_503_storage_full_with_no_half_file_and_usage_kept(
-        gateway_factory: Any, fake_gemini: FakeGemini, monkeypatch: pytest.MonkeyPatch) -> None:
+    gateway_factory: Any, fake_gemini: FakeGemini, monkeypatch: pytest.MonkeyPatch
+) -> None:
     gw = start(gateway_factory, fake_gemini)
     client = gw.client()
 
@@ -100,7 +103,8 @@ def test_a_full_disk_is_503_storage_full_with_no_half_file_and_usage_kept(
 
 
 def test_the_result_store_keeps_within_its_budget_by_evicting_the_oldest(
-        gateway_factory: Any, fake_gemini: FakeGemini, tmp_path: Path) -> None:
+    gateway_factory: Any, fake_gemini: FakeGemini, tmp_path: Path
+) -> None:
     probe = start(gateway_factory, fake_gemini, data_dir=tmp_path / "probe")
     probe.client().images.generate(model=MODEL, prompt="same", response_format="url")
     size = sum(p.stat().st_size for p in results_dir(probe).iterdir())
@@ -112,7 +116,8 @@ def test_the_result_store_keeps_within_its_budget_by_evicting_the_oldest(
 
 
 def test_a_result_larger_than_the_store_budget_is_503_storage_full(
-        gateway_factory: Any, fake_gemini: FakeGemini) -> None:
+    gateway_factory: Any, fake_gemini: FakeGemini
+) -> None:
     gw = start(gateway_factory, fake_gemini, results_max_bytes=100)
     with pytest.raises(openai.InternalServerError) as caught:
         gw.client().images.generate(model=MODEL, prompt="big", response_format="url")
@@ -123,7 +128,8 @@ def test_a_result_larger_than_the_store_budget_is_503_storage_full(
 
 
 def test_a_usage_row_the_database_refused_is_inserted_once_it_takes_writes(
-        gateway_factory: Any, fake_gemini: FakeGemini, monkeypatch: pytest.MonkeyPatch) -> None:
+    gateway_factory: Any, fake_gemini: FakeGemini, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from imagegate.usage import UsageLog
 
     failing = {"on": True}
@@ -151,7 +157,8 @@ def _disk_full(fd: int, data: memoryview) -> int:
 
 
 def test_n_images_cost_n_and_a_paid_request_that_then_fails_records_that_cost(
-        gateway_factory: Any, fake_gemini: FakeGemini, monkeypatch: pytest.MonkeyPatch) -> None:
+    gateway_factory: Any, fake_gemini: FakeGemini, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # The cost is counted from the upstream's images before the output pipeline releases them.
     gw = start(gateway_factory, fake_gemini)
     client = gw.client()
@@ -167,7 +174,8 @@ def test_n_images_cost_n_and_a_paid_request_that_then_fails_records_that_cost(
 
 
 def test_n_failure_policy_fail_still_records_the_images_it_paid_for(
-        gateway_factory: Any, fake_gemini: FakeGemini) -> None:
+    gateway_factory: Any, fake_gemini: FakeGemini
+) -> None:
     gw = start(gateway_factory, fake_gemini, n_failure_policy="fail")
     fake_gemini.enqueue(GeminiError(503, "UNAVAILABLE", "overloaded"))
     with pytest.raises(openai.InternalServerError) as caught:
@@ -178,13 +186,18 @@ def test_n_failure_policy_fail_still_records_the_images_it_paid_for(
 
 
 def test_the_usage_row_of_a_paid_failure_carries_what_a_served_one_does(
-        gateway_factory: Any, fake_gemini: FakeGemini, monkeypatch: pytest.MonkeyPatch) -> None:
+    gateway_factory: Any, fake_gemini: FakeGemini, monkeypatch: pytest.MonkeyPatch
+) -> None:
     gw = start(gateway_factory, fake_gemini)
     fields = {"model": "nano-banana-pro", "prompt": "p", "user": "u-1", "safety_identifier": "s-1"}
 
     def send(client_request_id: str) -> httpx.Response:
-        return httpx.post(f"{gw.url}/v1/images/generations", json=fields, timeout=30,
-                          headers={"authorization": "Bearer sk-test-gateway", "x-request-id": client_request_id})
+        return httpx.post(
+            f"{gw.url}/v1/images/generations",
+            json=fields,
+            timeout=30,
+            headers={"authorization": "Bearer sk-test-gateway", "x-request-id": client_request_id},
+        )
 
     served = send("client-served")
     monkeypatch.setattr(storage, "_write_chunk", _disk_full)
@@ -192,8 +205,10 @@ def test_the_usage_row_of_a_paid_failure_carries_what_a_served_one_does(
     assert (served.status_code, failed.status_code) == (200, 503)
     db = sqlite3.connect(gw.settings.database_path)
     try:
-        rows = db.execute("SELECT request_id, client_request_id, model, user, safety_identifier, cost_estimated, "
-                          "images FROM usage ORDER BY id").fetchall()
+        rows = db.execute(
+            "SELECT request_id, client_request_id, model, user, safety_identifier, cost_estimated, "
+            "images FROM usage ORDER BY id"
+        ).fetchall()
     finally:
         db.close()
     assert rows == [
@@ -203,17 +218,23 @@ def test_the_usage_row_of_a_paid_failure_carries_what_a_served_one_does(
 
 
 def test_a_request_past_its_deadline_records_the_calls_that_were_billed(
-        gateway_factory: Any, fake_gemini: FakeGemini) -> None:
+    gateway_factory: Any, fake_gemini: FakeGemini
+) -> None:
     gw = start(gateway_factory, fake_gemini, request_timeout_seconds=1.5)
     fake_gemini.enqueue(Hang(30))  # one of the two calls never answers; the other makes its image
-    response = httpx.post(f"{gw.url}/v1/images/generations", json={"model": MODEL, "prompt": "p", "n": 2},
-                          headers={"authorization": "Bearer sk-test-gateway"}, timeout=30)
+    response = httpx.post(
+        f"{gw.url}/v1/images/generations",
+        json={"model": MODEL, "prompt": "p", "n": 2},
+        headers={"authorization": "Bearer sk-test-gateway"},
+        timeout=30,
+    )
     assert response.status_code == 504 and response.json()["error"]["code"] == "request_timeout"
     assert [row[1:] for row in usage_rows(gw)] == [("gemini", 1, pytest.approx(0.134))]
 
 
 def test_n_images_are_stored_all_or_none(
-        gateway_factory: Any, fake_gemini: FakeGemini, monkeypatch: pytest.MonkeyPatch) -> None:
+    gateway_factory: Any, fake_gemini: FakeGemini, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The disk fills after the first of two images: the answer is a 503, and the first image,
     whose URL no answer will ever name, is not left taking up the store's budget."""
     gw = start(gateway_factory, fake_gemini)

@@ -72,10 +72,12 @@ def test_usage_token_details_parse_in_the_sdk_from_gemini(gateway: RunningGatewa
 
 
 def test_usage_token_details_from_an_openai_upstream_are_summed_over_calls(
-        gateway_factory: Any, fake_openai: FakeOpenAI) -> None:
+    gateway_factory: Any, fake_openai: FakeOpenAI
+) -> None:
     gw = gateway_factory(openai_api_key=fake_openai.api_key, openai_base_url=fake_openai.base_url)
-    result = gw.client().images.edit(model=GPT, prompt="add a hat", image=[INPUT, INPUT], n=2,
-                                     response_format="b64_json")
+    result = gw.client().images.edit(
+        model=GPT, prompt="add a hat", image=[INPUT, INPUT], n=2, response_format="b64_json"
+    )
     assert result.usage is not None
     assert result.usage.input_tokens_details.image_tokens == 2 * INPUT_TOKENS_PER_IMAGE
     assert result.usage.input_tokens_details.text_tokens == len("add a hat".split())
@@ -95,11 +97,19 @@ def test_usage_token_details_without_an_upstream_split(gateway_factory: Any, fak
 # --- 2: OpenAI's standard request fields --------------------------------------------------------
 
 
-def test_what_langchain_and_librechat_send_is_served_and_reported(gateway: RunningGateway,
-                                                                   fake_gemini: FakeGemini) -> None:
+def test_what_langchain_and_librechat_send_is_served_and_reported(
+    gateway: RunningGateway, fake_gemini: FakeGemini
+) -> None:
     response = gateway.client().images.with_raw_response.generate(
-        model=PRO, prompt="a lighthouse", quality="hd", style="natural", background="transparent",
-        moderation="low", partial_images=2, response_format="b64_json")
+        model=PRO,
+        prompt="a lighthouse",
+        quality="hd",
+        style="natural",
+        background="transparent",
+        moderation="low",
+        partial_images=2,
+        response_format="b64_json",
+    )
     result = response.parse()
     assert result.data and result.data[0].b64_json
     applied = {a["param"]: a["applied"] for a in (result.model_extra or {})["adjustments"]}
@@ -110,8 +120,9 @@ def test_what_langchain_and_librechat_send_is_served_and_reported(gateway: Runni
     assert b"quality" not in sent and b"natural" not in sent and b"transparent" not in sent
 
 
-def test_stream_true_on_a_model_without_streaming_gets_the_normal_json_answer(gateway: RunningGateway,
-                                                                              fake_gemini: FakeGemini) -> None:
+def test_stream_true_on_a_model_without_streaming_gets_the_normal_json_answer(
+    gateway: RunningGateway, fake_gemini: FakeGemini
+) -> None:
     response = post(gateway.url, {"model": PRO, "prompt": "p", "stream": True, "response_format": "b64_json"})
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("application/json")
@@ -119,18 +130,22 @@ def test_stream_true_on_a_model_without_streaming_gets_the_normal_json_answer(ga
     assert "stream=true->not applied" in response.headers["x-imagegate-adjusted"]
 
 
-@pytest.mark.parametrize("body,param", [
-    ({"quality": "ultra"}, "quality"),
-    ({"style": "cartoon"}, "style"),
-    ({"background": "green"}, "background"),
-    ({"moderation": "high"}, "moderation"),
-    ({"input_fidelity": "medium"}, "input_fidelity"),
-    ({"partial_images": 4}, "partial_images"),
-    ({"partial_images": "two"}, "partial_images"),
-    ({"stream": "maybe"}, "stream"),
-])
-def test_standard_fields_outside_openais_types_stay_400(gateway: RunningGateway, fake_gemini: FakeGemini,
-                                                        body: dict[str, Any], param: str) -> None:
+@pytest.mark.parametrize(
+    "body,param",
+    [
+        ({"quality": "ultra"}, "quality"),
+        ({"style": "cartoon"}, "style"),
+        ({"background": "green"}, "background"),
+        ({"moderation": "high"}, "moderation"),
+        ({"input_fidelity": "medium"}, "input_fidelity"),
+        ({"partial_images": 4}, "partial_images"),
+        ({"partial_images": "two"}, "partial_images"),
+        ({"stream": "maybe"}, "stream"),
+    ],
+)
+def test_standard_fields_outside_openais_types_stay_400(
+    gateway: RunningGateway, fake_gemini: FakeGemini, body: dict[str, Any], param: str
+) -> None:
     response = post(gateway.url, {"model": PRO, "prompt": "p", **body})
     assert response.status_code == 400
     assert response.json()["error"]["param"] == param
@@ -139,13 +154,15 @@ def test_standard_fields_outside_openais_types_stay_400(gateway: RunningGateway,
 
 def test_gpt_image_1_passes_its_standard_fields_on(gateway_factory: Any, fake_openai: FakeOpenAI) -> None:
     gw = gateway_factory(openai_api_key=fake_openai.api_key, openai_base_url=fake_openai.base_url)
-    result = gw.client().images.generate(model=GPT, prompt="p", quality="low", background="transparent",
-                                         style="vivid", response_format="b64_json")
+    result = gw.client().images.generate(
+        model=GPT, prompt="p", quality="low", background="transparent", style="vivid", response_format="b64_json"
+    )
     sent = fake_openai.requests[-1].json
     assert (sent["quality"], sent["background"]) == ("low", "transparent")
     assert "style" not in sent  # gpt-image-1 has no style: not applied, not forwarded
-    assert {"param": "style", "requested": "vivid", "applied": f"not applied (model {GPT} lacks it)"} in \
-        (result.model_extra or {})["adjustments"]
+    assert {"param": "style", "requested": "vivid", "applied": f"not applied (model {GPT} lacks it)"} in (
+        result.model_extra or {}
+    )["adjustments"]
 
 
 def _only(provider: str, fakes: dict[str, Any]) -> dict[str, Any]:
@@ -155,16 +172,27 @@ def _only(provider: str, fakes: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.mark.parametrize("provider", ["gemini", "replicate", "fal", "openai"])
 def test_user_and_safety_identifier_are_recorded_and_never_sent_upstream(
-        gateway_factory: Any, fake_gemini: FakeGemini, fake_replicate: FakeReplicate, fake_fal: FakeFal,
-        fake_openai: FakeOpenAI, provider: str) -> None:
-    fakes: dict[str, Any] = {"gemini": fake_gemini, "replicate": fake_replicate, "fal": fake_fal,
-                             "openai": fake_openai}
+    gateway_factory: Any,
+    fake_gemini: FakeGemini,
+    fake_replicate: FakeReplicate,
+    fake_fal: FakeFal,
+    fake_openai: FakeOpenAI,
+    provider: str,
+) -> None:
+    fakes: dict[str, Any] = {"gemini": fake_gemini, "replicate": fake_replicate, "fal": fake_fal, "openai": fake_openai}
     gw = gateway_factory(**_only(provider, fakes))
     client = gw.client()
-    client.images.generate(model=PRO, prompt="p", user="user-marker-41", safety_identifier="safety-marker-42",
-                           response_format="b64_json")
-    client.images.edit(model=PRO, prompt="p", image=INPUT, user="user-marker-43",
-                       safety_identifier="safety-marker-44", response_format="b64_json")
+    client.images.generate(
+        model=PRO, prompt="p", user="user-marker-41", safety_identifier="safety-marker-42", response_format="b64_json"
+    )
+    client.images.edit(
+        model=PRO,
+        prompt="p",
+        image=INPUT,
+        user="user-marker-43",
+        safety_identifier="safety-marker-44",
+        response_format="b64_json",
+    )
     assert usage_rows(gw) == [("user-marker-41", "safety-marker-42"), ("user-marker-43", "safety-marker-44")]
     sent = fakes[provider].requests
     assert sent
@@ -175,8 +203,9 @@ def test_user_and_safety_identifier_are_recorded_and_never_sent_upstream(
 
 
 @pytest.mark.parametrize("prompt", [12, 1.5, True, ["a", "cat"], {"text": "a cat"}])
-def test_a_prompt_that_is_not_a_string_is_400_naming_prompt(gateway: RunningGateway, fake_gemini: FakeGemini,
-                                                            prompt: Any) -> None:
+def test_a_prompt_that_is_not_a_string_is_400_naming_prompt(
+    gateway: RunningGateway, fake_gemini: FakeGemini, prompt: Any
+) -> None:
     for path in ("/v1/images/generations", "/v1/images/edits"):
         body = {"model": PRO, "prompt": prompt}
         if path.endswith("edits"):
@@ -189,14 +218,20 @@ def test_a_prompt_that_is_not_a_string_is_400_naming_prompt(gateway: RunningGate
 
 
 @pytest.mark.parametrize("prompt", ["", "   \n\t"])
-def test_an_empty_prompt_is_400_saying_it_must_not_be_empty(gateway: RunningGateway, fake_gemini: FakeGemini,
-                                                            prompt: str) -> None:
+def test_an_empty_prompt_is_400_saying_it_must_not_be_empty(
+    gateway: RunningGateway, fake_gemini: FakeGemini, prompt: str
+) -> None:
     response = post(gateway.url, {"model": PRO, "prompt": prompt})
     assert response.status_code == 400
     error = response.json()["error"]
     assert error["param"] == "prompt" and "must not be empty" in error["message"]
-    multipart = httpx.post(f"{gateway.url}/v1/images/edits", headers=AUTH, timeout=30,
-                           data={"model": PRO, "prompt": prompt}, files={"image": INPUT})
+    multipart = httpx.post(
+        f"{gateway.url}/v1/images/edits",
+        headers=AUTH,
+        timeout=30,
+        data={"model": PRO, "prompt": prompt},
+        files={"image": INPUT},
+    )
     assert multipart.status_code == 400 and "must not be empty" in multipart.json()["error"]["message"]
     assert fake_gemini.requests == []
 
@@ -204,8 +239,9 @@ def test_an_empty_prompt_is_400_saying_it_must_not_be_empty(gateway: RunningGate
 # --- 4: response_format left out ----------------------------------------------------------------
 
 
-def test_without_response_format_edits_carry_both_url_and_b64_json(gateway: RunningGateway,
-                                                                   fake_gemini: FakeGemini) -> None:
+def test_without_response_format_edits_carry_both_url_and_b64_json(
+    gateway: RunningGateway, fake_gemini: FakeGemini
+) -> None:
     result = gateway.client().images.edit(model=PRO, prompt="add a hat", image=INPUT)
     item = result.data[0] if result.data else None
     assert item is not None and item.url and item.b64_json
@@ -213,8 +249,9 @@ def test_without_response_format_edits_carry_both_url_and_b64_json(gateway: Runn
     assert (result.model_extra or {})["effective"]["response_format"] == "both"
 
 
-def test_both_forms_reuse_the_upstreams_base64(gateway: RunningGateway, fake_gemini: FakeGemini,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_both_forms_reuse_the_upstreams_base64(
+    gateway: RunningGateway, fake_gemini: FakeGemini, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Gemini sends base64: an image passed through as is answers with that very text as b64_json
     (decoded once for the hosted file, never encoded again)."""
     encoded: list[int] = []
@@ -232,8 +269,9 @@ def test_both_forms_reuse_the_upstreams_base64(gateway: RunningGateway, fake_gem
 
 
 @pytest.mark.parametrize("default,has_url,has_b64", [("url", True, False), ("b64_json", False, True)])
-def test_the_operator_chooses_the_default_response_format(gateway_factory: Any, fake_gemini: FakeGemini,
-                                                          default: str, has_url: bool, has_b64: bool) -> None:
+def test_the_operator_chooses_the_default_response_format(
+    gateway_factory: Any, fake_gemini: FakeGemini, default: str, has_url: bool, has_b64: bool
+) -> None:
     gw = gemini_gateway(gateway_factory, fake_gemini, default_response_format=default)
     result = gw.client().images.generate(model=PRO, prompt="p")
     item = result.data[0] if result.data else None
@@ -269,8 +307,9 @@ def unset_public_url(tmp_path: Path, fake_gemini: FakeGemini) -> Iterator[Any]:
     servers: list[LoopbackServer] = []
 
     def start(**overrides: Any) -> tuple[LoopbackServer, Any]:
-        settings = make_settings(tmp_path, gemini_api_key=fake_gemini.api_key, gemini_base_url=fake_gemini.base_url,
-                                 **overrides)
+        settings = make_settings(
+            tmp_path, gemini_api_key=fake_gemini.api_key, gemini_base_url=fake_gemini.base_url, **overrides
+        )
         servers.append(start_gateway(settings))
         return servers[-1], settings
 
@@ -294,8 +333,19 @@ def test_result_urls_use_the_host_the_client_called(unset_public_url: Any) -> No
     assert result_url(server, {"host": "[::1]:9"}).startswith("http://[::1]:9/v1/results/")
 
 
-@pytest.mark.parametrize("host", ['evil.example/"><script>', "a b", "exämple.com", "host:99999", "[zz::1]",
-                                  "user@host", "host:80/path", "-bad-.com"])
+@pytest.mark.parametrize(
+    "host",
+    [
+        'evil.example/"><script>',
+        "a b",
+        "exämple.com",
+        "host:99999",
+        "[zz::1]",
+        "user@host",
+        "host:80/path",
+        "-bad-.com",
+    ],
+)
 def test_a_hostile_host_header_falls_back_to_the_configured_address(unset_public_url: Any, host: str) -> None:
     server, settings = unset_public_url()
     url = result_url(server, {"host": host.encode("utf-8")})  # bytes: sent as they are, UTF-8 included
@@ -304,11 +354,15 @@ def test_a_hostile_host_header_falls_back_to_the_configured_address(unset_public
 
 def test_forwarded_headers_count_only_from_trusted_proxies(unset_public_url: Any) -> None:
     untrusted, _ = unset_public_url()
-    forwarded = {"host": f"127.0.0.1:{untrusted.port}", "x-forwarded-host": "images.example.com",
-                 "x-forwarded-proto": "https"}
+    forwarded = {
+        "host": f"127.0.0.1:{untrusted.port}",
+        "x-forwarded-host": "images.example.com",
+        "x-forwarded-proto": "https",
+    }
     assert result_url(untrusted, forwarded).startswith(f"http://127.0.0.1:{untrusted.port}/v1/results/")
     assert result_url(untrusted, {**forwarded, "forwarded": "host=evil.example;proto=https"}).startswith(
-        f"http://127.0.0.1:{untrusted.port}/")
+        f"http://127.0.0.1:{untrusted.port}/"
+    )
 
     trusted, _ = unset_public_url(trusted_proxies="10.0.0.0/8, 127.0.0.1")
     forwarded["host"] = f"127.0.0.1:{trusted.port}"
@@ -327,8 +381,11 @@ def test_a_bad_trusted_proxy_list_fails_at_settings_load(tmp_path: Path) -> None
 
 
 def test_public_url_still_wins(gateway: RunningGateway) -> None:
-    url = str(post(gateway.url, {"model": PRO, "prompt": "p", "response_format": "url"},
-                   headers={"host": "elsewhere.example"}).json()["data"][0]["url"])
+    url = str(
+        post(
+            gateway.url, {"model": PRO, "prompt": "p", "response_format": "url"}, headers={"host": "elsewhere.example"}
+        ).json()["data"][0]["url"]
+    )
     assert url.startswith(f"{gateway.settings.public_url}/v1/results/")
 
 
@@ -340,8 +397,11 @@ BROWSER_HEADERS = "authorization, content-type, idempotency-key, x-request-id, x
 
 
 def preflight(url: str, origin: str = ORIGIN, headers: str = BROWSER_HEADERS) -> httpx.Response:
-    return httpx.options(f"{url}/v1/images/generations", timeout=30, headers={
-        "origin": origin, "access-control-request-method": "POST", "access-control-request-headers": headers})
+    return httpx.options(
+        f"{url}/v1/images/generations",
+        timeout=30,
+        headers={"origin": origin, "access-control-request-method": "POST", "access-control-request-headers": headers},
+    )
 
 
 def test_cors_preflight_is_answered_without_a_key(gateway_factory: Any, fake_gemini: FakeGemini) -> None:
@@ -356,12 +416,20 @@ def test_cors_preflight_is_answered_without_a_key(gateway_factory: Any, fake_gem
     assert refused.status_code == 400 and "access-control-allow-origin" not in refused.headers
 
     # The real request: the browser may read imagegate's headers.
-    answer = post(gw.url, {"model": PRO, "prompt": "p", "size": "1920x1080", "response_format": "b64_json"},
-                  headers={"origin": ORIGIN})
+    answer = post(
+        gw.url,
+        {"model": PRO, "prompt": "p", "size": "1920x1080", "response_format": "b64_json"},
+        headers={"origin": ORIGIN},
+    )
     assert answer.status_code == 200 and answer.headers["access-control-allow-origin"] == ORIGIN
     exposed = {h.strip() for h in answer.headers["access-control-expose-headers"].lower().split(",")}
-    assert {"x-request-id", "x-imagegate-request-id", "x-imagegate-provider", "x-imagegate-model",
-            "x-imagegate-adjusted"} <= exposed
+    assert {
+        "x-request-id",
+        "x-imagegate-request-id",
+        "x-imagegate-provider",
+        "x-imagegate-model",
+        "x-imagegate-adjusted",
+    } <= exposed
     # Errors reach the browser too (a 401 it can read instead of an opaque network error).
     unauthorized = httpx.get(f"{gw.url}/v1/models", headers={"origin": ORIGIN}, timeout=30)
     assert unauthorized.status_code == 401 and unauthorized.headers["access-control-allow-origin"] == ORIGIN

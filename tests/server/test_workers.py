@@ -70,8 +70,10 @@ def test_workers_stop_when_the_master_is_killed(tmp_path: Path) -> None:
 
 def test_the_portable_watchdog_stops_a_process_whose_master_is_gone() -> None:
     """Where PR_SET_PDEATHSIG does not exist, a thread watching the parent pid sends SIGTERM."""
-    code = ("import os, time; from imagegate.server.serving import watch_master; "
-            "watch_master(os.getppid() + 1_000_000); time.sleep(30)")  # a master that is not our parent
+    code = (
+        "import os, time; from imagegate.server.serving import watch_master; "
+        "watch_master(os.getppid() + 1_000_000); time.sleep(30)"
+    )  # a master that is not our parent
     env = {**os.environ, "PYTHONPATH": SRC}
     done = subprocess.run([sys.executable, "-c", code], env=env, timeout=20, capture_output=True)
     assert done.returncode == -signal.SIGTERM

@@ -56,8 +56,11 @@ def local_model_id(source: str) -> str:
 
 def is_hub_id(source: str) -> bool:
     """Anything that is not an existing directory and reads like `name` or `org/name`."""
-    return not Path(source).expanduser().is_dir() and not source.startswith((".", "/", "~")) and bool(
-        _HUB_ID.match(source))
+    return (
+        not Path(source).expanduser().is_dir()
+        and not source.startswith((".", "/", "~"))
+        and bool(_HUB_ID.match(source))
+    )
 
 
 def _hub_file(repo_id: str, filename: str) -> Path | None:
@@ -97,6 +100,7 @@ def read_checkpoint(source: str) -> Checkpoint:
     """Config files only; raises LocalModelError with a fix when the source is not usable."""
     hub = is_hub_id(source)
     if hub:
+
         def find(name: str) -> Path | None:
             return _hub_file(source, name)
     else:
@@ -124,9 +128,13 @@ def read_checkpoint(source: str) -> Checkpoint:
     # SD-family pipelines insist on multiples of 8 whatever the VAE; packed latents need 2x.
     multiple = vae_factor * 2 if packed else max(8, vae_factor)
     return Checkpoint(
-        source=source, path=index_path.parent, is_hub=hub, pipeline_class=pipeline_class,
+        source=source,
+        path=index_path.parent,
+        is_hub=hub,
+        pipeline_class=pipeline_class,
         kind=_kind(pipeline_class, int(denoiser.get("in_channels", 4))),
-        native_side=max(multiple, sample * vae_factor), multiple_of=multiple,
+        native_side=max(multiple, sample * vae_factor),
+        multiple_of=multiple,
     )
 
 
@@ -179,15 +187,19 @@ def catalog_entry(checkpoint: Checkpoint, model_id: str | None = None) -> dict[s
     if kind == "instruct":
         mask_handling = {"handling": "emulated", "how": "the gateway keeps the original outside the mask"}
     if kind == "inpaint":
-        parameters["mask"] = {"type": "file", "description": "PNG mask whose transparent areas mark where the "
-                              "image is repainted. This inpainting checkpoint needs one.", "t2i": "not_available",
-                              "edit": "required"}
+        parameters["mask"] = {
+            "type": "file",
+            "description": "PNG mask whose transparent areas mark where the "
+            "image is repainted. This inpainting checkpoint needs one.",
+            "t2i": "not_available",
+            "edit": "required",
+        }
     tiers = [_tier(native / 2), _tier(native), _tier(native * 2)]
     return {
         "id": model_id or local_model_id(checkpoint.source),
         "name": f"{checkpoint.source.rstrip('/').rsplit('/', 1)[-1]} (local)",
         "description": f"{checkpoint.pipeline_class} from {checkpoint.source}, run on this machine by the "
-                       f"local engine ({kind}).",
+        f"local engine ({kind}).",
         "owned_by": "local",
         "modes": ["t2i", "edit"] if kind == "text2image" else ["edit"],
         "resolution_kind": "k",

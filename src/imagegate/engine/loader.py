@@ -120,7 +120,8 @@ def load_model(checkpoint: Checkpoint, *, device: str = "auto", dtype: str = "au
     torch_dtype = pick_dtype(dtype, chosen)
     try:
         pipe = DiffusionPipeline.from_pretrained(  # type: ignore[no-untyped-call]
-            path, dtype=torch_dtype, local_files_only=True)
+            path, dtype=torch_dtype, local_files_only=True
+        )
         pipe.to(chosen)
     except Exception as exc:
         raise LocalModelError(f"Cannot load the local model '{checkpoint.source}': {exc}") from exc

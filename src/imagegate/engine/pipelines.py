@@ -39,8 +39,16 @@ class Job:
 
     def batch_key(self) -> tuple[Any, ...]:
         """Everything a forward pass shares; prompts, seeds and input images may differ."""
-        return (self.task, self.width, self.height, self.steps, self.guidance_scale, self.strength,
-                self.image_guidance_scale, tuple(sorted(self.extra.items())))
+        return (
+            self.task,
+            self.width,
+            self.height,
+            self.steps,
+            self.guidance_scale,
+            self.strength,
+            self.image_guidance_scale,
+            tuple(sorted(self.extra.items())),
+        )
 
 
 @dataclass
@@ -89,6 +97,7 @@ def run_batch(model: LoadedModel, jobs: list[Job], should_stop: Callable[[], boo
     pipe = model.pipeline(jobs[0].task)
     arguments = pipeline_arguments(model, jobs)
     if model.accepts(jobs[0].task, "callback_on_step_end"):
+
         def stop_when_abandoned(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
             if should_stop():
                 pipe._interrupt = True  # diffusers' own early exit: the step loop skips the rest

@@ -121,8 +121,9 @@ class Engine:
                 return all(p.future.done() for p in batch)
 
             try:
-                outputs = await asyncio.shield(loop.run_in_executor(
-                    self._executor, run_batch, self.model, [p.job for p in batch], abandoned))
+                outputs = await asyncio.shield(
+                    loop.run_in_executor(self._executor, run_batch, self.model, [p.job for p in batch], abandoned)
+                )
             except Exception as exc:  # the pipeline failed: every caller of this batch hears it
                 for pending in batch:
                     if not pending.future.done():
@@ -145,8 +146,9 @@ class Engine:
         stats.interrupted += int(interrupted)
         if not interrupted:
             per_image = seconds / images
-            self._seconds_per_image = per_image if not self._seconds_per_image else (
-                0.8 * self._seconds_per_image + 0.2 * per_image)
+            self._seconds_per_image = (
+                per_image if not self._seconds_per_image else (0.8 * self._seconds_per_image + 0.2 * per_image)
+            )
 
     async def aclose(self) -> None:
         stranded = [*self._running, *self._queue]  # nobody waits forever on a closed engine

@@ -112,8 +112,9 @@ def _shadow(reserved: Iterable[tuple[str, ...]], fold: KeyFold) -> dict[str, Any
     return tree
 
 
-def merge_passthrough(body: dict[str, Any], extra: dict[str, Any], *, reserved: Iterable[tuple[str, ...]] = (),
-                      fold: KeyFold = same_key) -> None:
+def merge_passthrough(
+    body: dict[str, Any], extra: dict[str, Any], *, reserved: Iterable[tuple[str, ...]] = (), fold: KeyFold = same_key
+) -> None:
     """Merge unknown request fields into `body`, refusing (400, naming the top-level field) any
     that would replace a value the gateway built or a `reserved` path. `fold` maps a key to the
     upstream's notion of "the same field" (Gemini's proto-JSON: image_size == imageSize)."""
@@ -122,8 +123,9 @@ def merge_passthrough(body: dict[str, Any], extra: dict[str, Any], *, reserved: 
         _merge_field(body, shadow, key, value, (key,), fold)
 
 
-def _merge_field(node: dict[str, Any], shadow: dict[str, Any] | None, key: str, value: Any,
-                 path: tuple[str, ...], fold: KeyFold) -> None:
+def _merge_field(
+    node: dict[str, Any], shadow: dict[str, Any] | None, key: str, value: Any, path: tuple[str, ...], fold: KeyFold
+) -> None:
     folded = fold(key)
     existing_key = next((k for k in node if fold(k) == folded), None)
     sub_shadow = shadow.get(folded) if shadow is not None else None
@@ -136,7 +138,8 @@ def _merge_field(node: dict[str, Any], shadow: dict[str, Any] | None, key: str, 
         raise InvalidRequest(
             f"Pass-through parameter '{dotted}' would replace a field the gateway sets from the request's "
             "own parameters; unknown parameters may only add upstream fields.",
-            param=path[0], code="reserved_upstream_field",
+            param=path[0],
+            code="reserved_upstream_field",
         )
     if existing_key is None:
         node[key] = existing
@@ -233,8 +236,11 @@ class HttpProvider(ImageProvider):
     @classmethod
     def from_context(cls, context: ProviderContext) -> Self:
         """The adapter a plugin's factory builds from its settings (see plugins.py)."""
-        provider = cls(api_key=context.value("api_key") or "", client=context.client,
-                       base_url=context.value("base_url") or cls.default_base_url)
+        provider = cls(
+            api_key=context.value("api_key") or "",
+            client=context.client,
+            base_url=context.value("base_url") or cls.default_base_url,
+        )
         provider.timeout = context.timeout
         provider.max_response_bytes = context.max_response_bytes
         if context.poll_interval is not None and hasattr(provider, "poll_interval"):
@@ -244,5 +250,6 @@ class HttpProvider(ImageProvider):
     @classmethod
     def provider_spec(cls) -> ProviderSpec:
         """The usual registration: a key and a base URL variable, no catalog data of its own."""
-        return ProviderSpec(id=cls.provider_id, factory=cls.from_context,
-                            settings=http_settings(cls.key_env_var, cls.base_url_env_var))
+        return ProviderSpec(
+            id=cls.provider_id, factory=cls.from_context, settings=http_settings(cls.key_env_var, cls.base_url_env_var)
+        )

@@ -129,8 +129,12 @@ def queue_urls(data: Any, base_url: str, endpoint: str) -> QueueUrls:
         value = data.get(key)
         return value if isinstance(value, str) and value else default
 
-    return QueueUrls(request_id, url("status_url", built.status_url), url("response_url", built.response_url),
-                     url("cancel_url", built.cancel_url))
+    return QueueUrls(
+        request_id,
+        url("status_url", built.status_url),
+        url("response_url", built.response_url),
+        url("cancel_url", built.cancel_url),
+    )
 
 
 # --- errors ----------------------------------------------------------------------------------
@@ -162,8 +166,9 @@ def _detail_items(detail: Any) -> list[tuple[str, str | None]]:
 def typed_error(error_type: str | None, message: str) -> ImagegateError | None:
     """The fal error types that mean something to a client; None for the rest."""
     if error_type == POLICY_TYPE:
-        return ContentPolicyViolation(f"{PROVIDER}: the content policy blocked this request. {message}".strip(),
-                                      param="prompt")
+        return ContentPolicyViolation(
+            f"{PROVIDER}: the content policy blocked this request. {message}".strip(), param="prompt"
+        )
     if error_type == NO_MEDIA_TYPE:
         return NoImageGenerated(f"{PROVIDER} generated no image. {message}".strip())
     return None
@@ -185,8 +190,7 @@ def http_error(response: UpstreamResponse) -> ImagegateError:
             error = typed_error(kind, message)
             assert error is not None
             return error
-    return error_for_status(PROVIDER, response.status_code, message,
-                            retry_after=retry_after_seconds(response.headers))
+    return error_for_status(PROVIDER, response.status_code, message, retry_after=retry_after_seconds(response.headers))
 
 
 def completed_error(status: dict[str, Any]) -> ImagegateError | None:
@@ -250,9 +254,13 @@ class QueueJob(PollingJob):
 
     def submitted(self, response: UpstreamResponse) -> JobStatus:
         urls = queue_urls(parse_json(PROVIDER, response.body), self.base_url, self.endpoint)
-        return JobStatus("pending", poll=Call("GET", urls.status_url, self._auth, params={"logs": "0"}),
-                         cancel=Call("PUT", urls.cancel_url, self._auth),
-                         result=Call("GET", urls.response_url, self._auth), job_id=urls.request_id)
+        return JobStatus(
+            "pending",
+            poll=Call("GET", urls.status_url, self._auth, params={"logs": "0"}),
+            cancel=Call("PUT", urls.cancel_url, self._auth),
+            result=Call("GET", urls.response_url, self._auth),
+            job_id=urls.request_id,
+        )
 
     def polled(self, response: UpstreamResponse) -> JobStatus:
         status = parse_json(PROVIDER, response.body)
@@ -293,8 +301,13 @@ class FalProvider(HttpProvider):
 
     async def _run(self, request: ProviderRequest, endpoint: str) -> ProviderResult:
         job = QueueJob(self.base_url, self.api_key, request, endpoint)
-        return await run_job(job, client=self.client, timeout=self.timeout, max_bytes=self.max_response_bytes,
-                             interval=self.poll_interval)
+        return await run_job(
+            job,
+            client=self.client,
+            timeout=self.timeout,
+            max_bytes=self.max_response_bytes,
+            interval=self.poll_interval,
+        )
 
 
 def register_providers(register: Callable[[ProviderSpec], None]) -> None:

@@ -49,8 +49,18 @@ from .transport import (
 
 # Finish and block reasons that mean "the safety system said no" rather than "it failed".
 SAFETY_REASONS = frozenset(
-    {"SAFETY", "PROHIBITED_CONTENT", "BLOCKLIST", "SPII", "RECITATION", "IMAGE_SAFETY",
-     "IMAGE_PROHIBITED_CONTENT", "IMAGE_RECITATION", "MODEL_ARMOR", "JAILBREAK"}
+    {
+        "SAFETY",
+        "PROHIBITED_CONTENT",
+        "BLOCKLIST",
+        "SPII",
+        "RECITATION",
+        "IMAGE_SAFETY",
+        "IMAGE_PROHIBITED_CONTENT",
+        "IMAGE_RECITATION",
+        "MODEL_ARMOR",
+        "JAILBREAK",
+    }
 )
 HARM_CATEGORIES = (
     "HARM_CATEGORY_HARASSMENT",
@@ -60,9 +70,12 @@ HARM_CATEGORIES = (
 )
 # safety_tolerance (fal's 1 strictest .. 6 most permissive) onto Gemini's thresholds.
 TOLERANCE_THRESHOLDS = {
-    "1": "BLOCK_LOW_AND_ABOVE", "2": "BLOCK_LOW_AND_ABOVE",
-    "3": "BLOCK_MEDIUM_AND_ABOVE", "4": "BLOCK_MEDIUM_AND_ABOVE",
-    "5": "BLOCK_ONLY_HIGH", "6": "BLOCK_ONLY_HIGH",
+    "1": "BLOCK_LOW_AND_ABOVE",
+    "2": "BLOCK_LOW_AND_ABOVE",
+    "3": "BLOCK_MEDIUM_AND_ABOVE",
+    "4": "BLOCK_MEDIUM_AND_ABOVE",
+    "5": "BLOCK_ONLY_HIGH",
+    "6": "BLOCK_ONLY_HIGH",
 }
 MASK_NOTE = (
     "The last image is a mask for the first image: change only the areas where the mask is "
@@ -330,15 +343,22 @@ class GeminiProvider(HttpProvider):
 
     def error(self, response: UpstreamResponse) -> ImagegateError:
         """A non-2xx answer: Google's error body, else the status."""
-        return _google_error(self.provider_id, response.status_code, json_or_none(response.body),
-                             retry_after_seconds(response.headers))
+        return _google_error(
+            self.provider_id, response.status_code, json_or_none(response.body), retry_after_seconds(response.headers)
+        )
 
     async def _generate_content(self, request: ProviderRequest) -> ProviderResult:
         url = f"{self.base_url}/v1beta/models/{request.upstream_model}:generateContent"
         response = await send_checked(
-            self.client, "POST", url, provider=self.provider_id, timeout=self.timeout,
-            max_bytes=self.max_response_bytes, json=build_body(request),
-            headers={"x-goog-api-key": self.api_key}, error=self.error,
+            self.client,
+            "POST",
+            url,
+            provider=self.provider_id,
+            timeout=self.timeout,
+            max_bytes=self.max_response_bytes,
+            json=build_body(request),
+            headers={"x-goog-api-key": self.api_key},
+            error=self.error,
         )
         keep_all = request.options.get("limit_generations") is False
         return parse_response(parse_body(self.provider_id, response.body), keep_all_images=keep_all)

@@ -39,11 +39,32 @@ from .base import ImageProvider, InputImage, ProviderImage, ProviderRequest, Pro
 
 SEED_RANGE = 2**31
 # Pipeline arguments a request may not set through pass-through: the engine owns them.
-_RESERVED = frozenset({"prompt", "negative_prompt", "image", "mask_image", "generator", "latents", "output_type",
-                       "height", "width", "num_images_per_prompt", "return_dict", "prompt_embeds",
-                       "negative_prompt_embeds", "callback", "callback_on_step_end", "callback_steps",
-                       "callback_on_step_end_tensor_inputs", "cross_attention_kwargs", "ip_adapter_image",
-                       "ip_adapter_image_embeds", "timesteps", "sigmas"})
+_RESERVED = frozenset(
+    {
+        "prompt",
+        "negative_prompt",
+        "image",
+        "mask_image",
+        "generator",
+        "latents",
+        "output_type",
+        "height",
+        "width",
+        "num_images_per_prompt",
+        "return_dict",
+        "prompt_embeds",
+        "negative_prompt_embeds",
+        "callback",
+        "callback_on_step_end",
+        "callback_steps",
+        "callback_on_step_end_tensor_inputs",
+        "cross_attention_kwargs",
+        "ip_adapter_image",
+        "ip_adapter_image_embeds",
+        "timesteps",
+        "sigmas",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -57,8 +78,12 @@ class LocalEngineSettings:
 class LocalProvider(ImageProvider):
     provider_id = "local"
 
-    def __init__(self, sources: list[str], settings: LocalEngineSettings | None = None,
-                 checkpoints: dict[str, Checkpoint] | None = None) -> None:
+    def __init__(
+        self,
+        sources: list[str],
+        settings: LocalEngineSettings | None = None,
+        checkpoints: dict[str, Checkpoint] | None = None,
+    ) -> None:
         self.sources = sources
         self.settings = settings or LocalEngineSettings()
         # Checkpoints the gateway already read for its catalog: hub configs are not fetched again.
@@ -78,8 +103,9 @@ class LocalProvider(ImageProvider):
             if source not in self.engines:
                 s = self.settings
                 model = await anyio.to_thread.run_sync(self._load, source)
-                self.engines[source] = Engine(model, max_batch_images=s.max_batch_images,
-                                              max_queued_images=s.max_queued_images)
+                self.engines[source] = Engine(
+                    model, max_batch_images=s.max_batch_images, max_queued_images=s.max_queued_images
+                )
         return self.engines[source]
 
     def _load(self, source: str) -> LoadedModel:
@@ -99,16 +125,21 @@ class LocalProvider(ImageProvider):
             output = await _submit(engine, job)
         except QueueFull as exc:
             raise EngineBusy(
-                f"The local engine is busy: {exc}. Retry after {exc.retry_after:.0f} s.", retry_after=exc.retry_after,
+                f"The local engine is busy: {exc}. Retry after {exc.retry_after:.0f} s.",
+                retry_after=exc.retry_after,
             ) from exc
         except ImagegateError:
             raise
         except torch.OutOfMemoryError as exc:
-            raise UpstreamUnavailable("The local engine ran out of device memory; try fewer or smaller images.",
-                                      code="engine_out_of_memory", retry_after=5) from exc
+            raise UpstreamUnavailable(
+                "The local engine ran out of device memory; try fewer or smaller images.",
+                code="engine_out_of_memory",
+                retry_after=5,
+            ) from exc
         except Exception as exc:
-            raise UpstreamError(f"The local engine failed: {type(exc).__name__}: {exc}",
-                                code="local_engine_error") from exc
+            raise UpstreamError(
+                f"The local engine failed: {type(exc).__name__}: {exc}", code="local_engine_error"
+            ) from exc
         return await anyio.to_thread.run_sync(encode_output, output, request)
 
     async def aclose(self) -> None:
@@ -120,7 +151,7 @@ async def _submit(engine: Engine, job: Job) -> JobOutput:
     """`n` is one batch up to the engine's batch size (its memory bound); beyond it, the images
     go in several jobs, queued together. A failed part abandons the others."""
     size = engine.max_batch_images
-    parts = [dataclasses.replace(job, seeds=job.seeds[i:i + size]) for i in range(0, job.count, size)]
+    parts = [dataclasses.replace(job, seeds=job.seeds[i : i + size]) for i in range(0, job.count, size)]
     if len(parts) == 1:
         return await engine.submit(job)
     tasks = [asyncio.ensure_future(engine.submit(part)) for part in parts]
@@ -143,8 +174,11 @@ def _task(model: LoadedModel, request: ProviderRequest) -> Task:
     if kind == "instruct":
         return "instruct"  # the gateway composites the mask
     if kind == "inpaint" and request.mask is None:
-        raise InvalidRequest(f"'mask' is required: '{model.checkpoint.source}' is an inpainting model.",
-                             param="mask", code="missing_required_parameter")
+        raise InvalidRequest(
+            f"'mask' is required: '{model.checkpoint.source}' is an inpainting model.",
+            param="mask",
+            code="missing_required_parameter",
+        )
     return "inpaint" if request.mask is not None else "img2img"
 
 
@@ -177,7 +211,8 @@ def _pass_through(model: LoadedModel, task: Task, extra: dict[str, Any]) -> dict
         wanted = None if name in _RESERVED else model.scalar_type(task, name)
         if wanted is None:
             raise UnsupportedParameter(
-                f"Parameter '{name}' is not supported by the local model '{model.checkpoint.source}'.", param=name)
+                f"Parameter '{name}' is not supported by the local model '{model.checkpoint.source}'.", param=name
+            )
         accepted[name] = _as_type(name, value, wanted)
     return accepted
 
@@ -198,12 +233,19 @@ def make_job(model: LoadedModel, request: ProviderRequest) -> Job:
         raise InvalidRequest(
             f"strength {strength:g} with {steps} steps leaves no denoising step: raise num_inference_steps to at "
             f"least {int(1 / strength) + 1 if strength > 0 else 'any value with strength above 0'}.",
-            param="strength")
+            param="strength",
+        )
     base_seed = request.seed if request.seed is not None else secrets.randbelow(SEED_RANGE)
     return Job(
-        task=task, prompt=request.prompt, seeds=[(base_seed + i) % SEED_RANGE for i in range(request.n)],
-        width=size[0], height=size[1], steps=steps, guidance_scale=float(values["guidance_scale"]),
-        negative_prompt=values.get("negative_prompt"), strength=strength,
+        task=task,
+        prompt=request.prompt,
+        seeds=[(base_seed + i) % SEED_RANGE for i in range(request.n)],
+        width=size[0],
+        height=size[1],
+        steps=steps,
+        guidance_scale=float(values["guidance_scale"]),
+        negative_prompt=values.get("negative_prompt"),
+        strength=strength,
         image_guidance_scale=float(values["image_guidance_scale"]) if task == "instruct" else None,
         image=_rgb(request.images[0], size) if task != "text2image" else None,
         mask=_repaint_mask(request.mask, size) if task == "inpaint" and request.mask is not None else None,
@@ -213,10 +255,14 @@ def make_job(model: LoadedModel, request: ProviderRequest) -> Job:
 
 def encode_output(output: JobOutput, request: ProviderRequest) -> ProviderResult:
     if output.flagged:
-        raise ContentPolicyViolation("The local model's safety checker flagged the generated image.",
-                                     code="content_policy_violation")
+        raise ContentPolicyViolation(
+            "The local model's safety checker flagged the generated image.", code="content_policy_violation"
+        )
     fmt = request.output_format or "png"
-    images = [ProviderImage(imaging.ImageBytes(imaging.encode(img, fmt, request.output_compression)),
-                            imaging.MIME_BY_FORMAT[fmt]) for img in output.images]
+    images = [
+        ProviderImage(
+            imaging.ImageBytes(imaging.encode(img, fmt, request.output_compression)), imaging.MIME_BY_FORMAT[fmt]
+        )
+        for img in output.images
+    ]
     return ProviderResult(images)
-

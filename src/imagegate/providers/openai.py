@@ -67,8 +67,9 @@ def token_split(details: Any) -> TokenSplit | None:
     """OpenAI's `{text_tokens, image_tokens}`, or None when the upstream gave none."""
     if not isinstance(details, dict):
         return None
-    return TokenSplit(text_tokens=token_count(details.get("text_tokens")),
-                      image_tokens=token_count(details.get("image_tokens")))
+    return TokenSplit(
+        text_tokens=token_count(details.get("text_tokens")), image_tokens=token_count(details.get("image_tokens"))
+    )
 
 
 def form_field(key: str) -> str:
@@ -130,13 +131,21 @@ class OpenAIProvider(HttpProvider):
 
     def error(self, response: UpstreamResponse) -> ImagegateError:
         """A non-2xx answer: OpenAI's error body, else the status."""
-        return _error(self.provider_id, response.status_code, json_or_none(response.body),
-                      retry_after_seconds(response.headers))
+        return _error(
+            self.provider_id, response.status_code, json_or_none(response.body), retry_after_seconds(response.headers)
+        )
 
     async def _call(self, path: str, **body: Any) -> ProviderResult:
         response = await send_checked(
-            self.client, "POST", self.base_url + path, provider=self.provider_id, timeout=self.timeout,
-            max_bytes=self.max_response_bytes, headers=self._auth, error=self.error, **body,
+            self.client,
+            "POST",
+            self.base_url + path,
+            provider=self.provider_id,
+            timeout=self.timeout,
+            max_bytes=self.max_response_bytes,
+            headers=self._auth,
+            error=self.error,
+            **body,
         )
         return await self._parse(parse_json(self.provider_id, response.body))
 
@@ -156,8 +165,10 @@ class OpenAIProvider(HttpProvider):
                 texts.append(text)
         usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
         return ProviderResult(
-            images=images, text=texts[0] if texts else None,
-            input_tokens=token_count(usage.get("input_tokens")), output_tokens=token_count(usage.get("output_tokens")),
+            images=images,
+            text=texts[0] if texts else None,
+            input_tokens=token_count(usage.get("input_tokens")),
+            output_tokens=token_count(usage.get("output_tokens")),
             input_details=token_split(usage.get("input_tokens_details")),
             output_details=token_split(usage.get("output_tokens_details")),
         )
@@ -172,8 +183,9 @@ class OpenAIProvider(HttpProvider):
             return ProviderImage(blob, MIME_BY_FORMAT[fmt])
         if not (isinstance(url, str) and url):
             raise UpstreamBadResponse(f"{self.provider_id} sent an image with neither b64_json nor url.")
-        return await download_image(self.client, url, provider=self.provider_id, timeout=self.timeout,
-                                    max_bytes=self.max_response_bytes)
+        return await download_image(
+            self.client, url, provider=self.provider_id, timeout=self.timeout, max_bytes=self.max_response_bytes
+        )
 
 
 def register_providers(register: Callable[[ProviderSpec], None]) -> None:

@@ -63,8 +63,17 @@ MAX_PREFER_WAIT_S = 60
 # abort a prediction before it starts, so it never goes below this.
 MIN_CANCEL_AFTER_S = 5
 # Error texts of failed predictions, lower-cased with "_" as " " (exact wording is UNCONFIRMED).
-CAPACITY_MARKERS = ("capacity", "rate limit", "ratelimit", "throttled", "429", "overloaded", "unavailable",
-                    "resource exhausted", "high demand")
+CAPACITY_MARKERS = (
+    "capacity",
+    "rate limit",
+    "ratelimit",
+    "throttled",
+    "429",
+    "overloaded",
+    "unavailable",
+    "resource exhausted",
+    "high demand",
+)
 SAFETY_MARKERS = ("safety", "nsfw", "sensitive", "flagged", "e005")
 # Field names used when a binding does not declare the parameter at all.
 DEFAULT_FIELDS = {"prompt": "prompt", "image": "image_input"}
@@ -88,16 +97,18 @@ def build_input(request: ProviderRequest) -> dict[str, Any]:
         else:
             values["mask"] = request.mask.data_uri()
     fmt = request.output_format
-    values.update({
-        "prompt": prompt,
-        "image": images or None,
-        "aspect_ratio": request.layout.aspect_ratio,
-        "resolution": request.layout.resolution,
-        "seed": request.seed,
-        "output_format": FORMAT_NAMES.get(fmt, fmt) if fmt else None,
-        "output_compression": request.output_compression if fmt else None,
-        "n": request.n if request.n > 1 else None,
-    })
+    values.update(
+        {
+            "prompt": prompt,
+            "image": images or None,
+            "aspect_ratio": request.layout.aspect_ratio,
+            "resolution": request.layout.resolution,
+            "seed": request.seed,
+            "output_format": FORMAT_NAMES.get(fmt, fmt) if fmt else None,
+            "output_compression": request.output_compression if fmt else None,
+            "n": request.n if request.n > 1 else None,
+        }
+    )
     body: dict[str, Any] = {}
     if _takes_custom_size(request):
         # A flexible model: the layout's exact (clamped) pixels say everything ratio and tier would.
@@ -150,8 +161,7 @@ def problem_message(body: bytes, status: int) -> str:
 
 def http_error(response: UpstreamResponse) -> ImagegateError:
     message = problem_message(response.body, response.status_code)
-    return error_for_status(PROVIDER, response.status_code, message,
-                            retry_after=retry_after_seconds(response.headers))
+    return error_for_status(PROVIDER, response.status_code, message, retry_after=retry_after_seconds(response.headers))
 
 
 def prediction_from(response: UpstreamResponse) -> dict[str, Any]:
@@ -175,8 +185,7 @@ def failure_error(prediction: dict[str, Any]) -> ImagegateError:
     error = prediction.get("error")
     message = upstream_text(error).strip() if error else "no error message"
     if status in ("canceled", "aborted"):
-        return UpstreamError(f"The {PROVIDER} prediction was {status}: {message}",
-                             code="upstream_prediction_canceled")
+        return UpstreamError(f"The {PROVIDER} prediction was {status}: {message}", code="upstream_prediction_canceled")
     if _matches(message, CAPACITY_MARKERS):
         return UpstreamAtCapacity(f"{PROVIDER}: the model is at capacity: {message}")
     if _matches(message, SAFETY_MARKERS):
@@ -233,9 +242,12 @@ class PredictionJob(PollingJob):
         if poll is None:
             raise _bad_response("an unfinished prediction with neither urls.get nor an id")
         cancel = self._url(prediction, "cancel", "/cancel")
-        return JobStatus("pending", poll=Call("GET", poll, self._auth),
-                         cancel=Call("POST", cancel, self._auth) if cancel else None,
-                         job_id=prediction.get("id") if isinstance(prediction.get("id"), str) else None)
+        return JobStatus(
+            "pending",
+            poll=Call("GET", poll, self._auth),
+            cancel=Call("POST", cancel, self._auth) if cancel else None,
+            job_id=prediction.get("id") if isinstance(prediction.get("id"), str) else None,
+        )
 
     def error(self, response: UpstreamResponse) -> ImagegateError:
         return http_error(response)
@@ -269,8 +281,13 @@ class ReplicateProvider(HttpProvider):
 
     async def _predict(self, request: ProviderRequest) -> ProviderResult:
         job = PredictionJob(self.base_url, self.api_key, request, self.timeout)
-        return await run_job(job, client=self.client, timeout=self.timeout, max_bytes=self.max_response_bytes,
-                             interval=self.poll_interval)
+        return await run_job(
+            job,
+            client=self.client,
+            timeout=self.timeout,
+            max_bytes=self.max_response_bytes,
+            interval=self.poll_interval,
+        )
 
 
 def register_providers(register: Callable[[ProviderSpec], None]) -> None:

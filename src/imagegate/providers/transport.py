@@ -191,9 +191,7 @@ def retry_after_seconds(headers: httpx.Headers) -> float | None:
     return seconds_value(value)
 
 
-def error_for_status(
-    provider: str, status: int, message: str, *, retry_after: float | None = None
-) -> ImagegateError:
+def error_for_status(provider: str, status: int, message: str, *, retry_after: float | None = None) -> ImagegateError:
     """An upstream's HTTP error as ours. The client can fix a 400/422 (bad input), so it stays a
     400; the client cannot fix our upstream key or a missing upstream model, so those are 502."""
     text = f"{provider} returned HTTP {status}: {message}"
@@ -257,7 +255,12 @@ def image_from_bytes(data: bytes, *, provider: str) -> ProviderImage:
 
 
 async def download_image(
-    client: httpx.AsyncClient, uri: str, *, provider: str, timeout: float, max_bytes: int,
+    client: httpx.AsyncClient,
+    uri: str,
+    *,
+    provider: str,
+    timeout: float,
+    max_bytes: int,
     headers: Mapping[str, str] | None = None,
 ) -> ProviderImage:
     """One output image: an http(s) URL (downloaded under the size cap) or a `data:` URI. The
@@ -267,8 +270,9 @@ async def download_image(
         return data_uri_image(uri, provider=provider)
     if not uri.startswith(("http://", "https://")):
         raise UpstreamBadResponse(f"{provider} sent an output URL that is neither http(s) nor a data URI.")
-    response = await send(client, "GET", uri, provider=provider, timeout=timeout, max_bytes=max_bytes,
-                          headers=dict(headers or {}))
+    response = await send(
+        client, "GET", uri, provider=provider, timeout=timeout, max_bytes=max_bytes, headers=dict(headers or {})
+    )
     if response.status_code != 200:
         raise UpstreamError(f"Downloading the {provider} output gave HTTP {response.status_code}.")
     return image_from_bytes(response.body, provider=provider)
@@ -422,8 +426,15 @@ class _Link:
         return left
 
     async def send(self, call: Call, timeout: float, max_bytes: int | None = None) -> UpstreamResponse:
-        return await send(self.client, call.method, call.url, provider=self.provider, timeout=timeout,
-                          max_bytes=self.max_bytes if max_bytes is None else max_bytes, **call.kwargs())
+        return await send(
+            self.client,
+            call.method,
+            call.url,
+            provider=self.provider,
+            timeout=timeout,
+            max_bytes=self.max_bytes if max_bytes is None else max_bytes,
+            **call.kwargs(),
+        )
 
     async def checked(self, call: Call, job: PollingJob, status: JobStatus | None = None) -> UpstreamResponse:
         response = await self.send(call, self.remaining(status))
@@ -469,8 +480,13 @@ async def _watch(job: PollingJob, link: _Link, status: JobStatus, interval: floa
     try:
         while status.state == "pending":
             status = await _poll(job, link, tracked, interval)
-            tracked = replace(status, poll=status.poll or tracked.poll, cancel=status.cancel or tracked.cancel,
-                              result=status.result or tracked.result, job_id=status.job_id or tracked.job_id)
+            tracked = replace(
+                status,
+                poll=status.poll or tracked.poll,
+                cancel=status.cancel or tracked.cancel,
+                result=status.result or tracked.result,
+                job_id=status.job_id or tracked.job_id,
+            )
         return tracked
     except ImagegateError:
         await _cancel(link, tracked.cancel)  # timed out or lost track of it: stop paying for it
@@ -520,8 +536,9 @@ async def _cancel(link: _Link, call: Call | None) -> None:
 
 async def _download(link: _Link, uri: str) -> ProviderImage:
     left = link.started + link.timeout - time.monotonic()
-    return await download_image(link.client, uri, provider=link.provider, max_bytes=link.max_bytes,
-                                timeout=max(left, MIN_DOWNLOAD_TIMEOUT_S))
+    return await download_image(
+        link.client, uri, provider=link.provider, max_bytes=link.max_bytes, timeout=max(left, MIN_DOWNLOAD_TIMEOUT_S)
+    )
 
 
 async def _all_or_none(downloads: list[Coroutine[Any, Any, ProviderImage]]) -> list[ProviderImage]:
@@ -533,4 +550,3 @@ async def _all_or_none(downloads: list[Coroutine[Any, Any, ProviderImage]]) -> l
         for task in tasks:
             task.cancel()
         raise
-

@@ -45,8 +45,9 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     if exc.status_code == 404:
         return error_response(NotFound(f"No route {request.method} {request.url.path}."))
     if exc.status_code == 405:
-        err = InvalidRequest(f"Method {request.method} is not allowed on {request.url.path}.",
-                             code="method_not_allowed")
+        err = InvalidRequest(
+            f"Method {request.method} is not allowed on {request.url.path}.", code="method_not_allowed"
+        )
         err.status_code = 405
         return error_response(err)
     return error_response(InvalidRequest(str(exc.detail)))
@@ -55,8 +56,12 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 async def _client_gone(request: Request, exc: Exception) -> Response:
     """The client hung up while its body was being read: routine, not a server error (the
     catch-all below would log a traceback twice). Nobody reads the answer."""
-    log.info("client disconnected before sending its whole request: %s %s request_id=%s", request.method,
-             request.url.path, request.scope.get("state", {}).get("request_id", "-"))
+    log.info(
+        "client disconnected before sending its whole request: %s %s request_id=%s",
+        request.method,
+        request.url.path,
+        request.scope.get("state", {}).get("request_id", "-"),
+    )
     return Response(status_code=CLIENT_CLOSED_REQUEST)
 
 

@@ -42,7 +42,8 @@ class RequestIdMiddleware:
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message.setdefault("headers", []).extend(
-                    [(b"x-request-id", echoed), (b"x-imagegate-request-id", request_id.encode("latin-1"))])
+                    [(b"x-request-id", echoed), (b"x-imagegate-request-id", request_id.encode("latin-1"))]
+                )
             await send(message)
 
         await self.app(scope, receive, send_with_id)
@@ -79,18 +80,36 @@ class BodySizeLimitMiddleware:
 
     async def _reject(self, send: Send) -> None:
         body = json.dumps(PayloadTooLarge(self._message()).to_openai_json()).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
 
 # CORS (IMAGEGATE_CORS_ORIGINS): what browser clients send, and the response headers they may read.
-CORS_ALLOW_HEADERS = ("authorization", "content-type", "idempotency-key", "x-request-id", "openai-organization",
-                      "openai-project")
+CORS_ALLOW_HEADERS = (
+    "authorization",
+    "content-type",
+    "idempotency-key",
+    "x-request-id",
+    "openai-organization",
+    "openai-project",
+)
 CORS_HEADER_FAMILY = "x-stainless-"  # the openai SDKs' telemetry headers; new ones appear with SDK releases
-CORS_EXPOSE_HEADERS = ("x-request-id", "x-imagegate-request-id", "x-imagegate-provider", "x-imagegate-model",
-                       "x-imagegate-adjusted", "x-imagegate-idempotent-replayed", "x-imagegate-original-request-id",
-                       "retry-after")
+CORS_EXPOSE_HEADERS = (
+    "x-request-id",
+    "x-imagegate-request-id",
+    "x-imagegate-provider",
+    "x-imagegate-model",
+    "x-imagegate-adjusted",
+    "x-imagegate-idempotent-replayed",
+    "x-imagegate-original-request-id",
+    "retry-after",
+)
 
 
 class ApiCORSMiddleware(CORSMiddleware):
@@ -98,8 +117,13 @@ class ApiCORSMiddleware(CORSMiddleware):
     are answered here, before routing, so they never need an API key."""
 
     def __init__(self, app: ASGIApp, origins: list[str]) -> None:
-        super().__init__(app, allow_origins=origins, allow_methods=("GET", "POST"), allow_headers=CORS_ALLOW_HEADERS,
-                         expose_headers=CORS_EXPOSE_HEADERS)
+        super().__init__(
+            app,
+            allow_origins=origins,
+            allow_methods=("GET", "POST"),
+            allow_headers=CORS_ALLOW_HEADERS,
+            expose_headers=CORS_EXPOSE_HEADERS,
+        )
 
     def preflight_response(self, request_headers: Headers) -> Response:
         requested = [h.strip().lower() for h in request_headers.get("access-control-request-headers", "").split(",")]

@@ -46,8 +46,11 @@ def _check_text(text: str, param: str) -> None:
         try:
             text.encode("utf-8")
         except UnicodeEncodeError as exc:
-            raise InvalidRequest(f"'{printable(param)}' contains text that is not valid Unicode (a lone surrogate).",
-                                 param=printable(param), code="invalid_text") from exc
+            raise InvalidRequest(
+                f"'{printable(param)}' contains text that is not valid Unicode (a lone surrogate).",
+                param=printable(param),
+                code="invalid_text",
+            ) from exc
 
 
 def check_values(params: dict[str, Any]) -> None:
@@ -61,12 +64,18 @@ def check_values(params: dict[str, Any]) -> None:
             if isinstance(item, str):
                 _check_text(item, name)
             elif isinstance(item, float) and not math.isfinite(item):
-                raise InvalidRequest(f"'{printable(name)}' contains {item!r}; numbers must be finite.",
-                                     param=printable(name), code="invalid_number")
+                raise InvalidRequest(
+                    f"'{printable(name)}' contains {item!r}; numbers must be finite.",
+                    param=printable(name),
+                    code="invalid_number",
+                )
             elif isinstance(item, (dict, list)):
                 if depth >= MAX_NESTING:
-                    raise InvalidRequest(f"'{printable(name)}' is nested more than {MAX_NESTING} levels deep.",
-                                         param=printable(name), code="nested_too_deeply")
+                    raise InvalidRequest(
+                        f"'{printable(name)}' is nested more than {MAX_NESTING} levels deep.",
+                        param=printable(name),
+                        code="nested_too_deeply",
+                    )
                 if isinstance(item, dict):
                     for key in item:
                         _check_text(key, name)
@@ -80,8 +89,9 @@ async def read_json(request: Request) -> dict[str, Any]:
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise InvalidRequest("The request body is not valid JSON (or is nested too deeply).",
-                             code="invalid_json") from exc
+        raise InvalidRequest(
+            "The request body is not valid JSON (or is nested too deeply).", code="invalid_json"
+        ) from exc
     if not isinstance(data, dict):
         raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
     check_values(data)
@@ -94,8 +104,9 @@ def _is_json(request: Request) -> bool:
 
 async def parse_generation(request: Request) -> ImageJob:
     if not _is_json(request):
-        raise InvalidRequest("images/generations takes a JSON body (Content-Type: application/json).",
-                             code="unsupported_content_type")
+        raise InvalidRequest(
+            "images/generations takes a JSON body (Content-Type: application/json).", code="unsupported_content_type"
+        )
     params = await read_json(request)
     for name in ("image", "images", "mask"):
         if name in params:
@@ -120,15 +131,17 @@ def _set_nested(target: dict[str, Any], key: str, value: str) -> None:
         return
     path = [match.group(1), *_BRACKETS.findall(match.group(2))]
     if len(path) > MAX_NESTING:
-        raise InvalidRequest(f"Form field {printable(key[:80])!r}... is nested more than {MAX_NESTING} levels deep.",
-                             param=printable(path[0]), code="nested_too_deeply")
+        raise InvalidRequest(
+            f"Form field {printable(key[:80])!r}... is nested more than {MAX_NESTING} levels deep.",
+            param=printable(path[0]),
+            code="nested_too_deeply",
+        )
     node: Any = target
     for part, following in zip(path, path[1:], strict=False):
         container: Any = [] if following == "" else {}
         child = node.setdefault(part, container) if isinstance(node, dict) else None
         if type(child) is not type(container):
-            raise InvalidRequest(f"Form field {key!r} conflicts with another field of that name.",
-                                 param=path[0])
+            raise InvalidRequest(f"Form field {key!r} conflicts with another field of that name.", param=path[0])
         node = child
     if path[-1] == "":
         node.append(value)
@@ -140,8 +153,9 @@ def _utf8(raw: bytes | bytearray, param: str) -> str:
     try:
         return bytes(raw).decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise InvalidRequest(f"Form field {printable(param)!r} is not valid UTF-8.", param=printable(param),
-                             code="invalid_text") from exc
+        raise InvalidRequest(
+            f"Form field {printable(param)!r} is not valid UTF-8.", param=printable(param), code="invalid_text"
+        ) from exc
 
 
 def _charset(content_type: bytes | str) -> str | None:
@@ -164,8 +178,11 @@ class Utf8MultiPartParser(MultiPartParser):
         for header, value in part.item_headers:
             charset = _charset(value) if header == b"content-type" else None
             if part.file is None and charset is not None and charset not in UTF8_NAMES:
-                raise InvalidRequest(f"Form field {printable(name)!r} declares charset {charset!r}; "
-                                     "text fields must be UTF-8.", param=printable(name), code="unsupported_charset")
+                raise InvalidRequest(
+                    f"Form field {printable(name)!r} declares charset {charset!r}; text fields must be UTF-8.",
+                    param=printable(name),
+                    code="unsupported_charset",
+                )
 
     async def parse(self) -> FormData:
         form = await super().parse()
@@ -188,12 +205,14 @@ class Utf8MultiPartParser(MultiPartParser):
 async def read_form(request: Request) -> FormData:
     charset = _charset(request.headers.get("content-type", ""))
     if charset is not None and charset not in UTF8_NAMES:
-        raise InvalidRequest(f"The multipart body declares charset {charset!r}; text fields must be UTF-8.",
-                             code="unsupported_charset")
+        raise InvalidRequest(
+            f"The multipart body declares charset {charset!r}; text fields must be UTF-8.", code="unsupported_charset"
+        )
     try:
         async with aclosing(request.stream()) as stream:
-            return await Utf8MultiPartParser(request.headers, stream, max_files=MAX_FILES,
-                                             max_fields=MAX_FIELDS).parse()
+            return await Utf8MultiPartParser(
+                request.headers, stream, max_files=MAX_FILES, max_fields=MAX_FIELDS
+            ).parse()
     except MultiPartException as exc:
         raise InvalidRequest(exc.message, code="invalid_multipart") from exc
 
@@ -212,16 +231,20 @@ async def _parse_multipart_edit(request: Request) -> ImageJob:
                 elif key == "mask":
                     mask = data
                 else:
-                    raise InvalidRequest(f"Unexpected file field {key!r}; files go in 'image', 'image[]' or 'mask'.",
-                                         param=key)
+                    raise InvalidRequest(
+                        f"Unexpected file field {key!r}; files go in 'image', 'image[]' or 'mask'.", param=key
+                    )
             elif key in ("image", "image[]"):
                 images.append(value)  # a URL or data URI sent as a plain field
             elif key == "mask":
                 mask = value or None
             elif key == "_charset_":  # an HTML form naming its encoding: only UTF-8 is read
                 if value.strip().lower() not in UTF8_NAMES:
-                    raise InvalidRequest(f"'_charset_' is {printable(value)!r}; text fields must be UTF-8.",
-                                         param="_charset_", code="unsupported_charset")
+                    raise InvalidRequest(
+                        f"'_charset_' is {printable(value)!r}; text fields must be UTF-8.",
+                        param="_charset_",
+                        code="unsupported_charset",
+                    )
             else:
                 _set_nested(params, key, value)
         check_values(params)

@@ -79,8 +79,9 @@ def _last(header: str | None) -> str | None:
     return value or None
 
 
-def public_base_url(headers: Mapping[str, str], *, scheme: str, peer: str | None,
-                    trusted: Iterable[IPNetwork], fallback: str) -> str:
+def public_base_url(
+    headers: Mapping[str, str], *, scheme: str, peer: str | None, trusted: Iterable[IPNetwork], fallback: str
+) -> str:
     """`scheme://host[:port]` of what the client called, else `fallback` (the configured one)."""
     host, proto = headers.get("host"), scheme
     if is_trusted(peer, trusted):

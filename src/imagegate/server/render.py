@@ -105,8 +105,13 @@ class PiecesResponse(Response):
     body first (one 2 MB copy less per 1K image). `joined()` makes the one buffer for the rare
     reader that needs it (Idempotency-Key storage)."""
 
-    def __init__(self, pieces: list[bytes | memoryview], status_code: int = 200,
-                 headers: dict[str, str] | None = None, media_type: str | None = None) -> None:
+    def __init__(
+        self,
+        pieces: list[bytes | memoryview],
+        status_code: int = 200,
+        headers: dict[str, str] | None = None,
+        media_type: str | None = None,
+    ) -> None:
         self.pieces = [piece for piece in pieces if len(piece)]
         self.status_code = status_code
         self.media_type = media_type
@@ -128,8 +133,10 @@ class PiecesResponse(Response):
 
 def model_list(gateway: Gateway) -> dict[str, Any]:
     """GET /v1/models (and `imagegate models`): every card, and what an operator must know."""
-    body: dict[str, Any] = {"object": "list", "data": model_cards(
-        gateway.router, default_response_format=gateway.settings.default_response_format)}
+    body: dict[str, Any] = {
+        "object": "list",
+        "data": model_cards(gateway.router, default_response_format=gateway.settings.default_response_format),
+    }
     if notice := gateway.notice():
         body["notice"] = notice
     return body
@@ -137,12 +144,16 @@ def model_list(gateway: Gateway) -> dict[str, Any]:
 
 def model_cards(router: Router, *, default_response_format: str | None = None) -> list[dict[str, Any]]:
     """GET /models: each model's card, followed by one card per alias of it."""
-    return [model_card(router.model(name), router, name, default_response_format=default_response_format)
-            for model in router.catalog for name in (model.id, *model.aliases)]
+    return [
+        model_card(router.model(name), router, name, default_response_format=default_response_format)
+        for model in router.catalog
+        for name in (model.id, *model.aliases)
+    ]
 
 
-def model_card(model: ModelEntry, router: Router, requested: str | None = None, *,
-               default_response_format: str | None = None) -> dict[str, Any]:
+def model_card(
+    model: ModelEntry, router: Router, requested: str | None = None, *, default_response_format: str | None = None
+) -> dict[str, Any]:
     """Everything a client needs to know about a model, straight from the catalog (with the
     operator's IMAGEGATE_DEFAULT_RESPONSE_FORMAT as response_format's default). Asked for by an
     alias (`requested`), the card carries that id and says which model it is an alias of."""
@@ -180,8 +191,7 @@ def model_card(model: ModelEntry, router: Router, requested: str | None = None, 
                 "max_images_per_call": model.providers[provider_id].max_images_per_call,
                 "price": model.binding_price(provider_id).model_dump(),
                 "parameters": {
-                    name: h.model_dump(exclude_none=True)
-                    for name, h in model.providers[provider_id].parameters.items()
+                    name: h.model_dump(exclude_none=True) for name, h in model.providers[provider_id].parameters.items()
                 },
             }
             for provider_id in router.provider_order(model)

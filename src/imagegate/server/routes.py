@@ -47,9 +47,13 @@ def _public_base_url(request: Request) -> str:
     settings = _gateway(request).settings
     if settings.public_url:
         return settings.base_public_url
-    return public_base_url(request.headers, scheme=request.url.scheme,
-                           peer=request.client.host if request.client else None,
-                           trusted=settings.trusted_proxy_networks, fallback=settings.base_public_url)
+    return public_base_url(
+        request.headers,
+        scheme=request.url.scheme,
+        peer=request.client.host if request.client else None,
+        trusted=settings.trusted_proxy_networks,
+        fallback=settings.base_public_url,
+    )
 
 
 async def _run(request: Request, job: ImageJob, key_id: str | None) -> Response:
@@ -71,16 +75,18 @@ async def _serve(request: Request, job: ImageJob, key_id: str | None) -> Respons
         response = images_response(outcome)
         headers = {k: v for k, v in response.headers.items() if k != "content-length"}
         headers["x-imagegate-original-request-id"] = job.request_id
-        return StoredResponse(response.status_code, headers, body_of(response),
-                              result_names(image.url for image in outcome.images))
+        return StoredResponse(
+            response.status_code, headers, body_of(response), result_names(image.url for image in outcome.images)
+        )
 
     key = request.headers.get("idempotency-key")
     if key is None:
         return images_response(await gateway.service.create(job))
     scope = idempotency_scope(key, key_id, job.mode)
     fingerprint = await anyio.to_thread.run_sync(request_fingerprint, job.mode, job.params, job.images, job.mask)
-    stored, replayed = await gateway.idempotency.run_once(scope, fingerprint, produce,
-                                                          gateway.settings.request_timeout_seconds)
+    stored, replayed = await gateway.idempotency.run_once(
+        scope, fingerprint, produce, gateway.settings.request_timeout_seconds
+    )
     # A kept answer outlives its result URLs (1 h against 24 h by default). Those still served
     # are replayed as they are: they are live. Expired ones are stored again from the answer's
     # b64_json where it has one (`both`, the default). A url-only answer's images are deleted, and
@@ -91,7 +97,9 @@ async def _serve(request: Request, job: ImageJob, key_id: str | None) -> Respons
         if reissued is None:
             raise IdempotentResultsGone(
                 "The answer kept for this Idempotency-Key points at result URLs that have expired. Send the "
-                "request with a new Idempotency-Key to generate again.", param="Idempotency-Key")
+                "request with a new Idempotency-Key to generate again.",
+                param="Idempotency-Key",
+            )
         stored = reissued
     return _replay(stored, replayed=replayed)
 
@@ -122,8 +130,14 @@ async def get_model(request: Request) -> Response:
     await authenticate(request)
     gateway = _gateway(request)
     model_id = request.path_params["model_id"]
-    return json_response(model_card(gateway.router.model(model_id), gateway.router, model_id,
-                                    default_response_format=gateway.settings.default_response_format))
+    return json_response(
+        model_card(
+            gateway.router.model(model_id),
+            gateway.router,
+            model_id,
+            default_response_format=gateway.settings.default_response_format,
+        )
+    )
 
 
 async def get_result(request: Request) -> Response:
@@ -132,9 +146,11 @@ async def get_result(request: Request) -> Response:
     if stored is None:
         raise NotFound("This result does not exist or has expired.", code="result_not_found")
     max_age = int(min(3600, _gateway(request).settings.result_ttl_seconds))
-    return FileResponse(stored.path, media_type=stored.content_type,
-                        headers={"cache-control": f"private, max-age={max_age}",
-                                 "x-content-type-options": "nosniff"})  # never sniffed as HTML
+    return FileResponse(
+        stored.path,
+        media_type=stored.content_type,
+        headers={"cache-control": f"private, max-age={max_age}", "x-content-type-options": "nosniff"},
+    )  # never sniffed as HTML
 
 
 async def health(request: Request) -> Response:

@@ -114,14 +114,17 @@ def _raw_response(error: ImagegateError, extra_headers: str = "") -> bytes:
     """A whole HTTP/1.1 answer, written before the parser has a request (so not through it)."""
     body = json.dumps(error.to_openai_json()).encode()
     phrase = http.HTTPStatus(error.status_code).phrase
-    head = (f"HTTP/1.1 {error.status_code} {phrase}\r\ncontent-type: application/json\r\n"
-            f"content-length: {len(body)}\r\nconnection: close\r\n{extra_headers}\r\n")
+    head = (
+        f"HTTP/1.1 {error.status_code} {phrase}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n{extra_headers}\r\n"
+    )
     return head.encode("latin-1") + body
 
 
 HEADER_TIMEOUT_RESPONSE = _raw_response(RequestTimeout("The request head was not received in time."))
-BUSY_RESPONSE = _raw_response(ServerBusy("The server has too many open connections; try again shortly."),
-                              "retry-after: 1\r\n")
+BUSY_RESPONSE = _raw_response(
+    ServerBusy("The server has too many open connections; try again shortly."), "retry-after: 1\r\n"
+)
 
 
 class _NotifyingFlow(FlowControl):
@@ -191,8 +194,13 @@ class _Guard:
 
     def _refuse(self) -> None:
         self._refused = True
-        throttled.log(logging.WARNING, "connections", "refusing connections: %d are open "
-                      "(IMAGEGATE_MAX_CONNECTIONS=%d)", len(self.connections) - 1, self.limits.max_connections)
+        throttled.log(
+            logging.WARNING,
+            "connections",
+            "refusing connections: %d are open (IMAGEGATE_MAX_CONNECTIONS=%d)",
+            len(self.connections) - 1,
+            self.limits.max_connections,
+        )
         self.transport.write(BUSY_RESPONSE)
         self.transport.close()
 
@@ -281,11 +289,20 @@ class _Guard:
         if head_expired and phase in (IDLE, HEAD):
             if phase == HEAD:  # it started a request: say why it ends
                 self.transport.write(HEADER_TIMEOUT_RESPONSE)
-            throttled.log(logging.INFO, "header-timeout", "closed a connection whose request head was not "
-                          "complete within %gs", self.limits.header_timeout)
+            throttled.log(
+                logging.INFO,
+                "header-timeout",
+                "closed a connection whose request head was not complete within %gs",
+                self.limits.header_timeout,
+            )
         elif phase == BODY:
-            throttled.log(logging.INFO, "body-slow", "closed a connection whose request body stalled (idle %gs) "
-                          "or trickled (under %g bytes/s)", self.limits.idle_timeout, self.limits.min_body_rate)
+            throttled.log(
+                logging.INFO,
+                "body-slow",
+                "closed a connection whose request body stalled (idle %gs) or trickled (under %g bytes/s)",
+                self.limits.idle_timeout,
+                self.limits.min_body_rate,
+            )
         # else an idle keep-alive connection (or one that never spoke): closing it is routine
         self.transport.close()
 
@@ -294,8 +311,13 @@ class GuardedHttpToolsProtocol(_Guard, HttpToolsProtocol):
     """uvicorn's httptools protocol with the guard; the parser's callbacks say which phase the
     client is in."""
 
-    def __init__(self, config: uvicorn.Config, server_state: ServerState, app_state: dict[str, Any],
-                 _loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
         self._guard_init(config)
         self._client_phase: Phase = IDLE
         super().__init__(config, server_state, app_state, _loop)
@@ -345,8 +367,13 @@ class GuardedHttpToolsProtocol(_Guard, HttpToolsProtocol):
 
 def _loop_exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
     if context.get("message") == ACCEPT_FAILED:
-        throttled.log(logging.WARNING, "accept", "accept() failed: %s; new connections wait in the backlog "
-                      "(descriptor limit %s)", context.get("exception"), descriptor_limit())
+        throttled.log(
+            logging.WARNING,
+            "accept",
+            "accept() failed: %s; new connections wait in the backlog (descriptor limit %s)",
+            context.get("exception"),
+            descriptor_limit(),
+        )
         return
     loop.default_exception_handler(context)
 
@@ -416,8 +443,12 @@ def default_max_connections(descriptors: int | None) -> int:
 
 def limits_from(settings: Settings) -> ConnectionLimits:
     max_connections = settings.max_connections or default_max_connections(descriptor_limit())
-    return ConnectionLimits(settings.header_timeout_seconds, settings.idle_timeout_seconds, max_connections,
-                            settings.min_body_bytes_per_second)
+    return ConnectionLimits(
+        settings.header_timeout_seconds,
+        settings.idle_timeout_seconds,
+        max_connections,
+        settings.min_body_bytes_per_second,
+    )
 
 
 def _log_config(log_level: str) -> dict[str, Any]:
@@ -433,11 +464,19 @@ def build_config(app: Any, settings: Settings, *, log_level: str = "info", **opt
     descriptors = raise_descriptor_limit()
     limits = limits_from(settings)
     if descriptors is not None and limits.max_connections >= descriptors:
-        log.warning("IMAGEGATE_MAX_CONNECTIONS=%d is not below the descriptor limit (%d): accept() will fail "
-                    "before connections are refused", limits.max_connections, descriptors)
+        log.warning(
+            "IMAGEGATE_MAX_CONNECTIONS=%d is not below the descriptor limit (%d): accept() will fail "
+            "before connections are refused",
+            limits.max_connections,
+            descriptors,
+        )
     values: dict[str, Any] = {
-        "host": settings.host, "port": settings.port, "log_level": log_level, "log_config": _log_config(log_level),
-        "http": GuardedHttpToolsProtocol, "loop": loop_for(limits, descriptors),
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": log_level,
+        "log_config": _log_config(log_level),
+        "http": GuardedHttpToolsProtocol,
+        "loop": loop_for(limits, descriptors),
         # uvicorn's own keep-alive timer, kept in step with ours (it takes whole seconds).
         "timeout_keep_alive": max(1, round(settings.idle_timeout_seconds)),
         # X-Forwarded-* are judged by the gateway (IMAGEGATE_TRUSTED_PROXIES), not believed from any
