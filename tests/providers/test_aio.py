@@ -4,6 +4,7 @@ loopback servers."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 from collections.abc import AsyncIterator
@@ -187,3 +188,42 @@ def test_the_gateway_calls_its_upstream_with_the_configured_client(
     )
     assert result.data and result.data[0].b64_json
     assert agent in fake_gemini.requests[-1].headers["user-agent"]
+
+
+async def _raw_server(answer: bytes) -> tuple[asyncio.AbstractServer, str]:
+    """A loopback HTTP/1.1 server that answers every request with these exact bytes."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    return server, f"http://127.0.0.1:{port}/"
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+async def test_a_body_of_many_buffers_is_read_whole_and_capped(fast: Any, framing: str) -> None:
+    """The body is read buffer by buffer (no re-chunking copy): several megabytes, and a chunked
+    body whose chunk boundaries are not its end, come back whole; the cap still counts every byte."""
+    client, _ = fast
+    body = bytes(range(256)) * (3 * 4096 + 7)  # ~3 MB, more than one socket read
+    if framing == "chunked":
+        pieces = [body[i : i + 100_000] for i in range(0, len(body), 100_000)]
+        payload = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
+        head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+    else:
+        payload = body
+        head = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(body)
+    server, url = await _raw_server(head + payload)
+    try:
+        response = await send(client, "GET", url, provider="t", timeout=10, max_bytes=len(body))
+        assert response.body == body
+        with pytest.raises(UpstreamError) as info:
+            await send(client, "GET", url, provider="t", timeout=10, max_bytes=len(body) - 1)
+        assert info.value.code == "upstream_response_too_large"
+    finally:
+        server.close()
+        await server.wait_closed()

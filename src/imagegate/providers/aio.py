@@ -40,8 +40,6 @@ from ..errors import (
     UpstreamTimeout,
 )
 
-# Read the body in pieces this large (aiohttp's own buffer decides what is there already).
-READ_CHUNK_BYTES = 1 << 20
 # The keyword arguments of `send` this module takes as they are; any other goes to httpx.
 HANDLED = frozenset({"json", "headers", "content", "params"})
 
@@ -131,9 +129,17 @@ class AiohttpUpstream:
 
 
 async def _read_capped(response: aiohttp.ClientResponse, max_bytes: int) -> bytes:
+    """The body, as the buffers aiohttp received joined once. `readchunk` hands over each buffer
+    as it is; `read(n)` / `iter_chunked(n)` would first join the buffered ones into a piece of their
+    own, a second copy of every megabyte."""
     chunks: list[bytes] = []
     total = 0
-    async for chunk in response.content.iter_chunked(READ_CHUNK_BYTES):
+    while True:
+        chunk, end_of_http_chunk = await response.content.readchunk()
+        if not chunk:
+            if end_of_http_chunk:
+                continue  # a chunked body's chunk boundary, not its end
+            break
         total += len(chunk)
         if total > max_bytes:
             raise TooLarge
