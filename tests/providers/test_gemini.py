@@ -11,7 +11,6 @@ is in test_contract.py; this file keeps what is specific to this upstream.
 from __future__ import annotations
 
 import base64
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -42,6 +41,7 @@ from tests.fakes.gemini import (
 )
 from tests.fakes.images import color_for, detect_mime, image_size, pixel_at
 
+from .cases import lookup
 from .inputs import JPEG, MASK, PNG, WEBP
 
 MODEL = load_builtin_catalog().get("gemini-3-pro-image-preview")
@@ -271,24 +271,6 @@ async def test_snake_case_extra_merges_into_the_built_dict(provider: GeminiProvi
 
 
 # --- catalog <-> adapter drift ----------------------------------------------------------------
-
-
-def lookup(node: Any, path: str) -> list[Any]:
-    """Values at a declared path: 'a.b', 'a[0].b', 'a.parts[].inline_data' ([] = any element)."""
-    nodes = [node]
-    for token in re.findall(r"\[\d*\]|[^.\[\]]+", path):
-        found: list[Any] = []
-        for current in nodes:
-            if token == "[]":
-                found.extend(current if isinstance(current, list) else [])
-            elif token.startswith("["):
-                index = int(token[1:-1])
-                if isinstance(current, list) and index < len(current):
-                    found.append(current[index])
-            elif isinstance(current, dict) and token in current:
-                found.append(current[token])
-        nodes = found
-    return nodes
 
 
 _LAYOUT = resolve_layout(MODEL, aspect_ratio="21:9", resolution="2K")

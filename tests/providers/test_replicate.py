@@ -43,6 +43,7 @@ from tests.fakes.replicate import (
     RawResponse,
 )
 
+from .cases import lookup
 from .inputs import JPEG, MASK, PNG, data_uri
 
 _model = load_builtin_catalog().get("gemini-3-pro-image-preview")
@@ -281,16 +282,6 @@ DRIFT_CASES: dict[str, tuple[dict[str, Any], Callable[[list[Any]], bool]]] = {
     "allow_fallback_model": ({"options": {"allow_fallback_model": True}}, lambda v: v == [True]),
 }
 SENT_PARAMS = [name for name, h in BINDING.parameters.items() if h.handling in ("passthrough", "renamed", "converted")]
-
-
-def lookup(body: dict[str, Any], path: str) -> list[Any]:
-    """Values at a dotted path such as 'input.image_input'."""
-    node: Any = body
-    for key in path.split("."):
-        if not isinstance(node, dict) or key not in node:
-            return []
-        node = node[key]
-    return [node]
 
 
 def test_binding_declares_sent_params() -> None:
