@@ -49,7 +49,6 @@ from ..imaging import ImageBytes
 from ..params import NOT_SENT
 from ..plugins import ProviderSpec, catalog_file, http_settings
 from .base import (
-    HttpProvider,
     ProviderRequest,
     ProviderResult,
     merge_passthrough,
@@ -58,12 +57,12 @@ from .transport import (
     Call,
     JobStatus,
     PollingJob,
+    PollingProvider,
     UpstreamResponse,
     error_for_status,
     json_or_none,
     parse_json,
     retry_after_seconds,
-    run_job,
     upstream_text,
 )
 
@@ -292,7 +291,7 @@ class FluxTask(PollingJob):
 # --- the adapter -----------------------------------------------------------------------------
 
 
-class BflProvider(HttpProvider):
+class BflProvider(PollingProvider):
     provider_id = PROVIDER
     key_env_var = "BFL_API_KEY"
     base_url_env_var = "BFL_BASE_URL"
@@ -307,13 +306,7 @@ class BflProvider(HttpProvider):
         return await self._run(request)
 
     async def _run(self, request: ProviderRequest) -> ProviderResult:
-        return await run_job(
-            FluxTask(self.base_url, self.api_key, request),
-            client=self.client,
-            timeout=self.timeout,
-            max_bytes=self.max_response_bytes,
-            interval=self.poll_interval,
-        )
+        return await self.run_polling(FluxTask(self.base_url, self.api_key, request))
 
 
 def register_providers(register: Callable[[ProviderSpec], None]) -> None:

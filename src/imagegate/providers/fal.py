@@ -24,7 +24,6 @@ from typing import Any
 from ..errors import ContentPolicyViolation, ImagegateError, NoImageGenerated, UpstreamBadResponse, UpstreamError
 from ..plugins import ProviderSpec
 from .base import (
-    HttpProvider,
     ProviderRequest,
     ProviderResult,
     merge_passthrough,
@@ -34,12 +33,12 @@ from .transport import (
     Call,
     JobStatus,
     PollingJob,
+    PollingProvider,
     UpstreamResponse,
     error_for_status,
     json_or_none,
     parse_json,
     retry_after_seconds,
-    run_job,
     upstream_text,
 )
 
@@ -285,7 +284,7 @@ class QueueJob(PollingJob):
 # --- the adapter -----------------------------------------------------------------------------
 
 
-class FalProvider(HttpProvider):
+class FalProvider(PollingProvider):
     provider_id = "fal"
     key_env_var = "FAL_KEY"
     base_url_env_var = "FAL_BASE_URL"
@@ -300,14 +299,7 @@ class FalProvider(HttpProvider):
         return await self._run(request, request.plan.upstream_for("edit"))
 
     async def _run(self, request: ProviderRequest, endpoint: str) -> ProviderResult:
-        job = QueueJob(self.base_url, self.api_key, request, endpoint)
-        return await run_job(
-            job,
-            client=self.client,
-            timeout=self.timeout,
-            max_bytes=self.max_response_bytes,
-            interval=self.poll_interval,
-        )
+        return await self.run_polling(QueueJob(self.base_url, self.api_key, request, endpoint))
 
 
 def register_providers(register: Callable[[ProviderSpec], None]) -> None:

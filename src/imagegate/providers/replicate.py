@@ -35,7 +35,6 @@ from ..errors import (
 )
 from ..plugins import ProviderSpec
 from .base import (
-    HttpProvider,
     ProviderRequest,
     ProviderResult,
     merge_passthrough,
@@ -45,12 +44,12 @@ from .transport import (
     Call,
     JobStatus,
     PollingJob,
+    PollingProvider,
     UpstreamResponse,
     error_for_status,
     json_or_none,
     parse_json,
     retry_after_seconds,
-    run_job,
     upstream_text,
 )
 
@@ -265,7 +264,7 @@ class PredictionJob(PollingJob):
 # --- the adapter -----------------------------------------------------------------------------
 
 
-class ReplicateProvider(HttpProvider):
+class ReplicateProvider(PollingProvider):
     provider_id = PROVIDER
     key_env_var = "REPLICATE_API_TOKEN"
     base_url_env_var = "REPLICATE_BASE_URL"
@@ -280,14 +279,7 @@ class ReplicateProvider(HttpProvider):
         return await self._predict(request)
 
     async def _predict(self, request: ProviderRequest) -> ProviderResult:
-        job = PredictionJob(self.base_url, self.api_key, request, self.timeout)
-        return await run_job(
-            job,
-            client=self.client,
-            timeout=self.timeout,
-            max_bytes=self.max_response_bytes,
-            interval=self.poll_interval,
-        )
+        return await self.run_polling(PredictionJob(self.base_url, self.api_key, request, self.timeout))
 
 
 def register_providers(register: Callable[[ProviderSpec], None]) -> None:

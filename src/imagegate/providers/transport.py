@@ -46,7 +46,7 @@ from ..errors import (
 )
 from ..imaging import MIME_BY_FORMAT, ImageBytes, decode_b64_image, sniff_format
 from . import aio
-from .base import ProviderImage, ProviderResult
+from .base import HttpProvider, ProviderImage, ProviderResult
 
 
 @dataclass(frozen=True)
@@ -473,6 +473,23 @@ async def run_job(
     if status.text is not None:
         images = [replace(image, revised_prompt=status.text) for image in images]
     return ProviderResult(images=images, text=status.text)
+
+
+class PollingProvider(HttpProvider):
+    """An upstream that works by jobs (Replicate, fal, BFL): each call is a `PollingJob` run by
+    `run_job` with this provider's client, timeout, size cap and poll interval."""
+
+    # Seconds between polls of an unfinished job; IMAGEGATE_POLL_INTERVAL_SECONDS or tests change it.
+    poll_interval: float = 1.0
+
+    async def run_polling(self, job: PollingJob) -> ProviderResult:
+        return await run_job(
+            job,
+            client=self.client,
+            timeout=self.timeout,
+            max_bytes=self.max_response_bytes,
+            interval=self.poll_interval,
+        )
 
 
 async def _watch(job: PollingJob, link: _Link, status: JobStatus, interval: float) -> JobStatus:
