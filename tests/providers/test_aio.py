@@ -5,6 +5,7 @@ loopback servers."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import socket
 from collections.abc import AsyncIterator
@@ -204,10 +205,15 @@ async def _raw_server(answer: bytes) -> tuple[asyncio.AbstractServer, str]:
     return server, f"http://127.0.0.1:{port}/"
 
 
+@pytest.mark.parametrize("whole_body_bytes", [aio.WHOLE_BODY_BYTES, 1000], ids=["awaited-whole", "buffer-by-buffer"])
 @pytest.mark.parametrize("framing", ["content-length", "chunked"])
-async def test_a_body_of_many_buffers_is_read_whole_and_capped(fast: Any, framing: str) -> None:
-    """The body is read buffer by buffer (no re-chunking copy): several megabytes, and a chunked
-    body whose chunk boundaries are not its end, come back whole; the cap still counts every byte."""
+async def test_a_body_of_many_buffers_is_read_whole_and_capped(
+    fast: Any, framing: str, whole_body_bytes: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The body is read buffer by buffer (no re-chunking copy), or awaited whole when its declared
+    length fits: several megabytes, and a chunked body whose chunk boundaries are not its end,
+    come back whole; the cap still counts every byte."""
+    monkeypatch.setattr(aio, "WHOLE_BODY_BYTES", whole_body_bytes)
     client, _ = fast
     body = bytes(range(256)) * (3 * 4096 + 7)  # ~3 MB, more than one socket read
     if framing == "chunked":
@@ -223,6 +229,40 @@ async def test_a_body_of_many_buffers_is_read_whole_and_capped(fast: Any, framin
         assert response.body == body
         with pytest.raises(UpstreamError) as info:
             await send(client, "GET", url, provider="t", timeout=10, max_bytes=len(body) - 1)
+        assert info.value.code == "upstream_response_too_large"
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.mark.parametrize("whole_body_bytes", [aio.WHOLE_BODY_BYTES, 1000], ids=["awaited-whole", "buffer-by-buffer"])
+async def test_a_body_cut_short_of_its_length_is_a_connection_error(
+    fast: Any, whole_body_bytes: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(aio, "WHOLE_BODY_BYTES", whole_body_bytes)
+    client, _ = fast
+    head = b"HTTP/1.1 200 OK\r\ncontent-length: 500000\r\nconnection: close\r\n\r\n"
+    server, url = await _raw_server(head + b"x" * 200_000)
+    try:
+        with pytest.raises(UpstreamConnectionError):
+            await send(client, "GET", url, provider="t", timeout=10, max_bytes=10_000_000)
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_compressed_body_is_capped_by_what_it_decompresses_to(fast: Any) -> None:
+    """Its declared length is the compressed one, so it is never awaited whole on that length."""
+    client, _ = fast
+    body = b"a" * 3_000_000
+    packed = gzip.compress(body)
+    head = b"HTTP/1.1 200 OK\r\ncontent-encoding: gzip\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(packed)
+    server, url = await _raw_server(head + packed)
+    try:
+        response = await send(client, "GET", url, provider="t", timeout=10, max_bytes=len(body))
+        assert response.body == body
+        with pytest.raises(UpstreamError) as info:
+            await send(client, "GET", url, provider="t", timeout=10, max_bytes=len(body) // 2)
         assert info.value.code == "upstream_response_too_large"
     finally:
         server.close()
