@@ -34,18 +34,28 @@ def rows(db: Database) -> list[tuple[str, int, float]]:
 
 
 class FailingInserts:
-    """Makes the database refuse usage inserts, as a full disk does, while `failing` is set."""
+    """Makes the database refuse usage inserts, as a full disk does, while `failing` is set: a
+    temporary trigger on the gateway's own connection fails every INSERT INTO usage, whichever
+    way it is made (one statement, or a transaction of many)."""
 
     def __init__(self, db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.db = db
         self.failing = True
-        real = db.execute
 
-        def execute(sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-            if self.failing and sql.startswith("INSERT INTO usage"):
-                raise sqlite3.OperationalError("database or disk is full")
-            return real(sql, params)
+    @property
+    def failing(self) -> bool:
+        return self._failing
 
-        monkeypatch.setattr(db, "execute", execute)
+    @failing.setter
+    def failing(self, on: bool) -> None:
+        self._failing = on
+        if on:
+            self.db.execute(
+                "CREATE TEMP TRIGGER IF NOT EXISTS usage_full BEFORE INSERT ON usage "
+                "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+            )
+        else:
+            self.db.execute("DROP TRIGGER IF EXISTS temp.usage_full")
 
 
 @pytest.fixture
@@ -112,3 +122,23 @@ def test_a_replay_that_fails_again_keeps_the_rest_for_later(db: Database, monkey
     broken.failing = False
     assert usage.replay() == 2
     assert [r[0] for r in rows(db)] == ["req-1", "req-2"]
+
+
+def test_a_spool_is_replayed_as_one_transaction(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failure on one row inserts none of the file (all of it stays spooled), so a later replay
+    neither loses nor doubles a row."""
+    usage = UsageLog(db)
+    broken = FailingInserts(db, monkeypatch)
+    for request_id in ("req-1", "req-2", "req-3"):
+        usage.record(record(request_id))
+    broken.failing = False
+    db.execute(
+        "CREATE TEMP TRIGGER only_req_2 BEFORE INSERT ON usage WHEN NEW.request_id = 'req-2' "
+        "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+    )
+    assert usage.replay() == 0
+    assert rows(db) == []
+    assert len(usage.spool.read_text().splitlines()) == 3
+    db.execute("DROP TRIGGER temp.only_req_2")
+    assert usage.replay() == 3
+    assert sorted(r[0] for r in rows(db)) == ["req-1", "req-2", "req-3"]

@@ -192,14 +192,19 @@ class UsageLog:
     def _insert(self, created_at: float, usage: UsageRecord) -> None:
         self.db.execute(_INSERT + "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", _values(created_at, usage))
 
-    def _insert_once(self, created_at: float, usage: UsageRecord) -> None:
+    def _insert_once(self, created_at: float, usage: UsageRecord, conn: sqlite3.Connection | None = None) -> None:
         """A replayed row, unless that request's row at that time is there already (a process killed
-        between inserting a journal's rows and deleting the file)."""
-        self.db.execute(
+        between inserting a journal's rows and deleting the file); inside `conn`'s transaction
+        when given."""
+        sql = (
             _INSERT + "SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE NOT EXISTS "
-            "(SELECT 1 FROM usage WHERE request_id = ? AND created_at = ?)",
-            (*_values(created_at, usage), usage.request_id, created_at),
+            "(SELECT 1 FROM usage WHERE request_id = ? AND created_at = ?)"
         )
+        params = (*_values(created_at, usage), usage.request_id, created_at)
+        if conn is None:
+            self.db.execute(sql, params)
+        else:
+            conn.execute(sql, params)
 
     def _keep(self, created_at: float, usage: UsageRecord, exc: Exception) -> None:
         line = _line(created_at, usage)
@@ -283,21 +288,25 @@ class UsageLog:
         return [*orphans, *mine]
 
     def _replay_file(self, path: Path) -> int:
+        """Insert a journal or spool file's rows, all in one transaction (one commit, not one per
+        row: the background writer's commits were most of its syscalls), then delete it. On a
+        database error nothing of it is inserted and all of it goes back to the spool."""
         lines = path.read_text(errors="replace").splitlines()
-        for index, line in enumerate(lines):
+        rows: list[tuple[float, UsageRecord]] = []
+        for line in lines:
             try:
-                created_at, usage = _parse_spooled(line)
+                rows.append(_parse_spooled(line))
             except (ValueError, TypeError, KeyError, AttributeError):
                 log.error("skipping an unreadable usage spool line in %s: %r", path, line[:200])
-                continue
-            try:
-                self._insert_once(created_at, usage)
-            except sqlite3.Error:
-                rest = "".join(f"{rest_line}\n" for rest_line in lines[index:])
-                with open(self.spool, "a") as fh:  # back to the spool, for the next try
-                    fh.write(rest)
-                path.unlink()
-                return -1
+        try:
+            with self.db.transaction() as conn:
+                for created_at, usage in rows:
+                    self._insert_once(created_at, usage, conn)
+        except sqlite3.Error:
+            with open(self.spool, "a") as fh:  # back to the spool, for the next try
+                fh.write("".join(f"{line}\n" for line in lines))
+            path.unlink()
+            return -1
         path.unlink()
         return len(lines)
 
