@@ -17,7 +17,7 @@ from . import logs
 from .config import Settings
 from .errors import ImagegateError, UpstreamTimeout
 from .normalize import Layout
-from .providers import InputImage, ProviderRequest, ProviderResult
+from .providers import InputImage, PartialListener, ProviderRequest, ProviderResult
 from .resilience import CircuitBreaker, backoff_delay, is_retryable, is_upstream_failure
 from .router import Candidate, Route
 
@@ -33,6 +33,7 @@ class CallPlan:
     layout: Layout
     images: tuple[InputImage, ...]
     mask: InputImage | None
+    on_partial: PartialListener | None = None  # streaming: each interim image, where the provider sends them
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,7 @@ class Dispatcher:
             output_compression=view.get("output_compression"),
             options=view.options,
             extra=view.extra,
+            on_partial=plan.on_partial if view.plan.emulates("partial_images") else None,
         )
 
     async def _paid(self, candidate: Candidate, request: ProviderRequest, paid: list[Served]) -> ProviderResult:

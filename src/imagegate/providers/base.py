@@ -56,6 +56,10 @@ class ProviderRequest:
     output_compression: int | None = None
     options: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    # Set when the client streams with partial images and the binding declares `partial_images`
+    # (an upstream that sends interim images, as Gemini's thought images): the adapter calls it
+    # with each interim image as it arrives, before returning its result. Others never see it.
+    on_partial: PartialListener | None = field(default=None, compare=False)
 
     def __post_init__(self, binding: ProviderBinding | None) -> None:
         if binding is not None:
@@ -67,6 +71,10 @@ class ProviderRequest:
     def upstream_model(self) -> str:
         """The upstream model id for this request's mode."""
         return self.plan.upstream_for(self.mode)
+
+
+# Called on the event loop with one interim image; it must not block.
+PartialListener = Callable[["ProviderImage"], None]
 
 
 @dataclass(frozen=True)
