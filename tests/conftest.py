@@ -128,11 +128,21 @@ class RunningGateway:
         self.server = server
         self.settings = settings
         self.url = server.url
+        self._clients: list[OpenAI] = []
 
     def client(self, api_key: str = API_KEY, **kwargs: Any) -> OpenAI:
         kwargs.setdefault("max_retries", 0)
         kwargs.setdefault("timeout", 60)
-        return OpenAI(api_key=api_key, base_url=f"{self.url}/v1", **kwargs)
+        client = OpenAI(api_key=api_key, base_url=f"{self.url}/v1", **kwargs)
+        self._clients.append(client)
+        return client
+
+    def close_clients(self) -> None:
+        """Close the SDK clients a test made: an open one's sockets, collected during a later
+        test, would fail that test with a ResourceWarning."""
+        for client in self._clients:
+            client.close()
+        self._clients.clear()
 
 
 def start_gateway(settings: Settings) -> LoopbackServer:
@@ -151,6 +161,7 @@ def start_gateway(settings: Settings) -> LoopbackServer:
 def gateway_factory(tmp_path: Path) -> Iterator[Any]:
     """gateway_factory(**settings) -> RunningGateway; all are stopped after the test."""
     servers: list[LoopbackServer] = []
+    gateways: list[RunningGateway] = []
 
     def factory(**overrides: Any) -> RunningGateway:
         settings = make_settings(tmp_path, **overrides)
@@ -163,9 +174,12 @@ def gateway_factory(tmp_path: Path) -> Iterator[Any]:
         holder["url"] = server.url
         if settings.public_url == "http://placeholder":
             settings.public_url = server.url
-        return RunningGateway(server, settings)
+        gateways.append(RunningGateway(server, settings))
+        return gateways[-1]
 
     yield factory
+    for gateway in gateways:
+        gateway.close_clients()
     for server in servers:
         server.stop()
 

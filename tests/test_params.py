@@ -15,7 +15,7 @@ from imagegate.providers import ProviderResult, TokenSplit
 from imagegate.server.public_url import forwarded_pairs, is_trusted, public_base_url, valid_host
 
 CATALOG = load_builtin_catalog()
-STANDARD = ("quality", "style", "background", "moderation", "input_fidelity", "partial_images", "stream")
+STANDARD = ("quality", "style", "background", "moderation", "input_fidelity", "partial_images")
 
 
 def model(model_id: str) -> ModelEntry:
@@ -70,8 +70,6 @@ def test_a_models_own_spec_of_a_standard_field_stays_lenient() -> None:
         ("background", "opaque"),
         ("moderation", "low"),
         ("input_fidelity", "high"),
-        ("partial_images", 1),
-        ("stream", True),
     ],
 )
 def test_a_standard_field_the_model_lacks_is_not_applied(name: str, value: Any) -> None:
@@ -85,8 +83,20 @@ def test_a_standard_field_the_model_lacks_is_not_applied(name: str, value: Any) 
 
 def test_form_field_text_of_a_standard_field_is_typed() -> None:
     """Multipart edits send text: 'true' and '2' are typed before they are judged."""
-    params = normalize_params({"prompt": "p", "stream": "true", "partial_images": "2"}, model=PRO, mode="edit")
-    assert {a.param: a.requested for a in params.ignored} == {"stream": "true", "partial_images": "2"}
+    params = normalize_params(
+        {"prompt": "p", "stream": "true", "partial_images": "2", "quality": "high"}, model=PRO, mode="edit"
+    )
+    assert {a.param: a.requested for a in params.ignored} == {"quality": "high"}
+    assert (params.values["stream"], params.values["partial_images"]) == (True, 2)
+
+
+def test_stream_and_partial_images_are_the_gateways_own() -> None:
+    """Every model streams (the gateway does it); neither field is ever sent upstream."""
+    for entry in CATALOG:
+        params = normalize_params({"prompt": "p", "stream": True, "partial_images": 3}, model=entry, mode="t2i")
+        assert params.values["stream"] is True and params.values["partial_images"] == 3
+        assert "stream" not in params.options and "partial_images" not in params.options
+    assert {"stream", "partial_images"} <= GATEWAY_PARAMS
 
 
 @pytest.mark.parametrize(

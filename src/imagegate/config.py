@@ -108,6 +108,9 @@ class Settings(BaseSettings):
     breaker_failures: int = 5  # consecutive failures that open a provider's circuit
     breaker_cooldown_seconds: float = 30.0
     idempotency_ttl_seconds: float = 86400.0
+    # stream: true answers: an SSE comment goes out whenever nothing else has for this long, so
+    # that proxies and clients do not cut a long generation (at most 10 s, as the interface says).
+    stream_keepalive_seconds: float = Field(default=5.0, gt=0, le=10)  # IMAGEGATE_STREAM_KEEPALIVE_SECONDS
     poll_interval_seconds: float | None = None  # Replicate / fal status polling; None: each adapter's own
     # Slow connections (server/serving.py): a request head must be complete within the header
     # timeout; a connection that sends nothing for the idle timeout while the server waits on it

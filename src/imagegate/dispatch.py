@@ -136,7 +136,8 @@ class Dispatcher:
             output_compression=view.get("output_compression"),
             options=view.options,
             extra=view.extra,
-            on_partial=plan.on_partial if view.plan.emulates("partial_images") else None,
+            # Only a provider that sends interim images gets a stream's listener (params._partial_images).
+            on_partial=plan.on_partial if view.get("partial_images") else None,
         )
 
     async def _paid(self, candidate: Candidate, request: ProviderRequest, paid: list[Served]) -> ProviderResult:

@@ -114,6 +114,28 @@ async def finish_images(
     return list(await asyncio.gather(*jobs))
 
 
+async def finish_partial(
+    conversions: ConversionPool,
+    image: ProviderImage,
+    target: str | None,
+    compression: int | None,
+    *,
+    deadline: float | None = None,
+) -> OutputImage:
+    """An interim (partial) image in the format asked for the final ones. It is never hosted or
+    composited: it goes out inline, in its partial_image event, as a preview."""
+    current, width, height = _check_upstream_image(image.blob, MAX_UPSTREAM_PIXELS)
+
+    def convert() -> OutputImage:
+        blob, fmt = imaging.convert(image.blob, target, compression)
+        return OutputImage(blob, fmt, width, height)
+
+    if not imaging.needs_reencode(current, target, compression):
+        return convert()
+    estimate = encode_estimate(width, height, target or current, composite=False)
+    return await conversions.run(estimate, convert, deadline=deadline)
+
+
 async def host_all(store: ResultStore, images: list[OutputImage], base_url: str) -> list[OutputImage]:
     """Store every image, or none: when one cannot be kept (StorageFull, 503, leaving no file),
     those stored before it are deleted, since no answer will ever name their URLs."""

@@ -6,8 +6,11 @@ For each field:
   its type, allowed values and range;
 - the provider binding says how it reaches the upstream: passthrough, renamed, converted,
   emulated (done by the gateway) or not available (a 400 naming the parameter and model);
-- OpenAI's standard fields (`quality`, `style`, `background`, `moderation`, `input_fidelity`,
-  `partial_images`, `stream`) are declared for every model by the catalog's defaults, with
+- `stream` and `partial_images` are the gateway's own (it streams for every model); partial
+  images come only from a provider whose binding declares `partial_images` (emulated), elsewhere
+  the request streams without them and `adjustments` says so;
+- OpenAI's standard fields (`quality`, `style`, `background`, `moderation`, `input_fidelity`)
+  are declared for every model by the catalog's defaults, with
   `if_unavailable: not_applied`: clients send them whatever the model, so where the model or
   provider lacks one the request is served without it and `adjustments` says `not applied`
   (strict mode, IMAGEGATE_STRICT_PARAMETERS, makes that a 400 again). Their types and enums are
@@ -52,6 +55,8 @@ GATEWAY_PARAMS = frozenset(
         "mask",
         "user",
         "safety_identifier",
+        "stream",
+        "partial_images",
     }
 )
 # Free text: a number or a list here is a client bug, never turned into text.
@@ -367,8 +372,24 @@ def provider_view(
             )
         else:
             view.ignored.append(Adjustment(name, _text(value), f"not applied (provider {provider_id} lacks it)"))
+    _partial_images(view, provider_id)
     view.fates = _fates(view, params)
     return view
+
+
+def _partial_images(view: ProviderView, provider_id: str) -> None:
+    """Partial images are sent only in a stream, and only by a provider whose upstream makes them."""
+    count = view.values.get("partial_images")
+    if not count:
+        return
+    if not view.values.get("stream"):
+        reason = "not applied (only with stream: true)"
+    elif not view.plan.emulates("partial_images"):
+        reason = f"not applied (provider {provider_id} sends no partial images)"
+    else:
+        return
+    view.values.pop("partial_images")
+    view.ignored.append(Adjustment("partial_images", _text(count), reason))
 
 
 def _fates(view: ProviderView, given: NormalizedParams) -> dict[str, ParamFate]:

@@ -33,6 +33,8 @@ client gone during dispatch, the n-failure policy, no room to convert or store.
 from __future__ import annotations
 
 import asyncio
+import binascii
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -46,23 +48,26 @@ from .dispatch import CallPlan, Dispatcher, Served
 from .errors import ImagegateError, InvalidRequest, UpstreamAtCapacity
 from .inputs import ImageSource, InputLoader, check_for_model
 from .normalize import Adjustment, Layout, resolve_layout
-from .outputs import Delivered, Finishing, OutputImage, finish_images, host_all, inline_urls
+from .outputs import Delivered, Finishing, OutputImage, finish_images, finish_partial, host_all, inline_urls
 from .params import NormalizedParams, normalize_params
 from .pricing import Charge, Cost, total_cost
-from .providers import InputImage, TokenSplit
+from .providers import InputImage, PartialListener, ProviderImage, TokenSplit
 from .resilience import is_capacity, is_upstream_failure
 from .router import Candidate, Router, plan_candidates
 from .storage import ResultStore
 from .usage import UsageRecord, UsageSink, record_after_failure, record_usage
 
 T = TypeVar("T")
+log = logging.getLogger("imagegate")
 
 
 # --- events ----------------------------------------------------------------------------------
 
 # stage_started / stage_finished name the stage; image_finished carries one finished image;
+# image_partial one interim image (a streamed request's partial_images: `index` is its
+# partial_image_index), converted to the requested format, sent before dispatch finishes;
 # fallback (in the `fallback` stage) says the request now serves `model` instead.
-EventKind = Literal["stage_started", "stage_finished", "image_finished", "fallback"]
+EventKind = Literal["stage_started", "stage_finished", "image_partial", "image_finished", "fallback"]
 
 
 @dataclass(frozen=True)
@@ -178,6 +183,8 @@ class RequestContext:
     delivered: list[Delivered] = field(default_factory=list)  # emptied by finish as images are converted
     made: int = 0  # images the upstreams made (and billed)
     cost: Cost | None = None
+    partials_sent: int = 0  # interim images passed on (at most partial_images per request)
+    partial_task: asyncio.Task[None] | None = None  # the last one being converted; each waits for the one before
     # finish, host
     response_format: str = ""
     outputs: list[OutputImage] = field(default_factory=list)
@@ -352,8 +359,14 @@ class Pipeline:
 
     async def dispatch(self, ctx: RequestContext) -> None:
         ctx.n = int(ctx.params.get("n", 1))
-        plan = CallPlan(ctx.job.mode, ctx.layout, tuple(ctx.images), ctx.mask)
-        served, ctx.errors = await self.dispatcher.run(ctx.candidates, plan, ctx.n, ctx.deadline, paid=ctx.paid)
+        plan = CallPlan(ctx.job.mode, ctx.layout, tuple(ctx.images), ctx.mask, self._partial_listener(ctx))
+        try:
+            served, ctx.errors = await self.dispatcher.run(ctx.candidates, plan, ctx.n, ctx.deadline, paid=ctx.paid)
+            if ctx.partial_task is not None:
+                await ctx.partial_task  # every partial goes out before the images it precedes
+        finally:
+            if ctx.partial_task is not None and not ctx.partial_task.done():
+                ctx.partial_task.cancel()
         ctx.served = served
         ctx.delivered = [(item.candidate, image) for item in served for image in item.result.images]
         # Counted now: the finish stage releases the upstream's images as it converts them.
@@ -363,6 +376,41 @@ class Pipeline:
             for item in served:
                 ctx.adjust(AdjustmentSource.PARAMETERS, *item.candidate.view.ignored)
             ctx.adjust(AdjustmentSource.COUNT, *_count_adjustments(ctx.n, ctx.made, len(ctx.errors)))
+
+    def _partial_listener(self, ctx: RequestContext) -> PartialListener | None:
+        """What the adapters call with each interim image, when the request streams partials:
+        the first `partial_images` of them are converted, in arrival order, and emitted."""
+        limit = int(ctx.params.get("partial_images", 0)) if ctx.params.get("stream") else 0
+        if not limit or not ctx.listeners:
+            return None
+
+        def on_partial(image: ProviderImage) -> None:
+            if ctx.partials_sent >= limit:
+                return
+            index, ctx.partials_sent = ctx.partials_sent, ctx.partials_sent + 1
+            ctx.partial_task = asyncio.ensure_future(self._emit_partial(ctx, index, image, ctx.partial_task))
+
+        return on_partial
+
+    async def _emit_partial(
+        self, ctx: RequestContext, index: int, image: ProviderImage, previous: asyncio.Task[None] | None
+    ) -> None:
+        if previous is not None:
+            await previous
+        params = ctx.params
+        try:
+            output = await finish_partial(
+                self.inputs.conversions,
+                image,
+                params.get("output_format"),
+                params.get("output_compression"),
+                deadline=ctx.deadline,
+            )
+        except (ImagegateError, binascii.Error, OSError, SyntaxError, ValueError) as exc:
+            # An interim image is a preview: a broken one is skipped, the request goes on.
+            log.warning("request %s: partial image %d skipped: %s", ctx.job.request_id, index, exc)
+            return
+        ctx.emit("image_partial", index=index, image=output)
 
     def _may_fall_back(self, ctx: RequestContext) -> bool:
         """`allow_fallback_model`: only when nothing was made and every provider of the model is at capacity."""

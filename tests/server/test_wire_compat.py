@@ -7,6 +7,7 @@ host the client called, and CORS for browser apps.
 from __future__ import annotations
 
 import base64
+import json
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -113,21 +114,23 @@ def test_what_langchain_and_librechat_send_is_served_and_reported(
     result = response.parse()
     assert result.data and result.data[0].b64_json
     applied = {a["param"]: a["applied"] for a in (result.model_extra or {})["adjustments"]}
-    for param in ("quality", "style", "background", "moderation", "partial_images"):
+    for param in ("quality", "style", "background", "moderation"):
         assert applied[param] == f"not applied (model {PRO} lacks it)"
         assert f"{param}=" in response.headers["x-imagegate-adjusted"]
+    assert applied["partial_images"] == "not applied (only with stream: true)"
     sent = fake_gemini.requests[-1].body
     assert b"quality" not in sent and b"natural" not in sent and b"transparent" not in sent
 
 
-def test_stream_true_on_a_model_without_streaming_gets_the_normal_json_answer(
-    gateway: RunningGateway, fake_gemini: FakeGemini
-) -> None:
+def test_stream_true_gets_an_event_stream_with_the_image(gateway: RunningGateway, fake_gemini: FakeGemini) -> None:
+    """A client sending stream: true (as Open WebUI and the SDK can) reads OpenAI's event stream
+    (tests/server/test_streaming.py covers it in full)."""
     response = post(gateway.url, {"model": PRO, "prompt": "p", "stream": True, "response_format": "b64_json"})
     assert response.status_code == 200
-    assert response.headers["content-type"].startswith("application/json")
-    assert response.json()["data"][0]["b64_json"]
-    assert "stream=true->not applied" in response.headers["x-imagegate-adjusted"]
+    assert response.headers["content-type"].startswith("text/event-stream")
+    event, data = response.text.split("\n")[:2]
+    assert event == "event: image_generation.completed"
+    assert json.loads(data.removeprefix("data: "))["b64_json"]
 
 
 @pytest.mark.parametrize(

@@ -51,42 +51,46 @@ def images_response(outcome: ImagesOutcome) -> Response:
         "data": data,
         "output_format": effective["output_format"],
         "size": f"{effective['width']}x{effective['height']}",
-        "usage": {
-            "model": outcome.model,
-            "provider": outcome.provider,
-            "images": len(outcome.images),
-            "cost": outcome.cost,
-            "currency": outcome.currency,
-            "cost_estimated": outcome.cost_estimated,
-            "input_tokens": outcome.input_tokens,
-            "output_tokens": outcome.output_tokens,
-            "total_tokens": outcome.input_tokens + outcome.output_tokens,
-            # OpenAI's schema (its SDK types require input_tokens_details); see ProviderResult for
-            # how a split is counted when the upstream gives none.
-            "input_tokens_details": _split(outcome.input_details),
-            "output_tokens_details": _split(outcome.output_details),
-        },
+        "usage": usage_object(outcome),
         "effective": effective,
-        "adjustments": [
-            {"param": a.param, "requested": a.requested, "applied": a.applied} for a in outcome.adjustments
-        ],
+        "adjustments": adjustment_list(outcome),
     }
+    return PiecesResponse(
+        splice(jsonio.dumps(body), splices), headers=outcome_headers(outcome), media_type="application/json"
+    )
+
+
+def usage_object(outcome: ImagesOutcome) -> dict[str, Any]:
+    """The answer's `usage`: OpenAI's token fields plus what imagegate billed."""
+    return {
+        "model": outcome.model,
+        "provider": outcome.provider,
+        "images": len(outcome.images),
+        "cost": outcome.cost,
+        "currency": outcome.currency,
+        "cost_estimated": outcome.cost_estimated,
+        "input_tokens": outcome.input_tokens,
+        "output_tokens": outcome.output_tokens,
+        "total_tokens": outcome.input_tokens + outcome.output_tokens,
+        # OpenAI's schema (its SDK types require input_tokens_details); see ProviderResult for
+        # how a split is counted when the upstream gives none.
+        "input_tokens_details": _split(outcome.input_details),
+        "output_tokens_details": _split(outcome.output_details),
+    }
+
+
+def adjustment_list(outcome: ImagesOutcome) -> list[dict[str, str]]:
+    return [{"param": a.param, "requested": a.requested, "applied": a.applied} for a in outcome.adjustments]
+
+
+def outcome_headers(outcome: ImagesOutcome) -> dict[str, str]:
     headers = {"x-imagegate-provider": outcome.provider, "x-imagegate-model": outcome.model}
     if outcome.adjustments:
         headers[ADJUSTED_HEADER] = "; ".join(a.header_value() for a in outcome.adjustments)
-    return PiecesResponse(_splice(jsonio.dumps(body), splices), headers=headers, media_type="application/json")
+    return headers
 
 
-def body_of(response: Response) -> bytes:
-    """A response's whole body as one buffer."""
-    return response.joined() if isinstance(response, PiecesResponse) else bytes(response.body)
-
-
-def _split(split: TokenSplit) -> dict[str, int]:
-    return {"text_tokens": split.text_tokens, "image_tokens": split.image_tokens}
-
-
-def _splice(text: bytes, splices: dict[bytes, list[bytes | memoryview]]) -> list[bytes | memoryview]:
+def splice(text: bytes, splices: dict[bytes, list[bytes | memoryview]]) -> list[bytes | memoryview]:
     """Replace each placeholder (in order of appearance) in one pass over the small JSON text:
     the body as pieces, each image's base64 among them as it is (no copy of it is made here)."""
     pieces: list[bytes | memoryview] = []
@@ -97,6 +101,15 @@ def _splice(text: bytes, splices: dict[bytes, list[bytes | memoryview]]) -> list
         position = found + len(placeholder)
     pieces.append(text[position:])
     return pieces
+
+
+def body_of(response: Response) -> bytes:
+    """A response's whole body as one buffer."""
+    return response.joined() if isinstance(response, PiecesResponse) else bytes(response.body)
+
+
+def _split(split: TokenSplit) -> dict[str, int]:
+    return {"text_tokens": split.text_tokens, "image_tokens": split.image_tokens}
 
 
 class PiecesResponse(Response):

@@ -20,6 +20,7 @@ from .disconnect import until_disconnected
 from .parsing import parse_edit, parse_generation
 from .public_url import public_base_url
 from .render import body_of, images_response, json_response, model_card, model_list
+from .streaming import refuse_with_idempotency_key, stream_images, stream_requested
 
 
 def _gateway(request: Request) -> Gateway:
@@ -80,6 +81,10 @@ async def _serve(request: Request, job: ImageJob, key_id: str | None) -> Respons
         )
 
     key = request.headers.get("idempotency-key")
+    if stream_requested(job.params):
+        if key is not None:
+            raise refuse_with_idempotency_key()
+        return await stream_images(gateway.service, job, gateway.settings.stream_keepalive_seconds)
     if key is None:
         return images_response(await gateway.service.create(job))
     scope = idempotency_scope(key, key_id, job.mode)
