@@ -415,7 +415,9 @@ def _parse_include_thoughts(value: Any) -> bool:
     fields = _fields(value, _THINKING_CONFIG, "generation_config.thinking_config")
     include = fields.get("includeThoughts", False)
     if not isinstance(include, bool):
-        raise _invalid(f"Invalid value at 'generation_config.thinking_config.include_thoughts' (TYPE_BOOL), {include!r}")
+        raise _invalid(
+            f"Invalid value at 'generation_config.thinking_config.include_thoughts' (TYPE_BOOL), {include!r}"
+        )
     return include
 
 

@@ -506,7 +506,6 @@ class GeminiProvider(HttpProvider):
         keep_all = request.options.get("limit_generations") is False
         return parse_response(parse_body(self.provider_id, response.body), keep_all_images=keep_all)
 
-
     async def _stream_content(self, request: ProviderRequest) -> ProviderResult:
         # The streaming method and its SSE form: google-genai models.py (generate_content_stream:
         # '{model}:streamGenerateContent?alt=sse'); the provider wire-format reference, 2.1.
