@@ -25,7 +25,6 @@ import asyncio
 import binascii
 import json
 import math
-import re
 import time
 import urllib.parse
 from abc import ABC, abstractmethod
@@ -151,16 +150,13 @@ async def send_checked(
 
 # --- streamed answers (Server-Sent Events) ---------------------------------------------------
 
-# The line ends of an event stream: \r\n, \n or \r (WHATWG HTML, "9.2.5 Parsing an event stream").
-_LINE_END = re.compile(rb"[\r\n]")
-_LF, _CR = 10, 13
-
 
 class SSEDecoder:
-    """An event stream, fed as it arrives, into the `data` of each event (WHATWG HTML 9.2.6,
-    "Interpreting an event stream"): the values of an event's `data` fields joined with "\n";
-    comments (`:`) and the other fields (`event`, `id`, `retry`) are ignored; a blank line ends
-    an event, and so does the end of the stream (`end`).
+    """An event stream, fed as it arrives, into the `data` of each event (WHATWG HTML 9.2.5 and
+    9.2.6, "Parsing" and "Interpreting an event stream"): lines end with CRLF, LF or CR; an
+    event's data is the values of its `data` fields joined with LF; comments (`:`) and the other
+    fields (`event`, `id`, `retry`) are ignored; a blank line ends an event, and so does the end
+    of the stream (`end`).
 
     Built for events of megabytes (a Gemini thought image is one `data:` line of ~8 MB base64 at
     4K): there is no line limit, each chunk is searched once, for line ends only, and an
@@ -178,16 +174,23 @@ class SSEDecoder:
         view = memoryview(chunk)
         pos = 1 if self._after_cr and chunk[:1] == b"\n" else 0
         self._after_cr = False
-        while (found := _LINE_END.search(chunk, pos)) is not None:
-            end = found.start()
+        # The next \n and the next \r, each looked for again only once passed: bytes.find is a
+        # memchr (GB/s; a regex character class ran at 0.3 GB/s, 80 ms of CPU a 4K stream), and
+        # no byte is searched twice for either.
+        lf, cr = chunk.find(b"\n", pos), chunk.find(b"\r", pos)
+        while lf != -1 or cr != -1:
+            end = lf if cr == -1 or (lf != -1 and lf < cr) else cr
             self._line.append(view[pos:end])
             self._end_line(events)
             pos = end + 1
-            if chunk[end] == _CR:
+            if end == cr:
                 if pos == len(chunk):
                     self._after_cr = True
-                elif chunk[pos] == _LF:
+                elif lf == pos:  # \r\n: one line end
                     pos += 1
+                cr = chunk.find(b"\r", pos)
+            if lf != -1 and lf < pos:
+                lf = chunk.find(b"\n", pos)
         if pos < len(chunk):
             self._line.append(view[pos:])
         return events
