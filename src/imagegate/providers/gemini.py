@@ -446,6 +446,9 @@ async def stream_content(
         async for payload in events:
             if payload and not payload.isspace():
                 answer.add(parse_body(provider, payload))
+            # Let go of it now, not when the next event (megabytes more) is in: what the answer
+            # or a listener still needs of it, they hold.
+            del payload
     return parse_response(answer.response(), keep_all_images=request.options.get("limit_generations") is False)
 
 

@@ -268,10 +268,12 @@ async def stream_events(
                 total += len(chunk)
                 if total > max_bytes:
                     raise _TooLarge
-                for event in decoder.feed(chunk):
-                    yield event
-            for event in decoder.end():
-                yield event
+                events = decoder.feed(chunk)
+                while events:  # popped, not iterated: no reference to a yielded event stays here
+                    yield events.pop(0)
+            events = decoder.end()
+            while events:
+                yield events.pop(0)
     except _TooLarge:
         raise UpstreamResponseTooLarge(f"{provider} sent a response larger than {max_bytes} bytes.") from None
     except httpx.HTTPError as exc:
