@@ -362,7 +362,6 @@ class StreamedAnswer:
 
     def __init__(self, on_partial: PartialListener) -> None:
         self.on_partial = on_partial
-        self.partials = 0
         self._parts: list[Any] = []
         self._candidate: dict[str, Any] | None = None  # None: no chunk had a candidate
         self._top: dict[str, Any] = {}
@@ -397,7 +396,6 @@ class StreamedAnswer:
         except UpstreamBadResponse as exc:
             log.warning("gemini: an interim (thought) image was skipped: %s", exc.message)
             return
-        self.partials += 1
         self.on_partial(image)
 
     def response(self) -> dict[str, Any]:
