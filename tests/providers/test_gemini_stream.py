@@ -33,7 +33,9 @@ from tests.fakes.gemini import (
     FakeGemini,
     FinishBlocked,
     GeminiError,
+    MalformedJSON,
     PromptBlocked,
+    RawResponse,
     Streamed,
     TextOnly,
     finish_chunk,
@@ -236,6 +238,8 @@ BEHAVIOURS: dict[str, Callable[[], Any]] = {
     "prompt-blocked": lambda: PromptBlocked("PROHIBITED_CONTENT", "The prompt was blocked."),
     "image-safety": lambda: FinishBlocked("IMAGE_SAFETY", "Unable to show the generated image."),
     "text-only": lambda: TextOnly(),
+    "malformed-json": lambda: MalformedJSON(),
+    "proxy-page": lambda: RawResponse(502, "<html><body>Bad Gateway</body></html>"),
 }
 
 
@@ -266,6 +270,20 @@ async def test_an_error_body_in_a_json_array_is_read(provider: GeminiProvider, f
     fake_gemini.enqueue(json_answer(429, [{"error": error}]))
     raised_error = await raised(provider, streamed(Partials()))
     assert raised_error.message == "gemini returned HTTP 429: RESOURCE_EXHAUSTED quota"
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [Streamed(chunks=()), RawResponse(200, '{"candidates": []}', "application/json")],
+    ids=["no-events", "json-not-sse"],
+)
+async def test_a_2xx_without_events_is_a_bad_response(
+    provider: GeminiProvider, fake_gemini: FakeGemini, answer: Any
+) -> None:
+    fake_gemini.enqueue(answer)
+    error = await raised(provider, streamed(Partials()))
+    assert error.code == "upstream_bad_response"
+    assert error.message == "gemini sent a streamed answer without any events."
 
 
 async def test_a_connection_dropped_mid_stream(provider: GeminiProvider, fake_gemini: FakeGemini) -> None:

@@ -440,13 +440,17 @@ async def stream_content(
         json=with_thoughts(body),
         headers=headers,
     )
+    chunks = 0
     async with contextlib.aclosing(events):
         async for payload in events:
             if payload and not payload.isspace():
                 answer.add(parse_body(provider, payload))
+                chunks += 1
             # Let go of it now, not when the next event (megabytes more) is in: what the answer
             # or a listener still needs of it, they hold.
             del payload
+    if not chunks:  # a 2xx that is not an event stream at all (a proxy's page, JSON without alt=sse)
+        raise UpstreamBadResponse(f"{provider} sent a streamed answer without any events.")
     return parse_response(answer.response(), keep_all_images=request.options.get("limit_generations") is False)
 
 
