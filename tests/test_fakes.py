@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +20,8 @@ from tests.fakes.gemini import (
     Hang,
     MalformedJSON,
     PromptBlocked,
+    Streamed,
+    thought_color,
 )
 from tests.fakes.images import color_for, detect_mime, image_size, pixel_at, solid_jpeg, solid_png
 from tests.fakes.openai_upstream import FakeOpenAI, OpenAIError
@@ -169,6 +172,83 @@ def test_gemini_concurrency_and_extra_images() -> None:
         finals = [p for p in parts if "inlineData" in p and not p.get("thought")]
         assert len(finals) == 2
         assert detect_mime(base64.b64decode(finals[0]["inlineData"]["data"])) == "image/jpeg"
+
+
+STREAM_PATH = "/v1beta/models/gemini-3-pro-image-preview:streamGenerateContent"
+
+
+def _thinking_body(prompt: str, include_thoughts: bool = True) -> dict:
+    body = _text_body(prompt, aspectRatio="1:1")
+    body["generationConfig"]["thinkingConfig"] = {"includeThoughts": include_thoughts}
+    return body
+
+
+def _stream_post(fake: FakeGemini, body: dict, query: str = "?alt=sse") -> httpx.Response:
+    return httpx.post(
+        fake.base_url + STREAM_PATH + query, json=body, headers={"x-goog-api-key": "test-gemini-key"}, timeout=10
+    )
+
+
+def _events(resp: httpx.Response) -> list[dict]:
+    """The data of each event, as google-genai reads them: `data: ` lines, a blank line between."""
+    assert resp.headers["content-type"].startswith("text/event-stream")
+    raw = resp.content
+    assert raw.endswith(b"\r\n\r\n")
+    return [json.loads(event.removeprefix(b"data: ")) for event in raw.split(b"\r\n\r\n")[:-1]]
+
+
+def test_gemini_stream_sends_thought_images_then_the_answer(gemini: FakeGemini) -> None:
+    events = _events(_stream_post(gemini, _thinking_body("a cat")))
+    parts = [part for event in events for part in event["candidates"][0]["content"]["parts"]]
+    thoughts = [p for p in parts if p.get("thought") and "inlineData" in p]
+    finals = [p for p in parts if "inlineData" in p and not p.get("thought")]
+    assert [pixel_at(base64.b64decode(p["inlineData"]["data"])) for p in thoughts] == [
+        thought_color(0),
+        thought_color(1),
+    ]
+    assert len(finals) == 1 and pixel_at(base64.b64decode(finals[0]["inlineData"]["data"])) == color_for("a cat")
+    assert parts.index(finals[0]) > parts.index(thoughts[-1])
+    assert [e["candidates"][0].get("finishReason") for e in events][-1] == "STOP"
+    assert all("finishReason" not in e["candidates"][0] for e in events[:-1])
+    assert events[-1]["usageMetadata"]["candidatesTokenCount"] == 1290
+    assert gemini.requests[0].query == {"alt": "sse"}
+
+
+def test_gemini_stream_without_include_thoughts_has_no_thought_images(gemini: FakeGemini) -> None:
+    events = _events(_stream_post(gemini, _thinking_body("a cat", include_thoughts=False)))
+    parts = [part for event in events for part in event["candidates"][0]["content"]["parts"]]
+    assert not any(p.get("thought") for p in parts) and any("inlineData" in p for p in parts)
+
+
+def test_gemini_stream_without_alt_sse_is_a_json_array(gemini: FakeGemini) -> None:
+    resp = _stream_post(gemini, _thinking_body("a cat"), query="")
+    assert resp.headers["content-type"].startswith("application/json")
+    chunks = resp.json()
+    assert isinstance(chunks, list) and chunks[-1]["candidates"][0]["finishReason"] == "STOP"
+
+
+def test_gemini_stream_scripts_errors_and_blocks(gemini: FakeGemini) -> None:
+    gemini.enqueue(GeminiError(429, "RESOURCE_EXHAUSTED", "quota"), PromptBlocked("SAFETY"), Streamed(chunks=()))
+    error = _stream_post(gemini, _thinking_body("x"))
+    assert error.status_code == 429 and error.json()["error"]["status"] == "RESOURCE_EXHAUSTED"
+    [blocked] = _events(_stream_post(gemini, _thinking_body("x")))
+    assert blocked["promptFeedback"]["blockReason"] == "SAFETY" and "candidates" not in blocked
+    assert _stream_post(gemini, _thinking_body("x")).content == b""
+
+
+def test_gemini_stream_drops_the_connection_when_told(gemini: FakeGemini) -> None:
+    gemini.enqueue(Streamed(drop_after=1))
+    with pytest.raises(httpx.RemoteProtocolError):
+        _stream_post(gemini, _thinking_body("x"))
+
+
+def test_gemini_thinking_config_is_validated(gemini: FakeGemini) -> None:
+    body = _text_body("x")
+    body["generationConfig"] = {"thinkingConfig": {"includeThoughts": True, "showThoughts": True}}
+    resp = _stream_post(gemini, body)
+    assert resp.status_code == 400 and "showThoughts" in resp.json()["error"]["message"]
+    body["generationConfig"] = {"thinkingConfig": {"includeThoughts": "yes"}}
+    assert _gemini_post(gemini, body).status_code == 400
 
 
 # --- OpenAI ---------------------------------------------------------------------------------

@@ -3,12 +3,21 @@
 Mirrors the wire format in the provider wire-format reference (the spec), section 2: proto-JSON
 requests (camelCase or snake_case), Google error bodies, HTTP-200 safety outcomes and "thinking"
 interim images, so gateway bugs show up as the same 400s/edge cases the real API would produce.
+
+`:streamGenerateContent?alt=sse` answers the same request as an event stream, as google-genai
+reads it (`_api_client.py`: `data: <json>` lines, a blank line after each; simonw/llm-gemini#97
+shows a live one): each chunk one GenerateContentResponse, usageMetadata on every chunk (growing),
+finishReason on the last. By default 2 thought images (each a different colour) come first, then
+the answer; `Streamed` scripts other chunks, delays and a connection dropped mid-stream. Thought
+images come only with `thinkingConfig.includeThoughts` (python-genai types.ThinkingConfig: "If
+true, thoughts are returned"). Without `alt=sse` the stream is one JSON array of the chunks.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import json
 import math
 import re
 import secrets
@@ -20,6 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from .common import (
     BaseFake,
@@ -49,7 +59,13 @@ __all__ = [
     "PromptBlocked",
     "RawResponse",
     "RecordedRequest",
+    "Streamed",
     "TextOnly",
+    "finish_chunk",
+    "image_chunk",
+    "text_chunk",
+    "thought_chunk",
+    "thought_color",
 ]
 
 ASPECT_RATIOS = ("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9")
@@ -155,6 +171,7 @@ _GENERATION_CONFIG = {
     "mediaResolution",
 }
 _IMAGE_CONFIG = {"aspectRatio", "imageSize"}  # the rest of ImageConfig is Vertex-only
+_THINKING_CONFIG = {"includeThoughts", "thinkingBudget", "thinkingLevel"}  # python-genai types.ThinkingConfig
 _MODALITIES = {"TEXT", "IMAGE", "AUDIO"}
 
 
@@ -193,6 +210,22 @@ class TextOnly:
     """HTTP 200, finishReason STOP, only a text part (the model "forgot" the image)."""
 
     text: str = "I can describe it, but here is no image."
+
+
+@dataclass(frozen=True)
+class Streamed:
+    """Answer a streamGenerateContent call with these `chunks` (GenerateContentResponse dicts,
+    one event each; see the chunk helpers below), or, left None, with the usual ones for the
+    request: `thought_images` thought images, then the answer (`thoughts_last`: the thought
+    images after it, since the order is not confirmed), then the finish chunk. `delay` seconds
+    pass before each chunk after the first. `drop_after`: the connection is closed after that
+    many chunks, without ending the response (a dropped connection mid-stream)."""
+
+    chunks: tuple[dict[str, Any], ...] | None = None
+    thought_images: int = 2
+    thoughts_last: bool = False
+    delay: float = 0.0
+    drop_after: int | None = None
 
 
 class _Reject(Exception):
@@ -254,6 +287,7 @@ class ParsedRequest:
     image_size: str | None
     seed: int | None
     modalities: list[str] | None
+    include_thoughts: bool = False
 
 
 def _decode_b64(data: Any, where: str) -> bytes:
@@ -375,6 +409,18 @@ def _parse_image_config(value: Any) -> tuple[str | None, str | None]:
     return ratio, size
 
 
+def _parse_include_thoughts(value: Any) -> bool:
+    if value is None:
+        return False
+    fields = _fields(value, _THINKING_CONFIG, "generation_config.thinking_config")
+    include = fields.get("includeThoughts", False)
+    if not isinstance(include, bool):
+        raise _invalid(
+            f"Invalid value at 'generation_config.thinking_config.include_thoughts' (TYPE_BOOL), {include!r}"
+        )
+    return include
+
+
 def parse_request(body: Any) -> ParsedRequest:
     """Validate a generateContent body the way the real endpoint does; raise _Reject."""
     top = _fields(body, _TOP_LEVEL, "")
@@ -390,6 +436,7 @@ def parse_request(body: Any) -> ParsedRequest:
         image_size=size,
         seed=_parse_seed(config.get("seed")),
         modalities=_parse_modalities(config.get("responseModalities")),
+        include_thoughts=_parse_include_thoughts(config.get("thinkingConfig")),
     )
 
 
@@ -458,7 +505,7 @@ class FakeGemini(BaseFake):
         ok, recorded.json = parse_json(recorded.body)
         try:
             self._check_auth(request)
-            if method != "generateContent" or not model:
+            if method not in METHODS or not model:
                 raise _Reject(404, "NOT_FOUND", f"Method not found: {request.url.path}")
             if self.known_models is not None and model not in self.known_models:
                 raise _Reject(
@@ -471,6 +518,8 @@ class FakeGemini(BaseFake):
             parsed = parse_request(recorded.json)
         except _Reject as reject:
             return json_response(reject.status, google_error_body(reject.status, reject.google_status, reject.message))
+        if method == "streamGenerateContent":
+            return await self._apply_stream(self.next_behaviour(), request, model, parsed)
         return await self._apply(self.next_behaviour(), request, model, parsed)
 
     def _check_auth(self, request: Request) -> None:
@@ -501,6 +550,47 @@ class FakeGemini(BaseFake):
         if behaviour is None:
             return await self._success(model, parsed)
         raise TypeError(f"FakeGemini cannot apply behaviour {behaviour!r}")
+
+    async def _apply_stream(self, behaviour: Any, request: Request, model: str, parsed: ParsedRequest) -> Response:
+        """One scripted behaviour as a streamGenerateContent answer: errors (and raw answers) as
+        generateContent sends them; a 200 answer as a stream of its one chunk."""
+        if isinstance(behaviour, (Hang, Delay)):
+            await self.sleep(request, behaviour.seconds)
+            behaviour = None
+        if behaviour is None:
+            behaviour = Streamed()
+        if isinstance(behaviour, Streamed):
+            chunks = behaviour.chunks
+            if chunks is None:
+                chunks = tuple(await run_in_threadpool(self.stream_chunks, parsed, model, behaviour))
+            return EventStream(self, request, chunks, delay=behaviour.delay, drop_after=behaviour.drop_after)
+        if isinstance(behaviour, PromptBlocked):
+            return EventStream(self, request, (self._prompt_blocked(model, behaviour),))
+        if isinstance(behaviour, FinishBlocked):
+            return EventStream(self, request, (self._finish_blocked(model, behaviour),))
+        if isinstance(behaviour, TextOnly):
+            return EventStream(self, request, (self._envelope(model, [{"text": behaviour.text}], "STOP"),))
+        if isinstance(behaviour, MalformedJSON):
+            body = (behaviour.body or '{"candidates": [').encode()
+            return Response(b"data: " + body + b"\r\n\r\n", media_type="text/event-stream")
+        return await self._apply(behaviour, request, model, parsed)  # GeminiError, RawResponse
+
+    def stream_chunks(self, parsed: ParsedRequest, model: str, streamed: Streamed) -> list[dict[str, Any]]:
+        """The usual streamed answer: a thought text, the thought images (only when the request
+        asks for thoughts, and not from FLASH_MODELS, which do not think), the answer's text and
+        image(s), and a last chunk with finishReason; usage on each, the full count on the last."""
+        answer = [part for part in self._success_parts(parsed, model) if not part.get("thought")]
+        thoughts: list[dict[str, Any]] = []
+        if parsed.include_thoughts and model not in FLASH_MODELS:
+            thoughts.append(text_chunk("**Composing the scene**", thought=True))
+            thoughts += [thought_chunk(solid_png(8, 8, thought_color(i))) for i in range(streamed.thought_images)]
+        chunks = [*thoughts, _chunk(answer)] if not streamed.thoughts_last else [_chunk(answer), *thoughts]
+        for count, chunk in enumerate(chunks, start=1):  # usage grows as the answer does
+            chunk["usageMetadata"] = {"promptTokenCount": PROMPT_TOKENS, "candidatesTokenCount": count}
+        chunks.append(finish_chunk("STOP", success_usage(len(parsed.images))))
+        for chunk in chunks:
+            chunk["modelVersion"] = model
+        return chunks
 
     def _envelope(
         self, model: str, parts: list[dict[str, Any]], finish: str, finish_message: str | None = None
@@ -571,6 +661,78 @@ class FakeGemini(BaseFake):
                 data = _b64(solid_image(mime, width, height, color))
                 parts.append({"inlineData": {"mimeType": mime, "data": data}, "thoughtSignature": "sig"})
         return parts
+
+
+# --- streamed answers ------------------------------------------------------------------------
+
+METHODS = frozenset({"generateContent", "streamGenerateContent"})
+
+
+def thought_color(index: int) -> tuple[int, int, int]:
+    """The colour of the stream's `index`th thought image (the first is THOUGHT_COLOR)."""
+    return (255, (40 * index) % 256, 255)
+
+
+def _chunk(parts: list[dict[str, Any]], **candidate: Any) -> dict[str, Any]:
+    return {"candidates": [{"content": {"role": "model", "parts": parts}, "index": 0, **candidate}]}
+
+
+def thought_chunk(png: bytes, mime: str = "image/png") -> dict[str, Any]:
+    """A chunk with one interim image (`thought: true`)."""
+    return _chunk([{"inlineData": {"mimeType": mime, "data": _b64(png)}, "thought": True}])
+
+
+def image_chunk(data: bytes, mime: str = "image/png", **candidate: Any) -> dict[str, Any]:
+    """A chunk with one answer image (with its thoughtSignature, as Gemini 3 sends it)."""
+    return _chunk([{"inlineData": {"mimeType": mime, "data": _b64(data)}, "thoughtSignature": "sig"}], **candidate)
+
+
+def text_chunk(text: str, *, thought: bool = False) -> dict[str, Any]:
+    return _chunk([{"text": text, "thought": True} if thought else {"text": text}])
+
+
+def finish_chunk(reason: str = "STOP", usage: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The last chunk: finishReason and the whole answer's usage."""
+    chunk = _chunk([{"text": ""}], finishReason=reason)
+    chunk["usageMetadata"] = usage if usage is not None else success_usage(0)
+    return chunk
+
+
+class EventStream(Response):
+    """`text/event-stream`, one `data: <json>` line and a blank line per chunk (CRLF, as Google's
+    front end sends HTTP), written as the chunks are due; the client going away stops it."""
+
+    media_type = "text/event-stream"
+
+    def __init__(
+        self,
+        fake: BaseFake,
+        request: Request,
+        chunks: tuple[dict[str, Any], ...],
+        *,
+        delay: float = 0.0,
+        drop_after: int | None = None,
+    ) -> None:
+        super().__init__(media_type=self.media_type)
+        self.fake, self.request, self.chunks = fake, request, chunks
+        self.delay, self.drop_after = delay, drop_after
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        sse = self.request.query_params.get("alt") == "sse"
+        content_type = b"text/event-stream" if sse else b"application/json"
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", content_type)]})
+        async with self.fake.track():
+            for index, chunk in enumerate(self.chunks):
+                if index == self.drop_after:
+                    return  # uvicorn closes the connection of a response left unfinished
+                if index and self.delay and not await self.fake.sleep(self.request, self.delay):
+                    return
+                data = json.dumps(chunk, separators=(",", ":")).encode()
+                # Without alt=sse the chunks are the items of one JSON array, as google-genai's
+                # line-by-line reader of that form expects.
+                event = b"data: " + data + b"\r\n\r\n" if sse else (b"," if index else b"[") + data + b"\r\n"
+                await send({"type": "http.response.body", "body": event, "more_body": True})
+        await send({"type": "http.response.body", "body": b"" if sse else b"]"})
 
 
 def success_usage(input_images: int) -> dict[str, Any]:

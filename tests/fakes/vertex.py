@@ -14,6 +14,7 @@ Vertex: FakeGemini's validation and answers (Vertex takes the same proto-JSON), 
 with bearer tokens the token endpoint issued, Google's error bodies (401 UNAUTHENTICATED, 403
 PERMISSION_DENIED, 404 NOT_FOUND), and the Vertex-only `imageConfig` fields (`imageOutputOptions`,
 `personGeneration`, `prominentPeople`: python-genai `_ImageConfig_to_vertex`; Vertex v1 ImageConfig).
+`:streamGenerateContent` streams as FakeGemini does (the same `Streamed` scripts).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from .common import BaseFake, Delay, Hang, RawResponse, RecordedRequest, json_response, parse_json, raw_response
-from .gemini import FakeGemini, ParsedRequest, _invalid, _Reject, google_error_body, parse_request
+from .gemini import METHODS, FakeGemini, ParsedRequest, _invalid, _Reject, google_error_body, parse_request
 
 __all__ = [
     "CLOUD_PLATFORM_SCOPE",
@@ -278,7 +279,7 @@ class FakeVertex(FakeGemini):
                 )
             if (
                 location != self.location
-                or method != "generateContent"
+                or method not in METHODS
                 or not model
                 or (self.known_models is not None and model not in self.known_models)
             ):
@@ -292,6 +293,8 @@ class FakeVertex(FakeGemini):
             parsed = self._parse_vertex(recorded.json)
         except _Reject as reject:
             return json_response(reject.status, google_error_body(reject.status, reject.google_status, reject.message))
+        if method == "streamGenerateContent":  # Gemini's event stream (FakeGemini), under Vertex's URL
+            return await self._apply_stream(self.next_behaviour(), request, model, parsed)
         return await self._apply(self.next_behaviour(), request, model, parsed)
 
     def _check_bearer(self, request: Request) -> None:

@@ -33,11 +33,11 @@ from imagegate.errors import (
 from imagegate.gateway import build_catalog
 from imagegate.normalize import resolve_layout
 from imagegate.plugins import ProviderContext
-from imagegate.providers import ProviderRequest, ProviderResult
+from imagegate.providers import ProviderImage, ProviderRequest, ProviderResult
 from imagegate.providers.vertex import VertexProvider, default_base_url
 from tests.fakes.common import Delay
-from tests.fakes.gemini import FLASH_SIZES, PRO_SIZES, FinishBlocked, GeminiError, PromptBlocked
-from tests.fakes.images import detect_mime, image_size
+from tests.fakes.gemini import FLASH_SIZES, PRO_SIZES, FinishBlocked, GeminiError, PromptBlocked, thought_color
+from tests.fakes.images import detect_mime, image_size, pixel_at
 from tests.fakes.vertex import (
     CLOUD_PLATFORM_SCOPE,
     GOOGLE_TOKEN_AUDIENCE,
@@ -541,3 +541,41 @@ async def test_no_credentials_at_all_fails_at_start(
     error = await raised(adapter)  # without a start (a CLI run): each request says why
     assert error.code == "upstream_auth_failed" and "no Google credentials" in error.message
     await adapter.aclose()
+
+
+# --- streamed partial images -------------------------------------------------------------------
+
+
+async def test_partial_images_stream_from_vertex_s_stream_url_with_the_bearer_token(
+    provider: VertexProvider, vertex: FakeVertex, oauth: FakeGoogleOAuth
+) -> None:
+    partials: list[ProviderImage] = []
+    result = await provider.run(make_request(output_format="jpeg", on_partial=partials.append))
+    [sent] = vertex.requests
+    assert sent.path == vertex_path("gemini-3-pro-image").replace(":generateContent", ":streamGenerateContent")
+    assert sent.query == {"alt": "sse"}
+    assert bearer(sent) == oauth.issued[0]
+    config = sent.json["generationConfig"]
+    assert config["thinkingConfig"] == {"includeThoughts": True}
+    assert config["imageConfig"]["imageOutputOptions"] == {"mimeType": "image/jpeg"}  # Vertex's body, streamed
+    assert [pixel_at(image.data) for image in partials] == [thought_color(0), thought_color(1)]
+    assert detect_mime(result.images[0].data) == "image/jpeg"
+
+
+async def test_a_401_on_the_stream_gets_one_new_token_and_one_retry(
+    provider: VertexProvider, vertex: FakeVertex, oauth: FakeGoogleOAuth
+) -> None:
+    await provider.run(make_request())
+    oauth.revoke(oauth.issued[0])
+    partials: list[ProviderImage] = []
+    result = await provider.run(make_request(on_partial=partials.append))
+    assert result.images and len(partials) == 2
+    assert [bearer(r) for r in vertex.requests] == [oauth.issued[0], oauth.issued[0], oauth.issued[1]]
+
+
+async def test_a_streamed_error_maps_as_the_plain_call_s(provider: VertexProvider, vertex: FakeVertex) -> None:
+    vertex.enqueue(*[GeminiError(429, "RESOURCE_EXHAUSTED", "Quota exceeded.", retry_after_s=9)] * 2)
+    plain = await raised(provider)
+    stream = await raised(provider, make_request(on_partial=lambda image: None))
+    assert type(stream) is type(plain)
+    assert (stream.message, stream.code, stream.retry_after) == (plain.message, plain.code, plain.retry_after)

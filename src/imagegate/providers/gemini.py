@@ -5,6 +5,11 @@ Prompt and input images go as parts of one user turn; shape and scale as
 Safety blocks arrive as HTTP 200 and are turned into errors here. Gemini 3 Pro Image sends
 interim "thought" images before its answer: those parts carry `thought: true` and are skipped.
 
+When the gateway streams partial images (`request.on_partial`), the call is
+`:streamGenerateContent?alt=sse` with `includeThoughts`, and each thought image is reported as it
+arrives (`stream_content`). The streamed chunks are then put together into one answer, read by
+`parse_response` like any other, so a streamed and a plain call follow one set of rules.
+
 An answer is ~2 MB of JSON of which all but a few hundred bytes is one image's base64. So the
 body is not parsed whole: `lift_spans` cuts each long `"data"` string out (base64 has no quote or
 backslash, so the string ends at the next quote), the small rest is parsed, and each inlineData
@@ -18,9 +23,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import logging
 import secrets
 from collections.abc import Callable
 from typing import Any
+
+import httpx
 
 from .. import jsonio
 from ..errors import ContentPolicyViolation, ImagegateError, NoImageGenerated, UpstreamBadResponse
@@ -30,6 +39,7 @@ from ..plugins import ProviderSpec
 from .base import (
     HttpProvider,
     InputImage,
+    PartialListener,
     ProviderImage,
     ProviderRequest,
     ProviderResult,
@@ -38,14 +48,18 @@ from .base import (
     token_count,
 )
 from .transport import (
+    ErrorHook,
     UpstreamResponse,
     error_for_status,
     json_or_none,
     retry_after_seconds,
     seconds_value,
     send_checked,
+    stream_events,
     upstream_text,
 )
+
+log = logging.getLogger("imagegate")
 
 # Finish and block reasons that mean "the safety system said no" rather than "it failed".
 SAFETY_REASONS = frozenset(
@@ -317,6 +331,138 @@ def parse_response(data: Any, *, keep_all_images: bool) -> ProviderResult:
     )
 
 
+# --- streamed answers (partial images) -------------------------------------------------------
+
+
+def with_thoughts(body: dict[str, Any]) -> dict[str, Any]:
+    """`body` asking for the model's thoughts, where its interim images are: GenerationConfig's
+    `thinkingConfig.includeThoughts` (python-genai types.ThinkingConfig.include_thoughts, sent as
+    generationConfig.thinkingConfig by models._GenerationConfig_to_mldev and _to_vertex alike;
+    "thoughts are returned only if the model supports thought", so a model that does not think,
+    Nano Banana, takes it and sends none). A thinkingConfig passed through keeps its other fields."""
+    config = body["generationConfig"]
+    key = next((k for k in config if proto_field(k) == "thinkingconfig"), "thinkingConfig")
+    thinking = config.setdefault(key, {})
+    if isinstance(thinking, dict):  # anything else passed through is Google's to refuse, as without streaming
+        for name in [k for k in thinking if proto_field(k) == "includethoughts"]:
+            del thinking[name]
+        thinking["includeThoughts"] = True
+    return body
+
+
+class StreamedAnswer:
+    """The chunks of one streamed answer (each a GenerateContentResponse), put together.
+
+    Thought images are reported at once, in arrival order, wherever they come (before the answer
+    or after it: a thought image is never the result); one that is not a valid image is skipped
+    and logged, since the answer does not need it. Thought text is dropped. Every other part of
+    the first candidate is kept in order, text that continues from one chunk into the next as one
+    text; the candidate's other fields (finishReason, finishMessage), promptFeedback and
+    usageMetadata are the last chunk's that carries each (usage grows chunk by chunk)."""
+
+    def __init__(self, on_partial: PartialListener) -> None:
+        self.on_partial = on_partial
+        self._parts: list[Any] = []
+        self._candidate: dict[str, Any] | None = None  # None: no chunk had a candidate
+        self._top: dict[str, Any] = {}
+
+    def add(self, chunk: Any) -> None:
+        data = _dict(chunk, "stream chunk")
+        self._top.update({k: data[k] for k in ("promptFeedback", "usageMetadata") if data.get(k) is not None})
+        candidates = _list(data.get("candidates"), "candidates list")
+        if not candidates:
+            return
+        candidate = _dict(candidates[0], "candidate")
+        self._candidate = self._candidate or {}
+        self._candidate.update({k: v for k, v in candidate.items() if k != "content" and v is not None})
+        for index, part in enumerate(_list(_dict(candidate.get("content"), "content").get("parts"), "parts list")):
+            self._add_part(part, continues=index == 0)
+
+    def _add_part(self, part: Any, *, continues: bool) -> None:
+        if isinstance(part, dict) and part.get("thought"):
+            inline = part.get("inlineData") or part.get("inline_data")
+            if inline:
+                self._partial(inline)
+            return
+        last: Any = self._parts[-1] if self._parts else None
+        if continues and _plain_text(part) and _plain_text(last):
+            self._parts[-1] = {**last, "text": last["text"] + part["text"]}
+        else:
+            self._parts.append(part)
+
+    def _partial(self, inline: Any) -> None:
+        try:
+            image = _image_part(inline)
+        except UpstreamBadResponse as exc:
+            log.warning("gemini: an interim (thought) image was skipped: %s", exc.message)
+            return
+        self.on_partial(image)
+
+    def response(self) -> dict[str, Any]:
+        """The answer as one GenerateContentResponse, for `parse_response`."""
+        candidates = []
+        if self._candidate is not None:
+            candidates.append({**self._candidate, "content": {"role": "model", "parts": self._parts}})
+        return {"candidates": candidates, **self._top}
+
+
+def _plain_text(part: Any) -> bool:
+    """A part that is only text (no image, no thought signature to keep)."""
+    return isinstance(part, dict) and isinstance(part.get("text"), str) and set(part) == {"text"}
+
+
+async def stream_content(
+    client: httpx.AsyncClient,
+    url: str,
+    body: dict[str, Any],
+    request: ProviderRequest,
+    *,
+    provider: str,
+    timeout: float,
+    max_bytes: int,
+    headers: dict[str, str],
+    error: ErrorHook,
+) -> ProviderResult:
+    """One `streamGenerateContent?alt=sse` call (Gemini API and Vertex AI alike): `body` asks
+    for thoughts, each thought image goes to `request.on_partial` as it arrives, and the result
+    is the chunks' answer read by `parse_response`. Each chunk is parsed with `parse_body`, so an
+    image's megabytes of base64 stay a view of the event they came in."""
+    assert request.on_partial is not None, "a streamed call is made for a listener"
+    answer = StreamedAnswer(request.on_partial)
+    events = stream_events(
+        client,
+        "POST",
+        url,
+        provider=provider,
+        timeout=timeout,
+        max_bytes=max_bytes,
+        error=error,
+        json=with_thoughts(body),
+        headers=headers,
+    )
+    chunks = 0
+    async with contextlib.aclosing(events):
+        async for payload in events:
+            if payload and not payload.isspace():
+                answer.add(parse_body(provider, payload))
+                chunks += 1
+            # Let go of it now, not when the next event (megabytes more) is in: what the answer
+            # or a listener still needs of it, they hold.
+            del payload
+    if not chunks:  # a 2xx that is not an event stream at all (a proxy's page, JSON without alt=sse)
+        raise UpstreamBadResponse(f"{provider} sent a streamed answer without any events.")
+    return parse_response(answer.response(), keep_all_images=request.options.get("limit_generations") is False)
+
+
+def stream_error(provider: str, response: UpstreamResponse) -> ImagegateError:
+    """A non-2xx answer to a streamed call: Google's error body, which a stream without
+    `alt=sse` wraps in a JSON array (`[{"error": ...}]`), else the status."""
+    data = json_or_none(response.body)
+    if isinstance(data, list) and data:
+        data = data[0]
+    return _google_error(provider, response.status_code, data, retry_after_seconds(response.headers))
+
+
 def modality_split(details: Any) -> TokenSplit | None:
     """Gemini's `[{modality: TEXT|IMAGE|..., tokenCount}]` as text and image tokens (audio and
     video prompts do not reach an image model); None when the upstream gave no list."""
@@ -348,6 +494,8 @@ class GeminiProvider(HttpProvider):
         )
 
     async def _generate_content(self, request: ProviderRequest) -> ProviderResult:
+        if request.on_partial is not None:
+            return await self._stream_content(request)
         url = f"{self.base_url}/v1beta/models/{request.upstream_model}:generateContent"
         response = await send_checked(
             self.client,
@@ -362,6 +510,22 @@ class GeminiProvider(HttpProvider):
         )
         keep_all = request.options.get("limit_generations") is False
         return parse_response(parse_body(self.provider_id, response.body), keep_all_images=keep_all)
+
+    async def _stream_content(self, request: ProviderRequest) -> ProviderResult:
+        # The streaming method and its SSE form: google-genai models.py (generate_content_stream:
+        # '{model}:streamGenerateContent?alt=sse'); the provider wire-format reference, 2.1.
+        url = f"{self.base_url}/v1beta/models/{request.upstream_model}:streamGenerateContent?alt=sse"
+        return await stream_content(
+            self.client,
+            url,
+            build_body(request),
+            request,
+            provider=self.provider_id,
+            timeout=self.timeout,
+            max_bytes=self.max_response_bytes,
+            headers={"x-goog-api-key": self.api_key},
+            error=lambda response: stream_error(self.provider_id, response),
+        )
 
 
 def register_providers(register: Callable[[ProviderSpec], None]) -> None:

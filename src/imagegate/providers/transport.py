@@ -8,6 +8,8 @@ here, so retries, deadlines, size caps, cancels and downloads behave the same fo
   ours once (most specific first). `send_checked` also turns a non-2xx answer into the adapter's
   error through its `error` hook. All actual HTTP goes through `_exchange`, the one function to
   change to swap the client library.
+- `stream_events` is `send_checked` for an answer that is an event stream (Gemini's
+  `streamGenerateContent?alt=sse`): it yields each event's data as it arrives (`SSEDecoder`).
 - `error_for_status` is the shared table of upstream statuses to error classes; adapters that
   can read their upstream's error body (policy blocks, error types) call it for the rest.
 - `run_job` is the polling job runner for upstreams that work by predictions or queues
@@ -26,7 +28,7 @@ import math
 import time
 import urllib.parse
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -83,14 +85,18 @@ async def _exchange(
         if answer is not None:  # None: a call only httpx makes as it always has
             return UpstreamResponse(*answer)
     async with client.stream(method, url, timeout=timeout, **kwargs) as response:
-        chunks: list[bytes] = []
-        total = 0
-        async for chunk in response.aiter_bytes():
-            total += len(chunk)
-            if total > max_bytes:
-                raise _TooLarge
-            chunks.append(chunk)
-        return UpstreamResponse(response.status_code, response.headers, b"".join(chunks))
+        return UpstreamResponse(response.status_code, response.headers, await _read_capped(response, max_bytes))
+
+
+async def _read_capped(response: httpx.Response, max_bytes: int) -> bytes:
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in response.aiter_bytes():
+        total += len(chunk)
+        if total > max_bytes:
+            raise _TooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 class _TooLarge(Exception):
@@ -140,6 +146,140 @@ async def send_checked(
     if not response.ok:
         raise error(response)
     return response
+
+
+# --- streamed answers (Server-Sent Events) ---------------------------------------------------
+
+
+class SSEDecoder:
+    """An event stream, fed as it arrives, into the `data` of each event (WHATWG HTML 9.2.5 and
+    9.2.6, "Parsing" and "Interpreting an event stream"): lines end with CRLF, LF or CR; an
+    event's data is the values of its `data` fields joined with LF; comments (`:`) and the other
+    fields (`event`, `id`, `retry`) are ignored; a blank line ends an event, and so does the end
+    of the stream (`end`).
+
+    Built for events of megabytes (a Gemini thought image is one `data:` line of ~8 MB base64 at
+    4K): there is no line limit, each chunk is searched once, for line ends only, and an
+    unfinished line is kept as views of the chunks it came in, joined once when it ends, which
+    is the one copy of a big event's bytes."""
+
+    def __init__(self) -> None:
+        self._line: list[memoryview] = []  # the unfinished line, in pieces
+        self._data: list[bytes] = []  # the current event's data values
+        self._after_cr = False  # the last chunk ended with \r: a \n that opens the next one is part of it
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """The data of each event that `chunk` completes."""
+        events: list[bytes] = []
+        view = memoryview(chunk)
+        pos = 1 if self._after_cr and chunk[:1] == b"\n" else 0
+        self._after_cr = False
+        # The next \n and the next \r, each looked for again only once passed: bytes.find is a
+        # memchr (GB/s; a regex character class ran at 0.3 GB/s, 80 ms of CPU a 4K stream), and
+        # no byte is searched twice for either.
+        lf, cr = chunk.find(b"\n", pos), chunk.find(b"\r", pos)
+        while lf != -1 or cr != -1:
+            end = lf if cr == -1 or (lf != -1 and lf < cr) else cr
+            self._line.append(view[pos:end])
+            self._end_line(events)
+            pos = end + 1
+            if end == cr:
+                if pos == len(chunk):
+                    self._after_cr = True
+                elif lf == pos:  # \r\n: one line end
+                    pos += 1
+                cr = chunk.find(b"\r", pos)
+            if lf != -1 and lf < pos:
+                lf = chunk.find(b"\n", pos)
+        if pos < len(chunk):
+            self._line.append(view[pos:])
+        return events
+
+    def end(self) -> list[bytes]:
+        """The data of the last event, when the stream ended without a blank line after it."""
+        events: list[bytes] = []
+        if self._line:
+            self._end_line(events)
+        self._end_line(events)  # as a blank line would
+        return events
+
+    def _end_line(self, events: list[bytes]) -> None:
+        pieces, self._line = self._line, []
+        head = _head(pieces, 6)
+        if not head:  # a blank line: the event is complete
+            if self._data:
+                events.append(self._data[0] if len(self._data) == 1 else b"\n".join(self._data))
+                self._data = []
+        elif head.startswith(b"data:"):
+            self._data.append(_joined(pieces, 6 if head[5:6] == b" " else 5))  # one leading space is not data
+        elif head == b"data":  # a field without a colon has an empty value
+            self._data.append(b"")
+
+
+def _head(pieces: list[memoryview], size: int) -> bytes:
+    """The first `size` bytes of a line held in pieces."""
+    head = b""
+    for piece in pieces:
+        if len(head) >= size:
+            break
+        head += piece[: size - len(head)]
+    return head
+
+
+def _joined(pieces: list[memoryview], skip: int) -> bytes:
+    """The line's bytes after its first `skip`, copied once."""
+    rest: list[memoryview] = []
+    for piece in pieces:
+        if skip >= len(piece):
+            skip -= len(piece)
+            continue
+        rest.append(piece[skip:])
+        skip = 0
+    return b"".join(rest)
+
+
+async def stream_events(
+    client: httpx.AsyncClient,
+    method: str,
+    url: str,
+    *,
+    provider: str,
+    timeout: float,
+    max_bytes: int,
+    error: ErrorHook,
+    **kwargs: Any,
+) -> AsyncGenerator[bytes, None]:
+    """One request whose 2xx answer is an event stream: the `data` of each event, as it arrives
+    (see `SSEDecoder`). `send_checked`'s contract otherwise: a non-2xx answer is read (capped) and
+    raised as `error(response)`; `max_bytes` caps the whole stream (`UpstreamResponseTooLarge`);
+    httpx's failures map through `transport_error` (`timeout` bounds each read, as for `send`).
+
+    Always httpx, never aio.py's aiohttp: that path buffers a whole answer, which is what makes it
+    cheap, and a stream must hand over each event as it comes. Close it with `contextlib.aclosing`
+    when leaving early, so the connection is not left open until the generator is collected."""
+    try:
+        async with client.stream(method, url, timeout=timeout, **kwargs) as response:
+            if not 200 <= response.status_code < 300:
+                body = await _read_capped(response, max_bytes)
+                raise error(UpstreamResponse(response.status_code, response.headers, body))
+            decoder = SSEDecoder()
+            total = 0
+            async for chunk in response.aiter_bytes():
+                total += len(chunk)
+                if total > max_bytes:
+                    raise _TooLarge
+                events = decoder.feed(chunk)
+                while events:  # popped, not iterated: no reference to a yielded event stays here
+                    yield events.pop(0)
+            events = decoder.end()
+            while events:
+                yield events.pop(0)
+    except _TooLarge:
+        raise UpstreamResponseTooLarge(f"{provider} sent a response larger than {max_bytes} bytes.") from None
+    except httpx.HTTPError as exc:
+        raise transport_error(provider, exc) from exc
+    except (httpx.InvalidURL, UnicodeError) as exc:
+        raise UpstreamBadResponse(f"{provider} sent a URL that cannot be requested.") from exc
 
 
 # --- reading answers -------------------------------------------------------------------------

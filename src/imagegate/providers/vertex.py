@@ -7,6 +7,7 @@ The body and the answer are the Gemini API's (the same proto-JSON `GenerateConte
 `GenerateContentResponse`), so this module reuses providers/gemini.py's body building, response
 parsing and Google error parsing, and adds only what differs: the URL, the bearer token, and the
 Vertex-only image output options (PNG and JPEG made natively, so the gateway converts nothing).
+Streamed partial images (`request.on_partial`) use gemini.py's `stream_content` the same way.
 
 Tokens come from google-auth: the key file named by GOOGLE_APPLICATION_CREDENTIALS (a service
 account's key honours its `token_uri`), else application default credentials. google-auth is
@@ -37,7 +38,7 @@ from ..imaging import MIME_BY_FORMAT
 from ..plugins import ProviderContext, ProviderSpec, Setting, catalog_file
 from .base import ImageProvider, ProviderRequest, ProviderResult
 from .gemini import _google_error as google_error
-from .gemini import build_body, parse_response
+from .gemini import build_body, parse_response, stream_content, stream_error
 from .transport import UpstreamResponse, parse_json, retry_after_seconds, send, upstream_text
 
 # The scope every Vertex AI call needs (python-genai _api_client.py, load_auth).
@@ -234,10 +235,10 @@ class VertexProvider(ImageProvider):
             max_response_bytes=context.max_response_bytes,
         )
 
-    def url_for(self, model: str) -> str:
+    def url_for(self, model: str, method: str = "generateContent") -> str:
         return (
             f"{self.base_url}/v1/projects/{self.project}/locations/{self.location}"
-            f"/publishers/google/models/{model}:generateContent"
+            f"/publishers/google/models/{model}:{method}"
         )
 
     async def generate(self, request: ProviderRequest) -> ProviderResult:
@@ -247,6 +248,8 @@ class VertexProvider(ImageProvider):
         return await self._generate_content(request)
 
     async def _generate_content(self, request: ProviderRequest) -> ProviderResult:
+        if request.on_partial is not None:
+            return await self._stream_content(request)
         url = self.url_for(request.upstream_model)
         body = build_vertex_body(request)
         token = await self.tokens.token()
@@ -261,6 +264,34 @@ class VertexProvider(ImageProvider):
             raise google_error(self.provider_id, response.status_code, data, retry_after_seconds(response.headers))
         keep_all = request.options.get("limit_generations") is False
         return parse_response(parse_json(self.provider_id, response.body), keep_all_images=keep_all)
+
+    async def _stream_content(self, request: ProviderRequest) -> ProviderResult:
+        """Partial images asked for: Gemini's streamed call under Vertex's URL. The method is
+        `projects.locations.publishers.models.streamGenerateContent` (Vertex AI REST reference,
+        https://cloud.google.com/vertex-ai/generative-ai/docs/reference/rest-rpc), in its SSE form
+        `?alt=sse` (python-genai models.py uses '{model}:streamGenerateContent?alt=sse' for
+        Vertex too). A 401 comes before any event, so it gets the same one retry as above."""
+        url = self.url_for(request.upstream_model, "streamGenerateContent") + "?alt=sse"
+        token = await self.tokens.token()
+        try:
+            return await self._stream(request, url, token)
+        except UpstreamAuthFailed as exc:
+            if exc.upstream_status != 401:
+                raise
+        return await self._stream(request, url, await self.tokens.replace(token))
+
+    async def _stream(self, request: ProviderRequest, url: str, token: str) -> ProviderResult:
+        return await stream_content(
+            self.client,
+            url,
+            build_vertex_body(request),
+            request,
+            provider=self.provider_id,
+            timeout=self.timeout,
+            max_bytes=self.max_response_bytes,
+            headers={"authorization": f"Bearer {token}"},
+            error=lambda response: stream_error(self.provider_id, response),
+        )
 
     async def _post(self, url: str, body: dict[str, Any], token: str) -> UpstreamResponse:
         return await send(
