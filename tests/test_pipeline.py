@@ -346,3 +346,63 @@ async def test_no_fallback_unless_the_client_allows_it(tmp_path: Path) -> None:
     with pytest.raises(UpstreamUnavailable) as excinfo:
         await h.create()
     assert excinfo.value.message == "fal busy" and h.fakes["openai"].history == []
+
+
+PARTIAL_BINDING = {"parameters": {"partial_images": {"handling": "emulated", "how": "thought images"}}}
+
+
+def sends_partials(*colors: tuple[int, int, int]) -> Callable[[Any], Any]:
+    """An answer that first reports one interim image per colour, as a streaming upstream does."""
+
+    def answer(request: Any) -> Any:
+        assert request.on_partial is not None, "a streamed request with partial_images gets a listener"
+        for color in colors:
+            request.on_partial(result(1, color=color).images[0])
+        return result(request.n)
+
+    return answer
+
+
+async def test_interim_images_become_partial_events_before_the_images(tmp_path: Path) -> None:
+    h = Harness(tmp_path, m={"providers": {"gemini": PARTIAL_BINDING}})
+    h.fakes["gemini"].enqueue(sends_partials((255, 0, 0), (0, 255, 0), (0, 0, 255)))
+    events: list[PipelineEvent] = []
+    outcome = await h.create(on_event=events.append, stream=True, partial_images=2, output_format="jpeg")
+    partials = [e for e in events if e.kind == "image_partial"]
+    assert [e.index for e in partials] == [0, 1]  # at most partial_images, in arrival order
+    assert all(e.stage == "dispatch" and e.image is not None and e.image.format == "jpeg" for e in partials)
+    kinds = [(e.kind, e.stage) for e in events]
+    assert kinds.index(("image_partial", "dispatch")) < kinds.index(("stage_finished", "dispatch"))
+    assert len(outcome.images) == 1 and outcome.adjustments == []
+
+
+async def test_no_listener_for_a_provider_without_partials_or_without_stream(tmp_path: Path) -> None:
+    h = Harness(tmp_path)  # gemini's binding here declares no partial_images
+    events: list[PipelineEvent] = []
+    outcome = await h.create(on_event=events.append, stream=True, partial_images=2)
+    assert h.fakes["gemini"].history[-1].on_partial is None
+    assert [(a.param, a.applied) for a in outcome.adjustments] == [
+        ("partial_images", "not applied (provider gemini sends no partial images)")
+    ]
+    h = Harness(tmp_path, m={"providers": {"gemini": PARTIAL_BINDING}})
+    outcome = await h.create(on_event=events.append, partial_images=2)
+    assert h.fakes["gemini"].history[-1].on_partial is None
+    assert [(a.param, a.applied) for a in outcome.adjustments] == [
+        ("partial_images", "not applied (only with stream: true)")
+    ]
+
+
+async def test_a_broken_interim_image_is_skipped(tmp_path: Path) -> None:
+    from imagegate.imaging import ImageBytes
+    from imagegate.providers import ProviderImage
+
+    def answer(request: Any) -> Any:
+        request.on_partial(ProviderImage(ImageBytes(b"\x89PNG\r\n\x1a\nnot really"), "image/png"))
+        request.on_partial(result(1).images[0])
+        return result(request.n)
+
+    h = Harness(tmp_path, m={"providers": {"gemini": PARTIAL_BINDING}})
+    h.fakes["gemini"].enqueue(answer)
+    events: list[PipelineEvent] = []
+    await h.create(on_event=events.append, stream=True, partial_images=3)
+    assert [e.index for e in events if e.kind == "image_partial"] == [1]  # the good one keeps its place
