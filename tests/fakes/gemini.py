@@ -21,7 +21,8 @@ import json
 import math
 import re
 import secrets
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.applications import Starlette
@@ -226,6 +227,9 @@ class Streamed:
     thoughts_last: bool = False
     delay: float = 0.0
     drop_after: int | None = None
+    # The answer chunk (the first with a non-thought image) waits until the test sets this: a
+    # test can show partial images reach the client before the final image is even sent.
+    gate: threading.Event | None = field(default=None, compare=False)
 
 
 class _Reject(Exception):
@@ -563,7 +567,9 @@ class FakeGemini(BaseFake):
             chunks = behaviour.chunks
             if chunks is None:
                 chunks = tuple(await run_in_threadpool(self.stream_chunks, parsed, model, behaviour))
-            return EventStream(self, request, chunks, delay=behaviour.delay, drop_after=behaviour.drop_after)
+            return EventStream(
+                self, request, chunks, delay=behaviour.delay, drop_after=behaviour.drop_after, gate=behaviour.gate
+            )
         if isinstance(behaviour, PromptBlocked):
             return EventStream(self, request, (self._prompt_blocked(model, behaviour),))
         if isinstance(behaviour, FinishBlocked):
@@ -712,10 +718,11 @@ class EventStream(Response):
         *,
         delay: float = 0.0,
         drop_after: int | None = None,
+        gate: threading.Event | None = None,
     ) -> None:
         super().__init__(media_type=self.media_type)
         self.fake, self.request, self.chunks = fake, request, chunks
-        self.delay, self.drop_after = delay, drop_after
+        self.delay, self.drop_after, self.gate = delay, drop_after, gate
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         sse = self.request.query_params.get("alt") == "sse"
@@ -727,12 +734,25 @@ class EventStream(Response):
                     return  # uvicorn closes the connection of a response left unfinished
                 if index and self.delay and not await self.fake.sleep(self.request, self.delay):
                     return
+                if self.gate is not None and _holds_answer(chunk):
+                    while not self.gate.is_set():  # the test thread sets it
+                        if not await self.fake.sleep(self.request, 0.01):
+                            return
                 data = json.dumps(chunk, separators=(",", ":")).encode()
                 # Without alt=sse the chunks are the items of one JSON array, as google-genai's
                 # line-by-line reader of that form expects.
                 event = b"data: " + data + b"\r\n\r\n" if sse else (b"," if index else b"[") + data + b"\r\n"
                 await send({"type": "http.response.body", "body": event, "more_body": True})
         await send({"type": "http.response.body", "body": b"" if sse else b"]"})
+
+
+def _holds_answer(chunk: dict[str, Any]) -> bool:
+    """Whether a chunk carries a final (non-thought) image."""
+    for candidate in chunk.get("candidates") or []:
+        for part in (candidate.get("content") or {}).get("parts") or []:
+            if (part.get("inlineData") or part.get("inline_data")) and not part.get("thought"):
+                return True
+    return False
 
 
 def success_usage(input_images: int) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import threading
 import time
 from typing import Any
 
@@ -14,8 +15,8 @@ import pytest
 from openai import OpenAI
 
 from ..conftest import API_KEY, RunningGateway
-from ..fakes.gemini import Delay, FakeGemini, GeminiError, Hang
-from ..fakes.images import detect_mime, image_size, solid_png
+from ..fakes.gemini import Delay, FakeGemini, GeminiError, Hang, Streamed, thought_color
+from ..fakes.images import detect_mime, image_size, pixel_at, solid_png
 
 MODEL = "gemini-3-pro-image-preview"
 FLASH = "gemini-2.5-flash-image"
@@ -23,6 +24,10 @@ FLASH = "gemini-2.5-flash-image"
 
 def events_of(stream: Any) -> list[Any]:
     return list(stream)
+
+
+def near(color: tuple[int, ...], expected: tuple[int, int, int]) -> bool:
+    return all(abs(a - b) <= 12 for a, b in zip(color, expected, strict=True))
 
 
 def extra(event: Any, name: str) -> Any:
@@ -176,3 +181,44 @@ def test_a_client_that_leaves_the_stream_cancels_the_upstream_call(
     while fake_gemini.cancelled < 1 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert fake_gemini.cancelled == 1
+
+
+def test_partial_images_arrive_before_the_final_image_is_even_sent(client: OpenAI, fake_gemini: FakeGemini) -> None:
+    """Nano Banana Pro's thought images, streamed by Gemini's streamGenerateContent, reach the SDK as
+    partial_image events while the fake still holds back the answer: they are not sent at the end."""
+    gate = threading.Event()
+    fake_gemini.enqueue(Streamed(thought_images=3, gate=gate))
+    stream = client.images.generate(model=MODEL, prompt="a fox", stream=True, partial_images=2, output_format="webp")
+    events = iter(stream)
+    partials = [next(events), next(events)]  # both arrive while the answer is held upstream
+    assert not gate.is_set()
+    assert [(e.type, e.partial_image_index) for e in partials] == [
+        ("image_generation.partial_image", i) for i in (0, 1)
+    ]
+    for index, event in enumerate(partials):
+        data = base64.b64decode(event.b64_json)
+        assert detect_mime(data) == "image/webp" and event.output_format == "webp"  # converted as the final is
+        assert near(pixel_at(data, 0, 0)[:3], thought_color(index))  # webp is lossy
+    gate.set()
+    rest = list(events)
+    assert [e.type for e in rest] == ["image_generation.completed"]  # the third thought image: over partial_images
+    final = base64.b64decode(rest[0].b64_json)
+    assert detect_mime(final) == "image/webp" and not near(pixel_at(final, 0, 0)[:3], thought_color(0))
+    sent = fake_gemini.requests[-1]
+    assert ":streamGenerateContent" in sent.path and sent.json["generationConfig"]["thinkingConfig"] == {
+        "includeThoughts": True
+    }
+    assert extra(rest[0], "adjustments") == []
+
+
+def test_an_edit_streams_partial_images_too(client: OpenAI, fake_gemini: FakeGemini) -> None:
+    events = events_of(
+        client.images.edit(
+            model=MODEL,
+            image=("in.png", io.BytesIO(solid_png(64, 64, (0, 128, 0))), "image/png"),
+            prompt="p",
+            stream=True,
+            partial_images=1,
+        )
+    )
+    assert [e.type for e in events] == ["image_edit.partial_image", "image_edit.completed"]
