@@ -27,7 +27,7 @@ from imagegate.gateway import build_catalog
 from imagegate.usage import UsageLog, UsageRecord
 
 from .conftest import API_KEY, RunningGateway
-from .fakes.gemini import FakeGemini
+from .fakes.gemini import FakeGemini, GeminiError, thought_color
 from .fakes.images import color_for, detect_mime, image_size, pixel_at, solid_png
 
 MODEL = "gemini-3-pro-image-preview"
@@ -860,3 +860,41 @@ def test_plugins_lists_each_provider_and_whether_it_is_configured(monkeypatch: p
     assert "secret-fal-key" not in result.stdout
     table = invoke("plugins")
     assert table.exit_code == 0 and "REPLICATE_API_TOKEN (required)" in table.stdout
+
+
+# --- --stream ----------------------------------------------------------------------------
+
+
+def test_generate_stream_shows_and_saves_each_partial_image(with_gemini: FakeGemini, tmp_path: Path) -> None:
+    out = tmp_path / "fox.png"
+    result = ok("generate", "a fox", "--stream", "--save-partials", "-o", str(out))
+    assert result.stdout.strip().splitlines() == [str(out)]
+    text = flat(result.stderr)
+    assert "partial image 1 after" in text and "partial image 2 after" in text and "final image after" in text
+    for index in (1, 2):
+        saved = tmp_path / f"fox-partial-{index}.png"
+        assert pixel_at(saved.read_bytes())[:3] == thought_color(index - 1)
+    assert pixel_at(out.read_bytes())[:3] == color_for("a fox")
+    assert ":streamGenerateContent" in with_gemini.requests[-1].path
+
+
+def test_remote_generate_stream(gateway: RunningGateway, fake_gemini: FakeGemini, tmp_path: Path) -> None:
+    out = tmp_path / "remote.png"
+    result = ok(
+        "generate", "a remote fox", "--stream", "--partial-images", "1", "--save-partials",
+        "--server", gateway.url, "--api-key", API_KEY, "-o", str(out),
+    )  # fmt: skip
+    assert result.stdout.strip() == str(out)
+    assert "partial image 1 after" in flat(result.stderr) and "partial image 2" not in flat(result.stderr)
+    assert pixel_at((tmp_path / "remote-partial-1.png").read_bytes())[:3] == thought_color(0)
+    assert pixel_at(out.read_bytes())[:3] == color_for("a remote fox")
+    assert MODEL in result.stderr
+
+
+def test_remote_stream_error_exits_1(gateway: RunningGateway, fake_gemini: FakeGemini, tmp_path: Path) -> None:
+    fake_gemini.enqueue(GeminiError(500, "INTERNAL", "broke"))
+    result = invoke(
+        "generate", "a cat", "--stream", "--server", gateway.url, "--api-key", API_KEY, "-o", str(tmp_path / "x.png")
+    )
+    assert_clean_failure(result)
+    assert not (tmp_path / "x.png").exists()

@@ -12,6 +12,7 @@ import json
 import re
 import sys
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
@@ -30,7 +31,7 @@ from .errors import ImagegateError
 from .gateway import Gateway
 from .keys import KeyStore
 from .plugins import ProviderSpec, is_configured, load_registry, setting_values
-from .service import ImageJob, ImagesOutcome
+from .service import ImageJob, ImagesOutcome, PipelineEvent
 from .usage import GROUP_COLUMNS, Grouping, UsageLog, UsageTotal
 
 err_console = Console(stderr=True)
@@ -107,6 +108,23 @@ def _image_options(fn: Any) -> Any:
             help="Use a running gateway at this URL instead of running in-process.",
         ),
         click.option("--api-key", default=None, envvar="IMAGEGATE_API_KEY", help="Key for --server."),
+        click.option(
+            "--stream",
+            is_flag=True,
+            help="Stream: show each partial image as it arrives (Nano Banana Pro's thought images) and the time taken.",
+        ),
+        click.option(
+            "--partial-images",
+            default=2,
+            show_default=True,
+            type=click.IntRange(0, 3),
+            help="With --stream: how many partial images to ask for.",
+        ),
+        click.option(
+            "--save-partials",
+            is_flag=True,
+            help="With --stream: also write each partial image, as NAME-partial-1.EXT, ...",
+        ),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -127,6 +145,9 @@ def _collect_params(prompt: str, kw: dict[str, Any]) -> dict[str, Any]:
     if output and "output_format" not in params and Path(output).suffix.lower() in SUFFIX_FORMATS:
         params["output_format"] = SUFFIX_FORMATS[Path(output).suffix.lower()]
     params["response_format"] = "b64_json"
+    if kw.get("stream"):
+        params["stream"] = True
+        params["partial_images"] = kw.get("partial_images", 2)
     return params
 
 
@@ -161,15 +182,41 @@ def _fail(exc: ImagegateError) -> NoReturn:
     sys.exit(1)
 
 
+class PartialPrinter:
+    """--stream: one line per partial image as it arrives, with the time since the start (and the
+    file, with --save-partials); then the time to the final image."""
+
+    def __init__(self, kw: dict[str, Any]) -> None:
+        self.started = time.monotonic()
+        self.save = bool(kw.get("save_partials"))
+        self.output = kw.get("output")
+
+    def partial(self, index: int, data: bytes, fmt: str, size: str) -> None:
+        line = f"partial image {index + 1} after {time.monotonic() - self.started:.2f} s ({size} {fmt})"
+        if self.save:
+            stem = Path(self.output).with_suffix("") if self.output else Path("imagegate")
+            path = stem.with_name(f"{stem.name}-partial-{index + 1}.{'jpg' if fmt == 'jpeg' else fmt}")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+            line += f": {path}"
+        err_console.print(line)
+
+    def done(self) -> None:
+        err_console.print(f"final image after {time.monotonic() - self.started:.2f} s")
+
+
 def _run_job(job: ImageJob, kw: dict[str, Any]) -> None:
+    printer = PartialPrinter(kw) if kw.get("stream") else None
     with err_console.status("Generating…", spinner="dots"):
         try:
             if kw.get("server"):
-                files, summary = _run_remote(job, kw["server"], kw.get("api_key"))
+                files, summary = _run_remote(job, kw["server"], kw.get("api_key"), printer)
             else:
-                files, summary = asyncio.run(_run_local(job))
+                files, summary = asyncio.run(_run_local(job, printer))
         except ImagegateError as exc:
             _fail(exc)
+    if printer is not None:
+        printer.done()
     for path in _write_outputs(files, kw.get("output")):
         suffix_format = SUFFIX_FORMATS.get(path.suffix.lower())
         written = files[0][1]
@@ -179,9 +226,14 @@ def _run_job(job: ImageJob, kw: dict[str, Any]) -> None:
     err_console.print(summary)
 
 
-async def _run_local(job: ImageJob) -> tuple[list[tuple[bytes, str]], str]:
+async def _run_local(job: ImageJob, printer: PartialPrinter | None = None) -> tuple[list[tuple[bytes, str]], str]:
+    def on_event(event: PipelineEvent) -> None:
+        if printer is not None and event.kind == "image_partial" and event.image is not None:
+            image = event.image
+            printer.partial(event.index or 0, image.data, image.format, f"{image.width}x{image.height}")
+
     async with Gateway(Settings()) as gateway:
-        outcome = await gateway.service.create(job)
+        outcome = await gateway.service.create(job, on_event=on_event)
     return [(img.data, img.format) for img in outcome.images], _summary(outcome)
 
 
@@ -227,8 +279,12 @@ def _remote_error(response: httpx.Response) -> ImagegateError:
 
 
 def _post_remote(job: ImageJob, base: str, client: httpx.Client) -> httpx.Response:
+    return client.send(_build_remote(job, base, client))
+
+
+def _build_remote(job: ImageJob, base: str, client: httpx.Client) -> httpx.Request:
     if job.mode == "t2i":
-        return client.post(f"{base}/v1/images/generations", json=job.params)
+        return client.build_request("POST", f"{base}/v1/images/generations", json=job.params)
     files: list[tuple[str, tuple[str, bytes, str]]] = [
         ("image[]", (f"image-{i}", data, "application/octet-stream"))
         for i, data in enumerate(job.images)
@@ -237,14 +293,18 @@ def _post_remote(job: ImageJob, base: str, client: httpx.Client) -> httpx.Respon
     if isinstance(job.mask, bytes):
         files.append(("mask", ("mask.png", job.mask, "image/png")))
     form = {k: json.dumps(v) if isinstance(v, (dict, list)) else str(v) for k, v in job.params.items()}
-    return client.post(f"{base}/v1/images/edits", data=form, files=files)
+    return client.build_request("POST", f"{base}/v1/images/edits", data=form, files=files)
 
 
-def _run_remote(job: ImageJob, server: str, api_key: str | None) -> tuple[list[tuple[bytes, str]], str]:
+def _run_remote(
+    job: ImageJob, server: str, api_key: str | None, printer: PartialPrinter | None = None
+) -> tuple[list[tuple[bytes, str]], str]:
     base = server.rstrip("/")
     headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
     try:
         with httpx.Client(timeout=600.0, headers=headers) as client:
+            if printer is not None:
+                return _run_remote_stream(job, base, client, printer)
             response = _post_remote(job, base, client)
         if response.status_code != 200:
             raise _remote_error(response)
@@ -265,6 +325,64 @@ def _run_remote(job: ImageJob, server: str, api_key: str | None) -> tuple[list[t
         [(a.get("param"), a.get("requested"), a.get("applied")) for a in body.get("adjustments") or []],
     )
     return images, summary
+
+
+def _run_remote_stream(
+    job: ImageJob, base: str, client: httpx.Client, printer: PartialPrinter
+) -> tuple[list[tuple[bytes, str]], str]:
+    """The server's event stream: partial images printed (and saved) as they come, the completed
+    events' images returned. Errors are raised as in `_run_remote` (its caller maps httpx's)."""
+    request = _build_remote(job, base, client)
+    response = client.send(request, stream=True)
+    try:
+        if response.status_code != 200:
+            response.read()
+            raise _remote_error(response)
+        images: list[tuple[bytes, str]] = []
+        last: dict[str, Any] = {}
+        for event, data in _sse_events(response.iter_lines()):
+            if event == "error" or "error" in data:
+                error = data.get("error") or {}
+                raise ImagegateError(str(error.get("message") or "stream failed"), code=error.get("code") or "error")
+            if event.endswith(".partial_image"):
+                raw = base64.b64decode(data["b64_json"])
+                printer.partial(int(data.get("partial_image_index", 0)), raw, data["output_format"], data["size"])
+            elif event.endswith(".completed"):
+                images.append((base64.b64decode(data["b64_json"]), data.get("output_format") or "png"))
+                last = data
+    finally:
+        response.close()
+    if not images:
+        raise ImagegateError(f"{base} ended its stream without an image.", code="bad_response")
+    usage = last.get("usage") or {}
+    summary = _summary_text(
+        response.headers.get("x-imagegate-model") or usage.get("model"),
+        response.headers.get("x-imagegate-provider") or usage.get("provider"),
+        len(images),
+        last.get("size"),
+        images[0][1],
+        usage.get("cost", 0),
+        [(a.get("param"), a.get("requested"), a.get("applied")) for a in last.get("adjustments") or []],
+    )
+    return images, summary
+
+
+def _sse_events(lines: Iterator[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(event name, JSON data) of each Server-Sent Event; comments (keep-alives) are skipped."""
+    event, data = "message", list[str]()
+    for line in lines:
+        if not line:
+            if data:
+                yield event, json.loads("\n".join(data))
+            event, data = "message", []
+        elif line.startswith(":"):
+            continue
+        elif line.startswith("event:"):
+            event = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].removeprefix(" "))
+    if data:
+        yield event, json.loads("\n".join(data))
 
 
 def _write_outputs(files: list[tuple[bytes, str]], output: str | None) -> list[Path]:
