@@ -4,6 +4,7 @@ job, a graceful stop. The runner runs in-process against the fake Gemini on loop
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,9 @@ from imagegate.gateway import Gateway
 from imagegate.jobs import MAX_ATTEMPTS, Job, JobStore, prefers_async
 from imagegate.server.job_routes import renderers
 
-from .conftest import make_settings
+from .conftest import API_KEY, RunningGateway, make_settings
 from .fakes.gemini import FakeGemini, Hang
+from .fakes.images import detect_mime, solid_png
 
 MODEL = "gemini-3-pro-image-preview"
 DEAD_PID = "999999999"  # above pid_max: no such process
@@ -179,3 +181,60 @@ def test_a_graceful_stop_queues_running_jobs_again_without_counting_a_start(
 
     job = asyncio.run(scenario())
     assert job is not None and (job.status, job.attempts, job.owner) == ("queued", 0, None)
+
+
+# --- the CLI against a running gateway -------------------------------------------------------
+
+
+def _cli(*args: str) -> Any:
+    from click.testing import CliRunner
+
+    from imagegate.cli import cli
+
+    try:
+        runner = CliRunner(mix_stderr=False)  # type: ignore[call-arg]  # click < 8.2
+    except TypeError:
+        runner = CliRunner()
+    return runner.invoke(cli, list(args), catch_exceptions=False)
+
+
+def test_cli_generate_async_then_jobs_wait_get_list_cancel(
+    gateway: RunningGateway, fake_gemini: FakeGemini, tmp_path: Path
+) -> None:
+    server = ("--server", gateway.url, "--api-key", API_KEY)
+    submitted = _cli("generate", "a cat", "--model", MODEL, "--async", *server)
+    assert submitted.exit_code == 0, submitted.stderr
+    job_id = submitted.stdout.strip()
+    assert job_id.startswith("job_")
+    out = tmp_path / "cat.png"
+    waited = _cli("jobs", "wait", job_id, *server, "--interval", "0.1", "-o", str(out))
+    assert waited.exit_code == 0, waited.stderr
+    assert waited.stdout.strip() == str(out) and detect_mime(out.read_bytes()) == "image/png"
+    assert "succeeded" in waited.stderr
+    got = _cli("jobs", "get", job_id, *server, "--json")
+    assert json.loads(got.stdout)["status"] == "succeeded"
+    listed = _cli("jobs", "list", *server)
+    assert listed.exit_code == 0 and job_id in listed.stdout and "succeeded" in listed.stdout
+    cancelled = _cli("jobs", "cancel", job_id, *server)
+    assert cancelled.exit_code == 1 and "409" in cancelled.stderr and "job_already_finished" in cancelled.stderr
+    assert len(fake_gemini.requests) == 1
+
+
+def test_cli_edit_async_and_cancel(gateway: RunningGateway, fake_gemini: FakeGemini, tmp_path: Path) -> None:
+    fake_gemini.default_behaviour = Hang(30)
+    image = tmp_path / "in.png"
+    image.write_bytes(solid_png(32, 32, (0, 90, 200)))
+    server = ("--server", gateway.url, "--api-key", API_KEY)
+    submitted = _cli("edit", str(image), "--prompt", "p", "--model", MODEL, "--async", *server)
+    assert submitted.exit_code == 0, submitted.stderr
+    job_id = submitted.stdout.strip()
+    fake_gemini.wait_for_requests(1)
+    cancelled = _cli("jobs", "cancel", job_id, *server)
+    assert cancelled.exit_code == 0 and "cancelled" in cancelled.stdout
+    waited = _cli("jobs", "wait", job_id, *server)
+    assert waited.exit_code == 1 and "cancelled" in waited.stderr
+
+
+def test_cli_async_needs_a_server() -> None:
+    result = _cli("generate", "a cat", "--async")
+    assert result.exit_code == 2 and "--server" in result.stderr
