@@ -238,3 +238,39 @@ def test_cli_edit_async_and_cancel(gateway: RunningGateway, fake_gemini: FakeGem
 def test_cli_async_needs_a_server() -> None:
     result = _cli("generate", "a cat", "--async")
     assert result.exit_code == 2 and "--server" in result.stderr
+
+
+def test_the_finished_hook_sees_each_job_once_in_its_final_state(tmp_path: Path, fake_gemini: FakeGemini) -> None:
+    from .fakes.gemini import GeminiError
+
+    settings = make_settings(
+        tmp_path, gemini_api_key=fake_gemini.api_key, gemini_base_url=fake_gemini.base_url, job_concurrency=1
+    )
+    fake_gemini.enqueue(None, GeminiError(500, "INTERNAL", "upstream broke"))
+    seen: list[Job] = []
+
+    async def scenario() -> dict[str, str]:
+        async with Gateway(settings) as gateway:
+            gateway.jobs.on_finished = seen.append
+            store = gateway.jobs.store
+            ok, failing, dropped = _add(store, None), _add(store, None), _add(store, None)
+            interrupted = _interrupted_job(gateway, usage_counted=False)
+            gateway.db.execute("UPDATE jobs SET attempts = ? WHERE id = ?", (MAX_ATTEMPTS, interrupted))
+            await gateway.jobs.cancel(dropped.id)  # still queued: cancelled at once
+            await gateway.jobs.start(renderers())
+            try:
+                async with asyncio.timeout(20):
+                    while len(seen) < 4:
+                        await asyncio.sleep(0.05)
+                await asyncio.sleep(0.2)  # room for a second, wrong call
+            finally:
+                await gateway.jobs.stop()
+            return {ok.id: "succeeded", failing.id: "failed", dropped.id: "cancelled", interrupted: "failed"}
+
+    expected = asyncio.run(scenario())
+    assert sorted((job.id, job.status) for job in seen) == sorted(expected.items())
+    by_id = {job.id: job for job in seen}
+    succeeded = next(job for job in seen if job.status == "succeeded")
+    body = succeeded.to_object()
+    assert body == json.loads(succeeded.to_json()) and body["result"]["data"]
+    assert by_id[[k for k, v in expected.items() if v == "failed"][0]].error is not None

@@ -42,7 +42,7 @@ import shutil
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
 from urllib.parse import urlsplit
@@ -543,8 +543,17 @@ def _no_hook(job: Job) -> None:
 
 @dataclass
 class _Run:
-    task: asyncio.Task[None]
-    pending: list[asyncio.Future[Any]] = field(default_factory=list)
+    """One job running here. A cancel stops only its pipeline (`work`); the run itself still
+    keeps the job's end (cleanup, the hook). Only a shutdown cancels the whole run (`task`)."""
+
+    task: asyncio.Task[None] | None = None
+    work: asyncio.Future[ImagesOutcome] | None = None
+    cancel_requested: bool = False
+
+    def cancel(self) -> None:
+        self.cancel_requested = True
+        if self.work is not None:
+            self.work.cancel()
 
 
 class JobRunner:
@@ -589,12 +598,12 @@ class JobRunner:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
-        runs = list(self._runs.values())
-        for run in runs:
-            run.task.cancel()
-        for run in runs:
+        tasks = [run.task for run in self._runs.values() if run.task is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
             with contextlib.suppress(BaseException):
-                await run.task
+                await task
 
     def wake(self) -> None:
         self._wake.set()
@@ -612,7 +621,8 @@ class JobRunner:
             try:
                 await self._take_back_and_reap()
                 while not self._stopping and (job := await self._claim()) is not None:
-                    self._runs[job.id] = _Run(asyncio.create_task(self._run(job)))
+                    run = self._runs[job.id] = _Run()
+                    run.task = asyncio.create_task(self._run(job, run))
             except asyncio.CancelledError:
                 raise
             except Exception:  # keep running jobs; one failed sweep (a locked database) must not stop it
@@ -636,19 +646,19 @@ class JobRunner:
         for job in await asyncio.to_thread(self.store.take_back, self._is_dead):
             self._finished(job)
         for job_id in await asyncio.to_thread(self.store.cancelled_among, list(self._runs)):
-            self._runs[job_id].task.cancel()
+            self._runs[job_id].cancel()
 
     # -- one job --
 
-    async def _run(self, job: Job) -> None:
+    async def _run(self, job: Job, run: _Run) -> None:
         try:
-            await self._run_once(job)
+            await self._run_once(job, run)
         finally:
             # Only now: until its row is final, a run not in _runs looks like a dead process's.
             self._runs.pop(job.id, None)
             self.wake()
 
-    async def _run_once(self, job: Job) -> None:
+    async def _run_once(self, job: Job, run: _Run) -> None:
         renderers = self.renderers
         assert renderers is not None
         seq = 0
@@ -677,14 +687,17 @@ class JobRunner:
             await asyncio.to_thread(self.store.clear_events, job.id)  # a re-run starts its stream again
             if counted_before:
                 self.usage.counted.add(job.request_id)
-            outcome = await self.service.create(await self._image_job(job), on_event=listen)
+            run.work = asyncio.ensure_future(self.service.create(await self._image_job(job), on_event=listen))
+            if run.cancel_requested:  # cancelled while its inputs were read
+                run.work.cancel()
+            outcome = await run.work
             result = renderers.result(outcome)
             for piece in renderers.completed(job.event_prefix, outcome):
                 keep(piece)
             status = "succeeded"
             names = list(result_names(image.url for image in outcome.images))
         except asyncio.CancelledError:
-            if self._stopping:
+            if not run.cancel_requested:  # a shutdown, not a cancel: the next start runs it
                 await asyncio.to_thread(self.store.requeue, job.id, self.owner)
                 raise
             status = "cancelled"
@@ -785,10 +798,10 @@ class JobRunner:
         stop; what was paid is recorded by the pipeline as for any cancelled request)."""
         before, job = await asyncio.to_thread(self.store.cancel, job_id)
         run = self._runs.get(job_id)
-        if run is not None:
-            run.task.cancel()
+        if run is not None and run.task is not None:
+            run.cancel()
             with contextlib.suppress(BaseException):
-                await run.task
+                await asyncio.shield(run.task)  # this request leaving must not cancel the run
         elif before == "queued":
             await asyncio.to_thread(self.store.remove_inputs, job_id)
             self._notify()
