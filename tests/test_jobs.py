@@ -274,3 +274,17 @@ def test_the_finished_hook_sees_each_job_once_in_its_final_state(tmp_path: Path,
     body = succeeded.to_object()
     assert body == json.loads(succeeded.to_json()) and body["result"]["data"]
     assert by_id[[k for k, v in expected.items() if v == "failed"][0]].error is not None
+
+
+def test_kept_events_go_a_result_ttl_after_the_job_ends(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    old, recent, running = _add(store), _add(store), _add(store)
+    for job in (old, recent, running):
+        store.add_event(job.id, 0, b"event: x\ndata: {}\n\n")
+    now = time.time()
+    store.db.execute("UPDATE jobs SET status = 'succeeded', finished_at = ? WHERE id = ?", (now - 100, old.id))
+    store.db.execute("UPDATE jobs SET status = 'succeeded', finished_at = ? WHERE id = ?", (now - 10, recent.id))
+    assert store.purge_expired(ttl_seconds=50) == 1
+    assert store.events(old.id) == []
+    assert store.events(recent.id) == store.events(running.id) == [b"event: x\ndata: {}\n\n"]
+    assert store.get(old.id) is not None  # the job itself is kept

@@ -426,3 +426,31 @@ def test_a_job_completes_after_its_gateway_is_killed_mid_job_and_restarted(
         finally:
             usage.close()
         assert rows == [(1,)]  # the images delivered, counted once
+
+
+def test_with_two_workers_the_limit_is_global_and_a_cancel_reaches_the_worker_running_it(
+    tmp_path: Path, fake_gemini: FakeGemini
+) -> None:
+    env = {
+        "IMAGEGATE_API_KEYS": API_KEY,
+        "IMAGEGATE_ALLOW_PRIVATE_URLS": "true",
+        "IMAGEGATE_RETRY_ATTEMPTS": "1",
+        "IMAGEGATE_JOB_CONCURRENCY": "1",
+        "GEMINI_API_KEY": fake_gemini.api_key,
+        "GEMINI_BASE_URL": fake_gemini.base_url,
+    }
+    fake_gemini.default_behaviour = Hang(60)
+    with ServeProcess(tmp_path, env=env, args=("--workers", "2"), startup_timeout_s=60) as server:
+        # New connections each: the two workers share the socket, so both get some of them.
+        ids = [submit(server.url, {"model": MODEL, "prompt": f"p{i}"}).json()["id"] for i in range(4)]
+        fake_gemini.wait_for_requests(1, timeout_s=20)
+        time.sleep(1.5)  # more than a poll: room for a wrong second start on the other worker
+        statuses = [get_job(server.url, job_id).json()["status"] for job_id in ids]
+        assert sorted(statuses) == ["in_progress", "queued", "queued", "queued"]
+        assert len(fake_gemini.requests) == 1
+        for job_id in ids:  # whichever worker answers, the running job's upstream call stops
+            response = httpx.post(f"{server.url}/v1/images/jobs/{job_id}/cancel", headers=auth(), timeout=10)
+            assert response.status_code == 200 and response.json()["status"] == "cancelled"
+        wait_until(lambda: fake_gemini.cancelled == 1, "the running job's upstream call to be cancelled")
+        time.sleep(1.5)
+        assert len(fake_gemini.requests) == 1  # no cancelled job ran
