@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from .fakes.gemini import FakeGemini, Hang
 from .fakes.images import detect_mime, solid_png
 
 MODEL = "gemini-3-pro-image-preview"
-DEAD_PID = "999999999"  # above pid_max: no such process
+DEAD_PID = f"{socket.gethostname()}:999999999"  # an owner on this host, above pid_max: no such process
 
 
 @pytest.mark.parametrize(
@@ -70,7 +71,7 @@ def test_a_job_interrupted_again_is_failed_on_its_third_start(tmp_path: Path) ->
     for attempt in range(1, MAX_ATTEMPTS + 1):
         claimed = store.claim(DEAD_PID, concurrency=4, per_key=2)
         assert claimed is not None and claimed.id == job.id and claimed.attempts == attempt
-        failed = store.take_back(lambda job_id, owner: owner == DEAD_PID)
+        failed = store.take_back(lambda job_id, owner, heartbeat_at: owner == DEAD_PID)
         if attempt < MAX_ATTEMPTS:
             assert failed == []
             assert store.get(job.id).status == "queued"  # type: ignore[union-attr]
@@ -85,7 +86,7 @@ def test_a_live_owners_job_is_left_alone(tmp_path: Path) -> None:
     store = _store(tmp_path)
     job = _add(store)
     store.claim("1", concurrency=4, per_key=2)
-    assert store.take_back(lambda job_id, owner: False) == []
+    assert store.take_back(lambda job_id, owner, heartbeat_at: False) == []
     assert store.get(job.id).status == "in_progress"  # type: ignore[union-attr]
 
 
@@ -133,6 +134,31 @@ async def _run_until_final(gateway: Gateway, job_id: str) -> Job:
                 await asyncio.sleep(0.05)
     finally:
         await gateway.jobs.stop()
+
+
+def test_another_hosts_job_is_taken_back_only_once_its_heartbeat_is_stale(
+    tmp_path: Path, fake_gemini: FakeGemini
+) -> None:
+    settings = make_settings(tmp_path, gemini_api_key=fake_gemini.api_key, gemini_base_url=fake_gemini.base_url)
+
+    async def scenario() -> tuple[Job, Job]:
+        async with Gateway(settings) as gateway:
+            fresh, stale = (
+                _interrupted_job(gateway, usage_counted=False),
+                _interrupted_job(gateway, usage_counted=False),
+            )
+            for job_id, beat in ((fresh, time.time()), (stale, time.time() - 600)):
+                gateway.db.execute(
+                    "UPDATE jobs SET owner = 'another-host:1', heartbeat_at = ? WHERE id = ?", (beat, job_id)
+                )
+            done = await _run_until_final(gateway, stale)
+            still = gateway.jobs.store.get(fresh)
+            assert still is not None
+            return done, still
+
+    done, still = asyncio.run(scenario())
+    assert done.status == "succeeded" and done.attempts == 2
+    assert still.status == "in_progress" and still.owner == "another-host:1"  # its owner may well be alive
 
 
 def _usage_rows(gateway: Gateway, request_id: str) -> int:

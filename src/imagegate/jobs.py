@@ -14,8 +14,10 @@ IMAGEGATE_JOB_CONCURRENCY_PER_KEY hold over every worker process sharing the dat
 goes through `ImageService.create` like any request; its `result` is exactly the images answer
 the synchronous call gives (server/render.py), its `error` OpenAI's error object.
 
-Crashes: a claimed job carries its owner's pid. On start (and every poll) a runner takes back
-jobs whose owner is dead: one that started fewer than MAX_ATTEMPTS times is queued again (its
+Crashes: a claimed job carries its owner (`host:pid`), and the owner's runner renews the job's
+`heartbeat_at` every poll. On start (and every poll) a runner takes back jobs whose owner is dead
+(on this host: its pid is gone; elsewhere, as with containers sharing the data dir: no heartbeat
+for HEARTBEAT_STALE_SECONDS): one that started fewer than MAX_ATTEMPTS times is queued again (its
 `attempts` shows the re-run), else it fails with `job_interrupted`. Usage is recorded by the
 pipeline; a job whose pipeline had recorded it (`usage_counted`, set as that stage ends) does not
 record it again when it is re-run, so a job is counted once for the images it delivers.
@@ -39,6 +41,7 @@ import logging
 import os
 import secrets
 import shutil
+import socket
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
@@ -65,6 +68,7 @@ STATUSES: tuple[Status, ...] = ("queued", "in_progress", "succeeded", "failed", 
 FINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 MAX_ATTEMPTS = 2  # the first run and one more after a crash
 POLL_SECONDS = 1.0  # how often a runner looks for work other processes queued or cancelled
+HEARTBEAT_STALE_SECONDS = 30.0  # a job of another host's process with no heartbeat this long is taken back
 QUEUE_FULL_RETRY_SECONDS = 10.0
 EVENT_SUFFIX = ".sse"
 
@@ -349,9 +353,9 @@ class JobStore:
             if row is None:
                 return None
             conn.execute(
-                "UPDATE jobs SET status = 'in_progress', owner = ?, attempts = attempts + 1, started_at = ? "
-                "WHERE id = ?",
-                (owner, now, row[0]),
+                "UPDATE jobs SET status = 'in_progress', owner = ?, attempts = attempts + 1, started_at = ?, "
+                "heartbeat_at = ? WHERE id = ?",
+                (owner, now, now, row[0]),
             )
         return self.get(row[0])
 
@@ -413,13 +417,26 @@ class JobStore:
         rows = self.db.execute(f"SELECT id FROM jobs WHERE status = 'cancelled' AND id IN ({marks})", tuple(ids))
         return [row[0] for row in rows]
 
-    def take_back(self, is_dead: Callable[[str, str], bool]) -> list[Job]:
-        """Jobs whose owning process died mid-run: queued again, or failed after MAX_ATTEMPTS
-        starts. Returns those that failed (they reached a final status here)."""
+    def heartbeat(self, owner: str, job_ids: Iterable[str]) -> None:
+        """The owner still runs these jobs."""
+        ids = list(job_ids)
+        if ids:
+            marks = ",".join("?" * len(ids))
+            self.db.execute(
+                f"UPDATE jobs SET heartbeat_at = ? WHERE owner = ? AND status = 'in_progress' AND id IN ({marks})",
+                (time.time(), owner, *ids),
+            )
+
+    def take_back(self, is_dead: Callable[[str, str, float], bool]) -> list[Job]:
+        """Jobs whose owning process died mid-run (`is_dead(id, owner, heartbeat_at)`): queued
+        again, or failed after MAX_ATTEMPTS starts. Returns those that failed (they reached a
+        final status here)."""
         failed: list[Job] = []
-        rows = self.db.execute("SELECT id, owner, attempts FROM jobs WHERE status = 'in_progress'")
-        for job_id, owner, attempts in rows:
-            if not is_dead(job_id, owner or ""):
+        rows = self.db.execute(
+            "SELECT id, owner, attempts, COALESCE(heartbeat_at, started_at, 0) FROM jobs WHERE status = 'in_progress'"
+        )
+        for job_id, owner, attempts, heartbeat_at in rows:
+            if not is_dead(job_id, owner or "", float(heartbeat_at)):
                 continue
             if attempts >= MAX_ATTEMPTS:
                 error = ImagegateError(
@@ -577,7 +594,8 @@ class JobRunner:
         # Called once, on the event loop, with the job in its final state (webhooks hook in here).
         self.on_finished = on_finished
         self.renderers: Renderers | None = None
-        self.owner = str(os.getpid())
+        self.host = socket.gethostname()
+        self.owner = f"{self.host}:{os.getpid()}"
         self._runs: dict[str, _Run] = {}
         self._wake = asyncio.Event()
         self._changed = asyncio.Event()  # set (and replaced) whenever a job has news: followers wait on it
@@ -636,17 +654,23 @@ class JobRunner:
         s = self.settings
         return await asyncio.to_thread(self.store.claim, self.owner, s.job_concurrency, s.job_concurrency_per_key)
 
-    def _is_dead(self, job_id: str, owner: str) -> bool:
+    def _is_dead(self, job_id: str, owner: str, heartbeat_at: float) -> bool:
         if owner == self.owner:  # ours: dead unless we run it (a pid reused after a crash)
             return job_id not in self._runs
-        return not (owner.isdigit() and _pid_alive(int(owner)))
+        host, _, pid = owner.rpartition(":")
+        if host == self.host and pid.isdigit():
+            return not _pid_alive(int(pid))
+        return heartbeat_at < time.time() - HEARTBEAT_STALE_SECONDS  # another host's: only its heartbeat tells
 
     async def _take_back_and_reap(self) -> None:
-        """Jobs of dead processes back in the queue; local runs cancelled elsewhere stopped."""
+        """Our runs' heartbeat; jobs of dead processes back in the queue; local runs cancelled
+        elsewhere stopped."""
+        await asyncio.to_thread(self.store.heartbeat, self.owner, list(self._runs))
         for job in await asyncio.to_thread(self.store.take_back, self._is_dead):
             self._finished(job)
         for job_id in await asyncio.to_thread(self.store.cancelled_among, list(self._runs)):
-            self._runs[job_id].cancel()
+            if (run := self._runs.get(job_id)) is not None:
+                run.cancel()
 
     # -- one job --
 
