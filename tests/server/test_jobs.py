@@ -454,3 +454,29 @@ def test_with_two_workers_the_limit_is_global_and_a_cancel_reaches_the_worker_ru
         wait_until(lambda: fake_gemini.cancelled == 1, "the running job's upstream call to be cancelled")
         time.sleep(1.5)
         assert len(fake_gemini.requests) == 1  # no cancelled job ran
+
+
+def test_a_browser_may_ask_for_a_job_and_read_where_it_is(gemini_gateway: Callable[..., RunningGateway]) -> None:
+    origin = "https://app.example.com"
+    gateway = gemini_gateway(cors_origins=origin)
+    preflight = httpx.options(
+        f"{gateway.url}/v1/images/generations",
+        headers={
+            "origin": origin,
+            "access-control-request-method": "POST",
+            "access-control-request-headers": "authorization, content-type, prefer",
+        },
+        timeout=10,
+    )
+    assert preflight.status_code == 200
+    assert "prefer" in preflight.headers["access-control-allow-headers"].lower()
+    response = httpx.post(
+        f"{gateway.url}/v1/images/generations",
+        json={"model": MODEL, "prompt": "p"},
+        headers={**auth(), **ASYNC, "origin": origin},
+        timeout=30,
+    )
+    assert response.status_code == 202
+    exposed = {h.strip() for h in response.headers["access-control-expose-headers"].lower().split(",")}
+    assert {"location", "preference-applied"} <= exposed
+    wait_job(gateway, response.json()["id"])
