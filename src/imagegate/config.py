@@ -147,6 +147,12 @@ class Settings(BaseSettings):
     # Hosted results: at most this many bytes on disk, evicting expired then oldest results
     # (None: half the data dir's free space at start, at most 50 GiB; 0: no budget).
     results_max_bytes: int | None = Field(default=None, ge=0)
+    # Async jobs (Prefer: respond-async, jobs.py): at most this many run at once over the whole
+    # gateway, at most this many per API key (so one key cannot take every slot), and at most this
+    # many wait in the queue (then 429 job_queue_full with Retry-After).
+    job_concurrency: int = Field(default=4, ge=1)  # IMAGEGATE_JOB_CONCURRENCY
+    job_concurrency_per_key: int = Field(default=2, ge=1)  # IMAGEGATE_JOB_CONCURRENCY_PER_KEY
+    job_queue_max: int = Field(default=1000, ge=1)  # IMAGEGATE_JOB_QUEUE_MAX
 
     # The local engine (pip install -e '.[local]'): a diffusers directory or a hub id, served as
     # model `local/<last path component>`; device and dtype "auto" pick CUDA, MPS, then CPU.

@@ -74,6 +74,31 @@ CREATE TABLE IF NOT EXISTS usage (
 );
 CREATE INDEX IF NOT EXISTS usage_created ON usage (created_at);
 CREATE INDEX IF NOT EXISTS usage_request ON usage (request_id);
+-- Async jobs (jobs.py): `request` is what running it later needs (JSON: params, input files or
+-- URLs, request ids, base URLs); `result` the images answer as JSON; `error` OpenAI's error object;
+-- `owner` the process running it ("<host>:<pid>"), which renews `heartbeat_at` while it does;
+-- `usage_counted` 1 once its pipeline recorded usage.
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    key_id TEXT,
+    status TEXT NOT NULL,
+    model TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    request TEXT NOT NULL,
+    webhook_url TEXT,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    owner TEXT,
+    heartbeat_at REAL,
+    usage_counted INTEGER NOT NULL DEFAULT 0,
+    result TEXT,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, seq);
+CREATE INDEX IF NOT EXISTS jobs_key ON jobs (key_id, seq);
 """
 
 # Columns added after a table first shipped: (table, column, declaration). An existing database

@@ -34,6 +34,7 @@ from .engine.describe import (
 from .errors import ConfigurationError
 from .fetch import ImageFetcher
 from .idempotency import IdempotencyStore
+from .jobs import Job, JobRunner, JobStore, JobUsage
 from .keys import KeyStore
 from .plugins import ProviderRegistry, catalog_contributions, configured_providers, load_registry
 from .providers import ImageProvider, aio
@@ -154,9 +155,25 @@ class Gateway:
             self.providers["local"] = local
         breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown_seconds)
         self.router = Router(self.catalog, self.providers, file_config.routing, breaker)
+        # The service records usage through JobUsage: a re-run job is not counted twice (jobs.py).
+        self.job_usage = JobUsage(self.usage)
         self.service = ImageService(
-            settings, self.router, self.store, self.usage, self.fetcher, default_model=self._default_model()
+            settings, self.router, self.store, self.job_usage, self.fetcher, default_model=self._default_model()
         )
+        # Async jobs: run by the server (its lifespan starts and stops the runner), not by the CLI.
+        self.jobs = JobRunner(
+            JobStore(self.db, settings.data_dir / "jobs"),
+            self.service,
+            self.store,
+            self.job_usage,
+            settings,
+            on_finished=self.job_finished,
+        )
+
+    def job_finished(self, job: Job) -> None:
+        """Called once on the event loop when an async job reaches a final status (succeeded,
+        failed, cancelled), with the job as stored (`job.to_object()` is the API's job object,
+        `job.webhook_url` the client's URL). Webhook delivery hooks in here; it must not block."""
 
     def _default_model(self) -> str | None:
         """The first model some configured provider serves (a local model when there is no

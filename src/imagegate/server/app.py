@@ -17,7 +17,7 @@ from starlette.routing import Mount, Route
 from ..config import Settings
 from ..errors import ImagegateError, InvalidRequest, NotFound
 from ..gateway import Gateway
-from . import routes
+from . import job_routes, routes
 from .disconnect import CLIENT_CLOSED_REQUEST
 from .middleware import ApiCORSMiddleware, BodySizeLimitMiddleware, RequestIdMiddleware
 from .render import error_response
@@ -32,6 +32,7 @@ API_ROUTES = [
     Route("/models", routes.list_models, methods=["GET"]),
     Route("/models/{model_id:path}", routes.get_model, methods=["GET"]),
     Route("/results/{name}", routes.get_result, methods=["GET"]),
+    *job_routes.JOB_ROUTES,
 ]
 
 
@@ -76,6 +77,7 @@ async def _purge_loop(gateway: Gateway) -> None:
         try:
             await asyncio.to_thread(gateway.store.purge_expired)
             await asyncio.to_thread(gateway.idempotency.purge_expired)
+            await asyncio.to_thread(gateway.jobs.store.purge_expired, gateway.settings.result_ttl_seconds)
         except Exception:  # keep purging later; one failed sweep must not stop the loop
             log.exception("purging expired results failed")
 
@@ -112,10 +114,12 @@ def create_app(settings: Settings) -> Starlette:
                 log.error("cannot start: %s", exc.message)
                 raise
             purger = asyncio.create_task(_purge_loop(gateway))
+            await gateway.jobs.start(job_routes.renderers())  # queued jobs, and those a crash interrupted
             try:
                 yield
             finally:
                 purger.cancel()
+                await gateway.jobs.stop()
 
     return Starlette(
         routes=[
