@@ -29,10 +29,11 @@ from .db import Database
 from .engine.describe import read_checkpoint
 from .errors import ImagegateError
 from .gateway import Gateway
-from .keys import KeyStore
+from .keys import KeyRecord, KeyStore
 from .plugins import ProviderSpec, is_configured, load_registry, setting_values
 from .service import ImageJob, ImagesOutcome, PipelineEvent
 from .usage import GROUP_COLUMNS, Grouping, UsageLog, UsageTotal
+from .webhooks import generate_secret
 
 err_console = Console(stderr=True)
 SUFFIX_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp", ".gif": "gif", ".avif": "avif"}
@@ -664,9 +665,22 @@ def _with_keys(fn: Any) -> Any:
 @click.argument("name")
 def keys_create(name: str) -> None:
     """Create a key; it is shown once."""
-    record, plaintext = _with_keys(lambda store: store.create(name))
+    def create(store: KeyStore) -> tuple[KeyRecord, str, str | None]:
+        record, plaintext = store.create(name)
+        return record, plaintext, store.webhook_secret(record.id)
+
+    record, plaintext, secret = _with_keys(create)
     err_console.print(f"created {record.id} ({record.name}); store it now, it is not shown again:")
     click.echo(plaintext)
+    # On stderr, so that stdout stays the key alone for scripts; verify this key's webhooks with it.
+    err_console.print("its webhook signing secret (Standard Webhooks), also shown only now:")
+    click.echo(secret, err=True)
+
+
+@keys.command("secret")
+def keys_secret() -> None:
+    """Print a new webhook signing secret, for IMAGEGATE_WEBHOOK_SECRET."""
+    click.echo(generate_secret())
 
 
 @keys.command("list")
