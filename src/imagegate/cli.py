@@ -664,7 +664,8 @@ def _with_keys(fn: Any) -> Any:
 @keys.command("create")
 @click.argument("name")
 def keys_create(name: str) -> None:
-    """Create a key; it is shown once."""
+    """Create a key and its webhook signing secret; both are shown once."""
+
     def create(store: KeyStore) -> tuple[KeyRecord, str, str | None]:
         record, plaintext = store.create(name)
         return record, plaintext, store.webhook_secret(record.id)
