@@ -39,7 +39,6 @@ import hmac
 import logging
 import random
 import secrets
-import sqlite3
 import ssl
 import time
 from collections.abc import Callable
@@ -298,9 +297,10 @@ class WebhookSender:
                 for delivery in due:
                     task = asyncio.create_task(self._attempt(delivery), name=f"webhook-{delivery.id}")
                     self._attempts[delivery.id] = task
-                if next_due is not None:
+                # Every slot taken: the next wake-up is an attempt ending, not the next due row.
+                if next_due is not None and len(self._attempts) < self.concurrency:
                     wait = min(wait, max(0.0, next_due - self.clock()))
-            except (sqlite3.Error, OSError):  # a locked or failing database: try again later
+            except Exception:  # a locked or failing database: try again later, never stop the loop
                 log.exception("webhook deliveries could not be read")
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=wait)

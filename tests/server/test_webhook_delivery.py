@@ -218,6 +218,33 @@ async def test_410_gone_stops_at_once(senders: Callable[..., WebhookSender], rec
     assert (status["attempts"], status["last_status"], status["delivered_at"]) == (1, 410, None)
 
 
+async def test_with_every_slot_taken_the_loop_waits_instead_of_spinning(
+    senders: Callable[..., WebhookSender], receiver: WebhookReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One slot, held by a hanging receiver while a second delivery is due: the loop sleeps until
+    the attempt ends, and then makes the second delivery."""
+    receiver.script = [HANG]
+    sender = senders(concurrency=1, timeout_seconds=0.5)
+    claims: list[float] = []
+    claim = sender._claim_due
+
+    def counted(now: float, limit: int) -> Any:
+        claims.append(now)
+        return claim(now, limit)
+
+    monkeypatch.setattr(sender, "_claim_due", counted)
+    await sender.enqueue("job_1", receiver.url, SECRET, BODY)
+    await sender.enqueue("job_2", receiver.url, SECRET, BODY)
+    await sender.start()
+    try:
+        await until(ended(sender, "job_1"))
+        await until(ended(sender, "job_2"))
+    finally:
+        await sender.aclose()
+    assert len(receiver.received) == 3  # job_1 hung, then job_2 and job_1's retry
+    assert len(claims) < 20  # a spinning loop claims thousands of times while the slot is held
+
+
 # --- restarts -------------------------------------------------------------------------------------
 
 
