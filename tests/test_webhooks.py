@@ -34,7 +34,14 @@ from imagegate.webhooks import (
 )
 
 SECRET = "whsec_" + base64.b64encode(bytes(range(32))).decode()
-JOB = {"id": "job_abc", "object": "image.job", "status": "succeeded", "finished_at": 1764000000, "result": {"data": []}}
+# Non-ASCII on purpose: the body is UTF-8 JSON (orjson), and the signature covers those exact bytes.
+JOB = {
+    "id": "job_abc",
+    "object": "image.job",
+    "status": "succeeded",
+    "finished_at": 1764000000,
+    "result": {"data": [{"revised_prompt": "a café at dusk ☕"}]},
+}
 
 
 def headers(msg_id: str, timestamp: int, signature: str) -> dict[str, str]:

@@ -92,7 +92,7 @@ CREATE TABLE IF NOT EXISTS webhook_deliveries (
     given_up_at REAL
 );
 CREATE INDEX IF NOT EXISTS webhook_deliveries_due ON webhook_deliveries (next_attempt_at);
-CREATE INDEX IF NOT EXISTS webhook_deliveries_job ON webhook_deliveries (job_id);
+CREATE UNIQUE INDEX IF NOT EXISTS webhook_deliveries_job ON webhook_deliveries (job_id);  -- a job ends once
 """
 
 # Columns added after a table first shipped: (table, column, declaration). An existing database

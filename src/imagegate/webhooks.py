@@ -230,24 +230,29 @@ class WebhookSender:
     # 1. Recording -----------------------------------------------------------------------------
 
     async def enqueue(self, job_id: str, url: str, secret: str, body: bytes) -> str:
-        """Record a delivery of `body` to `url`, signed with `secret`, due now; its webhook-id."""
+        """Record a delivery of `body` (`event_body(job)`) to `url`, signed with `secret`, due now;
+        its webhook-id. A job ends once: enqueueing it again (a job runner resumed after a crash
+        between ending the job and recording its webhook) keeps the first delivery and its id."""
         secret_key(secret)  # a bad secret fails here, in the caller, not at every attempt
         delivery_id = "msg_" + secrets.token_hex(12)  # no '.': the spec forbids it in the signed id
         now = self.clock()
-        await self.db.run(
+        rows = await self.db.run(
             self.db.execute,
             "INSERT INTO webhook_deliveries (id, job_id, url, secret, body, created_at, attempts, next_attempt_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, 0, ?)",
+            " VALUES (?, ?, ?, ?, ?, ?, 0, ?) ON CONFLICT (job_id) DO NOTHING RETURNING id",
             (delivery_id, job_id, url, secret, body, now, now),
         )
+        if not rows:
+            [(delivery_id,)] = await self.db.run(
+                self.db.execute, "SELECT id FROM webhook_deliveries WHERE job_id = ?", (job_id,)
+            )
         self._wake.set()
-        return delivery_id
+        return str(delivery_id)
 
     def delivery_status(self, job_id: str) -> dict[str, Any] | None:
         """What the job object shows as `webhook` (None when the job asked for none)."""
         rows = self.db.execute(
-            "SELECT url, attempts, last_status, last_error, delivered_at FROM webhook_deliveries"
-            " WHERE job_id = ? ORDER BY created_at DESC LIMIT 1",
+            "SELECT url, attempts, last_status, last_error, delivered_at FROM webhook_deliveries WHERE job_id = ?",
             (job_id,),
         )
         if not rows:

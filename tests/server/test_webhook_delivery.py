@@ -114,6 +114,17 @@ async def test_a_delivery_carries_the_standard_headers_and_the_body(
     assert isinstance(status["delivered_at"], int) and status["delivered_at"] >= before
 
 
+async def test_a_job_is_delivered_once_however_often_it_is_enqueued(
+    senders: Callable[..., WebhookSender], receiver: WebhookReceiver
+) -> None:
+    sender = senders()
+    first = await sender.enqueue("job_1", receiver.url, SECRET, BODY)
+    again = await sender.enqueue("job_1", receiver.url, SECRET, BODY)  # e.g. a job runner resumed after a crash
+    assert again == first
+    status = await running(sender, lambda: until(ended(sender)))
+    assert status["attempts"] == 1 and [r.headers["webhook-id"] for r in receiver.received] == [first]
+
+
 async def test_no_webhook_no_status(senders: Callable[..., WebhookSender]) -> None:
     assert senders().delivery_status("job_without_webhook") is None
 
@@ -275,6 +286,23 @@ async def test_a_retry_pending_at_shutdown_resumes_in_the_next_sender(
     status = await running(second, lambda: until(ended(second)))
     assert status["attempts"] == 2 and status["last_status"] == 200  # the count carried over
     assert len({r.headers["webhook-id"] for r in receiver.received}) == 1 and len(receiver.received) == 2
+
+
+async def test_an_attempt_cut_by_shutdown_is_made_again_at_the_next_start(
+    senders: Callable[..., WebhookSender], receiver: WebhookReceiver
+) -> None:
+    """Stopped mid-attempt, the sender releases its lease (else the next start would wait the
+    attempt's timeout plus the lease slack, 35 s here, before trying again)."""
+    receiver.script = [HANG]
+    first = senders(timeout_seconds=5.0)
+    await first.start()
+    msg_id = await first.enqueue("job_1", receiver.url, SECRET, BODY)
+    await until(lambda: receiver.received)
+    await first.aclose()
+    assert first.delivery_status("job_1")["attempts"] == 0  # type: ignore[index]  # cut, not recorded
+    second = senders(timeout_seconds=5.0)
+    status = await running(second, lambda: until(ended(second)))
+    assert status["attempts"] == 1 and [r.headers["webhook-id"] for r in receiver.received] == [msg_id, msg_id]
 
 
 async def test_a_dead_owners_lease_runs_out_and_the_delivery_is_taken_over(
