@@ -211,6 +211,32 @@ def test_malformed_webhook_urls_are_refused(url: object) -> None:
     assert caught.value.param == "webhook_url" and caught.value.status_code == 400
 
 
+async def fake_dns(host: str, port: int) -> list[str]:
+    names = {
+        "localhost": ["127.0.0.1", "::1"],
+        "hooks.example.com": ["93.184.215.14"],
+        "mixed.example": ["8.8.8.8", "10.0.0.1"],
+    }
+    if host not in names:
+        raise OSError("unknown host")
+    return names[host]
+
+
+@pytest.mark.parametrize("host", ["localhost", "mixed.example"])
+async def test_a_name_resolving_to_a_private_address_is_refused_at_submit(host: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        await webhooks.check_webhook_target(f"http://{host}:8080/hook", allow_private=False, resolver=fake_dns)
+    assert (caught.value.param, caught.value.code) == ("webhook_url", "url_not_allowed")
+    await webhooks.check_webhook_target(f"http://{host}:8080/hook", allow_private=True, resolver=fake_dns)
+
+
+async def test_public_and_unresolvable_names_pass_at_submit() -> None:
+    await webhooks.check_webhook_target("https://hooks.example.com/in", allow_private=False, resolver=fake_dns)
+    await webhooks.check_webhook_target("https://not-yet.example/in", allow_private=False, resolver=fake_dns)
+    with pytest.raises(InvalidRequest):  # and what the sync check refuses, this refuses too
+        await webhooks.check_webhook_target("http://127.0.0.1/", allow_private=False, resolver=fake_dns)
+
+
 def test_no_secret_means_no_webhook() -> None:
     with pytest.raises(InvalidRequest) as caught:
         require_secret(None)

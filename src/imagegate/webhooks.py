@@ -53,7 +53,15 @@ import httpx
 from . import jsonio
 from .db import Database
 from .errors import InvalidRequest
-from .fetch import AddressNotAllowed, HostNotResolved, Resolver, guarded_client, is_private_literal, resolve_host
+from .fetch import (
+    AddressNotAllowed,
+    GuardedBackend,
+    HostNotResolved,
+    Resolver,
+    guarded_client,
+    is_private_literal,
+    resolve_host,
+)
 
 log = logging.getLogger("imagegate.webhooks")
 
@@ -147,6 +155,29 @@ def check_webhook_url(url: object, allow_private: bool) -> None:
             param="webhook_url",
             code="url_not_allowed",
         )
+
+
+async def check_webhook_target(url: object, allow_private: bool, resolver: Resolver = resolve_host) -> None:
+    """`check_webhook_url`, and the name resolved now: one that points at a private address is the
+    same 400 at submit (`localhost` is refused before the job runs, not a day of retries later).
+    A name that does not resolve yet passes; every attempt judges the addresses again anyway."""
+    check_webhook_url(url, allow_private)
+    if allow_private:
+        return
+    assert isinstance(url, str)
+    parts = urlsplit(url)
+    host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        await GuardedBackend(allow_private=False, resolver=resolver).checked_addresses(host, port)
+    except HostNotResolved:
+        return
+    except AddressNotAllowed as exc:
+        raise InvalidRequest(
+            f"'webhook_url': {host!r} resolves to a private, loopback or link-local address ({exc.address}); "
+            "sending webhooks there is not allowed.",
+            param="webhook_url",
+            code="url_not_allowed",
+        ) from exc
 
 
 def require_secret(secret: str | None) -> str:
