@@ -401,10 +401,12 @@ class WebhookSender:
         )
         try:
             async with asyncio.timeout(self.timeout_seconds):  # the whole attempt, not each read
-                request = client.build_request("POST", delivery.url, content=delivery.body, headers=headers)
+                request = client.build_request(
+                    "POST", delivery.url, content=delivery.body, headers=headers, timeout=self.timeout_seconds
+                )
                 response = await client.send(request, stream=True, follow_redirects=False)
                 await response.aclose()  # the status is the answer; the body is never read
-        except TimeoutError:
+        except (TimeoutError, httpx.TimeoutException):  # httpx's own: the same limit, per phase
             return Outcome(None, f"no answer within {self.timeout_seconds:g} s")
         except AddressNotAllowed as exc:
             return Outcome(None, f"{exc.host!r} resolves to a non-public address; not allowed", final=True)

@@ -1,8 +1,8 @@
 """A webhook receiver on loopback: records every POST and answers from a script.
 
     POST /hook    the next scripted answer: a status code (200, 500, 410, ...), a `Retry-After`
-                  pair `(503, 1)`, or `HANG` (no answer until the sender gives up); once the
-                  script is used up, 200
+                  pair `(503, 1)`, `Slow(seconds)` (200 after that long), or `HANG` (no answer
+                  until the sender gives up); once the script is used up, 200
 
 `received` holds each request as it arrived (headers, raw body); `wait_for(n)` blocks until n
 requests have arrived. A real HTTP server, so the sender's headers, body bytes and timeouts are
@@ -25,7 +25,14 @@ from starlette.routing import Route
 from .server import LoopbackServer
 
 HANG = "hang"
-Answer = int | tuple[int, int] | str
+
+
+@dataclass(frozen=True)
+class Slow:
+    seconds: float
+
+
+Answer = int | tuple[int, int] | str | Slow
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,9 @@ class WebhookReceiver:
             self._arrived.notify_all()
         if answer == HANG:
             await asyncio.sleep(3600)  # cancelled when the sender hangs up (or the server stops)
+            return Response(status_code=200)
+        if isinstance(answer, Slow):
+            await asyncio.sleep(answer.seconds)
             return Response(status_code=200)
         if isinstance(answer, tuple):
             status, retry_after = answer

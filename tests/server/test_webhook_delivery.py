@@ -20,7 +20,7 @@ from imagegate.gateway import Gateway
 from imagegate.keys import KeyStore
 from imagegate.webhooks import WebhookSender, event_body, generate_secret
 
-from ..fakes.webhook_receiver import HANG, WebhookReceiver
+from ..fakes.webhook_receiver import HANG, Slow, WebhookReceiver
 
 SECRET = generate_secret()
 JOB = {"id": "job_1", "object": "image.job", "status": "succeeded", "finished_at": 1764000000, "result": {"data": []}}
@@ -183,6 +183,17 @@ async def test_a_timeout_is_retried(senders: Callable[..., WebhookSender], recei
     assert len(receiver.received) == 2
     assert receiver.received[0].headers["webhook-id"] == receiver.received[1].headers["webhook-id"]
     assert status["attempts"] == 2 and status["last_status"] == 200
+
+
+async def test_a_slow_answer_within_the_timeout_is_a_delivery(
+    senders: Callable[..., WebhookSender], receiver: WebhookReceiver
+) -> None:
+    """The attempt's limit is IMAGEGATE_WEBHOOK_TIMEOUT_SECONDS, not httpx's 5 s default."""
+    receiver.script = [Slow(5.5)]
+    sender = senders(timeout_seconds=9.0)
+    await sender.enqueue("job_1", receiver.url, SECRET, BODY)
+    status = await running(sender, lambda: until(ended(sender), timeout=15))
+    assert (status["attempts"], status["last_status"]) == (1, 200)
 
 
 async def test_a_receiver_that_never_answers_is_recorded_as_timing_out(
