@@ -76,6 +76,7 @@ CREATE INDEX IF NOT EXISTS usage_created ON usage (created_at);
 CREATE INDEX IF NOT EXISTS usage_request ON usage (request_id);
 -- Webhooks (webhooks.py): one row per job event; `id` is the webhook-id, the same on every retry.
 -- next_attempt_at is NULL once delivered or given up; lease_until marks a row an attempt holds.
+-- secret: what signs it, fixed when the job ended (a stored key's is in api_keys anyway).
 CREATE TABLE IF NOT EXISTS webhook_deliveries (
     id TEXT PRIMARY KEY,
     job_id TEXT NOT NULL,
