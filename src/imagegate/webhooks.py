@@ -257,6 +257,7 @@ class WebhookSender:
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._attempts: dict[str, asyncio.Task[None]] = {}
+        self._enqueues: set[asyncio.Task[str]] = set()  # enqueue_soon's inserts in flight
 
     # 1. Recording -----------------------------------------------------------------------------
 
@@ -279,6 +280,19 @@ class WebhookSender:
             )
         self._wake.set()
         return str(delivery_id)
+
+    def enqueue_soon(self, job_id: str, url: str, secret: str, body: bytes) -> None:
+        """`enqueue` from synchronous code on the event loop (a job runner's finished hook), without
+        blocking it on the insert; `aclose` waits for such inserts before it stops."""
+        secret_key(secret)  # the caller's mistake raises here, not in a task nobody awaits
+        task = asyncio.create_task(self.enqueue(job_id, url, secret, body), name=f"webhook-enqueue-{job_id}")
+        self._enqueues.add(task)
+        task.add_done_callback(self._enqueued)
+
+    def _enqueued(self, task: asyncio.Task[str]) -> None:
+        self._enqueues.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("a webhook delivery could not be recorded", exc_info=task.exception())
 
     def delivery_status(self, job_id: str) -> dict[str, Any] | None:
         """What the job object shows as `webhook` (None when the job asked for none)."""
@@ -314,6 +328,7 @@ class WebhookSender:
 
     async def aclose(self) -> None:
         """Stop; attempts in flight are cut and their rows released for the next start."""
+        await asyncio.gather(*self._enqueues, return_exceptions=True)  # recorded before anything stops
         held = list(self._attempts)
         tasks = [t for t in (self._loop_task, *self._attempts.values()) if t is not None]
         self._loop_task = None

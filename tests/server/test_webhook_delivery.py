@@ -125,6 +125,28 @@ async def test_a_job_is_delivered_once_however_often_it_is_enqueued(
     assert status["attempts"] == 1 and [r.headers["webhook-id"] for r in receiver.received] == [first]
 
 
+async def test_enqueue_soon_from_sync_code_is_recorded_and_delivered(
+    senders: Callable[..., WebhookSender], receiver: WebhookReceiver
+) -> None:
+    """A job runner's synchronous finished hook records the delivery without awaiting it; a
+    shutdown right after still has it recorded, and the next sender delivers it."""
+    first = senders()
+    first.enqueue_soon("job_1", receiver.url, SECRET, BODY)
+    await first.aclose()  # before the insert task had a chance to run
+    assert first.delivery_status("job_1") == {
+        "url": receiver.url,
+        "attempts": 0,
+        "last_status": None,
+        "last_error": None,
+        "delivered_at": None,
+    }
+    second = senders()
+    status = await running(second, lambda: until(ended(second)))
+    assert status["last_status"] == 200 and verified(receiver.received[0])["data"] == JOB
+    with pytest.raises(ValueError, match="whsec_"):
+        second.enqueue_soon("job_2", receiver.url, "not-a-secret", BODY)
+
+
 async def test_no_webhook_no_status(senders: Callable[..., WebhookSender]) -> None:
     assert senders().delivery_status("job_without_webhook") is None
 
