@@ -349,6 +349,24 @@ async def test_a_dead_owners_lease_runs_out_and_the_delivery_is_taken_over(
     assert status["attempts"] == 1 and len(receiver.received) == 1
 
 
+async def test_two_processes_on_one_database_deliver_each_webhook_once(
+    senders: Callable[..., WebhookSender], receiver: WebhookReceiver, tmp_path: Path
+) -> None:
+    """`serve --workers 2`: each worker's sender claims rows under the database's write lock."""
+    other_db = Database(tmp_path / "db.sqlite")  # the second worker's own connection
+    try:
+        mine, theirs = senders(), WebhookSender(other_db, allow_private=True, base_delay_seconds=0.05)
+        ids = [await mine.enqueue(f"job_{i}", receiver.url, SECRET, BODY) for i in range(12)]
+        await asyncio.gather(mine.start(), theirs.start())
+        try:
+            await until(lambda: all(ended(mine, f"job_{i}")() for i in range(12)))
+        finally:
+            await theirs.aclose()
+    finally:
+        other_db.close()
+    assert sorted(r.headers["webhook-id"] for r in receiver.received) == sorted(ids)
+
+
 # --- SSRF -----------------------------------------------------------------------------------------
 
 
