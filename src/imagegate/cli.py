@@ -30,10 +30,11 @@ from .db import Database
 from .engine.describe import read_checkpoint
 from .errors import ImagegateError
 from .gateway import Gateway
-from .keys import KeyStore
+from .keys import KeyRecord, KeyStore
 from .plugins import ProviderSpec, is_configured, load_registry, setting_values
 from .service import ImageJob, ImagesOutcome, PipelineEvent
 from .usage import GROUP_COLUMNS, Grouping, UsageLog, UsageTotal
+from .webhooks import generate_secret
 
 err_console = Console(stderr=True)
 SUFFIX_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp", ".gif": "gif", ".avif": "avif"}
@@ -741,7 +742,9 @@ def jobs() -> None:
 
 @jobs.command("list")
 @_server_options
-@click.option("--status", default=None, type=click.Choice(["queued", "in_progress", "succeeded", "failed", "cancelled"]))
+@click.option(
+    "--status", default=None, type=click.Choice(["queued", "in_progress", "succeeded", "failed", "cancelled"])
+)
 @click.option("--limit", default=None, type=click.IntRange(1, 100), help="At most this many (server default 20).")
 @click.option("--after", default=None, help="The page after this job id.")
 @click.option("--json", "as_json", is_flag=True, help="Print the list as the server answers it.")
@@ -772,7 +775,9 @@ def jobs_get(job_id: str, server: str, api_key: str | None, as_json: bool) -> No
 @jobs.command("wait")
 @click.argument("job_id")
 @_server_options
-@click.option("--interval", default=1.0, show_default=True, type=click.FloatRange(min=0.05), help="Seconds between polls.")
+@click.option(
+    "--interval", default=1.0, show_default=True, type=click.FloatRange(min=0.05), help="Seconds between polls."
+)
 @click.option("--timeout", default=None, type=click.FloatRange(min=0), help="Give up after this many seconds.")
 @click.option("-o", "--output", default=None, type=click.Path(dir_okay=False), help="Write the images here.")
 def jobs_wait(
@@ -826,10 +831,24 @@ def _with_keys(fn: Any) -> Any:
 @keys.command("create")
 @click.argument("name")
 def keys_create(name: str) -> None:
-    """Create a key; it is shown once."""
-    record, plaintext = _with_keys(lambda store: store.create(name))
+    """Create a key and its webhook signing secret; both are shown once."""
+
+    def create(store: KeyStore) -> tuple[KeyRecord, str, str | None]:
+        record, plaintext = store.create(name)
+        return record, plaintext, store.webhook_secret(record.id)
+
+    record, plaintext, secret = _with_keys(create)
     err_console.print(f"created {record.id} ({record.name}); store it now, it is not shown again:")
     click.echo(plaintext)
+    # On stderr, so that stdout stays the key alone for scripts; verify this key's webhooks with it.
+    err_console.print("its webhook signing secret (Standard Webhooks), also shown only now:")
+    click.echo(secret, err=True)
+
+
+@keys.command("secret")
+def keys_secret() -> None:
+    """Print a new webhook signing secret, for IMAGEGATE_WEBHOOK_SECRET."""
+    click.echo(generate_secret())
 
 
 @keys.command("list")

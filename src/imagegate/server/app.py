@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
@@ -78,6 +79,8 @@ async def _purge_loop(gateway: Gateway) -> None:
             await asyncio.to_thread(gateway.store.purge_expired)
             await asyncio.to_thread(gateway.idempotency.purge_expired)
             await asyncio.to_thread(gateway.jobs.store.purge_expired, gateway.settings.result_ttl_seconds)
+            # Delivery records live as long as the job results they report on (from the job's end).
+            await asyncio.to_thread(gateway.webhooks.purge_finished, time.time() - gateway.settings.result_ttl_seconds)
         except Exception:  # keep purging later; one failed sweep must not stop the loop
             log.exception("purging expired results failed")
 
@@ -113,6 +116,7 @@ def create_app(settings: Settings) -> Starlette:
             except ImagegateError as exc:
                 log.error("cannot start: %s", exc.message)
                 raise
+            await gateway.webhooks.start()  # pending deliveries, a previous run's too, resume
             purger = asyncio.create_task(_purge_loop(gateway))
             await gateway.jobs.start(job_routes.renderers())  # queued jobs, and those a crash interrupted
             try:
