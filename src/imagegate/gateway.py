@@ -5,6 +5,7 @@ The server opens one `Gateway` in its lifespan; the CLI opens one per command.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from types import TracebackType
 
@@ -43,7 +44,7 @@ from .router import Router
 from .service import ImageService
 from .storage import LocalResultStore
 from .usage import UsageLog
-from .webhooks import WebhookSender
+from .webhooks import WebhookSender, event_body
 
 
 def read_local_models(file_config: FileConfig, local_model: str | None = None) -> list[Checkpoint]:
@@ -120,6 +121,9 @@ def build_local_provider(settings: Settings, sources: list[str], checkpoints: li
     )
 
 
+log = logging.getLogger("imagegate")
+
+
 class Gateway:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -181,8 +185,16 @@ class Gateway:
 
     def job_finished(self, job: Job) -> None:
         """Called once on the event loop when an async job reaches a final status (succeeded,
-        failed, cancelled), with the job as stored (`job.to_object()` is the API's job object,
-        `job.webhook_url` the client's URL). Webhook delivery hooks in here; it must not block."""
+        failed, cancelled), with the job as stored: its webhook, if it asked for one, is recorded
+        and delivered in the background (signed with the secret of the key that made it, looked
+        up now: a key revoked meanwhile gets none). It must not block."""
+        if not job.webhook_url:
+            return
+        secret = self.webhook_secret(job.key_id)
+        if secret is None:
+            log.warning("job %s: no webhook secret for its key any more; webhook not sent", job.id)
+            return
+        self.webhooks.enqueue_soon(job.id, job.webhook_url, secret, event_body(job.to_object()))
 
     def _default_model(self) -> str | None:
         """The first model some configured provider serves (a local model when there is no

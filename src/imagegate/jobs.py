@@ -96,6 +96,9 @@ class Job:
     usage_counted: bool = False
     result: bytes | None = None  # the images answer, JSON as the synchronous call sends it
     error: dict[str, Any] | None = None  # OpenAI's error object
+    # Not stored here: the webhook delivery's state (webhooks.WebhookSender.delivery_status), set
+    # by whoever renders the job for the API.
+    webhook: dict[str, Any] | None = None
 
     @property
     def request_id(self) -> str:
@@ -115,7 +118,14 @@ class Job:
             "finished_at": _seconds(self.finished_at),
             "model": self.model,
             "attempts": self.attempts,
+            **({"webhook": self.webhook_state()} if self.webhook_url else {}),
         }
+
+    def webhook_state(self) -> dict[str, Any]:
+        """`webhook` in the job object: the delivery's attempts and last outcome, none yet until
+        the job has ended."""
+        pending = {"url": self.webhook_url, "attempts": 0, "last_status": None, "last_error": None}
+        return self.webhook or {**pending, "delivered_at": None}
 
     def to_object(self) -> dict[str, Any]:
         """The job object as a dict (`result` parsed): what a webhook carries as its `data`."""

@@ -176,8 +176,10 @@ def test_async_with_an_idempotency_key_is_refused(gateway: RunningGateway) -> No
 
 
 def test_a_webhook_url_is_kept_on_the_job_and_not_sent_upstream(
-    gateway: RunningGateway, fake_gemini: FakeGemini
+    gemini_gateway: Callable[..., RunningGateway], fake_gemini: FakeGemini
 ) -> None:
+    # A secret is needed to accept a webhook (tests/server/test_job_webhooks.py has their delivery).
+    gateway = gemini_gateway(webhook_secret="whsec_" + base64.b64encode(bytes(range(32))).decode())
     response = submit(gateway, {"model": MODEL, "prompt": "p", "webhook_url": "https://hooks.example.com/x"})
     assert response.status_code == 202
     assert wait_job(gateway, response.json()["id"])["status"] == "succeeded"
@@ -448,7 +450,10 @@ def test_with_two_workers_the_limit_is_global_and_a_cancel_reaches_the_worker_ru
         statuses = [get_job(server.url, job_id).json()["status"] for job_id in ids]
         assert sorted(statuses) == ["in_progress", "queued", "queued", "queued"]
         assert len(fake_gemini.requests) == 1
-        for job_id in ids:  # whichever worker answers, the running job's upstream call stops
+        # The queued ones first: cancelling the running one first frees its slot, which a queued one
+        # may take before its own cancel arrives. Whichever worker answers, the running call stops.
+        running = [job_id for job_id, status in zip(ids, statuses, strict=True) if status == "in_progress"]
+        for job_id in [job_id for job_id in ids if job_id not in running] + running:
             response = httpx.post(f"{server.url}/v1/images/jobs/{job_id}/cancel", headers=auth(), timeout=10)
             assert response.status_code == 200 and response.json()["status"] == "cancelled"
         wait_until(lambda: fake_gemini.cancelled == 1, "the running job's upstream call to be cancelled")

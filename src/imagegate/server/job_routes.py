@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from .. import webhooks
 from ..errors import InvalidRequest, JobNotFound
 from ..gateway import Gateway
 from ..jobs import FINAL, POLL_SECONDS, STATUSES, Job, Renderers, check_webhook_url, list_json
@@ -57,7 +58,11 @@ def _gateway(request: Request) -> Gateway:
     return gateway
 
 
-def _job_response(job: Job, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+async def _job_response(
+    gateway: Gateway, job: Job, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    if job.webhook_url:
+        job.webhook = await asyncio.to_thread(gateway.webhooks.delivery_status, job.id)
     return Response(job.to_json(), status_code=status, headers=headers, media_type=JOB_JSON)
 
 
@@ -72,11 +77,15 @@ async def accept_job(request: Request, job: ImageJob, with_idempotency_key: bool
         )
     gateway = _gateway(request)
     webhook_url = check_webhook_url(job.params)
+    if webhook_url is not None:  # refused now, not when the job has run: no secret, a private target
+        webhooks.require_secret(gateway.webhook_secret(job.key_id))
+        await webhooks.check_webhook_target(webhook_url, gateway.settings.allow_private_urls)
     model = await gateway.service.check(job)
     created = await gateway.jobs.submit(job, model, webhook_url)
     # The prefix the request came on (/v1 or /openai/v1), so the client polls where it posted.
     prefix = request.url.path.rsplit("/images/", 1)[0]
-    return _job_response(
+    return await _job_response(
+        gateway,
         created,
         202,
         {"location": f"{prefix}/images/jobs/{created.id}", "preference-applied": "respond-async"},
@@ -94,7 +103,7 @@ async def _own_job(request: Request) -> Job:
 
 
 async def get_job(request: Request) -> Response:
-    return _job_response(await _own_job(request))
+    return await _job_response(_gateway(request), await _own_job(request))
 
 
 def _limit(request: Request) -> int:
@@ -127,7 +136,7 @@ async def list_jobs(request: Request) -> Response:
 
 async def cancel_job(request: Request) -> Response:
     job = await _own_job(request)
-    return _job_response(await _gateway(request).jobs.cancel(job.id))
+    return await _job_response(_gateway(request), await _gateway(request).jobs.cancel(job.id))
 
 
 async def job_events(request: Request) -> Response:
