@@ -110,6 +110,19 @@ def partial(image: bytes, index: int = 0) -> dict[str, Any]:
     return {"type": "image_generation.partial_image", "b64_json": b64(image), "partial_image_index": index}
 
 
+GPT_IMAGE_MODELS = {"gpt-image-1", "gpt-image-1.5", "gpt-image-2", "gpt-image-1-mini", "chatgpt-image-latest"}
+
+
+def test_only_the_gpt_image_models_stream_partials_through_openai() -> None:
+    streaming = set()
+    for model in load_builtin_catalog():
+        binding = model.providers.get("openai")
+        handling = binding.handling("partial_images") if binding is not None else None
+        if handling is not None and handling.handling == "emulated":
+            streaming.add(model.id)
+    assert streaming == GPT_IMAGE_MODELS  # Nano Banana Pro on an OpenAI-compatible gateway: no partials
+
+
 # --- partials as they arrive -----------------------------------------------------------------
 
 
