@@ -83,6 +83,8 @@ def upstream_app(delay: float) -> Any:
             pass
         streamed = ":streamGenerateContent" in scope["path"]
         content_type = b"text/event-stream" if streamed else b"application/json"
+        if not streamed and delay:  # the model thinks as long either way: the one body comes when the last event would
+            await asyncio.sleep(delay * (len(events) - 1))
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", content_type)]})
         for index, event in enumerate(events if streamed else [whole]):
             if index and delay:

@@ -85,15 +85,16 @@ def streamed_request(url: str) -> tuple[float, float, int]:
     headers = {"authorization": f"Bearer {KEY}"}
     with httpx.stream("POST", f"{url}/v1/images/generations", json=body(True), headers=headers, timeout=120) as r:
         r.raise_for_status()
+        completed = False
         for line in r.iter_lines():
             if line == "event: image_generation.partial_image":
                 partials += 1
+            elif line == "event: image_generation.completed":
+                completed = True
+            elif line.startswith("data:") and completed:  # the final image, whole
+                return (first if first is not None else float("nan")), time.monotonic() - started, partials
             elif line.startswith("data:") and partials == 1 and first is None:  # the first partial, whole
                 first = time.monotonic() - started
-            elif line == "event: image_generation.completed":
-                for data in r.iter_lines():
-                    if data.startswith("data:"):
-                        return (first if first is not None else float("nan")), time.monotonic() - started, partials
     raise RuntimeError("the stream ended without a completed event")
 
 

@@ -88,6 +88,9 @@ BEHAVIOUR: dict[type[errors.ImagegateError], tuple[int, str | None, bool, bool, 
     errors.ConversionBusy: (503, "conversion_busy", False, False, False, False),
     errors.StorageFull: (503, "storage_full", False, False, False, False),
     errors.ServerBusy: (503, "too_many_connections", False, False, False, False),
+    errors.JobNotFound: (404, "job_not_found", False, False, False, True),
+    errors.JobConflict: (409, "job_already_finished", False, False, False, True),
+    errors.JobQueueFull: (429, "job_queue_full", False, False, False, False),
 }
 
 

@@ -1,7 +1,8 @@
-"""The `imagegate` command: serve, generate, edit, models, plugins, usage, keys.
+"""The `imagegate` command: serve, generate, edit, models, plugins, usage, keys, jobs.
 
 `generate` and `edit` run the gateway in-process (same settings and providers as `serve`), or
-talk to a running gateway with `--server URL`.
+talk to a running gateway with `--server URL` (and, with `--async`, leave it a job that `jobs`
+follows).
 """
 
 from __future__ import annotations
@@ -29,10 +30,11 @@ from .db import Database
 from .engine.describe import read_checkpoint
 from .errors import ImagegateError
 from .gateway import Gateway
-from .keys import KeyStore
+from .keys import KeyRecord, KeyStore
 from .plugins import ProviderSpec, is_configured, load_registry, setting_values
 from .service import ImageJob, ImagesOutcome, PipelineEvent
 from .usage import GROUP_COLUMNS, Grouping, UsageLog, UsageTotal
+from .webhooks import generate_secret
 
 err_console = Console(stderr=True)
 SUFFIX_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp", ".gif": "gif", ".avif": "avif"}
@@ -125,6 +127,12 @@ def _image_options(fn: Any) -> Any:
             is_flag=True,
             help="With --stream: also write each partial image, as NAME-partial-1.EXT, ...",
         ),
+        click.option(
+            "--async",
+            "async_",
+            is_flag=True,
+            help="With --server: leave the request as an async job (Prefer: respond-async) and print its id.",
+        ),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -206,6 +214,9 @@ class PartialPrinter:
 
 
 def _run_job(job: ImageJob, kw: dict[str, Any]) -> None:
+    if kw.get("async_"):
+        _submit_job(job, kw)
+        return
     printer = PartialPrinter(kw) if kw.get("stream") else None
     with err_console.status("Generating…", spinner="dots"):
         try:
@@ -645,6 +656,163 @@ def _usage_json(
     }
 
 
+# --- async jobs (against a running gateway) ---------------------------------------------------
+
+
+def _submit_job(job: ImageJob, kw: dict[str, Any]) -> None:
+    """--async: the request sent with Prefer: respond-async; the job id on stdout."""
+    if not kw.get("server"):
+        raise click.UsageError("--async needs --server URL: a job runs on a gateway server.")
+    base = kw["server"].rstrip("/")
+    headers = {"prefer": "respond-async", **_auth_header(kw.get("api_key"))}
+    try:
+        with httpx.Client(timeout=600.0, headers=headers) as client:
+            response = _post_remote(job, base, client)
+        if response.status_code != 202:
+            raise _remote_error(response)
+        created = response.json()
+        job_id = str(created["id"])
+    except httpx.HTTPError as exc:
+        _fail(ImagegateError(f"Could not reach {base}: {exc}", code="connection_error"))
+    except (ValueError, KeyError, TypeError):
+        _fail(ImagegateError(f"{base} did not answer like an imagegate server.", code="bad_response"))
+    except ImagegateError as exc:
+        _fail(exc)
+    err_console.print(f"job {job_id} {created.get('status')}; follow it with: imagegate jobs wait {job_id}")
+    click.echo(job_id)
+
+
+def _auth_header(api_key: str | None) -> dict[str, str]:
+    return {"authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def _jobs_call(server: str, api_key: str | None, method: str, path: str, **params: Any) -> Any:
+    """One call to the server's job routes; its JSON answer, or the CLI's error exit."""
+    base = server.rstrip("/")
+    query = {k: v for k, v in params.items() if v is not None}
+    try:
+        response = httpx.request(
+            method, f"{base}/v1/images/jobs{path}", params=query, headers=_auth_header(api_key), timeout=60.0
+        )
+        if response.status_code != 200:
+            raise _remote_error(response)
+        return response.json()
+    except httpx.HTTPError as exc:
+        _fail(ImagegateError(f"Could not reach {base}: {exc}", code="connection_error"))
+    except ValueError:
+        _fail(ImagegateError(f"{base} did not answer like an imagegate server.", code="bad_response"))
+    except ImagegateError as exc:
+        _fail(exc)
+
+
+def _job_line(job: dict[str, Any]) -> str:
+    created = job.get("created_at")
+    when = _iso(float(created)) if isinstance(created, (int, float)) else "?"
+    line = f"{job.get('id')}  {job.get('status')}  {job.get('model')}  attempts {job.get('attempts')}  created {when}"
+    error = job.get("error")
+    if isinstance(error, dict):
+        line += f"\n  error ({error.get('code')}): {error.get('message')}"
+    return line
+
+
+def _job_images(job: dict[str, Any]) -> list[tuple[bytes, str]]:
+    """A succeeded job's images: inline base64 where the answer has it, else its hosted URLs."""
+    result = job.get("result") or {}
+    fmt = str(result.get("output_format") or "png")
+    images = []
+    for item in result.get("data") or []:
+        if item.get("b64_json"):
+            images.append((base64.b64decode(item["b64_json"]), fmt))
+        elif item.get("url"):
+            images.append((httpx.get(item["url"], timeout=60.0).raise_for_status().content, fmt))
+    return images
+
+
+def _server_options(fn: Any) -> Any:
+    fn = click.option("--api-key", default=None, envvar="IMAGEGATE_API_KEY", help="Key for --server.")(fn)
+    return click.option(
+        "--server", required=True, envvar="IMAGEGATE_SERVER", help="The running gateway, e.g. http://host:8000."
+    )(fn)
+
+
+@cli.group()
+def jobs() -> None:
+    """Async jobs of a running gateway (made by generate/edit --async or Prefer: respond-async)."""
+
+
+@jobs.command("list")
+@_server_options
+@click.option(
+    "--status", default=None, type=click.Choice(["queued", "in_progress", "succeeded", "failed", "cancelled"])
+)
+@click.option("--limit", default=None, type=click.IntRange(1, 100), help="At most this many (server default 20).")
+@click.option("--after", default=None, help="The page after this job id.")
+@click.option("--json", "as_json", is_flag=True, help="Print the list as the server answers it.")
+def jobs_list(
+    server: str, api_key: str | None, status: str | None, limit: int | None, after: str | None, as_json: bool
+) -> None:
+    """Your jobs, newest first."""
+    listing = _jobs_call(server, api_key, "GET", "", status=status, limit=limit, after=after)
+    if as_json:
+        click.echo(json.dumps(listing, indent=2))
+        return
+    for job in listing.get("data") or []:
+        click.echo(_job_line(job))
+    if listing.get("has_more"):
+        err_console.print("more: --after " + str((listing.get("data") or [{}])[-1].get("id")))
+
+
+@jobs.command("get")
+@click.argument("job_id")
+@_server_options
+@click.option("--json", "as_json", is_flag=True, help="Print the job object as the server answers it.")
+def jobs_get(job_id: str, server: str, api_key: str | None, as_json: bool) -> None:
+    """One job."""
+    job = _jobs_call(server, api_key, "GET", f"/{job_id}")
+    click.echo(json.dumps(job, indent=2) if as_json else _job_line(job))
+
+
+@jobs.command("wait")
+@click.argument("job_id")
+@_server_options
+@click.option(
+    "--interval", default=1.0, show_default=True, type=click.FloatRange(min=0.05), help="Seconds between polls."
+)
+@click.option("--timeout", default=None, type=click.FloatRange(min=0), help="Give up after this many seconds.")
+@click.option("-o", "--output", default=None, type=click.Path(dir_okay=False), help="Write the images here.")
+def jobs_wait(
+    job_id: str, server: str, api_key: str | None, interval: float, timeout: float | None, output: str | None
+) -> None:
+    """Wait for a job to end; write its images (the paths on stdout), or exit 1 if it failed or was cancelled."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    with err_console.status(f"Waiting for {job_id}…", spinner="dots"):
+        while (job := _jobs_call(server, api_key, "GET", f"/{job_id}"))["status"] not in JOB_FINAL:
+            if deadline is not None and time.monotonic() >= deadline:
+                err_console.print(_job_line(job))
+                _fail(ImagegateError(f"{job_id} is still {job['status']} after {timeout:g} s.", code="timeout"))
+            time.sleep(interval)
+    err_console.print(_job_line(job))
+    if job["status"] != "succeeded":
+        sys.exit(1)
+    try:
+        files = _job_images(job)
+    except (httpx.HTTPError, ValueError) as exc:
+        _fail(ImagegateError(f"Could not read the job's images: {exc}", code="bad_response"))
+    for path in _write_outputs(files, output):
+        click.echo(str(path))
+
+
+@jobs.command("cancel")
+@click.argument("job_id")
+@_server_options
+def jobs_cancel(job_id: str, server: str, api_key: str | None) -> None:
+    """Cancel a queued or running job."""
+    click.echo(_job_line(_jobs_call(server, api_key, "POST", f"/{job_id}/cancel")))
+
+
+JOB_FINAL = ("succeeded", "failed", "cancelled")
+
+
 @cli.group()
 def keys() -> None:
     """Manage API keys (stored hashed in IMAGEGATE_DATA_DIR)."""
@@ -663,10 +831,24 @@ def _with_keys(fn: Any) -> Any:
 @keys.command("create")
 @click.argument("name")
 def keys_create(name: str) -> None:
-    """Create a key; it is shown once."""
-    record, plaintext = _with_keys(lambda store: store.create(name))
+    """Create a key and its webhook signing secret; both are shown once."""
+
+    def create(store: KeyStore) -> tuple[KeyRecord, str, str | None]:
+        record, plaintext = store.create(name)
+        return record, plaintext, store.webhook_secret(record.id)
+
+    record, plaintext, secret = _with_keys(create)
     err_console.print(f"created {record.id} ({record.name}); store it now, it is not shown again:")
     click.echo(plaintext)
+    # On stderr, so that stdout stays the key alone for scripts; verify this key's webhooks with it.
+    err_console.print("its webhook signing secret (Standard Webhooks), also shown only now:")
+    click.echo(secret, err=True)
+
+
+@keys.command("secret")
+def keys_secret() -> None:
+    """Print a new webhook signing secret, for IMAGEGATE_WEBHOOK_SECRET."""
+    click.echo(generate_secret())
 
 
 @keys.command("list")

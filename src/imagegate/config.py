@@ -147,6 +147,19 @@ class Settings(BaseSettings):
     # Hosted results: at most this many bytes on disk, evicting expired then oldest results
     # (None: half the data dir's free space at start, at most 50 GiB; 0: no budget).
     results_max_bytes: int | None = Field(default=None, ge=0)
+    # Async jobs (Prefer: respond-async, jobs.py): at most this many run at once over the whole
+    # gateway, at most this many per API key (so one key cannot take every slot), and at most this
+    # many wait in the queue (then 429 job_queue_full with Retry-After).
+    job_concurrency: int = Field(default=4, ge=1)  # IMAGEGATE_JOB_CONCURRENCY
+    job_concurrency_per_key: int = Field(default=2, ge=1)  # IMAGEGATE_JOB_CONCURRENCY_PER_KEY
+    job_queue_max: int = Field(default=1000, ge=1)  # IMAGEGATE_JOB_QUEUE_MAX
+
+    # Webhooks (webhooks.py): the signing secret of static keys (whsec_<base64>, Standard Webhooks),
+    # each attempt's time limit, how long a failing delivery is retried, and the first backoff delay.
+    webhook_secret: str | None = None  # IMAGEGATE_WEBHOOK_SECRET
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0)  # IMAGEGATE_WEBHOOK_TIMEOUT_SECONDS
+    webhook_max_age_seconds: float = Field(default=86400.0, gt=0)  # IMAGEGATE_WEBHOOK_MAX_AGE_SECONDS
+    webhook_base_delay_seconds: float = Field(default=5.0, gt=0)  # IMAGEGATE_WEBHOOK_BASE_DELAY_SECONDS
 
     # The local engine (pip install -e '.[local]'): a diffusers directory or a hub id, served as
     # model `local/<last path component>`; device and dtype "auto" pick CUDA, MPS, then CPU.
@@ -188,6 +201,19 @@ class Settings(BaseSettings):
         for origin in (o.strip().rstrip("/") for o in value.split(",") if o.strip()):
             if origin != "*" and not _ORIGIN.fullmatch(origin):
                 raise ValueError(f"IMAGEGATE_CORS_ORIGINS: {origin!r} is not an origin like https://app.example.com")
+        return value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _webhook_secret(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from .webhooks import secret_key  # here: webhooks imports the HTTP stack, settings need not
+
+        try:
+            secret_key(value)
+        except ValueError as exc:
+            raise ValueError(f"IMAGEGATE_WEBHOOK_SECRET: {exc} (make one with `imagegate keys secret`)") from exc
         return value
 
     @property

@@ -74,6 +74,51 @@ CREATE TABLE IF NOT EXISTS usage (
 );
 CREATE INDEX IF NOT EXISTS usage_created ON usage (created_at);
 CREATE INDEX IF NOT EXISTS usage_request ON usage (request_id);
+-- Async jobs (jobs.py): `request` is what running it later needs (JSON: params, input files or
+-- URLs, request ids, base URLs); `result` the images answer as JSON; `error` OpenAI's error object;
+-- `owner` the process running it ("<host>:<pid>"), which renews `heartbeat_at` while it does;
+-- `usage_counted` 1 once its pipeline recorded usage.
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    key_id TEXT,
+    status TEXT NOT NULL,
+    model TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    request TEXT NOT NULL,
+    webhook_url TEXT,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    owner TEXT,
+    heartbeat_at REAL,
+    usage_counted INTEGER NOT NULL DEFAULT 0,
+    result TEXT,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, seq);
+CREATE INDEX IF NOT EXISTS jobs_key ON jobs (key_id, seq);
+-- Webhooks (webhooks.py): one row per job event; `id` is the webhook-id, the same on every retry.
+-- next_attempt_at is NULL once delivered or given up; lease_until marks a row an attempt holds.
+-- secret: what signs it, fixed when the job ended (a stored key's is in api_keys anyway).
+CREATE TABLE IF NOT EXISTS webhook_deliveries (
+    id TEXT PRIMARY KEY,
+    job_id TEXT NOT NULL,
+    url TEXT NOT NULL,
+    secret TEXT NOT NULL,
+    body BLOB NOT NULL,
+    created_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL,
+    lease_until REAL,
+    last_status INTEGER,
+    last_error TEXT,
+    delivered_at REAL,
+    given_up_at REAL
+);
+CREATE INDEX IF NOT EXISTS webhook_deliveries_due ON webhook_deliveries (next_attempt_at);
+CREATE UNIQUE INDEX IF NOT EXISTS webhook_deliveries_job ON webhook_deliveries (job_id);  -- a job ends once
 """
 
 # Columns added after a table first shipped: (table, column, declaration). An existing database
@@ -91,6 +136,8 @@ ADDED_COLUMNS: list[tuple[str, str, str]] = [
     ("usage", "client_request_id", "TEXT"),
     ("usage", "safety_identifier", "TEXT"),  # OpenAI's end-user safety id, recorded like `user`
     ("results", "size", "INTEGER NOT NULL DEFAULT 0"),  # bytes of the file, for the store's budget
+    # A stored key's webhook signing secret (whsec_...): kept readable, since HMAC signing needs it.
+    ("api_keys", "webhook_secret", "TEXT"),
 ]
 
 

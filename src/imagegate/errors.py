@@ -9,9 +9,11 @@
     │   ├── PayloadTooLarge             413 (code: payload_too_large)
     │   ├── IdempotencyKeyReused        422 (code: idempotency_key_reused)
     │   ├── IdempotentResultsGone       410 (code: idempotency_results_gone)
+    │   ├── JobConflict                 409 (code: job_already_finished; cancelling a finished async job)
     │   └── RequestTimeout              408 (code: request_header_timeout; the client did not send its request in time)
     ├── AuthenticationFailed            401 authentication_error                   client_fault
     ├── NotFound                        404 not_found_error                        client_fault
+    │   ├── JobNotFound                 404 (code: job_not_found; unknown, or another key's job)
     │   └── ModelNotFound               404 invalid_request_error (code: model_not_found)
     ├── UpstreamError                   502 upstream_error                         upstream_failure, retryable
     │   ├── UpstreamAuthFailed          502 (code: upstream_auth_failed; our upstream key)        not retryable
@@ -25,6 +27,7 @@
     │   │   ├── EngineBusy              503 (code: engine_busy; the local engine's queue is full)   not retryable
     │   │   └── ProviderNotConfigured   503 (code: provider_not_configured; no key set)  not an upstream failure
     │   └── UpstreamTimeout             504 (code: upstream_timeout)
+    ├── JobQueueFull                    429 rate_limit_error (code: job_queue_full; IMAGEGATE_JOB_QUEUE_MAX, Retry-After)
     ├── ConfigurationError              500 (code: configuration_error; found at startup, never an answer)
     └── ServiceUnavailable              503 server_error (the gateway's own resources; Retry-After)
         ├── ConversionBusy              503 (code: conversion_busy)
@@ -265,3 +268,25 @@ class RequestTimeout(InvalidRequest):
 
 class ServerBusy(ServiceUnavailable):
     default_code = "too_many_connections"
+
+
+# --- async jobs (jobs.py, server/job_routes.py) --------------------------------------------------
+
+
+class JobNotFound(NotFound):
+    """No such job for this caller: another key's job is answered the same, so ids leak nothing."""
+
+    default_code = "job_not_found"
+
+
+class JobConflict(InvalidRequest):
+    status_code = 409
+    default_code = "job_already_finished"
+
+
+class JobQueueFull(ImagegateError):
+    """IMAGEGATE_JOB_QUEUE_MAX jobs are already waiting: the client may come back (Retry-After)."""
+
+    status_code = 429
+    error_type = "rate_limit_error"
+    default_code = "job_queue_full"

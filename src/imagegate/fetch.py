@@ -73,6 +73,12 @@ def _literal_address(host: str) -> str | None:
         return None
 
 
+def is_private_literal(host: str) -> bool:
+    """True when `host` is an IP address literal that is not public (a name is judged when resolved)."""
+    literal = _literal_address(host)
+    return literal is not None and not is_public_address(literal)
+
+
 async def resolve_host(host: str, port: int) -> list[str]:
     """Every address of `host`, in the resolver's order."""
     infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -240,8 +246,7 @@ async def fetch_image_url(
         return decode_data_uri_capped(url, param, max_bytes)
     for _ in range(MAX_REDIRECTS + 1):
         host, _port = _host_and_port(url, param)
-        literal = _literal_address(host)
-        if not allow_private and literal is not None and not is_public_address(literal):
+        if not allow_private and is_private_literal(host):
             raise _not_allowed(param, host)
         try:
             async with client.stream("GET", url, follow_redirects=False, timeout=timeout) as response:

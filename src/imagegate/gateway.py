@@ -34,7 +34,8 @@ from .engine.describe import (
 from .errors import ConfigurationError
 from .fetch import ImageFetcher
 from .idempotency import IdempotencyStore
-from .keys import KeyStore
+from .jobs import Job, JobRunner, JobStore, JobUsage
+from .keys import STATIC_ID_PREFIX, KeyStore
 from .plugins import ProviderRegistry, catalog_contributions, configured_providers, load_registry
 from .providers import ImageProvider, aio
 from .resilience import CircuitBreaker
@@ -42,6 +43,7 @@ from .router import Router
 from .service import ImageService
 from .storage import LocalResultStore
 from .usage import UsageLog
+from .webhooks import WebhookSender
 
 
 def read_local_models(file_config: FileConfig, local_model: str | None = None) -> list[Checkpoint]:
@@ -147,6 +149,14 @@ class Gateway:
             timeout_seconds=settings.fetch_timeout_seconds,
             concurrency_per_key=settings.fetch_concurrency_per_key,
         )
+        # Job webhooks, behind the same SSRF guard; started with the server (server/app.py).
+        self.webhooks = WebhookSender(
+            self.db,
+            allow_private=settings.allow_private_urls,
+            timeout_seconds=settings.webhook_timeout_seconds,
+            max_age_seconds=settings.webhook_max_age_seconds,
+            base_delay_seconds=settings.webhook_base_delay_seconds,
+        )
         # Upstream calls on it go over aiohttp (a third of httpx's CPU on 2 MB answers; providers/aio.py).
         self.aiohttp = aio.attach(self.client, max_connections=512) if settings.upstream_client == "aiohttp" else None
         self.providers = configured_providers(settings, file_config, self.client)
@@ -154,14 +164,37 @@ class Gateway:
             self.providers["local"] = local
         breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown_seconds)
         self.router = Router(self.catalog, self.providers, file_config.routing, breaker)
+        # The service records usage through JobUsage: a re-run job is not counted twice (jobs.py).
+        self.job_usage = JobUsage(self.usage)
         self.service = ImageService(
-            settings, self.router, self.store, self.usage, self.fetcher, default_model=self._default_model()
+            settings, self.router, self.store, self.job_usage, self.fetcher, default_model=self._default_model()
         )
+        # Async jobs: run by the server (its lifespan starts and stops the runner), not by the CLI.
+        self.jobs = JobRunner(
+            JobStore(self.db, settings.data_dir / "jobs"),
+            self.service,
+            self.store,
+            self.job_usage,
+            settings,
+            on_finished=self.job_finished,
+        )
+
+    def job_finished(self, job: Job) -> None:
+        """Called once on the event loop when an async job reaches a final status (succeeded,
+        failed, cancelled), with the job as stored (`job.to_object()` is the API's job object,
+        `job.webhook_url` the client's URL). Webhook delivery hooks in here; it must not block."""
 
     def _default_model(self) -> str | None:
         """The first model some configured provider serves (a local model when there is no
         cloud key), else the catalog's first."""
         return next((m.id for m in self.catalog if self.router.available_providers(m)), None)
+
+    def webhook_secret(self, key_id: str | None) -> str | None:
+        """The secret that signs a caller's webhooks: a stored key's own, else IMAGEGATE_WEBHOOK_SECRET
+        (static keys, and every caller of a gateway without keys); None: no webhooks for it."""
+        if key_id is None or key_id.startswith(STATIC_ID_PREFIX):
+            return self.settings.webhook_secret
+        return self.keys.webhook_secret(key_id)
 
     def notice(self) -> str | None:
         """What an operator must know before the gateway can serve anything (None when it can)."""
@@ -194,5 +227,6 @@ class Gateway:
         if self.aiohttp is not None:
             await self.aiohttp.aclose()
         await self.fetcher.aclose()
+        await self.webhooks.aclose()
         self.usage.close()  # the background writer's last flush: every journalled row into the table
         self.db.close()

@@ -4,6 +4,9 @@ Keys are long random tokens, so one SHA-256 is the right hash (a slow password h
 against 256 bits of entropy and would cost every request). Auth is on as soon as any key exists,
 and stays on when the last stored key is revoked (revoking must never open the gateway).
 
+Each stored key also gets a webhook signing secret (`whsec_...`, webhooks.py), shown once with the
+key. Unlike the key it is kept as it is: an HMAC signature needs the secret itself.
+
 Lookups are cached for CACHE_SECONDS (by hash, never the key): a request costs no database query
 on the event loop, and a key revoked by another process (`imagegate keys revoke`) stops working
 within that time; revoked or created through this store, at once.
@@ -19,8 +22,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from .db import Database
+from .webhooks import generate_secret
 
 KEY_PREFIX = "ig-"
+STATIC_ID_PREFIX = "static-"  # the id of a key from IMAGEGATE_API_KEYS
 # How long a lookup (valid, revoked or unknown) is believed; revocation is promised within 1 s.
 CACHE_SECONDS = 0.5
 MAX_CACHED = 10_000  # distinct hashes; a flood of wrong keys clears the cache rather than growing it
@@ -65,7 +70,8 @@ class KeyStore:
         self._required = None
 
     def create(self, name: str) -> tuple[KeyRecord, str]:
-        """Make a key; the plaintext is returned once and never stored."""
+        """Make a key; the plaintext is returned once and never stored. The key's webhook secret
+        is made with it (`webhook_secret`)."""
         plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
         record = KeyRecord(
             id="key_" + secrets.token_hex(6),
@@ -75,8 +81,8 @@ class KeyStore:
             revoked_at=None,
         )
         self.db.execute(
-            "INSERT INTO api_keys (id, name, prefix, key_hash, created_at) VALUES (?, ?, ?, ?, ?)",
-            (record.id, record.name, record.prefix, hash_key(plaintext), record.created_at),
+            "INSERT INTO api_keys (id, name, prefix, key_hash, created_at, webhook_secret) VALUES (?, ?, ?, ?, ?, ?)",
+            (record.id, record.name, record.prefix, hash_key(plaintext), record.created_at, generate_secret()),
         )
         self._forget()
         return record, plaintext
@@ -84,6 +90,12 @@ class KeyStore:
     def list(self) -> list[KeyRecord]:
         rows = self.db.execute("SELECT id, name, prefix, created_at, revoked_at FROM api_keys ORDER BY created_at")
         return [KeyRecord(*row) for row in rows]
+
+    def webhook_secret(self, key_id: str) -> str | None:
+        """The stored key's webhook signing secret; None for a revoked or unknown key, or one made
+        before keys had secrets."""
+        rows = self.db.execute("SELECT webhook_secret FROM api_keys WHERE id = ? AND revoked_at IS NULL", (key_id,))
+        return str(rows[0][0]) if rows and rows[0][0] is not None else None
 
     def revoke(self, key_id: str) -> bool:
         rows = self.db.execute(
@@ -106,7 +118,7 @@ class KeyStore:
         digest = hash_key(key)
         for static in self._static_hashes:
             if hmac.compare_digest(static, digest):
-                return f"static-{static[:12]}"  # distinct per key, never the key itself
+                return f"{STATIC_ID_PREFIX}{static[:12]}"  # distinct per key, never the key itself
         now = time.monotonic()
         cached = self._cache.get(digest)
         if cached is not None and now - cached[0] < CACHE_SECONDS:

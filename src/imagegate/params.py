@@ -57,6 +57,7 @@ GATEWAY_PARAMS = frozenset(
         "safety_identifier",
         "stream",
         "partial_images",
+        "webhook_url",  # async jobs: where the job's end is POSTed (webhooks); never upstream
     }
 )
 # Free text: a number or a list here is a client bug, never turned into text.

@@ -48,3 +48,12 @@ class ImageService:
         listeners = [listener for listener in (job.on_event, on_event) if listener is not None]
         ctx = RequestContext(job=job, deadline=self.pipeline.dispatcher.deadline(), listeners=listeners)
         return await self.pipeline.run(ctx)
+
+    async def check(self, job: ImageJob) -> str:
+        """The cheap stages only (resolve_model, validate, plan): the 400s a request would get,
+        without fetching, decoding or calling anything (an async job is checked before its 202).
+        Returns the model id as the request names it."""
+        ctx = RequestContext(job=job, deadline=self.pipeline.dispatcher.deadline())
+        for stage in (self.pipeline.resolve_model, self.pipeline.validate, self.pipeline.plan):
+            await stage(ctx)
+        return ctx.model_id

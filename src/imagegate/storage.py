@@ -238,6 +238,11 @@ class LocalResultStore:
         for (path,) in self.db.execute("DELETE FROM results WHERE token = ? RETURNING path", (name,)):
             Path(path).unlink(missing_ok=True)
 
+    def expire_at(self, names: list[str], expires_at: float) -> None:
+        """Move these results' expiry (an async job's results live the TTL from the job's end)."""
+        for name in names:
+            self.db.execute("UPDATE results SET expires_at = ? WHERE token = ?", (expires_at, name))
+
     def purge_expired(self) -> int:
         rows = self.db.execute("DELETE FROM results WHERE expires_at <= ? RETURNING path", (time.time(),))
         for (path,) in rows:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
@@ -17,7 +18,7 @@ from starlette.routing import Mount, Route
 from ..config import Settings
 from ..errors import ImagegateError, InvalidRequest, NotFound
 from ..gateway import Gateway
-from . import routes
+from . import job_routes, routes
 from .disconnect import CLIENT_CLOSED_REQUEST
 from .middleware import ApiCORSMiddleware, BodySizeLimitMiddleware, RequestIdMiddleware
 from .render import error_response
@@ -32,6 +33,7 @@ API_ROUTES = [
     Route("/models", routes.list_models, methods=["GET"]),
     Route("/models/{model_id:path}", routes.get_model, methods=["GET"]),
     Route("/results/{name}", routes.get_result, methods=["GET"]),
+    *job_routes.JOB_ROUTES,
 ]
 
 
@@ -76,6 +78,9 @@ async def _purge_loop(gateway: Gateway) -> None:
         try:
             await asyncio.to_thread(gateway.store.purge_expired)
             await asyncio.to_thread(gateway.idempotency.purge_expired)
+            await asyncio.to_thread(gateway.jobs.store.purge_expired, gateway.settings.result_ttl_seconds)
+            # Delivery records live as long as the job results they report on (from the job's end).
+            await asyncio.to_thread(gateway.webhooks.purge_finished, time.time() - gateway.settings.result_ttl_seconds)
         except Exception:  # keep purging later; one failed sweep must not stop the loop
             log.exception("purging expired results failed")
 
@@ -111,11 +116,14 @@ def create_app(settings: Settings) -> Starlette:
             except ImagegateError as exc:
                 log.error("cannot start: %s", exc.message)
                 raise
+            await gateway.webhooks.start()  # pending deliveries, a previous run's too, resume
             purger = asyncio.create_task(_purge_loop(gateway))
+            await gateway.jobs.start(job_routes.renderers())  # queued jobs, and those a crash interrupted
             try:
                 yield
             finally:
                 purger.cancel()
+                await gateway.jobs.stop()
 
     return Starlette(
         routes=[

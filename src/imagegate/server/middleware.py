@@ -98,6 +98,7 @@ CORS_ALLOW_HEADERS = (
     "x-request-id",
     "openai-organization",
     "openai-project",
+    "prefer",  # Prefer: respond-async (async jobs)
 )
 CORS_HEADER_FAMILY = "x-stainless-"  # the openai SDKs' telemetry headers; new ones appear with SDK releases
 CORS_EXPOSE_HEADERS = (
@@ -109,6 +110,8 @@ CORS_EXPOSE_HEADERS = (
     "x-imagegate-idempotent-replayed",
     "x-imagegate-original-request-id",
     "retry-after",
+    "location",  # an async job's 202: where to poll it
+    "preference-applied",
 )
 
 

@@ -15,6 +15,7 @@ from ..idempotency import (
     result_names,
     results_still_served,
 )
+from ..jobs import prefers_async
 from ..service import ImageJob
 from .disconnect import until_disconnected
 from .parsing import parse_edit, parse_generation
@@ -81,6 +82,10 @@ async def _serve(request: Request, job: ImageJob, key_id: str | None) -> Respons
         )
 
     key = request.headers.get("idempotency-key")
+    if prefers_async(request.headers.getlist("prefer")):  # an async job: 202 now (job_routes.py)
+        from .job_routes import accept_job  # job_routes imports this module (authenticate)
+
+        return await accept_job(request, job, with_idempotency_key=key is not None)
     if stream_requested(job.params):
         if key is not None:
             raise refuse_with_idempotency_key()

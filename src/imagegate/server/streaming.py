@@ -184,3 +184,19 @@ def _error_event(exc: ImagegateError) -> bytes:
 
 def _now() -> int:
     return int(time.time())
+
+
+# An async job's kept events (jobs.py, server/job_routes.py) are these same events, as bytes.
+
+
+def partial_event_bytes(prefix: str, index: int, image: OutputImage) -> bytes:
+    return b"".join(_partial_event(prefix, index, image))
+
+
+def completed_event_bytes(prefix: str, outcome: ImagesOutcome) -> list[bytes]:
+    """One completed event per image of the answer."""
+    return [b"".join(_completed_event(prefix, outcome, image)) for image in outcome.images]
+
+
+def error_event_bytes(exc: ImagegateError) -> bytes:
+    return _error_event(exc)

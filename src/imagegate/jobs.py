@@ -1,0 +1,834 @@
+"""Async jobs: an images request accepted now (`Prefer: respond-async`, a 202) and run later.
+
+A job is a row of the `jobs` table (db.py) holding everything needed to run the request later:
+its fields as JSON, its uploaded images and mask as files under `<data dir>/jobs/<id>/inputs`
+(image URLs stay URLs and are fetched when it runs), the request ids and base URLs its answer
+needs. Once the row is committed the job is never lost: it runs on this process or, if the
+process dies, on the next start.
+
+    queued -> in_progress -> succeeded | failed | cancelled        (cancelled also from queued)
+
+`JobRunner` (one per process, started with the server's lifespan) claims queued jobs in one
+transaction that counts what runs in the database, so IMAGEGATE_JOB_CONCURRENCY (global) and
+IMAGEGATE_JOB_CONCURRENCY_PER_KEY hold over every worker process sharing the database. Each run
+goes through `ImageService.create` like any request; its `result` is exactly the images answer
+the synchronous call gives (server/render.py), its `error` OpenAI's error object.
+
+Crashes: a claimed job carries its owner (`host:pid`), and the owner's runner renews the job's
+`heartbeat_at` every poll. On start (and every poll) a runner takes back jobs whose owner is dead
+(on this host: its pid is gone; elsewhere, as with containers sharing the data dir: no heartbeat
+for HEARTBEAT_STALE_SECONDS): one that started fewer than MAX_ATTEMPTS times is queued again (its
+`attempts` shows the re-run), else it fails with `job_interrupted`. Usage is recorded by the
+pipeline; a job whose pipeline had recorded it (`usage_counted`, set as that stage ends) does not
+record it again when it is re-run, so a job is counted once for the images it delivers.
+
+Events: every event the job's stream carries (partial images, one completed event per image, an
+`error` on failure), rendered as server/streaming.py renders them, is kept as a file under
+`<data dir>/jobs/<id>/events` (at most `partial_images` + n + 1 per run), so that
+`GET /images/jobs/{id}/events` replays them from the start and then follows the live ones;
+they are deleted with the job's results, a result TTL after its end. A cancelled job's stream
+just ends.
+
+Hosted results live the result TTL counted from the job's end (not from when they were written).
+The Gateway's `on_finished(job)` is called once when a job reaches a final status (webhooks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import shutil
+import socket
+import sqlite3
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, cast
+from urllib.parse import urlsplit
+
+from . import jsonio
+from .catalog import Mode
+from .config import Settings
+from .db import Database
+from .errors import ImagegateError, InvalidRequest, JobConflict, JobQueueFull
+from .idempotency import result_names
+from .pipeline import ImageJob, ImagesOutcome, PipelineEvent
+from .service import ImageService, ImageSource
+from .storage import LocalResultStore
+from .usage import UsageRecord, UsageSink
+
+log = logging.getLogger("imagegate")
+
+Status = Literal["queued", "in_progress", "succeeded", "failed", "cancelled"]
+STATUSES: tuple[Status, ...] = ("queued", "in_progress", "succeeded", "failed", "cancelled")
+FINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+MAX_ATTEMPTS = 2  # the first run and one more after a crash
+POLL_SECONDS = 1.0  # how often a runner looks for work other processes queued or cancelled
+HEARTBEAT_STALE_SECONDS = 30.0  # a job of another host's process with no heartbeat this long is taken back
+QUEUE_FULL_RETRY_SECONDS = 10.0
+EVENT_SUFFIX = ".sse"
+
+# Rendered events: what the job's stream sends, as bytes (server/streaming.py renders them).
+PartialRenderer = Callable[[str, int, Any], bytes]
+CompletedRenderer = Callable[[str, ImagesOutcome], list[bytes]]
+ErrorRenderer = Callable[[ImagegateError], bytes]
+ResultRenderer = Callable[[ImagesOutcome], bytes]
+
+
+@dataclass
+class Job:
+    id: str
+    status: str
+    model: str
+    mode: Mode
+    key_id: str | None
+    created_at: float
+    request: dict[str, Any]  # params, inputs, mask, image_param, request ids, base URLs
+    webhook_url: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    attempts: int = 0
+    owner: str | None = None
+    usage_counted: bool = False
+    result: bytes | None = None  # the images answer, JSON as the synchronous call sends it
+    error: dict[str, Any] | None = None  # OpenAI's error object
+
+    @property
+    def request_id(self) -> str:
+        return str(self.request.get("request_id") or self.id)
+
+    @property
+    def event_prefix(self) -> str:
+        return "image_edit" if self.mode == "edit" else "image_generation"
+
+    def _fields(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "image.job",
+            "status": self.status,
+            "created_at": _seconds(self.created_at),
+            "started_at": _seconds(self.started_at),
+            "finished_at": _seconds(self.finished_at),
+            "model": self.model,
+            "attempts": self.attempts,
+        }
+
+    def to_object(self) -> dict[str, Any]:
+        """The job object as a dict (`result` parsed): what a webhook carries as its `data`."""
+        result = jsonio.loads(self.result) if self.result is not None else None
+        return {**self._fields(), "result": result, "error": self.error}
+
+    def to_json(self) -> bytes:
+        """The job object as the API sends it; the result (megabytes of base64, maybe) is spliced
+        in as stored, not parsed and encoded again."""
+        head = jsonio.dumps({**self._fields(), "error": self.error})
+        return head[:-1] + b',"result":' + (self.result if self.result is not None else b"null") + b"}"
+
+
+def list_json(jobs: list[Job], has_more: bool) -> bytes:
+    """`{"object": "list", "data": [...], "has_more": ...}` without re-encoding any result."""
+    data = b",".join(job.to_json() for job in jobs)
+    return b'{"object":"list","data":[' + data + b'],"has_more":' + (b"true" if has_more else b"false") + b"}"
+
+
+def _seconds(at: float | None) -> int | None:
+    return None if at is None else int(at)
+
+
+def new_job_id() -> str:
+    return f"job_{secrets.token_hex(16)}"
+
+
+# --- Prefer: respond-async (RFC 7240) -------------------------------------------------------
+
+
+def prefers_async(values: Iterable[str]) -> bool:
+    """Whether any Prefer header asks for `respond-async`. RFC 7240 section 2: a header holds
+    comma-separated preferences, each `token [= value] *(; parameter)`, with optional whitespace;
+    preference names are case-insensitive, and several Prefer headers add up."""
+    for value in values:
+        for preference in _split_outside_quotes(value, ","):
+            name = _split_outside_quotes(preference, ";")[0].partition("=")[0].strip().lower()
+            if name == "respond-async":
+                return True
+    return False
+
+
+def _split_outside_quotes(text: str, separator: str) -> list[str]:
+    """Split on `separator` except inside a quoted-string (which may hold commas and `\\"`)."""
+    parts: list[str] = []
+    current: list[str] = []
+    quoted = escaped = False
+    for char in text:
+        if escaped:
+            escaped = False
+        elif quoted and char == "\\":
+            escaped = True
+        elif char == '"':
+            quoted = not quoted
+        elif char == separator and not quoted:
+            parts.append("".join(current))
+            current = []
+            continue
+        current.append(char)
+    parts.append("".join(current))
+    return parts
+
+
+def check_webhook_url(params: dict[str, Any]) -> str | None:
+    """`webhook_url`, if given: an absolute http(s) URL (delivery and its SSRF rules: webhooks.py)."""
+    value = params.get("webhook_url")
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise InvalidRequest("'webhook_url' must be a string (an http or https URL).", param="webhook_url")
+    try:
+        parts = urlsplit(value.strip())
+    except ValueError as exc:
+        raise InvalidRequest("'webhook_url' is not a valid URL.", param="webhook_url") from exc
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise InvalidRequest("'webhook_url' must be an absolute http or https URL.", param="webhook_url")
+    return value.strip()
+
+
+# --- the store -------------------------------------------------------------------------------
+
+_COLUMNS = (
+    "id, status, model, mode, key_id, created_at, request, webhook_url, started_at, finished_at, attempts, "
+    "owner, usage_counted, result, error"
+)
+
+
+def _job(row: sqlite3.Row | tuple[Any, ...]) -> Job:
+    (id_, status, model, mode, key_id, created, request, webhook, started, finished, attempts, owner, counted) = row[
+        :13
+    ]
+    result, error = row[13], row[14]
+    return Job(
+        id=id_,
+        status=status,
+        model=model,
+        mode=cast(Mode, mode),
+        key_id=key_id,
+        created_at=created,
+        request=jsonio.loads(request),
+        webhook_url=webhook,
+        started_at=started,
+        finished_at=finished,
+        attempts=attempts,
+        owner=owner,
+        usage_counted=bool(counted),
+        result=result.encode() if isinstance(result, str) else result,  # stored as a BLOB
+        error=jsonio.loads(error) if error else None,
+    )
+
+
+class JobStore:
+    """The jobs table and each job's directory (inputs, kept events). Blocking: call it from a
+    worker thread in async code."""
+
+    def __init__(self, db: Database, directory: Path) -> None:
+        self.db = db
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def _dir(self, job_id: str) -> Path:
+        return self.directory / job_id
+
+    # -- creating and reading --
+
+    def add(
+        self,
+        *,
+        job_id: str,
+        mode: Mode,
+        model: str,
+        key_id: str | None,
+        request: dict[str, Any],
+        images: list[ImageSource],
+        mask: ImageSource | None,
+        webhook_url: str | None,
+        max_queued: int,
+    ) -> Job:
+        """Keep the request (its uploads as files first, then the row): queued from the commit on.
+        A full queue is JobQueueFull, with nothing left behind."""
+        inputs = self._dir(job_id) / "inputs"
+        inputs.mkdir(parents=True)
+        try:
+            request = {
+                **request,
+                "images": [self._keep_input(inputs, f"image-{i}", src) for i, src in enumerate(images)],
+                "mask": None if mask is None else self._keep_input(inputs, "mask", mask),
+            }
+            now = time.time()
+            with self.db.transaction() as conn:
+                (queued,) = conn.execute("SELECT COUNT(*) FROM jobs WHERE status = 'queued'").fetchone()
+                if queued >= max_queued:
+                    raise JobQueueFull(
+                        f"{queued} jobs are already waiting (IMAGEGATE_JOB_QUEUE_MAX). Try again later.",
+                        retry_after=QUEUE_FULL_RETRY_SECONDS,
+                    )
+                conn.execute(
+                    "INSERT INTO jobs (id, key_id, status, model, mode, request, webhook_url, created_at) "
+                    "VALUES (?, ?, 'queued', ?, ?, ?, ?, ?)",
+                    (job_id, key_id, model, mode, jsonio.dumps(request).decode(), webhook_url, now),
+                )
+        except BaseException:
+            shutil.rmtree(self._dir(job_id), ignore_errors=True)
+            raise
+        job = self.get(job_id)
+        assert job is not None
+        return job
+
+    @staticmethod
+    def _keep_input(directory: Path, name: str, source: ImageSource) -> dict[str, str]:
+        if isinstance(source, str):
+            return {"url": source}
+        (directory / name).write_bytes(source)
+        return {"file": name}
+
+    def read_inputs(self, job: Job) -> tuple[list[ImageSource], ImageSource | None]:
+        inputs = self._dir(job.id) / "inputs"
+
+        def read(ref: dict[str, str]) -> ImageSource:
+            return ref["url"] if "url" in ref else (inputs / ref["file"]).read_bytes()
+
+        images = [read(ref) for ref in job.request.get("images") or []]
+        mask = job.request.get("mask")
+        return images, (read(mask) if mask else None)
+
+    def remove_inputs(self, job_id: str) -> None:
+        shutil.rmtree(self._dir(job_id) / "inputs", ignore_errors=True)
+
+    def get(self, job_id: str) -> Job | None:
+        rows = self.db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
+        return _job(rows[0]) if rows else None
+
+    def page(
+        self, key_id: str | None, *, limit: int, after: str | None = None, status: str | None = None
+    ) -> tuple[list[Job], bool] | None:
+        """The caller's jobs (key None: every job, open mode), newest first, after the job `after`
+        (None when that job is not the caller's); one more is read to tell `has_more`."""
+        where, args = ["1 = 1"], []
+        if key_id is not None:
+            where.append("key_id = ?")
+            args.append(key_id)
+        if status is not None:
+            where.append("status = ?")
+            args.append(status)
+        if after is not None:
+            rows = self.db.execute(
+                "SELECT seq FROM jobs WHERE id = ? AND (? IS NULL OR key_id = ?)", (after, key_id, key_id)
+            )
+            if not rows:
+                return None
+            where.append("seq < ?")
+            args.append(rows[0][0])
+        rows = self.db.execute(
+            f"SELECT {_COLUMNS} FROM jobs WHERE {' AND '.join(where)} ORDER BY seq DESC LIMIT ?", (*args, limit + 1)
+        )
+        return [_job(row) for row in rows[:limit]], len(rows) > limit
+
+    # -- running --
+
+    def claim(self, owner: str, concurrency: int, per_key: int) -> Job | None:
+        """The oldest queued job whose key is below its limit, marked in_progress for `owner`
+        (one transaction over every process), or None when the limits or the queue say no."""
+        now = time.time()
+        with self.db.transaction() as conn:
+            (running,) = conn.execute("SELECT COUNT(*) FROM jobs WHERE status = 'in_progress'").fetchone()
+            if running >= concurrency:
+                return None
+            row = conn.execute(
+                "SELECT id FROM jobs WHERE status = 'queued' AND COALESCE(key_id, '') NOT IN ("
+                "  SELECT COALESCE(key_id, '') FROM jobs WHERE status = 'in_progress'"
+                "  GROUP BY COALESCE(key_id, '') HAVING COUNT(*) >= ?"
+                ") ORDER BY seq LIMIT 1",
+                (per_key,),
+            ).fetchone()
+            if row is None:
+                return None
+            conn.execute(
+                "UPDATE jobs SET status = 'in_progress', owner = ?, attempts = attempts + 1, started_at = ?, "
+                "heartbeat_at = ? WHERE id = ?",
+                (owner, now, now, row[0]),
+            )
+        return self.get(row[0])
+
+    def mark_usage_counted(self, job_id: str) -> None:
+        self.db.execute("UPDATE jobs SET usage_counted = 1 WHERE id = ?", (job_id,))
+
+    def finish(
+        self,
+        job_id: str,
+        owner: str,
+        status: Status,
+        *,
+        finished_at: float,
+        result: bytes | None = None,
+        error: dict[str, Any] | None = None,
+    ) -> bool:
+        """End a job this owner runs; False if it is no longer its to end (cancelled meanwhile)."""
+        rows = self.db.execute(
+            "UPDATE jobs SET status = ?, finished_at = ?, result = ?, error = ?, owner = NULL "
+            "WHERE id = ? AND status = 'in_progress' AND owner = ? RETURNING id",
+            (
+                status,
+                finished_at,
+                result,
+                None if error is None else jsonio.dumps(error).decode(),
+                job_id,
+                owner,
+            ),
+        )
+        return bool(rows)
+
+    def requeue(self, job_id: str, owner: str) -> None:
+        """A run stopped by a graceful shutdown: queued again, and that start does not count."""
+        self.db.execute(
+            "UPDATE jobs SET status = 'queued', owner = NULL, started_at = NULL, attempts = MAX(attempts - 1, 0) "
+            "WHERE id = ? AND status = 'in_progress' AND owner = ?",
+            (job_id, owner),
+        )
+
+    def cancel(self, job_id: str) -> tuple[str, Job]:
+        """Cancel a queued or running job; returns (its status before, the job now). A finished
+        one is JobConflict."""
+        with self.db.transaction() as conn:
+            row = conn.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            assert row is not None
+            before = row[0]
+            if before in FINAL:
+                raise JobConflict(f"Job {job_id} has already finished ({before}); it cannot be cancelled.")
+            conn.execute("UPDATE jobs SET status = 'cancelled', finished_at = ? WHERE id = ?", (time.time(), job_id))
+        job = self.get(job_id)
+        assert job is not None
+        return before, job
+
+    def cancelled_among(self, job_ids: Iterable[str]) -> list[str]:
+        ids = list(job_ids)
+        if not ids:
+            return []
+        marks = ",".join("?" * len(ids))
+        rows = self.db.execute(f"SELECT id FROM jobs WHERE status = 'cancelled' AND id IN ({marks})", tuple(ids))
+        return [row[0] for row in rows]
+
+    def heartbeat(self, owner: str, job_ids: Iterable[str]) -> None:
+        """The owner still runs these jobs."""
+        ids = list(job_ids)
+        if ids:
+            marks = ",".join("?" * len(ids))
+            self.db.execute(
+                f"UPDATE jobs SET heartbeat_at = ? WHERE owner = ? AND status = 'in_progress' AND id IN ({marks})",
+                (time.time(), owner, *ids),
+            )
+
+    def take_back(self, is_dead: Callable[[str, str, float], bool]) -> list[Job]:
+        """Jobs whose owning process died mid-run (`is_dead(id, owner, heartbeat_at)`): queued
+        again, or failed after MAX_ATTEMPTS starts. Returns those that failed (they reached a
+        final status here)."""
+        failed: list[Job] = []
+        rows = self.db.execute(
+            "SELECT id, owner, attempts, COALESCE(heartbeat_at, started_at, 0) FROM jobs WHERE status = 'in_progress'"
+        )
+        for job_id, owner, attempts, heartbeat_at in rows:
+            if not is_dead(job_id, owner or "", float(heartbeat_at)):
+                continue
+            if attempts >= MAX_ATTEMPTS:
+                error = ImagegateError(
+                    f"The job was interrupted {attempts} times (the gateway stopped while it ran) and is not run "
+                    "again.",
+                    code="job_interrupted",
+                ).to_openai_json()["error"]
+                updated = self.db.execute(
+                    "UPDATE jobs SET status = 'failed', finished_at = ?, error = ?, owner = NULL "
+                    "WHERE id = ? AND status = 'in_progress' AND owner IS ? RETURNING id",
+                    (time.time(), jsonio.dumps(error).decode(), job_id, owner),
+                )
+                if updated:
+                    job = self.get(job_id)
+                    if job is not None:
+                        failed.append(job)
+                log.warning("job %s: interrupted %d times, marked failed", job_id, attempts)
+            else:
+                self.db.execute(
+                    "UPDATE jobs SET status = 'queued', owner = NULL WHERE id = ? AND status = 'in_progress' "
+                    "AND owner IS ?",
+                    (job_id, owner),
+                )
+                log.warning("job %s: its process died while it ran; queued to run again", job_id)
+        return failed
+
+    # -- kept events --
+
+    def _events_dir(self, job_id: str) -> Path:
+        return self._dir(job_id) / "events"
+
+    def clear_events(self, job_id: str) -> None:
+        shutil.rmtree(self._events_dir(job_id), ignore_errors=True)
+
+    def add_event(self, job_id: str, seq: int, data: bytes) -> None:
+        """One event as a file, complete before it is visible (written, then renamed)."""
+        directory = self._events_dir(job_id)
+        directory.mkdir(parents=True, exist_ok=True)
+        temp = directory / f".{seq:06d}.tmp"
+        temp.write_bytes(data)
+        os.replace(temp, directory / f"{seq:06d}{EVENT_SUFFIX}")
+
+    def events(self, job_id: str, start: int = 0) -> list[bytes]:
+        """The job's kept events from the `start`-th on, in order."""
+        directory = self._events_dir(job_id)
+        try:
+            names = sorted(p.name for p in directory.iterdir() if p.name.endswith(EVENT_SUFFIX))
+        except FileNotFoundError:
+            return []
+        found = []
+        for name in names[start:]:
+            with contextlib.suppress(FileNotFoundError):
+                found.append((directory / name).read_bytes())
+        return found
+
+    def purge_expired(self, ttl_seconds: float) -> int:
+        """Kept events (and any leftovers) of jobs that ended more than a result TTL ago: they
+        hold the same images as the results, which have expired by then."""
+        rows = self.db.execute(
+            "SELECT id FROM jobs WHERE finished_at IS NOT NULL AND finished_at <= ?", (time.time() - ttl_seconds,)
+        )
+        purged = 0
+        for (job_id,) in rows:
+            if self._dir(job_id).exists():
+                shutil.rmtree(self._dir(job_id), ignore_errors=True)
+                purged += 1
+        return purged
+
+
+# --- usage, once per job ---------------------------------------------------------------------
+
+
+class JobUsage:
+    """The service's usage sink: the gateway's usage log, except for re-runs of jobs whose first
+    run had already recorded usage (their request ids are in `counted`)."""
+
+    def __init__(self, inner: UsageSink) -> None:
+        self.inner = inner
+        self.counted: set[str] = set()
+
+    @property
+    def queued(self) -> bool:
+        return bool(getattr(self.inner, "queued", False))
+
+    def record(self, usage: UsageRecord) -> None:
+        if usage.request_id in self.counted:
+            log.info(
+                "request %s: a re-run of a job whose usage is already recorded; not counted again", usage.request_id
+            )
+            return
+        self.inner.record(usage)
+
+
+# --- the runner ------------------------------------------------------------------------------
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+@dataclass
+class Renderers:
+    """How a job's answer and events are rendered (server/render.py, server/streaming.py): given
+    by the server so this module needs no HTTP code."""
+
+    result: ResultRenderer
+    partial: PartialRenderer
+    completed: CompletedRenderer
+    error: ErrorRenderer
+
+
+def _no_hook(job: Job) -> None:
+    return None
+
+
+@dataclass
+class _Run:
+    """One job running here. A cancel stops only its pipeline (`work`); the run itself still
+    keeps the job's end (cleanup, the hook). Only a shutdown cancels the whole run (`task`)."""
+
+    task: asyncio.Task[None] | None = None
+    work: asyncio.Future[ImagesOutcome] | None = None
+    cancel_requested: bool = False
+
+    def cancel(self) -> None:
+        self.cancel_requested = True
+        if self.work is not None:
+            self.work.cancel()
+
+
+class JobRunner:
+    """Runs queued jobs, within the concurrency limits, on this process's event loop."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        service: ImageService,
+        results: LocalResultStore,
+        usage: JobUsage,
+        settings: Settings,
+        *,
+        on_finished: Callable[[Job], None] = _no_hook,
+    ) -> None:
+        self.store = store
+        self.service = service
+        self.results = results
+        self.usage = usage
+        self.settings = settings
+        # Called once, on the event loop, with the job in its final state (webhooks hook in here).
+        self.on_finished = on_finished
+        self.renderers: Renderers | None = None
+        self.host = socket.gethostname()
+        self.owner = f"{self.host}:{os.getpid()}"
+        self._runs: dict[str, _Run] = {}
+        self._wake = asyncio.Event()
+        self._changed = asyncio.Event()  # set (and replaced) whenever a job has news: followers wait on it
+        self._loop_task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    # -- lifecycle --
+
+    async def start(self, renderers: Renderers) -> None:
+        self.renderers = renderers
+        self._loop_task = asyncio.create_task(self._loop())
+
+    async def stop(self) -> None:
+        """Shutdown: running jobs are queued again (the next start runs them; no attempt is
+        counted), and nothing new is started."""
+        self._stopping = True
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        tasks = [run.task for run in self._runs.values() if run.task is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def changed(self) -> asyncio.Event:
+        """An event set at the next news of any job (an event kept, a status reached)."""
+        return self._changed
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self._take_back_and_reap()
+                while not self._stopping and (job := await self._claim()) is not None:
+                    run = self._runs[job.id] = _Run()
+                    run.task = asyncio.create_task(self._run(job, run))
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # keep running jobs; one failed sweep (a locked database) must not stop it
+                log.exception("job runner: a sweep failed")
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(POLL_SECONDS):
+                    await self._wake.wait()
+            self._wake.clear()
+
+    async def _claim(self) -> Job | None:
+        s = self.settings
+        return await asyncio.to_thread(self.store.claim, self.owner, s.job_concurrency, s.job_concurrency_per_key)
+
+    def _is_dead(self, job_id: str, owner: str, heartbeat_at: float) -> bool:
+        if owner == self.owner:  # ours: dead unless we run it (a pid reused after a crash)
+            return job_id not in self._runs
+        host, _, pid = owner.rpartition(":")
+        if host == self.host and pid.isdigit():
+            return not _pid_alive(int(pid))
+        return heartbeat_at < time.time() - HEARTBEAT_STALE_SECONDS  # another host's: only its heartbeat tells
+
+    async def _take_back_and_reap(self) -> None:
+        """Our runs' heartbeat; jobs of dead processes back in the queue; local runs cancelled
+        elsewhere stopped."""
+        await asyncio.to_thread(self.store.heartbeat, self.owner, list(self._runs))
+        for job in await asyncio.to_thread(self.store.take_back, self._is_dead):
+            self._finished(job)
+        for job_id in await asyncio.to_thread(self.store.cancelled_among, list(self._runs)):
+            if (run := self._runs.get(job_id)) is not None:
+                run.cancel()
+
+    # -- one job --
+
+    async def _run(self, job: Job, run: _Run) -> None:
+        try:
+            await self._run_once(job, run)
+        finally:
+            # Only now: until its row is final, a run not in _runs looks like a dead process's.
+            self._runs.pop(job.id, None)
+            self.wake()
+
+    async def _run_once(self, job: Job, run: _Run) -> None:
+        renderers = self.renderers
+        assert renderers is not None
+        seq = 0
+        writes: asyncio.Future[None] | None = None
+
+        def keep(data: bytes) -> None:
+            """Queue one event to be kept, after those before it."""
+            nonlocal seq, writes
+            index, seq = seq, seq + 1
+            writes = asyncio.ensure_future(self._keep_event(job.id, index, data, writes))
+
+        marking: list[asyncio.Future[None]] = []
+
+        def listen(event: PipelineEvent) -> None:
+            if event.kind == "image_partial" and event.image is not None and event.index is not None:
+                keep(renderers.partial(job.event_prefix, event.index, event.image))
+            elif event.kind == "stage_finished" and event.stage == "record_usage":
+                marking.append(asyncio.ensure_future(asyncio.to_thread(self.store.mark_usage_counted, job.id)))
+
+        status: Status = "failed"
+        result: bytes | None = None
+        error: dict[str, Any] | None = None
+        names: list[str] = []
+        counted_before = job.usage_counted
+        try:
+            await asyncio.to_thread(self.store.clear_events, job.id)  # a re-run starts its stream again
+            if counted_before:
+                self.usage.counted.add(job.request_id)
+            run.work = asyncio.ensure_future(self.service.create(await self._image_job(job), on_event=listen))
+            if run.cancel_requested:  # cancelled while its inputs were read
+                run.work.cancel()
+            outcome = await run.work
+            result = renderers.result(outcome)
+            for piece in renderers.completed(job.event_prefix, outcome):
+                keep(piece)
+            status = "succeeded"
+            names = list(result_names(image.url for image in outcome.images))
+        except asyncio.CancelledError:
+            if not run.cancel_requested:  # a shutdown, not a cancel: the next start runs it
+                await asyncio.to_thread(self.store.requeue, job.id, self.owner)
+                raise
+            status = "cancelled"
+        except ImagegateError as exc:
+            error = exc.to_openai_json()["error"]
+            keep(renderers.error(exc))
+        except Exception:
+            log.exception("job %s failed", job.id)
+            internal = ImagegateError("The server had an error while processing your request.")
+            error = internal.to_openai_json()["error"]
+            keep(renderers.error(internal))
+        finally:
+            self.usage.counted.discard(job.request_id)
+        try:
+            await asyncio.gather(*marking, return_exceptions=True)
+            if writes is not None:
+                await writes
+            finished_at = time.time()
+            if status == "succeeded":
+                # The results live the TTL from the job's end, like the job's answer.
+                await asyncio.to_thread(self.results.expire_at, names, finished_at + self.settings.result_ttl_seconds)
+            if status != "cancelled":
+                ended = await asyncio.to_thread(
+                    self.store.finish, job.id, self.owner, status, finished_at=finished_at, result=result, error=error
+                )
+                if not ended:
+                    status = "cancelled"  # cancelled while it was finishing: cancel won
+            await asyncio.to_thread(self.store.remove_inputs, job.id)
+            final = await asyncio.to_thread(self.store.get, job.id)
+        finally:
+            self._notify()
+        if final is not None:
+            self._finished(final)
+
+    async def _keep_event(self, job_id: str, seq: int, data: bytes, previous: asyncio.Future[None] | None) -> None:
+        if previous is not None:
+            await previous
+        try:
+            await asyncio.to_thread(self.store.add_event, job_id, seq, data)
+        except OSError:
+            log.exception("job %s: could not keep event %d", job_id, seq)
+        self._notify()
+
+    async def _image_job(self, job: Job) -> ImageJob:
+        request = job.request
+        images, mask = await asyncio.to_thread(self.store.read_inputs, job)
+        params = dict(request["params"])
+        if params.get("partial_images"):
+            params["stream"] = True  # its /events carries the partial images, as a stream would
+        return ImageJob(
+            mode=job.mode,
+            params=params,
+            images=images,
+            mask=mask,
+            request_id=job.request_id,
+            client_request_id=request.get("client_request_id"),
+            key_id=job.key_id,
+            image_param=request.get("image_param") or "image",
+            public_base_url=request.get("public_base_url"),
+            request_base_url=request.get("request_base_url"),
+        )
+
+    def _finished(self, job: Job) -> None:
+        try:
+            self.on_finished(job)
+        except Exception:
+            log.exception("job %s: the on_finished hook failed", job.id)
+
+    # -- what the routes call --
+
+    async def submit(self, image_job: ImageJob, model: str, webhook_url: str | None) -> Job:
+        request = {
+            "params": image_job.params,
+            "image_param": image_job.image_param,
+            "request_id": image_job.request_id,
+            "client_request_id": image_job.client_request_id,
+            "public_base_url": image_job.public_base_url,
+            "request_base_url": image_job.request_base_url,
+        }
+        job = await asyncio.to_thread(
+            lambda: self.store.add(
+                job_id=new_job_id(),
+                mode=image_job.mode,
+                model=model,
+                key_id=image_job.key_id,
+                request=request,
+                images=list(image_job.images),
+                mask=image_job.mask,
+                webhook_url=webhook_url,
+                max_queued=self.settings.job_queue_max,
+            )
+        )
+        self.wake()
+        return job
+
+    async def cancel(self, job_id: str) -> Job:
+        """Cancel a queued job at once, a running one by cancelling its task (its upstream calls
+        stop; what was paid is recorded by the pipeline as for any cancelled request)."""
+        before, job = await asyncio.to_thread(self.store.cancel, job_id)
+        run = self._runs.get(job_id)
+        if run is not None and run.task is not None:
+            run.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(run.task)  # this request leaving must not cancel the run
+        elif before == "queued":
+            await asyncio.to_thread(self.store.remove_inputs, job_id)
+            self._notify()
+            self._finished(job)
+        # else: it runs on another process, whose runner stops it at its next sweep
+        return (await asyncio.to_thread(self.store.get, job_id)) or job
