@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 
 import httpx
+import openai
 import pytest
 
 from tests.fakes.gemini import (
@@ -24,7 +25,8 @@ from tests.fakes.gemini import (
     thought_color,
 )
 from tests.fakes.images import color_for, detect_mime, image_size, pixel_at, solid_jpeg, solid_png
-from tests.fakes.openai_upstream import FakeOpenAI, OpenAIError
+from tests.fakes.openai_upstream import FakeOpenAI, OpenAIError, partial_color
+from tests.fakes.openai_upstream import Streamed as OpenAIStreamed
 from tests.fakes.replicate import FakeReplicate
 
 GEMINI_PATH = "/v1beta/models/gemini-3-pro-image-preview:generateContent"
@@ -400,3 +402,38 @@ def test_fake_replicate_seedream_5_lite_makes_an_array_of_png_at_the_tier() -> N
         assert prediction["status"] == "succeeded" and isinstance(prediction["output"], list)
         image = httpx.get(prediction["output"][0], timeout=10).content
     assert detect_mime(image) == "image/png" and image_size(image) == (4096, 2304)
+
+
+# --- the fake OpenAI's event stream (stream=true), read by the official SDK --------------------
+
+
+def test_openai_stream_is_what_the_sdk_reads(openai_fake: FakeOpenAI) -> None:
+    client = openai.OpenAI(api_key=openai_fake.api_key, base_url=openai_fake.base_url, max_retries=0)
+    with client:
+        plain = client.images.generate(model="gpt-image-1", prompt="a cat", n=2)
+        events = list(client.images.generate(model="gpt-image-1", prompt="a cat", n=2, stream=True, partial_images=2))
+        assert [e.type for e in events] == ["image_generation.partial_image"] * 2 + ["image_generation.completed"] * 2
+        assert [pixel_at(base64.b64decode(e.b64_json))[:3] for e in events[:2]] == [partial_color(0), partial_color(1)]
+        finals = [base64.b64decode(e.b64_json) for e in events[2:]]
+        assert finals == [base64.b64decode(d.b64_json or "") for d in plain.data or []]
+        assert plain.usage is not None  # the completed events' usages add up to the JSON answer's
+        assert sum(e.usage.input_tokens for e in events[2:]) == plain.usage.input_tokens
+        assert sum(e.usage.output_tokens for e in events[2:]) == plain.usage.output_tokens
+        openai_fake.enqueue(OpenAIStreamed(error=OpenAIError(500, "boom", type="server_error"), error_after=1))
+        with pytest.raises(openai.APIError, match="boom"):
+            list(client.images.generate(model="gpt-image-1", prompt="a cat", stream=True, partial_images=2))
+        with pytest.raises(openai.BadRequestError):
+            client.images.generate(model="gpt-image-1", prompt="a cat", stream=True, partial_images=4)
+
+
+def test_openai_stream_names_each_event_and_ends_with_done_when_told(openai_fake: FakeOpenAI) -> None:
+    openai_fake.enqueue(OpenAIStreamed(done=True))
+    body = {"model": "gpt-image-1", "prompt": "p", "stream": True, "partial_images": 1}
+    resp = httpx.post(openai_fake.base_url + "/images/generations", json=body, headers=_oa_headers(), timeout=10)
+    assert resp.headers["content-type"].startswith("text/event-stream")
+    lines = resp.text.split("\n")
+    assert [line for line in lines if line.startswith("event: ")] == [
+        "event: image_generation.partial_image",
+        "event: image_generation.completed",
+    ]
+    assert lines[-3:] == ["data: [DONE]", "", ""]

@@ -138,6 +138,7 @@ class Dispatcher:
             extra=view.extra,
             # Only a provider that sends interim images gets a stream's listener (params._partial_images).
             on_partial=plan.on_partial if view.get("partial_images") else None,
+            partial_images=view.get("partial_images", 0),
         )
 
     async def _paid(self, candidate: Candidate, request: ProviderRequest, paid: list[Served]) -> ProviderResult:

@@ -3,14 +3,23 @@
 Speaks the wire format of the provider wire-format reference (the spec), section 1, over real
 loopback HTTP: JSON and multipart bodies (`image` or repeated `image[]`, `mask`), OpenAI error bodies with the
 status codes the SDK maps to exceptions, and `url` responses served from `/files/`.
+
+`stream=true` (a JSON field or a form field) answers with OpenAI's image event stream (the spec
+1.5; openai-python types/image_gen_*_event.py, image_edit_*_event.py): `event: <type>` and
+`data: <json>` per event, the data's `type` repeating the name; `partial_images` (0 to 3) partial
+images first, each a distinct small image (`partial_color(i)`), then one completed event per
+image with its usage (the request's input counted on the first). `Streamed` scripts delays, a
+gate before the completed event, an error event mid-stream, a dropped connection and `[DONE]`.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
 import secrets
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +30,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from .common import (
     BaseFake,
@@ -45,6 +55,8 @@ __all__ = [
     "OpenAIError",
     "RawResponse",
     "RecordedRequest",
+    "Streamed",
+    "partial_color",
 ]
 
 MIME_BY_FORMAT = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
@@ -99,6 +111,34 @@ class OpenAIError:
     headers: dict[str, str] | None = None
 
 
+@dataclass(frozen=True)
+class Streamed:
+    """Answer a stream=true request with this event stream (what a stream=true request gets
+    when nothing is scripted is `Streamed()`): `partials` partial images (None: the request's
+    `partial_images`), then one completed event per image. `delay` seconds pass before each event
+    after the first. `error`: sent as an error event after `error_after` partial events, in place
+    of the rest; as `{"error": {...}}` (what openai-python's _streaming.py reads), or with `flat`
+    as the Responses API's `{"type": "error", "code", "message", "param"}`. `drop_after`: the
+    connection is closed after that many events, without ending the response. `done`: a
+    `data: [DONE]` ends the stream."""
+
+    partials: int | None = None
+    delay: float = 0.0
+    error: OpenAIError | None = None
+    error_after: int = 0
+    flat: bool = False
+    drop_after: int | None = None
+    done: bool = False
+    # The first completed event waits until the test sets this: a test can show the partial
+    # images reach the client before the final image is even sent.
+    gate: threading.Event | None = field(default=None, compare=False)
+
+
+def partial_color(index: int) -> tuple[int, int, int]:
+    """The colour of partial image `index` (8x8): each differs from the others and the final's."""
+    return (250, 20 + 60 * index, 200)
+
+
 class _Reject(Exception):
     """A request the real API would refuse, with the OpenAI error to send."""
 
@@ -144,6 +184,8 @@ class ImageJob:
     background: str = "auto"
     quality: str = "auto"
     input_images: list[bytes] = field(default_factory=list)
+    stream: bool = False
+    partial_images: int = 0
 
 
 def _as_int(value: Any, param: str, low: int, high: int) -> int:
@@ -236,9 +278,9 @@ def parse_job(fields: dict[str, Any], allowed: set[str], strict: bool) -> ImageJ
     prompt = fields.get("prompt")
     if not isinstance(prompt, str) or not prompt:
         raise _bad("Missing required parameter: 'prompt'.", "prompt", "missing_required_parameter")
-    if _is_true(fields.get("stream")):
-        raise _bad("stream=true is not supported by this fake upstream.", "stream")
-    job = ImageJob(prompt=prompt)
+    job = ImageJob(prompt=prompt, stream=_is_true(fields.get("stream")))
+    if fields.get("partial_images") not in (None, ""):
+        job.partial_images = _as_int(fields["partial_images"], "partial_images", 0, 3)
     if fields.get("n") not in (None, ""):
         job.n = _as_int(fields["n"], "n", 1, 10)
     if fields.get("output_compression") not in (None, ""):
@@ -519,7 +561,11 @@ class FakeOpenAI(BaseFake):
         """Turn one scripted behaviour (None = success) into the HTTP answer."""
         if isinstance(behaviour, (Hang, Delay)):
             await self.sleep(request, behaviour.seconds)
-            return await self._success(job)
+            behaviour = None
+        if job.stream and behaviour is None:
+            behaviour = Streamed()
+        if isinstance(behaviour, Streamed):
+            return await self._stream(request, job, behaviour)
         if isinstance(behaviour, OpenAIError):
             return error_response(behaviour)
         if isinstance(behaviour, MalformedJSON):
@@ -534,6 +580,39 @@ class FakeOpenAI(BaseFake):
         images = await run_in_threadpool(self._render, job)
         self.served.extend(images)
         return json_response(200, self._images_response(job, images))
+
+    async def _stream(self, request: Request, job: ImageJob, streamed: Streamed) -> Response:
+        """The stream's events, rendered up front (the scripted timing is the sending's)."""
+        images = await run_in_threadpool(self._render, job)
+        self.served.extend(images)
+        family = "image_edit" if request.url.path.endswith("/edits") else "image_generation"
+        mime = MIME_BY_FORMAT[job.output_format]
+        count = job.partial_images if streamed.partials is None else streamed.partials
+        events: list[tuple[str, dict[str, Any]]] = []
+        for index in range(count):
+            partial = solid_image(mime, 8, 8, partial_color(index))
+            events.append((f"{family}.partial_image", self._event(job, family, "partial_image", partial)))
+            events[-1][1]["partial_image_index"] = index
+        if streamed.error is not None:
+            events = events[: streamed.error_after] + [("error", _error_event(streamed.error, flat=streamed.flat))]
+        else:
+            whole = self._images_response(job, images)["usage"]
+            for index, image in enumerate(images):
+                event = self._event(job, family, "completed", image)
+                event["usage"] = _image_usage(whole, first=index == 0, images=len(images))
+                events.append((f"{family}.completed", event))
+        return EventStream(self, request, events, streamed)
+
+    def _event(self, job: ImageJob, family: str, kind: str, image: bytes) -> dict[str, Any]:
+        return {
+            "type": f"{family}.{kind}",
+            "b64_json": base64.b64encode(image).decode("ascii"),
+            "background": "transparent" if job.background == "transparent" else "opaque",
+            "created_at": int(time.time()),
+            "output_format": job.output_format,
+            "quality": "medium" if job.quality == "auto" else job.quality,
+            "size": f"{job.width}x{job.height}",
+        }
 
     def _render(self, job: ImageJob) -> list[bytes]:
         """Image i is a solid color_for(prompt) (i == 0) or color_for(f"{prompt}#{i}")."""
@@ -582,3 +661,56 @@ class FakeOpenAI(BaseFake):
         self.downloads.append(name)
         data, mime = self.files[name]
         return Response(data, media_type=mime)
+
+
+def _error_event(error: OpenAIError, *, flat: bool) -> dict[str, Any]:
+    body = {"message": error.message, "type": error.type, "param": error.param, "code": error.code}
+    if flat:  # the Responses API's ResponseErrorEvent: type "error", its fields at the top
+        return {"type": "error", "code": error.code, "message": error.message, "param": error.param}
+    return {"error": body}
+
+
+def _image_usage(whole: dict[str, Any], *, first: bool, images: int) -> dict[str, Any]:
+    """One completed event's usage: its image's output tokens, and the request's input on the
+    first event only, so the events add up to the JSON answer's usage."""
+    output = whole["output_tokens"] // images
+    inputs = whole["input_tokens"] if first else 0
+    details = whole["input_tokens_details"] if first else {"text_tokens": 0, "image_tokens": 0}
+    return {
+        "total_tokens": inputs + output,
+        "input_tokens": inputs,
+        "output_tokens": output,
+        "input_tokens_details": dict(details),
+        "output_tokens_details": {"text_tokens": 0, "image_tokens": output},
+    }
+
+
+class EventStream(Response):
+    """`text/event-stream`, `event: <type>` + `data: <json>` + a blank line per event, written as
+    each is due (see `Streamed`); the client going away stops it."""
+
+    media_type = "text/event-stream"
+
+    def __init__(
+        self, fake: BaseFake, request: Request, events: list[tuple[str, dict[str, Any]]], streamed: Streamed
+    ) -> None:
+        super().__init__(media_type=self.media_type)
+        self.fake, self.request, self.events, self.streamed = fake, request, events, streamed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        streamed = self.streamed
+        headers = [(b"content-type", b"text/event-stream; charset=utf-8")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        async with self.fake.track():
+            for index, (name, data) in enumerate(self.events):
+                if index == streamed.drop_after:
+                    return  # uvicorn closes the connection of a response left unfinished
+                if index and streamed.delay and not await self.fake.sleep(self.request, streamed.delay):
+                    return
+                if streamed.gate is not None and name.endswith(".completed"):
+                    while not streamed.gate.is_set():  # the test thread sets it
+                        if not await self.fake.sleep(self.request, 0.01):
+                            return
+                event = f"event: {name}\ndata: ".encode() + json.dumps(data).encode() + b"\n\n"
+                await send({"type": "http.response.body", "body": event, "more_body": True})
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n" if streamed.done else b""})

@@ -60,6 +60,9 @@ class ProviderRequest:
     # (an upstream that sends interim images, as Gemini's thought images): the adapter calls it
     # with each interim image as it arrives, before returning its result. Others never see it.
     on_partial: PartialListener | None = field(default=None, compare=False)
+    # How many interim images the client asked for (its `partial_images`), for an upstream that
+    # takes the count itself (OpenAI's stream); set with `on_partial`, else 0.
+    partial_images: int = 0
 
     def __post_init__(self, binding: ProviderBinding | None) -> None:
         if binding is not None:
