@@ -12,7 +12,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -25,7 +24,7 @@ from imagegate.errors import (
     UpstreamConnectionError,
     UpstreamResponseTooLarge,
 )
-from imagegate.providers import GeminiProvider, ProviderImage, ProviderRequest
+from imagegate.providers import GeminiProvider, ProviderRequest
 from imagegate.providers.base import TokenSplit
 from tests.fakes.gemini import (
     IMAGE_OUTPUT_TOKENS,
@@ -47,27 +46,11 @@ from tests.fakes.gemini import (
 from tests.fakes.hostile import json_answer
 from tests.fakes.images import color_for, pixel_at, solid_png
 
+from .partials import Partials
 from .test_gemini import make_request
 
 PATH = "/v1beta/models/gemini-3-pro-image:streamGenerateContent"
 FINAL = solid_png(16, 16, (10, 200, 30))
-
-
-@dataclass
-class Partials:
-    """An on_partial listener that keeps what it was given, when, and signals the first."""
-
-    images: list[ProviderImage] = field(default_factory=list)
-    times: list[float] = field(default_factory=list)
-    first: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def __call__(self, image: ProviderImage) -> None:
-        self.images.append(image)
-        self.times.append(time.monotonic())
-        self.first.set()
-
-    def colors(self) -> list[tuple[int, ...]]:
-        return [pixel_at(image.data) for image in self.images]
 
 
 def streamed(partials: Partials, prompt: str = "a red fox in snow", **kwargs: Any) -> ProviderRequest:

@@ -13,7 +13,6 @@ import base64
 import json
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -31,7 +30,7 @@ from imagegate.errors import (
     UpstreamRejectedRequest,
 )
 from imagegate.normalize import resolve_layout
-from imagegate.providers import OpenAIProvider, ProviderImage, ProviderRequest
+from imagegate.providers import OpenAIProvider, ProviderRequest
 from imagegate.providers.base import TokenSplit
 from tests.fakes.images import color_for, pixel_at, solid_png
 from tests.fakes.openai_upstream import (
@@ -45,29 +44,13 @@ from tests.fakes.openai_upstream import (
 )
 
 from .inputs import MASK, PNG
+from .partials import Partials
 
 MODEL = load_builtin_catalog().get("gpt-image-1")
 assert MODEL is not None
 BINDING = MODEL.providers["openai"]
 PROMPT = "a red fox in snow"
 FINAL = solid_png(16, 16, (10, 200, 30))
-
-
-@dataclass
-class Partials:
-    """An on_partial listener that keeps what it was given, when, and signals the first."""
-
-    images: list[ProviderImage] = field(default_factory=list)
-    times: list[float] = field(default_factory=list)
-    first: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def __call__(self, image: ProviderImage) -> None:
-        self.images.append(image)
-        self.times.append(time.monotonic())
-        self.first.set()
-
-    def colors(self) -> list[tuple[int, ...]]:
-        return [pixel_at(image.data)[:3] for image in self.images]
 
 
 def make_request(
