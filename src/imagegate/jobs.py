@@ -779,6 +779,7 @@ class JobRunner:
         request = job.request
         images, mask = await asyncio.to_thread(self.store.read_inputs, job)
         params = dict(request["params"])
+        params.pop("webhook_url", None)  # the job's own (sent when it ends), not the pipeline's
         if params.get("partial_images"):
             params["stream"] = True  # its /events carries the partial images, as a stream would
         return ImageJob(

@@ -60,6 +60,9 @@ GATEWAY_PARAMS = frozenset(
         "webhook_url",  # async jobs: where the job's end is POSTed (webhooks); never upstream
     }
 )
+# Fields only an async job (Prefer: respond-async) acts on; a synchronous request is served without
+# them and says so.
+ASYNC_ONLY = frozenset({"webhook_url"})
 # Free text: a number or a list here is a client bug, never turned into text.
 TEXT_PARAMS = frozenset({"prompt"})
 # Aliases users send for the same value; the canonical spelling is no adjustment.
@@ -199,6 +202,9 @@ def normalize_params(raw: dict[str, Any], *, model: ModelEntry, mode: Mode, stri
                 + (" in edit mode." if mode == "edit" else " in text-to-image mode."),
                 param=name,
             )
+        if name in ASYNC_ONLY:  # an async job takes it off its request before the pipeline runs
+            result.ignored.append(Adjustment(name, _text(typed), "not applied (only with Prefer: respond-async)"))
+            continue
         result.values[name] = typed
         if name not in GATEWAY_PARAMS:
             result.options[name] = typed

@@ -118,3 +118,19 @@ def test_a_private_webhook_target_is_refused_unless_allowed(
         error = response.json()["error"]
         assert (error["param"], error["code"]) == ("webhook_url", "url_not_allowed")
     assert fake_gemini.requests == [] and json.loads(receiver.received.__repr__() or "[]") == []
+
+
+def test_a_webhook_url_on_a_synchronous_request_is_not_applied_and_said_so(
+    hooked: Callable[..., RunningGateway], receiver: WebhookReceiver
+) -> None:
+    gateway = hooked()
+    result = gateway.client().images.generate(model=MODEL, prompt="p", extra_body={"webhook_url": receiver.url})
+    assert {
+        "param": "webhook_url",
+        "requested": receiver.url,
+        "applied": "not applied (only with Prefer: respond-async)",
+    } in (result.model_extra or {})["adjustments"]
+    job_id = submit(gateway, {"model": MODEL, "prompt": "p", "webhook_url": receiver.url}).json()["id"]
+    job = wait_job(gateway, job_id)
+    assert all(a["param"] != "webhook_url" for a in job["result"]["adjustments"])  # the job acted on it
+    assert len(receiver.wait_for(1)) == 1
