@@ -32,6 +32,7 @@ from .errors import ImagegateError
 from .gateway import Gateway
 from .keys import KeyRecord, KeyStore
 from .plugins import ProviderSpec, is_configured, load_registry, setting_values
+from .providers.transport import SSEDecoder
 from .service import ImageJob, ImagesOutcome, PipelineEvent
 from .usage import GROUP_COLUMNS, Grouping, UsageLog, UsageTotal
 from .webhooks import generate_secret
@@ -351,14 +352,16 @@ def _run_remote_stream(
             raise _remote_error(response)
         images: list[tuple[bytes, str]] = []
         last: dict[str, Any] = {}
-        for event, data in _sse_events(response.iter_lines()):
-            if event == "error" or "error" in data:
+        for data in _stream_data(response):
+            # An event's name is also its data's `type`; an error event's data is {"error": {...}}.
+            kind = str(data.get("type") or "")
+            if "error" in data:
                 error = data.get("error") or {}
                 raise ImagegateError(str(error.get("message") or "stream failed"), code=error.get("code") or "error")
-            if event.endswith(".partial_image"):
+            if kind.endswith(".partial_image"):
                 raw = base64.b64decode(data["b64_json"])
                 printer.partial(int(data.get("partial_image_index", 0)), raw, data["output_format"], data["size"])
-            elif event.endswith(".completed"):
+            elif kind.endswith(".completed"):
                 images.append((base64.b64decode(data["b64_json"]), data.get("output_format") or "png"))
                 last = data
     finally:
@@ -378,22 +381,15 @@ def _run_remote_stream(
     return images, summary
 
 
-def _sse_events(lines: Iterator[str]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(event name, JSON data) of each Server-Sent Event; comments (keep-alives) are skipped."""
-    event, data = "message", list[str]()
-    for line in lines:
-        if not line:
-            if data:
-                yield event, json.loads("\n".join(data))
-            event, data = "message", []
-        elif line.startswith(":"):
-            continue
-        elif line.startswith("event:"):
-            event = line[6:].strip()
-        elif line.startswith("data:"):
-            data.append(line[5:].removeprefix(" "))
-    if data:
-        yield event, json.loads("\n".join(data))
+def _stream_data(response: httpx.Response) -> Iterator[dict[str, Any]]:
+    """The JSON data of each event of a server's event stream (the transport's SSE decoder: no
+    line limit, keep-alive comments skipped)."""
+    decoder = SSEDecoder()
+    for chunk in response.iter_bytes():
+        for data in decoder.feed(chunk):
+            yield json.loads(data)
+    for data in decoder.end():
+        yield json.loads(data)
 
 
 def _write_outputs(files: list[tuple[bytes, str]], output: str | None) -> list[Path]:

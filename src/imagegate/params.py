@@ -83,13 +83,18 @@ class NormalizedParams:
         return default if value is None else value
 
 
+def is_true(raw: Any) -> bool:
+    """A boolean field's value reads true: JSON true, or a form field spelling it ("true", "1"...)."""
+    return raw is True or (isinstance(raw, str) and raw.strip().lower() in _TRUE)
+
+
 def _coerce(name: str, spec: ParamSpec, raw: Any) -> Any:
     """Type-check one value against its spec; form fields arrive as strings."""
     if spec.type == "boolean":
         if isinstance(raw, bool):
             return raw
         if isinstance(raw, str) and raw.strip().lower() in _TRUE | _FALSE:
-            return raw.strip().lower() in _TRUE
+            return is_true(raw)
         raise InvalidRequest(f"'{name}' must be a boolean, got {raw!r}.", param=name)
     if spec.type in ("integer", "number"):
         number = _number(name, spec, raw)

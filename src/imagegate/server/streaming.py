@@ -35,12 +35,12 @@ from starlette.responses import Response, StreamingResponse
 from .. import jsonio
 from ..errors import ImagegateError, InvalidRequest
 from ..outputs import OutputImage
+from ..params import is_true
 from ..service import ImageJob, ImageService, ImagesOutcome, PipelineEvent
 from .render import adjustment_list, splice, usage_object
 
 log = logging.getLogger("imagegate")
 
-_TRUE = ("true", "1", "yes", "on")  # as params.py reads a boolean form field
 KEEPALIVE = b": keep-alive\n\n"
 # What the SSE layer asks of proxies: no caching, no buffering (nginx honours X-Accel-Buffering).
 STREAM_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
@@ -49,8 +49,7 @@ STREAM_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 def stream_requested(params: dict[str, Any]) -> bool:
     """Whether the client asked for a stream (JSON true or a form field "true"); a value that is
     neither is left to the pipeline's validation, which answers its 400."""
-    value = params.get("stream")
-    return value is True or (isinstance(value, str) and value.strip().lower() in _TRUE)
+    return is_true(params.get("stream"))
 
 
 def refuse_with_idempotency_key() -> InvalidRequest:
@@ -179,7 +178,7 @@ def _completed_event(prefix: str, outcome: ImagesOutcome, image: OutputImage) ->
 
 
 def _error_event(exc: ImagegateError) -> bytes:
-    return b"event: error\ndata: " + jsonio.dumps(exc.to_openai_json()) + b"\n\n"
+    return b"".join(_sse("error", exc.to_openai_json()))
 
 
 def _now() -> int:
