@@ -378,9 +378,11 @@ class Pipeline:
             ctx.adjust(AdjustmentSource.COUNT, *_count_adjustments(ctx.n, ctx.made, len(ctx.errors)))
 
     def _partial_listener(self, ctx: RequestContext) -> PartialListener | None:
-        """What the adapters call with each interim image, when the request streams partials:
-        the first `partial_images` of them are converted, in arrival order, and emitted."""
-        limit = int(ctx.params.get("partial_images", 0)) if ctx.params.get("stream") else 0
+        """What the adapters call with each interim image, when someone listens: the first
+        `partial_images` of them are converted, in arrival order, and emitted. Which providers get
+        it (only in a stream, only where the binding makes partials) the plan decided already:
+        params._partial_images drops partial_images from every other provider's view."""
+        limit = int(ctx.params.get("partial_images", 0))
         if not limit or not ctx.listeners:
             return None
 
