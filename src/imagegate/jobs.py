@@ -48,13 +48,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
-from urllib.parse import urlsplit
 
 from . import jsonio
 from .catalog import Mode
 from .config import Settings
 from .db import Database
-from .errors import ImagegateError, InvalidRequest, JobConflict, JobQueueFull
+from .errors import ImagegateError, JobConflict, JobQueueFull
 from .idempotency import result_names
 from .pipeline import ImageJob, ImagesOutcome, PipelineEvent
 from .service import ImageService, ImageSource
@@ -187,22 +186,6 @@ def _split_outside_quotes(text: str, separator: str) -> list[str]:
         current.append(char)
     parts.append("".join(current))
     return parts
-
-
-def check_webhook_url(params: dict[str, Any]) -> str | None:
-    """`webhook_url`, if given: an absolute http(s) URL (delivery and its SSRF rules: webhooks.py)."""
-    value = params.get("webhook_url")
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        raise InvalidRequest("'webhook_url' must be a string (an http or https URL).", param="webhook_url")
-    try:
-        parts = urlsplit(value.strip())
-    except ValueError as exc:
-        raise InvalidRequest("'webhook_url' is not a valid URL.", param="webhook_url") from exc
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        raise InvalidRequest("'webhook_url' must be an absolute http or https URL.", param="webhook_url")
-    return value.strip()
 
 
 # --- the store -------------------------------------------------------------------------------

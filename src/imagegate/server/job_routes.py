@@ -25,7 +25,7 @@ from starlette.routing import Route
 from .. import webhooks
 from ..errors import InvalidRequest, JobNotFound
 from ..gateway import Gateway
-from ..jobs import FINAL, POLL_SECONDS, STATUSES, Job, Renderers, check_webhook_url, list_json
+from ..jobs import FINAL, POLL_SECONDS, STATUSES, Job, Renderers, list_json
 from ..service import ImageJob
 from .render import body_of, images_response
 from .routes import authenticate
@@ -76,10 +76,7 @@ async def accept_job(request: Request, job: ImageJob, with_idempotency_key: bool
             param="Idempotency-Key",
         )
     gateway = _gateway(request)
-    webhook_url = check_webhook_url(job.params)
-    if webhook_url is not None:  # refused now, not when the job has run: no secret, a private target
-        webhooks.require_secret(gateway.webhook_secret(job.key_id))
-        await webhooks.check_webhook_target(webhook_url, gateway.settings.allow_private_urls)
+    webhook_url = await _webhook_url(gateway, job)
     model = await gateway.service.check(job)
     created = await gateway.jobs.submit(job, model, webhook_url)
     # The prefix the request came on (/v1 or /openai/v1), so the client polls where it posted.
@@ -90,6 +87,20 @@ async def accept_job(request: Request, job: ImageJob, with_idempotency_key: bool
         202,
         {"location": f"{prefix}/images/jobs/{created.id}", "preference-applied": "respond-async"},
     )
+
+
+async def _webhook_url(gateway: Gateway, job: ImageJob) -> str | None:
+    """The job's `webhook_url`, if it has one, refused now rather than when the job has run: not
+    an http(s) URL, a private target (webhooks.py's rules, as each delivery applies them), or no
+    secret to sign with."""
+    value = job.params.get("webhook_url")
+    if value is None or value == "":
+        return None
+    url = value.strip() if isinstance(value, str) else value
+    await webhooks.check_webhook_target(url, gateway.settings.allow_private_urls)
+    webhooks.require_secret(gateway.webhook_secret(job.key_id))
+    assert isinstance(url, str)  # check_webhook_target refuses anything else
+    return url
 
 
 async def _own_job(request: Request) -> Job:
