@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -353,10 +354,11 @@ class WebhookSender:
                     wait = min(wait, max(0.0, next_due - self.clock()))
             except Exception:  # a locked or failing database: try again later, never stop the loop
                 log.exception("webhook deliveries could not be read")
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=wait)
-            except TimeoutError:
-                pass
+            # asyncio.timeout, not wait_for: on 3.11, wait_for swallows a cancel that lands as the
+            # event is set, and this loop then outlives aclose(), which waits for it forever.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self._wake.wait()
 
     def _claim_due(self, now: float, limit: int) -> tuple[list[Delivery], float | None]:
         """Take up to `limit` due rows nobody holds; and when the next pending row falls due."""
