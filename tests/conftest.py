@@ -228,3 +228,14 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+# Real PostgreSQL, Redis and S3 (moto) on loopback, for the shared-backend tests (tests/backends.py).
+from .backends import (  # noqa: E402,F401
+    postgres_server,
+    postgres_url,
+    redis_server,
+    redis_url,
+    s3_bucket,
+    s3_env,
+    s3_server,
+)

@@ -161,6 +161,18 @@ class Settings(BaseSettings):
     webhook_max_age_seconds: float = Field(default=86400.0, gt=0)  # IMAGEGATE_WEBHOOK_MAX_AGE_SECONDS
     webhook_base_delay_seconds: float = Field(default=5.0, gt=0)  # IMAGEGATE_WEBHOOK_BASE_DELAY_SECONDS
 
+    # Shared backends for several instances (issue 11). None: the embedded defaults (SQLite in the
+    # data dir, results in <data dir>/results, limits and breaker state in-process).
+    database_url: str | None = None  # IMAGEGATE_DATABASE_URL: postgresql://user:pass@host/db
+    redis_url: str | None = None  # IMAGEGATE_REDIS_URL: redis://host:6379/0
+    results_url: str | None = None  # IMAGEGATE_RESULTS_URL: s3://bucket/prefix
+    s3_endpoint_url: str | None = None  # IMAGEGATE_S3_ENDPOINT_URL: any S3-compatible endpoint
+    results_presign: bool = False  # IMAGEGATE_RESULTS_PRESIGN: result URLs are presigned S3 URLs
+    admin_keys: str = ""  # IMAGEGATE_ADMIN_KEYS, comma-separated static admin keys
+    log_format: Literal["text", "json"] = "text"  # IMAGEGATE_LOG_FORMAT
+    # A job whose owner sent no heartbeat this long is taken back by another instance.
+    job_heartbeat_stale_seconds: float = Field(default=30.0, gt=0)  # IMAGEGATE_JOB_HEARTBEAT_STALE_SECONDS
+
     # The local engine (pip install -e '.[local]'): a diffusers directory or a hub id, served as
     # model `local/<last path component>`; device and dtype "auto" pick CUDA, MPS, then CPU.
     local_model: str | None = None  # IMAGEGATE_LOCAL_MODEL
@@ -227,6 +239,10 @@ class Settings(BaseSettings):
     @property
     def static_keys(self) -> list[str]:
         return [k.strip() for k in self.api_keys.split(",") if k.strip()]
+
+    @property
+    def static_admin_keys(self) -> list[str]:
+        return [k.strip() for k in self.admin_keys.split(",") if k.strip()]
 
     @property
     def base_public_url(self) -> str:
