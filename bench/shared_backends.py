@@ -255,10 +255,12 @@ class Setup:
         return sum(instance.child.cpu_seconds() for instance in self.instances)
 
 
-def gateway_env(base: dict[str, str], data_dir: Path, upstream_url: str, backends: dict[str, str]) -> dict[str, str]:
+def gateway_env(
+    base: dict[str, str], src: Path, data_dir: Path, upstream_url: str, backends: dict[str, str]
+) -> dict[str, str]:
     return {
         **base,
-        "PYTHONPATH": str(SRC),  # this checkout's code first, ahead of the venv's install
+        "PYTHONPATH": str(src),  # this checkout's code (or --src) first, ahead of the venv's install
         "GEMINI_API_KEY": UPSTREAM_KEY,
         "GEMINI_BASE_URL": upstream_url,
         "IMAGEGATE_DATA_DIR": str(data_dir),
@@ -344,15 +346,21 @@ async def drive(
     return latencies, errors, time.perf_counter() - started
 
 
-def redis_commands(redis_url: str) -> int:
-    """Commands Redis has processed so far (INFO stats); our INFO itself is one of them."""
-    import redis
+class RedisCommands:
+    """Commands Redis has processed (INFO stats), over one connection of ours opened once (a new
+    connection would add redis-py's handshake commands). An INFO is counted once it has run, so
+    between two readings exactly one of ours is in the difference."""
 
-    client = redis.Redis.from_url(redis_url)
-    try:
-        return int(client.info("stats")["total_commands_processed"])
-    finally:
-        client.close()
+    def __init__(self, redis_url: str) -> None:
+        import redis
+
+        self.client = redis.Redis.from_url(redis_url)
+
+    def total(self) -> int:
+        return int(self.client.info("stats")["total_commands_processed"])
+
+    def close(self) -> None:
+        self.client.close()
 
 
 @dataclass
@@ -376,7 +384,7 @@ async def measure(
     warmup: int,
     concurrency: int,
     cpu_sources: dict[str, Callable[[], float]],
-    redis_url: str,
+    redis: RedisCommands,
     check: Callable[[httpx.Response, int], None],
     round_no: int,
 ) -> Run:
@@ -391,11 +399,11 @@ async def measure(
         warm, warm_errors, _ = await drive(client, urls, payload, headers, max(warmup, size), concurrency, check)
         if warm_errors:
             raise RuntimeError(f"{setup.name}/{fmt} warm-up failed: {warm_errors[0]}")
-        commands_before = redis_commands(redis_url)
+        commands_before = redis.total()
         cpu_before = {name: fn() for name, fn in cpu_sources.items()}
         latencies, errors, wall = await drive(client, urls, payload, headers, total, concurrency)
         cpu_after = {name: fn() for name, fn in cpu_sources.items()}
-        commands = redis_commands(redis_url) - commands_before - 1
+        commands = redis.total() - commands_before - 1  # our first INFO
     sent = len(warm) + len(latencies)
     setup.sent += sent
     done = len(latencies)
@@ -458,6 +466,10 @@ class Checks:
         response = httpx.get(server.url + url[len(maker.url) :], timeout=30.0)
         ok = response.status_code == 200 and response.content == self.png
         where = f"made by {maker.name}, fetched from {server.name}"
+        if ok and maker is not server and not stored_in_s3:
+            # The result's row is in the shared database and its file in the maker's data dir, which
+            # the other instance can open only because both run on this machine.
+            return f"{where}: the upstream's PNG, read from {maker.name}'s data dir (results not in S3)", False
         if ok:
             return f"{where}: the upstream's PNG", False
         detail = f"{where}: HTTP {response.status_code}, {len(response.content)} bytes"
@@ -485,7 +497,7 @@ async def run_all(
     args: argparse.Namespace,
     setups: list[Setup],
     shared_cpu: dict[str, Callable[[], float]],
-    redis_url: str,
+    redis: RedisCommands,
     bucket: Bucket,
     checks: Checks,
 ) -> tuple[list[Run], int]:
@@ -505,7 +517,7 @@ async def run_all(
                     )
                     cpu = {"gateways": setup.cpu_seconds, **shared_cpu}
                     check = checks.first(setup, fmt)
-                    run = await measure(setup, fmt, total, args.warmup, concurrency, cpu, redis_url, check, round_no)
+                    run = await measure(setup, fmt, total, args.warmup, concurrency, cpu, redis, check, round_no)
                     result = run.result
                     run.s3_objects = objects = bucket.empty()  # counted, then deleted: moto keeps them in memory
                     if fmt == "url":
@@ -681,6 +693,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--gateway-log-level", default="warning", help="`imagegate serve --log-level` (default warning)"
     )
+    parser.add_argument(
+        "--src",
+        type=Path,
+        default=SRC,
+        metavar="DIR",
+        help="run the gateways from this source tree (a checkout or its src/; default this checkout's), same venv",
+    )
     parser.add_argument("--keep-data", action="store_true", help="keep the temp dirs (logs, data dirs, the cluster)")
     args = parser.parse_args(argv)
     if "embedded" not in args.setups:
@@ -693,6 +712,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--requests takes one value, or one per --concurrency value")
     if args.warmup is None:
         args.warmup = 4 if args.quick else 10
+    src = args.src.resolve()
+    args.src = src / "src" if (src / "src" / "imagegate").is_dir() else src
+    if not (args.src / "imagegate").is_dir():
+        parser.error(f"--src: no imagegate package under {src}")
     if args.repeat is None:
         args.repeat = 1 if args.quick else 3
     return args
@@ -757,9 +780,11 @@ def main(argv: list[str] | None = None) -> int:
         }
 
         # Keys first (each setup's own database), then the instances, all starting at once.
-        embedded_env = gateway_env(base, tmp / "data-embedded", upstream_url, {})
+        embedded_env = gateway_env(base, args.src, tmp / "data-embedded", upstream_url, {})
         embedded_key = imagegate(embedded_env, "keys", "create", "bench").strip()
-        shared_envs = [gateway_env(base, tmp / f"data-shared-{i}", upstream_url, shared_backends) for i in "ab"]
+        shared_envs = [
+            gateway_env(base, args.src, tmp / f"data-shared-{i}", upstream_url, shared_backends) for i in "ab"
+        ]
         imagegate(shared_envs[0], "migrate")
         shared_key = imagegate(shared_envs[0], "keys", "create", "bench").strip()
         wanted = set(args.setups)
@@ -795,7 +820,11 @@ def main(argv: list[str] | None = None) -> int:
             "upstream": upstream.cpu_seconds,
             "client": own_cpu_seconds,
         }
-        runs, failures = asyncio.run(run_all(args, setups, shared_cpu, redis_url, bucket, checks))
+        redis = RedisCommands(redis_url)
+        try:
+            runs, failures = asyncio.run(run_all(args, setups, shared_cpu, redis, bucket, checks))
+        finally:
+            redis.close()
 
         # Stop the shared instances first (gracefully: their usage writers flush), then count the
         # usage ledger in PostgreSQL against what they answered.
@@ -827,7 +856,7 @@ def main(argv: list[str] | None = None) -> int:
             f"Fake upstream PNG: {len(png)} bytes; {platform.python_implementation()} {platform.python_version()}, "
             f"{os.cpu_count()} CPUs shared by the load generator, the gateways and every backend; load average "
             f"before/after {load_before:.2f}/{load_after:.2f}; {time.perf_counter() - started:.0f}s total, "
-            f"{args.repeat} round(s); gateway: {SRC}"
+            f"{args.repeat} round(s); gateway: {args.src}"
         )
         print(
             "PostgreSQL at its default durability (fsync, synchronous_commit on); Redis without persistence; "
@@ -871,7 +900,7 @@ def main(argv: list[str] | None = None) -> int:
                     "formats": args.formats,
                     "setups": args.setups,
                     "repeat": args.repeat,
-                    "gateway_src": str(SRC),
+                    "gateway_src": str(args.src),
                     "png_bytes": len(png),
                     "model": MODEL,
                     "postgres": "default durability",
