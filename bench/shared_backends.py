@@ -217,15 +217,15 @@ class Bucket:
         )
         self.client.create_bucket(Bucket=self.name)
 
-    def empty(self) -> int:
-        """Delete every object; returns how many there were."""
-        count = 0
+    def count(self) -> int:
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.name)
+        return sum(page.get("KeyCount", 0) for page in pages)
+
+    def empty(self) -> None:
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.name):
             keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
             if keys:
                 self.client.delete_objects(Bucket=self.name, Delete={"Objects": keys, "Quiet": True})
-                count += len(keys)
-        return count
 
     def delete(self) -> None:
         self.empty()
@@ -519,10 +519,11 @@ async def run_all(
                     check = checks.first(setup, fmt)
                     run = await measure(setup, fmt, total, args.warmup, concurrency, cpu, redis, check, round_no)
                     result = run.result
-                    run.s3_objects = objects = bucket.empty()  # counted, then deleted: moto keeps them in memory
+                    run.s3_objects = objects = bucket.count()
                     if fmt == "url":
                         run.url_check, failed = checks.fetch_elsewhere(setup, stored_in_s3=objects > 0)
                         failures += failed
+                    bucket.empty()  # moto keeps objects in memory
                     delete_local_results(setup.instances)
                     failures += result.errors
                     runs.append(run)
