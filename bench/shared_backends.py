@@ -100,6 +100,7 @@ AWS_ENV = {
 RESULTS_PREFIX = "results"
 START_TIMEOUT_S = 60.0
 CPU_COLUMNS = ("gateways", "postgres", "redis", "moto", "upstream", "client")
+SERVER_CPU = ("gateways", "postgres", "redis", "moto")  # what serves a request, load generator and upstream aside
 
 
 # --- the backends ----------------------------------------------------------------------------
@@ -373,6 +374,10 @@ class Run:
     s3_objects: int = 0  # objects in the bucket after the run (so also the warm-up's)
     url_check: str | None = None
 
+    def server_cpu_ms(self) -> float:
+        """CPU per request of everything serving it: the setup's gateways and the backends."""
+        return sum(self.result.cpu_ms_per_request.get(name, 0.0) for name in SERVER_CPU)
+
     def s3_objects_per_request(self) -> float:
         return self.s3_objects / self.sent if self.sent else 0.0
 
@@ -553,7 +558,8 @@ def grouped(runs: list[Run]) -> dict[Key, list[Run]]:
 def markdown_table(runs: list[Run]) -> str:
     header = (
         "| setup | response_format | clients | rounds x requests | req/s | p50 ms | p95 ms "
-        "| CPU ms/req gateways / postgres / redis / moto / upstream / client | Redis cmd/req | S3 objects/req |"
+        "| CPU ms/req gateways / postgres / redis / moto / upstream / client | server CPU ms/req "
+        "| Redis cmd/req | S3 objects/req |"
     )
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     groups = grouped(runs)
@@ -567,6 +573,7 @@ def markdown_table(runs: list[Run]) -> str:
             f"| {name} | {fmt} | {conc} | {len(group)} x {results[0].requests}"
             f"{f' ({errors} err)' if errors else ''} | {spread([r.throughput_rps for r in results])} "
             f"| {spread([r.p50_ms for r in results])} | {spread([r.p95_ms for r in results])} | {cpu} "
+            f"| {spread([run.server_cpu_ms() for run in group])} "
             f"| {median([run.redis_commands_per_request for run in group]):.1f} "
             f"| {median([run.s3_objects_per_request() for run in group]):.2f} |"
         )
@@ -581,7 +588,7 @@ def comparisons(runs: list[Run], formats: list[str], concurrency: list[int]) -> 
     low, high = min(concurrency), max(concurrency)
     rows = []
     for fmt in formats:
-        for name in ("shared-1", "shared"):
+        for name in ("shared", "shared-1"):
             added, ratio, cpu = [], [], []
             for rnd in rounds:
                 base, mine = by_round.get(("embedded", fmt, low, rnd)), by_round.get((name, fmt, low, rnd))
@@ -622,28 +629,30 @@ def comparison_table(rows: list[dict[str, Any]], low: int, high: int) -> str:
 
 
 def summary(runs: list[Run], rows: list[dict[str, Any]], low: int, high: int) -> list[str]:
-    """The closing note: both throughputs and the added latency, from this run's medians."""
+    """The closing note per format: the throughputs at the highest concurrency (medians, and the
+    same-round ratios to embedded), the p50 latency the shared backends add at the lowest, and the
+    server-side CPU per request (the steadiest figure on a shared machine)."""
     groups = grouped(runs)
     lines = []
     for fmt in sorted({run.result.response_format or "" for run in runs}):
-        rps = {
-            name: median([run.result.throughput_rps for run in groups.get((name, fmt, high), [])]) for name in SETUPS
-        }
-        added = {row["setup"]: median(row[f"added_p50_ms_at_{low}"]) for row in rows if row["response_format"] == fmt}
-        ratio = {
-            row["setup"]: median(row[f"throughput_ratio_at_{high}"]) for row in rows if row["response_format"] == fmt
-        }
-        parts = [f"{fmt}, {high} clients: embedded {rps['embedded']:.1f} req/s"]
-        if "shared" in ratio:
-            parts.append(f"shared (2 instances) {rps['shared']:.1f} req/s ({ratio['shared']:.2f}x)")
-        if "shared-1" in ratio:
-            parts.append(f"shared-1 {rps['shared-1']:.1f} req/s ({ratio['shared-1']:.2f}x)")
-        line = "; ".join(parts)
-        if added:
-            line += f". Added p50 at {low} client{'s' if low > 1 else ''}: " + ", ".join(
-                f"{name} {value:+.1f} ms" for name, value in added.items()
+        mine = {row["setup"]: row for row in rows if row["response_format"] == fmt}
+        present = [name for name in SETUPS if (name, fmt, high) in groups]
+        rps = ", ".join(
+            f"{name} {median([run.result.throughput_rps for run in groups[(name, fmt, high)]]):.1f}" for name in present
+        )
+        line = f"{fmt}: req/s at {high} clients {rps}"
+        if mine:
+            ratios = ", ".join(
+                f"{name} {spread(row[f'throughput_ratio_at_{high}'], '{:.2f}')}" for name, row in mine.items()
             )
-        lines.append(line)
+            added = ", ".join(
+                f"{name} {spread(row[f'added_p50_ms_at_{low}'], '{:+.1f}')}" for name, row in mine.items()
+            )
+            line += f" (same-round ratio to embedded: {ratios}); added p50 at {low} client{'s' if low > 1 else ''}: {added} ms"
+        cpu = ", ".join(
+            f"{name} {median([run.server_cpu_ms() for run in groups[(name, fmt, high)]]):.1f}" for name in present
+        )
+        lines.append(f"{line}; server-side CPU ms/req (gateways + PostgreSQL + Redis + moto) at {high} clients: {cpu}")
     return lines
 
 
@@ -863,7 +872,8 @@ def main(argv: list[str] | None = None) -> int:
             "PostgreSQL at its default durability (fsync, synchronous_commit on); Redis without persistence; "
             "moto's S3 server. `shared` is two instances behind a client-side round-robin, `shared-1` the first "
             "alone. CPU ms/req: user+system CPU per measured request of each process tree (gateways: the setup's "
-            "own instances). Medians over rounds, [min, max] when repeated."
+            "own instances); server CPU: gateways + postgres + redis + moto. Medians over rounds, [min, max] when "
+            "repeated."
         )
         print()
         print(markdown_table(runs))
@@ -910,6 +920,7 @@ def main(argv: list[str] | None = None) -> int:
                 "results": [
                     {
                         **asdict(run.result),
+                        "server_cpu_ms_per_request": round(run.server_cpu_ms(), 2),
                         "redis_commands_per_request": run.redis_commands_per_request,
                         "answers_with_warmup": run.sent,
                         "s3_objects": run.s3_objects,
