@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .config import Settings
-from .db import Database
+from .db import open_database
 from .gateway import build_catalog, read_local_models
 from .keys import KeyRecord, KeyStore, iso, parse_time
 from .policy import Budget, RateLimits
@@ -120,7 +120,7 @@ def policy_options(update: bool) -> Callable[[Callable[..., Any]], Callable[...,
 def _with_keys(fn: Callable[[KeyStore], T]) -> T:
     """Only the key store: managing keys never loads models or touches providers."""
     settings = Settings()
-    db = Database(settings.database_path)
+    db = open_database(settings)
     try:
         return fn(KeyStore(db, settings.static_keys, settings.static_admin_keys))
     finally:
