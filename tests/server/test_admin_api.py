@@ -13,7 +13,7 @@ import httpx
 import openai
 import pytest
 
-from imagegate.db import Database
+from imagegate.db import Database, migrate
 from imagegate.keys import KeyStore
 
 from ..conftest import API_KEY, RunningGateway
@@ -312,16 +312,23 @@ def test_an_expired_key_gets_401_saying_so(admin_gateway: RunningGateway) -> Non
     assert error["code"] == "api_key_expired" and "expired" in error["message"]
 
 
-def test_changes_reach_another_instance_within_the_cache_time(gateway_factory: Any, fake_gemini: FakeGemini) -> None:
-    """Two gateways on one database (as two instances): a key made and revoked on one is honoured
-    by the other within a second."""
-    providers = {"gemini_api_key": fake_gemini.api_key, "gemini_base_url": fake_gemini.base_url}
-    first = gateway_factory(admin_keys=ADMIN_KEY, **providers)
-    second = gateway_factory(admin_keys=ADMIN_KEY, **providers)
-    assert first.settings.database_path == second.settings.database_path
-    created = Admin(first).create()
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_changes_reach_another_instance_within_the_cache_time(
+    gateway_factory: Any, fake_gemini: FakeGemini, database: str, request: pytest.FixtureRequest
+) -> None:
+    """Two gateways on one database (as two instances; SQLite in one data dir, or PostgreSQL): a
+    key made, limited and revoked through one is honoured by the other within a second."""
+    shared: dict[str, Any] = {"gemini_api_key": fake_gemini.api_key, "gemini_base_url": fake_gemini.base_url}
+    if database == "postgresql":
+        shared["database_url"] = request.getfixturevalue("postgres_url")
+        migrate(shared["database_url"])
+    first = gateway_factory(admin_keys=ADMIN_KEY, **shared)
+    second = gateway_factory(admin_keys=ADMIN_KEY, **shared)
+    created = Admin(first).create(rate_limits={"requests_per_minute": 10})
     assert Admin(second).call("GET", f"/{created['id']}").json()["name"] == "tenant"
     assert generate(second, created["key"]) == 1
+    Admin(first).call("PATCH", f"/{created['id']}", json={"rate_limits": {"requests_per_minute": 20}})
+    assert Admin(second).call("GET", f"/{created['id']}").json()["rate_limits"]["requests_per_minute"] == 20
     Admin(first).call("DELETE", f"/{created['id']}")
     deadline = time.monotonic() + 1.0
     with pytest.raises(openai.AuthenticationError):
