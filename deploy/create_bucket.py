@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from typing import Any
 from urllib.parse import urlsplit
 
 import boto3
@@ -33,6 +34,18 @@ def bucket_of(results_url: str) -> str:
     return parts.netloc
 
 
+def bucket_exists(client: Any, bucket: str) -> bool:
+    """HEAD the bucket: asking first, because S3 in us-east-1 (and moto) answers a second
+    CreateBucket by its owner with a plain 200."""
+    try:
+        client.head_bucket(Bucket=bucket)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchBucket", "NotFound"):
+            return False
+        raise
+    return True
+
+
 def create_bucket(bucket: str, endpoint_url: str | None, wait_seconds: float = WAIT_SECONDS) -> bool:
     """Make `bucket` (True) or find it made (False), retrying while the endpoint is not up yet."""
     client = boto3.client("s3", endpoint_url=endpoint_url)
@@ -42,6 +55,8 @@ def create_bucket(bucket: str, endpoint_url: str | None, wait_seconds: float = W
     deadline = time.monotonic() + wait_seconds
     while True:
         try:
+            if bucket_exists(client, bucket):
+                return False
             client.create_bucket(Bucket=bucket, **config)
             return True
         except ClientError as exc:
