@@ -440,7 +440,7 @@ class JobStore:
                 ).to_openai_json()["error"]
                 updated = self.db.execute(
                     "UPDATE jobs SET status = 'failed', finished_at = ?, error = ?, owner = NULL "
-                    "WHERE id = ? AND status = 'in_progress' AND owner IS ? RETURNING id",
+                    "WHERE id = ? AND status = 'in_progress' AND owner IS NOT DISTINCT FROM ? RETURNING id",
                     (time.time(), jsonio.dumps(error).decode(), job_id, owner),
                 )
                 if updated:
@@ -451,7 +451,7 @@ class JobStore:
             else:
                 self.db.execute(
                     "UPDATE jobs SET status = 'queued', owner = NULL WHERE id = ? AND status = 'in_progress' "
-                    "AND owner IS ?",
+                    "AND owner IS NOT DISTINCT FROM ?",  # SQL standard: PostgreSQL takes no parameter after IS
                     (job_id, owner),
                 )
                 log.warning("job %s: its process died while it ran; queued to run again", job_id)
