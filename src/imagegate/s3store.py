@@ -174,7 +174,9 @@ class S3ResultStore(IndexedResultStore):
             try:
                 self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
             except (BotoCoreError, ClientError) as exc:
-                log.warning("result store: could not delete %d S3 objects (%s); they stay in the bucket", len(batch), exc)
+                log.warning(
+                    "result store: could not delete %d S3 objects (%s); they stay in the bucket", len(batch), exc
+                )
 
     def check(self) -> None:
         """StorageUnavailable unless the bucket answers (for a readiness check)."""
