@@ -24,6 +24,7 @@ with no object or row left behind.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import secrets
 import sqlite3
@@ -199,13 +200,13 @@ class S3ResultStore(IndexedResultStore):
         if not self.presign:
             return None
         rows = self.db.execute("SELECT expires_at FROM results WHERE token = ?", (name,))
-        remaining = int(float(rows[0][0]) - time.time()) if rows else 0
+        remaining = float(rows[0][0]) - time.time() if rows else 0.0
         if remaining <= 0:
             return None
         url: str = self.client.generate_presigned_url(
             "get_object",
             Params={"Bucket": self.bucket, "Key": self.key(name)},
-            ExpiresIn=min(remaining, MAX_PRESIGN_SECONDS),
+            ExpiresIn=min(math.ceil(remaining), MAX_PRESIGN_SECONDS),  # whole seconds, at least 1
         )
         return url
 
