@@ -6,6 +6,7 @@ is a 503 with nothing left behind."""
 from __future__ import annotations
 
 import base64
+import secrets
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from imagegate.db import Database
 from imagegate.errors import ConfigurationError, StorageFull, StorageUnavailable
 from imagegate.imaging import ImageBytes
 from imagegate.s3store import MAX_PRESIGN_SECONDS, S3ResultStore, parse_results_url
-from imagegate.storage import LocalResultStore, open_result_store
+from imagegate.storage import CHUNK_BYTES, LocalResultStore, iter_body, open_result_store
 
 from .backends import free_port
 from .fakes.images import solid_png
@@ -200,3 +201,12 @@ def test_an_index_that_cannot_be_written_leaves_no_object(
     with pytest.raises(sqlite3.OperationalError):
         store.put(PNG, "image/png")
     assert keys_in(s3, s3_bucket) == []
+
+
+def test_a_large_object_is_streamed_in_chunks(make_store: Any) -> None:
+    store = make_store()
+    data = secrets.token_bytes(3 * CHUNK_BYTES + 5)
+    stored = store.get(store.put(data, "image/png"))
+    assert stored is not None
+    chunks = list(iter_body(stored.open()))
+    assert len(chunks) == 4 and b"".join(chunks) == data

@@ -260,4 +260,3 @@ def reissue_results(response: StoredResponse, store: ResultStore) -> StoredRespo
         names.append(name)
     text = json.dumps(body, separators=(",", ":"))
     return StoredResponse(response.status, response.headers, text.encode(), tuple(names))
-

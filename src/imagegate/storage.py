@@ -260,7 +260,8 @@ class IndexedResultStore:
 
     def delete(self, name: str) -> None:
         """Forget a result and free its space (a request that could not store all its images)."""
-        self._remove([path for (path,) in self.db.execute("DELETE FROM results WHERE token = ? RETURNING path", (name,))])
+        rows = self.db.execute("DELETE FROM results WHERE token = ? RETURNING path", (name,))
+        self._remove([path for (path,) in rows])
 
     def expire_at(self, names: list[str], expires_at: float) -> None:
         """Move these results' expiry (an async job's results live the TTL from the job's end)."""

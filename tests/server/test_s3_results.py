@@ -74,6 +74,9 @@ def test_url_answers_are_served_by_the_gateway_from_the_bucket(
     assert served.headers["x-content-type-options"] == "nosniff"
     assert served.content == object_bytes(s3, s3_bucket, name_in(url))
     assert served.content.startswith(b"\x89PNG")
+    head = httpx.head(url)
+    assert head.status_code == 200 and head.headers["content-length"] == str(len(served.content))
+    assert head.content == b""
     local = gw.settings.data_dir / "results"
     assert not local.exists() or not any(local.iterdir())  # nothing on the local disk
 

@@ -163,12 +163,14 @@ async def get_result(request: Request) -> Response:
     headers = {"cache-control": f"private, max-age={max_age}", "x-content-type-options": "nosniff"}  # never sniffed
     if stored.path is not None:  # a local file: sendfile
         return FileResponse(stored.path, media_type=stored.content_type, headers=headers)
+    if stored.size:
+        headers["content-length"] = str(stored.size)
+    if request.method == "HEAD":  # the headers only: no object read
+        return Response(media_type=stored.content_type, headers=headers)
     try:  # an S3 object: opened, then streamed a chunk at a time, each read in a worker thread
         body = await anyio.to_thread.run_sync(stored.open)
     except FileNotFoundError:
         raise _result_not_found() from None
-    if stored.size:
-        headers["content-length"] = str(stored.size)
     return StreamingResponse(iter_body(body), media_type=stored.content_type, headers=headers)
 
 
