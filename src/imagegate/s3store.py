@@ -27,7 +27,6 @@ import logging
 import math
 import re
 import secrets
-import sqlite3
 import time
 from functools import partial
 from typing import IO, TYPE_CHECKING, Any
@@ -37,7 +36,7 @@ import boto3  # type: ignore[import-untyped]  # no stubs installed (types-boto3 
 from botocore.config import Config  # type: ignore[import-untyped]
 from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
 
-from .db import Database
+from .db import Database, DatabaseError
 from .errors import ConfigurationError, StorageUnavailable
 from .imaging import FORMAT_BY_MIME, ImageBytes
 from .storage import IndexedResultStore, StoredResult, _is_full, _storage_full
@@ -148,7 +147,7 @@ class S3ResultStore(IndexedResultStore):
         except BaseException as exc:
             self._remove([key])
             self._release(claim)
-            if isinstance(exc, sqlite3.Error) and _is_full(exc):
+            if isinstance(exc, DatabaseError) and _is_full(exc):
                 raise _storage_full("the database's disk is full") from exc
             raise
         return name

@@ -31,7 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Protocol
 
-from .db import Database
+import psycopg
+
+from .db import Database, DatabaseError
 from .errors import StorageFull
 from .imaging import FORMAT_BY_MIME, ImageBytes
 
@@ -132,6 +134,8 @@ def _write_new_file(path: Path, data: bytes | ImageBytes) -> None:
 def _is_full(exc: BaseException) -> bool:
     if isinstance(exc, OSError):
         return exc.errno in FULL_ERRNOS
+    if isinstance(exc, psycopg.errors.DiskFull):
+        return True
     return isinstance(exc, sqlite3.OperationalError) and "full" in str(exc)
 
 
@@ -199,7 +203,7 @@ class IndexedResultStore:
                     "INSERT INTO result_reservations (id, bytes, expires_at) VALUES (?, ?, ?)",
                     (claim, size, now + RESERVATION_SECONDS),
                 )
-        except sqlite3.Error as exc:
+        except DatabaseError as exc:
             if _is_full(exc):
                 raise _storage_full("the database's disk is full") from exc
             raise
@@ -241,7 +245,7 @@ class IndexedResultStore:
             return
         try:
             self.db.execute("DELETE FROM result_reservations WHERE id = ?", (claim,))
-        except sqlite3.Error:
+        except DatabaseError:
             log.warning("result store: could not release a space claim; it expires in %.0f s", RESERVATION_SECONDS)
 
     def stored_bytes(self) -> int:
@@ -310,7 +314,7 @@ class LocalResultStore(IndexedResultStore):
             raise
         try:
             self._index(name, str(path), content_type, size, claim)
-        except sqlite3.Error as exc:
+        except DatabaseError as exc:
             path.unlink(missing_ok=True)
             self._release(claim)
             if _is_full(exc):
