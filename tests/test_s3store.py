@@ -18,6 +18,7 @@ import boto3
 import httpx
 import pytest
 
+from imagegate import db as dbm
 from imagegate.config import Settings
 from imagegate.db import Database
 from imagegate.errors import ConfigurationError, StorageFull, StorageUnavailable
@@ -210,3 +211,33 @@ def test_a_large_object_is_streamed_in_chunks(make_store: Any) -> None:
     assert stored is not None
     chunks = list(iter_body(stored.open()))
     assert len(chunks) == 4 and b"".join(chunks) == data
+
+
+def test_two_instances_sharing_postgresql_serve_each_others_results(
+    postgres_url: str, tmp_path: Path, s3_bucket: str, s3_env: dict[str, str]
+) -> None:
+    """The index is in the shared database: a result one instance stored is served by the other at once,
+    and the budget and expiry hold across both."""
+    dbm.migrate(postgres_url)
+    databases = [dbm.PostgresDatabase(postgres_url, tmp_path / f"i{i}" / "imagegate.db") for i in range(2)]
+    try:
+        endpoint = s3_env["IMAGEGATE_S3_ENDPOINT_URL"]
+        one, two = (
+            S3ResultStore(d, s3_bucket, "shared", 3600, endpoint_url=endpoint, max_bytes=2 * len(PNG), presign=True)
+            for d in databases
+        )
+        name = one.put(PNG, "image/png")
+        stored = two.get(name)
+        assert stored is not None and stored.read() == PNG
+        url = one.public_url(name)
+        assert url is not None and two.name_of(url) == name
+        two.put(PNG, "image/png")
+        one.put(PNG, "image/png")  # the shared budget: the first result is evicted
+        assert two.get(name) is None
+        assert one.stored_bytes() == two.stored_bytes() == 2 * len(PNG)
+        one.expire_at([n for (n,) in databases[0].execute("SELECT token FROM results")], time.time() - 1)
+        assert two.purge_expired() == 2
+        assert databases[0].execute("SELECT COUNT(*) FROM results")[0][0] == 0
+    finally:
+        for database in databases:
+            database.close()
