@@ -241,3 +241,11 @@ def test_two_instances_sharing_postgresql_serve_each_others_results(
     finally:
         for database in databases:
             database.close()
+
+
+def test_the_local_store_checks_its_directory(tmp_path: Path, db: Database) -> None:
+    store = LocalResultStore(db, tmp_path / "results", 60)
+    store.check()
+    (tmp_path / "results").rmdir()  # a volume unmounted, a directory removed
+    with pytest.raises(StorageUnavailable):
+        store.check()

@@ -34,7 +34,7 @@ from typing import IO, TYPE_CHECKING, Protocol
 import psycopg
 
 from .db import Database, DatabaseError
-from .errors import StorageFull
+from .errors import StorageFull, StorageUnavailable
 from .imaging import FORMAT_BY_MIME, ImageBytes
 
 log = logging.getLogger("imagegate")
@@ -105,6 +105,10 @@ class ResultStore(Protocol):
 
     def name_of(self, url: str) -> str | None:
         """The result name behind a URL `public_url` made, None for any other URL."""
+        ...
+
+    def check(self) -> None:
+        """StorageUnavailable unless results can be stored now (for a readiness check)."""
         ...
 
 
@@ -339,6 +343,12 @@ class LocalResultStore(IndexedResultStore):
     def _remove(self, paths: list[str]) -> None:
         for path in paths:
             Path(path).unlink(missing_ok=True)
+
+    def check(self) -> None:
+        if not os.access(self.directory, os.W_OK | os.X_OK):
+            raise StorageUnavailable(
+                f"The result directory {self.directory} is not writable.", retry_after=RETRY_AFTER_SECONDS
+            )
 
 
 def open_result_store(settings: Settings, db: Database) -> ResultStore:
