@@ -97,7 +97,7 @@ CREATE TABLE jobs (
     owner TEXT,
     heartbeat_at DOUBLE PRECISION,
     usage_counted INTEGER NOT NULL DEFAULT 0,
-    result TEXT,
+    result BYTEA,  -- the images answer as JSON bytes (jobs.py splices them into the job object)
     error TEXT
 );
 CREATE INDEX jobs_status ON jobs (status, seq);
