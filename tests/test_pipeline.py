@@ -57,6 +57,15 @@ class MemoryStore:
     def purge_expired(self) -> int:
         return 0
 
+    def expire_at(self, names: list[str], expires_at: float) -> None:
+        pass
+
+    def public_url(self, name: str) -> str | None:
+        return None
+
+    def name_of(self, url: str) -> str | None:
+        return None
+
 
 class UsageList:
     def __init__(self) -> None:

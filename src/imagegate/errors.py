@@ -33,6 +33,7 @@
     └── ServiceUnavailable              503 server_error (the gateway's own resources; Retry-After)
         ├── ConversionBusy              503 (code: conversion_busy)
         ├── StorageFull                 503 (code: storage_full)
+        ├── StorageUnavailable          503 (code: storage_unavailable; the S3 result store failed a write)
         └── ServerBusy                  503 (code: too_many_connections)
 
 Providers raise only these; the HTTP layer renders them with `to_openai_json()`.
@@ -266,6 +267,10 @@ class ConversionBusy(ServiceUnavailable):
 
 class StorageFull(ServiceUnavailable):
     default_code = "storage_full"
+
+
+class StorageUnavailable(ServiceUnavailable):
+    default_code = "storage_unavailable"
 
 
 # --- connection-level refusals, written by server/serving.py before any request is parsed ---------

@@ -42,7 +42,7 @@ from .providers import ImageProvider, aio
 from .resilience import CircuitBreaker
 from .router import Router
 from .service import ImageService
-from .storage import LocalResultStore
+from .storage import open_result_store
 from .usage import UsageLog
 from .webhooks import WebhookSender, event_body
 
@@ -137,9 +137,7 @@ class Gateway:
         local = build_local_provider(settings, sources, checkpoints) if sources else None
         self.db = open_database(settings)
         self.keys = KeyStore(self.db, settings.static_keys, settings.static_admin_keys)
-        self.store = LocalResultStore(
-            self.db, settings.data_dir / "results", settings.result_ttl_seconds, max_bytes=settings.results_max_bytes
-        )
+        self.store = open_result_store(settings, self.db)  # the local directory, or S3 (IMAGEGATE_RESULTS_URL)
         self.usage = UsageLog(self.db, background=settings.usage_writer == "background")
         self.idempotency = IdempotencyStore(self.db, settings.idempotency_ttl_seconds)
         # One pooled client for all upstream traffic; per-call timeouts are set by each request.

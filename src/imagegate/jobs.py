@@ -57,7 +57,7 @@ from .errors import ImagegateError, JobConflict, JobQueueFull
 from .idempotency import result_names
 from .pipeline import ImageJob, ImagesOutcome, PipelineEvent
 from .service import ImageService, ImageSource
-from .storage import LocalResultStore
+from .storage import ResultStore
 from .usage import UsageRecord, UsageSink
 
 log = logging.getLogger("imagegate")
@@ -574,7 +574,7 @@ class JobRunner:
         self,
         store: JobStore,
         service: ImageService,
-        results: LocalResultStore,
+        results: ResultStore,
         usage: JobUsage,
         settings: Settings,
         *,
@@ -713,7 +713,7 @@ class JobRunner:
             for piece in renderers.completed(job.event_prefix, outcome):
                 keep(piece)
             status = "succeeded"
-            names = list(result_names(image.url for image in outcome.images))
+            names = list(result_names((image.url for image in outcome.images), self.results))
         except asyncio.CancelledError:
             if not run.cancel_requested:  # a shutdown, not a cancel: the next start runs it
                 await asyncio.to_thread(self.store.requeue, job.id, self.owner)
