@@ -229,3 +229,15 @@ def test_a_jobs_webhook_is_sent_once_and_its_delivery_shown_by_either_instance(c
         assert shown["attempts"] == 1 and shown["last_status"] == 200
         time.sleep(0.5)
         assert len(receiver.received) == 1  # one delivery, though two senders watch the table
+
+
+def test_a_result_stored_by_one_instance_is_served_by_the_other(cluster: Cluster) -> None:
+    answer = cluster.client(0).images.generate(model=MODEL, prompt="hosted", response_format="url")
+    url = answer.data[0].url
+    assert url is not None and url.startswith(cluster.url(0))
+    other = url.replace(cluster.url(0), cluster.url(1), 1)  # the same result, asked of the other instance
+    served = httpx.get(other, timeout=30)
+    assert served.status_code == 200 and served.content.startswith(b"\x89PNG")
+    assert served.headers["content-type"] == "image/png"
+    objects = cluster.sql("SELECT path FROM results")
+    assert len(objects) == 1 and objects[0][0].startswith("results/")  # an S3 key, not a local file
