@@ -819,7 +819,7 @@ def _with_keys(fn: Any) -> Any:
     settings = Settings()
     db = Database(settings.database_path)
     try:
-        return fn(KeyStore(db, settings.static_keys))
+        return fn(KeyStore(db, settings.static_keys, settings.static_admin_keys))
     finally:
         db.close()
 
