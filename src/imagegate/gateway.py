@@ -38,8 +38,8 @@ from .idempotency import IdempotencyStore
 from .jobs import Job, JobRunner, JobStore, JobUsage
 from .keys import STATIC_ID_PREFIX, KeyStore
 from .limits import Limits, LocalLimitState, RedisLimitState, SharedBreaker, ledger_seed, redis_client, upstream_budgets
-from .policy import KeyPolicy
 from .plugins import ProviderRegistry, catalog_contributions, configured_providers, load_registry
+from .policy import KeyPolicy
 from .providers import ImageProvider, aio
 from .resilience import CircuitBreaker
 from .router import Router
@@ -219,8 +219,7 @@ class Gateway:
 
     def key_policy(self, key_id: str | None) -> KeyPolicy | None:
         """What a caller's key may do (None: a gateway without keys, or a key without limits)."""
-        # Integrator: KeyStore.policy(key_id) from the keys branch goes here.
-        return self.policies(key_id) if self.policies is not None else None
+        return self.keys.policy(key_id) if key_id is not None else None
 
     def _default_model(self) -> str | None:
         """The first model some configured provider serves (a local model when there is no
