@@ -131,7 +131,9 @@ def periods_at(key_id: str, budget_day: float | None, budget_month: float | None
         periods.append(Period(f"{tag}:day:{day:%Y-%m-%d}", "usd_per_day", budget_day, day.timestamp(), end.timestamp()))
     if budget_month is not None:
         periods.append(
-            Period(f"{tag}:month:{month:%Y-%m}", "usd_per_month", budget_month, month.timestamp(), next_month.timestamp())
+            Period(
+                f"{tag}:month:{month:%Y-%m}", "usd_per_month", budget_month, month.timestamp(), next_month.timestamp()
+            )
         )
     return periods
 

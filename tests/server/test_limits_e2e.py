@@ -5,9 +5,11 @@ in-process state and, where it says so, a real Redis shared by two gateway serve
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
@@ -54,6 +56,16 @@ def test_a_key_over_its_requests_per_minute_gets_429_with_retry_after(
     assert (error.status_code, error.code, error.type) == (429, "rate_limit_exceeded", "requests")
     assert 1 <= int(error.response.headers["retry-after"]) <= 60
     assert len(fake_gemini.requests) == 1  # the refused request went nowhere
+
+
+def test_a_stream_is_limited_the_same_with_a_json_429(gateway_factory: Any, fake_gemini: FakeGemini) -> None:
+    gw = gemini_gateway(gateway_factory, fake_gemini)
+    client = gw.client(stored_key(gw, rate_limits=RateLimits(requests_per_minute=1)))
+    list(client.images.generate(model=PRO, prompt="a fox", stream=True))
+    with pytest.raises(openai.RateLimitError) as excinfo:
+        client.images.generate(model=PRO, prompt="a fox", stream=True)  # refused before the stream opens
+    assert excinfo.value.code == "rate_limit_exceeded" and "retry-after" in excinfo.value.response.headers
+    assert len(fake_gemini.requests) == 1
 
 
 def test_a_key_over_its_budget_gets_429_insufficient_quota_before_any_upstream_call(
@@ -150,4 +162,53 @@ def test_the_only_provider_out_of_upstream_budget_queues_within_the_deadline(
     with pytest.raises(openai.InternalServerError) as excinfo:
         generate(gw.client())
     assert excinfo.value.status_code == 504  # it waited for room until the deadline, sending nothing
+    assert fake_gemini.requests == []
+
+
+# --- async jobs: rate limits at submission, the budget when the job runs ---------------------------
+
+
+def submit_job(gw: RunningGateway, key: str) -> httpx.Response:
+    return httpx.post(
+        f"{gw.url}/v1/images/generations",
+        json={"model": PRO, "prompt": "a fox", "response_format": "b64_json"},
+        headers={"authorization": f"Bearer {key}", "Prefer": "respond-async"},
+        timeout=30,
+    )
+
+
+def finished_job(gw: RunningGateway, key: str, job_id: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        job: dict[str, Any] = httpx.get(
+            f"{gw.url}/v1/images/jobs/{job_id}", headers={"authorization": f"Bearer {key}"}, timeout=30
+        ).json()
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} did not finish")
+
+
+def test_an_async_job_is_rate_limited_when_submitted_and_not_again_when_it_runs(
+    gateway_factory: Any, fake_gemini: FakeGemini
+) -> None:
+    gw = gemini_gateway(gateway_factory, fake_gemini)
+    key = stored_key(gw, rate_limits=RateLimits(requests_per_minute=1))
+    accepted = submit_job(gw, key)
+    assert accepted.status_code == 202
+    assert finished_job(gw, key, accepted.json()["id"])["status"] == "succeeded"
+    refused = submit_job(gw, key)
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limit_exceeded"
+    assert "retry-after" in refused.headers
+
+
+def test_an_async_job_over_budget_fails_with_insufficient_quota_without_an_upstream_call(
+    gateway_factory: Any, fake_gemini: FakeGemini
+) -> None:
+    gw = gemini_gateway(gateway_factory, fake_gemini)
+    key = stored_key(gw, budget=Budget(usd_per_day=0.001))
+    accepted = submit_job(gw, key)
+    assert accepted.status_code == 202  # the budget is reserved when it runs
+    job = finished_job(gw, key, accepted.json()["id"])
+    assert (job["status"], job["error"]["code"]) == ("failed", "insufficient_quota")
     assert fake_gemini.requests == []
