@@ -33,7 +33,6 @@ import contextlib
 import datetime as dt
 import logging
 import math
-import sqlite3
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -45,7 +44,7 @@ import redis.exceptions
 
 from .catalog import Catalog, ModelEntry
 from .config import ProviderSettings
-from .db import Database
+from .db import Database, DatabaseError
 from .errors import InsufficientQuota, LimitsUnavailable, ModelNotAllowed, RateLimitExceeded
 from .policy import KeyPolicy, RateLimits
 from .resilience import CircuitBreaker, _Circuit
@@ -489,7 +488,7 @@ def ledger_seed(db: Database) -> SpentSeed:
     async def seed(key_id: str, since: float) -> float:
         try:
             return await db.run(query, key_id, since)
-        except sqlite3.Error as exc:  # integrator: db.DatabaseError once PostgreSQL is in
+        except DatabaseError as exc:
             raise LimitsUnavailable("The usage ledger could not be read to check the key's budget.") from exc
 
     return seed
