@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from imagegate.config import ProviderSettings
-from imagegate.db import Database
+from imagegate.db import Database, PostgresDatabase, migrate
 from imagegate.errors import InsufficientQuota, LimitsUnavailable, ModelNotAllowed, RateLimitExceeded
 from imagegate.limits import (
     Limits,
@@ -205,8 +205,17 @@ async def test_a_cancelled_request_still_settles(make_limits: LimitsFactory) -> 
     assert await limits.reserve(policy, 0.3, ttl=60) is not None  # and the 0.9 reservation is gone
 
 
-async def test_the_ledger_seed_sums_the_keys_rows_of_the_period(tmp_path: Path) -> None:
-    db = Database(tmp_path / "imagegate.db")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger_db(request: pytest.FixtureRequest, tmp_path: Path) -> Database:
+    if request.param == "sqlite":
+        return Database(tmp_path / "imagegate.db")
+    url = request.getfixturevalue("postgres_url")
+    migrate(url)
+    return PostgresDatabase(url, tmp_path / "data" / "imagegate.db")
+
+
+async def test_the_ledger_seed_sums_the_keys_rows_of_the_period(ledger_db: Database) -> None:
+    db = ledger_db
     log = UsageLog(db)
     try:
         day = periods_at("k1", 1.0, None, time.time())[0]
