@@ -11,7 +11,14 @@ from typing import Any
 
 import pytest
 
-from imagegate.errors import InsufficientQuota, ModelNotAllowed, RateLimitExceeded, UpstreamError, UpstreamTimeout
+from imagegate.errors import (
+    InsufficientQuota,
+    ModelNotAllowed,
+    RateLimitExceeded,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from imagegate.limits import Limits, LocalLimitState
 from imagegate.pipeline import ImageJob
 from imagegate.policy import Budget, KeyPolicy, RateLimits
@@ -166,6 +173,23 @@ async def test_a_fallback_is_not_counted_twice(tmp_path: Path) -> None:
     assert [r.cost for r in h.usage.records] == [pytest.approx(0.01)]  # the backup's listed price
     h.policy = policy(budget=Budget(usd_per_day=0.05))
     await h.serve()  # 0.01 + 0.04 = 0.05: the first model's 0.04 hold was released, not kept
+
+
+async def test_a_key_not_allowed_the_fallback_model_gets_the_capacity_error(tmp_path: Path) -> None:
+    h = Admission(tmp_path, policy(models=("m",)))
+    h.capacity_everywhere()
+    with pytest.raises(UpstreamUnavailable) as excinfo:
+        await h.serve(allow_fallback_model=True)
+    assert "gemini busy" in excinfo.value.message or "fal busy" in excinfo.value.message
+    assert h.fakes["openai"].history == []
+
+
+async def test_a_fallback_over_the_budget_is_insufficient_quota_not_capacity(tmp_path: Path) -> None:
+    h = Admission(tmp_path, policy(budget=Budget(usd_per_day=0.05)), backup={"price": {"per_image": 0.5}})
+    h.capacity_everywhere()
+    with pytest.raises(InsufficientQuota):
+        await h.serve(allow_fallback_model=True)
+    assert h.fakes["openai"].history == []
 
 
 # --- upstream budgets ----------------------------------------------------------------------------

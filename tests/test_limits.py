@@ -171,6 +171,19 @@ async def test_a_monthly_budget_counts_what_other_days_spent(make_limits: Limits
     assert "usd_per_month" in excinfo.value.message
 
 
+async def test_in_process_the_ledger_is_read_again_for_other_instances_spending() -> None:
+    seeds = Seeds(spent=0.0)
+    limits = Limits(LocalLimitState(reseed_seconds=0.2), seeds)
+    policy = key(budget=Budget(usd_per_day=1.0))
+    limits.settle(await limits.reserve(policy, 0.5, ttl=60), 0.0)
+    await limits.drain()
+    seeds.spent = 0.9  # another instance's rows, in the shared database
+    assert await limits.reserve(policy, 0.2, ttl=60) is not None  # not read again yet
+    await asyncio.sleep(0.3)
+    with pytest.raises(InsufficientQuota):
+        await limits.reserve(policy, 0.2, ttl=60)
+
+
 async def test_a_reservation_whose_request_died_expires(make_limits: LimitsFactory) -> None:
     limits = make_limits()
     policy = key(budget=Budget(usd_per_day=1.0))

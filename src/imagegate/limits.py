@@ -54,7 +54,8 @@ log = logging.getLogger("imagegate")
 WINDOW_SECONDS = 60.0  # every rate limit here is per minute
 RESERVATION_MARGIN_SECONDS = 60.0  # a reservation outlives its request's deadline by this much
 REFRESH_SECONDS = 0.5  # how often the shared breaker reads every provider's state back
-SPENT_TTL_MARGIN_SECONDS = 3600.0  # a period's running figure outlives the period by this much
+SPENT_TTL_MARGIN_SECONDS = 3600.0  # a period's running figure outlives the period by this much (Redis)
+LOCAL_RESEED_SECONDS = 30.0  # in-process: how long a period's figure is trusted before the ledger is read again
 # Money is compared with this slack: float sums of prices are not exact.
 EPSILON = 1e-9
 SEED_SQL = "SELECT COALESCE(SUM(cost), 0) FROM usage WHERE key_id = ? AND created_at >= ?"
@@ -163,10 +164,13 @@ def gcra(tat: float, now: float, limit: int, amount: int) -> tuple[float, float]
 
 
 class LocalLimitState:
-    """The counters in this process. No await between a check and its update: atomic on the loop."""
+    """The counters in this process. No await between a check and its update: atomic on the loop.
+    A period's figure is read from the ledger again every `reseed_seconds`: instances that share a
+    database but no Redis see each other's spending that late (and their own at once)."""
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time, reseed_seconds: float = LOCAL_RESEED_SECONDS) -> None:
         self.clock = clock
+        self.reseed_seconds = reseed_seconds
         self._tats: dict[str, float] = {}
         self._spent: dict[str, tuple[float, float]] = {}  # period key -> (spent, forget at)
         self._reserved: dict[str, dict[str, tuple[float, float]]] = {}  # key id -> id -> (amount, expires)
@@ -194,7 +198,7 @@ class LocalLimitState:
                 spent = await seed(key_id, period.start)
                 # A settle or another seed may have come in meanwhile: the first figure stays.
                 if self._current(period.key) is None:
-                    self._spent[period.key] = (spent, period.end + SPENT_TTL_MARGIN_SECONDS)
+                    self._spent[period.key] = (spent, min(period.end, self.clock() + self.reseed_seconds))
         now = self.clock()
         mine = self._reserved.setdefault(key_id, {})
         for rid in [rid for rid, (_, expires) in mine.items() if expires <= now]:
@@ -386,6 +390,7 @@ class SharedBreaker(CircuitBreaker):
         self._read = client.register_script(BREAKER_READ_SCRIPT)
         self._outbox: asyncio.Queue[tuple[str, bool]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
+        self._closed = False
         self._last_error = 0.0
 
     @staticmethod
@@ -400,7 +405,7 @@ class SharedBreaker(CircuitBreaker):
         self._tasks = [loop.create_task(self._publish_loop()), loop.create_task(self._refresh_loop())]
 
     def _start_if_on_loop(self) -> None:
-        if not self._tasks:
+        if not self._tasks and not self._closed:
             with contextlib.suppress(RuntimeError):  # no running loop: a synchronous caller
                 self.start()
 
@@ -462,6 +467,7 @@ class SharedBreaker(CircuitBreaker):
         await asyncio.sleep(0)
 
     async def aclose(self) -> None:
+        self._closed = True
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

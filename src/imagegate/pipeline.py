@@ -49,9 +49,9 @@ from . import imaging
 from .catalog import Mode, ModelEntry
 from .config import Settings
 from .dispatch import CallPlan, Dispatcher, Served
-from .errors import ImagegateError, InvalidRequest, UpstreamAtCapacity
+from .errors import ImagegateError, InsufficientQuota, InvalidRequest, UpstreamAtCapacity
 from .inputs import ImageSource, InputLoader, check_for_model
-from .limits import RESERVATION_MARGIN_SECONDS, Limits, LocalLimitState, PolicyLookup, Reservation
+from .limits import RESERVATION_MARGIN_SECONDS, Limits, LocalLimitState, PolicyLookup, Reservation, model_allowed
 from .normalize import Adjustment, Layout, resolve_layout
 from .outputs import Delivered, Finishing, OutputImage, finish_images, finish_partial, host_all, inline_urls
 from .params import NormalizedParams, normalize_params
@@ -496,7 +496,14 @@ class Pipeline:
             and ctx.fallback_from is None
             and bool(ctx.errors)
             and all(is_capacity(e) for e in ctx.errors)
+            and self._key_may_use(ctx, ctx.model.fallback_model)
         )
+
+    def _key_may_use(self, ctx: RequestContext, model_id: str) -> bool:
+        """A key whose allow-list lacks the fallback model is not served it (it gets the first
+        model's capacity error, not a 403 for a model it did not ask for)."""
+        policy = self.policy_for(ctx.job.key_id)
+        return policy is None or model_allowed(policy, model_id, self.router.model(model_id), self.router.catalog)
 
     async def fall_back(self, ctx: RequestContext) -> None:
         """Serve the model's fallback instead, over the inputs already loaded; its failure is a 503
@@ -510,6 +517,8 @@ class Pipeline:
         try:
             await self._serve_model(ctx)
             _check_delivery(ctx, self.settings.n_failure_policy)
+        except InsufficientQuota:
+            raise  # the fallback's own cost is over the key's budget: that, not capacity, is the answer
         except ImagegateError as exc:
             raise UpstreamAtCapacity(
                 f"Every provider of '{model.id}' is at capacity, and the fallback model "
