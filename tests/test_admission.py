@@ -203,6 +203,12 @@ async def test_a_provider_out_of_upstream_budget_hands_its_calls_to_the_next(tmp
     assert (len(h.fakes["gemini"].history), len(h.fakes["fal"].history)) == (1, 3)
 
 
+async def test_spreading_is_not_a_failure_under_the_fail_policy(tmp_path: Path) -> None:
+    h = Admission(tmp_path, policy=None, upstream={"gemini": RateLimits(images_per_minute=1)}, n_failure_policy="fail")
+    outcome = await h.serve(n=2)
+    assert len(outcome.images) == 2 and outcome.adjustments == []
+
+
 async def test_the_last_provider_waits_for_room_in_its_budget(tmp_path: Path) -> None:
     h = Admission(tmp_path, policy=None, m={"providers": {"gemini": {}}}, upstream={"gemini": RateLimits(120)})
     for _ in range(120):  # the minute's allowance is taken: the next call has room in 0.5 s

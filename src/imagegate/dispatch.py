@@ -119,6 +119,8 @@ class Dispatcher:
             for call, outcome in zip(calls, outcomes, strict=True):
                 if isinstance(outcome, ProviderResult):
                     served.append(Served(candidate, outcome))
+                elif isinstance(outcome, UpstreamBudgetExhausted):
+                    pending.append(call)  # spread, not a failure: the next provider has the room
                 elif isinstance(outcome, ImagegateError):
                     errors.append(outcome)
                     if is_upstream_failure(outcome):
