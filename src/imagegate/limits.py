@@ -631,5 +631,10 @@ class Limits:
         await self.state.aclose()
 
 
+REDIS_TIMEOUT_SECONDS = 2.0  # a Redis that hangs is a 503 limits_unavailable, not a request that hangs
+
+
 def redis_client(url: str) -> redis.asyncio.Redis:
-    return redis.asyncio.Redis.from_url(url)
+    return redis.asyncio.Redis.from_url(
+        url, socket_timeout=REDIS_TIMEOUT_SECONDS, socket_connect_timeout=REDIS_TIMEOUT_SECONDS
+    )

@@ -55,6 +55,7 @@ from .limits import RESERVATION_MARGIN_SECONDS, Limits, LocalLimitState, PolicyL
 from .normalize import Adjustment, Layout, resolve_layout
 from .outputs import Delivered, Finishing, OutputImage, finish_images, finish_partial, host_all, inline_urls
 from .params import NormalizedParams, normalize_params
+from .policy import KeyPolicy
 from .pricing import Charge, Cost, call_cost, total_cost
 from .providers import InputImage, PartialListener, ProviderImage, TokenSplit
 from .resilience import is_capacity, is_upstream_failure
@@ -350,16 +351,13 @@ class Pipeline:
         policy = self.policy_for(ctx.job.key_id)
         if policy is None:
             return
-        await self._admit_cheaply(ctx)
+        await self._admit_cheaply(ctx, policy)
         self.limits.settle(ctx.reservation, 0.0)
         ttl = max(0.0, ctx.deadline - asyncio.get_running_loop().time()) + RESERVATION_MARGIN_SECONDS
         ctx.reservation = await self.limits.reserve(policy, self._expected_cost(ctx), ttl)
 
-    async def _admit_cheaply(self, ctx: RequestContext) -> None:
+    async def _admit_cheaply(self, ctx: RequestContext, policy: KeyPolicy) -> None:
         """The allow-list and the rate limits: what an async job is checked for when it is submitted."""
-        policy = self.policy_for(ctx.job.key_id)
-        if policy is None:
-            return
         self.limits.check_model(policy, ctx.model_id, ctx.model, self.router.catalog)
         if not (ctx.rate_taken or ctx.job.rate_checked):
             await self.limits.take_rate(policy, int(ctx.params.get("n", 1)))
@@ -368,7 +366,9 @@ class Pipeline:
     async def check_admission(self, ctx: RequestContext) -> None:
         """At an async job's submission (ImageService.check): its allow-list and rate limits; the
         budget is reserved when it runs."""
-        await self._admit_cheaply(ctx)
+        policy = self.policy_for(ctx.job.key_id)
+        if policy is not None:
+            await self._admit_cheaply(ctx, policy)
         ctx.job.rate_checked = True
 
     def _expected_cost(self, ctx: RequestContext) -> float:
