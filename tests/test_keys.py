@@ -12,17 +12,22 @@ from typing import Any
 
 import pytest
 
-import imagegate
-from imagegate.db import ADDED_COLUMNS, Database
+from imagegate.db import Database, PostgresDatabase, migrate
 from imagegate.errors import AuthenticationFailed
-from imagegate.keys import POLICY_COLUMNS, KeyRecord, KeyStore, hash_key, parse_time
+from imagegate.keys import POLICY_COLUMNS, KeyStore, hash_key, parse_time
 from imagegate.policy import Budget, KeyPolicy, RateLimits
 
 
-@pytest.fixture
-def stores(tmp_path: Path) -> Any:
-    """The gateway's store and a second one on the same database (another process's)."""
-    gateway, cli = Database(tmp_path / "db.sqlite"), Database(tmp_path / "db.sqlite")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """The gateway's store and a second one on the same database (another process's, or another
+    instance's): SQLite in the data dir, or a real PostgreSQL server migrated by `imagegate migrate`."""
+    if request.param == "sqlite":
+        gateway, cli = Database(tmp_path / "db.sqlite"), Database(tmp_path / "db.sqlite")
+    else:
+        url: str = request.getfixturevalue("postgres_url")
+        migrate(url)
+        gateway, cli = PostgresDatabase(url, tmp_path / "a" / "db"), PostgresDatabase(url, tmp_path / "b" / "db")
     yield KeyStore(gateway), KeyStore(cli)
     gateway.close()
     cli.close()
@@ -330,38 +335,16 @@ def test_parse_time_refuses_what_is_not_a_time(text: Any) -> None:
 
 # --- PostgreSQL: migration 0003 gives api_keys the same columns ADDED_COLUMNS gives SQLite --------
 
-MIGRATION = Path(imagegate.__file__).parent / "migrations" / "postgresql" / "0003_key_policies.sql"
 
-
-def test_migration_0003_adds_the_policy_columns_on_postgresql(postgres_url: str) -> None:
-    import psycopg
-
-    policy_columns = {c for table, c, _ in ADDED_COLUMNS if table == "api_keys" and c != "webhook_secret"}
-    assert MIGRATION.read_text().splitlines()[0] == "-- depends: 0001_initial"
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        # api_keys as 0001_initial ships it (db.py SCHEMA plus webhook_secret, PostgreSQL types).
-        conn.execute(
-            "CREATE TABLE api_keys (id TEXT PRIMARY KEY, name TEXT NOT NULL, prefix TEXT NOT NULL, "
-            "key_hash TEXT NOT NULL UNIQUE, created_at DOUBLE PRECISION NOT NULL, revoked_at DOUBLE PRECISION, "
-            "webhook_secret TEXT)"
-        )
-        conn.execute("INSERT INTO api_keys (id, name, prefix, key_hash, created_at) VALUES ('k', 'n', 'p', 'h', 1)")
-        conn.execute(MIGRATION.read_text())  # type: ignore[arg-type]  # a file of ours, no parameters
-        rows = conn.execute(
-            "SELECT column_name FROM information_schema.columns WHERE table_name = 'api_keys'"
-        ).fetchall()
-        added = {name for (name,) in rows} - {"id", "name", "prefix", "key_hash", "created_at", "revoked_at"}
-        assert added - {"webhook_secret"} == policy_columns
-        # The row the store reads back, in the types it binds (INTEGER admin, never a boolean).
-        conn.execute(
-            "UPDATE api_keys SET models = %s, requests_per_minute = %s, usd_per_day = %s, admin = %s, updated_at = %s",
-            ('["gpt-image-1"]', 5, 1.5, 1, 2.0),
-        )
-        row = conn.execute(
-            "SELECT id, name, prefix, created_at, revoked_at, updated_at, "
-            + ", ".join(POLICY_COLUMNS)
-            + " FROM api_keys"
-        ).fetchone()
-    record = KeyRecord.from_row(row)
-    assert record.models == ("gpt-image-1",) and record.rate_limits.requests_per_minute == 5
-    assert record.budget.usd_per_day == 1.5 and record.admin and record.updated_at == 2.0
+def test_the_migrations_give_postgresql_the_policy_columns_sqlite_gets(postgres_url: str, tmp_path: Path) -> None:
+    migrate(postgres_url)
+    pg, lite = PostgresDatabase(postgres_url, tmp_path / "pg" / "db"), Database(tmp_path / "db.sqlite")
+    try:
+        query = "SELECT column_name FROM information_schema.columns WHERE table_name = 'api_keys'"
+        on_postgres = {str(name) for (name, *_) in pg.execute(query)}
+        on_sqlite = {str(row[1]) for row in lite.execute("PRAGMA table_info(api_keys)")}
+    finally:
+        pg.close()
+        lite.close()
+    assert set(POLICY_COLUMNS) | {"updated_at"} <= on_sqlite
+    assert on_postgres == on_sqlite

@@ -227,7 +227,9 @@ class KeyStore:
         # (hash, policy); a key named in both variables is an admin.
         self._static: list[tuple[str, KeyPolicy]] = []
         for digest in dict.fromkeys(hash_key(k) for k in (admin_keys or []) if k):
-            self._static.append((digest, KeyPolicy.unlimited(STATIC_ADMIN_ID_PREFIX + digest[:12], "static admin", admin=True)))
+            self._static.append(
+                (digest, KeyPolicy.unlimited(STATIC_ADMIN_ID_PREFIX + digest[:12], "static admin", admin=True))
+            )
         admins = {digest for digest, _ in self._static}
         for digest in dict.fromkeys(hash_key(k) for k in (static_keys or []) if k and hash_key(k) not in admins):
             self._static.append((digest, KeyPolicy.unlimited(STATIC_ID_PREFIX + digest[:12], "static")))
