@@ -58,6 +58,22 @@ def test_a_key_over_its_requests_per_minute_gets_429_with_retry_after(
     assert len(fake_gemini.requests) == 1  # the refused request went nowhere
 
 
+def test_limits_of_a_key_made_through_the_admin_api(gateway_factory: Any, fake_gemini: FakeGemini) -> None:
+    gw = gemini_gateway(gateway_factory, fake_gemini, admin_keys="sk-test-admin")
+    made = httpx.post(
+        f"{gw.url}/v1/admin/keys",
+        json={"name": "tenant", "rate_limits": {"requests_per_minute": 1}, "budget": {"usd_per_day": 100}},
+        headers={"authorization": "Bearer sk-test-admin"},
+        timeout=30,
+    )
+    assert made.status_code == 201, made.text
+    client = gw.client(made.json()["key"])
+    generate(client)
+    with pytest.raises(openai.RateLimitError) as excinfo:
+        generate(client)
+    assert excinfo.value.code == "rate_limit_exceeded"
+
+
 def test_a_stream_is_limited_the_same_with_a_json_429(gateway_factory: Any, fake_gemini: FakeGemini) -> None:
     gw = gemini_gateway(gateway_factory, fake_gemini)
     client = gw.client(stored_key(gw, rate_limits=RateLimits(requests_per_minute=1)))
