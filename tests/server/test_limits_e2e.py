@@ -15,12 +15,12 @@ import pytest
 
 from imagegate.db import Database
 from imagegate.keys import KeyStore
-from imagegate.limits import Limits, RedisLimitState, redis_client
+from imagegate.limits import REFRESH_SECONDS, Limits, RedisLimitState, SharedBreaker, redis_client
 from imagegate.policy import Budget, RateLimits
 
 from ..conftest import RunningGateway
 from ..fakes.fal import FakeFal
-from ..fakes.gemini import FakeGemini
+from ..fakes.gemini import FakeGemini, GeminiError
 
 PRO = "gemini-3-pro-image-preview"  # served by gemini, then fal
 
@@ -228,3 +228,36 @@ def test_an_async_job_over_budget_fails_with_insufficient_quota_without_an_upstr
     job = finished_job(gw, key, accepted.json()["id"])
     assert (job["status"], job["error"]["code"]) == ("failed", "insufficient_quota")
     assert fake_gemini.requests == []
+
+
+def wait_for_open_circuit(redis_url: str, provider_id: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        deadline = time.monotonic() + 10
+        while not client.hget(SharedBreaker._key(provider_id), "opened_at"):
+            assert time.monotonic() < deadline, "the circuit was never published"
+            time.sleep(0.02)
+    finally:
+        client.close()
+
+
+def test_a_circuit_opened_on_one_gateway_is_skipped_by_the_other(
+    gateway_factory: Any, fake_gemini: FakeGemini, fake_fal: FakeFal, redis_url: str
+) -> None:
+    shared = {
+        "redis_url": redis_url,
+        "breaker_failures": 1,
+        "fal_api_key": fake_fal.api_key,
+        "fal_base_url": fake_fal.base_url,
+    }
+    one = gemini_gateway(gateway_factory, fake_gemini, **shared)
+    two = gemini_gateway(gateway_factory, fake_gemini, **shared)
+    fake_gemini.enqueue(GeminiError(500, "INTERNAL", "boom"))
+    assert generate(one.client()).headers["x-imagegate-provider"] == "fal"  # gemini failed: its circuit opens
+    assert len(fake_gemini.requests) == 1
+    wait_for_open_circuit(redis_url, "gemini")  # published by the first gateway
+    time.sleep(3 * REFRESH_SECONDS)  # the second reads the shared state back every REFRESH_SECONDS
+    assert generate(two.client()).headers["x-imagegate-provider"] == "fal"
+    assert len(fake_gemini.requests) == 1  # the second gateway did not try gemini
