@@ -4,9 +4,12 @@ has no admin calls); the keys it makes are then used through the SDK, as clients
 from __future__ import annotations
 
 import contextlib
+import json
+import re
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,7 +17,7 @@ import openai
 import pytest
 
 from imagegate.db import Database, migrate
-from imagegate.keys import KeyStore
+from imagegate.keys import KeyStore, parse_time
 
 from ..conftest import API_KEY, RunningGateway
 from ..fakes.gemini import FakeGemini
@@ -335,3 +338,13 @@ def test_changes_reach_another_instance_within_the_cache_time(
         while time.monotonic() < deadline:
             generate(second, created["key"])
             time.sleep(0.05)
+
+
+def test_the_readme_example_creates_a_key(admin_gateway: RunningGateway) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("### Admin API", 1)[1]
+    body = json.loads(re.search(r"-d '(.*?)'", section, flags=re.S)[1])  # type: ignore[index]
+    if parse_time(body["expires_at"]) <= time.time():  # the example's date has passed: any future one
+        body["expires_at"] = int(time.time()) + 3600
+    created = Admin(admin_gateway).create(**body)
+    assert created["name"] == "team-a" and created["rate_limits"]["requests_per_minute"] == 60
