@@ -47,7 +47,7 @@ from .config import ProviderSettings
 from .db import Database, DatabaseError
 from .errors import InsufficientQuota, LimitsUnavailable, ModelNotAllowed, RateLimitExceeded
 from .policy import KeyPolicy, RateLimits
-from .resilience import CircuitBreaker, _Circuit
+from .resilience import CircuitBreaker
 
 log = logging.getLogger("imagegate")
 
@@ -458,7 +458,7 @@ class SharedBreaker(CircuitBreaker):
         now = self._now()
         for provider_id, (failures, age) in zip(providers, rows, strict=True):
             seconds = float(age)
-            self._circuits[provider_id] = _Circuit(int(failures), None if seconds < 0 else now - seconds)
+            self.adopt(provider_id, int(failures), None if seconds < 0 else now - seconds)
 
     async def drain(self) -> None:
         """Wait until what was recorded so far is published (tests, shutdown)."""
