@@ -33,7 +33,7 @@ from .fakes.provider import FALLBACK_PARAM, FakeProvider, model_entry, result, s
 
 PNG = solid_png(64, 64, (200, 100, 50))
 PNG_URI = "data:image/png;base64," + base64.b64encode(PNG).decode()
-SERVE_STAGES = ["validate", "plan", "load_inputs", "layout", "dispatch"]
+SERVE_STAGES = ["validate", "plan", "admit", "load_inputs", "layout", "dispatch"]
 
 
 class MemoryStore:

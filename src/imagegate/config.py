@@ -28,6 +28,10 @@ class ProviderSettings(BaseModel):
     api_key: str | None = None
     base_url: str | None = None
     timeout: float | None = None
+    # Upstream budget (limits.py): at most this many calls / images a minute to this provider over
+    # every instance together (e.g. Gemini's per-project limits); None: no limit of the gateway's.
+    requests_per_minute: int | None = Field(default=None, ge=1)
+    images_per_minute: int | None = Field(default=None, ge=1)
 
 
 # [model_overrides."<model id>".providers.<provider id>]: change what one binding calls upstream

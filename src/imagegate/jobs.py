@@ -777,6 +777,7 @@ class JobRunner:
             image_param=request.get("image_param") or "image",
             public_base_url=request.get("public_base_url"),
             request_base_url=request.get("request_base_url"),
+            rate_checked=True,  # its key's rate limits were taken when it was submitted (service.check)
         )
 
     def _finished(self, job: Job) -> None:
