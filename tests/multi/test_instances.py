@@ -18,7 +18,7 @@ from standardwebhooks import Webhook
 from ..fakes.common import Delay
 from ..fakes.gemini import FakeGemini
 from ..fakes.webhook_receiver import WebhookReceiver
-from .cluster import API_KEY, WEBHOOK_SECRET, Cluster
+from .cluster import ADMIN_KEY, API_KEY, WEBHOOK_SECRET, Cluster
 
 MODEL = "gemini-3-pro-image-preview"
 ASYNC = {"Prefer": "respond-async"}
@@ -241,3 +241,39 @@ def test_a_result_stored_by_one_instance_is_served_by_the_other(cluster: Cluster
     assert served.headers["content-type"] == "image/png"
     objects = cluster.sql("SELECT path FROM results")
     assert len(objects) == 1 and objects[0][0].startswith("results/")  # an S3 key, not a local file
+
+
+def admin_key(cluster: Cluster, **policy: Any) -> str:
+    """A stored key made through instance 0's admin API; returns the key."""
+    with cluster.http(0, api_key=ADMIN_KEY) as http:
+        made = http.post("/v1/admin/keys", json={"name": "limited", **policy})
+    assert made.status_code == 201, made.text
+    return str(made.json()["key"])
+
+
+def test_a_rate_limit_holds_across_both_instances(cluster: Cluster, fake_gemini: FakeGemini) -> None:
+    key = admin_key(cluster, rate_limits={"requests_per_minute": 3})
+    for index in (0, 1, 0):  # three requests, spread over both instances: the whole allowance
+        cluster.client(index, api_key=key).images.generate(model=MODEL, prompt="ok", response_format="b64_json")
+    for index in (1, 0):
+        with pytest.raises(openai.RateLimitError) as refused:
+            cluster.client(index, api_key=key).images.generate(model=MODEL, prompt="over", response_format="b64_json")
+        assert refused.value.code == "rate_limit_exceeded"
+        assert float(refused.value.response.headers["retry-after"]) > 0
+    assert len(fake_gemini.requests) == 3  # refused requests never reach the upstream
+
+
+def test_a_budget_holds_across_both_instances(cluster: Cluster, fake_gemini: FakeGemini) -> None:
+    priced = cluster.client(0).images.generate(model=MODEL, prompt="price", response_format="b64_json")
+    assert priced.usage is not None
+    cost = float(priced.usage.model_extra["cost"])
+    assert cost > 0
+    key = admin_key(cluster, budget={"usd_per_day": round(cost * 2.5, 6)})  # room for two requests
+    for index in (0, 1):
+        cluster.client(index, api_key=key).images.generate(model=MODEL, prompt="ok", response_format="b64_json")
+    calls = len(fake_gemini.requests)
+    for index in (0, 1):
+        with pytest.raises(openai.RateLimitError) as refused:
+            cluster.client(index, api_key=key).images.generate(model=MODEL, prompt="over", response_format="b64_json")
+        assert refused.value.code == "insufficient_quota"
+    assert len(fake_gemini.requests) == calls  # decided before any upstream call
