@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from . import logs
+from . import logs, metrics, tracing
 from .config import Settings
 from .errors import ImagegateError, UpstreamTimeout
 from .normalize import Layout
@@ -151,7 +151,11 @@ class Dispatcher:
         settings = self.settings
         for attempt in range(settings.retry_attempts):
             try:
-                result = await route.provider.run(request)
+                with (
+                    metrics.upstream_attempt(route.provider_id),
+                    tracing.upstream_span(route.provider_id, route.model.id, request.plan.upstream_model, attempt + 1),
+                ):
+                    result = await route.provider.run(request)
             except ImagegateError as error:
                 if not is_upstream_failure(error):
                     logs.upstream_failure(

@@ -58,6 +58,10 @@ class ResultStore(Protocol):
 
     def purge_expired(self) -> int: ...
 
+    def check_reachable(self) -> None:
+        """Raise (OSError, a client error) when the store cannot be read or written (/health/ready)."""
+        ...
+
 
 def default_max_bytes(directory: Path) -> int:
     """Half the free space of the directory's filesystem now, at most 50 GiB."""
@@ -242,6 +246,10 @@ class LocalResultStore:
         """Move these results' expiry (an async job's results live the TTL from the job's end)."""
         for name in names:
             self.db.execute("UPDATE results SET expires_at = ? WHERE token = ?", (expires_at, name))
+
+    def check_reachable(self) -> None:
+        if not self.directory.is_dir() or not os.access(self.directory, os.W_OK | os.X_OK):
+            raise OSError(f"{self.directory} is not a writable directory")
 
     def purge_expired(self) -> int:
         rows = self.db.execute("DELETE FROM results WHERE expires_at <= ? RETURNING path", (time.time(),))

@@ -6,6 +6,7 @@ import anyio.to_thread
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 
+from .. import logs
 from ..errors import AuthenticationFailed, IdempotentResultsGone, NotFound
 from ..gateway import Gateway
 from ..idempotency import (
@@ -41,6 +42,7 @@ async def authenticate(request: Request) -> str | None:
     key_id = keys.verify(token.strip())
     if key_id is None:
         raise AuthenticationFailed("Incorrect API key provided.")
+    logs.note_key(key_id)  # the access line names the key's id
     return key_id
 
 
