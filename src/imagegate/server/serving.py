@@ -463,12 +463,11 @@ JSON_FORMATTER = {"()": "imagegate.logs.JsonFormatter"}
 def _log_config(log_level: str, log_format: str = "text") -> dict[str, Any]:
     """uvicorn's logging, plus our `imagegate` logger on the same handler and level. JSON: every
     formatter is ours, other libraries' warnings go through it too (the root logger), and our access
-    line (imagegate.access, with the key id, model and provider) replaces uvicorn's."""
+    line (imagegate.access, with the key id, model and provider) replaces uvicorn's (build_config)."""
     config = copy.deepcopy(LOGGING_CONFIG)
     config["loggers"]["imagegate"] = {"handlers": ["default"], "level": log_level.upper(), "propagate": False}
     if log_format == "json":
         config["formatters"] = {"default": dict(JSON_FORMATTER), "access": dict(JSON_FORMATTER)}
-        config["loggers"]["uvicorn.access"]["level"] = "WARNING"
         config["root"] = {"handlers": ["default"], "level": "WARNING"}
     return config
 
@@ -497,6 +496,7 @@ def build_config(app: Any, settings: Settings, *, log_level: str = "info", **opt
         # X-Forwarded-* are judged by the gateway (IMAGEGATE_TRUSTED_PROXIES), not believed from any
         # loopback peer as uvicorn's default would.
         "proxy_headers": False,
+        "access_log": settings.log_format != "json",  # JSON: imagegate.access is the access line
     }
     values.update(options)
     return ServingConfig(app, limits=limits, **values)
