@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -78,7 +79,9 @@ def _serving_pids(server: ServeProcess) -> set[int]:
 
 @linux_only
 def test_the_counts_are_the_sum_over_both_workers(tmp_path: Path, fake_gemini: FakeGemini) -> None:
+    earlier = _metric_dirs()
     with _serve(tmp_path, fake_gemini) as server:
+        assert len(_metric_dirs() - earlier) == 1  # the master made the workers' directory
         _wait_for(lambda: len(_workers(server)) == 2, 60, "two workers")
         _wait_for(lambda: all(_answers(server.url) for _ in range(4)), 60, "both workers to serve")
         with ThreadPoolExecutor(4) as pool:
@@ -101,6 +104,11 @@ def test_the_counts_are_the_sum_over_both_workers(tmp_path: Path, fake_gemini: F
             assert value(text, "imagegate_images_total", model=MODEL, provider="gemini") == REQUESTS
             assert value(text, "imagegate_upstream_requests_total", provider="gemini", outcome="ok") == REQUESTS
             assert value(text, "imagegate_requests_in_flight") == 0
+    assert not _metric_dirs() - earlier  # and removed it when it stopped
+
+
+def _metric_dirs() -> set[Path]:
+    return set(Path(tempfile.gettempdir()).glob("imagegate-metrics-*"))
 
 
 @linux_only
