@@ -73,6 +73,26 @@ def test_an_images_request_is_counted_by_route_model_provider_and_status(
     assert value(after, histogram, provider="gemini") - value(before, histogram, provider="gemini") == 2
 
 
+def test_a_streamed_answer_is_counted_once_with_its_provider(gateway: RunningGateway) -> None:
+    labels = {"route": GENERATIONS, "model": MODEL, "provider": "gemini", "status": "200"}
+    before = value(scrape(gateway), "imagegate_requests_total", **labels)
+    events = list(gateway.client().images.generate(model=MODEL, prompt="a cat", stream=True))
+    assert events[-1].type == "image_generation.completed"
+    assert value(scrape(gateway), "imagegate_requests_total", **labels) - before == 1
+
+
+def test_a_replayed_idempotent_answer_keeps_its_model_and_provider(gateway: RunningGateway) -> None:
+    labels = {"route": GENERATIONS, "model": MODEL, "provider": "gemini", "status": "200"}
+    before = value(scrape(gateway), "imagegate_requests_total", **labels)
+    client = gateway.client()
+    for _ in range(2):
+        raw = client.images.with_raw_response.generate(
+            model=MODEL, prompt="a cat", extra_headers={"Idempotency-Key": "metrics-replay-1"}
+        )
+    assert raw.headers["x-imagegate-idempotent-replayed"] == "true"  # the second answer ran no pipeline
+    assert value(scrape(gateway), "imagegate_requests_total", **labels) - before == 2
+
+
 def test_errors_are_counted_with_their_status_and_an_unknown_model_is_no_label(gateway: RunningGateway) -> None:
     bad = {"route": GENERATIONS, "model": MODEL, "provider": "-", "status": "400"}
     unknown = {"route": GENERATIONS, "model": "-", "provider": "-", "status": "404"}
