@@ -118,7 +118,7 @@ def create_app(settings: Settings) -> Starlette:
             app.state.metric_states = metrics.StateCollector(
                 gateway.router.breaker, gateway.providers, gateway.jobs.store.queued_count
             )
-            tracing.configure(settings.environ)  # only with OTEL_EXPORTER_OTLP_ENDPOINT set
+            traced = tracing.configure(settings.environ)  # only with OTEL_EXPORTER_OTLP_ENDPOINT set
             if notice := gateway.notice():
                 log.warning(notice)
             log.info(served_summary(gateway))
@@ -137,7 +137,8 @@ def create_app(settings: Settings) -> Starlette:
             finally:
                 purger.cancel()
                 await gateway.jobs.stop()
-                await asyncio.to_thread(tracing.shutdown)  # the spans still batched go out
+                if traced:
+                    await asyncio.to_thread(tracing.shutdown)  # the spans still batched go out
 
     return Starlette(
         routes=[
