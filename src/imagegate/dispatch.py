@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from . import logs
+from . import logs, metrics, tracing
 from .config import Settings
 from .errors import ImagegateError, UpstreamBudgetExhausted, UpstreamTimeout
 from .limits import Limits
@@ -178,7 +178,11 @@ class Dispatcher:
         for attempt in range(settings.retry_attempts):
             await self._upstream_room(route.provider_id, request.n, last)
             try:
-                result = await route.provider.run(request)
+                with (
+                    metrics.upstream_attempt(route.provider_id),
+                    tracing.upstream_span(route.provider_id, route.model.id, request.plan.upstream_model, attempt + 1),
+                ):
+                    result = await route.provider.run(request)
             except ImagegateError as error:
                 if not is_upstream_failure(error):
                     logs.upstream_failure(

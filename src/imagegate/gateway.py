@@ -12,6 +12,7 @@ from types import TracebackType
 import httpx
 from pydantic import ValidationError
 
+from . import readiness
 from .catalog import (
     Catalog,
     add_binding,
@@ -241,6 +242,10 @@ class Gateway:
             f"serve a local model with {LOCAL_MODEL_ENV}=<diffusers directory or hub id> "
             "(after pip install -e '.[local]')."
         )
+
+    async def readiness(self) -> dict[str, str]:
+        """Each dependency's answer, "ok" or "error: ..." (readiness.CHECKS; /health/ready)."""
+        return await readiness.run(self)
 
     async def start(self) -> None:
         """Server start: providers get ready (the local engine loads its weights), and the shared

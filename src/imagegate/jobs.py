@@ -301,6 +301,11 @@ class JobStore:
         rows = self.db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
         return _job(rows[0]) if rows else None
 
+    def queued_count(self) -> int:
+        """Jobs waiting to run, every process's (the queue depth /metrics reports)."""
+        ((count,),) = self.db.execute("SELECT COUNT(*) FROM jobs WHERE status = 'queued'")
+        return int(count)
+
     def page(
         self, key_id: str | None, *, limit: int, after: str | None = None, status: str | None = None
     ) -> tuple[list[Job], bool] | None:

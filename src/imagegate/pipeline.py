@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, Literal, TypeVar
 
-from . import imaging
+from . import imaging, logs, metrics
 from .catalog import Mode, ModelEntry
 from .config import Settings
 from .dispatch import CallPlan, Dispatcher, Served
@@ -327,6 +327,7 @@ class Pipeline:
         ctx.fields = ctx.job.params
         ctx.model_id = str(ctx.fields.get("model") or self.default_model)
         ctx.entry = self.router.model(ctx.model_id)
+        logs.note_model(ctx.model_id)  # known to the catalog: a label of bounded values
 
     async def validate(self, ctx: RequestContext) -> None:
         mode = ctx.job.mode
@@ -594,6 +595,7 @@ class Pipeline:
         # Set first: even if this await is cancelled, the thread still writes the row.
         ctx.usage = self._usage_record(ctx, _done(ctx.served, "dispatch"), ctx.made, _done(ctx.cost, "dispatch"))
         self.limits.settle(ctx.reservation, ctx.usage.cost)
+        metrics.count_usage(ctx.usage.model, ctx.usage.provider, ctx.usage.images, ctx.usage.cost)
         await record_usage(self.usage, ctx.usage)
 
     async def render(self, ctx: RequestContext) -> None:
@@ -615,6 +617,7 @@ class Pipeline:
             input_details=sum((item.result.input_split() for item in served), TokenSplit()),
             output_details=sum((item.result.output_split() for item in served), TokenSplit()),
         )
+        logs.note_served(ctx.outcome.provider, adjustment_fields(ctx.outcome.adjustments))
 
     def _record_after_failure(self, ctx: RequestContext) -> None:
         """A request failing after upstream calls made images: they are paid for, so the usage row
@@ -629,6 +632,7 @@ class Pipeline:
             cost = self._cost(calls, ctx.layout, input_images=len(ctx.images)) if made else None
         if made and cost is not None:
             ctx.usage = self._usage_record(ctx, calls, made, cost)  # and the budget is settled with its cost
+            metrics.count_usage(ctx.usage.model, ctx.usage.provider, ctx.usage.images, ctx.usage.cost)
             record_after_failure(self.usage, ctx.usage)
 
     @staticmethod
@@ -709,3 +713,8 @@ def _dimension_adjustments(layout: Layout, outputs: list[OutputImage]) -> list[A
     if (first.width, first.height) == (layout.width, layout.height):
         return []
     return [Adjustment("size", f"{layout.width}x{layout.height}", f"{first.width}x{first.height} (as produced)")]
+
+
+def adjustment_fields(adjustments: list[Adjustment]) -> list[dict[str, str]]:
+    """The answer's `adjustments` (and the access line's)."""
+    return [{"param": a.param, "requested": a.requested, "applied": a.applied} for a in adjustments]

@@ -6,6 +6,7 @@ import anyio.to_thread
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response, StreamingResponse
 
+from .. import logs
 from ..errors import AuthenticationFailed, IdempotentResultsGone, NotFound
 from ..gateway import Gateway
 from ..idempotency import (
@@ -39,7 +40,9 @@ async def authenticate(request: Request) -> str | None:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise AuthenticationFailed("Missing API key. Send 'Authorization: Bearer YOUR_KEY'.")
-    return keys.authenticate(token.strip())  # 401 saying why: wrong, revoked or expired
+    key_id = keys.authenticate(token.strip())  # 401 saying why: wrong, revoked or expired
+    logs.note_key(key_id)  # the access line names the key's id
+    return key_id
 
 
 def _public_base_url(request: Request) -> str:
