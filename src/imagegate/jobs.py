@@ -57,7 +57,7 @@ from .errors import ImagegateError, JobConflict, JobQueueFull
 from .idempotency import result_names
 from .pipeline import ImageJob, ImagesOutcome, PipelineEvent
 from .service import ImageService, ImageSource
-from .storage import LocalResultStore
+from .storage import ResultStore
 from .usage import UsageRecord, UsageSink
 
 log = logging.getLogger("imagegate")
@@ -301,6 +301,11 @@ class JobStore:
         rows = self.db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
         return _job(rows[0]) if rows else None
 
+    def queued_count(self) -> int:
+        """Jobs waiting to run, every process's (the queue depth /metrics reports)."""
+        ((count,),) = self.db.execute("SELECT COUNT(*) FROM jobs WHERE status = 'queued'")
+        return int(count)
+
     def page(
         self, key_id: str | None, *, limit: int, after: str | None = None, status: str | None = None
     ) -> tuple[list[Job], bool] | None:
@@ -383,7 +388,8 @@ class JobStore:
     def requeue(self, job_id: str, owner: str) -> None:
         """A run stopped by a graceful shutdown: queued again, and that start does not count."""
         self.db.execute(
-            "UPDATE jobs SET status = 'queued', owner = NULL, started_at = NULL, attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END "
+            "UPDATE jobs SET status = 'queued', owner = NULL, started_at = NULL, "
+            "attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END "
             "WHERE id = ? AND status = 'in_progress' AND owner = ?",
             (job_id, owner),
         )
@@ -439,7 +445,7 @@ class JobStore:
                 ).to_openai_json()["error"]
                 updated = self.db.execute(
                     "UPDATE jobs SET status = 'failed', finished_at = ?, error = ?, owner = NULL "
-                    "WHERE id = ? AND status = 'in_progress' AND owner IS ? RETURNING id",
+                    "WHERE id = ? AND status = 'in_progress' AND owner IS NOT DISTINCT FROM ? RETURNING id",
                     (time.time(), jsonio.dumps(error).decode(), job_id, owner),
                 )
                 if updated:
@@ -450,7 +456,7 @@ class JobStore:
             else:
                 self.db.execute(
                     "UPDATE jobs SET status = 'queued', owner = NULL WHERE id = ? AND status = 'in_progress' "
-                    "AND owner IS ?",
+                    "AND owner IS NOT DISTINCT FROM ?",  # SQL standard: PostgreSQL takes no parameter after IS
                     (job_id, owner),
                 )
                 log.warning("job %s: its process died while it ran; queued to run again", job_id)
@@ -573,7 +579,7 @@ class JobRunner:
         self,
         store: JobStore,
         service: ImageService,
-        results: LocalResultStore,
+        results: ResultStore,
         usage: JobUsage,
         settings: Settings,
         *,
@@ -712,7 +718,7 @@ class JobRunner:
             for piece in renderers.completed(job.event_prefix, outcome):
                 keep(piece)
             status = "succeeded"
-            names = list(result_names(image.url for image in outcome.images))
+            names = list(result_names((image.url for image in outcome.images), self.results))
         except asyncio.CancelledError:
             if not run.cancel_requested:  # a shutdown, not a cancel: the next start runs it
                 await asyncio.to_thread(self.store.requeue, job.id, self.owner)
@@ -776,6 +782,7 @@ class JobRunner:
             image_param=request.get("image_param") or "image",
             public_base_url=request.get("public_base_url"),
             request_base_url=request.get("request_base_url"),
+            rate_checked=True,  # its key's rate limits were taken when it was submitted (service.check)
         )
 
     def _finished(self, job: Job) -> None:
