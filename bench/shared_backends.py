@@ -688,7 +688,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         nargs="+",
         default=None,
         metavar="N",
-        help="measured requests per run, one per --concurrency value or one for all (default: 100 at 1 client, 300 above)",
+        help="measured requests per run, one per --concurrency value or one for all (default: 200 at 1 client, 400 above)",
     )
     parser.add_argument(
         "--warmup", type=int, default=None, help="warm-up requests per run (default 10, at least the connections)"
@@ -715,7 +715,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if "embedded" not in args.setups:
         parser.error("--setups: the comparisons are against embedded; keep it")
     if args.requests is None:
-        args.requests = [(20 if c == 1 else 64) if args.quick else (100 if c == 1 else 300) for c in args.concurrency]
+        args.requests = [(20 if c == 1 else 64) if args.quick else (200 if c == 1 else 400) for c in args.concurrency]
     elif len(args.requests) == 1:
         args.requests = args.requests * len(args.concurrency)
     elif len(args.requests) != len(args.concurrency):
