@@ -36,6 +36,7 @@ from .errors import ConfigurationError
 from .fetch import ImageFetcher
 from .idempotency import IdempotencyStore
 from .jobs import Job, JobRunner, JobStore, JobUsage
+from .jobsignals import open_job_signals
 from .keys import STATIC_ID_PREFIX, KeyStore
 from .plugins import ProviderRegistry, catalog_contributions, configured_providers, load_registry
 from .providers import ImageProvider, aio
@@ -174,6 +175,7 @@ class Gateway:
             settings, self.router, self.store, self.job_usage, self.fetcher, default_model=self._default_model()
         )
         # Async jobs: run by the server (its lifespan starts and stops the runner), not by the CLI.
+        # All in the database; `<data dir>/jobs` only holds an older version's job files.
         self.jobs = JobRunner(
             JobStore(self.db, settings.data_dir / "jobs"),
             self.service,
@@ -181,6 +183,7 @@ class Gateway:
             self.job_usage,
             settings,
             on_finished=self.job_finished,
+            signals=open_job_signals(settings.redis_url),  # wake-ups between instances via Redis pub/sub
         )
 
     def job_finished(self, job: Job) -> None:
