@@ -153,11 +153,11 @@ async def cancel_job(request: Request) -> Response:
 async def job_events(request: Request) -> Response:
     job = await _own_job(request)
     gateway = _gateway(request)
-    body = _follow(gateway, job.id, gateway.settings.stream_keepalive_seconds)
+    body = follow_events(gateway, job.id, gateway.settings.stream_keepalive_seconds)
     return StreamingResponse(body, media_type="text/event-stream", headers=STREAM_HEADERS)
 
 
-async def _follow(gateway: Gateway, job_id: str, keepalive_seconds: float) -> AsyncIterator[bytes]:
+async def follow_events(gateway: Gateway, job_id: str, keepalive_seconds: float) -> AsyncIterator[bytes]:
     """Every kept event from the first, then each new one as it is kept, until the job has ended
     and all its events are sent; a keep-alive comment whenever nothing went out for a while. The
     status is read before the events: once it is final, the events read after it are all there
