@@ -306,6 +306,24 @@ def test_another_hosts_heartbeat_is_judged_by_the_configured_stale_time(tmp_path
     assert asyncio.run(scenario()) == [False, True]  # 50 s of silence is not dead at 100 s; 150 s is
 
 
+def test_two_runners_of_one_process_leave_each_others_jobs_alone(tmp_path: Path, shared_db: Path) -> None:
+    """Same host, same pid: the runner token tells them apart, and the heartbeat decides (as it does
+    for a pid that an earlier, crashed process had)."""
+
+    async def scenario() -> tuple[bool, bool, bool]:
+        async with Gateway(make_settings(tmp_path, data_dir=tmp_path / "a")) as a:
+            async with Gateway(make_settings(tmp_path, data_dir=tmp_path / "b")) as b:
+                assert a.jobs.owner != b.jobs.owner
+                now = time.time()
+                return (
+                    b.jobs._is_dead("j", a.jobs.owner, now),
+                    b.jobs._is_dead("j", a.jobs.owner, now - 3600),  # its heartbeat stopped long ago
+                    b.jobs._is_dead("j", f"{b.jobs.host}:999999999:feed", now),  # that pid is gone
+                )
+
+    assert asyncio.run(scenario()) == (False, True, True)
+
+
 # --- the store: inputs and events as rows ---------------------------------------------------
 
 

@@ -76,7 +76,7 @@ CREATE INDEX IF NOT EXISTS usage_created ON usage (created_at);
 CREATE INDEX IF NOT EXISTS usage_request ON usage (request_id);
 -- Async jobs (jobs.py): `request` is what running it later needs (JSON: params, input files or
 -- URLs, request ids, base URLs); `result` the images answer as JSON; `error` OpenAI's error object;
--- `owner` the process running it ("<host>:<pid>"), which renews `heartbeat_at` while it does;
+-- `owner` the process running it ("<host>:<pid>:<runner>"), which renews `heartbeat_at` while it does;
 -- `usage_counted` 1 once its pipeline recorded usage.
 CREATE TABLE IF NOT EXISTS jobs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,

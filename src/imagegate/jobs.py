@@ -21,9 +21,9 @@ Wake-ups (jobsignals.py): a submit wakes every instance's runner, and each event
 job wakes its followers everywhere, through Redis pub/sub with IMAGEGATE_REDIS_URL; without it
 runners poll the database every POLL_SECONDS and followers every jobsignals.FOLLOW_POLL_SECONDS.
 
-Crashes: a claimed job carries its owner (`host:pid`), and the owner's runner renews the job's
-`heartbeat_at` every poll. On start (and every poll) a runner takes back jobs whose owner is dead
-(on this host: its pid is gone; on another host: no heartbeat for
+Crashes: a claimed job carries its owner (`host:pid:runner`), and the owner's runner renews the
+job's `heartbeat_at` every poll. On start (and every poll) a runner takes back jobs whose owner is
+dead (on this host: its pid is gone; otherwise: no heartbeat for
 IMAGEGATE_JOB_HEARTBEAT_STALE_SECONDS): one that started fewer than MAX_ATTEMPTS times is queued
 again (its `attempts` shows the re-run), else it fails with `job_interrupted`. Usage is recorded
 by the pipeline; a job whose pipeline had recorded it (`usage_counted`, set as that stage ends)
@@ -600,6 +600,16 @@ class JobUsage:
 # --- the runner ------------------------------------------------------------------------------
 
 
+def _owner_process(owner: str) -> tuple[str, int | None]:
+    """(host, pid) of an owner `host:pid:token` (or `host:pid`, as an older version wrote it)."""
+    parts = owner.split(":")
+    if len(parts) >= 3 and parts[-2].isdigit():
+        return ":".join(parts[:-2]), int(parts[-2])
+    if len(parts) >= 2 and parts[-1].isdigit():
+        return ":".join(parts[:-1]), int(parts[-1])
+    return owner, None
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -663,7 +673,9 @@ class JobRunner:
         self.on_finished = on_finished
         self.renderers: Renderers | None = None
         self.host = socket.gethostname()
-        self.owner = f"{self.host}:{os.getpid()}"
+        # host:pid:runner, the runner's own token telling apart two runners of one process (two
+        # Gateways, as in tests) and a process from an earlier one that had its pid.
+        self.owner = f"{self.host}:{os.getpid()}:{secrets.token_hex(4)}"
         self._runs: dict[str, _Run] = {}
         self._wake = asyncio.Event()
         # Wake-ups between instances (Redis pub/sub) or in this process only (jobsignals.py).
@@ -747,12 +759,13 @@ class JobRunner:
         return await asyncio.to_thread(self.store.claim, self.owner, s.job_concurrency, s.job_concurrency_per_key)
 
     def _is_dead(self, job_id: str, owner: str, heartbeat_at: float) -> bool:
-        if owner == self.owner:  # ours: dead unless we run it (a pid reused after a crash)
+        if owner == self.owner:  # ours: dead unless we run it
             return job_id not in self._runs
-        host, _, pid = owner.rpartition(":")
-        if host == self.host and pid.isdigit():
-            return not _pid_alive(int(pid))
-        # Another host's: only its heartbeat tells.
+        host, pid = _owner_process(owner)
+        if host == self.host and pid is not None and not _pid_alive(pid):
+            return True  # a process of this host that is gone: at once
+        # Another host's, or a live pid that may not be the owner's (another runner in that process,
+        # or the pid reused after a crash): only its heartbeat tells.
         return heartbeat_at < time.time() - self.settings.job_heartbeat_stale_seconds
 
     async def _take_back_and_reap(self) -> None:
