@@ -496,3 +496,30 @@ def test_redis_signals_reach_the_other_instance_and_not_the_sender(redis_url: st
     result = asyncio.run(scenario())
     assert result["b"] == ["job_1", None] and result["a"] == ["job_2"]
     assert result["other"] == [] and result["received"] == (1, 2, 0)  # another Redis db number: other gateways
+
+
+def test_a_broken_subscription_subscribes_again_and_wakes_every_follower(redis_url: str) -> None:
+    """Messages published while a subscriber was cut off are lost: when it is back, everyone it
+    serves looks again, news or not."""
+    import redis
+
+    async def scenario() -> tuple[bool, list[str | None], int]:
+        signals = RedisJobSignals(redis_url)
+        heard: list[str | None] = []
+        signals.add_listener(heard.append)
+        await signals.start()
+        try:
+            watched = signals.watch("job_1")
+            admin = redis.Redis.from_url(redis_url)
+            try:
+                killed = int(admin.client_kill_filter(_type="pubsub"))
+            finally:
+                admin.close()
+            async with asyncio.timeout(20):
+                await watched.wait()
+            return watched.is_set(), heard, killed
+        finally:
+            await signals.aclose()
+
+    woken, heard, killed = asyncio.run(scenario())
+    assert killed >= 1 and woken and heard == [None]

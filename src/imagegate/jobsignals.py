@@ -33,7 +33,10 @@ log = logging.getLogger("imagegate")
 FOLLOW_POLL_SECONDS = 0.25  # without Redis: how often a follower reads the database again
 REDIS_FOLLOW_POLL_SECONDS = 5.0  # with Redis: only a safety net for a message lost meanwhile
 SUBSCRIBE_WAIT_SECONDS = 5.0  # how long start() waits for the subscription before going on without
-RECONNECT_SECONDS = 1.0
+RECONNECT_SECONDS = 1.0  # the first wait before subscribing again; doubles up to RECONNECT_MAX_SECONDS
+RECONNECT_MAX_SECONDS = 30.0
+REDIS_TIMEOUT_SECONDS = 5.0  # connecting, and one publish
+LISTEN_SECONDS = 30.0  # the subscription's longest read: redis-py's health check (a PING) runs between
 CLOSE_WAIT_SECONDS = 2.0  # publishes still in flight at shutdown get this long
 
 # Called with a job id (news of that job) or None (a job was queued, or anything may have changed).
@@ -115,16 +118,26 @@ class RedisJobSignals(JobSignals):
         # Tells our own messages apart when they come back to us from the channel.
         self.origin = secrets.token_hex(8)
         self.received = 0  # messages heard from other instances (tests, diagnostics)
-        self._client: Any = None  # redis.asyncio.Redis once started
+        self._client: Any = None  # redis.asyncio.Redis once started: publishes
+        self._listener: Any = None  # another, without a read timeout: the subscription waits for news
         self._channel = ""
         self._reader: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
         self._sending: set[asyncio.Task[None]] = set()
+        self._publish_failing = False  # logged once per outage, not once per publish
 
     async def start(self) -> None:
         import redis.asyncio
 
-        self._client = redis.asyncio.Redis.from_url(self.url)
+        self._client = redis.asyncio.Redis.from_url(
+            self.url, socket_timeout=REDIS_TIMEOUT_SECONDS, socket_connect_timeout=REDIS_TIMEOUT_SECONDS
+        )
+        self._listener = redis.asyncio.Redis.from_url(
+            self.url,
+            socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
+            socket_keepalive=True,
+            health_check_interval=LISTEN_SECONDS,
+        )
         self._channel = channel_name(int(self._client.connection_pool.connection_kwargs.get("db", 0)))
         self._reader = asyncio.create_task(self._read())
         try:
@@ -146,9 +159,10 @@ class RedisJobSignals(JobSignals):
             await asyncio.wait(set(self._sending), timeout=CLOSE_WAIT_SECONDS)
             for task in list(self._sending):
                 task.cancel()
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        for client in (self._client, self._listener):
+            if client is not None:
+                await client.aclose()
+        self._client = self._listener = None
 
     def queued(self) -> None:
         self._publish(f"queued {self.origin}")
@@ -171,7 +185,11 @@ class RedisJobSignals(JobSignals):
         try:
             await self._client.publish(self._channel, message)
         except (RedisError, OSError) as exc:
-            log.warning("job wake-ups: could not publish (%s); other instances see the news at their next poll", exc)
+            if not self._publish_failing:
+                log.warning("job wake-ups: cannot publish (%s); other instances see the news at their next poll", exc)
+            self._publish_failing = True
+        else:
+            self._publish_failing = False
 
     def _on_message(self, data: bytes) -> None:
         kind, _, rest = data.decode(errors="replace").partition(" ")
@@ -189,24 +207,32 @@ class RedisJobSignals(JobSignals):
         everyone here, for what was missed meanwhile)."""
         from redis.exceptions import RedisError
 
+        delay = RECONNECT_SECONDS
         while True:
-            pubsub = self._client.pubsub()
+            pubsub = self._listener.pubsub()
             try:
                 await pubsub.subscribe(self._channel)
-                async for message in pubsub.listen():
+                while True:
+                    message = await pubsub.get_message(timeout=LISTEN_SECONDS)
+                    if message is None:  # quiet for a while
+                        continue
                     if message["type"] == "message":
                         self._on_message(message["data"])
                     elif message["type"] == "subscribe":
-                        # redis-py subscribes again by itself after a reconnect: that gap too
+                        # After a gap (redis-py also subscribes again by itself after a reconnect),
+                        # whatever was published meanwhile is lost: everyone looks again.
                         if self._subscribed.is_set():
                             self._wake_everyone()
                         self._subscribed.set()
+                        delay = RECONNECT_SECONDS
             except (RedisError, OSError) as exc:
-                log.warning("job wake-ups: the Redis subscription broke (%s); subscribing again", exc)
+                if delay == RECONNECT_SECONDS:  # once per outage
+                    log.warning("job wake-ups: the Redis subscription broke (%s); subscribing again", exc)
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
-            await asyncio.sleep(RECONNECT_SECONDS)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX_SECONDS)
 
 
 def open_job_signals(redis_url: str | None) -> JobSignals:
