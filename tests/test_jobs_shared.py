@@ -19,10 +19,9 @@ from typing import Any
 
 import pytest
 
-import imagegate.gateway
 import imagegate.jobs
+from imagegate import db as dbm
 from imagegate.config import Settings
-from imagegate.db import Database
 from imagegate.gateway import Gateway
 from imagegate.jobs import Job, JobStore
 from imagegate.jobsignals import JobSignals, RedisJobSignals, open_job_signals
@@ -39,12 +38,15 @@ COMPLETED = b"event: image_edit.completed"
 SLOW = 3600.0  # a poll interval no test waits out: only a wake-up gets past it
 
 
-@pytest.fixture
-def shared_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Every Gateway of the test opens this one SQLite file, whatever its data dir."""
-    path = tmp_path / "shared.db"
-    monkeypatch.setattr(imagegate.gateway, "Database", lambda _path: Database(path))
-    return path
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The one database every instance of the test opens (IMAGEGATE_DATABASE_URL): a SQLite file
+    outside their data dirs, or a migrated database on the real PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'shared.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    dbm.migrate(url)
+    return url
 
 
 @pytest.fixture(params=["poll", "redis"])
@@ -56,10 +58,11 @@ def wakeups(request: pytest.FixtureRequest) -> str | None:
     return url
 
 
-def _settings(tmp_path: Path, name: str, fake_gemini: FakeGemini, **overrides: Any) -> Settings:
+def _settings(tmp_path: Path, name: str, fake_gemini: FakeGemini, database_url: str, **overrides: Any) -> Settings:
     return make_settings(
         tmp_path,
         data_dir=tmp_path / name,
+        database_url=database_url,
         gemini_api_key=fake_gemini.api_key,
         gemini_base_url=fake_gemini.base_url,
         api_keys="",
@@ -140,7 +143,7 @@ def _slow_runners(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
 
 def test_a_job_submitted_on_one_instance_runs_on_the_other_and_is_followed_live_from_the_first(
     tmp_path: Path,
-    shared_db: Path,
+    database_url: str,
     fake_gemini: FakeGemini,
     wakeups: str | None,
     monkeypatch: pytest.MonkeyPatch,
@@ -150,7 +153,7 @@ def test_a_job_submitted_on_one_instance_runs_on_the_other_and_is_followed_live_
     upload = solid_png(40, 30, (10, 200, 30))
     # With Redis, B claims the job only if A's submit wakes it; A's follower reads only on B's news.
     slow = _slow_runners(monkeypatch) if wakeups else {}
-    settings = [_settings(tmp_path, name, fake_gemini, redis_url=wakeups, **slow) for name in ("a", "b")]
+    settings = [_settings(tmp_path, name, fake_gemini, database_url, redis_url=wakeups, **slow) for name in ("a", "b")]
 
     async def scenario() -> tuple[Job, list[bytes], list[bytes], str]:
         async with _instances(*settings, runs="b", slow=bool(wakeups)) as (a, b):
@@ -185,7 +188,7 @@ def test_a_job_submitted_on_one_instance_runs_on_the_other_and_is_followed_live_
 
 def test_a_job_running_on_one_instance_is_cancelled_from_the_other(
     tmp_path: Path,
-    shared_db: Path,
+    database_url: str,
     fake_gemini: FakeGemini,
     wakeups: str | None,
     monkeypatch: pytest.MonkeyPatch,
@@ -193,7 +196,7 @@ def test_a_job_running_on_one_instance_is_cancelled_from_the_other(
     fake_gemini.enqueue(Hang(30))
     # With Redis, A's run stops only if B's cancel wakes it; A's follower likewise.
     slow = _slow_runners(monkeypatch) if wakeups else {}
-    settings = [_settings(tmp_path, name, fake_gemini, redis_url=wakeups, **slow) for name in ("a", "b")]
+    settings = [_settings(tmp_path, name, fake_gemini, database_url, redis_url=wakeups, **slow) for name in ("a", "b")]
 
     async def scenario() -> tuple[Job, Job, list[bytes]]:
         async with _instances(*settings, runs="a", slow=bool(wakeups)) as (a, b):
@@ -216,10 +219,12 @@ async def _collect(stream: AsyncIterator[bytes]) -> list[bytes]:
 
 
 def test_a_dead_instances_job_is_taken_back_by_another_host_once_its_heartbeat_is_stale(
-    tmp_path: Path, shared_db: Path, fake_gemini: FakeGemini, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, database_url: str, fake_gemini: FakeGemini, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fake_gemini.enqueue(Hang(30))
-    settings = [_settings(tmp_path, name, fake_gemini, job_heartbeat_stale_seconds=0.5) for name in ("a", "b")]
+    settings = [
+        _settings(tmp_path, name, fake_gemini, database_url, job_heartbeat_stale_seconds=0.5) for name in ("a", "b")
+    ]
 
     async def scenario() -> tuple[Job, Job, int]:
         async with Gateway(settings[0]) as a, Gateway(settings[1]) as b:
@@ -253,9 +258,9 @@ def test_a_dead_instances_job_is_taken_back_by_another_host_once_its_heartbeat_i
 
 
 def test_a_rerun_on_another_host_does_not_count_usage_the_first_run_recorded(
-    tmp_path: Path, shared_db: Path, fake_gemini: FakeGemini
+    tmp_path: Path, database_url: str, fake_gemini: FakeGemini
 ) -> None:
-    settings = _settings(tmp_path, "b", fake_gemini, job_heartbeat_stale_seconds=5)
+    settings = _settings(tmp_path, "b", fake_gemini, database_url, job_heartbeat_stale_seconds=5)
 
     async def scenario() -> tuple[Job, int]:
         async with Gateway(settings) as b:
@@ -306,13 +311,13 @@ def test_another_hosts_heartbeat_is_judged_by_the_configured_stale_time(tmp_path
     assert asyncio.run(scenario()) == [False, True]  # 50 s of silence is not dead at 100 s; 150 s is
 
 
-def test_two_runners_of_one_process_leave_each_others_jobs_alone(tmp_path: Path, shared_db: Path) -> None:
+def test_two_runners_of_one_process_leave_each_others_jobs_alone(tmp_path: Path, database_url: str) -> None:
     """Same host, same pid: the runner token tells them apart, and the heartbeat decides (as it does
     for a pid that an earlier, crashed process had)."""
 
     async def scenario() -> tuple[bool, bool, bool]:
-        async with Gateway(make_settings(tmp_path, data_dir=tmp_path / "a")) as a:
-            async with Gateway(make_settings(tmp_path, data_dir=tmp_path / "b")) as b:
+        async with Gateway(make_settings(tmp_path, data_dir=tmp_path / "a", database_url=database_url)) as a:
+            async with Gateway(make_settings(tmp_path, data_dir=tmp_path / "b", database_url=database_url)) as b:
                 assert a.jobs.owner != b.jobs.owner
                 now = time.time()
                 return (
@@ -328,8 +333,8 @@ def test_two_runners_of_one_process_leave_each_others_jobs_alone(tmp_path: Path,
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[JobStore]:
-    db = Database(tmp_path / "db.sqlite")
+def store(tmp_path: Path, database_url: str) -> Iterator[JobStore]:
+    db = dbm.open_database(Settings(data_dir=tmp_path / "data", database_url=database_url))
     yield JobStore(db, tmp_path / "jobs")
     db.close()
 
@@ -523,3 +528,27 @@ def test_a_broken_subscription_subscribes_again_and_wakes_every_follower(redis_u
 
     woken, heard, killed = asyncio.run(scenario())
     assert killed >= 1 and woken and heard == [None]
+
+
+def test_pages_of_a_keys_jobs_on_every_backend(store: JobStore) -> None:
+    mine = [
+        store.add(
+            job_id=f"job_{i}",
+            mode="t2i",
+            model=MODEL,
+            key_id="k1" if i != 1 else "k2",
+            request={"params": {}},
+            images=[],
+            mask=None,
+            webhook_url=None,
+            max_queued=10,
+        )
+        for i in range(4)
+    ]
+    first = store.page("k1", limit=2)
+    assert first is not None and [job.id for job in first[0]] == ["job_3", "job_2"] and first[1] is True
+    rest = store.page("k1", limit=2, after="job_2")
+    assert rest is not None and [job.id for job in rest[0]] == ["job_0"] and rest[1] is False
+    assert store.page("k1", limit=2, after="job_1") is None  # another key's job is no cursor of ours
+    everyone = store.page(None, limit=10, after="job_1")
+    assert everyone is not None and [job.id for job in everyone[0]] == ["job_0"] and len(mine) == 4

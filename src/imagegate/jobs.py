@@ -61,7 +61,7 @@ from typing import Any, Literal, cast
 from . import jsonio
 from .catalog import Mode
 from .config import Settings
-from .db import Database
+from .db import Database, DatabaseError
 from .errors import ImagegateError, JobConflict, JobQueueFull
 from .idempotency import result_names
 from .jobsignals import JobSignals
@@ -71,7 +71,6 @@ from .storage import LocalResultStore
 from .usage import UsageRecord, UsageSink
 
 log = logging.getLogger("imagegate")
-DatabaseError = (sqlite3.Error,)  # TEMP until db.DatabaseError lands from main
 
 Status = Literal["queued", "in_progress", "succeeded", "failed", "cancelled"]
 STATUSES: tuple[Status, ...] = ("queued", "in_progress", "succeeded", "failed", "cancelled")
@@ -398,7 +397,7 @@ class JobStore:
             (
                 status,
                 finished_at,
-                None if result is None else result.decode(),  # JSON: the column is text on every backend
+                result,
                 None if error is None else jsonio.dumps(error).decode(),
                 job_id,
                 owner,

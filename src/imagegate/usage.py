@@ -35,7 +35,7 @@ from typing import Any, Literal, Protocol
 
 import anyio.to_thread
 
-from .db import Database
+from .db import Database, DatabaseError
 
 log = logging.getLogger("imagegate")
 SPOOL_NAME = "usage-spool.jsonl"
@@ -125,7 +125,7 @@ class UsageLog:
             return
         try:
             self._insert(created_at, usage)
-        except sqlite3.Error as exc:
+        except DatabaseError as exc:
             self._keep(created_at, usage, exc)
             return
         if self._unwritten or self.spool.exists():
@@ -257,7 +257,7 @@ class UsageLog:
         for index, (created_at, usage) in enumerate(kept):
             try:
                 self._insert(created_at, usage)
-            except sqlite3.Error:
+            except DatabaseError:
                 self._unwritten[:0] = kept[index:]
                 return -1
         return len(kept)
@@ -302,7 +302,7 @@ class UsageLog:
             with self.db.transaction() as conn:
                 for created_at, usage in rows:
                     self._insert_once(created_at, usage, conn)
-        except sqlite3.Error:
+        except DatabaseError:
             with open(self.spool, "a") as fh:  # back to the spool, for the next try
                 fh.write("".join(f"{line}\n" for line in lines))
             path.unlink()

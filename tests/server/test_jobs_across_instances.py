@@ -13,8 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-import imagegate.gateway
-from imagegate.db import Database
+from imagegate import db as dbm
 
 from ..conftest import RunningGateway
 from ..fakes.gemini import FakeGemini, Hang
@@ -22,15 +21,20 @@ from ..fakes.images import solid_png
 from .test_jobs import ASYNC, MODEL, auth, events, get_job, submit, wait_job, wait_until
 
 
-@pytest.fixture
+@pytest.fixture(params=["sqlite", "postgresql"])
 def two_instances(
-    gateway_factory: Any, fake_gemini: FakeGemini, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    request: pytest.FixtureRequest, gateway_factory: Any, fake_gemini: FakeGemini, tmp_path: Path
 ) -> tuple[RunningGateway, RunningGateway]:
-    shared = tmp_path / "shared.db"
-    monkeypatch.setattr(imagegate.gateway, "Database", lambda _path: Database(shared))
+    """Two servers on one database (a SQLite file outside their data dirs, or real PostgreSQL)."""
+    if request.param == "sqlite":
+        database_url = f"sqlite:///{tmp_path / 'shared.db'}"
+    else:
+        database_url = request.getfixturevalue("postgres_url")
+        dbm.migrate(database_url)
     a, b = (
         gateway_factory(
             data_dir=tmp_path / name,
+            database_url=database_url,
             gemini_api_key=fake_gemini.api_key,
             gemini_base_url=fake_gemini.base_url,
             stream_keepalive_seconds=0.2,
