@@ -747,6 +747,7 @@ class JobRunner:
                 while not self._stopping and (job := await self._claim()) is not None:
                     run = self._runs[job.id] = _Run()
                     run.task = asyncio.create_task(self._run(job, run))
+                    self._changed(job.id)  # in_progress now: news for its followers
             except asyncio.CancelledError:
                 raise
             except Exception:  # keep running jobs; one failed sweep (a locked database) must not stop it
