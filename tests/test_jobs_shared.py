@@ -362,10 +362,23 @@ def test_uploads_are_rows_committed_with_the_job_and_removed_when_it_ends(store:
         ("mask", b"mask-bytes"),
     ]
     assert not (tmp_path / "jobs").exists()  # nothing on this instance's disk
+    png = store.add(
+        job_id="job_png",
+        mode="edit",
+        model=MODEL,
+        key_id=None,
+        request={"params": {}},
+        images=[solid_png(4, 4, (1, 2, 3))],
+        mask=None,
+        webhook_url=None,
+        max_queued=100,
+    )
+    types = store.db.execute("SELECT job_id, content_type FROM job_inputs WHERE name = 'image-0' ORDER BY job_id")
+    assert sorted((row[0], row[1]) for row in types) == sorted([(job.id, None), (png.id, "image/png")])
     other = JobStore(store.db)  # another instance: no data dir of ours at all
     assert other.read_inputs(job) == ([b"first", "https://example.com/b.png", b"third"], b"mask-bytes")
     other.remove_inputs(job.id)
-    assert store.db.execute("SELECT COUNT(*) FROM job_inputs")[0][0] == 0
+    assert [row[0] for row in store.db.execute("SELECT job_id FROM job_inputs")] == [png.id]
 
 
 def test_a_full_queue_keeps_no_uploads(store: JobStore) -> None:

@@ -64,6 +64,7 @@ from .config import Settings
 from .db import Database, DatabaseError
 from .errors import ImagegateError, JobConflict, JobQueueFull
 from .idempotency import result_names
+from .imaging import MIME_BY_FORMAT, sniff_format
 from .jobsignals import JobSignals
 from .pipeline import ImageJob, ImagesOutcome, PipelineEvent
 from .service import ImageService, ImageSource
@@ -283,7 +284,10 @@ class JobStore:
                 (job_id, key_id, model, mode, jsonio.dumps(request).decode(), webhook_url, now),
             )
             for name, data in uploads:
-                conn.execute("INSERT INTO job_inputs (job_id, name, data) VALUES (?, ?, ?)", (job_id, name, data))
+                conn.execute(
+                    "INSERT INTO job_inputs (job_id, name, content_type, data) VALUES (?, ?, ?, ?)",
+                    (job_id, name, MIME_BY_FORMAT.get(sniff_format(data) or ""), data),  # None: not an image we know
+                )
         job = self.get(job_id)
         assert job is not None
         return job
