@@ -565,3 +565,31 @@ def test_pages_of_a_keys_jobs_on_every_backend(store: JobStore) -> None:
     assert store.page("k1", limit=2, after="job_1") is None  # another key's job is no cursor of ours
     everyone = store.page(None, limit=10, after="job_1")
     assert everyone is not None and [job.id for job in everyone[0]] == ["job_0"] and len(mine) == 4
+
+
+def test_without_a_reachable_redis_jobs_still_run_and_are_followed(
+    tmp_path: Path, fake_gemini: FakeGemini, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Wake-ups are hints: with Redis down, an instance runs and streams its jobs as without it."""
+    from imagegate import jobsignals
+
+    from .backends import free_port
+
+    monkeypatch.setattr(jobsignals, "SUBSCRIBE_WAIT_SECONDS", 0.2)
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    settings = _settings(tmp_path, "a", fake_gemini, f"sqlite:///{tmp_path / 'a.db'}", redis_url=url)
+
+    async def scenario() -> tuple[Job, list[bytes]]:
+        async with Gateway(settings) as gateway:
+            await gateway.jobs.start(renderers())
+            try:
+                job = await _submit(gateway)
+                async with asyncio.timeout(20):
+                    events = await _collect(follow_events(gateway, job.id, keepalive_seconds=SLOW))
+                return await _final(gateway, job.id), events
+            finally:
+                await gateway.jobs.stop()
+
+    job, events = asyncio.run(scenario())
+    assert job.status == "succeeded" and any(b"event: image_generation.completed" in data for data in events)
+    assert "no Redis subscription yet" in caplog.text

@@ -125,6 +125,7 @@ class RedisJobSignals(JobSignals):
         self._subscribed = asyncio.Event()
         self._sending: set[asyncio.Task[None]] = set()
         self._publish_failing = False  # logged once per outage, not once per publish
+        self._publish_again_at = 0.0  # while failing, publishes before this (loop time) are dropped
 
     async def start(self) -> None:
         import redis.asyncio
@@ -175,7 +176,10 @@ class RedisJobSignals(JobSignals):
         """Sent in the background: the caller (a request, a run) never waits on Redis."""
         if self._client is None:  # not started (the CLI): nobody else to tell
             return
-        task = asyncio.get_running_loop().create_task(self._send(message))
+        loop = asyncio.get_running_loop()
+        if self._publish_failing and loop.time() < self._publish_again_at:
+            return  # Redis is away: no pile of connection attempts; the others poll meanwhile
+        task = loop.create_task(self._send(message))
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
 
@@ -188,6 +192,7 @@ class RedisJobSignals(JobSignals):
             if not self._publish_failing:
                 log.warning("job wake-ups: cannot publish (%s); other instances see the news at their next poll", exc)
             self._publish_failing = True
+            self._publish_again_at = asyncio.get_running_loop().time() + RECONNECT_SECONDS
         else:
             self._publish_failing = False
 
