@@ -68,7 +68,7 @@ from .imaging import MIME_BY_FORMAT, sniff_format
 from .jobsignals import JobSignals
 from .pipeline import ImageJob, ImagesOutcome, PipelineEvent
 from .service import ImageService, ImageSource
-from .storage import LocalResultStore
+from .storage import ResultStore
 from .usage import UsageRecord, UsageSink
 
 log = logging.getLogger("imagegate")
@@ -327,6 +327,11 @@ class JobStore:
         """Only the job's status (what a follower polls: not the result it may hold)."""
         rows = self.db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,))
         return str(rows[0][0]) if rows else None
+
+    def queued_count(self) -> int:
+        """Jobs waiting to run, every process's (the queue depth /metrics reports)."""
+        ((count,),) = self.db.execute("SELECT COUNT(*) FROM jobs WHERE status = 'queued'")
+        return int(count)
 
     def page(
         self, key_id: str | None, *, limit: int, after: str | None = None, status: str | None = None
@@ -663,7 +668,7 @@ class JobRunner:
         self,
         store: JobStore,
         service: ImageService,
-        results: LocalResultStore,
+        results: ResultStore,
         usage: JobUsage,
         settings: Settings,
         *,
@@ -838,7 +843,7 @@ class JobRunner:
             for piece in renderers.completed(job.event_prefix, outcome):
                 keep(piece)
             status = "succeeded"
-            names = list(result_names(image.url for image in outcome.images))
+            names = list(result_names((image.url for image in outcome.images), self.results))
         except asyncio.CancelledError:
             if not run.cancel_requested:  # a shutdown, not a cancel: the next start runs it
                 await asyncio.to_thread(self.store.requeue, job.id, self.owner)
@@ -902,6 +907,7 @@ class JobRunner:
             image_param=request.get("image_param") or "image",
             public_base_url=request.get("public_base_url"),
             request_base_url=request.get("request_base_url"),
+            rate_checked=True,  # its key's rate limits were taken when it was submitted (service.check)
         )
 
     def _finished(self, job: Job) -> None:
