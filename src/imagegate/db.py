@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 import anyio.to_thread
 
 T = TypeVar("T")
+# What a failing database raises, whichever engine it is (the PostgreSQL backend adds psycopg.Error).
+DatabaseError: tuple[type[Exception], ...] = (sqlite3.Error,)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_keys (
@@ -138,6 +140,9 @@ ADDED_COLUMNS: list[tuple[str, str, str]] = [
     ("results", "size", "INTEGER NOT NULL DEFAULT 0"),  # bytes of the file, for the store's budget
     # A stored key's webhook signing secret (whsec_...): kept readable, since HMAC signing needs it.
     ("api_keys", "webhook_secret", "TEXT"),
+    # 1 once the answer carrying the row's images was written to its client (usage.py); rows made
+    # before this column existed were all counted as delivered.
+    ("usage", "delivered", "INTEGER NOT NULL DEFAULT 1"),
 ]
 
 
