@@ -409,16 +409,18 @@ class UsageLog:
             columns.append("k.name")  # one name per key id: grouping by it too changes nothing
         selected = "".join(f"{c}, " for c in columns)
         joined = " LEFT JOIN api_keys k ON k.id = u.key_id" if "key" in by else ""
-        where, params = "u.created_at >= ? AND u.created_at < ?", [since, until]
-        if key_id != "any":
-            where += " AND u.key_id IS NULL" if key_id is None else " AND u.key_id = ?"
-            params += [] if key_id is None else [key_id]
+        where = "u.created_at >= ? AND u.created_at < ?"
+        params: tuple[Any, ...] = (since, until)
+        if key_id is None:
+            where += " AND u.key_id IS NULL"
+        elif key_id != "any":
+            where, params = where + " AND u.key_id = ?", (since, until, key_id)
         grouped = f" GROUP BY {', '.join(columns)}" if columns else ""
         rows = self.db.execute(
             f"SELECT {selected}COUNT(*), COALESCE(SUM(u.images), 0), COALESCE(SUM(u.cost), 0), "
             f"COALESCE(SUM(CASE WHEN u.delivered = 0 THEN u.images ELSE 0 END), 0) "
             f"FROM usage u{joined} WHERE {where}{grouped}",
-            tuple(params),
+            params,
         )
         totals = [_total(by, row) for row in rows if int(row[-4]) > 0 or not by]
         return sorted(totals, key=lambda t: (t.group.get("day") or "", -t.cost, [str(v) for v in t.group.values()]))

@@ -17,10 +17,9 @@ ASGI says.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
-
-import asyncio
 
 from starlette.background import BackgroundTask
 from starlette.requests import Request

@@ -30,7 +30,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import StreamingResponse
 
 from .. import jsonio
 from ..errors import ImagegateError, InvalidRequest
