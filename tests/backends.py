@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +29,7 @@ import pytest
 
 PG_BIN_DIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)  # newest first
 START_TIMEOUT_SECONDS = 30.0
+START_ATTEMPTS = 3
 
 
 def free_port() -> int:
@@ -98,30 +99,46 @@ def start_postgres() -> PostgresServer:
         check=True,
         capture_output=True,
     )
-    port = free_port()
-    # Durability off: a test database that loses its last commits to a power cut costs nothing.
-    settings = ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
-    process = subprocess.Popen(
-        [
-            *prefix,
-            _pg_binary("postgres"),
-            "-D",
-            str(data),
-            "-p",
-            str(port),
-            "-k",
-            str(root),
-            "-c",
-            "listen_addresses=127.0.0.1",
-            "-c",
-            "max_connections=300",
-            *settings,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    _wait_for_port(port, process, "postgres")
-    return PostgresServer(port, root, process)
+    for _ in range(START_ATTEMPTS):  # a port taken between free_port() and the bind: another port
+        port = free_port()
+        # Durability off: a test database that loses its last commits to a power cut costs nothing.
+        settings = ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
+        process = subprocess.Popen(
+            [
+                *prefix,
+                _pg_binary("postgres"),
+                "-D",
+                str(data),
+                "-p",
+                str(port),
+                "-k",
+                str(root),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "max_connections=300",
+                *settings,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        # Its own Unix socket appears once it listens: proof that the port answering is ours.
+        if _wait_for(lambda p=port: (root / f".s.PGSQL.{p}").exists(), process):
+            _wait_for_port(port, process, "postgres")
+            return PostgresServer(port, root, process)
+    raise RuntimeError(f"postgres did not start in {START_ATTEMPTS} attempts")
+
+
+def _wait_for(ready: Callable[[], bool], process: subprocess.Popen[bytes]) -> bool:
+    """True once `ready()`; False if the process exits first."""
+    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if ready():
+            return True
+        if process.poll() is not None:
+            return False
+        time.sleep(0.05)
+    raise RuntimeError(f"{process.args!r} did not get ready within {START_TIMEOUT_SECONDS} s")
 
 
 @dataclass
@@ -141,14 +158,40 @@ def start_redis() -> RedisServer:
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.fail("redis-server is missing: apt-get install -y redis-server")
-    port = free_port()
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--databases", "64"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    _wait_for_port(port, process, "redis-server")
-    return RedisServer(port, process)
+    for _ in range(START_ATTEMPTS):
+        port = free_port()
+        process = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--databases",
+                "64",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        if _wait_for(lambda p=port, pid=process.pid: _redis_pid(p) == pid, process):  # ours, not another run's
+            return RedisServer(port, process)
+    raise RuntimeError(f"redis-server did not start in {START_ATTEMPTS} attempts")
+
+
+def _redis_pid(port: int) -> int | None:
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=0.5)
+    try:
+        return int(client.info("server")["process_id"])
+    except (redis.RedisError, OSError):
+        return None
+    finally:
+        client.close()
 
 
 @dataclass
@@ -170,15 +213,19 @@ S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "A
 
 
 def start_s3() -> S3Server:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, **S3_ENV},
-    )
-    _wait_for_port(port, process, "moto S3 server")
-    return S3Server(port, process)
+    for _ in range(START_ATTEMPTS):
+        port = free_port()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, **S3_ENV},
+        )
+        _wait_for_port(port, process, "moto S3 server")
+        time.sleep(0.2)
+        if process.poll() is None:  # still running: the port it answered on is its own
+            return S3Server(port, process)
+    raise RuntimeError(f"moto's S3 server did not start in {START_ATTEMPTS} attempts")
 
 
 @pytest.fixture(scope="session")

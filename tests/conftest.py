@@ -229,6 +229,7 @@ def one_torch_thread() -> Iterator[None]:
     yield
     torch.set_num_threads(threads)
 
+
 # Real PostgreSQL, Redis and S3 (moto) on loopback, for the shared-backend tests (tests/backends.py).
 from .backends import (  # noqa: E402,F401
     postgres_server,

@@ -27,7 +27,8 @@ from rich.measure import Measurement
 from rich.table import Table
 
 from .config import FileConfig, Settings
-from .db import Database
+from .db import is_postgres_url, open_database, redact_url
+from .db import migrate as migrate_database
 from .engine.describe import read_checkpoint
 from .errors import ImagegateError
 from .gateway import Gateway
@@ -77,7 +78,32 @@ def serve(host: str | None, port: int | None, workers: int | None, log_level: st
             f"[yellow]note[/yellow]: each of the {settings.workers} workers loads its own copy of "
             f"{settings.local_model}; one worker serves a local model best (it batches requests)."
         )
+    try:  # an unreachable or unmigrated database stops the start here, in one line
+        open_database(settings).close()
+    except ImagegateError as exc:
+        _fail(exc)
     serving.serve(settings, log_level=log_level)
+
+
+@cli.command()
+def migrate() -> None:
+    """Bring the database schema up to date (IMAGEGATE_DATABASE_URL). Run it before starting
+    instances on a new or upgraded PostgreSQL database; SQLite is kept current when opened."""
+    settings = Settings()
+    url = settings.database_url
+    if not url or not is_postgres_url(url):
+        open_database(settings).close()
+        err_console.print("SQLite database up to date (its schema is kept current when it is opened)")
+        return
+    try:
+        applied = migrate_database(url)
+    except Exception as exc:  # psycopg or yoyo: one line, not a traceback
+        err_console.print(f"[red]error[/red]: migrating {redact_url(url)} failed: {exc}")
+        sys.exit(1)
+    if applied:
+        err_console.print(f"applied {len(applied)} migration(s) to {redact_url(url)}: {', '.join(applied)}")
+    else:
+        err_console.print(f"{redact_url(url)} is up to date")
 
 
 def _image_options(fn: Any) -> Any:
@@ -246,7 +272,7 @@ def _run_job(job: ImageJob, kw: dict[str, Any]) -> None:
 
 def _mark_delivered(request_id: str) -> None:
     """The images are on disk: the local request's usage row counts as delivered."""
-    db = Database(Settings().database_path)
+    db = open_database(Settings())
     try:
         UsageLog(db).mark_delivered(request_id)
     finally:
@@ -613,7 +639,7 @@ def usage(since: str, until: str | None, by: tuple[Grouping, ...], as_json: bool
         raise click.BadParameter(f"{_iso(start)} is not before --until ({_iso(end)}).", param_hint="--since")
     groups: tuple[Grouping, ...] = tuple(dict.fromkeys(by)) or ("key", "model", "provider")
     settings = Settings()
-    db = Database(settings.database_path)
+    db = open_database(settings)
     try:
         totals = UsageLog(db).totals(start, end, groups)
     finally:
@@ -845,7 +871,7 @@ def keys() -> None:
 def _with_keys(fn: Any) -> Any:
     """Only the key store: managing keys never loads models or touches providers."""
     settings = Settings()
-    db = Database(settings.database_path)
+    db = open_database(settings)
     try:
         return fn(KeyStore(db, settings.static_keys))
     finally:

@@ -1,23 +1,43 @@
-"""The embedded SQLite database behind the default key store, result store and usage log.
+"""The database behind the key store, result index, usage ledger, idempotency records and jobs.
 
-One connection guarded by a lock; callers in async code go through `run()`, which moves the
-blocking call to a worker thread. PostgreSQL can replace it behind the same small interfaces.
+`Database` is the embedded default: one SQLite file in the data dir, one connection guarded by a
+lock, its schema created and extended at open (SCHEMA, ADDED_COLUMNS). `PostgresDatabase`
+(IMAGEGATE_DATABASE_URL=postgresql://...) is the shared one for several instances: a connection
+pool per process, and a schema of versioned migrations (`migrations/postgresql/*.sql`, applied by
+`imagegate migrate`; an instance refuses to start on a database that lacks one).
+
+Both take the same SQL, written once in SQLite's dialect: `PostgresDatabase` translates it
+(`translate_sql`: placeholders, `INSERT OR IGNORE`, the reserved word `user`) and gives
+`transaction()` the meaning SQLite's BEGIN IMMEDIATE has, one writer at a time (a transaction-
+scoped advisory lock), which the stores' read-check-write transactions rely on. Callers in async
+code go through `run()`, which moves the blocking call to a worker thread.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import re
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit
 
 import anyio.to_thread
+import psycopg
+
+from .errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from .config import Settings
+
+# What a failing database raises, whichever it is: the stores catch this, never one driver's class.
+DatabaseError: tuple[type[Exception], ...] = (sqlite3.Error, psycopg.Error)
+MIGRATIONS_DIR = Path(__file__).parent / "migrations" / "postgresql"
 
 T = TypeVar("T")
-# What a failing database raises, whichever engine it is (the PostgreSQL backend adds psycopg.Error).
-DatabaseError: tuple[type[Exception], ...] = (sqlite3.Error,)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_keys (
@@ -192,3 +212,153 @@ class Database:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+
+# ---- PostgreSQL ---------------------------------------------------------------------------------
+
+# The advisory lock every write transaction takes: PostgreSQL's stand-in for SQLite's single writer.
+WRITE_LOCK_ID = 0x1A6E6A7E
+POOL_MAX_CONNECTIONS = 32  # per process: worker threads (anyio's 40) mostly wait on other things
+_PLACEHOLDER = re.compile(r"\?")
+_INSERT_OR_IGNORE = re.compile(r"^\s*INSERT\s+OR\s+IGNORE\s+INTO\b", re.IGNORECASE)
+_RETURNING = re.compile(r"\bRETURNING\b", re.IGNORECASE)
+_RESERVED = re.compile(r'(?<![\w"])user(?![\w"])')  # the usage table's `user` column
+
+
+@functools.lru_cache(maxsize=1024)
+def translate_sql(sql: str) -> str:
+    """The SQLite-dialect SQL the stores write, for PostgreSQL (cached: the stores' statements
+    are a fixed few). Placeholders `?` become `%s` (a literal % doubled first); `INSERT OR IGNORE`
+    becomes `INSERT ... ON CONFLICT DO NOTHING`; the column `user`, a reserved word there, is
+    quoted. Our SQL has no `?`, `%` or `user` inside string literals."""
+    text = _PLACEHOLDER.sub("%s", sql.replace("%", "%%"))
+    text = _RESERVED.sub('"user"', text)
+    if _INSERT_OR_IGNORE.match(text):
+        text = _INSERT_OR_IGNORE.sub("INSERT INTO", text, count=1)
+        returning = _RETURNING.search(text)
+        if returning is None:
+            text = f"{text.rstrip().rstrip(';')} ON CONFLICT DO NOTHING"
+        else:
+            text = f"{text[: returning.start()]}ON CONFLICT DO NOTHING {text[returning.start() :]}"
+    return text
+
+
+class _PostgresConnection:
+    """One pooled connection inside `transaction()`, taking SQLite-dialect SQL like sqlite3's."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, params: tuple[Any, ...] = (), /) -> psycopg.Cursor[Any]:
+        return self._conn.execute(translate_sql(sql), params)
+
+
+class PostgresDatabase(Database):
+    """PostgreSQL behind `Database`'s interface. `path` is only where this instance keeps its
+    local files next to it (the usage journal and spool), as for SQLite."""
+
+    def __init__(self, url: str, path: Path, *, check_migrated: bool = True) -> None:
+        from psycopg_pool import ConnectionPool
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.url = url
+        self._pool = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=POOL_MAX_CONNECTIONS,
+            kwargs={"autocommit": True},
+            open=False,
+            name="imagegate",
+        )
+        try:
+            self._pool.open(wait=True, timeout=15.0)
+        except psycopg.Error as exc:
+            self._pool.close()
+            raise ConfigurationError(f"Cannot connect to the database {redact_url(url)}: {exc}") from exc
+        if check_migrated:
+            pending = pending_migrations(url)
+            if pending:
+                self._pool.close()
+                raise ConfigurationError(
+                    f"The database {redact_url(url)} is not migrated: {len(pending)} migration(s) pending "
+                    f"({', '.join(pending)}). Run `imagegate migrate` (with the same IMAGEGATE_DATABASE_URL) "
+                    "before starting the gateway."
+                )
+
+    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        with self._pool.connection() as conn:
+            cursor = conn.execute(translate_sql(sql), params)
+            return cursor.fetchall() if cursor.description is not None else []
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Any]:
+        """As SQLite's BEGIN IMMEDIATE: one writing transaction at a time over every instance
+        (the advisory lock is released at commit or rollback), so a transaction's reads still hold
+        when it writes. Rolled back on any error."""
+        with self._pool.connection() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK_ID,))
+            yield _PostgresConnection(conn)
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+def redact_url(url: str) -> str:
+    """A database URL without its password, for messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return url.replace(f":{parts.password}@", ":***@", 1)
+
+
+def _yoyo_url(url: str) -> str:
+    """yoyo names the psycopg 3 backend postgresql+psycopg."""
+    scheme, sep, rest = url.partition("://")
+    return f"postgresql+psycopg://{rest}" if scheme in ("postgres", "postgresql") else url
+
+
+def pending_migrations(url: str) -> list[str]:
+    """The ids of the migrations this database lacks (empty: up to date)."""
+    from yoyo import get_backend, read_migrations
+
+    backend = get_backend(_yoyo_url(url))
+    try:
+        return [m.id for m in backend.to_apply(read_migrations(str(MIGRATIONS_DIR)))]
+    finally:
+        backend.connection.close()
+
+
+def migrate(url: str) -> list[str]:
+    """Apply every pending migration (under yoyo's lock, so two instances migrating at once is
+    safe); returns the ids applied."""
+    from yoyo import get_backend, read_migrations
+
+    backend = get_backend(_yoyo_url(url))
+    try:
+        with backend.lock():
+            pending = backend.to_apply(read_migrations(str(MIGRATIONS_DIR)))
+            backend.apply_migrations(pending)
+        return [m.id for m in pending]
+    finally:
+        backend.connection.close()
+
+
+def is_postgres_url(url: str) -> bool:
+    return url.split("://", 1)[0] in ("postgres", "postgresql")
+
+
+def open_database(settings: Settings, *, check_migrated: bool = True) -> Database:
+    """The database the settings name: IMAGEGATE_DATABASE_URL (postgresql://... or
+    sqlite:///path), else SQLite in the data dir."""
+    url = settings.database_url
+    if not url:
+        return Database(settings.database_path)
+    if is_postgres_url(url):
+        return PostgresDatabase(url, settings.database_path, check_migrated=check_migrated)
+    if url.startswith("sqlite:///"):
+        return Database(Path(url.removeprefix("sqlite:///")))  # sqlite:////abs/path or sqlite:///relative
+    raise ConfigurationError(
+        f"IMAGEGATE_DATABASE_URL must be postgresql://user:password@host:port/database or sqlite:///path, "
+        f"not {redact_url(url)!r}"
+    )

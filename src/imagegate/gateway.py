@@ -23,7 +23,7 @@ from .catalog import (
     with_binding_defaults,
 )
 from .config import FileConfig, Settings
-from .db import Database
+from .db import open_database
 from .engine.describe import (
     LOCAL_MODEL_ENV,
     Checkpoint,
@@ -135,7 +135,7 @@ class Gateway:
         check(self.catalog, known_providers=[*(s.id for s in load_registry()), "local"])  # stops a bad start
         sources = local_sources(self.catalog)
         local = build_local_provider(settings, sources, checkpoints) if sources else None
-        self.db = Database(settings.database_path)
+        self.db = open_database(settings)
         self.keys = KeyStore(self.db, settings.static_keys)
         self.store = LocalResultStore(
             self.db, settings.data_dir / "results", settings.result_ttl_seconds, max_bytes=settings.results_max_bytes

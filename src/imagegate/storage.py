@@ -26,7 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from .db import Database
+import psycopg
+
+from .db import Database, DatabaseError
 from .errors import StorageFull
 from .imaging import FORMAT_BY_MIME, ImageBytes
 
@@ -85,6 +87,8 @@ def _write_new_file(path: Path, data: bytes | ImageBytes) -> None:
 def _is_full(exc: BaseException) -> bool:
     if isinstance(exc, OSError):
         return exc.errno in FULL_ERRNOS
+    if isinstance(exc, psycopg.errors.DiskFull):
+        return True
     return isinstance(exc, sqlite3.OperationalError) and "full" in str(exc)
 
 
@@ -137,7 +141,7 @@ class LocalResultStore:
                 )
                 if claim is not None:
                     conn.execute("DELETE FROM result_reservations WHERE id = ?", (claim,))
-        except sqlite3.Error as exc:
+        except DatabaseError as exc:
             path.unlink(missing_ok=True)
             self._release(claim)
             if _is_full(exc):
@@ -164,7 +168,7 @@ class LocalResultStore:
                     "INSERT INTO result_reservations (id, bytes, expires_at) VALUES (?, ?, ?)",
                     (claim, size, now + RESERVATION_SECONDS),
                 )
-        except sqlite3.Error as exc:
+        except DatabaseError as exc:
             if _is_full(exc):
                 raise _storage_full("the database's disk is full") from exc
             raise
@@ -207,7 +211,7 @@ class LocalResultStore:
             return
         try:
             self.db.execute("DELETE FROM result_reservations WHERE id = ?", (claim,))
-        except sqlite3.Error:
+        except DatabaseError:
             log.warning("result store: could not release a space claim; it expires in %.0f s", RESERVATION_SECONDS)
 
     def stored_bytes(self) -> int:
