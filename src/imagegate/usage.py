@@ -81,7 +81,12 @@ Grouping = Literal["key", "model", "provider", "day"]
 # bigint / integer is integer division in both.
 _SECONDS = "CAST(u.created_at AS BIGINT)"
 DAY_NUMBER = f"(CASE WHEN {_SECONDS} > u.created_at THEN {_SECONDS} - 1 ELSE {_SECONDS} END) / {DAY_SECONDS}"
-GROUP_COLUMNS: dict[Grouping, str] = {"key": "u.key_id", "model": "u.model", "provider": "u.provider", "day": DAY_NUMBER}
+GROUP_COLUMNS: dict[Grouping, str] = {
+    "key": "u.key_id",
+    "model": "u.model",
+    "provider": "u.provider",
+    "day": DAY_NUMBER,
+}
 STATIC_KEY_NAME = "static"  # the key_name of a key from IMAGEGATE_API_KEYS / IMAGEGATE_ADMIN_KEYS
 
 
@@ -274,9 +279,7 @@ class UsageLog:
                 del self._pending_marks[request_id]
                 log.warning("usage: request %s was delivered but has no usage row to mark", request_id)
 
-    def _keep(
-        self, line: str, exc: Exception, request_id: str, unwritten: tuple[float, UsageRecord] | None
-    ) -> None:
+    def _keep(self, line: str, exc: Exception, request_id: str, unwritten: tuple[float, UsageRecord] | None) -> None:
         """A line the database did not take, onto the spool (or, a record, into memory)."""
         try:
             # One small O_APPEND write per record: whole lines even with several worker processes.
