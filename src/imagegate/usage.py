@@ -54,6 +54,7 @@ FLUSH_SECONDS = 0.2  # the background writer's period
 ERROR_LOG_SECONDS = 60.0  # a writer that keeps failing says so at most this often
 SWEEP_SECONDS = 5.0  # how often a running writer claims the journals of dead processes of its data dir
 MARK_RETRY_SECONDS = 60.0  # a delivered mark whose row is not in the table yet is retried this long
+MAX_PENDING_MARKS = 10_000  # and at most this many are (each retry is an UPDATE per flush)
 DAY_SECONDS = 86400
 
 
@@ -103,10 +104,6 @@ class UsageTotal:
 
 class UsageSink(Protocol):
     def record(self, usage: UsageRecord) -> None: ...
-
-
-class DeliverySink(Protocol):
-    def mark_delivered(self, request_id: str) -> None: ...
 
 
 def record_after_failure(sink: UsageSink, usage: UsageRecord) -> None:
@@ -396,7 +393,7 @@ class UsageLog:
         path.unlink()
         now = time.monotonic()
         for request_id in later:
-            if request_id not in found:
+            if request_id not in found and len(self._pending_marks) < MAX_PENDING_MARKS:
                 self._pending_marks.setdefault(request_id, now)
         return len(rows)
 
