@@ -9,6 +9,7 @@ after `stop()` sees every row and mark it will ever write.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -21,7 +22,11 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import pytest
 from PIL import Image
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from imagegate.server.serving import DRAIN_POLL_SECONDS, GuardedHttpToolsProtocol
 
 from ..conftest import API_KEY, RunningGateway
 from ..fakes.common import RawResponse
@@ -162,3 +167,94 @@ def test_an_idempotent_replay_marks_the_first_requests_row(gateway_factory: Any,
     assert again.headers["x-imagegate-idempotent-replayed"] == "true"
     gateway.server.stop()
     assert usage_rows(gateway) == [(first.headers["x-imagegate-request-id"], 1, 1)]
+
+
+def read_answer(sock: socket.socket) -> bytes:
+    """One whole HTTP answer with a Content-Length, read slowly (the gateway's buffer fills first)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(
+        next(line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")).split(b":")[1]
+    )
+    while len(body) < length:  # ~4 MB/s: the gateway's last bytes wait in its buffer, not the kernel's
+        time.sleep(0.001)
+        chunk = sock.recv(4096)
+        assert chunk, "the gateway closed before the whole answer"
+        body += chunk
+    return body
+
+
+# uvloop resumes writing only once its buffer is all but empty (low-water mark 16 bytes), so the
+# last bytes go straight to the kernel; asyncio's loop (used where the connection cap is at or past
+# the descriptor limit, serving.loop_for) resumes at 16 KiB, and they wait in the gateway's buffer.
+LOOPS = {"uvloop": {}, "asyncio": {"max_connections": 1 << 30}}
+
+
+@pytest.mark.parametrize(("loop", "connection"), [("uvloop", "keep-alive"), ("asyncio", "close")])
+def test_a_slow_reader_that_gets_the_whole_answer_is_delivered(
+    gateway_factory: Any, fake_gemini: FakeGemini, loop: str, connection: str
+) -> None:
+    """The answer's last bytes may wait in the gateway's buffer until the client reads them: the
+    row is marked once they drained (or, with Connection: close, once the close flushed them)."""
+    gateway = background_gateway(gateway_factory, fake_gemini, **LOOPS[loop])
+    fake_gemini.enqueue(RawResponse(200, gemini_answer(noise_png(1024, 1024)), content_type="application/json"))
+    body = json.dumps({"model": MODEL, "prompt": "read slowly", "response_format": "b64_json"}).encode()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(address(gateway.url))
+        sock.sendall(HEAD + f"connection: {connection}\r\ncontent-length: {len(body)}\r\n\r\n".encode() + body)
+        wait_until(lambda: len(usage_rows(gateway)) == 1, "the usage row")
+        time.sleep(0.3)  # the answer is stuck in the gateway's buffer meanwhile
+        answer = json.loads(read_answer(sock))
+        assert len(base64.b64decode(answer["data"][0]["b64_json"])) > 1_000_000
+        time.sleep(0.3)  # a few drain checks
+    gateway.server.stop()
+    assert [(images, delivered) for _, images, delivered in usage_rows(gateway)] == [(1, 1)]
+
+
+class Buffered:
+    """The two things the protocol asks a transport when an answer is written (asyncio.Transport)."""
+
+    def __init__(self, buffered: int) -> None:
+        self.buffered = buffered
+        self.closing = False
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+
+def protocol_on(loop: asyncio.AbstractEventLoop, transport: Buffered) -> GuardedHttpToolsProtocol:
+    """The serving protocol's delivery bookkeeping, without a connection around it."""
+    protocol = GuardedHttpToolsProtocol.__new__(GuardedHttpToolsProtocol)
+    protocol.loop, protocol.transport = loop, transport  # type: ignore[assignment]
+    protocol._draining, protocol._closed_after_answer, protocol._timer = [], False, None
+    return protocol
+
+
+@pytest.mark.parametrize(("ending", "delivered"), [("drained", True), ("closed-after-answer", True), ("reset", False)])
+def test_an_answer_still_in_the_buffer_is_delivered_once_it_drains(
+    monkeypatch: pytest.MonkeyPatch, ending: str, delivered: bool
+) -> None:
+    monkeypatch.setattr(HttpToolsProtocol, "connection_lost", lambda self, exc: None)
+    loop = asyncio.new_event_loop()
+    try:
+        transport = Buffered(16_000)
+        transport.closing = ending == "closed-after-answer"  # no keep-alive: uvicorn closed it before on_response
+        protocol = protocol_on(loop, transport)
+        calls: list[str] = []
+        protocol._answer_written([lambda: calls.append("delivered")])
+        loop.run_until_complete(asyncio.sleep(3 * DRAIN_POLL_SECONDS))
+        assert calls == []  # still buffered: not yet
+        transport.buffered = 0
+        if ending == "drained":
+            loop.run_until_complete(asyncio.sleep(3 * DRAIN_POLL_SECONDS))
+        else:
+            protocol.connection_lost(None if ending == "closed-after-answer" else ConnectionResetError())
+        assert calls == (["delivered"] if delivered else [])
+    finally:
+        loop.close()
