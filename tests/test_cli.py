@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from imagegate.cli import cli
 from imagegate.config import FileConfig, Settings
 from imagegate.db import Database
 from imagegate.gateway import build_catalog
+from imagegate.keys import KeyStore
 from imagegate.usage import UsageLog, UsageRecord
 
 from .conftest import API_KEY, RunningGateway
@@ -676,9 +678,9 @@ def test_usage_with_nothing_recorded_says_so() -> None:
 # --- keys --------------------------------------------------------------------------------
 
 
-def create_key(name: str) -> tuple[str, str]:
-    """(id, plaintext) from `keys create NAME`."""
-    result = ok("keys", "create", name)
+def create_key(name: str, *options: str) -> tuple[str, str]:
+    """(id, plaintext) from `keys create NAME [OPTIONS]`."""
+    result = ok("keys", "create", name, *options)
     plaintext = result.stdout.strip()
     key_id = next(word for word in result.stderr.split() if word.startswith("key_"))
     return key_id, plaintext
@@ -742,6 +744,120 @@ def test_created_key_works_against_a_server(gateway_factory: Any, fake_gemini: F
     out = tmp_path / "cli.png"
     ok("generate", "via cli", "--server", gw.url, "--api-key", plaintext, "-o", str(out))
     assert open_image(out) == ("PNG", (1024, 1024))
+
+
+def listed_keys() -> dict[str, dict[str, Any]]:
+    """`keys list --json`: the admin API's key objects, by id."""
+    return {key["id"]: key for key in json.loads(ok("keys", "list", "--json").stdout)}
+
+
+def test_keys_create_with_a_policy() -> None:
+    result = ok(
+        "keys",
+        "create",
+        "tenant",
+        "--models",
+        f"{MODEL},nano-banana-pro",  # an alias is allowed
+        "--requests-per-minute",
+        "60",
+        "--images-per-minute",
+        "100",
+        "--usd-per-day",
+        "5",
+        "--usd-per-month",
+        "100.5",
+        "--expires-at",
+        "2099-01-02T03:04:05Z",
+        "--admin",
+    )
+    key_id = next(word for word in result.stderr.split() if word.startswith("key_"))
+    assert result.stdout.strip().startswith("ig-")  # stdout is still the key alone
+    assert "60 req/min" in flat(result.stderr) and "$5/day" in flat(result.stderr)
+    key = listed_keys()[key_id]
+    assert key["models"] == [MODEL, "nano-banana-pro"]
+    assert key["rate_limits"] == {"requests_per_minute": 60, "images_per_minute": 100}
+    assert key["budget"] == {"usd_per_day": 5.0, "usd_per_month": 100.5}
+    assert key["expires_at"] == int(datetime(2099, 1, 2, 3, 4, 5, tzinfo=UTC).timestamp()) and key["admin"] is True
+
+
+def test_keys_list_shows_the_policy_columns(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "200")  # a wide terminal: one line per key
+    key_id, _ = create_key("t", "--requests-per-minute", "7", "--usd-per-month", "3")
+    plain_id, _ = create_key("plain")
+    listed = ok("keys", "list").stdout
+    header = next(line for line in listed.splitlines() if "prefix" in line)
+    for column in ("models", "limits", "expires", "admin"):
+        assert column in header
+    row = next(line for line in listed.splitlines() if key_id in line)
+    assert "7 req/min" in row and "$3/month" in row and "never" in row and "all" in row
+    plain = next(line for line in listed.splitlines() if plain_id in line)
+    assert "req/min" not in plain
+
+
+def test_keys_update_changes_only_what_is_given() -> None:
+    key_id, _ = create_key("t", "--models", MODEL, "--requests-per-minute", "7", "--images-per-minute", "9")
+    result = ok("keys", "update", key_id, "--requests-per-minute", "none", "--usd-per-day", "2", "--name", "renamed")
+    assert key_id in result.stdout
+    key = listed_keys()[key_id]
+    assert key["name"] == "renamed"
+    assert key["rate_limits"] == {"requests_per_minute": None, "images_per_minute": 9}
+    assert key["budget"]["usd_per_day"] == 2.0 and key["models"] == [MODEL]
+
+    ok("keys", "update", key_id, "--expires-at", str(int(time.time()) + 600), "--admin")
+    assert listed_keys()[key_id]["expires_at"] is not None and listed_keys()[key_id]["admin"] is True
+    ok("keys", "update", key_id, "--no-expiry", "--all-models", "--no-admin")
+    key = listed_keys()[key_id]
+    assert (key["expires_at"], key["models"], key["admin"]) == (None, None, False)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["--requests-per-minute", "0"],
+        ["--images-per-minute", "-5"],
+        ["--requests-per-minute", "many"],
+        ["--usd-per-day", "-1"],
+        ["--usd-per-month", "inf"],
+        ["--models", "no-such-model"],
+        ["--models", ","],
+        ["--expires-at", "2001-01-01"],
+        ["--expires-at", "soon"],
+    ],
+)
+def test_keys_create_and_update_refuse_bad_policies(options: list[str]) -> None:
+    refused = invoke("keys", "create", "t", *options)
+    assert refused.exit_code == 2, refused.output  # click's usage error: the option is named
+    assert options[0] in refused.stderr
+    assert listed_keys() == {}
+    key_id, _ = create_key("t")
+    assert invoke("keys", "update", key_id, *options).exit_code == 2
+    assert listed_keys()[key_id]["rate_limits"]["requests_per_minute"] is None
+
+
+def test_keys_update_needs_a_change_and_a_key() -> None:
+    key_id, _ = create_key("t")
+    assert invoke("keys", "update", key_id).exit_code == 2
+    assert invoke("keys", "update", key_id, "--no-expiry", "--expires-at", "2099-01-01").exit_code == 2
+    missing = invoke("keys", "update", "key_doesnotexist", "--admin")
+    assert missing.exit_code == 1 and "key_doesnotexist" in missing.stderr
+
+
+def test_a_key_limited_by_the_cli_is_refused_a_model_it_may_not_use(
+    gateway_factory: Any, fake_gemini: FakeGemini
+) -> None:
+    """The policy the CLI stores is the one the gateway serves (KeyStore.policy)."""
+    key_id, _ = create_key("t")
+    ok("keys", "update", key_id, "--models", "nano-banana-pro", "--requests-per-minute", "3")
+    gw: RunningGateway = gateway_factory(
+        api_keys="", gemini_api_key=fake_gemini.api_key, gemini_base_url=fake_gemini.base_url
+    )
+    db = Database(gw.settings.database_path)
+    try:
+        policy = KeyStore(db).policy(key_id)
+    finally:
+        db.close()
+    assert policy is not None and policy.models == ("nano-banana-pro",)
+    assert policy.rate_limits.requests_per_minute == 3
 
 
 # --- serve -------------------------------------------------------------------------------

@@ -26,18 +26,17 @@ from rich.markup import escape
 from rich.measure import Measurement
 from rich.table import Table
 
+from .cli_keys import keys
 from .config import FileConfig, Settings
 from .db import is_postgres_url, open_database, redact_url
 from .db import migrate as migrate_database
 from .engine.describe import read_checkpoint
 from .errors import ImagegateError
 from .gateway import Gateway
-from .keys import KeyRecord, KeyStore
 from .plugins import ProviderSpec, is_configured, load_registry, setting_values
 from .providers.transport import SSEDecoder
 from .service import ImageJob, ImagesOutcome, PipelineEvent
 from .usage import GROUP_COLUMNS, Grouping, UsageLog, UsageTotal
-from .webhooks import generate_secret
 
 err_console = Console(stderr=True)
 SUFFIX_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp", ".gif": "gif", ".avif": "avif"}
@@ -863,59 +862,5 @@ def jobs_cancel(job_id: str, server: str, api_key: str | None) -> None:
 JOB_FINAL = ("succeeded", "failed", "cancelled")
 
 
-@cli.group()
-def keys() -> None:
-    """Manage API keys (stored hashed in IMAGEGATE_DATA_DIR)."""
-
-
-def _with_keys(fn: Any) -> Any:
-    """Only the key store: managing keys never loads models or touches providers."""
-    settings = Settings()
-    db = open_database(settings)
-    try:
-        return fn(KeyStore(db, settings.static_keys))
-    finally:
-        db.close()
-
-
-@keys.command("create")
-@click.argument("name")
-def keys_create(name: str) -> None:
-    """Create a key and its webhook signing secret; both are shown once."""
-
-    def create(store: KeyStore) -> tuple[KeyRecord, str, str | None]:
-        record, plaintext = store.create(name)
-        return record, plaintext, store.webhook_secret(record.id)
-
-    record, plaintext, secret = _with_keys(create)
-    err_console.print(f"created {record.id} ({record.name}); store it now, it is not shown again:")
-    click.echo(plaintext)
-    # On stderr, so that stdout stays the key alone for scripts; verify this key's webhooks with it.
-    err_console.print("its webhook signing secret (Standard Webhooks), also shown only now:")
-    click.echo(secret, err=True)
-
-
-@keys.command("secret")
-def keys_secret() -> None:
-    """Print a new webhook signing secret, for IMAGEGATE_WEBHOOK_SECRET."""
-    click.echo(generate_secret())
-
-
-@keys.command("list")
-def keys_list() -> None:
-    """List keys (never their secrets)."""
-    records = _with_keys(lambda store: store.list())
-    table = Table("id", "name", "prefix", "status")
-    for r in records:
-        table.add_row(r.id, r.name, r.prefix + "…", "active" if r.active else "revoked")
-    Console().print(table)
-
-
-@keys.command("revoke")
-@click.argument("key_id")
-def keys_revoke(key_id: str) -> None:
-    """Revoke a key by id."""
-    if not _with_keys(lambda store: store.revoke(key_id)):
-        err_console.print(f"[red]no active key {key_id}[/red]")
-        sys.exit(1)
-    click.echo(f"revoked {key_id}")
+# `imagegate keys`: stored keys and their policies (cli_keys.py).
+cli.add_command(keys)

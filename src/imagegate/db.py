@@ -160,6 +160,16 @@ ADDED_COLUMNS: list[tuple[str, str, str]] = [
     ("results", "size", "INTEGER NOT NULL DEFAULT 0"),  # bytes of the file, for the store's budget
     # A stored key's webhook signing secret (whsec_...): kept readable, since HMAC signing needs it.
     ("api_keys", "webhook_secret", "TEXT"),
+    # A stored key's policy (keys.py, policy.py; PostgreSQL: migration 0003_key_policies): models is
+    # the allow-list as a JSON array (NULL: every model); NULL limits and expiry: none; admin 0/1.
+    ("api_keys", "models", "TEXT"),
+    ("api_keys", "requests_per_minute", "INTEGER"),
+    ("api_keys", "images_per_minute", "INTEGER"),
+    ("api_keys", "usd_per_day", "REAL"),
+    ("api_keys", "usd_per_month", "REAL"),
+    ("api_keys", "expires_at", "REAL"),
+    ("api_keys", "admin", "INTEGER NOT NULL DEFAULT 0"),
+    ("api_keys", "updated_at", "REAL"),
     # 1 once the answer carrying the row's images was written to its client (usage.py); rows made
     # before this column existed were all counted as delivered.
     ("usage", "delivered", "INTEGER NOT NULL DEFAULT 1"),

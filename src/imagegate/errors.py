@@ -12,6 +12,7 @@
     │   ├── JobConflict                 409 (code: job_already_finished; cancelling a finished async job)
     │   └── RequestTimeout              408 (code: request_header_timeout; the client did not send its request in time)
     ├── AuthenticationFailed            401 authentication_error                   client_fault
+    ├── PermissionDenied                403 permission_error (code: admin_key_required; the admin API, not an admin key)
     ├── NotFound                        404 not_found_error                        client_fault
     │   ├── JobNotFound                 404 (code: job_not_found; unknown, or another key's job)
     │   └── ModelNotFound               404 invalid_request_error (code: model_not_found)
@@ -149,6 +150,15 @@ class AuthenticationFailed(ImagegateError):
     status_code = 401
     error_type = "authentication_error"
     default_code = "invalid_api_key"
+    client_fault = True
+
+
+class PermissionDenied(ImagegateError):
+    """A valid key that may not do this: the admin API called with a key that is not an admin key."""
+
+    status_code = 403
+    error_type = "permission_error"
+    default_code = "admin_key_required"
     client_fault = True
 
 

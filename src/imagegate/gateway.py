@@ -136,7 +136,7 @@ class Gateway:
         sources = local_sources(self.catalog)
         local = build_local_provider(settings, sources, checkpoints) if sources else None
         self.db = open_database(settings)
-        self.keys = KeyStore(self.db, settings.static_keys)
+        self.keys = KeyStore(self.db, settings.static_keys, settings.static_admin_keys)
         self.store = LocalResultStore(
             self.db, settings.data_dir / "results", settings.result_ttl_seconds, max_bytes=settings.results_max_bytes
         )

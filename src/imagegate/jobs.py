@@ -384,7 +384,8 @@ class JobStore:
     def requeue(self, job_id: str, owner: str) -> None:
         """A run stopped by a graceful shutdown: queued again, and that start does not count."""
         self.db.execute(
-            "UPDATE jobs SET status = 'queued', owner = NULL, started_at = NULL, attempts = MAX(attempts - 1, 0) "
+            "UPDATE jobs SET status = 'queued', owner = NULL, started_at = NULL, "
+            "attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END "
             "WHERE id = ? AND status = 'in_progress' AND owner = ?",
             (job_id, owner),
         )

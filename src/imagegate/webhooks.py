@@ -377,7 +377,9 @@ class WebhookSender:
             for row in rows:
                 conn.execute("UPDATE webhook_deliveries SET lease_until = ? WHERE id = ?", (lease, row[0]))
             (next_due,) = conn.execute(
-                "SELECT MIN(MAX(next_attempt_at, COALESCE(lease_until, 0))) FROM webhook_deliveries"
+                # CASE, not the scalar MAX(a, b): SQLite and PostgreSQL (GREATEST) name it differently.
+                "SELECT MIN(CASE WHEN lease_until > next_attempt_at THEN lease_until ELSE next_attempt_at END)"
+                " FROM webhook_deliveries"
                 " WHERE next_attempt_at IS NOT NULL"
             ).fetchone()
         deliveries = [

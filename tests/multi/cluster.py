@@ -8,6 +8,7 @@ what another made.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,10 +21,11 @@ from openai import OpenAI
 
 from imagegate import db as dbm
 
-from ..server.serve_process import ServeProcess, free_port
+from ..server.serve_process import ServeProcess
 
 API_KEY = "sk-multi-user"
 ADMIN_KEY = "sk-multi-admin"
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(bytes(range(3, 35))).decode()
 
 
 @dataclass
@@ -32,11 +34,9 @@ class Cluster:
     env: dict[str, str]
     database_url: str
     instances: list[ServeProcess] = field(default_factory=list)
-    ports: list[int] = field(default_factory=list)
 
     def start(self, count: int) -> None:
         for _ in range(count):
-            self.ports.append(free_port())
             self.instances.append(self._launch(len(self.instances)))
         for instance in self.instances:
             instance.wait_ready()
@@ -93,6 +93,8 @@ def cluster_env(
         "IMAGEGATE_ALLOW_PRIVATE_URLS": "true",
         "IMAGEGATE_RETRY_ATTEMPTS": "1",
         "IMAGEGATE_JOB_HEARTBEAT_STALE_SECONDS": "3",
+        "IMAGEGATE_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "IMAGEGATE_WEBHOOK_BASE_DELAY_SECONDS": "0.05",
         "GEMINI_API_KEY": gemini_key,
         "GEMINI_BASE_URL": gemini_url,
     }

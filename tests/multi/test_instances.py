@@ -13,10 +13,12 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from standardwebhooks import Webhook
 
 from ..fakes.common import Delay
 from ..fakes.gemini import FakeGemini
-from .cluster import API_KEY, Cluster
+from ..fakes.webhook_receiver import WebhookReceiver
+from .cluster import API_KEY, WEBHOOK_SECRET, Cluster
 
 MODEL = "gemini-3-pro-image-preview"
 ASYNC = {"Prefer": "respond-async"}
@@ -200,3 +202,30 @@ def test_both_instances_share_the_stored_keys(cluster: Cluster, index: int) -> N
         cluster.client(1 - index, api_key=key).images.generate(
             model=MODEL, prompt="revoked", response_format="b64_json"
         )
+
+
+def test_a_jobs_webhook_is_sent_once_and_its_delivery_shown_by_either_instance(cluster: Cluster) -> None:
+    with WebhookReceiver() as receiver:
+        with cluster.http(0) as http:
+            accepted = http.post(
+                "/v1/images/generations",
+                json={"model": MODEL, "prompt": "hooked", "response_format": "b64_json", "webhook_url": receiver.url},
+                headers=ASYNC,
+            )
+        assert accepted.status_code == 202, accepted.text
+        job_id = accepted.json()["id"]
+        try:
+            [hook] = receiver.wait_for(1, timeout=30)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{cluster.logs()}") from exc
+        payload = Webhook(WEBHOOK_SECRET).verify(hook.body, hook.headers)
+        assert payload["data"]["id"] == job_id and payload["type"] == "image.job.succeeded"
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            shown = wait_job(cluster, 1, job_id)["webhook"]
+            if shown["delivered_at"] is not None:
+                break
+            time.sleep(0.1)
+        assert shown["attempts"] == 1 and shown["last_status"] == 200
+        time.sleep(0.5)
+        assert len(receiver.received) == 1  # one delivery, though two senders watch the table

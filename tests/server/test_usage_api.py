@@ -63,11 +63,12 @@ def served(gateway_factory: Any, fake_gemini: FakeGemini) -> tuple[RunningGatewa
     try:
         store = KeyStore(db)
         (alice, alice_key), (bob, bob_key) = store.create("alice"), store.create("bob")
+        _, ops_key = store.create("ops", admin=True)
     finally:
         db.close()
     for key, n in ((alice_key, 2), (bob_key, 1), (API_KEY, 1)):
         gateway.client(api_key=key).images.generate(model=MODEL, prompt="counted", n=n, response_format="url")
-    return gateway, {"alice": alice.id, "alice_key": alice_key, "bob": bob.id, "bob_key": bob_key}
+    return gateway, {"alice": alice.id, "alice_key": alice_key, "bob": bob.id, "bob_key": bob_key, "ops_key": ops_key}
 
 
 def test_without_group_by_only_the_total(served: tuple[RunningGateway, dict[str, str]]) -> None:
@@ -147,6 +148,12 @@ def test_a_key_sees_only_its_own_usage(served: tuple[RunningGateway, dict[str, s
     assert usage(gateway, keys["bob_key"])["total"]["images"] == 1
     static = usage(gateway, API_KEY, group_by="key")["data"]
     assert [(row["key_name"], row["images"]) for row in static] == [("static", 1)]
+
+
+def test_a_stored_admin_key_sees_every_key(served: tuple[RunningGateway, dict[str, str]]) -> None:
+    gateway, keys = served
+    rows = usage(gateway, keys["ops_key"], group_by="key")["data"]
+    assert sorted(row["key_name"] for row in rows) == ["alice", "bob", "static"]
 
 
 def test_the_openai_sdk_and_the_openai_prefix_read_it(served: tuple[RunningGateway, dict[str, str]]) -> None:

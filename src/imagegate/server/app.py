@@ -18,7 +18,7 @@ from starlette.routing import Mount, Route
 from ..config import Settings
 from ..errors import ImagegateError, InvalidRequest, NotFound
 from ..gateway import Gateway
-from . import job_routes, routes, usage_routes
+from . import admin_routes, job_routes, routes, usage_routes
 from .disconnect import CLIENT_CLOSED_REQUEST
 from .middleware import ApiCORSMiddleware, BodySizeLimitMiddleware, RequestIdMiddleware
 from .render import error_response
@@ -34,6 +34,7 @@ API_ROUTES = [
     Route("/models/{model_id:path}", routes.get_model, methods=["GET"]),
     Route("/results/{name}", routes.get_result, methods=["GET"]),
     *job_routes.JOB_ROUTES,
+    *admin_routes.ADMIN_ROUTES,
     Route("/usage", usage_routes.get_usage, methods=["GET"]),
 ]
 

@@ -39,10 +39,7 @@ async def authenticate(request: Request) -> str | None:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise AuthenticationFailed("Missing API key. Send 'Authorization: Bearer YOUR_KEY'.")
-    key_id = keys.verify(token.strip())
-    if key_id is None:
-        raise AuthenticationFailed("Incorrect API key provided.")
-    return key_id
+    return keys.authenticate(token.strip())  # 401 saying why: wrong, revoked or expired
 
 
 def _public_base_url(request: Request) -> str:

@@ -5,13 +5,13 @@
 `start` and `end` are Unix seconds or ISO 8601 dates or date-times (UTC unless they carry an
 offset); by default the current UTC month up to now; `end` is not included. `group_by` is one
 or several (comma-separated or repeated) of key, model, provider, day; none gives the total only.
-An admin key sees every key's usage, any other key only its own (usage.UsageLog.totals does the
-query, in SQL that SQLite and PostgreSQL both run).
+An admin key (IMAGEGATE_ADMIN_KEYS, or a stored key with `admin`) sees every key's usage, any other
+key only its own, and a gateway without keys only what it served without one (usage.UsageLog.totals
+does the query, in SQL that SQLite and PostgreSQL both run).
 """
 
 from __future__ import annotations
 
-import hmac
 import time
 from datetime import UTC, date, datetime
 from typing import Any, Literal, get_args
@@ -31,14 +31,15 @@ GROUPINGS: tuple[Grouping, ...] = get_args(Grouping)
 CURRENCY = "USD"  # every price in the catalog is in USD
 
 
-def is_admin(request: Request) -> bool:
-    """Whether the caller's bearer key is an admin key (IMAGEGATE_ADMIN_KEYS)."""
+async def usage_scope(request: Request) -> str | None | Literal["any"]:
+    """Whose rows the caller may read: "any" for an admin key, else its own key id (None: the
+    gateway has no keys, and the caller sees what was served without one). 401 as for any call."""
     gateway: Gateway = request.app.state.gateway
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
-        return False
-    return any(hmac.compare_digest(token.encode(), key.encode()) for key in gateway.settings.static_admin_keys)
+    key_id = await authenticate(request)
+    if key_id is None:
+        return None
+    policy = gateway.keys.policy(key_id)
+    return "any" if policy is not None and policy.admin else key_id
 
 
 def parse_time(text: str, param: str) -> float:
@@ -103,7 +104,7 @@ def usage_row(total: UsageTotal) -> dict[str, Any]:
 
 async def get_usage(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
-    scope: str | None | Literal["any"] = "any" if is_admin(request) else await authenticate(request)
+    scope = await usage_scope(request)
     start, end = parse_period(request.query_params, time.time())
     groups = parse_groupings(request.query_params.getlist("group_by"))
     totals = await anyio.to_thread.run_sync(lambda: gateway.usage.totals(start, end, groups, key_id=scope))
