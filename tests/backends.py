@@ -73,6 +73,15 @@ class PostgresServer:
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://imagegate@127.0.0.1:{self.port}/{database}"
 
+    def accepts_connections(self) -> bool:
+        import psycopg
+
+        try:
+            psycopg.connect(self.url(), connect_timeout=2).close()
+        except psycopg.OperationalError:
+            return False
+        return True
+
     def admin(self, sql: str) -> None:
         import psycopg
 
@@ -124,8 +133,9 @@ def start_postgres() -> PostgresServer:
         )
         # Its own Unix socket appears once it listens: proof that the port answering is ours.
         if _wait_for(lambda p=port: (root / f".s.PGSQL.{p}").exists(), process):
-            _wait_for_port(port, process, "postgres")
-            return PostgresServer(port, root, process)
+            server = PostgresServer(port, root, process)
+            _wait_for(server.accepts_connections, process)  # past "the database system is starting up"
+            return server
     raise RuntimeError(f"postgres did not start in {START_ATTEMPTS} attempts")
 
 

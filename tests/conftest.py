@@ -45,9 +45,9 @@ PROVIDER_ENV = (
 
 @pytest.fixture(autouse=True)
 def clean_environ(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No test sees the developer's keys or data directory."""
+    """No test sees the developer's keys or data directory (nor exports their traces, OTEL_*)."""
     for name in list(os.environ):
-        if name.startswith("IMAGEGATE_") or name in PROVIDER_ENV:
+        if name.startswith(("IMAGEGATE_", "OTEL_", "PROMETHEUS_")) or name in PROVIDER_ENV:
             monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("IMAGEGATE_DATA_DIR", str(tmp_path / "data"))
 

@@ -6,8 +6,8 @@ Docker's DNS and which nginx before 1.27.3 lacks), and nginx listens on a free l
 keeping its temporary files in the test's directory. Everything else (locations, buffering,
 timeouts, headers, body size) is the file as shipped.
 
-nginx is not a test dependency: without an `nginx` binary (Debian: `apt-get install nginx-light`)
-these tests are skipped, and tests/test_deploy.py still checks the file's structure.
+nginx comes from Debian (`apt-get install nginx-light`, which .ci/run does); without it these
+tests fail with that command, like the other real servers of tests/backends.py.
 """
 
 from __future__ import annotations
@@ -34,7 +34,13 @@ from .fakes.gemini import FakeGemini, Streamed
 NGINX = shutil.which("nginx") or next(
     (str(p) for p in (Path("/usr/sbin/nginx"), Path("/usr/local/sbin/nginx")) if p.exists()), None
 )
-pytestmark = pytest.mark.skipif(NGINX is None, reason="no nginx binary (apt-get install nginx-light)")
+
+
+@pytest.fixture(autouse=True)
+def _nginx_installed() -> None:
+    if NGINX is None:
+        pytest.fail("nginx is missing: apt-get install -y nginx-light")
+
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "gemini-3-pro-image-preview"

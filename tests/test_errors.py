@@ -14,7 +14,7 @@ from imagegate import errors, resilience
 # "│   ├── Name      404 some_error (code: the_code; ...)": depth from the indent, then the class,
 # its status, its OpenAI type when it sets its own, and its default code when the tree names one.
 LINE = re.compile(
-    r"^(?P<indent>[ │├└─]*)(?P<name>[A-Z]\w+)\s+(?P<status>\d{3})(?: (?P<type>[a-z_]+_error))?"
+    r"^(?P<indent>[ │├└─]*)(?P<name>[A-Z]\w+)\s+(?P<status>\d{3})(?: (?P<type>[a-z_]+_error|requests|insufficient_quota))?"
     r"(?:.*?code: (?P<code>[a-z_]+))?"
 )
 
@@ -88,10 +88,16 @@ BEHAVIOUR: dict[type[errors.ImagegateError], tuple[int, str | None, bool, bool, 
     errors.ServiceUnavailable: (503, "service_unavailable", False, False, False, False),
     errors.ConversionBusy: (503, "conversion_busy", False, False, False, False),
     errors.StorageFull: (503, "storage_full", False, False, False, False),
+    errors.StorageUnavailable: (503, "storage_unavailable", False, False, False, False),
     errors.ServerBusy: (503, "too_many_connections", False, False, False, False),
     errors.JobNotFound: (404, "job_not_found", False, False, False, True),
     errors.JobConflict: (409, "job_already_finished", False, False, False, True),
     errors.JobQueueFull: (429, "job_queue_full", False, False, False, False),
+    errors.ModelNotAllowed: (403, "model_not_allowed", False, False, False, True),
+    errors.UpstreamBudgetExhausted: (503, "upstream_budget_exhausted", True, False, True, False),
+    errors.RateLimitExceeded: (429, "rate_limit_exceeded", False, False, False, True),
+    errors.InsufficientQuota: (429, "insufficient_quota", False, False, False, True),
+    errors.LimitsUnavailable: (503, "limits_unavailable", False, False, False, False),
 }
 
 

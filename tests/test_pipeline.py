@@ -33,7 +33,7 @@ from .fakes.provider import FALLBACK_PARAM, FakeProvider, model_entry, result, s
 
 PNG = solid_png(64, 64, (200, 100, 50))
 PNG_URI = "data:image/png;base64," + base64.b64encode(PNG).decode()
-SERVE_STAGES = ["validate", "plan", "load_inputs", "layout", "dispatch"]
+SERVE_STAGES = ["validate", "plan", "admit", "load_inputs", "layout", "dispatch"]
 
 
 class MemoryStore:
@@ -56,6 +56,15 @@ class MemoryStore:
 
     def purge_expired(self) -> int:
         return 0
+
+    def expire_at(self, names: list[str], expires_at: float) -> None:
+        pass
+
+    def public_url(self, name: str) -> str | None:
+        return None
+
+    def name_of(self, url: str) -> str | None:
+        return None
 
 
 class UsageList:

@@ -28,6 +28,10 @@ class ProviderSettings(BaseModel):
     api_key: str | None = None
     base_url: str | None = None
     timeout: float | None = None
+    # Upstream budget (limits.py): at most this many calls / images a minute to this provider over
+    # every instance together (e.g. Gemini's per-project limits); None: no limit of the gateway's.
+    requests_per_minute: int | None = Field(default=None, ge=1)
+    images_per_minute: int | None = Field(default=None, ge=1)
 
 
 # [model_overrides."<model id>".providers.<provider id>]: change what one binding calls upstream
@@ -170,6 +174,7 @@ class Settings(BaseSettings):
     results_presign: bool = False  # IMAGEGATE_RESULTS_PRESIGN: result URLs are presigned S3 URLs
     admin_keys: str = ""  # IMAGEGATE_ADMIN_KEYS, comma-separated static admin keys
     log_format: Literal["text", "json"] = "text"  # IMAGEGATE_LOG_FORMAT
+    metrics_token: str | None = None  # IMAGEGATE_METRICS_TOKEN: /metrics wants this bearer token (unset: open)
     # A job whose owner sent no heartbeat this long is taken back by another instance.
     job_heartbeat_stale_seconds: float = Field(default=30.0, gt=0)  # IMAGEGATE_JOB_HEARTBEAT_STALE_SECONDS
 

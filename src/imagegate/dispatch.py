@@ -6,6 +6,11 @@ of the request, see router.plan_candidates) gets the pending slots split into ca
 `max_images_per_call`, all in parallel; slots whose calls fail for an
 upstream reason move on to the next provider, slots refused for a client reason (bad input,
 content policy) are final. Nothing here outlives the request's deadline.
+
+A provider with an upstream budget (`requests_per_minute` / `images_per_minute` in its
+[providers.<id>] table, limits.py) gets a call only when the budget has room: out of room, its
+slots go to the next candidate (spread), and the last candidate waits for room (queue), so the
+gateway does not send the calls the upstream would answer with 429.
 """
 
 from __future__ import annotations
@@ -13,9 +18,10 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from . import logs
+from . import logs, metrics, tracing
 from .config import Settings
-from .errors import ImagegateError, UpstreamTimeout
+from .errors import ImagegateError, UpstreamBudgetExhausted, UpstreamTimeout
+from .limits import Limits
 from .normalize import Layout
 from .providers import InputImage, PartialListener, ProviderRequest, ProviderResult
 from .resilience import CircuitBreaker, backoff_delay, is_retryable, is_upstream_failure
@@ -55,9 +61,10 @@ class _Slot:
 
 
 class Dispatcher:
-    def __init__(self, settings: Settings, breaker: CircuitBreaker) -> None:
+    def __init__(self, settings: Settings, breaker: CircuitBreaker, limits: Limits | None = None) -> None:
         self.settings = settings
         self.breaker = breaker
+        self.limits = limits
 
     def deadline(self) -> float:
         """A request's deadline on the event loop's clock, set once when the request starts."""
@@ -96,21 +103,24 @@ class Dispatcher:
         served: list[Served] = []
         errors: list[ImagegateError] = []
         pending = [_Slot(0, n)]
-        for candidate in candidates:
+        for index, candidate in enumerate(candidates):
             if not pending:
                 break
+            last = index == len(candidates) - 1
             per_call = candidate.view.plan.max_images_per_call
             calls = [
                 _Slot(s.offset + i, min(per_call, s.count - i)) for s in pending for i in range(0, s.count, per_call)
             ]
             outcomes = await asyncio.gather(
-                *(self._paid(candidate, self._request(candidate, plan, c), paid) for c in calls),
+                *(self._paid(candidate, self._request(candidate, plan, c), paid, last) for c in calls),
                 return_exceptions=True,
             )
             pending = []
             for call, outcome in zip(calls, outcomes, strict=True):
                 if isinstance(outcome, ProviderResult):
                     served.append(Served(candidate, outcome))
+                elif isinstance(outcome, UpstreamBudgetExhausted):
+                    pending.append(call)  # spread, not a failure: the next provider has the room
                 elif isinstance(outcome, ImagegateError):
                     errors.append(outcome)
                     if is_upstream_failure(outcome):
@@ -118,6 +128,20 @@ class Dispatcher:
                 else:
                     raise outcome  # a bug, not an upstream failure: the error handler logs a 500
         return served, errors
+
+    async def _upstream_room(self, provider_id: str, images: int, last: bool) -> None:
+        """Take one call from the provider's upstream budget: out of room, a provider that is not the
+        last candidate hands its slots on (UpstreamBudgetExhausted, an upstream failure that is never
+        sent anywhere nor held against its circuit); the last waits until there is room, within the
+        request's deadline (run's timeout)."""
+        if self.limits is None or not self.limits.has_upstream_budget(provider_id):
+            return
+        while (wait := await self.limits.take_upstream(provider_id, images)) > 0:
+            if not last:
+                raise UpstreamBudgetExhausted(
+                    f"Provider {provider_id} is at its upstream budget for now.", retry_after=wait
+                )
+            await asyncio.sleep(wait)
 
     @staticmethod
     def _request(candidate: Candidate, plan: CallPlan, slot: _Slot) -> ProviderRequest:
@@ -141,17 +165,24 @@ class Dispatcher:
             partial_images=view.get("partial_images", 0),
         )
 
-    async def _paid(self, candidate: Candidate, request: ProviderRequest, paid: list[Served]) -> ProviderResult:
-        result = await self._attempts(candidate.route, request)
+    async def _paid(
+        self, candidate: Candidate, request: ProviderRequest, paid: list[Served], last: bool = True
+    ) -> ProviderResult:
+        result = await self._attempts(candidate.route, request, last)
         paid.append(Served(candidate, result))
         return result
 
-    async def _attempts(self, route: Route, request: ProviderRequest) -> ProviderResult:
+    async def _attempts(self, route: Route, request: ProviderRequest, last: bool = True) -> ProviderResult:
         """Up to `retry_attempts` tries on one provider, with backoff and jitter in between."""
         settings = self.settings
         for attempt in range(settings.retry_attempts):
+            await self._upstream_room(route.provider_id, request.n, last)
             try:
-                result = await route.provider.run(request)
+                with (
+                    metrics.upstream_attempt(route.provider_id),
+                    tracing.upstream_span(route.provider_id, route.model.id, request.plan.upstream_model, attempt + 1),
+                ):
+                    result = await route.provider.run(request)
             except ImagegateError as error:
                 if not is_upstream_failure(error):
                     logs.upstream_failure(

@@ -10,7 +10,8 @@
     │   ├── IdempotencyKeyReused        422 (code: idempotency_key_reused)
     │   ├── IdempotentResultsGone       410 (code: idempotency_results_gone)
     │   ├── JobConflict                 409 (code: job_already_finished; cancelling a finished async job)
-    │   └── RequestTimeout              408 (code: request_header_timeout; the client did not send its request in time)
+    │   ├── RequestTimeout              408 (code: request_header_timeout; the client did not send its request in time)
+    │   └── ModelNotAllowed             403 (code: model_not_allowed; not in the key's `models` allow-list)
     ├── AuthenticationFailed            401 authentication_error                   client_fault
     ├── PermissionDenied                403 permission_error (code: admin_key_required; the admin API, not an admin key)
     ├── NotFound                        404 not_found_error                        client_fault
@@ -26,14 +27,19 @@
     │   │   ├── UpstreamAtCapacity      503 (code: upstream_at_capacity)
     │   │   ├── UpstreamConnectionError 503 (code: upstream_connection_error; refused, reset, dropped)
     │   │   ├── EngineBusy              503 (code: engine_busy; the local engine's queue is full)   not retryable
+    │   │   ├── UpstreamBudgetExhausted 503 (code: upstream_budget_exhausted; the provider's own rpm/ipm)  not retryable
     │   │   └── ProviderNotConfigured   503 (code: provider_not_configured; no key set)  not an upstream failure
     │   └── UpstreamTimeout             504 (code: upstream_timeout)
     ├── JobQueueFull                    429 rate_limit_error (code: job_queue_full; IMAGEGATE_JOB_QUEUE_MAX, Retry-After)
+    ├── RateLimitExceeded               429 requests (code: rate_limit_exceeded; the key's rpm/ipm, Retry-After)
+    ├── InsufficientQuota               429 insufficient_quota (code: insufficient_quota; the key's budget)
     ├── ConfigurationError              500 (code: configuration_error; found at startup, never an answer)
     └── ServiceUnavailable              503 server_error (the gateway's own resources; Retry-After)
         ├── ConversionBusy              503 (code: conversion_busy)
         ├── StorageFull                 503 (code: storage_full)
-        └── ServerBusy                  503 (code: too_many_connections)
+        ├── StorageUnavailable          503 (code: storage_unavailable; the S3 result store failed a write)
+        ├── ServerBusy                  503 (code: too_many_connections)
+        └── LimitsUnavailable           503 (code: limits_unavailable; Redis, where limits are kept, did not answer)
 
 Providers raise only these; the HTTP layer renders them with `to_openai_json()`.
 
@@ -268,6 +274,10 @@ class StorageFull(ServiceUnavailable):
     default_code = "storage_full"
 
 
+class StorageUnavailable(ServiceUnavailable):
+    default_code = "storage_unavailable"
+
+
 # --- connection-level refusals, written by server/serving.py before any request is parsed ---------
 
 
@@ -300,3 +310,49 @@ class JobQueueFull(ImagegateError):
     status_code = 429
     error_type = "rate_limit_error"
     default_code = "job_queue_full"
+
+
+# --- a key's limits and budgets, and the providers' own (limits.py) ------------------------------
+
+
+class ModelNotAllowed(InvalidRequest):
+    """The key's policy lists the models it may use, and this is not one of them."""
+
+    status_code = 403
+    default_code = "model_not_allowed"
+
+
+class UpstreamBudgetExhausted(UpstreamUnavailable):
+    """A provider's configured requests/images per minute are taken for now: its slots move on to
+    the next candidate (dispatch.py), so the gateway does not send a call the upstream would 429."""
+
+    default_code = "upstream_budget_exhausted"
+    retryable = False
+
+
+class RateLimitExceeded(ImagegateError):
+    """Over the key's requests_per_minute or images_per_minute; Retry-After says when it fits.
+    OpenAI answers its own rate limits with type "requests" and code "rate_limit_exceeded"
+    (`error_type=requests` in the SDK's log, github.com/mmz-001/knowledge_gpt/issues/5)."""
+
+    status_code = 429
+    error_type = "requests"
+    default_code = "rate_limit_exceeded"
+    client_fault = True
+
+
+class InsufficientQuota(ImagegateError):
+    """The request's expected cost does not fit the key's daily or monthly budget. OpenAI's body for
+    this is type and code "insufficient_quota" (github.com/OpenHands/OpenHands/issues/998)."""
+
+    status_code = 429
+    error_type = "insufficient_quota"
+    default_code = "insufficient_quota"
+    client_fault = True
+
+
+class LimitsUnavailable(ServiceUnavailable):
+    """The store of rate-limit and budget state (Redis) did not answer: the request is refused
+    rather than let through unmetered."""
+
+    default_code = "limits_unavailable"

@@ -12,6 +12,7 @@ from types import TracebackType
 import httpx
 from pydantic import ValidationError
 
+from . import readiness
 from .catalog import (
     Catalog,
     add_binding,
@@ -37,12 +38,14 @@ from .fetch import ImageFetcher
 from .idempotency import IdempotencyStore
 from .jobs import Job, JobRunner, JobStore, JobUsage
 from .keys import STATIC_ID_PREFIX, KeyStore
+from .limits import Limits, LocalLimitState, RedisLimitState, SharedBreaker, ledger_seed, redis_client, upstream_budgets
 from .plugins import ProviderRegistry, catalog_contributions, configured_providers, load_registry
+from .policy import KeyPolicy
 from .providers import ImageProvider, aio
 from .resilience import CircuitBreaker
 from .router import Router
 from .service import ImageService
-from .storage import LocalResultStore
+from .storage import open_result_store
 from .usage import UsageLog
 from .webhooks import WebhookSender, event_body
 
@@ -137,9 +140,7 @@ class Gateway:
         local = build_local_provider(settings, sources, checkpoints) if sources else None
         self.db = open_database(settings)
         self.keys = KeyStore(self.db, settings.static_keys, settings.static_admin_keys)
-        self.store = LocalResultStore(
-            self.db, settings.data_dir / "results", settings.result_ttl_seconds, max_bytes=settings.results_max_bytes
-        )
+        self.store = open_result_store(settings, self.db)  # the local directory, or S3 (IMAGEGATE_RESULTS_URL)
         self.usage = UsageLog(self.db, background=settings.usage_writer == "background")
         self.idempotency = IdempotencyStore(self.db, settings.idempotency_ttl_seconds)
         # One pooled client for all upstream traffic; per-call timeouts are set by each request.
@@ -166,12 +167,31 @@ class Gateway:
         self.providers = configured_providers(settings, file_config, self.client)
         if local is not None:
             self.providers["local"] = local
-        breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown_seconds)
-        self.router = Router(self.catalog, self.providers, file_config.routing, breaker)
+        # Rate limits, budgets, upstream budgets and the breaker: shared through Redis when
+        # IMAGEGATE_REDIS_URL is set, else in this process (limits.py).
+        self.redis = redis_client(settings.redis_url) if settings.redis_url else None
+        self.limits = Limits(
+            RedisLimitState(self.redis) if self.redis is not None else LocalLimitState(),
+            ledger_seed(self.db),
+            upstream_budgets(file_config.providers),
+        )
+        self.breaker = (
+            SharedBreaker(settings.breaker_failures, settings.breaker_cooldown_seconds, self.redis, self.providers)
+            if self.redis is not None
+            else CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown_seconds)
+        )
+        self.router = Router(self.catalog, self.providers, file_config.routing, self.breaker)
         # The service records usage through JobUsage: a re-run job is not counted twice (jobs.py).
         self.job_usage = JobUsage(self.usage)
         self.service = ImageService(
-            settings, self.router, self.store, self.job_usage, self.fetcher, default_model=self._default_model()
+            settings,
+            self.router,
+            self.store,
+            self.job_usage,
+            self.fetcher,
+            default_model=self._default_model(),
+            limits=self.limits,
+            policy_for=self.key_policy,
         )
         # Async jobs: run by the server (its lifespan starts and stops the runner), not by the CLI.
         self.jobs = JobRunner(
@@ -196,6 +216,10 @@ class Gateway:
             return
         self.webhooks.enqueue_soon(job.id, job.webhook_url, secret, event_body(job.to_object()))
 
+    def key_policy(self, key_id: str | None) -> KeyPolicy | None:
+        """What a caller's key may do (None: a gateway without keys, or a key without limits)."""
+        return self.keys.policy(key_id) if key_id is not None else None
+
     def _default_model(self) -> str | None:
         """The first model some configured provider serves (a local model when there is no
         cloud key), else the catalog's first."""
@@ -219,8 +243,15 @@ class Gateway:
             "(after pip install -e '.[local]')."
         )
 
+    async def readiness(self) -> dict[str, str]:
+        """Each dependency's answer, "ok" or "error: ..." (readiness.CHECKS; /health/ready)."""
+        return await readiness.run(self)
+
     async def start(self) -> None:
-        """Server start: providers get ready (the local engine loads its weights)."""
+        """Server start: providers get ready (the local engine loads its weights), and the shared
+        breaker starts following the other instances."""
+        if isinstance(self.breaker, SharedBreaker):
+            self.breaker.start()
         for provider in self.providers.values():
             await provider.start()
 
@@ -240,5 +271,8 @@ class Gateway:
             await self.aiohttp.aclose()
         await self.fetcher.aclose()
         await self.webhooks.aclose()
+        if isinstance(self.breaker, SharedBreaker):
+            await self.breaker.aclose()
+        await self.limits.aclose()  # the settles in flight, then the Redis connections
         self.usage.close()  # the background writer's last flush: every journalled row into the table
         self.db.close()

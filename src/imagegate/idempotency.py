@@ -211,17 +211,20 @@ def request_fingerprint(
     return hashlib.sha256(canonical.encode("ascii")).hexdigest()
 
 
-def result_names(urls: Iterable[str | None]) -> tuple[str, ...]:
-    """The result-store names behind an answer's hosted URLs (`.../v1/results/<name>`); inline data
-    URIs and missing URLs have none."""
-    names = []
-    for url in urls:
-        if not url or not url.startswith(("http://", "https://")):
-            continue
-        _, sep, name = urlsplit(url).path.rpartition("/results/")
-        if sep and name:
-            names.append(name)
-    return tuple(names)
+def result_name(url: str | None, store: ResultStore | None = None) -> str | None:
+    """The result-store name behind one hosted URL: one of the store's own (a presigned S3 URL),
+    else a gateway result URL (`.../v1/results/<name>`); None for inline data URIs and no URL."""
+    if not url or not url.startswith(("http://", "https://")):
+        return None
+    if store is not None and (name := store.name_of(url)) is not None:
+        return name
+    _, sep, name = urlsplit(url).path.rpartition("/results/")
+    return name if sep and name else None
+
+
+def result_names(urls: Iterable[str | None], store: ResultStore | None = None) -> tuple[str, ...]:
+    """The result-store names behind an answer's hosted URLs (see `result_name`)."""
+    return tuple(name for url in urls if (name := result_name(url, store)) is not None)
 
 
 def results_still_served(store: ResultStore, names: Iterable[str]) -> bool:
@@ -236,7 +239,7 @@ def reissue_results(response: StoredResponse, store: ResultStore) -> StoredRespo
     names = []
     for item in body.get("data", []):
         url = item.get("url")
-        name = next(iter(result_names([url])), None)
+        name = result_name(url, store)
         if name is None:
             continue
         if store.get(name) is None:
@@ -248,7 +251,12 @@ def reissue_results(response: StoredResponse, store: ResultStore) -> StoredRespo
             if fmt is None:
                 return None
             name = store.put(data, MIME_BY_FORMAT[fmt])
-            item["url"] = url[: url.rindex("/results/")] + f"/results/{name}"
+            new_url = store.public_url(name)
+            if new_url is None and store.name_of(url) is not None:
+                # A presigned URL, and presigning is off since: no gateway base to build one on.
+                store.delete(name)
+                return None
+            item["url"] = new_url or url[: url.rindex("/results/")] + f"/results/{name}"
         names.append(name)
     text = json.dumps(body, separators=(",", ":"))
     return StoredResponse(response.status, response.headers, text.encode(), tuple(names))

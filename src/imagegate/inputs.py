@@ -87,14 +87,15 @@ class InputLoader:
         """A result URL of this gateway is read from the result store (no request to ourselves, and
         it works while private URLs are refused); any other URL is fetched under the SSRF rules."""
         s = self.settings
-        name = own_result_name(url, [b for b in own_bases if b])
+        # The gateway's own result URLs, or the store's (a presigned S3 URL it handed out).
+        name = own_result_name(url, [b for b in own_bases if b]) or self.store.name_of(url)
         if name is None:
             return await self.fetcher.fetch(url, param=param, max_bytes=s.max_image_bytes, key_id=key_id)
         stored = await anyio.to_thread.run_sync(self.store.get, name)
         try:
             if stored is None:
                 raise FileNotFoundError(name)
-            data = await anyio.to_thread.run_sync(stored.path.read_bytes)
+            data = await anyio.to_thread.run_sync(stored.read)
         except OSError as exc:  # unknown, expired, or purged between the lookup and the read
             raise InvalidRequest(
                 f"'{param}': the result {name!r} of this gateway does not exist or has expired.",

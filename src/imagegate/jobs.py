@@ -58,7 +58,7 @@ from .errors import ImagegateError, JobConflict, JobQueueFull
 from .idempotency import result_names
 from .pipeline import ImageJob, ImagesOutcome, PipelineEvent
 from .service import ImageService, ImageSource
-from .storage import LocalResultStore
+from .storage import ResultStore
 from .usage import UsageRecord, UsageSink
 
 log = logging.getLogger("imagegate")
@@ -302,6 +302,11 @@ class JobStore:
         rows = self.db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
         return _job(rows[0]) if rows else None
 
+    def queued_count(self) -> int:
+        """Jobs waiting to run, every process's (the queue depth /metrics reports)."""
+        ((count,),) = self.db.execute("SELECT COUNT(*) FROM jobs WHERE status = 'queued'")
+        return int(count)
+
     def page(
         self, key_id: str | None, *, limit: int, after: str | None = None, status: str | None = None
     ) -> tuple[list[Job], bool] | None:
@@ -441,7 +446,7 @@ class JobStore:
                 ).to_openai_json()["error"]
                 updated = self.db.execute(
                     "UPDATE jobs SET status = 'failed', finished_at = ?, error = ?, owner = NULL "
-                    "WHERE id = ? AND status = 'in_progress' AND owner IS ? RETURNING id",
+                    "WHERE id = ? AND status = 'in_progress' AND owner IS NOT DISTINCT FROM ? RETURNING id",
                     (time.time(), jsonio.dumps(error).decode(), job_id, owner),
                 )
                 if updated:
@@ -452,7 +457,7 @@ class JobStore:
             else:
                 self.db.execute(
                     "UPDATE jobs SET status = 'queued', owner = NULL WHERE id = ? AND status = 'in_progress' "
-                    "AND owner IS ?",
+                    "AND owner IS NOT DISTINCT FROM ?",  # SQL standard: PostgreSQL takes no parameter after IS
                     (job_id, owner),
                 )
                 log.warning("job %s: its process died while it ran; queued to run again", job_id)
@@ -581,7 +586,7 @@ class JobRunner:
         self,
         store: JobStore,
         service: ImageService,
-        results: LocalResultStore,
+        results: ResultStore,
         usage: JobUsage,
         settings: Settings,
         *,
@@ -720,7 +725,7 @@ class JobRunner:
             for piece in renderers.completed(job.event_prefix, outcome):
                 keep(piece)
             status = "succeeded"
-            names = list(result_names(image.url for image in outcome.images))
+            names = list(result_names((image.url for image in outcome.images), self.results))
         except asyncio.CancelledError:
             if not run.cancel_requested:  # a shutdown, not a cancel: the next start runs it
                 await asyncio.to_thread(self.store.requeue, job.id, self.owner)
@@ -786,6 +791,7 @@ class JobRunner:
             image_param=request.get("image_param") or "image",
             public_base_url=request.get("public_base_url"),
             request_base_url=request.get("request_base_url"),
+            rate_checked=True,  # its key's rate limits were taken when it was submitted (service.check)
         )
 
     def _finished(self, job: Job) -> None:

@@ -137,23 +137,34 @@ async def finish_partial(
 
 
 async def host_all(store: ResultStore, images: list[OutputImage], base_url: str) -> list[OutputImage]:
-    """Store every image, or none: when one cannot be kept (StorageFull, 503, leaving no file),
-    those stored before it are deleted, since no answer will ever name their URLs."""
-    names: list[str] = []
+    """Store every image, or none: when one cannot be kept (StorageFull or StorageUnavailable, 503,
+    leaving no file), those stored before it are deleted, since no answer will ever name their URLs.
+    Each URL is the store's own when it has one (a presigned S3 URL), else the gateway's."""
+    hosted: list[tuple[str, str | None]] = []
     try:
         for image in images:
             # The blob as it is: base64 is decoded a chunk at a time into the file (storage.put).
-            names.append(await anyio.to_thread.run_sync(store.put, image.blob, image.mime_type))
+            hosted.append(await anyio.to_thread.run_sync(_host_one, store, image))
     except BaseException:
         # No await here: on a cancel (client gone) an await would be interrupted and leave the
         # files behind; a few small deletes on the loop are the lesser cost, on a failure path.
-        for name in names:
+        for name, _ in hosted:
             store.delete(name)
         raise
     return [
-        dataclasses.replace(image, url=f"{base_url}/v1/results/{name}")
-        for image, name in zip(images, names, strict=True)
+        dataclasses.replace(image, url=own_url or f"{base_url}/v1/results/{name}")
+        for image, (name, own_url) in zip(images, hosted, strict=True)
     ]
+
+
+def _host_one(store: ResultStore, image: OutputImage) -> tuple[str, str | None]:
+    """(name, the store's own URL or None), in one worker thread: presigning reads the result's row."""
+    name = store.put(image.blob, image.mime_type)
+    try:
+        return name, store.public_url(name)
+    except BaseException:
+        store.delete(name)
+        raise
 
 
 def inline_urls(images: list[OutputImage]) -> list[OutputImage]:

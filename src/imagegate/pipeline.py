@@ -1,7 +1,7 @@
 """One image request as a context passed through named stages (as vLLM's `ServeContext`).
 
-    resolve_model -> validate -> plan -> load_inputs -> layout -> dispatch
-                  [-> fallback: validate -> plan -> load_inputs -> layout -> dispatch]
+    resolve_model -> validate -> plan -> admit -> load_inputs -> layout -> dispatch
+                  [-> fallback: validate -> plan -> admit -> load_inputs -> layout -> dispatch]
                   -> finish -> host -> record_usage -> render
 
 Each stage reads what earlier stages decided from the `RequestContext` and writes its own
@@ -11,6 +11,10 @@ decisions there; none recomputes another's. In order:
 - validate: the mode and every field checked and typed against the model (400s);
 - plan: the configured providers, best first, each as a `Candidate` with its own view of the
   request (router.plan_candidates; a parameter no provider honours is a 400 here);
+- admit: the key's policy (limits.py): its model allow-list (403), its rate limits (429
+  rate_limit_exceeded; an async job's were taken when it was submitted) and its budget: the
+  request's expected cost is reserved before any upstream call (429 insufficient_quota), and
+  settled with the real cost when the request ends, however it ends;
 - load_inputs: images and mask read and decoded, once per request;
 - layout: the output size (an edit keeps its first image's shape by default);
 - dispatch: n split into calls, retried, failed over, within the request's deadline;
@@ -44,16 +48,18 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, Literal, TypeVar
 
-from . import imaging
+from . import imaging, logs, metrics
 from .catalog import Mode, ModelEntry
 from .config import Settings
 from .dispatch import CallPlan, Dispatcher, Served
-from .errors import ImagegateError, InvalidRequest, UpstreamAtCapacity
+from .errors import ImagegateError, InsufficientQuota, InvalidRequest, UpstreamAtCapacity
 from .inputs import ImageSource, InputLoader, check_for_model
+from .limits import RESERVATION_MARGIN_SECONDS, Limits, LocalLimitState, PolicyLookup, Reservation, model_allowed
 from .normalize import Adjustment, Layout, resolve_layout
 from .outputs import Delivered, Finishing, OutputImage, finish_images, finish_partial, host_all, inline_urls
 from .params import NormalizedParams, normalize_params
-from .pricing import Charge, Cost, total_cost
+from .policy import KeyPolicy
+from .pricing import Charge, Cost, call_cost, total_cost
 from .providers import InputImage, PartialListener, ProviderImage, TokenSplit
 from .resilience import is_capacity, is_upstream_failure
 from .router import Candidate, Router, plan_candidates
@@ -103,6 +109,7 @@ class ImageJob:
     public_base_url: str | None = None  # base of result URLs; default from the settings
     request_base_url: str | None = None  # the base the request itself came to: its result URLs are ours too
     on_event: EventListener | None = None  # sees the request's PipelineEvents
+    rate_checked: bool = False  # its key's rate limits were taken already (an async job, when submitted)
 
 
 @dataclass
@@ -172,6 +179,9 @@ class RequestContext:
     normalized: NormalizedParams | None = None
     # plan
     candidates: list[Candidate] = field(default_factory=list)
+    # admit
+    rate_taken: bool = False  # counted against the key's rate limits (once, a fallback too)
+    reservation: Reservation | None = None  # the budget held for its expected cost; settled at the end
     # load_inputs
     inputs_loaded: bool = False
     images: list[InputImage] = field(default_factory=list)
@@ -260,6 +270,8 @@ class Pipeline:
         usage: UsageSink,
         inputs: InputLoader,
         default_model: str,
+        limits: Limits | None = None,
+        policy_for: PolicyLookup | None = None,
     ) -> None:
         self.settings = settings
         self.router = router
@@ -267,7 +279,10 @@ class Pipeline:
         self.usage = usage
         self.inputs = inputs
         self.default_model = default_model
-        self.dispatcher = Dispatcher(settings, router.breaker)
+        # Without a policy lookup (a gateway without keys, most tests) no request is limited.
+        self.limits = limits or Limits(LocalLimitState(), _nothing_spent)
+        self.policy_for: PolicyLookup = policy_for or _no_policy
+        self.dispatcher = Dispatcher(settings, router.breaker, self.limits)
 
     async def run(self, ctx: RequestContext) -> ImagesOutcome:
         try:
@@ -287,6 +302,9 @@ class Pipeline:
         except BaseException:
             self._record_after_failure(ctx)
             raise
+        finally:
+            # However it ends (answered, failed, cancelled): what it really cost replaces what it held.
+            self.limits.settle(ctx.reservation, ctx.usage.cost if ctx.usage is not None else 0.0)
         return _done(ctx.outcome, "render")
 
     async def _stage(self, ctx: RequestContext, name: str, stage: Stage) -> None:
@@ -301,6 +319,7 @@ class Pipeline:
         for name, stage in (
             ("validate", self.validate),
             ("plan", self.plan),
+            ("admit", self.admit),
             ("load_inputs", self.load_inputs),
             ("layout", self.lay_out),
             ("dispatch", self.dispatch),
@@ -311,6 +330,7 @@ class Pipeline:
         ctx.fields = ctx.job.params
         ctx.model_id = str(ctx.fields.get("model") or self.default_model)
         ctx.entry = self.router.model(ctx.model_id)
+        logs.note_model(ctx.model_id)  # known to the catalog: a label of bounded values
 
     async def validate(self, ctx: RequestContext) -> None:
         mode = ctx.job.mode
@@ -326,6 +346,60 @@ class Pipeline:
         ctx.candidates = plan_candidates(
             ctx.params, routes, strict=self.settings.strict_parameters, has_mask=ctx.job.mask is not None
         )
+
+    async def admit(self, ctx: RequestContext) -> None:
+        """The key's policy, before anything is fetched or sent: allow-list and rate limits, then
+        the budget reserved for the request's expected cost. A fallback runs it again: the model is
+        checked again, the rate limits are not taken twice, and the first model's reservation (it
+        paid for nothing) is released for the fallback's own."""
+        policy = self.policy_for(ctx.job.key_id)
+        if policy is None:
+            return
+        await self._admit_cheaply(ctx, policy)
+        self.limits.settle(ctx.reservation, 0.0)
+        ttl = max(0.0, ctx.deadline - asyncio.get_running_loop().time()) + RESERVATION_MARGIN_SECONDS
+        ctx.reservation = await self.limits.reserve(policy, self._expected_cost(ctx), ttl)
+
+    async def _admit_cheaply(self, ctx: RequestContext, policy: KeyPolicy) -> None:
+        """The allow-list and the rate limits: what an async job is checked for when it is submitted."""
+        self.limits.check_model(policy, ctx.model_id, ctx.model, self.router.catalog)
+        if not (ctx.rate_taken or ctx.job.rate_checked):
+            await self.limits.take_rate(policy, int(ctx.params.get("n", 1)))
+            ctx.rate_taken = True
+
+    async def check_admission(self, ctx: RequestContext) -> None:
+        """At an async job's submission (ImageService.check): its allow-list and rate limits; the
+        budget is reserved when it runs."""
+        policy = self.policy_for(ctx.job.key_id)
+        if policy is not None:
+            await self._admit_cheaply(ctx, policy)
+        ctx.job.rate_checked = True
+
+    def _expected_cost(self, ctx: RequestContext) -> float:
+        """The first candidate's price at the request's tier times n (its listed price, estimated,
+        where the provider's own is not known), as dispatch would be charged. An edit's input shape is
+        not known yet: its tier is what the request asks for, else the model's default."""
+        if not ctx.candidates:
+            return 0.0
+        first, params = ctx.candidates[0], ctx.params
+        try:
+            layout: Layout | None = resolve_layout(
+                ctx.model,
+                size=params.get("size"),
+                aspect_ratio=params.get("aspect_ratio"),
+                resolution=params.get("resolution"),
+            )
+        except ImagegateError:  # the layout stage says what is wrong with it
+            layout = None
+        charge = Charge(
+            first.route.model.binding_price(first.provider_id),
+            layout.resolution if layout is not None else ctx.model.default_resolution,
+            int(params.get("n", 1)),
+            len(ctx.job.images),
+            first.view.options,
+            size=(layout.width, layout.height) if layout is not None else None,
+        )
+        return call_cost(charge)
 
     async def load_inputs(self, ctx: RequestContext) -> None:
         job = ctx.job
@@ -426,7 +500,14 @@ class Pipeline:
             and ctx.fallback_from is None
             and bool(ctx.errors)
             and all(is_capacity(e) for e in ctx.errors)
+            and self._key_may_use(ctx, ctx.model.fallback_model)
         )
+
+    def _key_may_use(self, ctx: RequestContext, model_id: str) -> bool:
+        """A key whose allow-list lacks the fallback model is not served it (it gets the first
+        model's capacity error, not a 403 for a model it did not ask for)."""
+        policy = self.policy_for(ctx.job.key_id)
+        return policy is None or model_allowed(policy, model_id, self.router.model(model_id), self.router.catalog)
 
     async def fall_back(self, ctx: RequestContext) -> None:
         """Serve the model's fallback instead, over the inputs already loaded; its failure is a 503
@@ -440,6 +521,8 @@ class Pipeline:
         try:
             await self._serve_model(ctx)
             _check_delivery(ctx, self.settings.n_failure_policy)
+        except InsufficientQuota:
+            raise  # the fallback's own cost is over the key's budget: that, not capacity, is the answer
         except ImagegateError as exc:
             raise UpstreamAtCapacity(
                 f"Every provider of '{model.id}' is at capacity, and the fallback model "
@@ -514,6 +597,8 @@ class Pipeline:
     async def record_usage(self, ctx: RequestContext) -> None:
         # Set first: even if this await is cancelled, the thread still writes the row.
         ctx.usage = self._usage_record(ctx, _done(ctx.served, "dispatch"), ctx.made, _done(ctx.cost, "dispatch"))
+        self.limits.settle(ctx.reservation, ctx.usage.cost)
+        metrics.count_usage(ctx.usage.model, ctx.usage.provider, ctx.usage.images, ctx.usage.cost)
         await record_usage(self.usage, ctx.usage)
 
     async def render(self, ctx: RequestContext) -> None:
@@ -535,6 +620,7 @@ class Pipeline:
             input_details=sum((item.result.input_split() for item in served), TokenSplit()),
             output_details=sum((item.result.output_split() for item in served), TokenSplit()),
         )
+        logs.note_served(ctx.outcome.provider, adjustment_fields(ctx.outcome.adjustments))
 
     def _record_after_failure(self, ctx: RequestContext) -> None:
         """A request failing after upstream calls made images: they are paid for, so the usage row
@@ -548,7 +634,9 @@ class Pipeline:
             made = sum(len(item.result.images) for item in calls)
             cost = self._cost(calls, ctx.layout, input_images=len(ctx.images)) if made else None
         if made and cost is not None:
-            record_after_failure(self.usage, self._usage_record(ctx, calls, made, cost))
+            ctx.usage = self._usage_record(ctx, calls, made, cost)  # and the budget is settled with its cost
+            metrics.count_usage(ctx.usage.model, ctx.usage.provider, ctx.usage.images, ctx.usage.cost)
+            record_after_failure(self.usage, ctx.usage)
 
     @staticmethod
     def _cost(served: list[Served], layout: Layout, input_images: int) -> Cost:
@@ -588,6 +676,14 @@ class Pipeline:
         )
 
 
+def _no_policy(key_id: str | None) -> None:
+    return None
+
+
+async def _nothing_spent(key_id: str, since: float) -> float:
+    return 0.0
+
+
 def _check_delivery(ctx: RequestContext, n_failure_policy: str) -> None:
     """No image at all is the most relevant error; some calls failing is one too under the
     `fail` policy (IMAGEGATE_N_FAILURE_POLICY), and a partial answer otherwise."""
@@ -620,3 +716,8 @@ def _dimension_adjustments(layout: Layout, outputs: list[OutputImage]) -> list[A
     if (first.width, first.height) == (layout.width, layout.height):
         return []
     return [Adjustment("size", f"{layout.width}x{layout.height}", f"{first.width}x{first.height} (as produced)")]
+
+
+def adjustment_fields(adjustments: list[Adjustment]) -> list[dict[str, str]]:
+    """The answer's `adjustments` (and the access line's)."""
+    return [{"param": a.param, "requested": a.requested, "applied": a.applied} for a in adjustments]

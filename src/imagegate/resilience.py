@@ -74,6 +74,11 @@ class CircuitBreaker:
         if circuit.failures >= self.threshold:
             circuit.opened_at = self._now()
 
+    def adopt(self, provider_id: str, failures: int, opened_at: float | None) -> None:
+        """Take a provider's circuit as another instance left it (limits.SharedBreaker);
+        `opened_at` on this breaker's clock."""
+        self._circuits[provider_id] = _Circuit(failures, opened_at)
+
     def state(self, provider_id: str) -> str:
         circuit = self._circuits.get(provider_id)
         if circuit is None or circuit.opened_at is None:

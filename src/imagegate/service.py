@@ -10,6 +10,7 @@ from .config import Settings
 from .conversion import ConversionPool
 from .fetch import ImageFetcher
 from .inputs import ImageSource, InputLoader
+from .limits import Limits, PolicyLookup
 from .outputs import OutputImage
 from .pipeline import EventListener, ImageJob, ImagesOutcome, Pipeline, PipelineEvent, RequestContext
 from .router import Router
@@ -36,11 +37,22 @@ class ImageService:
         usage: UsageSink,
         fetcher: ImageFetcher,
         default_model: str | None = None,
+        limits: Limits | None = None,
+        policy_for: PolicyLookup | None = None,  # a key's policy (keys.py); None: no key is limited
     ) -> None:
         self.settings = settings
         self.router = router
         inputs = InputLoader(settings, store, fetcher, ConversionPool.from_settings(settings))
-        self.pipeline = Pipeline(settings, router, store, usage, inputs, default_model or next(iter(router.catalog)).id)
+        self.pipeline = Pipeline(
+            settings,
+            router,
+            store,
+            usage,
+            inputs,
+            default_model or next(iter(router.catalog)).id,
+            limits=limits,
+            policy_for=policy_for,
+        )
 
     async def create(self, job: ImageJob, *, on_event: EventListener | None = None) -> ImagesOutcome:
         """Serve one request within one deadline (its inputs, every upstream call, the output
@@ -50,10 +62,12 @@ class ImageService:
         return await self.pipeline.run(ctx)
 
     async def check(self, job: ImageJob) -> str:
-        """The cheap stages only (resolve_model, validate, plan): the 400s a request would get,
-        without fetching, decoding or calling anything (an async job is checked before its 202).
-        Returns the model id as the request names it."""
+        """The cheap stages only (resolve_model, validate, plan, and admit's allow-list and rate
+        limits): the 4xx a request would get, without fetching, decoding or calling anything (an
+        async job is checked before its 202; its budget is reserved when it runs). Returns the model
+        id as the request names it."""
         ctx = RequestContext(job=job, deadline=self.pipeline.dispatcher.deadline())
-        for stage in (self.pipeline.resolve_model, self.pipeline.validate, self.pipeline.plan):
+        pipeline = self.pipeline
+        for stage in (pipeline.resolve_model, pipeline.validate, pipeline.plan, pipeline.check_admission):
             await stage(ctx)
         return ctx.model_id

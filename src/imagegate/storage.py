@@ -11,6 +11,10 @@ are rows of `result_reservations`, so the check is a couple of row reads, not a 
 written under a temporary name and renamed when complete; only then is its row inserted. A result
 that cannot be kept (larger than the budget, a full disk) is StorageFull, a 503, with nothing left
 behind.
+
+The index, expiry and budget are `IndexedResultStore`'s, whatever holds the bytes: the local
+directory here, or an S3 bucket (s3store.py, IMAGEGATE_RESULTS_URL=s3://...); `open_result_store`
+picks one from the settings. A `StoredResult` is read the same way from either.
 """
 
 from __future__ import annotations
@@ -22,14 +26,15 @@ import secrets
 import shutil
 import sqlite3
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import IO, TYPE_CHECKING, Protocol
 
 import psycopg
 
 from .db import Database, DatabaseError
-from .errors import StorageFull
+from .errors import StorageFull, StorageUnavailable
 from .imaging import FORMAT_BY_MIME, ImageBytes
 
 log = logging.getLogger("imagegate")
@@ -41,16 +46,47 @@ EVICTION_BATCH = 64
 FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 RETRY_AFTER_SECONDS = 30.0
 TEMP_SUFFIX = ".tmp"
+CHUNK_BYTES = 256 * 1024  # what a streamed result is read in
+
+if TYPE_CHECKING:
+    from .config import Settings
 
 
 @dataclass(frozen=True)
 class StoredResult:
-    path: Path
+    """A live result. A local one is a file (`path`: served with sendfile); any other is read
+    through `opener`, which returns its body as a file object (an S3 object's stream)."""
+
+    path: Path | None
     content_type: str
+    size: int = 0  # bytes, when known (0: rows from before sizes were kept)
+    opener: Callable[[], IO[bytes]] | None = None
+
+    def open(self) -> IO[bytes]:
+        """The result's bytes as a file object. FileNotFoundError when it is gone meanwhile
+        (purged, evicted); blocking, so call it in a thread."""
+        if self.path is not None:
+            return self.path.open("rb")
+        assert self.opener is not None
+        return self.opener()
+
+    def read(self) -> bytes:
+        with self.open() as body:
+            return body.read()
+
+
+def iter_body(body: IO[bytes]) -> Iterator[bytes]:
+    """An opened result's bytes a chunk at a time, closing it when done or dropped (a client
+    that goes away mid-download closes the generator)."""
+    try:
+        while chunk := body.read(CHUNK_BYTES):
+            yield chunk
+    finally:
+        body.close()
 
 
 class ResultStore(Protocol):
-    """What the service needs from a result store; S3-compatible storage can implement it."""
+    """What the service needs from a result store: the local directory or an S3 bucket."""
 
     def put(self, data: bytes | ImageBytes, content_type: str) -> str: ...
 
@@ -59,6 +95,21 @@ class ResultStore(Protocol):
     def delete(self, name: str) -> None: ...
 
     def purge_expired(self) -> int: ...
+
+    def expire_at(self, names: list[str], expires_at: float) -> None: ...
+
+    def public_url(self, name: str) -> str | None:
+        """A URL of the store's own for the result (a presigned S3 URL), or None: the gateway's
+        `/v1/results/<name>` URL serves it."""
+        ...
+
+    def name_of(self, url: str) -> str | None:
+        """The result name behind a URL `public_url` made, None for any other URL."""
+        ...
+
+    def check(self) -> None:
+        """StorageUnavailable unless results can be stored now (for a readiness check)."""
+        ...
 
 
 def default_max_bytes(directory: Path) -> int:
@@ -99,55 +150,43 @@ def _storage_full(detail: str) -> StorageFull:
     )
 
 
-class LocalResultStore:
-    def __init__(self, db: Database, directory: Path, ttl_seconds: float, max_bytes: int | None = 0) -> None:
-        """`max_bytes`: the size budget; None picks `default_max_bytes`, 0 means no budget."""
+class IndexedResultStore:
+    """The database index of results, their expiry and the size budget, whatever holds the bytes.
+
+    A row's `path` is where its bytes are (a file path, an object key); subclasses write, open
+    and remove them (`_result`, `_remove`).
+    """
+
+    def __init__(self, db: Database, ttl_seconds: float, max_bytes: int) -> None:
+        """`max_bytes`: the size budget; 0 means no budget."""
         self.db = db
-        self.directory = directory
         self.ttl_seconds = ttl_seconds
-        directory.mkdir(parents=True, exist_ok=True)
-        self.max_bytes = default_max_bytes(directory) if max_bytes is None else max_bytes
+        self.max_bytes = max_bytes
         # The total starts as the sum of what is stored (rows from before sizes were kept count 0).
         self.db.execute("INSERT OR IGNORE INTO results_total (id, bytes) SELECT 1, COALESCE(SUM(size), 0) FROM results")
-        self._remove_stale_temp_files()
 
-    def put(self, data: bytes | ImageBytes, content_type: str) -> str:
-        """Store bytes; returns the file name to put in the URL (token plus extension)."""
-        ext = FORMAT_BY_MIME.get(content_type, "bin")
-        name = f"{secrets.token_urlsafe(32)}.{ext}"
-        path = self.directory / name
-        size = data.size() if isinstance(data, ImageBytes) else len(data)
-        claim = self._claim(size)
-        temp = self.directory / f".{name}{TEMP_SUFFIX}"  # never a token: tokens do not start with "."
-        try:
-            _write_new_file(temp, data)
-            os.replace(temp, path)
-        except BaseException as exc:  # OSError, or base64 that turns out broken (binascii.Error)
-            temp.unlink(missing_ok=True)
-            self._release(claim)
-            if not isinstance(exc, OSError):
-                raise
-            if _is_full(exc):
-                log.error("result store: the disk is full (%s); answering 503 storage_full", exc)
-                raise _storage_full("the disk is full") from exc
-            raise
+    # -- what a subclass provides --
+
+    def _result(self, path: str, content_type: str, size: int) -> StoredResult | None:
+        raise NotImplementedError
+
+    def _remove(self, paths: list[str]) -> None:
+        """Remove these results' bytes (their rows are gone); never raises for one already gone."""
+        raise NotImplementedError
+
+    # -- the index --
+
+    def _index(self, name: str, path: str, content_type: str, size: int, claim: str | None) -> None:
+        """The row that makes a written result live, its space claim turned into its size."""
         now = time.time()
-        try:
-            with self.db.transaction() as conn:
-                conn.execute(
-                    "INSERT INTO results (token, path, content_type, created_at, expires_at, size) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (name, str(path), content_type, now, now + self.ttl_seconds, size),
-                )
-                if claim is not None:
-                    conn.execute("DELETE FROM result_reservations WHERE id = ?", (claim,))
-        except DatabaseError as exc:
-            path.unlink(missing_ok=True)
-            self._release(claim)
-            if _is_full(exc):
-                raise _storage_full("the database's disk is full") from exc
-            raise
-        return name
+        with self.db.transaction() as conn:
+            conn.execute(
+                "INSERT INTO results (token, path, content_type, created_at, expires_at, size) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (name, path, content_type, now, now + self.ttl_seconds, size),
+            )
+            if claim is not None:
+                conn.execute("DELETE FROM result_reservations WHERE id = ?", (claim,))
 
     def _claim(self, size: int) -> str | None:
         """Room for `size` more bytes under the budget, evicting to make it; None with no budget."""
@@ -172,8 +211,7 @@ class LocalResultStore:
             if _is_full(exc):
                 raise _storage_full("the database's disk is full") from exc
             raise
-        for path in evicted:  # after the commit: a rolled-back eviction must not lose files
-            Path(path).unlink(missing_ok=True)
+        self._remove(evicted)  # after the commit: a rolled-back eviction must not lose files
         return claim
 
     def _make_room(self, conn: sqlite3.Connection, size: int, now: float) -> list[str]:
@@ -218,6 +256,76 @@ class LocalResultStore:
         rows = self.db.execute("SELECT bytes FROM results_total WHERE id = 1")
         return int(rows[0][0]) if rows else 0
 
+    def get(self, name: str) -> StoredResult | None:
+        """The live result of that name: one row read (an expired row is never served)."""
+        rows = self.db.execute(
+            "SELECT path, content_type, size FROM results WHERE token = ? AND expires_at > ?", (name, time.time())
+        )
+        if not rows:
+            return None
+        path, content_type, size = rows[0]
+        return self._result(path, content_type, int(size or 0))
+
+    def delete(self, name: str) -> None:
+        """Forget a result and free its space (a request that could not store all its images)."""
+        rows = self.db.execute("DELETE FROM results WHERE token = ? RETURNING path", (name,))
+        self._remove([path for (path,) in rows])
+
+    def expire_at(self, names: list[str], expires_at: float) -> None:
+        """Move these results' expiry (an async job's results live the TTL from the job's end)."""
+        for name in names:
+            self.db.execute("UPDATE results SET expires_at = ? WHERE token = ?", (expires_at, name))
+
+    def purge_expired(self) -> int:
+        rows = self.db.execute("DELETE FROM results WHERE expires_at <= ? RETURNING path", (time.time(),))
+        self._remove([path for (path,) in rows])
+        return len(rows)
+
+    def public_url(self, name: str) -> str | None:
+        return None
+
+    def name_of(self, url: str) -> str | None:
+        return None
+
+
+class LocalResultStore(IndexedResultStore):
+    def __init__(self, db: Database, directory: Path, ttl_seconds: float, max_bytes: int | None = 0) -> None:
+        """`max_bytes`: the size budget; None picks `default_max_bytes`, 0 means no budget."""
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        super().__init__(db, ttl_seconds, default_max_bytes(directory) if max_bytes is None else max_bytes)
+        self._remove_stale_temp_files()
+
+    def put(self, data: bytes | ImageBytes, content_type: str) -> str:
+        """Store bytes; returns the file name to put in the URL (token plus extension)."""
+        ext = FORMAT_BY_MIME.get(content_type, "bin")
+        name = f"{secrets.token_urlsafe(32)}.{ext}"
+        path = self.directory / name
+        size = data.size() if isinstance(data, ImageBytes) else len(data)
+        claim = self._claim(size)
+        temp = self.directory / f".{name}{TEMP_SUFFIX}"  # never a token: tokens do not start with "."
+        try:
+            _write_new_file(temp, data)
+            os.replace(temp, path)
+        except BaseException as exc:  # OSError, or base64 that turns out broken (binascii.Error)
+            temp.unlink(missing_ok=True)
+            self._release(claim)
+            if not isinstance(exc, OSError):
+                raise
+            if _is_full(exc):
+                log.error("result store: the disk is full (%s); answering 503 storage_full", exc)
+                raise _storage_full("the disk is full") from exc
+            raise
+        try:
+            self._index(name, str(path), content_type, size, claim)
+        except DatabaseError as exc:
+            path.unlink(missing_ok=True)
+            self._release(claim)
+            if _is_full(exc):
+                raise _storage_full("the database's disk is full") from exc
+            raise
+        return name
+
     def _remove_stale_temp_files(self) -> None:
         """Temporary files of writes that died with their process (not those of other workers)."""
         cutoff = time.time() - RESERVATION_SECONDS
@@ -228,27 +336,28 @@ class LocalResultStore:
             except OSError:
                 pass
 
-    def get(self, name: str) -> StoredResult | None:
-        rows = self.db.execute(
-            "SELECT path, content_type FROM results WHERE token = ? AND expires_at > ?", (name, time.time())
-        )
-        if not rows:
-            return None
-        path = Path(rows[0][0])
-        return StoredResult(path, rows[0][1]) if path.exists() else None
+    def _result(self, path: str, content_type: str, size: int) -> StoredResult | None:
+        file = Path(path)
+        return StoredResult(file, content_type, size) if file.exists() else None
 
-    def delete(self, name: str) -> None:
-        """Forget a result and free its space (a request that could not store all its images)."""
-        for (path,) in self.db.execute("DELETE FROM results WHERE token = ? RETURNING path", (name,)):
+    def _remove(self, paths: list[str]) -> None:
+        for path in paths:
             Path(path).unlink(missing_ok=True)
 
-    def expire_at(self, names: list[str], expires_at: float) -> None:
-        """Move these results' expiry (an async job's results live the TTL from the job's end)."""
-        for name in names:
-            self.db.execute("UPDATE results SET expires_at = ? WHERE token = ?", (expires_at, name))
+    def check(self) -> None:
+        if not os.access(self.directory, os.W_OK | os.X_OK):
+            raise StorageUnavailable(
+                f"The result directory {self.directory} is not writable.", retry_after=RETRY_AFTER_SECONDS
+            )
 
-    def purge_expired(self) -> int:
-        rows = self.db.execute("DELETE FROM results WHERE expires_at <= ? RETURNING path", (time.time(),))
-        for (path,) in rows:
-            Path(path).unlink(missing_ok=True)
-        return len(rows)
+
+def open_result_store(settings: Settings, db: Database) -> ResultStore:
+    """The store IMAGEGATE_RESULTS_URL names: an S3 bucket (`s3://bucket/prefix`), else the local
+    directory `<data dir>/results`."""
+    if settings.results_url:
+        from .s3store import S3ResultStore  # boto3 is imported only when S3 is used
+
+        return S3ResultStore.from_settings(settings, db)
+    return LocalResultStore(
+        db, settings.data_dir / "results", settings.result_ttl_seconds, max_bytes=settings.results_max_bytes
+    )

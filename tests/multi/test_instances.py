@@ -18,7 +18,7 @@ from standardwebhooks import Webhook
 from ..fakes.common import Delay
 from ..fakes.gemini import FakeGemini
 from ..fakes.webhook_receiver import WebhookReceiver
-from .cluster import API_KEY, WEBHOOK_SECRET, Cluster
+from .cluster import ADMIN_KEY, API_KEY, WEBHOOK_SECRET, Cluster
 
 MODEL = "gemini-3-pro-image-preview"
 ASYNC = {"Prefer": "respond-async"}
@@ -153,7 +153,8 @@ def test_kill_9_of_one_instance_under_load_loses_no_usage_and_no_job(cluster: Cl
         cluster.kill(0)
         time.sleep(2.0)
     received_before_restart = dict(load.received)
-    assert received_before_restart, cluster.logs()
+    assert received_before_restart and load.jobs, cluster.logs()
+    assert len(load.sent) > len(load.received) + len(load.jobs)  # the kill cut requests short: it hit under load
     cluster.restart(0)  # on its data dir: its journal of usage not yet in the database is replayed
     for job_id in load.jobs:  # every accepted job ends, taken over from the dead instance if need be
         job = wait_job(cluster, 1, job_id)
@@ -229,3 +230,51 @@ def test_a_jobs_webhook_is_sent_once_and_its_delivery_shown_by_either_instance(c
         assert shown["attempts"] == 1 and shown["last_status"] == 200
         time.sleep(0.5)
         assert len(receiver.received) == 1  # one delivery, though two senders watch the table
+
+
+def test_a_result_stored_by_one_instance_is_served_by_the_other(cluster: Cluster) -> None:
+    answer = cluster.client(0).images.generate(model=MODEL, prompt="hosted", response_format="url")
+    url = answer.data[0].url
+    assert url is not None and url.startswith(cluster.url(0))
+    other = url.replace(cluster.url(0), cluster.url(1), 1)  # the same result, asked of the other instance
+    served = httpx.get(other, timeout=30)
+    assert served.status_code == 200 and served.content.startswith(b"\x89PNG")
+    assert served.headers["content-type"] == "image/png"
+    objects = cluster.sql("SELECT path FROM results")
+    assert len(objects) == 1 and objects[0][0].startswith("results/")  # an S3 key, not a local file
+
+
+def admin_key(cluster: Cluster, **policy: Any) -> str:
+    """A stored key made through instance 0's admin API; returns the key."""
+    with cluster.http(0, api_key=ADMIN_KEY) as http:
+        made = http.post("/v1/admin/keys", json={"name": "limited", **policy})
+    assert made.status_code == 201, made.text
+    return str(made.json()["key"])
+
+
+def test_a_rate_limit_holds_across_both_instances(cluster: Cluster, fake_gemini: FakeGemini) -> None:
+    key = admin_key(cluster, rate_limits={"requests_per_minute": 3})
+    for index in (0, 1, 0):  # three requests, spread over both instances: the whole allowance
+        cluster.client(index, api_key=key).images.generate(model=MODEL, prompt="ok", response_format="b64_json")
+    for index in (1, 0):
+        with pytest.raises(openai.RateLimitError) as refused:
+            cluster.client(index, api_key=key).images.generate(model=MODEL, prompt="over", response_format="b64_json")
+        assert refused.value.code == "rate_limit_exceeded"
+        assert float(refused.value.response.headers["retry-after"]) > 0
+    assert len(fake_gemini.requests) == 3  # refused requests never reach the upstream
+
+
+def test_a_budget_holds_across_both_instances(cluster: Cluster, fake_gemini: FakeGemini) -> None:
+    priced = cluster.client(0).images.generate(model=MODEL, prompt="price", response_format="b64_json")
+    assert priced.usage is not None
+    cost = float(priced.usage.model_extra["cost"])
+    assert cost > 0
+    key = admin_key(cluster, budget={"usd_per_day": round(cost * 2.5, 6)})  # room for two requests
+    for index in (0, 1):
+        cluster.client(index, api_key=key).images.generate(model=MODEL, prompt="ok", response_format="b64_json")
+    calls = len(fake_gemini.requests)
+    for index in (0, 1):
+        with pytest.raises(openai.RateLimitError) as refused:
+            cluster.client(index, api_key=key).images.generate(model=MODEL, prompt="over", response_format="b64_json")
+        assert refused.value.code == "insufficient_quota"
+    assert len(fake_gemini.requests) == calls  # decided before any upstream call

@@ -227,6 +227,11 @@ class ImageProvider(ABC):
         """Release what the provider holds of its own (the shared HTTP client is not its own)."""
         return None
 
+    def queued_images(self) -> int | None:
+        """Images waiting in a queue of the provider's own (the local engine's), for /metrics;
+        None: it has none (an upstream's queue is the upstream's)."""
+        return None
+
 
 class HttpProvider(ImageProvider):
     """An upstream service over HTTP. Instances are long-lived and share one httpx client."""

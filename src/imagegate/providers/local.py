@@ -108,6 +108,9 @@ class LocalProvider(ImageProvider):
                 )
         return self.engines[source]
 
+    def queued_images(self) -> int | None:
+        return sum(engine.queued_images for engine in self.engines.values())
+
     def _load(self, source: str) -> LoadedModel:
         checkpoint = self.checkpoints.get(source) or read_checkpoint(source)
         return load_model(checkpoint, device=self.settings.device, dtype=self.settings.dtype)

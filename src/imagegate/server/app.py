@@ -15,12 +15,14 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route
 
+from .. import metrics, tracing
 from ..config import Settings
 from ..errors import ImagegateError, InvalidRequest, NotFound
 from ..gateway import Gateway
-from . import admin_routes, job_routes, routes, usage_routes
+from . import admin_routes, health, job_routes, routes, usage_routes
 from .disconnect import CLIENT_CLOSED_REQUEST
 from .middleware import ApiCORSMiddleware, BodySizeLimitMiddleware, RequestIdMiddleware
+from .observability import ObservabilityMiddleware, metrics_endpoint
 from .render import error_response
 from .serving import follow_master
 
@@ -36,6 +38,13 @@ API_ROUTES = [
     *job_routes.JOB_ROUTES,
     *admin_routes.ADMIN_ROUTES,
     Route("/usage", usage_routes.get_usage, methods=["GET"]),
+]
+# Probes and scrapes: served, but not counted, logged or traced as requests (server/observability.py).
+MONITORING_ROUTES = [
+    Route("/health", routes.health, methods=["GET"]),
+    Route("/health/live", health.live, methods=["GET"]),
+    Route("/health/ready", health.ready, methods=["GET"]),
+    Route("/metrics", metrics_endpoint, methods=["GET"]),
 ]
 
 
@@ -108,6 +117,10 @@ def create_app(settings: Settings) -> Starlette:
             raise
         async with gateway:
             app.state.gateway = gateway
+            app.state.metric_states = metrics.StateCollector(
+                gateway.router.breaker, gateway.providers, gateway.jobs.store.queued_count
+            )
+            traced = tracing.configure(settings.environ)  # only with OTEL_EXPORTER_OTLP_ENDPOINT set
             if notice := gateway.notice():
                 log.warning(notice)
             log.info(served_summary(gateway))
@@ -126,17 +139,20 @@ def create_app(settings: Settings) -> Starlette:
             finally:
                 purger.cancel()
                 await gateway.jobs.stop()
+                if traced:
+                    await asyncio.to_thread(tracing.shutdown)  # the spans still batched go out
 
     return Starlette(
         routes=[
             Mount("/v1", routes=API_ROUTES),
             Mount("/openai/v1", routes=API_ROUTES),
-            Route("/health", routes.health, methods=["GET"]),
+            *MONITORING_ROUTES,
         ],
         middleware=[
             # Browser apps (IMAGEGATE_CORS_ORIGINS); none set, no CORS headers at all.
             *([Middleware(ApiCORSMiddleware, origins=settings.cors_origin_list)] if settings.cors_origin_list else []),
             Middleware(RequestIdMiddleware),
+            Middleware(ObservabilityMiddleware, unobserved=[route.path for route in MONITORING_ROUTES]),
             Middleware(BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes),
         ],
         exception_handlers={

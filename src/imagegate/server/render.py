@@ -12,6 +12,7 @@ from .. import jsonio
 from ..catalog import ModelEntry
 from ..errors import ImagegateError
 from ..gateway import Gateway
+from ..pipeline import adjustment_fields
 from ..providers import TokenSplit
 from ..router import Router
 from ..service import ImagesOutcome
@@ -80,7 +81,7 @@ def usage_object(outcome: ImagesOutcome) -> dict[str, Any]:
 
 
 def adjustment_list(outcome: ImagesOutcome) -> list[dict[str, str]]:
-    return [{"param": a.param, "requested": a.requested, "applied": a.applied} for a in outcome.adjustments]
+    return adjustment_fields(outcome.adjustments)
 
 
 def outcome_headers(outcome: ImagesOutcome) -> dict[str, str]:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import anyio.to_thread
 from starlette.requests import Request
-from starlette.responses import FileResponse, Response
+from starlette.responses import FileResponse, Response, StreamingResponse
 
+from .. import logs
 from ..errors import AuthenticationFailed, IdempotentResultsGone, NotFound
 from ..gateway import Gateway
 from ..idempotency import (
@@ -17,6 +18,7 @@ from ..idempotency import (
 )
 from ..jobs import prefers_async
 from ..service import ImageJob
+from ..storage import iter_body
 from .delivery import mark_usage, when_delivered
 from .disconnect import until_disconnected
 from .parsing import parse_edit, parse_generation
@@ -39,7 +41,9 @@ async def authenticate(request: Request) -> str | None:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise AuthenticationFailed("Missing API key. Send 'Authorization: Bearer YOUR_KEY'.")
-    return keys.authenticate(token.strip())  # 401 saying why: wrong, revoked or expired
+    key_id = keys.authenticate(token.strip())  # 401 saying why: wrong, revoked or expired
+    logs.note_key(key_id)  # the access line names the key's id
+    return key_id
 
 
 def _public_base_url(request: Request) -> str:
@@ -76,7 +80,10 @@ async def _serve(request: Request, job: ImageJob, key_id: str | None) -> Respons
         headers = {k: v for k, v in response.headers.items() if k != "content-length"}
         headers["x-imagegate-original-request-id"] = job.request_id
         return StoredResponse(
-            response.status_code, headers, body_of(response), result_names(image.url for image in outcome.images)
+            response.status_code,
+            headers,
+            body_of(response),
+            result_names((image.url for image in outcome.images), gateway.store),
         )
 
     key = request.headers.get("idempotency-key")
@@ -161,13 +168,24 @@ async def get_result(request: Request) -> Response:
     """Result URLs are capabilities (256-bit tokens), so they need no API key, like signed URLs."""
     stored = _gateway(request).store.get(request.path_params["name"])
     if stored is None:
-        raise NotFound("This result does not exist or has expired.", code="result_not_found")
+        raise _result_not_found()
     max_age = int(min(3600, _gateway(request).settings.result_ttl_seconds))
-    return FileResponse(
-        stored.path,
-        media_type=stored.content_type,
-        headers={"cache-control": f"private, max-age={max_age}", "x-content-type-options": "nosniff"},
-    )  # never sniffed as HTML
+    headers = {"cache-control": f"private, max-age={max_age}", "x-content-type-options": "nosniff"}  # never sniffed
+    if stored.path is not None:  # a local file: sendfile
+        return FileResponse(stored.path, media_type=stored.content_type, headers=headers)
+    if stored.size:
+        headers["content-length"] = str(stored.size)
+    if request.method == "HEAD":  # the headers only: no object read
+        return Response(media_type=stored.content_type, headers=headers)
+    try:  # an S3 object: opened, then streamed a chunk at a time, each read in a worker thread
+        body = await anyio.to_thread.run_sync(stored.open)
+    except FileNotFoundError:
+        raise _result_not_found() from None
+    return StreamingResponse(iter_body(body), media_type=stored.content_type, headers=headers)
+
+
+def _result_not_found() -> NotFound:
+    return NotFound("This result does not exist or has expired.", code="result_not_found")
 
 
 async def health(request: Request) -> Response:

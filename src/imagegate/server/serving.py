@@ -20,6 +20,10 @@ every failed attempt with a traceback (up to `backlog` attempts per loop tick). 
   descriptor limit: accept failures are logged once per interval, with a count, instead of once
   per attempt. Otherwise `fast_loop`, uvloop (`loop_for` says why).
 - `follow_master` makes a `--workers` process exit when the master dies, even by SIGKILL.
+- `--workers` processes share their metrics through a private `PROMETHEUS_MULTIPROC_DIR` the
+  master makes before starting them and removes at exit; `Supervisor` tells the metrics when a
+  worker is gone (imagegate.metrics).
+- `IMAGEGATE_LOG_FORMAT=json`: every line, uvicorn's too, is one JSON object (imagegate.logs).
 - It offers the `imagegate.delivered` ASGI extension (delivery.py): callbacks run once an answer
   has left the process while its connection was open, which is when a usage row counts as
   delivered.
@@ -50,7 +54,9 @@ from uvicorn.config import LOGGING_CONFIG
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
+from uvicorn.supervisors import Multiprocess
 
+from .. import metrics
 from ..config import Settings
 from ..errors import ImagegateError, RequestTimeout, ServerBusy
 from . import delivery
@@ -501,10 +507,18 @@ def limits_from(settings: Settings) -> ConnectionLimits:
     )
 
 
-def _log_config(log_level: str) -> dict[str, Any]:
-    """uvicorn's logging, plus our `imagegate` logger on the same handler and level."""
+JSON_FORMATTER = {"()": "imagegate.logs.JsonFormatter"}
+
+
+def _log_config(log_level: str, log_format: str = "text") -> dict[str, Any]:
+    """uvicorn's logging, plus our `imagegate` logger on the same handler and level. JSON: every
+    formatter is ours, other libraries' warnings go through it too (the root logger), and our access
+    line (imagegate.access, with the key id, model and provider) replaces uvicorn's (build_config)."""
     config = copy.deepcopy(LOGGING_CONFIG)
     config["loggers"]["imagegate"] = {"handlers": ["default"], "level": log_level.upper(), "propagate": False}
+    if log_format == "json":
+        config["formatters"] = {"default": dict(JSON_FORMATTER), "access": dict(JSON_FORMATTER)}
+        config["root"] = {"handlers": ["default"], "level": "WARNING"}
     return config
 
 
@@ -524,7 +538,7 @@ def build_config(app: Any, settings: Settings, *, log_level: str = "info", **opt
         "host": settings.host,
         "port": settings.port,
         "log_level": log_level,
-        "log_config": _log_config(log_level),
+        "log_config": _log_config(log_level, settings.log_format),
         "http": GuardedHttpToolsProtocol,
         "loop": loop_for(limits, descriptors),
         # uvicorn's own keep-alive timer, kept in step with ours (it takes whole seconds).
@@ -532,6 +546,7 @@ def build_config(app: Any, settings: Settings, *, log_level: str = "info", **opt
         # X-Forwarded-* are judged by the gateway (IMAGEGATE_TRUSTED_PROXIES), not believed from any
         # loopback peer as uvicorn's default would.
         "proxy_headers": False,
+        "access_log": settings.log_format != "json",  # JSON: imagegate.access is the access line
     }
     values.update(options)
     return ServingConfig(app, limits=limits, **values)
@@ -550,15 +565,35 @@ def serve(settings: Settings, *, log_level: str = "info") -> None:
         if not server.started:
             sys.exit(3)  # uvicorn's STARTUP_FAILURE
         return
-    from uvicorn.supervisors import Multiprocess
-
     # Worker processes build their own settings from the environment: hand them ours.
     os.environ.update({"IMAGEGATE_HOST": settings.host, "IMAGEGATE_PORT": str(settings.port)})
     config = build_config(WORKER_APP, settings, log_level=log_level, factory=True, workers=settings.workers)
-    try:
-        Multiprocess(config, sockets=[config.bind_socket()]).run()
-    except KeyboardInterrupt:
-        pass
+    with metrics.private_multiprocess_dir():  # before any worker starts: they inherit it
+        try:
+            Supervisor(config, sockets=[config.bind_socket()]).run()
+        except KeyboardInterrupt:
+            pass
+
+
+class Supervisor(Multiprocess):
+    """uvicorn's worker supervisor, telling the metrics which workers are gone (died and replaced,
+    restarted on SIGHUP, retired on SIGTTOU): their in-flight requests leave the sums."""
+
+    def keep_subprocess_alive(self) -> None:
+        self._forgetting_gone(super().keep_subprocess_alive)
+
+    def restart_all(self) -> None:
+        self._forgetting_gone(super().restart_all)
+
+    def handle_ttou(self) -> None:
+        self._forgetting_gone(super().handle_ttou)
+
+    def _forgetting_gone(self, step: Any) -> None:
+        before = {p.pid for p in self.processes}
+        step()
+        for pid in before - {p.pid for p in self.processes}:
+            if pid is not None:
+                metrics.forget_process(pid)
 
 
 def follow_master() -> None:

@@ -1,0 +1,119 @@
+"""IMAGEGATE_LOG_FORMAT=json: every line one JSON object, one access line per request with who
+asked and what served it, and upstream failures with their reasons."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from openai import InternalServerError
+
+from imagegate.keys import STATIC_ID_PREFIX, hash_key
+from imagegate.logs import JsonFormatter
+from imagegate.server.serving import _log_config
+
+from ..conftest import API_KEY, RunningGateway
+from ..fakes.gemini import FakeGemini, GeminiError
+from .serve_process import ServeProcess
+
+MODEL = "gemini-3-pro-image-preview"
+
+
+@pytest.fixture
+def json_lines() -> Iterator[Callable[[], list[dict[str, Any]]]]:
+    """What the `imagegate` loggers wrote so far, through the JSON formatter, parsed line by line."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("imagegate")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def test_the_access_line_names_the_request_key_id_model_provider_and_adjustments(
+    gateway: RunningGateway, json_lines: Callable[[], list[dict[str, Any]]]
+) -> None:
+    raw = gateway.client().images.with_raw_response.generate(model=MODEL, prompt="a cat", size="1792x1024")
+    request_id = raw.headers["x-imagegate-request-id"]
+    lines = json_lines()
+    access = [line for line in lines if line["logger"] == "imagegate.access"]
+    assert len(access) == 1
+    line = access[0]
+    assert {"time", "level", "logger", "message"} <= line.keys() and line["level"] == "INFO"
+    assert line["request_id"] == request_id
+    assert line["key_id"] == STATIC_ID_PREFIX + hash_key(API_KEY)[:12]
+    assert (line["model"], line["provider"], line["status"], line["route"]) == (
+        MODEL,
+        "gemini",
+        200,
+        "/v1/images/generations",
+    )
+    assert isinstance(line["latency_ms"], float) and line["latency_ms"] > 0
+    assert {"param": "size", "requested": "1792x1024"}.items() <= line["adjustments"][0].items()
+    assert all(API_KEY not in json.dumps(entry) for entry in lines)  # never the key itself
+
+
+def test_an_upstream_failure_line_carries_its_provider_status_code_attempt_and_reason(
+    gateway: RunningGateway, fake_gemini: FakeGemini, json_lines: Callable[[], list[dict[str, Any]]]
+) -> None:
+    fake_gemini.enqueue(GeminiError(500, "INTERNAL", "the model crashed"))
+    with pytest.raises(InternalServerError) as raised:
+        gateway.client().images.generate(model=MODEL, prompt="a cat")
+    request_id = raised.value.response.headers["x-imagegate-request-id"]
+    lines = json_lines()
+    (failure,) = [line for line in lines if line["message"].startswith("upstream failure")]
+    assert failure["level"] == "WARNING" and failure["request_id"] == request_id
+    assert (failure["provider"], failure["upstream_status"], failure["code"], failure["attempt"]) == (
+        "gemini",
+        500,
+        "upstream_error",
+        1,
+    )
+    assert "the model crashed" in failure["reason"]
+    (access,) = [line for line in lines if line["logger"] == "imagegate.access"]
+    assert (access["status"], access["model"], access["provider"]) == (raised.value.status_code, MODEL, None)
+
+
+def test_text_format_keeps_uvicorns_formatter_and_json_replaces_every_one() -> None:
+    text = _log_config("info", "text")
+    assert text["formatters"]["default"]["()"] == "uvicorn.logging.DefaultFormatter"
+    assert "root" not in text
+    as_json = _log_config("info", "json")
+    assert {f["()"] for f in as_json["formatters"].values()} == {"imagegate.logs.JsonFormatter"}
+    assert as_json["root"]["handlers"] == ["default"]  # other libraries' lines too
+
+
+def test_imagegate_serve_writes_only_json_lines(tmp_path: Path, fake_gemini: FakeGemini) -> None:
+    env = {
+        "IMAGEGATE_LOG_FORMAT": "json",
+        "IMAGEGATE_API_KEYS": API_KEY,
+        "GEMINI_API_KEY": fake_gemini.api_key,
+        "GEMINI_BASE_URL": fake_gemini.base_url,
+    }
+    with ServeProcess(tmp_path, env=env) as server:
+        answer = httpx.post(
+            f"{server.url}/v1/images/generations",
+            json={"model": MODEL, "prompt": "a cat", "response_format": "b64_json"},
+            headers={"authorization": f"Bearer {API_KEY}"},
+            timeout=30,
+        )
+        assert answer.status_code == 200
+    lines = [line for line in server.log_path.read_text().splitlines() if line.strip()]
+    entries = [json.loads(line) for line in lines]  # each line parses, uvicorn's own included
+    assert all({"time", "level", "logger", "message"} <= entry.keys() for entry in entries)
+    assert any(entry["logger"].startswith("uvicorn") for entry in entries)
+    access = [entry for entry in entries if entry["logger"] == "imagegate.access"]
+    assert len(access) == 1 and access[0]["request_id"] == answer.headers["x-imagegate-request-id"]
+    assert not [e for e in entries if e["logger"] == "uvicorn.access"], entries  # ours replaces it
