@@ -36,9 +36,12 @@ def at(iso: str) -> float:
     return datetime.fromisoformat(iso).timestamp()
 
 
-def test_marks_in_the_same_flush_and_later(database: dbm.Database, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_marks_before_in_and_after_the_rows_flush(database: dbm.Database, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(usage_module, "FLUSH_SECONDS", 3600.0)
     log = UsageLog(database, background=True)
+    log.mark_delivered("early")  # before its row: kept in usage_marks
+    log.flush()
+    log.record(record("early"))
     log.record(record("now"))
     log.record(record("later"))
     log.record(record("never"))
@@ -47,7 +50,7 @@ def test_marks_in_the_same_flush_and_later(database: dbm.Database, monkeypatch: 
     log.mark_delivered("later")
     log.close()
     rows = {str(r[0]): int(r[1]) for r in database.execute("SELECT request_id, delivered FROM usage")}
-    assert rows == {"now": 1, "later": 1, "never": 0}
+    assert rows == {"early": 1, "now": 1, "later": 1, "never": 0}
 
 
 def test_totals_by_day_key_and_provider(database: dbm.Database) -> None:

@@ -141,6 +141,11 @@ CREATE TABLE IF NOT EXISTS webhook_deliveries (
 );
 CREATE INDEX IF NOT EXISTS webhook_deliveries_due ON webhook_deliveries (next_attempt_at);
 CREATE UNIQUE INDEX IF NOT EXISTS webhook_deliveries_job ON webhook_deliveries (job_id);  -- a job ends once
+-- Delivered marks (usage.py) that came before their usage row (still in another instance's journal).
+CREATE TABLE IF NOT EXISTS usage_marks (
+    request_id TEXT PRIMARY KEY,
+    marked_at REAL NOT NULL
+);
 """
 
 # Columns added after a table first shipped: (table, column, declaration). An existing database

@@ -24,8 +24,9 @@ Delivered or not: a row is journaled as undelivered when the upstream calls made
 inserted with `delivered = 1` (no second statement); a mark for a row already in the table is an
 UPDATE by request id. So after a kill -9 the journal holds each paid request once, marked when its
 client got the answer, and a client that went away first leaves its row undelivered. A mark whose
-row is not in yet (another process of the data dir still holds it) is retried for
-MARK_RETRY_SECONDS.
+row is not in the table yet (it is in a journal another instance will replay: an idempotent replay
+or a re-run job served here of a request recorded there) is kept in `usage_marks`, which an insert
+reads, so marks and rows meet in whichever order they arrive.
 """
 
 from __future__ import annotations
@@ -53,8 +54,6 @@ JOURNAL_PREFIX = "usage-journal."  # + pid + ".jsonl": this process's records no
 FLUSH_SECONDS = 0.2  # the background writer's period
 ERROR_LOG_SECONDS = 60.0  # a writer that keeps failing says so at most this often
 SWEEP_SECONDS = 5.0  # how often a running writer claims the journals of dead processes of its data dir
-MARK_RETRY_SECONDS = 60.0  # a delivered mark whose row is not in the table yet is retried this long
-MAX_PENDING_MARKS = 10_000  # and at most this many are (each retry is an UPDATE per flush)
 DAY_SECONDS = 86400
 
 
@@ -130,7 +129,6 @@ class UsageLog:
         self.spool = spool or db.path.with_name(SPOOL_NAME)
         self.journal = self.spool.with_name(f"{JOURNAL_PREFIX}{os.getpid()}.jsonl")
         self._unwritten: list[tuple[float, UsageRecord]] = []  # neither in the database nor the spool
-        self._pending_marks: dict[str, float] = {}  # delivered marks whose row was not in yet -> first try
         self._next_sweep = 0.0  # monotonic time of the next claim of dead processes' journals
         self._replay_lock = threading.Lock()
         self._journal_lock = threading.Lock()  # an append never lands in a journal being claimed
@@ -168,7 +166,8 @@ class UsageLog:
         if self._writer is not None and self._append_journal(_mark_line(request_id)):
             return
         try:
-            self.db.execute("UPDATE usage SET delivered = 1 WHERE request_id = ?", (request_id,))
+            with self.db.transaction() as conn:
+                self._apply_marks(conn, [request_id])
         except DatabaseError as exc:
             self._keep(_mark_line(request_id), exc, request_id, None)
 
@@ -222,8 +221,6 @@ class UsageLog:
         if claimed is not None:
             with self._replay_lock:
                 inserted += max(0, self._replay_file(claimed))  # on failure its rows went to the spool
-        if self._pending_marks:
-            self._retry_marks()
         return inserted
 
     def close(self) -> None:
@@ -236,45 +233,31 @@ class UsageLog:
         self.flush()
 
     def _insert(self, created_at: float, usage: UsageRecord) -> None:
-        self.db.execute(_INSERT + "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", _values(created_at, usage))
+        self.db.execute(_INSERT + f"VALUES ({_PLACES}, {_DELIVERED})", _values(created_at, usage))
 
     def _insert_once(self, conn: Any, created_at: float, usage: UsageRecord, delivered: bool) -> None:
         """A replayed row, inside `conn`'s transaction, unless that request's row at that time is
         there already (a process killed between inserting a journal's rows and deleting the file)."""
         sql = (
-            _INSERT + "SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE NOT EXISTS "
+            _INSERT + f"SELECT {_PLACES}, {_DELIVERED} WHERE NOT EXISTS "
             "(SELECT 1 FROM usage WHERE request_id = ? AND created_at = ?)"
         )
         conn.execute(sql, (*_values(created_at, usage, delivered), usage.request_id, created_at))
 
     @staticmethod
-    def _apply_marks(conn: Any, request_ids: Sequence[str]) -> set[str]:
-        """Mark rows already in the table as delivered; returns the request ids that have a row."""
-        found: set[str] = set()
+    def _apply_marks(conn: Any, request_ids: Sequence[str]) -> None:
+        """Mark rows already in the table as delivered; a mark that finds none is kept in
+        usage_marks for the row's insert to read."""
         for request_id in request_ids:
-            # RETURNING: SQLite 3.35+ and PostgreSQL; a row already marked counts as found too.
-            rows = conn.execute(
+            # RETURNING: SQLite 3.35+ and PostgreSQL; a row already marked is found too.
+            found = conn.execute(
                 "UPDATE usage SET delivered = 1 WHERE request_id = ? RETURNING request_id", (request_id,)
             ).fetchall()
-            if rows:
-                found.add(request_id)
-        return found
-
-    def _retry_marks(self) -> None:
-        """Marks that found no row: their row may be in another process's journal still. Given up
-        (and logged) after MARK_RETRY_SECONDS."""
-        now = time.monotonic()
-        try:
-            with self.db.transaction() as conn:
-                found = self._apply_marks(conn, list(self._pending_marks))
-        except DatabaseError:
-            return  # the next flush tries again
-        for request_id in found:
-            del self._pending_marks[request_id]
-        for request_id, first in list(self._pending_marks.items()):
-            if now - first > MARK_RETRY_SECONDS:
-                del self._pending_marks[request_id]
-                log.warning("usage: request %s was delivered but has no usage row to mark", request_id)
+            if not found:
+                conn.execute(
+                    "INSERT INTO usage_marks (request_id, marked_at) VALUES (?, ?) ON CONFLICT (request_id) DO NOTHING",
+                    (request_id, time.time()),
+                )
 
     def _keep(self, line: str, exc: Exception, request_id: str, unwritten: tuple[float, UsageRecord] | None) -> None:
         """A line the database did not take, onto the spool (or, a record, into memory)."""
@@ -384,17 +367,13 @@ class UsageLog:
             with self.db.transaction() as conn:
                 for created_at, usage, delivered in rows:
                     self._insert_once(conn, created_at, usage, delivered or usage.request_id in marks)
-                found = self._apply_marks(conn, later) if later else set()
+                self._apply_marks(conn, later)
         except DatabaseError:
             with open(self.spool, "a") as fh:  # back to the spool, for the next try
                 fh.write("".join(f"{line}\n" for line in lines))
             path.unlink()
             return -1
         path.unlink()
-        now = time.monotonic()
-        for request_id in later:
-            if request_id not in found and len(self._pending_marks) < MAX_PENDING_MARKS:
-                self._pending_marks.setdefault(request_id, now)
         return len(rows)
 
     def totals(
@@ -454,6 +433,11 @@ _INSERT = (
 )
 
 
+_PLACES = ", ".join("?" * 14)  # the columns before `delivered`
+# delivered: as the journal says, or marked before the row came (usage_marks).
+_DELIVERED = "CASE WHEN ? = 1 OR EXISTS (SELECT 1 FROM usage_marks WHERE request_id = ?) THEN 1 ELSE 0 END"
+
+
 def _values(created_at: float, usage: UsageRecord, delivered: bool = False) -> tuple[Any, ...]:
     return (
         usage.request_id,
@@ -471,6 +455,7 @@ def _values(created_at: float, usage: UsageRecord, delivered: bool = False) -> t
         usage.client_request_id,
         usage.safety_identifier,
         int(delivered),
+        usage.request_id,
     )
 
 
