@@ -37,10 +37,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
-
-import redis.asyncio
-import redis.exceptions
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .catalog import Catalog, ModelEntry
 from .config import ProviderSettings
@@ -48,6 +45,18 @@ from .db import Database, DatabaseError
 from .errors import InsufficientQuota, LimitsUnavailable, ModelNotAllowed, RateLimitExceeded
 from .policy import KeyPolicy, RateLimits
 from .resilience import CircuitBreaker
+
+if TYPE_CHECKING:
+    import redis.asyncio
+
+
+def _redis_error() -> type[Exception]:
+    """redis-py's error class, imported only when Redis is used (redis-py 8 imports OpenTelemetry
+    when it is installed, which a gateway without Redis should not pay for)."""
+    import redis.exceptions
+
+    return redis.exceptions.RedisError
+
 
 log = logging.getLogger("imagegate")
 
@@ -431,7 +440,7 @@ class SharedBreaker(CircuitBreaker):
             provider_id, failed = await self._outbox.get()
             try:
                 await self.publish(provider_id, failed=failed)
-            except redis.exceptions.RedisError as exc:
+            except _redis_error() as exc:
                 self._complain(exc)
 
     async def publish(self, provider_id: str, *, failed: bool) -> None:
@@ -445,7 +454,7 @@ class SharedBreaker(CircuitBreaker):
         while True:
             try:
                 await self.refresh()
-            except redis.exceptions.RedisError as exc:
+            except _redis_error() as exc:
                 self._complain(exc)
             await asyncio.sleep(REFRESH_SECONDS)
 
@@ -562,7 +571,7 @@ class Limits:
     async def _take(self, windows: Sequence[Window]) -> tuple[float, int]:
         try:
             return await self.state.take(windows)
-        except redis.exceptions.RedisError as exc:
+        except _redis_error() as exc:
             raise LimitsUnavailable("The rate-limit store (Redis) did not answer.") from exc
 
     # budgets
@@ -576,7 +585,7 @@ class Limits:
         reservation = Reservation(uuid.uuid4().hex, policy.key_id, expected)
         try:
             over = await self.state.reserve(policy.key_id, periods, expected, reservation.id, ttl, self.seed)
-        except redis.exceptions.RedisError as exc:
+        except _redis_error() as exc:
             raise LimitsUnavailable("The budget store (Redis) did not answer.") from exc
         if over >= 0:
             period = periods[over]
@@ -600,7 +609,7 @@ class Limits:
     async def _settle(self, reservation: Reservation, cost: float, periods: Sequence[Period]) -> None:
         try:
             await self.state.settle(reservation.key_id, reservation.id, cost, periods)
-        except redis.exceptions.RedisError as exc:  # the reservation expires; the ledger has the cost
+        except _redis_error() as exc:  # the reservation expires; the ledger has the cost
             log.warning("budget settle of key %s failed (%s)", reservation.key_id, exc)
 
     async def drain(self) -> None:
@@ -635,6 +644,8 @@ REDIS_TIMEOUT_SECONDS = 2.0  # a Redis that hangs is a 503 limits_unavailable, n
 
 
 def redis_client(url: str) -> redis.asyncio.Redis:
+    import redis.asyncio
+
     return redis.asyncio.Redis.from_url(
         url, socket_timeout=REDIS_TIMEOUT_SECONDS, socket_connect_timeout=REDIS_TIMEOUT_SECONDS
     )

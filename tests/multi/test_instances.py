@@ -278,3 +278,17 @@ def test_a_budget_holds_across_both_instances(cluster: Cluster, fake_gemini: Fak
             cluster.client(index, api_key=key).images.generate(model=MODEL, prompt="over", response_format="b64_json")
         assert refused.value.code == "insufficient_quota"
     assert len(fake_gemini.requests) == calls  # decided before any upstream call
+
+
+@pytest.mark.parametrize("index", [0, 1])
+def test_each_instance_is_ready_on_the_shared_backends_and_counts_its_requests(cluster: Cluster, index: int) -> None:
+    ready = httpx.get(f"{cluster.url(index)}/health/ready", timeout=30)
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["checks"] == {"database": "ok", "redis": "ok", "results": "ok"}
+    cluster.client(index).images.generate(model=MODEL, prompt="counted", response_format="b64_json")
+    metrics = httpx.get(f"{cluster.url(index)}/metrics", timeout=30).text
+    line = next(
+        (row for row in metrics.splitlines() if row.startswith("imagegate_requests_total{") and 'status="200"' in row),
+        "",
+    )
+    assert 'route="/v1/images/generations"' in line and line.endswith(" 1.0"), metrics[:2000]
