@@ -141,6 +141,11 @@ CREATE TABLE IF NOT EXISTS webhook_deliveries (
 );
 CREATE INDEX IF NOT EXISTS webhook_deliveries_due ON webhook_deliveries (next_attempt_at);
 CREATE UNIQUE INDEX IF NOT EXISTS webhook_deliveries_job ON webhook_deliveries (job_id);  -- a job ends once
+-- Delivered marks (usage.py) that came before their usage row (still in another instance's journal).
+CREATE TABLE IF NOT EXISTS usage_marks (
+    request_id TEXT PRIMARY KEY,
+    marked_at REAL NOT NULL
+);
 """
 
 # Columns added after a table first shipped: (table, column, declaration). An existing database
@@ -170,6 +175,9 @@ ADDED_COLUMNS: list[tuple[str, str, str]] = [
     ("api_keys", "expires_at", "REAL"),
     ("api_keys", "admin", "INTEGER NOT NULL DEFAULT 0"),
     ("api_keys", "updated_at", "REAL"),
+    # 1 once the answer carrying the row's images was written to its client (usage.py); rows made
+    # before this column existed were all counted as delivered.
+    ("usage", "delivered", "INTEGER NOT NULL DEFAULT 1"),
 ]
 
 

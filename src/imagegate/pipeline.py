@@ -31,7 +31,10 @@ Events (`PipelineEvent`) go to the request's listeners as stages start and finis
 image is finished, so that streaming and jobs can watch a request without a code path of their own.
 
 The usage row is written once upstream calls made images, whatever fails after: a deadline or a
-client gone during dispatch, the n-failure policy, no room to convert or store.
+client gone during dispatch, the n-failure policy, no room to convert or store. It is written as
+undelivered; whoever delivers the answer marks it (usage.UsageLog.mark_delivered: the HTTP layer once
+the answer is written, server/delivery.py; the job runner once the result is stored; the CLI once
+the files are written).
 """
 
 from __future__ import annotations
