@@ -2,7 +2,7 @@
 
     resolve_model -> validate -> plan -> admit -> load_inputs -> layout -> dispatch
                   [-> fallback: validate -> plan -> admit -> load_inputs -> layout -> dispatch]
-                  -> finish -> host -> record_usage -> render
+                  -> record_usage -> finish -> host -> render
 
 Each stage reads what earlier stages decided from the `RequestContext` and writes its own
 decisions there; none recomputes another's. In order:
@@ -18,8 +18,10 @@ decisions there; none recomputes another's. In order:
 - load_inputs: images and mask read and decoded, once per request;
 - layout: the output size (an edit keeps its first image's shape by default);
 - dispatch: n split into calls, retried, failed over, within the request's deadline;
-- finish: composite, convert, measure; host: result URLs or inline data; record_usage; render:
-  the `ImagesOutcome` the HTTP layer and the CLI turn into their answers.
+- record_usage: the usage row of what the upstream made (and the budget settled with its cost), as
+  soon as dispatch ends: an instance that dies while converting or storing has recorded it already;
+- finish: composite, convert, measure; host: result URLs or inline data; render: the
+  `ImagesOutcome` the HTTP layer and the CLI turn into their answers.
 
 When every provider of the model is at capacity and the client allows it
 (`allow_fallback_model`), the request falls back: the context switches to the fallback model and
@@ -293,9 +295,9 @@ class Pipeline:
             else:
                 _check_delivery(ctx, self.settings.n_failure_policy)
             for name, stage in (
+                ("record_usage", self.record_usage),
                 ("finish", self.finish),
                 ("host", self.host),
-                ("record_usage", self.record_usage),
                 ("render", self.render),
             ):
                 await self._stage(ctx, name, stage)

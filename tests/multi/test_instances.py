@@ -175,6 +175,9 @@ def test_kill_9_of_one_instance_under_load_loses_no_usage_and_no_job(cluster: Cl
     assert not missing, f"{len(missing)} answered requests have no usage row\n{cluster.logs()}"
     for request_id, images in received_before_restart.items():
         assert rows[request_id] == [images], (request_id, rows[request_id])  # once, with its images
+    cut_short = len(load.sent) - len(received_before_restart) - len(load.jobs)
+    (undelivered,) = cluster.sql("SELECT COUNT(*) FROM usage WHERE delivered = 0")[0]
+    assert undelivered <= cut_short  # only answers that died with the instance are marked undelivered
     twice = cluster.sql("SELECT request_id FROM usage GROUP BY request_id HAVING COUNT(*) > 1")
     assert twice == []
     jobs_counted = cluster.sql("SELECT COUNT(*) FROM jobs WHERE id = ANY(%s) AND usage_counted = 1", (load.jobs,))[0][0]
