@@ -233,7 +233,6 @@ class Database:
 
 # The advisory lock every write transaction takes: PostgreSQL's stand-in for SQLite's single writer.
 WRITE_LOCK_ID = 0x1A6E6A7E
-POOL_MAX_CONNECTIONS = 32  # per process: worker threads (anyio's 40) mostly wait on other things
 _PLACEHOLDER = re.compile(r"\?")
 _INSERT_OR_IGNORE = re.compile(r"^\s*INSERT\s+OR\s+IGNORE\s+INTO\b", re.IGNORECASE)
 _RETURNING = re.compile(r"\bRETURNING\b", re.IGNORECASE)
@@ -272,7 +271,7 @@ class PostgresDatabase(Database):
     """PostgreSQL behind `Database`'s interface. `path` is only where this instance keeps its
     local files next to it (the usage journal and spool), as for SQLite."""
 
-    def __init__(self, url: str, path: Path, *, check_migrated: bool = True) -> None:
+    def __init__(self, url: str, path: Path, *, check_migrated: bool = True, pool_size: int = 10) -> None:
         from psycopg_pool import ConnectionPool
 
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -281,7 +280,7 @@ class PostgresDatabase(Database):
         self._pool = ConnectionPool(
             url,
             min_size=1,
-            max_size=POOL_MAX_CONNECTIONS,
+            max_size=pool_size,  # per process; a statement holds one only while it runs
             kwargs={"autocommit": True},
             open=False,
             name="imagegate",
@@ -370,7 +369,9 @@ def open_database(settings: Settings, *, check_migrated: bool = True) -> Databas
     if not url:
         return Database(settings.database_path)
     if is_postgres_url(url):
-        return PostgresDatabase(url, settings.database_path, check_migrated=check_migrated)
+        return PostgresDatabase(
+            url, settings.database_path, check_migrated=check_migrated, pool_size=settings.database_pool_size
+        )
     if url.startswith("sqlite:///"):
         return Database(Path(url.removeprefix("sqlite:///")))  # sqlite:////abs/path or sqlite:///relative
     raise ConfigurationError(
