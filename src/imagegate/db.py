@@ -157,6 +157,11 @@ CREATE TABLE IF NOT EXISTS webhook_deliveries (
 );
 CREATE INDEX IF NOT EXISTS webhook_deliveries_due ON webhook_deliveries (next_attempt_at);
 CREATE UNIQUE INDEX IF NOT EXISTS webhook_deliveries_job ON webhook_deliveries (job_id);  -- a job ends once
+-- Delivered marks (usage.py) that came before their usage row (still in another instance's journal).
+CREATE TABLE IF NOT EXISTS usage_marks (
+    request_id TEXT PRIMARY KEY,
+    marked_at REAL NOT NULL
+);
 """
 
 # Columns added after a table first shipped: (table, column, declaration). An existing database
@@ -186,6 +191,9 @@ ADDED_COLUMNS: list[tuple[str, str, str]] = [
     ("api_keys", "expires_at", "REAL"),
     ("api_keys", "admin", "INTEGER NOT NULL DEFAULT 0"),
     ("api_keys", "updated_at", "REAL"),
+    # 1 once the answer carrying the row's images was written to its client (usage.py); rows made
+    # before this column existed were all counted as delivered.
+    ("usage", "delivered", "INTEGER NOT NULL DEFAULT 1"),
 ]
 
 
@@ -241,7 +249,6 @@ class Database:
 
 # The advisory lock every write transaction takes: PostgreSQL's stand-in for SQLite's single writer.
 WRITE_LOCK_ID = 0x1A6E6A7E
-POOL_MAX_CONNECTIONS = 32  # per process: worker threads (anyio's 40) mostly wait on other things
 _PLACEHOLDER = re.compile(r"\?")
 _INSERT_OR_IGNORE = re.compile(r"^\s*INSERT\s+OR\s+IGNORE\s+INTO\b", re.IGNORECASE)
 _RETURNING = re.compile(r"\bRETURNING\b", re.IGNORECASE)
@@ -280,7 +287,7 @@ class PostgresDatabase(Database):
     """PostgreSQL behind `Database`'s interface. `path` is only where this instance keeps its
     local files next to it (the usage journal and spool), as for SQLite."""
 
-    def __init__(self, url: str, path: Path, *, check_migrated: bool = True) -> None:
+    def __init__(self, url: str, path: Path, *, check_migrated: bool = True, pool_size: int = 10) -> None:
         from psycopg_pool import ConnectionPool
 
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -289,7 +296,7 @@ class PostgresDatabase(Database):
         self._pool = ConnectionPool(
             url,
             min_size=1,
-            max_size=POOL_MAX_CONNECTIONS,
+            max_size=pool_size,  # per process; a statement holds one only while it runs
             kwargs={"autocommit": True},
             open=False,
             name="imagegate",
@@ -378,7 +385,9 @@ def open_database(settings: Settings, *, check_migrated: bool = True) -> Databas
     if not url:
         return Database(settings.database_path)
     if is_postgres_url(url):
-        return PostgresDatabase(url, settings.database_path, check_migrated=check_migrated)
+        return PostgresDatabase(
+            url, settings.database_path, check_migrated=check_migrated, pool_size=settings.database_pool_size
+        )
     if url.startswith("sqlite:///"):
         return Database(Path(url.removeprefix("sqlite:///")))  # sqlite:////abs/path or sqlite:///relative
     raise ConfigurationError(

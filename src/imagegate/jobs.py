@@ -28,7 +28,8 @@ IMAGEGATE_JOB_HEARTBEAT_STALE_SECONDS): one that started fewer than MAX_ATTEMPTS
 again (its `attempts` shows the re-run), else it fails with `job_interrupted`. Usage is recorded
 by the pipeline; a job whose pipeline had recorded it (`usage_counted`, set as that stage ends)
 does not record it again when it is re-run, on whichever instance, so a job is counted once for
-the images it delivers.
+the images it delivers. Its row counts as delivered once its result is stored (the client can
+fetch it from then on).
 
 Events: every event the job's stream carries (partial images, one completed event per image, an
 `error` on failure), rendered as server/streaming.py renders them, is a row of `job_events`
@@ -607,6 +608,12 @@ class JobUsage:
             return
         self.inner.record(usage)
 
+    def mark_delivered(self, request_id: str) -> None:
+        """A job's answer is stored, so its client can fetch it: its usage row counts as delivered."""
+        mark = getattr(self.inner, "mark_delivered", None)
+        if mark is not None:
+            mark(request_id)
+
 
 # --- the runner ------------------------------------------------------------------------------
 
@@ -873,6 +880,8 @@ class JobRunner:
                 )
                 if not ended:
                     status = "cancelled"  # cancelled while it was finishing: cancel won
+                elif status == "succeeded":
+                    await asyncio.to_thread(self.usage.mark_delivered, job.request_id)
             await asyncio.to_thread(self.store.remove_inputs, job.id)
             final = await asyncio.to_thread(self.store.get, job.id)
         finally:

@@ -175,6 +175,9 @@ def test_kill_9_of_one_instance_under_load_loses_no_usage_and_no_job(cluster: Cl
     assert not missing, f"{len(missing)} answered requests have no usage row\n{cluster.logs()}"
     for request_id, images in received_before_restart.items():
         assert rows[request_id] == [images], (request_id, rows[request_id])  # once, with its images
+    cut_short = len(load.sent) - len(received_before_restart) - len(load.jobs)
+    (undelivered,) = cluster.sql("SELECT COUNT(*) FROM usage WHERE delivered = 0")[0]
+    assert undelivered <= cut_short  # only answers that died with the instance are marked undelivered
     twice = cluster.sql("SELECT request_id FROM usage GROUP BY request_id HAVING COUNT(*) > 1")
     assert twice == []
     jobs_counted = cluster.sql("SELECT COUNT(*) FROM jobs WHERE id = ANY(%s) AND usage_counted = 1", (load.jobs,))[0][0]
@@ -292,3 +295,24 @@ def test_each_instance_is_ready_on_the_shared_backends_and_counts_its_requests(c
         "",
     )
     assert 'route="/v1/images/generations"' in line and line.endswith(" 1.0"), metrics[:2000]
+
+
+def test_the_usage_api_of_either_instance_sums_both(cluster: Cluster) -> None:
+    key = admin_key(cluster)
+    for index in (0, 1):
+        cluster.client(index, api_key=key).images.generate(model=MODEL, prompt="billed", n=index + 1)
+    cluster.client(0).images.generate(model=MODEL, prompt="another key's", response_format="b64_json")
+    deadline = time.monotonic() + 10
+    while True:  # each instance's journal reaches the ledger within its flush period
+        with cluster.http(1, api_key=ADMIN_KEY) as http:
+            usage = http.get("/v1/usage", params={"group_by": "key"}).json()
+        rows = {row["key_name"]: row for row in usage["data"]}
+        if usage["total"]["images"] == 4 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert usage["total"]["images"] == 4 and usage["total"]["requests"] == 3
+    assert (rows["limited"]["requests"], rows["limited"]["images"]) == (2, 3)
+    assert rows["limited"]["cost"] > 0 and rows["limited"]["currency"] == "USD"
+    with cluster.http(0, api_key=key) as http:  # a key that is not an admin sees its own rows only
+        own = http.get("/v1/usage", params={"group_by": "model"}).json()
+    assert own["total"]["images"] == 3
