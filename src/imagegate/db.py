@@ -98,7 +98,7 @@ CREATE INDEX IF NOT EXISTS usage_created ON usage (created_at);
 CREATE INDEX IF NOT EXISTS usage_request ON usage (request_id);
 -- Async jobs (jobs.py): `request` is what running it later needs (JSON: params, input files or
 -- URLs, request ids, base URLs); `result` the images answer as JSON; `error` OpenAI's error object;
--- `owner` the process running it ("<host>:<pid>"), which renews `heartbeat_at` while it does;
+-- `owner` the process running it ("<host>:<pid>:<runner>"), which renews `heartbeat_at` while it does;
 -- `usage_counted` 1 once its pipeline recorded usage.
 CREATE TABLE IF NOT EXISTS jobs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -121,6 +121,22 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, seq);
 CREATE INDEX IF NOT EXISTS jobs_key ON jobs (key_id, seq);
+-- A job's uploads (`name` as its `request` refers to it: image-0, mask), kept until it ends, and
+-- the events of its stream in order (`seq` from 0 per run), kept a result TTL after it ends.
+CREATE TABLE IF NOT EXISTS job_inputs (
+    job_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    content_type TEXT,
+    data BLOB NOT NULL,
+    PRIMARY KEY (job_id, name)
+);
+CREATE TABLE IF NOT EXISTS job_events (
+    job_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (job_id, seq)
+);
 -- Webhooks (webhooks.py): one row per job event; `id` is the webhook-id, the same on every retry.
 -- next_attempt_at is NULL once delivered or given up; lease_until marks a row an attempt holds.
 -- secret: what signs it, fixed when the job ended (a stored key's is in api_keys anyway).
