@@ -5,6 +5,7 @@ usage and no accepted job."""
 from __future__ import annotations
 
 import base64
+import json
 import threading
 import time
 import uuid
@@ -316,3 +317,21 @@ def test_the_usage_api_of_either_instance_sums_both(cluster: Cluster) -> None:
     with cluster.http(0, api_key=key) as http:  # a key that is not an admin sees its own rows only
         own = http.get("/v1/usage", params={"group_by": "model"}).json()
     assert own["total"]["images"] == 3
+
+
+def test_a_job_running_on_one_instance_is_followed_live_on_the_other(cluster: Cluster, fake_gemini: FakeGemini) -> None:
+    fake_gemini.default_behaviour = Delay(1.5)  # the follower on instance 1 is waiting before it ends
+    with cluster.http(0) as http:
+        accepted = http.post(
+            "/v1/images/generations",
+            json={"model": MODEL, "prompt": "followed", "response_format": "b64_json"},
+            headers=ASYNC,
+        )
+    job_id = accepted.json()["id"]
+    with cluster.http(1) as http, http.stream("GET", f"/v1/images/jobs/{job_id}/events") as events:
+        assert events.status_code == 200
+        assert http.get(f"/v1/images/jobs/{job_id}").json()["status"] in ("queued", "in_progress")
+        lines = [line for line in events.iter_lines() if line]
+    completed = json.loads(lines[lines.index("event: image_generation.completed") + 1].removeprefix("data: "))
+    job = wait_job(cluster, 1, job_id)
+    assert completed["b64_json"] == job["result"]["data"][0]["b64_json"]
