@@ -604,7 +604,8 @@ def test_usage_defaults_to_30_days_grouped_by_key_model_and_provider(recorded: N
         ("key_b", MODEL, "fal"): (1, 1, 0.15),
         ("key_b", SEEDREAM, "replicate"): (1, 4, 0.12),
     }  # the 40-day-old row is out
-    assert data["total"] == {"requests": 4, "images": 8, "cost": pytest.approx(0.672)}
+    # recorded without a delivered mark: every image counts as undelivered
+    assert data["total"] == {"requests": 4, "images": 8, "undelivered_images": 8, "cost": pytest.approx(0.672)}
 
 
 @pytest.mark.parametrize(
@@ -619,13 +620,18 @@ def test_usage_by_one_grouping(recorded: None, by: str, expected: dict[str, tupl
     data = usage_json("--by", by)
     got = {t[by]: (t["requests"], t["images"], pytest.approx(t["cost"])) for t in data["totals"]}
     assert got == expected
-    assert all(set(t) <= {by, "key_name", "requests", "images", "cost"} for t in data["totals"])
+    assert all(set(t) <= {by, "key_name", "requests", "images", "undelivered_images", "cost"} for t in data["totals"])
 
 
 def test_usage_period_by_span_and_by_iso_date(recorded: None) -> None:
     assert usage_json("--since", "24h")["total"]["requests"] == 3
     assert usage_json("--since", "90m")["total"]["requests"] == 1
-    assert usage_json("--since", "7d", "--until", "1d")["total"] == {"requests": 1, "images": 4, "cost": 0.12}
+    assert usage_json("--since", "7d", "--until", "1d")["total"] == {
+        "requests": 1,
+        "images": 4,
+        "undelivered_images": 4,
+        "cost": 0.12,
+    }
     assert usage_json("--since", "2000-01-01")["total"]["requests"] == 5
     tomorrow = time.strftime("%Y-%m-%d", time.gmtime(time.time() + DAY))
     assert usage_json("--since", tomorrow, "--until", "2999-01-01T00:00:00+00:00")["totals"] == []

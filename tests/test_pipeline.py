@@ -152,15 +152,13 @@ async def test_a_request_runs_the_stages_in_order_and_tells_its_listeners(tmp_pa
         ("stage_started", "resolve_model"),
         ("stage_finished", "resolve_model"),
         *[(kind, stage) for stage in SERVE_STAGES for kind in ("stage_started", "stage_finished")],
+        ("stage_started", "record_usage"),
+        ("stage_finished", "record_usage"),
         ("stage_started", "finish"),
         ("image_finished", "finish"),
         ("image_finished", "finish"),
         ("stage_finished", "finish"),
-        *[
-            (kind, stage)
-            for stage in ("host", "record_usage", "render")
-            for kind in ("stage_started", "stage_finished")
-        ],
+        *[(kind, stage) for stage in ("host", "render") for kind in ("stage_started", "stage_finished")],
     ]
     finished = [e for e in events if e.kind == "image_finished"]
     assert sorted(e.index for e in finished if e.index is not None) == [0, 1]
@@ -290,9 +288,9 @@ async def test_a_fallback_replans_over_the_inputs_already_loaded(tmp_path: Path)
         *SERVE_STAGES,
         "fallback",
         *SERVE_STAGES,
+        "record_usage",
         "finish",
         "host",
-        "record_usage",
         "render",
     ]
     assert [e.model for e in events if e.kind == "fallback"] == ["backup"]

@@ -11,6 +11,7 @@ import asyncio
 import base64
 import json
 import re
+import secrets
 import sys
 import time
 from collections.abc import Iterator
@@ -32,7 +33,6 @@ from .db import migrate as migrate_database
 from .engine.describe import read_checkpoint
 from .errors import ImagegateError
 from .gateway import Gateway
-from .keys import KeyStore
 from .plugins import ProviderSpec, is_configured, load_registry, setting_values
 from .providers.transport import SSEDecoder
 from .service import ImageJob, ImagesOutcome, PipelineEvent
@@ -245,6 +245,9 @@ def _run_job(job: ImageJob, kw: dict[str, Any]) -> None:
         _submit_job(job, kw)
         return
     printer = PartialPrinter(kw) if kw.get("stream") else None
+    local = not kw.get("server")
+    if local:  # the usage row's id, which the delivered mark names once the files are written
+        job.request_id = job.request_id or f"cli_{secrets.token_hex(12)}"
     with err_console.status("Generating…", spinner="dots"):
         try:
             if kw.get("server"):
@@ -261,7 +264,18 @@ def _run_job(job: ImageJob, kw: dict[str, Any]) -> None:
         if suffix_format != written:
             err_console.print(f"[yellow]note[/yellow]: {path} holds {written.upper()} data despite its name")
         click.echo(str(path))
+    if local:
+        _mark_delivered(job.request_id)
     err_console.print(summary)
+
+
+def _mark_delivered(request_id: str) -> None:
+    """The images are on disk: the local request's usage row counts as delivered."""
+    db = open_database(Settings())
+    try:
+        UsageLog(db).mark_delivered(request_id)
+    finally:
+        db.close()
 
 
 async def _run_local(job: ImageJob, printer: PartialPrinter | None = None) -> tuple[list[tuple[bytes, str]], str]:
@@ -608,10 +622,11 @@ def _key_label(key_id: str | None, names: dict[str, str]) -> str:
 @click.option("--until", default=None, help="End (not included), in the same forms. Default: now.")
 @click.option(
     "--by",
+    "--group-by",
     "by",
     multiple=True,
     type=click.Choice(list(GROUP_COLUMNS)),
-    help="Group by key, model or provider; repeat to combine. Default: all three together.",
+    help="Group by key, model, provider or day (UTC); repeat to combine. Default: key, model and provider.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the totals as JSON.")
 def usage(since: str, until: str | None, by: tuple[Grouping, ...], as_json: bool) -> None:
@@ -626,10 +641,16 @@ def usage(since: str, until: str | None, by: tuple[Grouping, ...], as_json: bool
     db = open_database(settings)
     try:
         totals = UsageLog(db).totals(start, end, groups)
-        names = {record.id: record.name for record in KeyStore(db).list()}
     finally:
         db.close()
-    total = UsageTotal({}, sum(t.requests for t in totals), sum(t.images for t in totals), sum(t.cost for t in totals))
+    total = UsageTotal(
+        {},
+        sum(t.requests for t in totals),
+        sum(t.images for t in totals),
+        sum(t.cost for t in totals),
+        undelivered_images=sum(t.undelivered_images for t in totals),
+    )
+    names = {t.group["key"]: t.key_name for t in totals if "key" in t.group and t.group["key"] and t.key_name}
     if as_json:
         click.echo(json.dumps(_usage_json(start, end, groups, totals, total, names), indent=2))
         return
@@ -637,7 +658,7 @@ def usage(since: str, until: str | None, by: tuple[Grouping, ...], as_json: bool
     if not totals:
         err_console.print("no usage recorded in this period")
         return
-    table = Table(*groups, "requests", "images", "cost", show_footer=len(totals) > 1)
+    table = Table(*groups, "requests", "images", "undelivered", "cost", show_footer=len(totals) > 1)
     for column in table.columns[: len(groups)]:
         column.no_wrap = True
     table.columns[0].footer = "total"
@@ -649,8 +670,9 @@ def usage(since: str, until: str | None, by: tuple[Grouping, ...], as_json: bool
     Console().print(table)
 
 
-def _amounts(total: UsageTotal) -> tuple[str, str, str]:
-    return str(total.requests), str(total.images), f"${total.cost:.4f}"
+def _amounts(total: UsageTotal) -> tuple[str, str, str, str]:
+    """Requests, images, of them undelivered (paid upstream, the answer never reached its client), cost."""
+    return str(total.requests), str(total.images), str(total.undelivered_images), f"${total.cost:.4f}"
 
 
 def _usage_json(
@@ -666,7 +688,12 @@ def _usage_json(
         if "key" in t.group:
             key_id = t.group["key"]
             item["key_name"] = names.get(key_id) if key_id is not None else None
-        return item | {"requests": t.requests, "images": t.images, "cost": round(t.cost, 6)}
+        return item | {
+            "requests": t.requests,
+            "images": t.images,
+            "undelivered_images": t.undelivered_images,
+            "cost": round(t.cost, 6),
+        }
 
     return {
         "since": _iso(start),

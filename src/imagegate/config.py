@@ -168,6 +168,9 @@ class Settings(BaseSettings):
     # Shared backends for several instances (issue 11). None: the embedded defaults (SQLite in the
     # data dir, results in <data dir>/results, limits and breaker state in-process).
     database_url: str | None = None  # IMAGEGATE_DATABASE_URL: postgresql://user:pass@host/db
+    # PostgreSQL connections per process at most: instances x workers x this must stay under the
+    # server's max_connections (100 by default).
+    database_pool_size: int = Field(default=10, ge=1)  # IMAGEGATE_DATABASE_POOL_SIZE
     redis_url: str | None = None  # IMAGEGATE_REDIS_URL: redis://host:6379/0
     results_url: str | None = None  # IMAGEGATE_RESULTS_URL: s3://bucket/prefix
     s3_endpoint_url: str | None = None  # IMAGEGATE_S3_ENDPOINT_URL: any S3-compatible endpoint

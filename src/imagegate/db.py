@@ -98,7 +98,7 @@ CREATE INDEX IF NOT EXISTS usage_created ON usage (created_at);
 CREATE INDEX IF NOT EXISTS usage_request ON usage (request_id);
 -- Async jobs (jobs.py): `request` is what running it later needs (JSON: params, input files or
 -- URLs, request ids, base URLs); `result` the images answer as JSON; `error` OpenAI's error object;
--- `owner` the process running it ("<host>:<pid>"), which renews `heartbeat_at` while it does;
+-- `owner` the process running it ("<host>:<pid>:<runner>"), which renews `heartbeat_at` while it does;
 -- `usage_counted` 1 once its pipeline recorded usage.
 CREATE TABLE IF NOT EXISTS jobs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -121,6 +121,22 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, seq);
 CREATE INDEX IF NOT EXISTS jobs_key ON jobs (key_id, seq);
+-- A job's uploads (`name` as its `request` refers to it: image-0, mask), kept until it ends, and
+-- the events of its stream in order (`seq` from 0 per run), kept a result TTL after it ends.
+CREATE TABLE IF NOT EXISTS job_inputs (
+    job_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    content_type TEXT,
+    data BLOB NOT NULL,
+    PRIMARY KEY (job_id, name)
+);
+CREATE TABLE IF NOT EXISTS job_events (
+    job_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (job_id, seq)
+);
 -- Webhooks (webhooks.py): one row per job event; `id` is the webhook-id, the same on every retry.
 -- next_attempt_at is NULL once delivered or given up; lease_until marks a row an attempt holds.
 -- secret: what signs it, fixed when the job ended (a stored key's is in api_keys anyway).
@@ -141,6 +157,11 @@ CREATE TABLE IF NOT EXISTS webhook_deliveries (
 );
 CREATE INDEX IF NOT EXISTS webhook_deliveries_due ON webhook_deliveries (next_attempt_at);
 CREATE UNIQUE INDEX IF NOT EXISTS webhook_deliveries_job ON webhook_deliveries (job_id);  -- a job ends once
+-- Delivered marks (usage.py) that came before their usage row (still in another instance's journal).
+CREATE TABLE IF NOT EXISTS usage_marks (
+    request_id TEXT PRIMARY KEY,
+    marked_at REAL NOT NULL
+);
 """
 
 # Columns added after a table first shipped: (table, column, declaration). An existing database
@@ -170,6 +191,9 @@ ADDED_COLUMNS: list[tuple[str, str, str]] = [
     ("api_keys", "expires_at", "REAL"),
     ("api_keys", "admin", "INTEGER NOT NULL DEFAULT 0"),
     ("api_keys", "updated_at", "REAL"),
+    # 1 once the answer carrying the row's images was written to its client (usage.py); rows made
+    # before this column existed were all counted as delivered.
+    ("usage", "delivered", "INTEGER NOT NULL DEFAULT 1"),
 ]
 
 
@@ -225,7 +249,6 @@ class Database:
 
 # The advisory lock every write transaction takes: PostgreSQL's stand-in for SQLite's single writer.
 WRITE_LOCK_ID = 0x1A6E6A7E
-POOL_MAX_CONNECTIONS = 32  # per process: worker threads (anyio's 40) mostly wait on other things
 _PLACEHOLDER = re.compile(r"\?")
 _INSERT_OR_IGNORE = re.compile(r"^\s*INSERT\s+OR\s+IGNORE\s+INTO\b", re.IGNORECASE)
 _RETURNING = re.compile(r"\bRETURNING\b", re.IGNORECASE)
@@ -264,7 +287,7 @@ class PostgresDatabase(Database):
     """PostgreSQL behind `Database`'s interface. `path` is only where this instance keeps its
     local files next to it (the usage journal and spool), as for SQLite."""
 
-    def __init__(self, url: str, path: Path, *, check_migrated: bool = True) -> None:
+    def __init__(self, url: str, path: Path, *, check_migrated: bool = True, pool_size: int = 10) -> None:
         from psycopg_pool import ConnectionPool
 
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -273,7 +296,7 @@ class PostgresDatabase(Database):
         self._pool = ConnectionPool(
             url,
             min_size=1,
-            max_size=POOL_MAX_CONNECTIONS,
+            max_size=pool_size,  # per process; a statement holds one only while it runs
             kwargs={"autocommit": True},
             open=False,
             name="imagegate",
@@ -362,7 +385,9 @@ def open_database(settings: Settings, *, check_migrated: bool = True) -> Databas
     if not url:
         return Database(settings.database_path)
     if is_postgres_url(url):
-        return PostgresDatabase(url, settings.database_path, check_migrated=check_migrated)
+        return PostgresDatabase(
+            url, settings.database_path, check_migrated=check_migrated, pool_size=settings.database_pool_size
+        )
     if url.startswith("sqlite:///"):
         return Database(Path(url.removeprefix("sqlite:///")))  # sqlite:////abs/path or sqlite:///relative
     raise ConfigurationError(

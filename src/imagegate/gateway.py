@@ -37,6 +37,7 @@ from .errors import ConfigurationError
 from .fetch import ImageFetcher
 from .idempotency import IdempotencyStore
 from .jobs import Job, JobRunner, JobStore, JobUsage
+from .jobsignals import open_job_signals
 from .keys import STATIC_ID_PREFIX, KeyStore
 from .limits import Limits, LocalLimitState, RedisLimitState, SharedBreaker, ledger_seed, redis_client, upstream_budgets
 from .plugins import ProviderRegistry, catalog_contributions, configured_providers, load_registry
@@ -194,6 +195,7 @@ class Gateway:
             policy_for=self.key_policy,
         )
         # Async jobs: run by the server (its lifespan starts and stops the runner), not by the CLI.
+        # All in the database; `<data dir>/jobs` only holds an older version's job files.
         self.jobs = JobRunner(
             JobStore(self.db, settings.data_dir / "jobs"),
             self.service,
@@ -201,6 +203,7 @@ class Gateway:
             self.job_usage,
             settings,
             on_finished=self.job_finished,
+            signals=open_job_signals(settings.redis_url),  # wake-ups between instances via Redis pub/sub
         )
 
     def job_finished(self, job: Job) -> None:

@@ -1,10 +1,13 @@
 """Async jobs: an images request accepted now (`Prefer: respond-async`, a 202) and run later.
 
 A job is a row of the `jobs` table (db.py) holding everything needed to run the request later:
-its fields as JSON, its uploaded images and mask as files under `<data dir>/jobs/<id>/inputs`
-(image URLs stay URLs and are fetched when it runs), the request ids and base URLs its answer
-needs. Once the row is committed the job is never lost: it runs on this process or, if the
-process dies, on the next start.
+its fields as JSON, the request ids and base URLs its answer needs; its uploaded images and mask
+are rows of `job_inputs`, committed with it (image URLs stay URLs and are fetched when it runs).
+Everything is in the database, so any instance sharing it (IMAGEGATE_DATABASE_URL) reads, runs,
+cancels and follows any job the moment its row is committed. Once committed the job is never
+lost: it runs on this process or, if the process dies, on another or on the next start. (Jobs of
+an older version kept their uploads as files under `<data dir>/jobs/<id>/inputs`; those are still
+read, by an instance on that data dir.)
 
     queued -> in_progress -> succeeded | failed | cancelled        (cancelled also from queued)
 
@@ -14,18 +17,24 @@ IMAGEGATE_JOB_CONCURRENCY_PER_KEY hold over every worker process sharing the dat
 goes through `ImageService.create` like any request; its `result` is exactly the images answer
 the synchronous call gives (server/render.py), its `error` OpenAI's error object.
 
-Crashes: a claimed job carries its owner (`host:pid`), and the owner's runner renews the job's
-`heartbeat_at` every poll. On start (and every poll) a runner takes back jobs whose owner is dead
-(on this host: its pid is gone; elsewhere, as with containers sharing the data dir: no heartbeat
-for HEARTBEAT_STALE_SECONDS): one that started fewer than MAX_ATTEMPTS times is queued again (its
-`attempts` shows the re-run), else it fails with `job_interrupted`. Usage is recorded by the
-pipeline; a job whose pipeline had recorded it (`usage_counted`, set as that stage ends) does not
-record it again when it is re-run, so a job is counted once for the images it delivers.
+Wake-ups (jobsignals.py): a submit wakes every instance's runner, and each event or status of a
+job wakes its followers everywhere, through Redis pub/sub with IMAGEGATE_REDIS_URL; without it
+runners poll the database every POLL_SECONDS and followers every jobsignals.FOLLOW_POLL_SECONDS.
+
+Crashes: a claimed job carries its owner (`host:pid:runner`), and the owner's runner renews the
+job's `heartbeat_at` every poll. On start (and every poll) a runner takes back jobs whose owner is
+dead (on this host: its pid is gone; otherwise: no heartbeat for
+IMAGEGATE_JOB_HEARTBEAT_STALE_SECONDS): one that started fewer than MAX_ATTEMPTS times is queued
+again (its `attempts` shows the re-run), else it fails with `job_interrupted`. Usage is recorded
+by the pipeline; a job whose pipeline had recorded it (`usage_counted`, set as that stage ends)
+does not record it again when it is re-run, on whichever instance, so a job is counted once for
+the images it delivers. Its row counts as delivered once its result is stored (the client can
+fetch it from then on).
 
 Events: every event the job's stream carries (partial images, one completed event per image, an
-`error` on failure), rendered as server/streaming.py renders them, is kept as a file under
-`<data dir>/jobs/<id>/events` (at most `partial_images` + n + 1 per run), so that
-`GET /images/jobs/{id}/events` replays them from the start and then follows the live ones;
+`error` on failure), rendered as server/streaming.py renders them, is a row of `job_events`
+(at most `partial_images` + n + 1 per run; only the job's owner, while it runs it, adds any), so
+that `GET /images/jobs/{id}/events` replays them from the start and then follows the live ones;
 they are deleted with the job's results, a result TTL after its end. A cancelled job's stream
 just ends.
 
@@ -38,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import secrets
 import shutil
@@ -52,9 +62,11 @@ from typing import Any, Literal, cast
 from . import jsonio
 from .catalog import Mode
 from .config import Settings
-from .db import Database
+from .db import Database, DatabaseError
 from .errors import ImagegateError, JobConflict, JobQueueFull
 from .idempotency import result_names
+from .imaging import MIME_BY_FORMAT, sniff_format
+from .jobsignals import JobSignals
 from .pipeline import ImageJob, ImagesOutcome, PipelineEvent
 from .service import ImageService, ImageSource
 from .storage import ResultStore
@@ -67,9 +79,8 @@ STATUSES: tuple[Status, ...] = ("queued", "in_progress", "succeeded", "failed", 
 FINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 MAX_ATTEMPTS = 2  # the first run and one more after a crash
 POLL_SECONDS = 1.0  # how often a runner looks for work other processes queued or cancelled
-HEARTBEAT_STALE_SECONDS = 30.0  # a job of another host's process with no heartbeat this long is taken back
 QUEUE_FULL_RETRY_SECONDS = 10.0
-EVENT_SUFFIX = ".sse"
+LEGACY_EVENT_SUFFIX = ".sse"  # an older version's event files
 
 # Rendered events: what the job's stream sends, as bytes (server/streaming.py renders them).
 PartialRenderer = Callable[[str, int, Any], bytes]
@@ -221,16 +232,14 @@ def _job(row: sqlite3.Row | tuple[Any, ...]) -> Job:
 
 
 class JobStore:
-    """The jobs table and each job's directory (inputs, kept events). Blocking: call it from a
-    worker thread in async code."""
+    """The jobs table and each job's kept inputs and events (`job_inputs`, `job_events`), all in
+    the database every instance shares. `legacy_directory` is where an older version kept inputs
+    and events as files (`<data dir>/jobs`): still read, and deleted like the rows. Blocking: call
+    it from a worker thread in async code."""
 
-    def __init__(self, db: Database, directory: Path) -> None:
+    def __init__(self, db: Database, legacy_directory: Path | None = None) -> None:
         self.db = db
-        self.directory = directory
-        directory.mkdir(parents=True, exist_ok=True)
-
-    def _dir(self, job_id: str) -> Path:
-        return self.directory / job_id
+        self.legacy_directory = legacy_directory
 
     # -- creating and reading --
 
@@ -247,59 +256,78 @@ class JobStore:
         webhook_url: str | None,
         max_queued: int,
     ) -> Job:
-        """Keep the request (its uploads as files first, then the row): queued from the commit on.
-        A full queue is JobQueueFull, with nothing left behind."""
-        inputs = self._dir(job_id) / "inputs"
-        inputs.mkdir(parents=True)
-        try:
-            request = {
-                **request,
-                "images": [self._keep_input(inputs, f"image-{i}", src) for i, src in enumerate(images)],
-                "mask": None if mask is None else self._keep_input(inputs, "mask", mask),
-            }
-            now = time.time()
-            with self.db.transaction() as conn:
-                (queued,) = conn.execute("SELECT COUNT(*) FROM jobs WHERE status = 'queued'").fetchone()
-                if queued >= max_queued:
-                    raise JobQueueFull(
-                        f"{queued} jobs are already waiting (IMAGEGATE_JOB_QUEUE_MAX). Try again later.",
-                        retry_after=QUEUE_FULL_RETRY_SECONDS,
-                    )
-                conn.execute(
-                    "INSERT INTO jobs (id, key_id, status, model, mode, request, webhook_url, created_at) "
-                    "VALUES (?, ?, 'queued', ?, ?, ?, ?, ?)",
-                    (job_id, key_id, model, mode, jsonio.dumps(request).decode(), webhook_url, now),
+        """Keep the request, its uploads with it in one transaction: queued from the commit on. A
+        full queue is JobQueueFull, with nothing left behind."""
+        uploads: list[tuple[str, bytes]] = []
+
+        def keep(name: str, source: ImageSource) -> dict[str, str]:
+            if isinstance(source, str):
+                return {"url": source}
+            uploads.append((name, source))
+            return {"input": name}
+
+        request = {
+            **request,
+            "images": [keep(f"image-{i}", src) for i, src in enumerate(images)],
+            "mask": None if mask is None else keep("mask", mask),
+        }
+        now = time.time()
+        with self.db.transaction() as conn:
+            (queued,) = conn.execute("SELECT COUNT(*) FROM jobs WHERE status = 'queued'").fetchone()
+            if queued >= max_queued:
+                raise JobQueueFull(
+                    f"{queued} jobs are already waiting (IMAGEGATE_JOB_QUEUE_MAX). Try again later.",
+                    retry_after=QUEUE_FULL_RETRY_SECONDS,
                 )
-        except BaseException:
-            shutil.rmtree(self._dir(job_id), ignore_errors=True)
-            raise
+            conn.execute(
+                "INSERT INTO jobs (id, key_id, status, model, mode, request, webhook_url, created_at) "
+                "VALUES (?, ?, 'queued', ?, ?, ?, ?, ?)",
+                (job_id, key_id, model, mode, jsonio.dumps(request).decode(), webhook_url, now),
+            )
+            for name, data in uploads:
+                conn.execute(
+                    "INSERT INTO job_inputs (job_id, name, content_type, data) VALUES (?, ?, ?, ?)",
+                    (job_id, name, MIME_BY_FORMAT.get(sniff_format(data) or ""), data),  # None: not an image we know
+                )
         job = self.get(job_id)
         assert job is not None
         return job
 
-    @staticmethod
-    def _keep_input(directory: Path, name: str, source: ImageSource) -> dict[str, str]:
-        if isinstance(source, str):
-            return {"url": source}
-        (directory / name).write_bytes(source)
-        return {"file": name}
-
     def read_inputs(self, job: Job) -> tuple[list[ImageSource], ImageSource | None]:
-        inputs = self._dir(job.id) / "inputs"
+        """The job's images and mask: URLs as sent, uploads from `job_inputs` (or, for a job of an
+        older version, from its files)."""
+        refs = [*(job.request.get("images") or []), *([job.request["mask"]] if job.request.get("mask") else [])]
+        stored: dict[str, bytes] = {}
+        if any("input" in ref for ref in refs):
+            rows = self.db.execute("SELECT name, data FROM job_inputs WHERE job_id = ?", (job.id,))
+            stored = {name: bytes(data) for name, data in rows}
 
         def read(ref: dict[str, str]) -> ImageSource:
-            return ref["url"] if "url" in ref else (inputs / ref["file"]).read_bytes()
+            if "url" in ref:
+                return ref["url"]
+            if "input" in ref and ref["input"] in stored:
+                return stored[ref["input"]]
+            if "file" in ref and self.legacy_directory is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    return (self.legacy_directory / job.id / "inputs" / ref["file"]).read_bytes()
+            raise ImagegateError(f"The job's upload {ref.get('input') or ref.get('file')!r} is no longer kept.")
 
         images = [read(ref) for ref in job.request.get("images") or []]
         mask = job.request.get("mask")
         return images, (read(mask) if mask else None)
 
     def remove_inputs(self, job_id: str) -> None:
-        shutil.rmtree(self._dir(job_id) / "inputs", ignore_errors=True)
+        self.db.execute("DELETE FROM job_inputs WHERE job_id = ?", (job_id,))
+        self._remove_legacy(job_id, "inputs")
 
     def get(self, job_id: str) -> Job | None:
         rows = self.db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
         return _job(rows[0]) if rows else None
+
+    def status(self, job_id: str) -> str | None:
+        """Only the job's status (what a follower polls: not the result it may hold)."""
+        rows = self.db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,))
+        return str(rows[0][0]) if rows else None
 
     def queued_count(self) -> int:
         """Jobs waiting to run, every process's (the queue depth /metrics reports)."""
@@ -319,9 +347,8 @@ class JobStore:
             where.append("status = ?")
             args.append(status)
         if after is not None:
-            rows = self.db.execute(
-                "SELECT seq FROM jobs WHERE id = ? AND (? IS NULL OR key_id = ?)", (after, key_id, key_id)
-            )
+            mine, mine_args = ("id = ? AND key_id = ?", (after, key_id)) if key_id is not None else ("id = ?", (after,))
+            rows = self.db.execute(f"SELECT seq FROM jobs WHERE {mine}", mine_args)
             if not rows:
                 return None
             where.append("seq < ?")
@@ -336,6 +363,9 @@ class JobStore:
     def claim(self, owner: str, concurrency: int, per_key: int) -> Job | None:
         """The oldest queued job whose key is below its limit, marked in_progress for `owner`
         (one transaction over every process), or None when the limits or the queue say no."""
+        # An empty queue is the common answer: read it without the write lock every instance shares.
+        if not self.db.execute("SELECT 1 FROM jobs WHERE status = 'queued' LIMIT 1"):
+            return None
         now = time.time()
         with self.db.transaction() as conn:
             (running,) = conn.execute("SELECT COUNT(*) FROM jobs WHERE status = 'in_progress'").fetchone()
@@ -429,13 +459,15 @@ class JobStore:
     def take_back(self, is_dead: Callable[[str, str, float], bool]) -> list[Job]:
         """Jobs whose owning process died mid-run (`is_dead(id, owner, heartbeat_at)`): queued
         again, or failed after MAX_ATTEMPTS starts. Returns those that failed (they reached a
-        final status here)."""
+        final status here). Each change is conditional on the owner seen, so two instances taking
+        back the same job at once change it once."""
         failed: list[Job] = []
         rows = self.db.execute(
-            "SELECT id, owner, attempts, COALESCE(heartbeat_at, started_at, 0) FROM jobs WHERE status = 'in_progress'"
+            "SELECT id, COALESCE(owner, ''), attempts, COALESCE(heartbeat_at, started_at, 0) FROM jobs "
+            "WHERE status = 'in_progress'"
         )
         for job_id, owner, attempts, heartbeat_at in rows:
-            if not is_dead(job_id, owner or "", float(heartbeat_at)):
+            if not is_dead(job_id, owner, float(heartbeat_at)):
                 continue
             if attempts >= MAX_ATTEMPTS:
                 error = ImagegateError(
@@ -445,63 +477,111 @@ class JobStore:
                 ).to_openai_json()["error"]
                 updated = self.db.execute(
                     "UPDATE jobs SET status = 'failed', finished_at = ?, error = ?, owner = NULL "
-                    "WHERE id = ? AND status = 'in_progress' AND owner IS NOT DISTINCT FROM ? RETURNING id",
+                    "WHERE id = ? AND status = 'in_progress' AND COALESCE(owner, '') = ? RETURNING id",
                     (time.time(), jsonio.dumps(error).decode(), job_id, owner),
                 )
                 if updated:
                     job = self.get(job_id)
                     if job is not None:
                         failed.append(job)
-                log.warning("job %s: interrupted %d times, marked failed", job_id, attempts)
+                    log.warning("job %s: interrupted %d times, marked failed", job_id, attempts)
             else:
-                self.db.execute(
+                requeued = self.db.execute(
                     "UPDATE jobs SET status = 'queued', owner = NULL WHERE id = ? AND status = 'in_progress' "
-                    "AND owner IS NOT DISTINCT FROM ?",  # SQL standard: PostgreSQL takes no parameter after IS
+                    "AND COALESCE(owner, '') = ? RETURNING id",
                     (job_id, owner),
                 )
-                log.warning("job %s: its process died while it ran; queued to run again", job_id)
+                if requeued:
+                    log.warning("job %s: its process (%s) died while it ran; queued to run again", job_id, owner)
         return failed
 
     # -- kept events --
 
-    def _events_dir(self, job_id: str) -> Path:
-        return self._dir(job_id) / "events"
-
     def clear_events(self, job_id: str) -> None:
-        shutil.rmtree(self._events_dir(job_id), ignore_errors=True)
+        self.db.execute("DELETE FROM job_events WHERE job_id = ?", (job_id,))
+        self._remove_legacy(job_id, "events")
 
-    def add_event(self, job_id: str, seq: int, data: bytes) -> None:
-        """One event as a file, complete before it is visible (written, then renamed)."""
-        directory = self._events_dir(job_id)
-        directory.mkdir(parents=True, exist_ok=True)
-        temp = directory / f".{seq:06d}.tmp"
-        temp.write_bytes(data)
-        os.replace(temp, directory / f"{seq:06d}{EVENT_SUFFIX}")
+    def add_event(self, job_id: str, seq: int, data: bytes, owner: str | None = None) -> bool:
+        """Keep one event (the `seq`-th of the job's run). With `owner`, only while that owner still
+        runs the job: a process taken for dead that is not (cut off for a while) adds nothing to
+        the run that replaced it, nor to a job that has ended. False when nothing was kept."""
+        now = time.time()
+        if owner is None:
+            rows = self.db.execute(
+                "INSERT INTO job_events (job_id, seq, data, created_at) VALUES (?, ?, ?, ?) RETURNING seq",
+                (job_id, seq, data, now),
+            )
+        else:
+            rows = self.db.execute(
+                "INSERT INTO job_events (job_id, seq, data, created_at) SELECT ?, ?, ?, ? WHERE EXISTS ("
+                "  SELECT 1 FROM jobs WHERE id = ? AND status = 'in_progress' AND owner = ?"
+                ") RETURNING seq",
+                (job_id, seq, data, now, job_id, owner),
+            )
+        return bool(rows)
+
+    def event_rows(self, job_id: str, start: int = 0) -> list[tuple[int, bytes]]:
+        """The job's kept events numbered `start` and after, in order, with their numbers."""
+        rows = self.db.execute(
+            "SELECT seq, data FROM job_events WHERE job_id = ? AND seq >= ? ORDER BY seq", (job_id, start)
+        )
+        if not rows and start == 0:
+            return self._legacy_events(job_id)
+        return [(int(seq), bytes(data)) for seq, data in rows]
 
     def events(self, job_id: str, start: int = 0) -> list[bytes]:
         """The job's kept events from the `start`-th on, in order."""
-        directory = self._events_dir(job_id)
-        try:
-            names = sorted(p.name for p in directory.iterdir() if p.name.endswith(EVENT_SUFFIX))
-        except FileNotFoundError:
-            return []
-        found = []
-        for name in names[start:]:
-            with contextlib.suppress(FileNotFoundError):
-                found.append((directory / name).read_bytes())
-        return found
+        return [data for _, data in self.event_rows(job_id, start)]
 
     def purge_expired(self, ttl_seconds: float) -> int:
-        """Kept events (and any leftovers) of jobs that ended more than a result TTL ago: they
-        hold the same images as the results, which have expired by then."""
-        rows = self.db.execute(
-            "SELECT id FROM jobs WHERE finished_at IS NOT NULL AND finished_at <= ?", (time.time() - ttl_seconds,)
-        )
-        purged = 0
-        for (job_id,) in rows:
-            if self._dir(job_id).exists():
-                shutil.rmtree(self._dir(job_id), ignore_errors=True)
-                purged += 1
+        """Kept events (and any leftover inputs) of jobs that ended more than a result TTL ago:
+        they hold the same images as the results, which have expired by then. Returns how many
+        jobs had any."""
+        cutoff = time.time() - ttl_seconds
+        purged: set[str] = set()
+        for table in ("job_events", "job_inputs"):
+            # Driven by the kept rows (few: recent jobs), not by every job that ever ended.
+            rows = self.db.execute(
+                f"DELETE FROM {table} WHERE job_id IN ("
+                f"  SELECT j.id FROM jobs j JOIN (SELECT DISTINCT job_id FROM {table}) k ON k.job_id = j.id"
+                "  WHERE j.finished_at IS NOT NULL AND j.finished_at <= ?"
+                ") RETURNING job_id",
+                (cutoff,),
+            )
+            purged.update(row[0] for row in rows)
+        purged.update(self._purge_legacy(cutoff))
+        return len(purged)
+
+    # -- what an older version kept as files --
+
+    def _legacy_events(self, job_id: str) -> list[tuple[int, bytes]]:
+        if self.legacy_directory is None:
+            return []
+        directory = self.legacy_directory / job_id / "events"
+        try:
+            names = sorted(p.name for p in directory.iterdir() if p.name.endswith(LEGACY_EVENT_SUFFIX))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        found = []
+        for seq, name in enumerate(names):
+            with contextlib.suppress(FileNotFoundError):
+                found.append((seq, (directory / name).read_bytes()))
+        return found
+
+    def _remove_legacy(self, job_id: str, part: str) -> None:
+        if self.legacy_directory is not None:
+            shutil.rmtree(self.legacy_directory / job_id / part, ignore_errors=True)
+
+    def _purge_legacy(self, cutoff: float) -> set[str]:
+        """Old jobs' directories, once their job ended a TTL ago (the directory lists few)."""
+        if self.legacy_directory is None or not self.legacy_directory.is_dir():
+            return set()
+        purged = set()
+        for path in self.legacy_directory.iterdir():
+            rows = self.db.execute("SELECT finished_at FROM jobs WHERE id = ?", (path.name,))
+            if rows and rows[0][0] is not None and rows[0][0] <= cutoff:
+                shutil.rmtree(path, ignore_errors=True)
+                purged.add(path.name)
         return purged
 
 
@@ -528,8 +608,24 @@ class JobUsage:
             return
         self.inner.record(usage)
 
+    def mark_delivered(self, request_id: str) -> None:
+        """A job's answer is stored, so its client can fetch it: its usage row counts as delivered."""
+        mark = getattr(self.inner, "mark_delivered", None)
+        if mark is not None:
+            mark(request_id)
+
 
 # --- the runner ------------------------------------------------------------------------------
+
+
+def _owner_process(owner: str) -> tuple[str, int | None]:
+    """(host, pid) of an owner `host:pid:token` (or `host:pid`, as an older version wrote it)."""
+    parts = owner.split(":")
+    if len(parts) >= 3 and parts[-2].isdigit():
+        return ":".join(parts[:-2]), int(parts[-2])
+    if len(parts) >= 2 and parts[-1].isdigit():
+        return ":".join(parts[:-1]), int(parts[-1])
+    return owner, None
 
 
 def _pid_alive(pid: int) -> bool:
@@ -584,6 +680,7 @@ class JobRunner:
         settings: Settings,
         *,
         on_finished: Callable[[Job], None] = _no_hook,
+        signals: JobSignals | None = None,
     ) -> None:
         self.store = store
         self.service = service
@@ -594,17 +691,28 @@ class JobRunner:
         self.on_finished = on_finished
         self.renderers: Renderers | None = None
         self.host = socket.gethostname()
-        self.owner = f"{self.host}:{os.getpid()}"
+        # host:pid:runner, the runner's own token telling apart two runners of one process (two
+        # Gateways, as in tests) and a process from an earlier one that had its pid.
+        self.owner = f"{self.host}:{os.getpid()}:{secrets.token_hex(4)}"
         self._runs: dict[str, _Run] = {}
         self._wake = asyncio.Event()
-        self._changed = asyncio.Event()  # set (and replaced) whenever a job has news: followers wait on it
+        # Wake-ups between instances (Redis pub/sub) or in this process only (jobsignals.py).
+        self.signals = signals or JobSignals()
+        self.signals.add_listener(self._heard)
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
+
+    @property
+    def sweep_seconds(self) -> float:
+        """How often the runner renews its heartbeats and looks for dead owners' jobs: often enough
+        that a live owner's heartbeat never looks stale to another instance."""
+        return min(POLL_SECONDS, self.settings.job_heartbeat_stale_seconds / 3)
 
     # -- lifecycle --
 
     async def start(self, renderers: Renderers) -> None:
         self.renderers = renderers
+        await self.signals.start()
         self._loop_task = asyncio.create_task(self._loop())
 
     async def stop(self) -> None:
@@ -621,31 +729,47 @@ class JobRunner:
         for task in tasks:
             with contextlib.suppress(BaseException):
                 await task
+        if tasks:
+            self.signals.queued()  # queued again: another instance may take them now
+        await self.signals.aclose()
 
     def wake(self) -> None:
         self._wake.set()
 
-    def changed(self) -> asyncio.Event:
-        """An event set at the next news of any job (an event kept, a status reached)."""
-        return self._changed
+    def watch(self, job_id: str) -> asyncio.Event:
+        """An event set at the job's next news (an event kept, a status reached), on whichever
+        instance: take it before reading the job, wait on it after."""
+        return self.signals.watch(job_id)
 
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
+    def _heard(self, job_id: str | None) -> None:
+        """Another instance's news: a job queued (look for work), or news of a job we run (it may
+        have been cancelled there)."""
+        if job_id is None or job_id in self._runs:
+            self.wake()
+
+    def _changed(self, job_id: str) -> None:
+        self.signals.changed(job_id)
 
     async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        swept_at = -math.inf
         while True:
             try:
-                await self._take_back_and_reap()
+                if loop.time() - swept_at >= self.sweep_seconds:
+                    swept_at = loop.time()
+                    await self._take_back_and_reap()
+                else:  # woken between sweeps: by a submit, a run's end or a cancel elsewhere
+                    await self._reap_cancelled()
                 while not self._stopping and (job := await self._claim()) is not None:
                     run = self._runs[job.id] = _Run()
                     run.task = asyncio.create_task(self._run(job, run))
+                    self._changed(job.id)  # in_progress now: news for its followers
             except asyncio.CancelledError:
                 raise
             except Exception:  # keep running jobs; one failed sweep (a locked database) must not stop it
                 log.exception("job runner: a sweep failed")
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(POLL_SECONDS):
+                async with asyncio.timeout(max(0.0, swept_at + self.sweep_seconds - loop.time())):
                     await self._wake.wait()
             self._wake.clear()
 
@@ -654,19 +778,27 @@ class JobRunner:
         return await asyncio.to_thread(self.store.claim, self.owner, s.job_concurrency, s.job_concurrency_per_key)
 
     def _is_dead(self, job_id: str, owner: str, heartbeat_at: float) -> bool:
-        if owner == self.owner:  # ours: dead unless we run it (a pid reused after a crash)
+        if owner == self.owner:  # ours: dead unless we run it
             return job_id not in self._runs
-        host, _, pid = owner.rpartition(":")
-        if host == self.host and pid.isdigit():
-            return not _pid_alive(int(pid))
-        return heartbeat_at < time.time() - HEARTBEAT_STALE_SECONDS  # another host's: only its heartbeat tells
+        host, pid = _owner_process(owner)
+        if host == self.host and pid is not None and not _pid_alive(pid):
+            return True  # a process of this host that is gone: at once
+        # Another host's, or a live pid that may not be the owner's (another runner in that process,
+        # or the pid reused after a crash): only its heartbeat tells.
+        return heartbeat_at < time.time() - self.settings.job_heartbeat_stale_seconds
 
     async def _take_back_and_reap(self) -> None:
         """Our runs' heartbeat; jobs of dead processes back in the queue; local runs cancelled
         elsewhere stopped."""
         await asyncio.to_thread(self.store.heartbeat, self.owner, list(self._runs))
         for job in await asyncio.to_thread(self.store.take_back, self._is_dead):
+            self._changed(job.id)
             self._finished(job)
+        await self._reap_cancelled()
+
+    async def _reap_cancelled(self) -> None:
+        if not self._runs:
+            return
         for job_id in await asyncio.to_thread(self.store.cancelled_among, list(self._runs)):
             if (run := self._runs.get(job_id)) is not None:
                 run.cancel()
@@ -748,10 +880,12 @@ class JobRunner:
                 )
                 if not ended:
                     status = "cancelled"  # cancelled while it was finishing: cancel won
+                elif status == "succeeded":
+                    await asyncio.to_thread(self.usage.mark_delivered, job.request_id)
             await asyncio.to_thread(self.store.remove_inputs, job.id)
             final = await asyncio.to_thread(self.store.get, job.id)
         finally:
-            self._notify()
+            self._changed(job.id)
         if final is not None:
             self._finished(final)
 
@@ -759,10 +893,10 @@ class JobRunner:
         if previous is not None:
             await previous
         try:
-            await asyncio.to_thread(self.store.add_event, job_id, seq, data)
-        except OSError:
+            await asyncio.to_thread(self.store.add_event, job_id, seq, data, self.owner)
+        except DatabaseError:
             log.exception("job %s: could not keep event %d", job_id, seq)
-        self._notify()
+        self._changed(job_id)
 
     async def _image_job(self, job: Job) -> ImageJob:
         request = job.request
@@ -816,6 +950,7 @@ class JobRunner:
             )
         )
         self.wake()
+        self.signals.queued()
         return job
 
     async def cancel(self, job_id: str) -> Job:
@@ -829,7 +964,8 @@ class JobRunner:
                 await asyncio.shield(run.task)  # this request leaving must not cancel the run
         elif before == "queued":
             await asyncio.to_thread(self.store.remove_inputs, job_id)
-            self._notify()
+            self._changed(job_id)
             self._finished(job)
-        # else: it runs on another process, whose runner stops it at its next sweep
+        else:  # it runs on another process: its runner stops it when it hears this, or at its next sweep
+            self._changed(job_id)
         return (await asyncio.to_thread(self.store.get, job_id)) or job

@@ -2,7 +2,7 @@
 
     resolve_model -> validate -> plan -> admit -> load_inputs -> layout -> dispatch
                   [-> fallback: validate -> plan -> admit -> load_inputs -> layout -> dispatch]
-                  -> finish -> host -> record_usage -> render
+                  -> record_usage -> finish -> host -> render
 
 Each stage reads what earlier stages decided from the `RequestContext` and writes its own
 decisions there; none recomputes another's. In order:
@@ -18,8 +18,10 @@ decisions there; none recomputes another's. In order:
 - load_inputs: images and mask read and decoded, once per request;
 - layout: the output size (an edit keeps its first image's shape by default);
 - dispatch: n split into calls, retried, failed over, within the request's deadline;
-- finish: composite, convert, measure; host: result URLs or inline data; record_usage; render:
-  the `ImagesOutcome` the HTTP layer and the CLI turn into their answers.
+- record_usage: the usage row of what the upstream made (and the budget settled with its cost), as
+  soon as dispatch ends: an instance that dies while converting or storing has recorded it already;
+- finish: composite, convert, measure; host: result URLs or inline data; render: the
+  `ImagesOutcome` the HTTP layer and the CLI turn into their answers.
 
 When every provider of the model is at capacity and the client allows it
 (`allow_fallback_model`), the request falls back: the context switches to the fallback model and
@@ -31,7 +33,10 @@ Events (`PipelineEvent`) go to the request's listeners as stages start and finis
 image is finished, so that streaming and jobs can watch a request without a code path of their own.
 
 The usage row is written once upstream calls made images, whatever fails after: a deadline or a
-client gone during dispatch, the n-failure policy, no room to convert or store.
+client gone during dispatch, the n-failure policy, no room to convert or store. It is written as
+undelivered; whoever delivers the answer marks it (usage.UsageLog.mark_delivered: the HTTP layer once
+the answer is written, server/delivery.py; the job runner once the result is stored; the CLI once
+the files are written).
 """
 
 from __future__ import annotations
@@ -290,9 +295,9 @@ class Pipeline:
             else:
                 _check_delivery(ctx, self.settings.n_failure_policy)
             for name, stage in (
+                ("record_usage", self.record_usage),
                 ("finish", self.finish),
                 ("host", self.host),
-                ("record_usage", self.record_usage),
                 ("render", self.render),
             ):
                 await self._stage(ctx, name, stage)

@@ -13,9 +13,20 @@ every FLUSH_SECONDS. So a record is in the journal or the database
 at every moment: the writer claims the journal by renaming it (as the spool is claimed) and
 deletes the claimed file only after its rows are in; a row already there is not inserted twice
 (request id and time). `close()` flushes; a process killed before it could (kill -9) leaves
-its journal, which the next start inserts, as it does a dead process's claimed spool. The queue
-is that file: a database that stalls makes it grow on disk, never in memory, and never blocks a
-request.
+its journal, which the running writers of the same data dir (sibling workers) claim within
+SWEEP_SECONDS, as the next start does, like a dead process's claimed spool. The queue is that file:
+a database that stalls makes it grow on disk, never in memory, and never blocks a request.
+
+Delivered or not: a row is journaled as undelivered when the upstream calls made its images
+(they are paid for), before the answer goes out. Once the answer has been written to its client
+(server/delivery.py says when), `mark_delivered` appends a second small line, `{"delivered":
+<request id>}`. The writer applies marks as it inserts: a row whose mark is in the same flush is
+inserted with `delivered = 1` (no second statement); a mark for a row already in the table is an
+UPDATE by request id. So after a kill -9 the journal holds each paid request once, marked when its
+client got the answer, and a client that went away first leaves its row undelivered. A mark whose
+row is not in the table yet (it is in a journal another instance will replay: an idempotent replay
+or a re-run job served here of a request recorded there) is kept in `usage_marks`, which an insert
+reads, so marks and rows meet in whichever order they arrive.
 """
 
 from __future__ import annotations
@@ -25,7 +36,6 @@ import json
 import logging
 import os
 import secrets
-import sqlite3
 import threading
 import time
 from collections.abc import Sequence
@@ -36,12 +46,15 @@ from typing import Any, Literal, Protocol
 import anyio.to_thread
 
 from .db import Database, DatabaseError
+from .keys import STATIC_ID_PREFIX
 
 log = logging.getLogger("imagegate")
 SPOOL_NAME = "usage-spool.jsonl"
 JOURNAL_PREFIX = "usage-journal."  # + pid + ".jsonl": this process's records not yet in the database
 FLUSH_SECONDS = 0.2  # the background writer's period
 ERROR_LOG_SECONDS = 60.0  # a writer that keeps failing says so at most this often
+SWEEP_SECONDS = 5.0  # how often a running writer claims the journals of dead processes of its data dir
+DAY_SECONDS = 86400
 
 
 @dataclass(frozen=True)
@@ -61,17 +74,31 @@ class UsageRecord:
     safety_identifier: str | None = None  # OpenAI's end-user safety id; like `user`, never sent upstream
 
 
-Grouping = Literal["key", "model", "provider"]
-# What each grouping reads; a fixed map, so no caller's text ever reaches the SQL.
-GROUP_COLUMNS: dict[Grouping, str] = {"key": "key_id", "model": "model", "provider": "provider"}
+Grouping = Literal["key", "model", "provider", "day"]
+# What each grouping reads; a fixed map, so no caller's text ever reaches the SQL. A day is the
+# UTC day number, floor(created_at / 86400), in SQL that SQLite and PostgreSQL compute alike: CAST
+# truncates in SQLite and rounds in PostgreSQL, so one rounded up is taken back by one (floor);
+# bigint / integer is integer division in both.
+_SECONDS = "CAST(u.created_at AS BIGINT)"
+DAY_NUMBER = f"(CASE WHEN {_SECONDS} > u.created_at THEN {_SECONDS} - 1 ELSE {_SECONDS} END) / {DAY_SECONDS}"
+GROUP_COLUMNS: dict[Grouping, str] = {
+    "key": "u.key_id",
+    "model": "u.model",
+    "provider": "u.provider",
+    "day": DAY_NUMBER,
+}
+STATIC_KEY_NAME = "static"  # the key_name of a key from IMAGEGATE_API_KEYS / IMAGEGATE_ADMIN_KEYS
 
 
 @dataclass(frozen=True)
 class UsageTotal:
-    group: dict[Grouping, str | None]  # the grouping's values (key None: the gateway ran open)
+    # The grouping's values: key id (None: the gateway ran open), model, provider, day ("YYYY-MM-DD", UTC).
+    group: dict[Grouping, str | None]
     requests: int
     images: int
     cost: float
+    undelivered_images: int = 0  # of `images`, those whose answer never reached the client
+    key_name: str | None = None  # with a key grouping: the stored key's name, "static", or None
 
 
 class UsageSink(Protocol):
@@ -102,6 +129,7 @@ class UsageLog:
         self.spool = spool or db.path.with_name(SPOOL_NAME)
         self.journal = self.spool.with_name(f"{JOURNAL_PREFIX}{os.getpid()}.jsonl")
         self._unwritten: list[tuple[float, UsageRecord]] = []  # neither in the database nor the spool
+        self._next_sweep = 0.0  # monotonic time of the next claim of dead processes' journals
         self._replay_lock = threading.Lock()
         self._journal_lock = threading.Lock()  # an append never lands in a journal being claimed
         self._wake = threading.Event()
@@ -121,21 +149,33 @@ class UsageLog:
         """Store one served request, made now (or `at`, a Unix time). Never raises for a database
         error: the record is spooled and inserted later."""
         created_at = time.time() if at is None else at
-        if self._writer is not None and self._append_journal(created_at, usage):
+        if self._writer is not None and self._append_journal(_line(created_at, usage)):
             return
         try:
             self._insert(created_at, usage)
         except DatabaseError as exc:
-            self._keep(created_at, usage, exc)
+            self._keep(_line(created_at, usage), exc, usage.request_id, (created_at, usage))
             return
         if self._unwritten or self.spool.exists():
             self.replay()  # the database takes writes again
 
-    def _append_journal(self, created_at: float, usage: UsageRecord) -> bool:
+    def mark_delivered(self, request_id: str) -> None:
+        """The answer carrying this request's images was written to its client: its row counts
+        as delivered. Cheap and safe on the event loop with the background writer (one journal
+        line); a direct UPDATE otherwise. Never raises for a database error."""
+        if self._writer is not None and self._append_journal(_mark_line(request_id)):
+            return
+        try:
+            with self.db.transaction() as conn:
+                self._apply_marks(conn, [request_id])
+        except DatabaseError as exc:
+            self._keep(_mark_line(request_id), exc, request_id, None)
+
+    def _append_journal(self, text: str) -> bool:
         """One line onto this process's journal; False when the file cannot take it (then the
         record is written the synchronous way, database or spool)."""
         try:
-            line = _line(created_at, usage).encode()
+            line = text.encode()
             with self._journal_lock:
                 fd = os.open(self.journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
                 try:
@@ -155,15 +195,21 @@ class UsageLog:
             self._wake.wait(FLUSH_SECONDS)
             self._wake.clear()
             try:
-                self.flush()
+                self.flush(sweep=time.monotonic() >= self._next_sweep)
             except Exception:  # the writer must outlive a bad moment (EMFILE...); the journal keeps the records
                 if time.monotonic() - last_error > ERROR_LOG_SECONDS:
                     log.exception("usage writer: flushing the journal failed; it is retried every %gs", FLUSH_SECONDS)
                     last_error = time.monotonic()
 
-    def flush(self) -> int:
+    def flush(self, *, sweep: bool = False) -> int:
         """Move this process's journal into the database now; returns the rows inserted. Costs one
-        failed rename when there is nothing to do."""
+        failed rename when there is nothing to do. `sweep`: also claim dead processes' journals
+        (the writer does every SWEEP_SECONDS). What was spooled or left by others goes in first,
+        so that this journal's delivered marks find their rows."""
+        inserted = 0
+        if sweep or self._unwritten or self.spool.exists():
+            self._next_sweep = time.monotonic() + SWEEP_SECONDS
+            inserted += self.replay(quiet=not sweep)
         target = self.spool.with_name(f"{self.spool.name}.{os.getpid()}.{secrets.token_hex(4)}.replaying")
         claimed: Path | None = None
         with self._journal_lock:
@@ -172,12 +218,9 @@ class UsageLog:
                 claimed = target
             except FileNotFoundError:
                 pass
-        inserted = 0
         if claimed is not None:
             with self._replay_lock:
-                inserted = max(0, self._replay_file(claimed))  # on failure its rows went to the spool
-        if self._unwritten or self.spool.exists():
-            inserted += self.replay(quiet=True)
+                inserted += max(0, self._replay_file(claimed))  # on failure its rows went to the spool
         return inserted
 
     def close(self) -> None:
@@ -190,24 +233,34 @@ class UsageLog:
         self.flush()
 
     def _insert(self, created_at: float, usage: UsageRecord) -> None:
-        self.db.execute(_INSERT + "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", _values(created_at, usage))
+        self.db.execute(_INSERT + f"VALUES ({_PLACES}, {_DELIVERED})", _values(created_at, usage))
 
-    def _insert_once(self, created_at: float, usage: UsageRecord, conn: sqlite3.Connection | None = None) -> None:
-        """A replayed row, unless that request's row at that time is there already (a process killed
-        between inserting a journal's rows and deleting the file); inside `conn`'s transaction
-        when given."""
+    def _insert_once(self, conn: Any, created_at: float, usage: UsageRecord, delivered: bool) -> None:
+        """A replayed row, inside `conn`'s transaction, unless that request's row at that time is
+        there already (a process killed between inserting a journal's rows and deleting the file)."""
         sql = (
-            _INSERT + "SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE NOT EXISTS "
+            _INSERT + f"SELECT {_PLACES}, {_DELIVERED} WHERE NOT EXISTS "
             "(SELECT 1 FROM usage WHERE request_id = ? AND created_at = ?)"
         )
-        params = (*_values(created_at, usage), usage.request_id, created_at)
-        if conn is None:
-            self.db.execute(sql, params)
-        else:
-            conn.execute(sql, params)
+        conn.execute(sql, (*_values(created_at, usage, delivered), usage.request_id, created_at))
 
-    def _keep(self, created_at: float, usage: UsageRecord, exc: Exception) -> None:
-        line = _line(created_at, usage)
+    @staticmethod
+    def _apply_marks(conn: Any, request_ids: Sequence[str]) -> None:
+        """Mark rows already in the table as delivered; a mark that finds none is kept in
+        usage_marks for the row's insert to read."""
+        for request_id in request_ids:
+            # RETURNING: SQLite 3.35+ and PostgreSQL; a row already marked is found too.
+            found = conn.execute(
+                "UPDATE usage SET delivered = 1 WHERE request_id = ? RETURNING request_id", (request_id,)
+            ).fetchall()
+            if not found:
+                conn.execute(
+                    "INSERT INTO usage_marks (request_id, marked_at) VALUES (?, ?) ON CONFLICT (request_id) DO NOTHING",
+                    (request_id, time.time()),
+                )
+
+    def _keep(self, line: str, exc: Exception, request_id: str, unwritten: tuple[float, UsageRecord] | None) -> None:
+        """A line the database did not take, onto the spool (or, a record, into memory)."""
         try:
             # One small O_APPEND write per record: whole lines even with several worker processes.
             fd = os.open(self.spool, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -217,11 +270,14 @@ class UsageLog:
             finally:
                 os.close(fd)
         except OSError as spool_exc:
-            self._unwritten.append((created_at, usage))
+            if unwritten is None:  # a delivered mark: the row stays counted, as undelivered
+                log.error("usage: the delivered mark of request %s was lost (%s, %s)", request_id, exc, spool_exc)
+                return
+            self._unwritten.append(unwritten)
             log.error(
                 "USAGE NOT WRITTEN for request %s: the database failed (%s) and so did the spool file %s "
                 "(%s); kept in memory (%d records) until the database takes writes again",
-                usage.request_id,
+                request_id,
                 exc,
                 self.spool,
                 spool_exc,
@@ -231,7 +287,7 @@ class UsageLog:
         log.error(
             "usage row for request %s not written to the database (%s); spooled to %s, to be inserted "
             "once the database takes writes again",
-            usage.request_id,
+            request_id,
             exc,
             self.spool,
         )
@@ -288,54 +344,101 @@ class UsageLog:
         return [*orphans, *mine]
 
     def _replay_file(self, path: Path) -> int:
-        """Insert a journal or spool file's rows, all in one transaction (one commit, not one per
-        row: the background writer's commits were most of its syscalls), then delete it. On a
-        database error nothing of it is inserted and all of it goes back to the spool."""
+        """Insert a journal or spool file's rows and apply its delivered marks, all in one
+        transaction (one commit, not one per row: the background writer's commits were most of
+        its syscalls), then delete it; returns the rows. A row whose mark is in the file is
+        inserted as delivered. On a database error nothing of it is inserted and all of it goes
+        back to the spool."""
         lines = path.read_text(errors="replace").splitlines()
-        rows: list[tuple[float, UsageRecord]] = []
+        rows: list[tuple[float, UsageRecord, bool]] = []
+        marks: dict[str, None] = {}  # in order, once each
         for line in lines:
             try:
-                rows.append(_parse_spooled(line))
+                entry = json.loads(line)
+                if "delivered" in entry and "record" not in entry:
+                    marks[str(entry["delivered"])] = None
+                else:
+                    rows.append(_parse_spooled(entry))
             except (ValueError, TypeError, KeyError, AttributeError):
                 log.error("skipping an unreadable usage spool line in %s: %r", path, line[:200])
+        in_file = {usage.request_id for _, usage, _ in rows}
+        later = [request_id for request_id in marks if request_id not in in_file]
         try:
             with self.db.transaction() as conn:
-                for created_at, usage in rows:
-                    self._insert_once(created_at, usage, conn)
+                for created_at, usage, delivered in rows:
+                    self._insert_once(conn, created_at, usage, delivered or usage.request_id in marks)
+                self._apply_marks(conn, later)
         except DatabaseError:
             with open(self.spool, "a") as fh:  # back to the spool, for the next try
                 fh.write("".join(f"{line}\n" for line in lines))
             path.unlink()
             return -1
         path.unlink()
-        return len(lines)
+        return len(rows)
 
-    def totals(self, since: float, until: float, by: Sequence[Grouping]) -> list[UsageTotal]:
-        """Requests, images and cost made in [since, until) (Unix times), one total per distinct
-        combination of the `by` columns (one overall total when `by` is empty), largest cost first."""
+    def totals(
+        self, since: float, until: float, by: Sequence[Grouping], *, key_id: str | None | Literal["any"] = "any"
+    ) -> list[UsageTotal]:
+        """Requests, images (and of them, undelivered ones) and cost made in [since, until) (Unix
+        times), one total per distinct combination of the `by` groupings (one overall total when
+        `by` is empty): by day in date order, then largest cost first. `key_id`: only that key's
+        rows (None: those served without a key); "any": every key's."""
         columns = [GROUP_COLUMNS[name] for name in by]
+        if "key" in by:
+            columns.append("k.name")  # one name per key id: grouping by it too changes nothing
         selected = "".join(f"{c}, " for c in columns)
+        joined = " LEFT JOIN api_keys k ON k.id = u.key_id" if "key" in by else ""
+        where = "u.created_at >= ? AND u.created_at < ?"
+        params: tuple[Any, ...] = (since, until)
+        if key_id is None:
+            where += " AND u.key_id IS NULL"
+        elif key_id != "any":
+            where, params = where + " AND u.key_id = ?", (since, until, key_id)
         grouped = f" GROUP BY {', '.join(columns)}" if columns else ""
         rows = self.db.execute(
-            f"SELECT {selected}COUNT(*), COALESCE(SUM(images), 0), COALESCE(SUM(cost), 0) FROM usage "
-            f"WHERE created_at >= ? AND created_at < ?{grouped}",
-            (since, until),
+            f"SELECT {selected}COUNT(*), COALESCE(SUM(u.images), 0), COALESCE(SUM(u.cost), 0), "
+            f"COALESCE(SUM(CASE WHEN u.delivered = 0 THEN u.images ELSE 0 END), 0) "
+            f"FROM usage u{joined} WHERE {where}{grouped}",
+            params,
         )
-        totals = [
-            UsageTotal(dict(zip(by, row[: len(by)], strict=True)), int(row[-3]), int(row[-2]), float(row[-1]))
-            for row in rows
-            if int(row[-3]) > 0 or not by
-        ]
-        return sorted(totals, key=lambda t: (-t.cost, [str(v) for v in t.group.values()]))
+        totals = [_total(by, row) for row in rows if int(row[-4]) > 0 or not by]
+        return sorted(totals, key=lambda t: (t.group.get("day") or "", -t.cost, [str(v) for v in t.group.values()]))
+
+
+def _total(by: Sequence[Grouping], row: Any) -> UsageTotal:
+    group: dict[Grouping, str | None] = {}
+    for name, value in zip(by, row[: len(by)], strict=True):
+        group[name] = _day(int(value)) if name == "day" else value
+    key_name: str | None = None
+    if "key" in by:
+        key_id, stored_name = group["key"], row[len(by)]
+        key_name = stored_name if stored_name is not None else _static_name(key_id)
+    return UsageTotal(
+        group, int(row[-4]), int(row[-3]), float(row[-2]), undelivered_images=int(row[-1]), key_name=key_name
+    )
+
+
+def _day(day_number: int) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(day_number * DAY_SECONDS))
+
+
+def _static_name(key_id: str | None) -> str | None:
+    """A key that is not stored: one from the environment is "static"; no key at all, None."""
+    return STATIC_KEY_NAME if key_id is not None and key_id.startswith(STATIC_ID_PREFIX) else None
 
 
 _INSERT = (
     "INSERT INTO usage (request_id, created_at, key_id, user, model, provider, mode, images, cost, "
-    "input_tokens, output_tokens, cost_estimated, client_request_id, safety_identifier) "
+    "input_tokens, output_tokens, cost_estimated, client_request_id, safety_identifier, delivered) "
 )
 
 
-def _values(created_at: float, usage: UsageRecord) -> tuple[Any, ...]:
+_PLACES = ", ".join("?" * 14)  # the columns before `delivered`
+# delivered: as the journal says, or marked before the row came (usage_marks).
+_DELIVERED = "CASE WHEN ? = 1 OR EXISTS (SELECT 1 FROM usage_marks WHERE request_id = ?) THEN 1 ELSE 0 END"
+
+
+def _values(created_at: float, usage: UsageRecord, delivered: bool = False) -> tuple[Any, ...]:
     return (
         usage.request_id,
         created_at,
@@ -351,17 +454,27 @@ def _values(created_at: float, usage: UsageRecord) -> tuple[Any, ...]:
         int(usage.cost_estimated),
         usage.client_request_id,
         usage.safety_identifier,
+        int(delivered),
+        usage.request_id,
     )
 
 
 def _line(created_at: float, usage: UsageRecord) -> str:
-    return json.dumps({"created_at": created_at, "record": dataclasses.asdict(usage)}) + "\n"
+    """A record's journal (and spool) line; it is not delivered yet when it is written."""
+    return json.dumps({"created_at": created_at, "delivered": False, "record": dataclasses.asdict(usage)}) + "\n"
 
 
-def _parse_spooled(line: str) -> tuple[float, UsageRecord]:
-    entry: dict[str, Any] = json.loads(line)
+def _mark_line(request_id: str) -> str:
+    """The line that says a request's answer reached its client."""
+    return json.dumps({"delivered": request_id}) + "\n"
+
+
+def _parse_spooled(entry: dict[str, Any]) -> tuple[float, UsageRecord, bool]:
+    """A record line; one written before delivered marks existed (no "delivered") counts as delivered,
+    as the table's rows of that time do."""
     known = {f.name for f in dataclasses.fields(UsageRecord)}
-    return float(entry["created_at"]), UsageRecord(**{k: v for k, v in entry["record"].items() if k in known})
+    record = UsageRecord(**{k: v for k, v in entry["record"].items() if k in known})
+    return float(entry["created_at"]), record, bool(entry.get("delivered", True))
 
 
 def _process_alive(claimed: Path) -> bool:

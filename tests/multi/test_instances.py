@@ -5,6 +5,7 @@ usage and no accepted job."""
 from __future__ import annotations
 
 import base64
+import json
 import threading
 import time
 import uuid
@@ -175,6 +176,9 @@ def test_kill_9_of_one_instance_under_load_loses_no_usage_and_no_job(cluster: Cl
     assert not missing, f"{len(missing)} answered requests have no usage row\n{cluster.logs()}"
     for request_id, images in received_before_restart.items():
         assert rows[request_id] == [images], (request_id, rows[request_id])  # once, with its images
+    cut_short = len(load.sent) - len(received_before_restart) - len(load.jobs)
+    (undelivered,) = cluster.sql("SELECT COUNT(*) FROM usage WHERE delivered = 0")[0]
+    assert undelivered <= cut_short  # only answers that died with the instance are marked undelivered
     twice = cluster.sql("SELECT request_id FROM usage GROUP BY request_id HAVING COUNT(*) > 1")
     assert twice == []
     jobs_counted = cluster.sql("SELECT COUNT(*) FROM jobs WHERE id = ANY(%s) AND usage_counted = 1", (load.jobs,))[0][0]
@@ -292,3 +296,42 @@ def test_each_instance_is_ready_on_the_shared_backends_and_counts_its_requests(c
         "",
     )
     assert 'route="/v1/images/generations"' in line and line.endswith(" 1.0"), metrics[:2000]
+
+
+def test_the_usage_api_of_either_instance_sums_both(cluster: Cluster) -> None:
+    key = admin_key(cluster)
+    for index in (0, 1):
+        cluster.client(index, api_key=key).images.generate(model=MODEL, prompt="billed", n=index + 1)
+    cluster.client(0).images.generate(model=MODEL, prompt="another key's", response_format="b64_json")
+    deadline = time.monotonic() + 10
+    while True:  # each instance's journal reaches the ledger within its flush period
+        with cluster.http(1, api_key=ADMIN_KEY) as http:
+            usage = http.get("/v1/usage", params={"group_by": "key"}).json()
+        rows = {row["key_name"]: row for row in usage["data"]}
+        if usage["total"]["images"] == 4 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert usage["total"]["images"] == 4 and usage["total"]["requests"] == 3
+    assert (rows["limited"]["requests"], rows["limited"]["images"]) == (2, 3)
+    assert rows["limited"]["cost"] > 0 and rows["limited"]["currency"] == "USD"
+    with cluster.http(0, api_key=key) as http:  # a key that is not an admin sees its own rows only
+        own = http.get("/v1/usage", params={"group_by": "model"}).json()
+    assert own["total"]["images"] == 3
+
+
+def test_a_job_running_on_one_instance_is_followed_live_on_the_other(cluster: Cluster, fake_gemini: FakeGemini) -> None:
+    fake_gemini.default_behaviour = Delay(1.5)  # the follower on instance 1 is waiting before it ends
+    with cluster.http(0) as http:
+        accepted = http.post(
+            "/v1/images/generations",
+            json={"model": MODEL, "prompt": "followed", "response_format": "b64_json"},
+            headers=ASYNC,
+        )
+    job_id = accepted.json()["id"]
+    with cluster.http(1) as http, http.stream("GET", f"/v1/images/jobs/{job_id}/events") as events:
+        assert events.status_code == 200
+        assert http.get(f"/v1/images/jobs/{job_id}").json()["status"] in ("queued", "in_progress")
+        lines = [line for line in events.iter_lines() if line]
+    completed = json.loads(lines[lines.index("event: image_generation.completed") + 1].removeprefix("data: "))
+    job = wait_job(cluster, 1, job_id)
+    assert completed["b64_json"] == job["result"]["data"][0]["b64_json"]

@@ -32,14 +32,16 @@ def json_lines() -> Iterator[Callable[[], list[dict[str, Any]]]]:
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter())
     logger = logging.getLogger("imagegate")
-    level = logger.level
+    level, disabled = logger.level, logger.disabled
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
+    logger.disabled = False  # an earlier test's logging.config (disable_existing_loggers) may have disabled it
     try:
         yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
+        logger.disabled = disabled
 
 
 def test_the_access_line_names_the_request_key_id_model_provider_and_adjustments(

@@ -19,7 +19,7 @@ from .. import metrics, tracing
 from ..config import Settings
 from ..errors import ImagegateError, InvalidRequest, NotFound
 from ..gateway import Gateway
-from . import admin_routes, health, job_routes, routes
+from . import admin_routes, health, job_routes, routes, usage_routes
 from .disconnect import CLIENT_CLOSED_REQUEST
 from .middleware import ApiCORSMiddleware, BodySizeLimitMiddleware, RequestIdMiddleware
 from .observability import ObservabilityMiddleware, metrics_endpoint
@@ -37,6 +37,7 @@ API_ROUTES = [
     Route("/results/{name}", routes.get_result, methods=["GET"]),
     *job_routes.JOB_ROUTES,
     *admin_routes.ADMIN_ROUTES,
+    Route("/usage", usage_routes.get_usage, methods=["GET"]),
 ]
 # Probes and scrapes: served, but not counted, logged or traced as requests (server/observability.py).
 MONITORING_ROUTES = [

@@ -25,7 +25,7 @@ from starlette.routing import Route
 from .. import webhooks
 from ..errors import InvalidRequest, JobNotFound
 from ..gateway import Gateway
-from ..jobs import FINAL, POLL_SECONDS, STATUSES, Job, Renderers, list_json
+from ..jobs import FINAL, STATUSES, Job, Renderers, list_json
 from ..service import ImageJob
 from .render import body_of, images_response
 from .routes import authenticate
@@ -153,33 +153,34 @@ async def cancel_job(request: Request) -> Response:
 async def job_events(request: Request) -> Response:
     job = await _own_job(request)
     gateway = _gateway(request)
-    body = _follow(gateway, job.id, gateway.settings.stream_keepalive_seconds)
+    body = follow_events(gateway, job.id, gateway.settings.stream_keepalive_seconds)
     return StreamingResponse(body, media_type="text/event-stream", headers=STREAM_HEADERS)
 
 
-async def _follow(gateway: Gateway, job_id: str, keepalive_seconds: float) -> AsyncIterator[bytes]:
+async def follow_events(gateway: Gateway, job_id: str, keepalive_seconds: float) -> AsyncIterator[bytes]:
     """Every kept event from the first, then each new one as it is kept, until the job has ended
     and all its events are sent; a keep-alive comment whenever nothing went out for a while. The
-    status is read before the events: once it is final, the events read after it are all there are."""
+    status is read before the events: once it is final, the events read after it are all there
+    are. Whichever instance runs the job, its news wakes us (jobsignals.py); we also read again
+    every `follow_poll_seconds`, for news that came with no wake-up (none without Redis)."""
     runner = gateway.jobs
     loop = asyncio.get_running_loop()
-    sent = 0
+    next_seq = 0
     quiet_until = loop.time() + keepalive_seconds
     while True:
-        changed = runner.changed()
-        job = await asyncio.to_thread(runner.store.get, job_id)
-        new = await asyncio.to_thread(runner.store.events, job_id, sent)
-        for data in new:
+        news = runner.watch(job_id)
+        status = await asyncio.to_thread(runner.store.status, job_id)
+        new = await asyncio.to_thread(runner.store.event_rows, job_id, next_seq)
+        for seq, data in new:
             yield data
-        sent += len(new)
+            next_seq = seq + 1
         if new:
             quiet_until = loop.time() + keepalive_seconds
-        if job is None or job.status in FINAL:
+        if status is None or status in FINAL:
             return
-        # Other processes' jobs have no wake-up here: the poll interval bounds their delay.
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(max(0.0, min(POLL_SECONDS, quiet_until - loop.time()))):
-                await changed.wait()
+            async with asyncio.timeout(max(0.0, min(runner.signals.follow_poll_seconds, quiet_until - loop.time()))):
+                await news.wait()
         if loop.time() >= quiet_until:
             yield KEEPALIVE
             quiet_until = loop.time() + keepalive_seconds

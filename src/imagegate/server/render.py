@@ -143,6 +143,8 @@ class PiecesResponse(Response):
             await send({"type": "http.response.body", "body": piece, "more_body": index < last})
         if not self.pieces:
             await send({"type": "http.response.body", "body": b""})
+        if self.background is not None:  # as Starlette's Response runs it
+            await self.background()
 
 
 def model_list(gateway: Gateway) -> dict[str, Any]:

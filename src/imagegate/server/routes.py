@@ -19,6 +19,7 @@ from ..idempotency import (
 from ..jobs import prefers_async
 from ..service import ImageJob
 from ..storage import iter_body
+from .delivery import mark_usage, when_delivered
 from .disconnect import until_disconnected
 from .parsing import parse_edit, parse_generation
 from .public_url import public_base_url
@@ -90,12 +91,17 @@ async def _serve(request: Request, job: ImageJob, key_id: str | None) -> Respons
         from .job_routes import accept_job  # job_routes imports this module (authenticate)
 
         return await accept_job(request, job, with_idempotency_key=key is not None)
+    # Each answer that carries images marks its usage row delivered once it is written (delivery.py).
     if stream_requested(job.params):
         if key is not None:
             raise refuse_with_idempotency_key()
-        return await stream_images(gateway.service, job, gateway.settings.stream_keepalive_seconds)
+        stream = await stream_images(gateway.service, job, gateway.settings.stream_keepalive_seconds)
+        mark = mark_usage(gateway.usage, job.request_id)
+        return when_delivered(request, stream, lambda: mark() if stream.images_sent else None)
     if key is None:
-        return images_response(await gateway.service.create(job))
+        return when_delivered(
+            request, images_response(await gateway.service.create(job)), mark_usage(gateway.usage, job.request_id)
+        )
     scope = idempotency_scope(key, key_id, job.mode)
     fingerprint = await anyio.to_thread.run_sync(request_fingerprint, job.mode, job.params, job.images, job.mask)
     stored, replayed = await gateway.idempotency.run_once(
@@ -115,7 +121,11 @@ async def _serve(request: Request, job: ImageJob, key_id: str | None) -> Respons
                 param="Idempotency-Key",
             )
         stored = reissued
-    return _replay(stored, replayed=replayed)
+    response = _replay(stored, replayed=replayed)
+    original = stored.headers.get("x-imagegate-original-request-id")
+    if stored.status == 200 and original:  # a replay delivers the first request's images (again)
+        return when_delivered(request, response, mark_usage(gateway.usage, original))
+    return response
 
 
 def _replay(stored: StoredResponse, *, replayed: bool) -> Response:

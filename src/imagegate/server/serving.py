@@ -24,6 +24,9 @@ every failed attempt with a traceback (up to `backlog` attempts per loop tick). 
   master makes before starting them and removes at exit; `Supervisor` tells the metrics when a
   worker is gone (imagegate.metrics).
 - `IMAGEGATE_LOG_FORMAT=json`: every line, uvicorn's too, is one JSON object (imagegate.logs).
+- It offers the `imagegate.delivered` ASGI extension (delivery.py): callbacks run once an answer
+  has left the process while its connection was open, which is when a usage row counts as
+  delivered.
 
 `build_config` and `serve` build all of it from `Settings`; `imagegate serve` and the tests'
 gateway fixture both use `build_config`, so tests exercise the served path.
@@ -56,6 +59,7 @@ from uvicorn.supervisors import Multiprocess
 from .. import metrics
 from ..config import Settings
 from ..errors import ImagegateError, RequestTimeout, ServerBusy
+from . import delivery
 
 log = logging.getLogger("imagegate")
 
@@ -69,6 +73,7 @@ MIN_CONNECTIONS = 8
 DESCRIPTOR_LIMIT_CAP = 1 << 20
 WORKER_APP = "imagegate.server.app:app_from_env"
 MASTER_POLL_SECONDS = 1.0
+DRAIN_POLL_SECONDS = 0.05  # how often an answer still in the transport's buffer is looked at again
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
@@ -326,6 +331,9 @@ class GuardedHttpToolsProtocol(_Guard, HttpToolsProtocol):
     ) -> None:
         self._guard_init(config)
         self._client_phase: Phase = IDLE
+        # Answers written but still in the transport's buffer: their delivered callbacks wait for it to drain.
+        self._draining: list[list[delivery.Callback]] = []
+        self._closed_after_answer = False  # uvicorn closes gracefully after an answer (no keep-alive)
         super().__init__(config, server_state, app_state, _loop)
 
     def _phase(self) -> Phase:
@@ -351,6 +359,42 @@ class GuardedHttpToolsProtocol(_Guard, HttpToolsProtocol):
         self._client_phase = BODY
         self._head_done()
         super().on_headers_complete()
+        self._offer_delivery()
+
+    def _offer_delivery(self) -> None:
+        """The request's `imagegate.delivered` callbacks, run when its cycle's answer is out."""
+        cycle = self.cycle
+        if cycle is None or cycle.scope is not self.scope:  # an upgrade: no HTTP cycle of its own
+            return
+        callbacks = delivery.offer(cycle.scope)  # type: ignore[arg-type]
+        answered = cycle.on_response
+
+        def on_response() -> None:  # the cycle's last body message was handed to the transport
+            self._answer_written(callbacks)
+            answered()
+
+        cycle.on_response = on_response
+
+    def _answer_written(self, callbacks: list[delivery.Callback]) -> None:
+        if not callbacks:
+            return
+        if self.transport.get_write_buffer_size() == 0:
+            delivery.run_callbacks(callbacks)
+            return
+        self._closed_after_answer = self.transport.is_closing()
+        if not self._draining:
+            self.loop.call_later(DRAIN_POLL_SECONDS, self._check_drained)
+        self._draining.append(callbacks)
+
+    def _check_drained(self) -> None:
+        if not self._draining or self.transport.is_closing():
+            return  # connection_lost decides
+        if self.transport.get_write_buffer_size() > 0:
+            self.loop.call_later(DRAIN_POLL_SECONDS, self._check_drained)
+            return
+        for callbacks in self._draining:
+            delivery.run_callbacks(callbacks)
+        self._draining.clear()
 
     def on_body(self, body: bytes) -> None:
         self._body_received += len(body)
@@ -368,6 +412,12 @@ class GuardedHttpToolsProtocol(_Guard, HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_timer()
+        # A close we made after the answer (no keep-alive) flushed it first; any other loss
+        # (the client hung up or reset) left it undelivered.
+        if exc is None and self._closed_after_answer:
+            for callbacks in self._draining:
+                delivery.run_callbacks(callbacks)
+        self._draining.clear()
         super().connection_lost(exc)
 
 

@@ -30,7 +30,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import StreamingResponse
 
 from .. import jsonio
 from ..errors import ImagegateError, InvalidRequest
@@ -59,7 +59,14 @@ def refuse_with_idempotency_key() -> InvalidRequest:
     )
 
 
-async def stream_images(service: ImageService, job: ImageJob, keepalive_seconds: float) -> Response:
+class EventStream(StreamingResponse):
+    """The stream's answer; `images_sent` once its last completed event was yielded (the images
+    are in the stream, not an error event)."""
+
+    images_sent = False
+
+
+async def stream_images(service: ImageService, job: ImageJob, keepalive_seconds: float) -> EventStream:
     """Run the request and answer with its event stream once it reaches its upstream calls; an
     error before that is raised as usual (a JSON error answer)."""
     events: asyncio.Queue[PipelineEvent] = asyncio.Queue()
@@ -82,8 +89,10 @@ async def stream_images(service: ImageService, job: ImageJob, keepalive_seconds:
     if not dispatching.is_set():
         task.result()  # failed before any upstream call: raised here, answered as usual
     prefix = "image_edit" if job.mode == "edit" else "image_generation"
-    body = _event_stream(task, events, prefix, keepalive_seconds, job.request_id)
-    return StreamingResponse(body, media_type="text/event-stream", headers=STREAM_HEADERS)
+    answer: list[EventStream] = []
+    body = _event_stream(task, events, prefix, keepalive_seconds, job.request_id, answer)
+    answer.append(EventStream(body, media_type="text/event-stream", headers=STREAM_HEADERS))
+    return answer[0]
 
 
 async def _event_stream(
@@ -92,6 +101,7 @@ async def _event_stream(
     prefix: str,
     keepalive_seconds: float,
     request_id: str,
+    answer: list[EventStream],
 ) -> AsyncIterator[bytes | memoryview]:
     loop = asyncio.get_running_loop()
     quiet_until = loop.time() + keepalive_seconds  # when a keep-alive is due, if nothing else went out
@@ -125,6 +135,7 @@ async def _event_stream(
         for image in outcome.images:
             for piece in _completed_event(prefix, outcome, image):
                 yield piece
+        answer[0].images_sent = True
     finally:
         await _stop(task)
 
