@@ -27,21 +27,36 @@ MODEL = "gemini-3-pro-image-preview"
 
 @pytest.fixture
 def json_lines() -> Iterator[Callable[[], list[dict[str, Any]]]]:
-    """What the `imagegate` loggers wrote so far, through the JSON formatter, parsed line by line."""
+    """What the `imagegate` loggers wrote so far, through the JSON formatter, parsed line by line.
+
+    Whatever earlier tests (or the libraries they loaded) did to logging is set aside for the test
+    and put back after it: `imagegate` at INFO, its children enabled and propagating to it."""
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter())
     logger = logging.getLogger("imagegate")
-    level, disabled = logger.level, logger.disabled
+    children = [
+        child
+        for name, child in logging.Logger.manager.loggerDict.items()
+        if name.startswith("imagegate.") and isinstance(child, logging.Logger)
+    ]
+    saved = [(one, one.level, one.disabled, one.propagate) for one in (logger, *children)]
+    disabled_below = logging.root.manager.disable
+    logging.disable(logging.NOTSET)
+    for child in children:
+        child.setLevel(logging.NOTSET)
+        child.disabled, child.propagate = False, True
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
-    logger.disabled = False  # an earlier test's logging.config (disable_existing_loggers) may have disabled it
+    logger.disabled = False
     try:
         yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
     finally:
         logger.removeHandler(handler)
-        logger.setLevel(level)
-        logger.disabled = disabled
+        for one, level, disabled, propagate in saved:
+            one.setLevel(level)
+            one.disabled, one.propagate = disabled, propagate
+        logging.disable(disabled_below)
 
 
 def test_the_access_line_names_the_request_key_id_model_provider_and_adjustments(
