@@ -373,6 +373,7 @@ class Run:
     sent: int  # answers of the run, its warm-up included
     s3_objects: int = 0  # objects in the bucket after the run (so also the warm-up's)
     url_check: str | None = None
+    idle_cpu_ms_per_s: float | None = None  # CPU of each instance the run did not drive, per second
 
     def server_cpu_ms(self) -> float:
         """CPU per request of everything serving it: the setup's gateways and the backends."""
@@ -508,6 +509,7 @@ async def run_all(
 ) -> tuple[list[Run], int]:
     runs: list[Run] = []
     failures = 0
+    everyone = {i.name: i for setup in setups for i in setup.instances}
     for round_no in range(args.repeat):
         order = setups[round_no % len(setups) :] + setups[: round_no % len(setups)]  # rotates by round
         for concurrency, total in zip(args.concurrency, args.requests, strict=True):
@@ -520,10 +522,20 @@ async def run_all(
                         flush=True,
                         file=sys.stderr,
                     )
-                    cpu = {"gateways": setup.cpu_seconds, **shared_cpu}
+                    driven = {i.name for i in setup.instances}
+                    idle = [i for i in everyone.values() if i.name not in driven]
+                    cpu = {
+                        "gateways": setup.cpu_seconds,
+                        **shared_cpu,
+                        "idle": lambda idle=idle: sum(i.child.cpu_seconds() for i in idle),
+                    }
                     check = checks.first(setup, fmt)
                     run = await measure(setup, fmt, total, args.warmup, concurrency, cpu, redis, check, round_no)
                     result = run.result
+                    if idle and result.wall_s:  # what an instance spends while nobody calls it (its timers)
+                        spent = result.cpu_ms_per_request.pop("idle") * result.requests
+                        run.idle_cpu_ms_per_s = round(spent / result.wall_s / len(idle), 2)
+                    result.cpu_ms_per_request.pop("idle", None)
                     run.s3_objects = objects = bucket.count()
                     if fmt == "url":
                         run.url_check, failed = checks.fetch_elsewhere(setup, stored_in_s3=objects > 0)
@@ -848,12 +860,14 @@ def main(argv: list[str] | None = None) -> int:
         load_after = os.getloadavg()[0]
         redis_per_request = median([run.redis_commands_per_request for run in runs if run.result.target != "embedded"])
         s3_objects = sum(run.s3_objects for run in runs if run.result.target != "embedded")
+        idle_cpu = [run.idle_cpu_ms_per_s for run in runs if run.idle_cpu_ms_per_s is not None]
         backends = {
             "health_ready": {instance.name: instance.health for instance in instances},
             "postgres_usage_rows": rows_in_pg,
             "shared_requests_answered": sent_shared,
             "redis_commands_per_shared_request": redis_per_request,
             "s3_objects_written_by_shared": s3_objects,
+            "idle_instance_cpu_ms_per_s": idle_cpu,
             "url_checks": [
                 f"{run.result.target} {run.result.concurrency} clients, round {run.result.round + 1}: {run.url_check}"
                 for run in runs
@@ -887,12 +901,13 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"- Backends in use: PostgreSQL usage rows {rows_in_pg} for {sent_shared} answers of the shared "
             f"instances; Redis {redis_per_request:.1f} commands per shared request; {s3_objects} S3 objects "
-            f"written by the shared instances."
+            f"written by the shared instances. An instance not driven in a run spent "
+            f"{spread(idle_cpu, '{:.1f}')} ms of CPU per second."
         )
         for instance in instances:
             print(f"- {instance.name} /health/ready: {json.dumps(instance.health)}")
         for line in backends["url_checks"]:
-            print(f"- url {line}")
+            print(f"- url check: {line}")
         if args.json:
             doc = {
                 "benchmark": "shared_backends",
@@ -925,6 +940,7 @@ def main(argv: list[str] | None = None) -> int:
                         "answers_with_warmup": run.sent,
                         "s3_objects": run.s3_objects,
                         "url_check": run.url_check,
+                        "idle_instance_cpu_ms_per_s": run.idle_cpu_ms_per_s,
                     }
                     for run in runs
                 ],
