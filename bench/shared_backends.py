@@ -33,7 +33,7 @@ INFO), S3 objects written per request, the usage ledger's rows in PostgreSQL at 
 each instance's /health/ready (where it exists) reports. A setting the checkout does not honour yet
 just measures what is there.
 
-    .venv/bin/python bench/shared_backends.py                # ~3 minutes on 2 cores
+    .venv/bin/python bench/shared_backends.py                # 3 rounds: ~1.5 min on 2 quiet cores, ~3 min busy
     .venv/bin/python bench/shared_backends.py --quick        # smoke run, under a minute
     .venv/bin/python bench/shared_backends.py --json /tmp/shared.json --repeat 5
 
