@@ -290,11 +290,15 @@ def test_each_instance_is_ready_on_the_shared_backends_and_counts_its_requests(c
     assert ready.status_code == 200, ready.text
     assert ready.json()["checks"] == {"database": "ok", "redis": "ok", "results": "ok"}
     cluster.client(index).images.generate(model=MODEL, prompt="counted", response_format="b64_json")
-    metrics = httpx.get(f"{cluster.url(index)}/metrics", timeout=30).text
-    line = next(
-        (row for row in metrics.splitlines() if row.startswith("imagegate_requests_total{") and 'status="200"' in row),
-        "",
-    )
+    deadline = time.monotonic() + 5  # counted as the answer has gone out: maybe a moment after the client has it
+    while True:
+        metrics = httpx.get(f"{cluster.url(index)}/metrics", timeout=30).text
+        line = next(
+            (r for r in metrics.splitlines() if r.startswith("imagegate_requests_total{") and 'status="200"' in r), ""
+        )
+        if line or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert 'route="/v1/images/generations"' in line and line.endswith(" 1.0"), metrics[:2000]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -49,8 +50,17 @@ def json_lines() -> Iterator[Callable[[], list[dict[str, Any]]]]:
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.disabled = False
+
+    def read() -> list[dict[str, Any]]:
+        # The access line is written once the answer has gone out, so the client may have it a
+        # moment before the line exists: wait for it (a few seconds at most).
+        deadline = time.monotonic() + 5
+        while '"imagegate.access"' not in stream.getvalue() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return [json.loads(line) for line in stream.getvalue().splitlines()]
+
     try:
-        yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
+        yield read
     finally:
         logger.removeHandler(handler)
         for one, level, disabled, propagate in saved:

@@ -13,7 +13,7 @@ does the query, in SQL that SQLite and PostgreSQL both run).
 from __future__ import annotations
 
 import time
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from typing import Any, Literal, get_args
 
 import anyio.to_thread
@@ -21,6 +21,7 @@ from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import Response
 
+from .. import keys
 from ..errors import InvalidRequest
 from ..gateway import Gateway
 from ..usage import Grouping, UsageTotal
@@ -43,23 +44,14 @@ async def usage_scope(request: Request) -> str | None | Literal["any"]:
 
 
 def parse_time(text: str, param: str) -> float:
-    """Unix seconds, or an ISO 8601 date or date-time (UTC unless it says otherwise)."""
+    """Unix seconds, or an ISO 8601 date or date-time (UTC unless it says otherwise): as the admin
+    API reads `expires_at` (keys.parse_time), a 400 naming `param` otherwise."""
     try:
-        return float(text)
+        return keys.parse_time(text)
     except ValueError:
-        pass
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        try:
-            moment = datetime.combine(date.fromisoformat(text), datetime.min.time())
-        except ValueError:
-            raise InvalidRequest(
-                f"{param} must be Unix seconds or an ISO 8601 date or date-time, not {text!r}.", param=param
-            ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
+        raise InvalidRequest(
+            f"{param} must be Unix seconds or an ISO 8601 date or date-time, not {text!r}.", param=param
+        ) from None
 
 
 def month_start(now: float) -> float:
