@@ -36,13 +36,21 @@ ADDITIONAL = "Additional Parameters"
 # How matching works and the normalization behaviours: the one place this text lives (the rules
 # themselves are normalize.py's and params.py's; the spec words them this way).
 MATCHING = (
-    ("Priority", "size (WxH) wins over aspect_ratio + resolution, which win over aspect_ratio, then resolution, "
-     "then the model's default. size as W:H is the same as aspect_ratio."),
+    (
+        "Priority",
+        "size (WxH) wins over aspect_ratio + resolution, which win over aspect_ratio, then resolution, "
+        "then the model's default. size as W:H is the same as aspect_ratio.",
+    ),
     ("Shape matching", "the closest supported ratio is picked (by |ln(r1/r2)|; ties go to the larger)."),
-    ("Scale matching", "tiers are K tiers (1K, 2K, 4K) or megapixel tiers (0.25, 1); a tier that is not available "
-     "becomes the nearest one."),
-    ("Dimension clamping", "where a model takes any size within pixel limits, dimensions are clamped to fit, "
-     "keeping the aspect ratio."),
+    (
+        "Scale matching",
+        "tiers are K tiers (1K, 2K, 4K) or megapixel tiers (0.25, 1); a tier that is not available "
+        "becomes the nearest one.",
+    ),
+    (
+        "Dimension clamping",
+        "where a model takes any size within pixel limits, dimensions are clamped to fit, keeping the aspect ratio.",
+    ),
     ("Edits", "with no shape given, an edit keeps the shape of its first image; text-to-image uses the default ratio."),
     ("Adjustments", "every value that ends up different from what was asked is listed in the answer's adjustments."),
 )
@@ -51,8 +59,10 @@ HANDLING_TEXT: dict[str, tuple[str, str]] = {
     "renamed": ("renamed", "same value, under the field name the provider expects"),
     "converted": ("converted", "transformed to the provider's native format"),
     "emulated": ("emulated", "done by the gateway, even where the provider has no such thing"),
-    "not_available": ("not available", "the provider cannot honour it: a 400 naming it, or served without it "
-                      "and reported in adjustments"),
+    "not_available": (
+        "not available",
+        "the provider cannot honour it: a 400 naming it, or served without it and reported in adjustments",
+    ),
     "gateway": ("gateway", "the gateway's own field, used before any provider call"),
     "model_lacks": ("not available", "the model lacks it"),
 }
@@ -118,14 +128,16 @@ def parameter_row(model: ModelEntry, name: str) -> dict[str, Any]:
     spec = model.parameters[name]
     limits = []
     if spec.minimum is not None or spec.maximum is not None:
-        limits.append(f"{_number(spec.minimum) if spec.minimum is not None else ''}"
-                      f"–{_number(spec.maximum) if spec.maximum is not None else ''}")
+        limits.append(
+            f"{_number(spec.minimum) if spec.minimum is not None else ''}"
+            f"–{_number(spec.maximum) if spec.maximum is not None else ''}"
+        )
     return {
         "name": name,
         "type": spec.type,
         "description": spec.description,
         "provider": spec.provider,
-        "values": spec.values or [],
+        "choices": spec.values or [],
         "default": None if spec.default is None else json.dumps(spec.default),
         "range": limits[0] if limits else None,
         "modes": {mode: AVAILABILITY_LABELS[spec.availability(mode)] for mode in ("t2i", "edit")},
