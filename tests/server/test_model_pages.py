@@ -3,16 +3,20 @@ stdlib parser, every figure compared with the catalog data (never a hand-written
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from PIL import Image
 
 from imagegate.catalog import ModelEntry
 from imagegate.config import FileConfig
@@ -230,6 +234,37 @@ def test_the_python_example_runs_against_the_gateway(gateway: RunningGateway, fa
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().startswith(f"{gateway.url}/v1/results/")
     assert len(fake_gemini.requests) == 1
+
+
+def test_the_python_edit_example_runs(gateway: RunningGateway, fake_gemini: FakeGemini, tmp_path: Path) -> None:
+    """The edit example follows the generation one (its `client`), reading input.png."""
+    Image.new("RGB", (64, 48), "red").save(tmp_path / "input.png")
+    _, page = get_page(gateway, "/models/gemini-3-pro-image-preview")
+    code = page.pres["example-python-generate"] + page.pres["example-python-edit"]
+    env = {**os.environ, "IMAGEGATE_API_KEY": API_KEY}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    urls = done.stdout.split()
+    assert len(urls) == 2 and all(u.startswith(f"{gateway.url}/v1/results/") for u in urls)
+    assert len(fake_gemini.requests) == 2
+
+
+@pytest.mark.skipif(shutil.which("curl") is None or shutil.which("bash") is None, reason="needs curl and bash")
+@pytest.mark.parametrize("kind", ["generate", "edit"])
+def test_the_curl_examples_run(gateway: RunningGateway, fake_gemini: FakeGemini, tmp_path: Path, kind: str) -> None:
+    Image.new("RGB", (64, 48), "blue").save(tmp_path / "input.png")
+    _, page = get_page(gateway, "/models/gemini-3-pro-image-preview")
+    env = {**os.environ, "IMAGEGATE_API_KEY": API_KEY}
+    code = page.pres[f"example-curl-{kind}"]
+    done = subprocess.run(
+        ["bash", "-c", code + " --silent --fail"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    assert answer["data"][0]["url"].startswith(f"{gateway.url}/v1/results/")
+    assert answer["effective"]["model"] == "gemini-3-pro-image-preview"
 
 
 def test_view_data_is_built_without_http() -> None:

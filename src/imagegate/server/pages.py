@@ -277,14 +277,16 @@ def code_examples(model: ModelEntry, base_url: str) -> list[dict[str, str]]:
                 "id": "python-edit",
                 "title": "Python (openai): image edit",
                 "code": f"result = client.images.edit(\n    model={model_js},\n"
-                '    image=[open("input.png", "rb")],\n    prompt="Make it a watercolor",\n)\n',
+                '    image=[open("input.png", "rb")],\n    prompt="Make it a watercolor",\n)\n'
+                "print(result.data[0].url)\n",
             },
             {
                 "id": "node-edit",
                 "title": "Node (openai): image edit",
                 "code": 'import fs from "node:fs";\n\n'
                 f"const edited = await client.images.edit({{\n  model: {model_js},\n"
-                '  image: fs.createReadStream("input.png"),\n  prompt: "Make it a watercolor",\n});\n',
+                '  image: fs.createReadStream("input.png"),\n  prompt: "Make it a watercolor",\n});\n'
+                "console.log(edited.data[0].url);\n",
             },
         ]
     return examples
