@@ -267,6 +267,13 @@ def test_the_curl_examples_run(gateway: RunningGateway, fake_gemini: FakeGemini,
     assert answer["effective"]["model"] == "gemini-3-pro-image-preview"
 
 
+def test_the_operators_default_response_format_is_shown(gateway_factory: Any) -> None:
+    gw = gateway_factory(default_response_format="url")
+    _, page = get_page(gw, "/models/gemini-3-pro-image-preview")
+    rows = {attrs["data-param"]: cells for t in page.tables_with("params") for attrs, cells in t.rows if attrs}
+    assert 'Default: "url"' in rows["response_format"][2].text
+
+
 def test_view_data_is_built_without_http() -> None:
     router = Router(CATALOG, {})
     model = CATALOG.get("gpt-image-1")

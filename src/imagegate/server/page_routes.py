@@ -49,7 +49,9 @@ async def model_page(request: Request) -> Response:
     if model is None:
         return _page(request, "not_found.html", {"requested": requested[:SHOWN_ID_CHARS]}, status=404)
     base_url = _public_base_url(request).rstrip("/")
-    return _page(request, "model.html", {"m": pages.model_page(model, router, requested, base_url)})
+    default_format = _gateway(request).settings.default_response_format
+    view = pages.model_page(model, router, requested, base_url, default_response_format=default_format)
+    return _page(request, "model.html", {"m": view})
 
 
 PAGE_ROUTES: list[BaseRoute] = [

@@ -89,9 +89,12 @@ def model_index(router: Router) -> list[dict[str, Any]]:
     ]
 
 
-def model_page(model: ModelEntry, router: Router, requested: str, base_url: str) -> dict[str, Any]:
-    """Everything the model page shows, for `requested` (the id or an alias of `model`)."""
-    card = model_card(model, router)
+def model_page(
+    model: ModelEntry, router: Router, requested: str, base_url: str, *, default_response_format: str | None = None
+) -> dict[str, Any]:
+    """Everything the model page shows, for `requested` (the id or an alias of `model`), with the
+    operator's IMAGEGATE_DEFAULT_RESPONSE_FORMAT as response_format's default (as GET /v1/models says)."""
+    card = model_card(model, router, default_response_format=default_response_format)
     return {
         "id": model.id,
         "requested": requested,
@@ -105,7 +108,7 @@ def model_page(model: ModelEntry, router: Router, requested: str, base_url: str)
         "modes": [{"id": m, "label": MODE_LABELS[m]} for m in model.modes],
         "max_input_images": model.max_input_images,
         "input_formats": model.input_formats,
-        "parameter_groups": parameter_groups(model),
+        "parameter_groups": parameter_groups(model, card["parameters"]),
         "size_tiers": size_tiers(model),
         "pixel_limits": card["pixel_limits"],
         "matching": MATCHING,
@@ -116,15 +119,19 @@ def model_page(model: ModelEntry, router: Router, requested: str, base_url: str)
     }
 
 
-def parameter_groups(model: ModelEntry) -> list[dict[str, Any]]:
+def parameter_groups(model: ModelEntry, card_parameters: dict[str, Any]) -> list[dict[str, Any]]:
     """The parameter reference: rows grouped as the spec groups them, availability per mode."""
     grouped = {name for _, names in PARAMETER_GROUPS for name in names}
     groups = [(title, [n for n in names if n in model.parameters]) for title, names in PARAMETER_GROUPS]
     groups.append((ADDITIONAL, [n for n in model.parameters if n not in grouped]))
-    return [{"title": title, "rows": [parameter_row(model, n) for n in names]} for title, names in groups if names]
+    return [
+        {"title": title, "rows": [parameter_row(model, n, card_parameters[n].get("default")) for n in names]}
+        for title, names in groups
+        if names
+    ]
 
 
-def parameter_row(model: ModelEntry, name: str) -> dict[str, Any]:
+def parameter_row(model: ModelEntry, name: str, default: Any) -> dict[str, Any]:
     spec = model.parameters[name]
     limits = []
     if spec.minimum is not None or spec.maximum is not None:
@@ -138,7 +145,7 @@ def parameter_row(model: ModelEntry, name: str) -> dict[str, Any]:
         "description": spec.description,
         "provider": spec.provider,
         "choices": spec.values or [],
-        "default": None if spec.default is None else json.dumps(spec.default),
+        "default": None if default is None else json.dumps(default),
         "range": limits[0] if limits else None,
         "modes": {mode: AVAILABILITY_LABELS[spec.availability(mode)] for mode in ("t2i", "edit")},
     }
