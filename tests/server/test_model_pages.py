@@ -267,6 +267,17 @@ def test_the_curl_examples_run(gateway: RunningGateway, fake_gemini: FakeGemini,
     assert answer["effective"]["model"] == "gemini-3-pro-image-preview"
 
 
+@pytest.mark.skipif(shutil.which("node") is None, reason="needs node")
+def test_the_node_examples_are_valid_javascript(gateway: RunningGateway, tmp_path: Path) -> None:
+    """Syntax only: the `openai` npm package is not installed here (node --check loads no imports)."""
+    _, page = get_page(gateway, "/models/gemini-3-pro-image-preview")
+    script = tmp_path / "example.mjs"
+    script.write_text(page.pres["example-node-generate"] + page.pres["example-node-edit"])
+    done = subprocess.run(["node", "--check", str(script)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert 'model: "gemini-3-pro-image-preview"' in script.read_text()
+
+
 def test_the_operators_default_response_format_is_shown(gateway_factory: Any) -> None:
     gw = gateway_factory(default_response_format="url")
     _, page = get_page(gw, "/models/gemini-3-pro-image-preview")
