@@ -11,14 +11,14 @@ import sys
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
 from PIL import Image
 
-from imagegate.catalog import ModelEntry
+from imagegate.catalog import Handling, ModelEntry
 from imagegate.config import FileConfig
 from imagegate.gateway import build_catalog
 from imagegate.normalize import resolve_layout
@@ -298,3 +298,8 @@ def test_view_data_is_built_without_http() -> None:
     assert view["examples"][1]["code"].startswith("import os")
     assert 'base_url="https://gw.example/v1"' in view["examples"][1]["code"]
     assert pages.money(0.24) == "0.24" and pages.money(0.0011) == "0.0011" and pages.money(0) == "0"
+
+
+def test_every_handling_has_its_words() -> None:
+    """A handling added to the catalog's vocabulary must be explained on the pages."""
+    assert set(get_args(Handling)) | {"gateway", "model_lacks"} == set(pages.HANDLING_TEXT)
