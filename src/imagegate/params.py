@@ -408,13 +408,19 @@ def _fates(view: ProviderView, given: NormalizedParams) -> dict[str, ParamFate]:
     plan = view.plan
     fates = {a.param: ParamFate("not_applied") for a in view.ignored}
     for name in view.values:
-        spec = plan.handlings.get(name)
-        if spec is not None:
-            fates[name] = ParamFate(spec.handling, spec.paths)
-        else:
-            fates[name] = ParamFate("passthrough", (name,)) if name in view.options else ParamFate("gateway")
+        fates[name] = declared_fate(plan, name)
     fates.update({name: ParamFate("extra", (name,)) for name in given.extra})
     return fates
+
+
+def declared_fate(plan: WirePlan, name: str) -> ParamFate:
+    """What happens to a given known parameter on a provider: its binding's handling; else the
+    gateway's own fields are the gateway's, and the model's other options go upstream as named.
+    (The model pages show this for every parameter.)"""
+    spec = plan.handlings.get(name)
+    if spec is not None:
+        return ParamFate(spec.handling, spec.paths)
+    return ParamFate("gateway") if name in GATEWAY_PARAMS else ParamFate("passthrough", (name,))
 
 
 def _check_required(result: NormalizedParams, model: ModelEntry, mode: Mode) -> None:

@@ -19,7 +19,7 @@ from .. import metrics, tracing
 from ..config import Settings
 from ..errors import ImagegateError, InvalidRequest, NotFound
 from ..gateway import Gateway
-from . import admin_routes, health, job_routes, routes, usage_routes
+from . import admin_routes, health, job_routes, page_routes, routes, usage_routes
 from .disconnect import CLIENT_CLOSED_REQUEST
 from .middleware import ApiCORSMiddleware, BodySizeLimitMiddleware, RequestIdMiddleware
 from .observability import ObservabilityMiddleware, metrics_endpoint
@@ -147,6 +147,7 @@ def create_app(settings: Settings) -> Starlette:
             Mount("/v1", routes=API_ROUTES),
             Mount("/openai/v1", routes=API_ROUTES),
             *MONITORING_ROUTES,
+            *(page_routes.PAGE_ROUTES if settings.playground else []),  # IMAGEGATE_PLAYGROUND
         ],
         middleware=[
             # Browser apps (IMAGEGATE_CORS_ORIGINS); none set, no CORS headers at all.

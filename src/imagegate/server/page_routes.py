@@ -1,0 +1,61 @@
+"""The model pages, /models and /models/{id}: HTML rendered from the catalog (pages.py builds
+what they show), served unauthenticated like /health. IMAGEGATE_PLAYGROUND=false leaves them out."""
+
+from __future__ import annotations
+
+import jinja2
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+
+from ..gateway import Gateway
+from . import pages
+from .routes import _public_base_url
+
+# Autoescape on: names, descriptions and notes may come from an operator's config file.
+TEMPLATES = Jinja2Templates(
+    env=jinja2.Environment(
+        loader=jinja2.PackageLoader("imagegate.server", "templates"), autoescape=True, undefined=jinja2.StrictUndefined
+    )
+)
+# Every asset is this origin's (the CSS); no script runs on these pages.
+HEADERS = {
+    "content-security-policy": "default-src 'self'; script-src 'none'; frame-ancestors 'none'",
+    "x-content-type-options": "nosniff",
+}
+SHOWN_ID_CHARS = 200  # an unknown id is echoed on the 404 page, cut to this
+
+
+def _gateway(request: Request) -> Gateway:
+    gateway: Gateway = request.app.state.gateway
+    return gateway
+
+
+def _page(request: Request, name: str, context: dict[str, object], status: int = 200) -> Response:
+    root = request.scope.get("root_path", "").rstrip("/")
+    return TEMPLATES.TemplateResponse(request, name, {"root": root, **context}, status_code=status, headers=HEADERS)
+
+
+async def model_index(request: Request) -> Response:
+    return _page(request, "models.html", {"models": pages.model_index(_gateway(request).router)})
+
+
+async def model_page(request: Request) -> Response:
+    router = _gateway(request).router
+    requested: str = request.path_params["model_id"]
+    model = router.catalog.get(requested)
+    if model is None:
+        return _page(request, "not_found.html", {"requested": requested[:SHOWN_ID_CHARS]}, status=404)
+    base_url = _public_base_url(request).rstrip("/")
+    default_format = _gateway(request).settings.default_response_format
+    view = pages.model_page(model, router, requested, base_url, default_response_format=default_format)
+    return _page(request, "model.html", {"m": view})
+
+
+PAGE_ROUTES: list[BaseRoute] = [
+    Route("/models", model_index, methods=["GET"]),
+    Route("/models/{model_id:path}", model_page, methods=["GET"]),
+    Mount("/static", app=StaticFiles(packages=[("imagegate.server", "static")]), name="static"),
+]
