@@ -251,9 +251,15 @@ def test_the_python_edit_example_runs(gateway: RunningGateway, fake_gemini: Fake
     assert len(fake_gemini.requests) == 2
 
 
-@pytest.mark.skipif(shutil.which("curl") is None or shutil.which("bash") is None, reason="needs curl and bash")
+def needs(program: str) -> None:
+    """.ci/run installs curl and nodejs from Debian: a missing one fails with the command."""
+    if shutil.which(program) is None:
+        pytest.fail(f"{program} is missing: apt-get install -y curl nodejs")
+
+
 @pytest.mark.parametrize("kind", ["generate", "edit"])
 def test_the_curl_examples_run(gateway: RunningGateway, fake_gemini: FakeGemini, tmp_path: Path, kind: str) -> None:
+    needs("curl")
     Image.new("RGB", (64, 48), "blue").save(tmp_path / "input.png")
     _, page = get_page(gateway, "/models/gemini-3-pro-image-preview")
     env = {**os.environ, "IMAGEGATE_API_KEY": API_KEY}
@@ -267,9 +273,9 @@ def test_the_curl_examples_run(gateway: RunningGateway, fake_gemini: FakeGemini,
     assert answer["effective"]["model"] == "gemini-3-pro-image-preview"
 
 
-@pytest.mark.skipif(shutil.which("node") is None, reason="needs node")
 def test_the_node_examples_are_valid_javascript(gateway: RunningGateway, tmp_path: Path) -> None:
     """Syntax only: the `openai` npm package is not installed here (node --check loads no imports)."""
+    needs("node")
     _, page = get_page(gateway, "/models/gemini-3-pro-image-preview")
     script = tmp_path / "example.mjs"
     script.write_text(page.pres["example-node-generate"] + page.pres["example-node-edit"])
