@@ -195,7 +195,10 @@ API_KEY_SCHEMA: dict[str, Any] = {
             "type": "object",
             "properties": {"requests_per_minute": _NULLABLE_INT, "images_per_minute": _NULLABLE_INT},
         },
-        "budget": {"type": "object", "properties": {"usd_per_day": _NULLABLE_NUMBER, "usd_per_month": _NULLABLE_NUMBER}},
+        "budget": {
+            "type": "object",
+            "properties": {"usd_per_day": _NULLABLE_NUMBER, "usd_per_month": _NULLABLE_NUMBER},
+        },
         "admin": {"type": "boolean"},
         "key": {"type": "string", "description": "Only in POST /admin/keys's answer."},
         "webhook_secret": {"type": "string", "description": "Only in POST /admin/keys's answer."},
@@ -352,7 +355,10 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "tags": ["jobs"],
         "parameters": [_path_param("job_id", "The job's id.")],
         "responses": {
-            "200": {"description": "Server-sent events.", "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+            "200": {
+                "description": "Server-sent events.",
+                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            },
             **_errors(*_JOB_ERRORS),
         },
     },
@@ -513,10 +519,14 @@ def _request_schema(cards: list[dict[str, Any]], mode: str, *, multipart: bool) 
         names += [n for n in card["parameters"] if n not in names and n not in _FILE_FIELDS]
     model_ids = [name for card in cards for name in (card["id"], *card["aliases"])]
     properties: dict[str, Any] = {
-        "model": {"type": "string", "enum": model_ids, "description": "A catalog model id or alias."}
+        "model": {
+            "type": "string",
+            "enum": model_ids,
+            "description": "A catalog model id or alias; by default IMAGEGATE_DEFAULT_MODEL, else the catalog's first.",
+        }
     }
     properties |= {name: parameter_schema(name, cards) for name in names}
-    required = ["model"] + [n for n in names if all(c["parameters"].get(n, {}).get(mode) == "required" for c in cards)]
+    required = [n for n in names if all(c["parameters"].get(n, {}).get(mode) == "required" for c in cards)]
     if mode == "edit":
         image = {"type": "string", "contentMediaType": "application/octet-stream"}
         if multipart:
@@ -557,9 +567,7 @@ def openapi_document(router: Router, routes: list[BaseRoute]) -> dict[str, Any]:
         "security": [{"bearer": []}],
         "paths": paths,
         "components": {
-            "securitySchemes": {
-                "bearer": {"type": "http", "scheme": "bearer", "description": "An imagegate API key."}
-            },
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "An imagegate API key."}},
             "schemas": {
                 "GenerationRequest": _request_schema(cards, "t2i", multipart=False),
                 "EditRequest": _request_schema(cards, "edit", multipart=True),
