@@ -204,7 +204,7 @@ API_KEY_SCHEMA: dict[str, Any] = {
         "webhook_secret": {"type": "string", "description": "Only in POST /admin/keys's answer."},
     },
 }
-_LIST_OF = {"type": "object", "properties": {"object": {"const": "list"}, "data": {"type": "array"}}}
+_LIST_OF: dict[str, Any] = {"type": "object", "properties": {"object": {"const": "list"}, "data": {"type": "array"}}}
 
 
 # --- operations ------------------------------------------------------------------------------------
@@ -223,7 +223,7 @@ def _errors(*classes: type[errors.ImagegateError]) -> dict[str, Any]:
     by_status: dict[int, list[str]] = {}
     for cls in classes:
         codes = by_status.setdefault(cls.status_code, [])
-        if cls.default_code not in codes:
+        if cls.default_code is not None and cls.default_code not in codes:
             codes.append(cls.default_code)
     return {
         str(status): {"description": "Error codes: " + ", ".join(codes), **_json("Error")}
@@ -505,7 +505,7 @@ def parameter_schema(name: str, cards: list[dict[str, Any]]) -> dict[str, Any]:
         card["id"]: {
             "t2i": spec["t2i"],
             "edit": spec["edit"],
-            **({"values": values} if (values := _allowed_values(name, card)) else {}),
+            **({"values": allowed} if (allowed := _allowed_values(name, card)) else {}),
             **({"provider": spec["provider"]} if spec.get("provider") else {}),
         }
         for card, spec in declared
