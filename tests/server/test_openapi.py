@@ -3,6 +3,7 @@ route the app serves, carries the catalog's parameters, and its example request 
 
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import httpx
 import pytest
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
+from PIL import Image
 from starlette.routing import Mount, Route
 
 from imagegate.catalog import load_builtin_catalog
@@ -213,3 +215,30 @@ def test_playground_setting_reads_the_environment(monkeypatch: pytest.MonkeyPatc
     assert Settings().playground is True
     monkeypatch.setenv("IMAGEGATE_PLAYGROUND", "false")
     assert Settings().playground is False
+
+
+def test_a_multipart_edit_built_from_the_schemas_field_names_succeeds(
+    gateway: RunningGateway, fake_gemini: FakeGemini
+) -> None:
+    document = _document(gateway)
+    content = document["paths"]["/v1/images/edits"]["post"]["requestBody"]["content"]
+    fields = _resolve(document, content["multipart/form-data"]["schema"]["$ref"])["properties"]
+    assert {"image[]", "mask", "prompt", "model"} <= set(fields)
+    picture = io.BytesIO()
+    Image.new("RGBA", (64, 64), (200, 30, 30, 255)).save(picture, "PNG")
+    mask = io.BytesIO()
+    Image.new("RGBA", (64, 64), (0, 0, 0, 0)).save(mask, "PNG")
+    response = httpx.post(
+        f"{gateway.url}/v1/images/edits",
+        data={"model": "gemini-3-pro-image-preview", "prompt": "Make it blue"},
+        files=[
+            ("image[]", ("in.png", picture.getvalue(), "image/png")),
+            ("mask", ("m.png", mask.getvalue(), "image/png")),
+        ],
+        headers={"authorization": f"Bearer {API_KEY}"},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    assert len(fake_gemini.requests) == 1
+    root = {"$ref": "#/components/schemas/ImagesResponse", "components": document["components"]}
+    Draft202012Validator(root).validate(response.json())

@@ -291,7 +291,10 @@ def _images_operation(summary: str, body_ref: str, multipart: bool) -> dict[str,
             "200": {
                 "description": "The images (or, with `stream: true`, a text/event-stream of partial and "
                 "completed events).",
-                **_json("ImagesResponse"),
+                "content": {
+                    **_json("ImagesResponse")["content"],
+                    "text/event-stream": {"schema": {"type": "string"}},  # server/streaming.py's events
+                },
             },
             "202": _ok("Job", "Accepted as an async job (Prefer: respond-async)."),
             **_errors(*_IMAGE_ERRORS),
