@@ -117,6 +117,16 @@ def test_image_routes_carry_the_catalogs_parameters(gateway: RunningGateway) -> 
     compression = properties["output_compression"]
     assert (compression["type"], compression["minimum"], compression["maximum"]) == ("integer", 0, 100)
 
+    # Each provider's handling of the parameter, from the model's bindings.
+    handled = properties["seed"]["x-imagegate-models"]["gemini-3-pro-image-preview"]["providers"]
+    card = httpx.get(
+        f"{gateway.url}/v1/models/gemini-3-pro-image-preview", headers={"authorization": f"Bearer {API_KEY}"}
+    ).json()
+    assert handled == {
+        p["id"]: p["parameters"]["seed"]["handling"] for p in card["providers"] if "seed" in p["parameters"]
+    }
+    assert handled["gemini"] == "renamed" and handled["replicate"] == "not_available"
+
     # A model without seed says so, per mode (the catalog declares it not available there).
     lacking = [m.id for m in catalog if m.parameters["seed"].t2i == "not_available"]
     assert lacking

@@ -486,7 +486,8 @@ def _allowed_values(name: str, card: dict[str, Any]) -> list[str] | None:
 def parameter_schema(name: str, cards: list[dict[str, Any]]) -> dict[str, Any]:
     """One request field: its type, description, enum (where the gateway checks it), range and
     default from the catalog, and per model and mode whether it is required / supported / not
-    available (`x-imagegate-models`; a model not listed passes the field through to its upstream)."""
+    available (`x-imagegate-models`, with each provider's handling of it; a model not listed passes
+    the field through to its upstream)."""
     declared = [(card, card["parameters"][name]) for card in cards if name in card["parameters"]]
     first = declared[0][1]
     schema: dict[str, Any] = {"type": _JSON_TYPES[first["type"]], "description": first["description"]}
@@ -510,10 +511,21 @@ def parameter_schema(name: str, cards: list[dict[str, Any]]) -> dict[str, Any]:
             "edit": spec["edit"],
             **({"values": allowed} if (allowed := _allowed_values(name, card)) else {}),
             **({"provider": spec["provider"]} if spec.get("provider") else {}),
+            **({"providers": handlings} if (handlings := _handlings(name, card)) else {}),
         }
         for card, spec in declared
     }
     return schema
+
+
+def _handlings(name: str, card: dict[str, Any]) -> dict[str, str]:
+    """How each provider of the model takes `name`: passthrough, renamed, converted, emulated or
+    not_available (the catalog's bindings, as the model card shows them)."""
+    return {
+        provider["id"]: provider["parameters"][name]["handling"]
+        for provider in card["providers"]
+        if name in provider["parameters"]
+    }
 
 
 def _request_schema(cards: list[dict[str, Any]], mode: str, *, multipart: bool) -> dict[str, Any]:
