@@ -117,6 +117,12 @@ def test_image_routes_carry_the_catalogs_parameters(gateway: RunningGateway) -> 
     compression = properties["output_compression"]
     assert (compression["type"], compression["minimum"], compression["maximum"]) == ("integer", 0, 100)
 
+    # The model card and the list answer fit their schemas.
+    models = httpx.get(f"{gateway.url}/v1/models", headers={"authorization": f"Bearer {API_KEY}"}).json()
+    Draft202012Validator({"$ref": "#/components/schemas/ModelList", "components": document["components"]}).validate(
+        models
+    )
+
     # Each provider's handling of the parameter, from the model's bindings.
     handled = properties["seed"]["x-imagegate-models"]["gemini-3-pro-image-preview"]["providers"]
     card = httpx.get(

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import html
 import re
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -202,6 +203,37 @@ API_KEY_SCHEMA: dict[str, Any] = {
         "admin": {"type": "boolean"},
         "key": {"type": "string", "description": "Only in POST /admin/keys's answer."},
         "webhook_secret": {"type": "string", "description": "Only in POST /admin/keys's answer."},
+    },
+}
+MODEL_CARD_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "A model's card, straight from the catalog (server/render.py model_card); asked for by an "
+    "alias, it carries that id and `alias_of`.",
+    "required": ["id", "object", "modes", "parameters", "providers"],
+    "properties": {
+        "id": {"type": "string"},
+        "object": {"const": "model"},
+        "aliases": {"type": "array", "items": {"type": "string"}},
+        "alias_of": {"type": "string"},
+        "owned_by": {"type": "string"},
+        "name": {"type": "string"},
+        "description": {"type": "string"},
+        "available": {"type": "boolean", "description": "Whether a configured provider serves it."},
+        "modes": {"type": "array", "items": {"enum": ["t2i", "edit"]}},
+        "parameters": {
+            "type": "object",
+            "description": "Each parameter's spec: type, description, t2i / edit availability, values, range.",
+            "additionalProperties": {"type": "object"},
+        },
+        "resolution_tiers": {"type": "array", "items": {"type": "string"}},
+        "default_resolution": {"type": ["string", "null"]},
+        "aspect_ratios": {"type": "array", "items": {"type": "string"}},
+        "sizes": {"type": ["array", "null"], "items": {"type": "object"}},
+        "pixel_limits": {"type": ["object", "null"]},
+        "max_input_images": {"type": ["integer", "null"]},
+        "input_formats": {"type": ["array", "null"], "items": {"type": "string"}},
+        "price": {"type": "object"},
+        "providers": {"type": "array", "items": {"type": "object"}},
     },
 }
 _LIST_OF: dict[str, Any] = {"type": "object", "properties": {"object": {"const": "list"}, "data": {"type": "array"}}}
@@ -595,8 +627,15 @@ def openapi_document(router: Router, routes: list[BaseRoute]) -> dict[str, Any]:
                 "Usage": USAGE_SCHEMA,
                 "ApiKey": API_KEY_SCHEMA,
                 "ApiKeyList": _LIST_OF,
-                "ModelCard": {"type": "object", "description": "A model's card (server/render.py model_card)."},
-                "ModelList": _LIST_OF,
+                "ModelCard": MODEL_CARD_SCHEMA,
+                "ModelList": {
+                    **_LIST_OF,
+                    "properties": {
+                        **_LIST_OF["properties"],
+                        "data": {"type": "array", "items": {"$ref": "#/components/schemas/ModelCard"}},
+                        "notice": {"type": "string"},
+                    },
+                },
                 **_pydantic_schemas(),
             },
         },
@@ -614,8 +653,6 @@ def _pydantic_schemas() -> dict[str, Any]:
 
 
 def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version("imagegate")
     except PackageNotFoundError:  # run from a source tree
