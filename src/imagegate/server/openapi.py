@@ -509,8 +509,9 @@ def _allowed_values(name: str, card: dict[str, Any]) -> list[str] | None:
     """A model's values for `name`: its ratios and tiers come from its size table, the rest from the spec."""
     if name == "aspect_ratio":
         return list(card["aspect_ratios"]) or None
-    if name == "resolution":
-        return list(card["resolution_tiers"]) or None
+    if name == "resolution":  # the spec's values ("auto" among them), then the size table's tiers
+        declared = card["parameters"].get(name, {}).get("values") or []
+        return [*declared, *(t for t in card["resolution_tiers"] if t not in declared)] or None
     values = card["parameters"].get(name, {}).get("values")
     return list(values) if values else None
 
@@ -533,7 +534,8 @@ def parameter_schema(name: str, cards: list[dict[str, Any]]) -> dict[str, Any]:
     for bound in ("minimum", "maximum"):
         values = [spec[bound] for _, spec in declared if spec.get(bound) is not None]
         if values:
-            schema[bound] = min(values) if bound == "minimum" else max(values)
+            value = min(values) if bound == "minimum" else max(values)
+            schema[bound] = int(value) if float(value).is_integer() else value  # the catalog keeps floats
     defaults = {repr(spec.get("default")) for _, spec in declared}
     if len(defaults) == 1 and first.get("default") is not None:
         schema["default"] = first["default"]
@@ -732,6 +734,18 @@ def _fields_table(schema: dict[str, Any]) -> str:
             f"<td>{e(str(field.get('type', '')))}</td><td>{e(str(field.get('description', '')))}"
             + (f"<br>Values: {e(', '.join(map(str, allowed)))}" if allowed else "")
             + (f"<br>{e(bounds)}" if bounds else "")
+            + _availability_note(field.get("x-imagegate-models", {}))
             + "</td></tr>"
         )
     return "<table><tr><th>Field</th><th>Type</th><th>Description</th></tr>" + "".join(rows) + "</table>"
+
+
+def _availability_note(models: dict[str, Any]) -> str:
+    """Which models require or lack a field, per mode (x-imagegate-models), in a line each."""
+    notes = []
+    for mode, label in (("t2i", "text-to-image"), ("edit", "edit")):
+        for state in ("required", "not_available"):
+            names = [model_id for model_id, entry in models.items() if entry[mode] == state]
+            if names:
+                notes.append(f"{state.replace('_', ' ').capitalize()} ({label}): {', '.join(names)}")
+    return "".join(f"<br>{html.escape(note)}" for note in notes)
