@@ -9,13 +9,13 @@ code and the catalog at request time, never written by hand.
 - The image request bodies are built from the catalog through `render.model_card` (the same
   parameter cards GET /v1/models answers with): each parameter's type, description, enum and
   range, and in the `x-imagegate-models` extension which models require / support / do not have
-  it, per mode, with that model's own allowed values where they differ.
+  it, per mode, with that model's own allowed values and each provider's handling of it.
 - Schemas come from pydantic models where the code has them (the admin key bodies; pydantic's
   JSON Schema is 2020-12, the dialect of OpenAPI 3.1); the answers the code builds as dicts
-  (render.py's images answer, jobs.py's job object, the usage answer, keys.py's key object) are
-  described by the dicts below, next to nothing else.
+  (render.py's images answer, jobs.py's job object, the usage answer, keys.py's key object) by
+  the schema dicts in this module, each naming the function whose output it describes.
 - /docs is server-rendered HTML with one bundled stylesheet and no JavaScript: no Node build, no
-  extra PyPI package (swagger-ui-bundle would add ~10 MB of JavaScript for a page people read),
+  extra PyPI package (swagger-ui-bundle would add megabytes of JavaScript for a page people read),
   and it works offline because nothing leaves the gateway's origin.
 """
 
