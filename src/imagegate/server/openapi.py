@@ -565,7 +565,11 @@ def _handlings(name: str, card: dict[str, Any]) -> dict[str, str]:
 def _request_schema(cards: list[dict[str, Any]], mode: str, *, multipart: bool) -> dict[str, Any]:
     names: list[str] = []
     for card in cards:
-        names += [n for n in card["parameters"] if n not in names and n not in _FILE_FIELDS]
+        names += [
+            n
+            for n, spec in card["parameters"].items()
+            if n not in names and n not in _FILE_FIELDS and spec["type"] != "file"
+        ]  # files are the edit's parts below, whatever an operator's catalog calls them
     model_ids = [name for card in cards for name in (card["id"], *card["aliases"])]
     properties: dict[str, Any] = {
         "model": {
