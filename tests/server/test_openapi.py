@@ -260,3 +260,25 @@ def test_a_multipart_edit_built_from_the_schemas_field_names_succeeds(
     assert len(fake_gemini.requests) == 1
     root = {"$ref": "#/components/schemas/ImagesResponse", "components": document["components"]}
     Draft202012Validator(root).validate(response.json())
+
+
+def test_a_file_parameter_of_any_name_is_no_json_field() -> None:
+    """An operator's catalog may declare a file under another name: it is no generation field (and
+    no 500 for a type JSON Schema lacks)."""
+    from imagegate.server.openapi import _request_schema
+
+    spec = {"description": "A style reference image.", "t2i": "supported", "edit": "supported"}
+    card = {
+        "id": "m",
+        "aliases": [],
+        "aspect_ratios": [],
+        "resolution_tiers": [],
+        "providers": [],
+        "parameters": {
+            "prompt": {**spec, "type": "string", "t2i": "required", "edit": "required"},
+            "style_reference": {**spec, "type": "file"},
+        },
+    }
+    schema = _request_schema([card], "t2i", multipart=False)
+    assert set(schema["properties"]) == {"model", "prompt"}
+    assert schema["required"] == ["prompt"]
