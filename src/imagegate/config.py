@@ -141,7 +141,9 @@ class Settings(BaseSettings):
     default_response_format: str = "both"  # IMAGEGATE_DEFAULT_RESPONSE_FORMAT
     trusted_proxies: str = ""  # IMAGEGATE_TRUSTED_PROXIES
     cors_origins: str = ""  # IMAGEGATE_CORS_ORIGINS
-    playground: bool = True  # IMAGEGATE_PLAYGROUND: the web pages (/, /models, /docs); false: API only
+    playground: bool = (
+        True  # IMAGEGATE_PLAYGROUND: the web pages (/, /models, /docs); false: API only (/openapi.json stays)
+    )
     # Bounds on what results and conversions may take (see conversion.py and storage.py).
     # Image decoding/encoding: this many threads, and this much estimated peak memory at once
     # (None: 1.5 GiB or a quarter of physical memory; 0: no memory budget); a job that cannot start

@@ -14,12 +14,13 @@ from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from .. import metrics, tracing
 from ..config import Settings
 from ..errors import ImagegateError, InvalidRequest, NotFound
 from ..gateway import Gateway
-from . import admin_routes, health, job_routes, page_routes, routes, usage_routes
+from . import admin_routes, health, job_routes, openapi, page_routes, routes, usage_routes
 from .disconnect import CLIENT_CLOSED_REQUEST
 from .middleware import ApiCORSMiddleware, BodySizeLimitMiddleware, RequestIdMiddleware
 from .observability import ObservabilityMiddleware, metrics_endpoint
@@ -45,6 +46,12 @@ MONITORING_ROUTES = [
     Route("/health/live", health.live, methods=["GET"]),
     Route("/health/ready", health.ready, methods=["GET"]),
     Route("/metrics", metrics_endpoint, methods=["GET"]),
+]
+# Unauthenticated, like /health: the OpenAPI document and its HTML reference (server/openapi.py).
+DOCS_ROUTES = [
+    Route("/openapi.json", openapi.openapi_json, methods=["GET"]),
+    Route("/docs", openapi.docs, methods=["GET"]),
+    Mount("/docs/static", app=StaticFiles(directory=openapi.STATIC_DIR), name="docs-static"),
 ]
 
 
@@ -148,6 +155,7 @@ def create_app(settings: Settings) -> Starlette:
             Mount("/openai/v1", routes=API_ROUTES),
             *MONITORING_ROUTES,
             *(page_routes.PAGE_ROUTES if settings.playground else []),  # IMAGEGATE_PLAYGROUND
+            *DOCS_ROUTES,
         ],
         middleware=[
             # Browser apps (IMAGEGATE_CORS_ORIGINS); none set, no CORS headers at all.

@@ -1,0 +1,768 @@
+"""The OpenAPI 3.1 document (GET /openapi.json) and its reference page (GET /docs), built from the
+code and the catalog at request time, never written by hand.
+
+- Paths come from the app's own Starlette routes: every route under the /v1 mount and every
+  top-level route (health, metrics, these two) is looked up in `OPERATIONS`, the one table of
+  what each operation is for, what it takes and what it answers. /openai/v1 mirrors /v1 and is
+  said so in `info.description` rather than listed twice. A route missing from `OPERATIONS` is
+  left out here and fails tests/server/test_openapi.py, so a new route cannot go undocumented.
+- The image request bodies are built from the catalog through `render.model_card` (the same
+  parameter cards GET /v1/models answers with): each parameter's type, description, enum and
+  range, and in the `x-imagegate-models` extension which models require / support / do not have
+  it, per mode, with that model's own allowed values and each provider's handling of it.
+- Schemas come from pydantic models where the code has them (the admin key bodies; pydantic's
+  JSON Schema is 2020-12, the dialect of OpenAPI 3.1); the answers the code builds as dicts
+  (render.py's images answer, jobs.py's job object, the usage answer, keys.py's key object) by
+  the schema dicts in this module, each naming the function whose output it describes.
+- /docs is server-rendered HTML with one bundled stylesheet and no JavaScript: no Node build, no
+  extra PyPI package (swagger-ui-bundle would add megabytes of JavaScript for a page people read),
+  and it works offline because nothing leaves the gateway's origin.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+
+from .. import errors
+from ..gateway import Gateway
+from ..jobs import STATUSES
+from ..router import Router
+from . import admin_routes
+from .render import json_response, model_card
+
+OPENAPI_VERSION = "3.1.0"
+STATIC_DIR = Path(__file__).parent / "static"
+API_PREFIX = "/v1"
+JSON = "application/json"
+_CONVERTOR = re.compile(r"\{([^}:]+):[^}]+\}")  # Starlette's {name:path} is OpenAPI's {name}
+_JSON_TYPES = {"string": "string", "integer": "integer", "number": "number", "boolean": "boolean"}
+# Image inputs and the mask are files: multipart parts of images/edits, never JSON generation fields.
+_FILE_FIELDS = ("image", "images", "mask")
+
+
+# --- response schemas (the dicts render.py, jobs.py, keys.py and usage_routes.py build) ------------
+
+ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "OpenAI's error shape (errors.py ImagegateError.to_openai_json).",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type", "param", "code"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string", "examples": ["invalid_request_error"]},
+                "param": {"type": ["string", "null"], "description": "The field at fault, when there is one."},
+                "code": {"type": ["string", "null"], "examples": ["invalid_value", "unsupported_parameter"]},
+            },
+        }
+    },
+}
+ADJUSTMENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "A value the gateway changed or did not apply (pipeline.adjustment_fields).",
+    "required": ["param", "requested", "applied"],
+    "properties": {"param": {"type": "string"}, "requested": {"type": "string"}, "applied": {"type": "string"}},
+}
+_TOKEN_SPLIT = {
+    "type": "object",
+    "properties": {"text_tokens": {"type": "integer"}, "image_tokens": {"type": "integer"}},
+}
+IMAGES_RESPONSE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "The images answer (server/render.py images_response); `effective` and `adjustments` "
+    "are imagegate's additions to OpenAI's shape.",
+    "required": ["created", "data", "usage", "effective", "adjustments"],
+    "properties": {
+        "created": {"type": "integer", "description": "Unix seconds."},
+        "data": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "url": {"type": "string", "description": "A result URL (or a data URI with sync_mode)."},
+                    "b64_json": {"type": "string", "contentEncoding": "base64"},
+                    "revised_prompt": {"type": ["string", "null"]},
+                },
+            },
+        },
+        "output_format": {"type": "string"},
+        "size": {"type": "string", "pattern": "^[0-9]+x[0-9]+$"},
+        "usage": {
+            "type": "object",
+            "properties": {
+                "model": {"type": "string"},
+                "provider": {"type": "string"},
+                "images": {"type": "integer"},
+                "cost": {"type": "number"},
+                "currency": {"type": "string"},
+                "cost_estimated": {"type": "boolean"},
+                "input_tokens": {"type": "integer"},
+                "output_tokens": {"type": "integer"},
+                "total_tokens": {"type": "integer"},
+                "input_tokens_details": _TOKEN_SPLIT,
+                "output_tokens_details": _TOKEN_SPLIT,
+            },
+        },
+        "effective": {
+            "type": "object",
+            "description": "The settings the images were really made with (pipeline.py effective).",
+            "properties": {
+                "model": {"type": "string"},
+                "provider": {"type": "string"},
+                "aspect_ratio": {"type": ["string", "null"]},
+                "resolution": {"type": ["string", "null"]},
+                "width": {"type": "integer"},
+                "height": {"type": "integer"},
+                "output_format": {"type": "string"},
+                "response_format": {"type": "string"},
+                "n": {"type": "integer"},
+                "seed": {"type": ["integer", "null"]},
+            },
+        },
+        "adjustments": {"type": "array", "items": {"$ref": "#/components/schemas/Adjustment"}},
+    },
+}
+JOB_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "An async job (jobs.py Job.to_object); `result` is the images answer once it succeeded.",
+    "required": ["id", "object", "status", "created_at", "model"],
+    "properties": {
+        "id": {"type": "string"},
+        "object": {"const": "image.job"},
+        "status": {"enum": list(STATUSES)},
+        "created_at": {"type": "integer"},
+        "started_at": {"type": ["integer", "null"]},
+        "finished_at": {"type": ["integer", "null"]},
+        "model": {"type": "string"},
+        "attempts": {"type": "integer"},
+        "webhook": {"type": "object"},
+        "result": {"oneOf": [{"$ref": "#/components/schemas/ImagesResponse"}, {"type": "null"}]},
+        "error": {"oneOf": [{"$ref": "#/components/schemas/Error"}, {"type": "object"}, {"type": "null"}]},
+    },
+}
+_USAGE_ROW = {
+    "type": "object",
+    "properties": {
+        "key_id": {"type": ["string", "null"]},
+        "key_name": {"type": ["string", "null"]},
+        "model": {"type": "string"},
+        "provider": {"type": "string"},
+        "day": {"type": "string"},
+        "requests": {"type": "integer"},
+        "images": {"type": "integer"},
+        "undelivered_images": {"type": "integer"},
+        "cost": {"type": "number"},
+        "currency": {"type": "string"},
+    },
+}
+USAGE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "Requests, images and cost over a period (server/usage_routes.py get_usage).",
+    "properties": {
+        "object": {"const": "list"},
+        "start": {"type": "number"},
+        "end": {"type": "number"},
+        "group_by": {"type": "array", "items": {"type": "string"}},
+        "data": {"type": "array", "items": _USAGE_ROW},
+        "total": _USAGE_ROW,
+    },
+}
+_NULLABLE_INT = {"type": ["integer", "null"]}
+_NULLABLE_NUMBER = {"type": ["number", "null"]}
+API_KEY_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "A stored key (keys.py KeyRecord.to_object); never the key itself after creation.",
+    "properties": {
+        "object": {"const": "api_key"},
+        "id": {"type": "string"},
+        "name": {"type": "string"},
+        "prefix": {"type": "string"},
+        "created_at": {"type": "integer"},
+        "updated_at": _NULLABLE_INT,
+        "expires_at": _NULLABLE_INT,
+        "revoked_at": _NULLABLE_INT,
+        "models": {"type": ["array", "null"], "items": {"type": "string"}},
+        "rate_limits": {
+            "type": "object",
+            "properties": {"requests_per_minute": _NULLABLE_INT, "images_per_minute": _NULLABLE_INT},
+        },
+        "budget": {
+            "type": "object",
+            "properties": {"usd_per_day": _NULLABLE_NUMBER, "usd_per_month": _NULLABLE_NUMBER},
+        },
+        "admin": {"type": "boolean"},
+        "key": {"type": "string", "description": "Only in POST /admin/keys's answer."},
+        "webhook_secret": {"type": "string", "description": "Only in POST /admin/keys's answer."},
+    },
+}
+MODEL_CARD_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "A model's card, straight from the catalog (server/render.py model_card); asked for by an "
+    "alias, it carries that id and `alias_of`.",
+    "required": ["id", "object", "modes", "parameters", "providers"],
+    "properties": {
+        "id": {"type": "string"},
+        "object": {"const": "model"},
+        "aliases": {"type": "array", "items": {"type": "string"}},
+        "alias_of": {"type": "string"},
+        "owned_by": {"type": "string"},
+        "name": {"type": "string"},
+        "description": {"type": "string"},
+        "available": {"type": "boolean", "description": "Whether a configured provider serves it."},
+        "modes": {"type": "array", "items": {"enum": ["t2i", "edit"]}},
+        "parameters": {
+            "type": "object",
+            "description": "Each parameter's spec: type, description, t2i / edit availability, values, range.",
+            "additionalProperties": {"type": "object"},
+        },
+        "resolution_tiers": {"type": "array", "items": {"type": "string"}},
+        "default_resolution": {"type": ["string", "null"]},
+        "aspect_ratios": {"type": "array", "items": {"type": "string"}},
+        "sizes": {"type": ["array", "null"], "items": {"type": "object"}},
+        "pixel_limits": {"type": ["object", "null"]},
+        "max_input_images": {"type": ["integer", "null"]},
+        "input_formats": {"type": ["array", "null"], "items": {"type": "string"}},
+        "price": {"type": "object"},
+        "providers": {"type": "array", "items": {"type": "object"}},
+    },
+}
+_LIST_OF: dict[str, Any] = {"type": "object", "properties": {"object": {"const": "list"}, "data": {"type": "array"}}}
+
+
+# --- operations ------------------------------------------------------------------------------------
+
+
+def _json(ref: str) -> dict[str, Any]:
+    return {"content": {JSON: {"schema": {"$ref": f"#/components/schemas/{ref}"}}}}
+
+
+def _ok(ref: str | None, description: str = "OK") -> dict[str, Any]:
+    return {"description": description, **(_json(ref) if ref else {})}
+
+
+def _errors(*classes: type[errors.ImagegateError]) -> dict[str, Any]:
+    """One response per status the classes answer with, each OpenAI's error shape, listing the codes."""
+    by_status: dict[int, list[str]] = {}
+    for cls in classes:
+        codes = by_status.setdefault(cls.status_code, [])
+        if cls.default_code is not None and cls.default_code not in codes:
+            codes.append(cls.default_code)
+    return {
+        str(status): {"description": "Error codes: " + ", ".join(codes), **_json("Error")}
+        for status, codes in sorted(by_status.items())
+    }
+
+
+_AUTH_ERRORS = (errors.AuthenticationFailed,)
+_IMAGE_ERRORS = (
+    errors.InvalidRequest,
+    errors.UnsupportedParameter,
+    errors.InvalidImage,
+    errors.AuthenticationFailed,
+    errors.PermissionDenied,
+    errors.ModelNotFound,
+    errors.RequestTimeout,
+    errors.IdempotentResultsGone,
+    errors.PayloadTooLarge,
+    errors.IdempotencyKeyReused,
+    errors.UpstreamError,
+    errors.UpstreamBadResponse,
+    errors.NoImageGenerated,
+    errors.UpstreamUnavailable,
+    errors.UpstreamRateLimited,
+    errors.ServiceUnavailable,
+    errors.UpstreamTimeout,
+    errors.ImagegateError,
+)
+_ADMIN_ERRORS = (errors.InvalidRequest, errors.AuthenticationFailed, errors.PermissionDenied, errors.NotFound)
+_JOB_ERRORS = (errors.InvalidRequest, errors.AuthenticationFailed, errors.JobNotFound)
+_PREFER = {
+    "name": "Prefer",
+    "in": "header",
+    "required": False,
+    "description": "`respond-async`: answer 202 with a job object at once (see /v1/images/jobs).",
+    "schema": {"type": "string", "examples": ["respond-async"]},
+}
+_IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "The same key and body within the key's lifetime replays the first answer.",
+    "schema": {"type": "string"},
+}
+
+
+def _path_param(name: str, description: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "description": description, "schema": {"type": "string"}}
+
+
+def _images_operation(summary: str, body_ref: str, multipart: bool) -> dict[str, Any]:
+    content_type = "multipart/form-data" if multipart else JSON
+    body: dict[str, Any] = {
+        "required": True,
+        "content": {content_type: {"schema": {"$ref": f"#/components/schemas/{body_ref}"}}},
+    }
+    if multipart:  # images/edits takes the same fields as JSON too (image URLs or data URIs)
+        body["content"][JSON] = {"schema": {"$ref": "#/components/schemas/EditJsonRequest"}}
+    return {
+        "summary": summary,
+        "tags": ["images"],
+        "parameters": [_PREFER, _IDEMPOTENCY_KEY],
+        "requestBody": body,
+        "responses": {
+            "200": {
+                "description": "The images (or, with `stream: true`, a text/event-stream of partial and "
+                "completed events).",
+                "content": {
+                    **_json("ImagesResponse")["content"],
+                    "text/event-stream": {"schema": {"type": "string"}},  # server/streaming.py's events
+                },
+            },
+            "202": _ok("Job", "Accepted as an async job (Prefer: respond-async)."),
+            **_errors(*_IMAGE_ERRORS),
+        },
+    }
+
+
+# (route path as the app declares it, method) -> the operation. Responses name shared schemas.
+OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
+    ("/v1/images/generations", "POST"): _images_operation("Generate images from a prompt", "GenerationRequest", False),
+    ("/v1/images/edits", "POST"): _images_operation("Edit images (with an optional mask)", "EditRequest", True),
+    ("/v1/models", "GET"): {
+        "summary": "Every model card (and one per alias)",
+        "tags": ["models"],
+        "responses": {"200": _ok("ModelList"), **_errors(*_AUTH_ERRORS)},
+    },
+    ("/v1/models/{model_id:path}", "GET"): {
+        "summary": "One model card: its parameters, sizes, price and providers, from the catalog",
+        "tags": ["models"],
+        "parameters": [_path_param("model_id", "A model id or alias (may contain '/').")],
+        "responses": {"200": _ok("ModelCard"), **_errors(errors.AuthenticationFailed, errors.ModelNotFound)},
+    },
+    ("/v1/results/{name}", "GET"): {
+        "summary": "A result image (its URL is the capability: no API key)",
+        "tags": ["images"],
+        "security": [],
+        "parameters": [_path_param("name", "The result's name from a result URL.")],
+        "responses": {
+            "200": {"description": "The image bytes.", "content": {"image/*": {"schema": {"type": "string"}}}},
+            **_errors(errors.NotFound),
+        },
+    },
+    ("/v1/images/jobs", "GET"): {
+        "summary": "The caller's async jobs, newest first",
+        "tags": ["jobs"],
+        "parameters": [
+            {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
+            {"name": "after", "in": "query", "schema": {"type": "string"}, "description": "A job id: the cursor."},
+            {"name": "status", "in": "query", "schema": {"enum": list(STATUSES)}},
+        ],
+        "responses": {"200": _ok("JobList"), **_errors(*_JOB_ERRORS)},
+    },
+    ("/v1/images/jobs/{job_id}", "GET"): {
+        "summary": "One async job",
+        "tags": ["jobs"],
+        "parameters": [_path_param("job_id", "The job's id.")],
+        "responses": {"200": _ok("Job"), **_errors(*_JOB_ERRORS)},
+    },
+    ("/v1/images/jobs/{job_id}/cancel", "POST"): {
+        "summary": "Cancel a queued or running job (409 once it has ended)",
+        "tags": ["jobs"],
+        "parameters": [_path_param("job_id", "The job's id.")],
+        "responses": {
+            "200": _ok("Job"),
+            "409": {"description": "The job has already ended.", **_json("Error")},
+            **_errors(*_JOB_ERRORS),
+        },
+    },
+    ("/v1/images/jobs/{job_id}/events", "GET"): {
+        "summary": "The job's event stream, replayed from the start, then followed live",
+        "tags": ["jobs"],
+        "parameters": [_path_param("job_id", "The job's id.")],
+        "responses": {
+            "200": {
+                "description": "Server-sent events.",
+                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            },
+            **_errors(*_JOB_ERRORS),
+        },
+    },
+    ("/v1/admin/keys", "POST"): {
+        "summary": "Create a stored key (admin key only); the answer is the only time `key` is shown",
+        "tags": ["admin"],
+        "requestBody": {"required": True, **_json("NewKey")},
+        "responses": {"201": _ok("ApiKey", "Created."), **_errors(*_ADMIN_ERRORS)},
+    },
+    ("/v1/admin/keys", "GET"): {
+        "summary": "Every stored key (admin key only)",
+        "tags": ["admin"],
+        "parameters": [{"name": "include_revoked", "in": "query", "schema": {"type": "boolean", "default": True}}],
+        "responses": {"200": _ok("ApiKeyList"), **_errors(*_ADMIN_ERRORS)},
+    },
+    ("/v1/admin/keys/{key_id}", "GET"): {
+        "summary": "One stored key (admin key only)",
+        "tags": ["admin"],
+        "parameters": [_path_param("key_id", "The key's id.")],
+        "responses": {"200": _ok("ApiKey"), **_errors(*_ADMIN_ERRORS)},
+    },
+    ("/v1/admin/keys/{key_id}", "PATCH"): {
+        "summary": "Change a stored key's policy (only the fields sent change)",
+        "tags": ["admin"],
+        "parameters": [_path_param("key_id", "The key's id.")],
+        "requestBody": {"required": True, **_json("KeyChanges")},
+        "responses": {"200": _ok("ApiKey"), **_errors(*_ADMIN_ERRORS)},
+    },
+    ("/v1/admin/keys/{key_id}", "DELETE"): {
+        "summary": "Revoke a stored key",
+        "tags": ["admin"],
+        "parameters": [_path_param("key_id", "The key's id.")],
+        "responses": {"200": _ok(None, "`{id, object: api_key, deleted: true}`"), **_errors(*_ADMIN_ERRORS)},
+    },
+    ("/v1/usage", "GET"): {
+        "summary": "Requests, images and cost over a period, optionally grouped",
+        "tags": ["usage"],
+        "parameters": [
+            {"name": "start", "in": "query", "schema": {"type": "string"}, "description": "Unix seconds or ISO 8601."},
+            {"name": "end", "in": "query", "schema": {"type": "string"}, "description": "Unix seconds or ISO 8601."},
+            {
+                "name": "group_by",
+                "in": "query",
+                "schema": {"type": "string"},
+                "description": "One or several (comma-separated) of key, model, provider, day.",
+            },
+        ],
+        "responses": {"200": _ok("Usage"), **_errors(errors.InvalidRequest, errors.AuthenticationFailed)},
+    },
+    ("/health", "GET"): {
+        "summary": "The configured providers",
+        "tags": ["monitoring"],
+        "security": [],
+        "responses": {"200": _ok(None)},
+    },
+    ("/health/live", "GET"): {
+        "summary": "Liveness: the process serves",
+        "tags": ["monitoring"],
+        "security": [],
+        "responses": {"200": _ok(None)},
+    },
+    ("/health/ready", "GET"): {
+        "summary": "Readiness: database, Redis and result store checked",
+        "tags": ["monitoring"],
+        "security": [],
+        "responses": {"200": _ok(None), "503": {"description": "A check failed."}},
+    },
+    ("/metrics", "GET"): {
+        "summary": "Prometheus metrics",
+        "tags": ["monitoring"],
+        "security": [],
+        "responses": {"200": {"description": "Prometheus text format.", "content": {"text/plain": {}}}},
+    },
+    ("/openapi.json", "GET"): {
+        "summary": "This document",
+        "tags": ["docs"],
+        "security": [],
+        "responses": {"200": {"description": "OpenAPI 3.1.", "content": {JSON: {}}}},
+    },
+    ("/docs", "GET"): {
+        "summary": "This document as an HTML reference (off with IMAGEGATE_PLAYGROUND=false)",
+        "tags": ["docs"],
+        "security": [],
+        "responses": {"200": {"description": "HTML.", "content": {"text/html": {}}}, **_errors(errors.NotFound)},
+    },
+    ("/models", "GET"): {
+        "summary": "Every model's page, listed (HTML; off with IMAGEGATE_PLAYGROUND=false)",
+        "tags": ["docs"],
+        "security": [],
+        "responses": {"200": {"description": "HTML.", "content": {"text/html": {}}}, **_errors(errors.NotFound)},
+    },
+    ("/models/{model_id:path}", "GET"): {
+        "summary": "A model's page from the catalog: parameters per mode, sizes, providers, prices, examples (HTML)",
+        "tags": ["docs"],
+        "security": [],
+        "parameters": [_path_param("model_id", "A model id or alias (may contain '/').")],
+        "responses": {"200": {"description": "HTML.", "content": {"text/html": {}}}, **_errors(errors.NotFound)},
+    },
+}
+
+
+def served_operations(routes: list[BaseRoute]) -> list[tuple[str, str]]:
+    """(path, method) of every route the app serves under /v1 and at the top level: the mirror
+    under /openai/v1 and static file mounts are not operations of their own."""
+    found: list[tuple[str, str]] = []
+    for route in routes:
+        if isinstance(route, Mount) and route.path == API_PREFIX:
+            found += [(API_PREFIX + r.path, m) for r in route.routes if isinstance(r, Route) for m in _methods(r)]
+        elif isinstance(route, Route):
+            found += [(route.path, m) for m in _methods(route)]
+    return found
+
+
+def _methods(route: Route) -> list[str]:
+    return sorted((route.methods or set()) - {"HEAD"})  # Starlette adds HEAD to every GET
+
+
+# --- the image parameters, from the catalog --------------------------------------------------------
+
+
+def _cards(router: Router) -> list[dict[str, Any]]:
+    return [model_card(model, router) for model in router.catalog]
+
+
+def _allowed_values(name: str, card: dict[str, Any]) -> list[str] | None:
+    """A model's values for `name`: its ratios and tiers come from its size table, the rest from the spec."""
+    if name == "aspect_ratio":
+        return list(card["aspect_ratios"]) or None
+    if name == "resolution":  # the spec's values ("auto" among them), then the size table's tiers
+        declared = card["parameters"].get(name, {}).get("values") or []
+        return [*declared, *(t for t in card["resolution_tiers"] if t not in declared)] or None
+    values = card["parameters"].get(name, {}).get("values")
+    return list(values) if values else None
+
+
+def parameter_schema(name: str, cards: list[dict[str, Any]]) -> dict[str, Any]:
+    """One request field: its type, description, enum (where the gateway checks it), range and
+    default from the catalog, and per model and mode whether it is required / supported / not
+    available (`x-imagegate-models`, with each provider's handling of it; a model not listed passes
+    the field through to its upstream)."""
+    declared = [(card, card["parameters"][name]) for card in cards if name in card["parameters"]]
+    first = declared[0][1]
+    schema: dict[str, Any] = {"type": _JSON_TYPES[first["type"]], "description": first["description"]}
+    enum: list[str] = []
+    for card, _spec in declared:
+        enum += [v for v in _allowed_values(name, card) or [] if v not in enum]
+    if enum:
+        # Ratios and tiers are matched to the nearest one the model has, so any is accepted:
+        # they are examples there, an enum only where a value outside it is a 400 (params._string).
+        schema["enum" if name not in ("aspect_ratio", "resolution") else "examples"] = enum
+    for bound in ("minimum", "maximum"):
+        values = [spec[bound] for _, spec in declared if spec.get(bound) is not None]
+        if values:
+            value = min(values) if bound == "minimum" else max(values)
+            schema[bound] = int(value) if float(value).is_integer() else value  # the catalog keeps floats
+    defaults = {repr(spec.get("default")) for _, spec in declared}
+    if len(defaults) == 1 and first.get("default") is not None:
+        schema["default"] = first["default"]
+    schema["x-imagegate-models"] = {
+        card["id"]: {
+            "t2i": spec["t2i"],
+            "edit": spec["edit"],
+            **({"values": allowed} if (allowed := _allowed_values(name, card)) else {}),
+            **({"provider": spec["provider"]} if spec.get("provider") else {}),
+            **({"providers": handlings} if (handlings := _handlings(name, card)) else {}),
+        }
+        for card, spec in declared
+    }
+    return schema
+
+
+def _handlings(name: str, card: dict[str, Any]) -> dict[str, str]:
+    """How each provider of the model takes `name`: passthrough, renamed, converted, emulated or
+    not_available (the catalog's bindings, as the model card shows them)."""
+    return {
+        provider["id"]: provider["parameters"][name]["handling"]
+        for provider in card["providers"]
+        if name in provider["parameters"]
+    }
+
+
+def _request_schema(cards: list[dict[str, Any]], mode: str, *, multipart: bool) -> dict[str, Any]:
+    names: list[str] = []
+    for card in cards:
+        names += [
+            n
+            for n, spec in card["parameters"].items()
+            if n not in names and n not in _FILE_FIELDS and spec["type"] != "file"
+        ]  # files are the edit's parts below, whatever an operator's catalog calls them
+    model_ids = [name for card in cards for name in (card["id"], *card["aliases"])]
+    properties: dict[str, Any] = {
+        "model": {
+            "type": "string",
+            "enum": model_ids,
+            "description": "A catalog model id or alias; by default IMAGEGATE_DEFAULT_MODEL, else the catalog's first.",
+        }
+    }
+    properties |= {name: parameter_schema(name, cards) for name in names}
+    required = [n for n in names if all(c["parameters"].get(n, {}).get(mode) == "required" for c in cards)]
+    if mode == "edit":
+        image = {"type": "string", "contentMediaType": "application/octet-stream"}
+        if multipart:
+            description = "Input images, as repeated `image[]` parts (the openai SDK) or `image`."
+            properties["image[]"] = {"type": "array", "items": image, "description": description}
+            properties["image"] = {"oneOf": [image, {"type": "array", "items": image}], "description": description}
+            properties["mask"] = {**image, "description": "A PNG whose transparent pixels mark where to edit."}
+        else:
+            url = {"type": "string", "description": "An http(s) URL or a data URI."}
+            properties["image"] = {"oneOf": [url, {"type": "array", "items": url}]}
+            properties["images"] = {"type": "array", "items": url}
+            properties["mask"] = url
+    example = {"model": cards[0]["id"] if cards else "", "prompt": "A lighthouse at dusk", "n": 1}
+    schema = {"type": "object", "required": required, "properties": properties}
+    return schema | ({"examples": [example]} if mode == "t2i" else {})
+
+
+# --- the document ----------------------------------------------------------------------------------
+
+
+def openapi_document(router: Router, routes: list[BaseRoute]) -> dict[str, Any]:
+    cards = _cards(router)
+    paths: dict[str, dict[str, Any]] = {}
+    for path, method in served_operations(routes):
+        operation = OPERATIONS.get((path, method))
+        if operation is not None:
+            paths.setdefault(_CONVERTOR.sub(r"{\1}", path), {})[method.lower()] = operation
+    return {
+        "openapi": OPENAPI_VERSION,
+        "info": {
+            "title": "imagegate",
+            "version": _version(),
+            "description": "An OpenAI-compatible gateway for image generation and editing. Every path under "
+            "/v1 is also served under /openai/v1. Parameters and their per-model availability come from "
+            "the model catalog (x-imagegate-models); GET /v1/models/{model_id} has a model's full card.",
+        },
+        "servers": [{"url": "/"}],
+        "security": [{"bearer": []}],
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "An imagegate API key."}},
+            "schemas": {
+                "GenerationRequest": _request_schema(cards, "t2i", multipart=False),
+                "EditRequest": _request_schema(cards, "edit", multipart=True),
+                "EditJsonRequest": _request_schema(cards, "edit", multipart=False),
+                "ImagesResponse": IMAGES_RESPONSE_SCHEMA,
+                "Adjustment": ADJUSTMENT_SCHEMA,
+                "Error": ERROR_SCHEMA,
+                "Job": JOB_SCHEMA,
+                "JobList": {**_LIST_OF, "properties": {**_LIST_OF["properties"], "has_more": {"type": "boolean"}}},
+                "Usage": USAGE_SCHEMA,
+                "ApiKey": API_KEY_SCHEMA,
+                "ApiKeyList": _LIST_OF,
+                "ModelCard": MODEL_CARD_SCHEMA,
+                "ModelList": {
+                    **_LIST_OF,
+                    "properties": {
+                        **_LIST_OF["properties"],
+                        "data": {"type": "array", "items": {"$ref": "#/components/schemas/ModelCard"}},
+                        "notice": {"type": "string"},
+                    },
+                },
+                **_pydantic_schemas(),
+            },
+        },
+    }
+
+
+def _pydantic_schemas() -> dict[str, Any]:
+    """The admin request bodies from their pydantic models; their $defs move to components."""
+    schemas: dict[str, Any] = {}
+    for model in (admin_routes.NewKey, admin_routes.KeyChanges):
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas |= schema.pop("$defs", {})
+        schemas[model.__name__] = schema
+    return schemas
+
+
+def _version() -> str:
+    try:
+        return version("imagegate")
+    except PackageNotFoundError:  # run from a source tree
+        return "0.0.0"
+
+
+# --- routes ----------------------------------------------------------------------------------------
+
+
+def _gateway(request: Request) -> Gateway:
+    gateway: Gateway = request.app.state.gateway
+    return gateway
+
+
+async def openapi_json(request: Request) -> Response:
+    """Unauthenticated, like /health: what a client generator reads first."""
+    return json_response(openapi_document(_gateway(request).router, request.app.routes))
+
+
+async def docs(request: Request) -> Response:
+    if not _gateway(request).settings.playground:
+        raise errors.NotFound(f"No route {request.method} {request.url.path}.")
+    return HTMLResponse(render_docs(openapi_document(_gateway(request).router, request.app.routes)))
+
+
+def render_docs(document: dict[str, Any]) -> str:
+    """The document as one HTML page: each operation with its parameters, body fields and answers."""
+    e = html.escape
+    sections = []
+    schemas = document["components"]["schemas"]
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            rows = "".join(
+                f"<tr><td><code>{e(p['name'])}</code></td><td>{e(p['in'])}</td><td>{e(p.get('description', ''))}</td></tr>"
+                for p in operation.get("parameters", [])
+            )
+            body = ""
+            for content_type, media in operation.get("requestBody", {}).get("content", {}).items():
+                body += f"<h4>Body ({e(content_type)})</h4>" + _fields_table(_resolve(media["schema"], schemas))
+            answers = "".join(
+                f"<li><code>{e(status)}</code> {e(response['description'])}</li>"
+                for status, response in operation["responses"].items()
+            )
+            sections.append(
+                f'<section id="{e(method)}-{e(path)}"><h3><span class="method">{e(method.upper())}</span> '
+                f"<code>{e(path)}</code></h3><p>{e(operation.get('summary', ''))}</p>"
+                + (f"<table><tr><th>Name</th><th>In</th><th>Description</th></tr>{rows}</table>" if rows else "")
+                + body
+                + f"<h4>Responses</h4><ul>{answers}</ul></section>"
+            )
+    info = document["info"]
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{e(info['title'])} API reference</title>"
+        '<link rel="stylesheet" href="/docs/static/docs.css"></head><body><main>'
+        f"<h1>{e(info['title'])} API reference</h1><p>{e(info['description'])}</p>"
+        '<p>The machine-readable document: <a href="/openapi.json">/openapi.json</a> (OpenAPI '
+        f"{e(document['openapi'])}).</p>" + "".join(sections) + "</main></body></html>"
+    )
+
+
+def _resolve(schema: dict[str, Any], schemas: dict[str, Any]) -> dict[str, Any]:
+    ref = schema.get("$ref", "")
+    return dict(schemas[ref.rsplit("/", 1)[-1]]) if ref else schema
+
+
+def _fields_table(schema: dict[str, Any]) -> str:
+    e = html.escape
+    required = set(schema.get("required", []))
+    rows = []
+    for name, field in schema.get("properties", {}).items():
+        allowed = field.get("enum") or field.get("examples") or []
+        bounds = " ".join(f"{b} {field[b]}" for b in ("minimum", "maximum") if b in field)
+        rows.append(
+            f"<tr><td><code>{e(name)}</code>{' (required)' if name in required else ''}</td>"
+            f"<td>{e(str(field.get('type', '')))}</td><td>{e(str(field.get('description', '')))}"
+            + (f"<br>Values: {e(', '.join(map(str, allowed)))}" if allowed else "")
+            + (f"<br>{e(bounds)}" if bounds else "")
+            + _availability_note(field.get("x-imagegate-models", {}))
+            + "</td></tr>"
+        )
+    return "<table><tr><th>Field</th><th>Type</th><th>Description</th></tr>" + "".join(rows) + "</table>"
+
+
+def _availability_note(models: dict[str, Any]) -> str:
+    """Which models require or lack a field, per mode (x-imagegate-models), in a line each."""
+    notes = []
+    for mode, label in (("t2i", "text-to-image"), ("edit", "edit")):
+        for state in ("required", "not_available"):
+            names = [model_id for model_id, entry in models.items() if entry[mode] == state]
+            if names:
+                notes.append(f"{state.replace('_', ' ').capitalize()} ({label}): {', '.join(names)}")
+    return "".join(f"<br>{html.escape(note)}" for note in notes)
