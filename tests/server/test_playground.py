@@ -266,6 +266,4 @@ def test_an_api_error_names_the_field_the_page_shows_it_next_to(gateway: Running
     )
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "size"
-    assert 'size: "size"' in SCRIPT.read_text() and form.labelled(
-        "Size (WxH, optional)"
-    ).attrs["id"] == "size"
+    assert 'size: "size"' in SCRIPT.read_text() and form.labelled("Size (WxH, optional)").attrs["id"] == "size"
