@@ -82,15 +82,16 @@
     if (!apiKey()) return;
     try {
       const list = await getJSON("/v1/models");
+      const models = list.data.filter((m) => !m.alias_of); // each alias has its own card too
       const select = $("model");
       const chosen = select.value;
       select.replaceChildren();
-      for (const m of list.data) {
+      for (const m of models) {
         const option = new Option(`${m.name || m.id} (${m.id})${m.available ? "" : " · not served here"}`, m.id);
         select.add(option);
       }
-      const ids = list.data.map((m) => m.id);
-      const firstServed = list.data.find((m) => m.available);
+      const ids = models.map((m) => m.id);
+      const firstServed = models.find((m) => m.available);
       select.value = ids.includes(chosen) ? chosen : firstServed ? firstServed.id : ids[0] || "";
       clearErrors();
       await loadCard();
