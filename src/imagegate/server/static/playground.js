@@ -298,7 +298,7 @@
     const x = ((event.clientX - box.left) / box.width) * canvas.width;
     const y = ((event.clientY - box.top) / box.height) * canvas.height;
     const ctx = canvas.getContext("2d");
-    ctx.fillStyle = "rgba(255, 0, 80, 0.5)";
+    ctx.fillStyle = "rgba(0, 150, 255, 0.55)"; // only shown here; the mask sent is made from its alpha
     ctx.beginPath();
     ctx.arc(x, y, Math.max(canvas.width, canvas.height) / 20, 0, 2 * Math.PI);
     ctx.fill();
