@@ -105,3 +105,12 @@ def test_the_guards_catch_foreign_requests_and_console_errors(browse: Browse) ->
     assert [failure for failure in browse.failed if failure.startswith("http://192.0.2.1/x.png")]
     browse.foreign.clear()
     browse.console_errors.clear()
+
+
+@pytest.mark.parametrize("path", ["/models", f"/models/{FLAGSHIP}", "/docs"])
+def test_pages_fit_a_phones_width(browse: Browse, path: str) -> None:
+    """At 390 CSS pixels (a phone held upright) the page itself never scrolls sideways: wide tables
+    scroll inside their own box."""
+    browse.page.set_viewport_size({"width": 390, "height": 844})
+    page = browse.goto(path)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
