@@ -479,6 +479,12 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "security": [],
         "responses": {"200": {"description": "HTML.", "content": {"text/html": {}}}, **_errors(errors.NotFound)},
     },
+    ("/", "GET"): {
+        "summary": "The playground: try any model in the browser with your key (HTML; off with IMAGEGATE_PLAYGROUND=false)",
+        "tags": ["docs"],
+        "security": [],
+        "responses": {"200": {"description": "HTML.", "content": {"text/html": {}}}, **_errors(errors.NotFound)},
+    },
     ("/models", "GET"): {
         "summary": "Every model's page, listed (HTML; off with IMAGEGATE_PLAYGROUND=false)",
         "tags": ["docs"],

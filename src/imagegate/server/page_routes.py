@@ -1,5 +1,6 @@
-"""The model pages, /models and /models/{id}: HTML rendered from the catalog (pages.py builds
-what they show), served unauthenticated like /health. IMAGEGATE_PLAYGROUND=false leaves them out."""
+"""The web pages: the playground at / and the model pages, /models and /models/{id}: HTML rendered
+from the catalog (pages.py builds what they show), served unauthenticated like /health (the
+playground's own API calls carry the key the user types). IMAGEGATE_PLAYGROUND=false leaves them out."""
 
 from __future__ import annotations
 
@@ -25,6 +26,13 @@ HEADERS = {
     "content-security-policy": "default-src 'self'; script-src 'none'; frame-ancestors 'none'",
     "x-content-type-options": "nosniff",
 }
+# The playground runs one script, this origin's (static/playground.js); its images are result URLs,
+# data URIs (streamed previews, answers in b64_json) and blob: URLs (the input images it shows).
+PLAYGROUND_HEADERS = {
+    **HEADERS,
+    "content-security-policy": "default-src 'self'; script-src 'self'; img-src 'self' data: blob:; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+}
 SHOWN_ID_CHARS = 200  # an unknown id is echoed on the 404 page, cut to this
 
 
@@ -33,9 +41,22 @@ def _gateway(request: Request) -> Gateway:
     return gateway
 
 
-def _page(request: Request, name: str, context: dict[str, object], status: int = 200) -> Response:
+def _page(
+    request: Request, name: str, context: dict[str, object], status: int = 200, headers: dict[str, str] = HEADERS
+) -> Response:
     root = request.scope.get("root_path", "").rstrip("/")
-    return TEMPLATES.TemplateResponse(request, name, {"root": root, **context}, status_code=status, headers=HEADERS)
+    return TEMPLATES.TemplateResponse(request, name, {"root": root, **context}, status_code=status, headers=headers)
+
+
+async def playground(request: Request) -> Response:
+    """GET /: the form, its pickers filled from the catalog for the first model served here; the
+    script then reads GET /v1/models with the key typed in. The size tables go in the page as data
+    (a model with pixel limits has none in its card)."""
+    models = pages.playground_models(_gateway(request).router)
+    catalog_ids = [m["id"] for name, m in models.items() if name == m["id"]]
+    first = next((i for i in catalog_ids if models[i]["available"]), catalog_ids[0] if catalog_ids else None)
+    context = {"models": models, "model_ids": catalog_ids, "first": models[first] if first else None}
+    return _page(request, "playground.html", context, headers=PLAYGROUND_HEADERS)
 
 
 async def model_index(request: Request) -> Response:
@@ -55,6 +76,7 @@ async def model_page(request: Request) -> Response:
 
 
 PAGE_ROUTES: list[BaseRoute] = [
+    Route("/", playground, methods=["GET"]),
     Route("/models", model_index, methods=["GET"]),
     Route("/models/{model_id:path}", model_page, methods=["GET"]),
     Mount("/static", app=StaticFiles(packages=[("imagegate.server", "static")]), name="static"),

@@ -175,6 +175,29 @@ def size_tiers(model: ModelEntry) -> list[dict[str, Any]]:
     return tiers
 
 
+def playground_models(router: Router) -> dict[str, dict[str, Any]]:
+    """For the playground: model id (and each alias) -> its name, whether it is served here, its
+    default ratio and tier, and every (aspect_ratio, resolution, width, height) its table gives (the
+    rows of its page's size tables; a model with pixel limits has none in its card)."""
+    shown: dict[str, dict[str, Any]] = {}
+    for model in router.catalog:
+        entry = {
+            "id": model.id,
+            "name": model.name,
+            "available": bool(router.available_providers(model)),
+            "default_aspect_ratio": model.default_aspect_ratio,
+            "default_resolution": model.default_resolution,
+            "sizes": [
+                {k: row[k] for k in ("aspect_ratio", "resolution", "width", "height")}
+                for tier in size_tiers(model)
+                for row in tier["rows"]
+            ],
+        }
+        for name in (model.id, *model.aliases):
+            shown[name] = entry
+    return shown
+
+
 def provider_rows(model: ModelEntry, router: Router) -> list[dict[str, Any]]:
     """Per provider, in routing order: whether it is configured here, its upstream ids, its price
     per tier and how it handles each of the model's parameters."""
