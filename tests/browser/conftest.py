@@ -79,6 +79,9 @@ class Browse:
     responses: dict[str, int] = field(default_factory=dict)  # url -> HTTP status, the last one
     failed: list[str] = field(default_factory=list)  # requests that got no answer at all
     visited: int = 0
+    # HTTP statuses a test expects from the API (a wrong key's 401, a bad size's 400): Chromium logs
+    # each as "Failed to load resource", which is then not counted as a console error.
+    expected_api_statuses: set[int] = field(default_factory=set)
 
     @property
     def origin(self) -> tuple[str, str]:
@@ -109,7 +112,12 @@ class Browse:
         self.failed.append(f"{request.url}: {request.failure}")
 
     def _on_console(self, message: ConsoleMessage) -> None:
-        if message.type == "error":
+        if message.type != "error":
+            return
+        url = message.location.get("url", "")
+        status = re.match(r"Failed to load resource: the server responded with a status of (\d+)", message.text)
+        api_call = origin(url) == self.origin and urlsplit(url).path.startswith("/v1/")
+        if not (status and api_call and int(status.group(1)) in self.expected_api_statuses):
             self.console_errors.append(f"{message.text} ({message.location.get('url', '')})")
 
     def _route(self, route: Route) -> None:
