@@ -82,6 +82,10 @@ def test_generate_with_a_ratio_and_tier_shows_the_image_and_its_size(browse: Bro
     expect_result(browse, page)
     expect(page.get_by_text(size, exact=True).first).to_be_visible()
     expect(page.locator("#effective-size")).to_have_text(size)
+    # The stream's partial images were shown while the image was made (the fake streams them).
+    previews = page.locator("#previews img")
+    assert previews.count() >= 1
+    assert all(src.startswith("data:image/") for src in previews.evaluate_all("imgs => imgs.map(i => i.src)"))
     parsed = parse_request(fake_gemini.requests[-1].json)
     assert (parsed.aspect_ratio, parsed.image_size) == ("16:9", "2K")
     assert parsed.prompt == "A lighthouse on a cliff at dawn"
