@@ -480,7 +480,7 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "responses": {"200": {"description": "HTML.", "content": {"text/html": {}}}, **_errors(errors.NotFound)},
     },
     ("/", "GET"): {
-        "summary": "The playground: try any model in the browser with your key (HTML; off with IMAGEGATE_PLAYGROUND=false)",
+        "summary": "The playground: try the models in a browser with a key (HTML; off with IMAGEGATE_PLAYGROUND=false)",
         "tags": ["docs"],
         "security": [],
         "responses": {"200": {"description": "HTML.", "content": {"text/html": {}}}, **_errors(errors.NotFound)},

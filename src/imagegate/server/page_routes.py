@@ -55,7 +55,7 @@ async def playground(request: Request) -> Response:
     models = pages.playground_models(_gateway(request).router)
     catalog_ids = [m["id"] for name, m in models.items() if name == m["id"]]
     first = next((i for i in catalog_ids if models[i]["available"]), catalog_ids[0] if catalog_ids else None)
-    context = {"models": models, "model_ids": catalog_ids, "first": models[first] if first else None}
+    context: dict[str, object] = {"models": models, "model_ids": catalog_ids, "first": models[first] if first else None}
     return _page(request, "playground.html", context, headers=PLAYGROUND_HEADERS)
 
 

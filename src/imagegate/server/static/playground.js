@@ -82,15 +82,16 @@
     if (!apiKey()) return;
     try {
       const list = await getJSON("/v1/models");
+      const models = list.data.filter((m) => !m.alias_of); // each alias has its own card too
       const select = $("model");
       const chosen = select.value;
       select.replaceChildren();
-      for (const m of list.data) {
+      for (const m of models) {
         const option = new Option(`${m.name || m.id} (${m.id})${m.available ? "" : " · not served here"}`, m.id);
         select.add(option);
       }
-      const ids = list.data.map((m) => m.id);
-      const firstServed = list.data.find((m) => m.available);
+      const ids = models.map((m) => m.id);
+      const firstServed = models.find((m) => m.available);
       select.value = ids.includes(chosen) ? chosen : firstServed ? firstServed.id : ids[0] || "";
       clearErrors();
       await loadCard();
@@ -145,14 +146,17 @@
     const chosen = select.value;
     const tier = $("resolution").value;
     const rows = sizeRows().filter((r) => r.resolution === tier);
-    select.replaceChildren(...rows.map((r) => new Option(`${r.aspect_ratio} (${r.width}x${r.height})`, r.aspect_ratio)));
+    const options = rows.map((r) => new Option(`${r.aspect_ratio} (${r.width}x${r.height})`, r.aspect_ratio));
+    select.replaceChildren(...options);
     const ratios = rows.map((r) => r.aspect_ratio);
-    select.value = ratios.includes(chosen) ? chosen : ratios.includes(defaults().ratio) ? defaults().ratio : ratios[0] || "";
+    const fallback = ratios.includes(defaults().ratio) ? defaults().ratio : ratios[0] || "";
+    select.value = ratios.includes(chosen) ? chosen : fallback;
     showPickedSize();
   }
 
   function showPickedSize() {
-    const row = sizeRows().find((r) => r.resolution === $("resolution").value && r.aspect_ratio === $("aspect-ratio").value);
+    const [tier, ratio] = [$("resolution").value, $("aspect-ratio").value];
+    const row = sizeRows().find((r) => r.resolution === tier && r.aspect_ratio === ratio);
     $("picked-size").textContent = row ? `${row.width}x${row.height}` : "";
   }
 
@@ -186,12 +190,21 @@
     for (const el of $("provider-fields").querySelectorAll("[data-param]")) el.disabled = !available(el.dataset.param);
   }
 
-  // Parameters the catalog marks as one provider's (`provider`), shown only for models that have them.
+  // Parameters the catalog marks as one provider's (`provider`), offered only for models that have
+  // them, and built only once opened (see the template for why).
+  function providerParameters() {
+    const specs = (card && card.parameters) || {};
+    return Object.keys(specs).filter((n) => specs[n].provider && specs[n].type !== "file");
+  }
+
   function fillProviderOptions() {
     const box = $("provider-fields");
     box.replaceChildren();
-    const names = Object.keys(card.parameters).filter((n) => card.parameters[n].provider && card.parameters[n].type !== "file");
+    const names = providerParameters();
     $("provider-options").hidden = names.length === 0;
+    const open = $("provider-toggle").getAttribute("aria-expanded") === "true";
+    box.hidden = !open;
+    if (!open) return;
     for (const name of names) {
       const spec = card.parameters[name];
       const id = `opt-${name}`;
@@ -298,7 +311,9 @@
     for (const el of $("provider-fields").querySelectorAll("[data-param]")) {
       if (el.disabled || el.value === "") continue;
       const type = el.dataset.type;
-      p[el.dataset.param] = type === "boolean" ? el.value === "true" : type === "integer" || type === "number" ? Number(el.value) : el.value;
+      if (type === "boolean") p[el.dataset.param] = el.value === "true";
+      else if (type === "integer" || type === "number") p[el.dataset.param] = Number(el.value);
+      else p[el.dataset.param] = el.value;
     }
     if (available("stream")) p.stream = true;
     if (p.stream && available("partial_images")) p.partial_images = 2;
@@ -442,7 +457,9 @@
       li.textContent = `${a.param}: asked ${a.requested}, applied ${a.applied}`;
       adjusted.append(li);
     }
-    if (!adjusted.children.length) adjusted.append(Object.assign(document.createElement("li"), { textContent: "None: everything as asked." }));
+    if (!adjusted.children.length) {
+      adjusted.append(Object.assign(document.createElement("li"), { textContent: "None: everything as asked." }));
+    }
   }
 
   // --- errors: the API's message, next to the field it names -----------------------------------
@@ -455,8 +472,8 @@
   }
 
   function fieldOf(err) {
-    const named = err.param && (FIELD_FOR[err.param] || (document.getElementById(`opt-${err.param}`) ? `opt-${err.param}` : null));
-    if (named) return $(named);
+    const named = err.param && (FIELD_FOR[err.param] || `opt-${err.param}`);
+    if (named && $(named)) return $(named);
     return err.status === 401 ? $("api-key") : null;
   }
 
@@ -468,6 +485,8 @@
       $("form-error").hidden = false;
       return;
     }
+    const earlier = $(`${field.id}-error`); // the model list and a request may both fail on a wrong key
+    if (earlier) earlier.remove();
     const note = document.createElement("p");
     note.className = "field-error";
     note.setAttribute("role", "alert");
@@ -486,6 +505,13 @@
   $("api-key").addEventListener("change", loadModels);
   $("model").addEventListener("change", loadCard);
   $("resolution").addEventListener("change", fillRatios);
+  $("provider-toggle").addEventListener("click", () => {
+    const open = $("provider-toggle").getAttribute("aria-expanded") !== "true";
+    $("provider-toggle").setAttribute("aria-expanded", String(open));
+    $("provider-toggle").textContent = open ? "Hide this model's own options" : "Show this model's own options";
+    fillProviderOptions();
+    updateMode();
+  });
   $("aspect-ratio").addEventListener("change", showPickedSize);
   $("images").addEventListener("change", () => {
     addFiles($("images").files);
