@@ -105,24 +105,85 @@ def test_a_bad_size_shows_the_apis_message_next_to_the_size_field(browse: Browse
     assert not fake_gemini.requests
 
 
-def test_an_uploaded_image_makes_the_request_an_edit(browse: Browse, fake_gemini: FakeGemini, tmp_path: Path) -> None:
+def png(path: Path, size: tuple[int, int], colour: tuple[int, int, int]) -> Path:
     buffer = io.BytesIO()
-    Image.new("RGB", (64, 48), (200, 30, 30)).save(buffer, format="PNG")
-    upload = tmp_path / "red.png"
-    upload.write_bytes(buffer.getvalue())
+    Image.new("RGB", size, colour).save(buffer, format="PNG")
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
+def sent_images(fake_gemini: FakeGemini) -> list[tuple[tuple[int, int], tuple[int, int, int]]]:
+    """The upstream's input images of the last call: each one's size and first pixel."""
+    images = [
+        Image.open(io.BytesIO(data)).convert("RGB") for data in parse_request(fake_gemini.requests[-1].json).images
+    ]
+    return [(image.size, image.getpixel((0, 0))) for image in images]
+
+
+def test_uploaded_images_make_the_request_an_edit(browse: Browse, fake_gemini: FakeGemini, tmp_path: Path) -> None:
+    red = png(tmp_path / "red.png", (64, 48), (200, 30, 30))
+    green = png(tmp_path / "green.png", (32, 32), (30, 200, 30))
     page = open_playground(browse)
     page.get_by_label("Prompt").fill("Make it blue")
-    page.get_by_label("Input images").set_input_files(str(upload))
-    expect(page.locator("#input-list img")).to_have_count(1)
+    page.get_by_label("Input images").set_input_files([str(red), str(green)])  # several at once
+    expect(page.locator("#input-list img")).to_have_count(2)
     page.get_by_role("button", name="Generate").click()
     expect_result(browse, page)
     edits = [url for url in browse.requests if url.endswith("/v1/images/edits")]
     assert edits, browse.requests
-    parsed = parse_request(fake_gemini.requests[-1].json)
-    assert parsed.prompt.endswith("Make it blue") or "Make it blue" in parsed.prompt
-    assert len(parsed.images) == 1
-    sent = Image.open(io.BytesIO(parsed.images[0]))
-    assert sent.size == (64, 48) and sent.convert("RGB").getpixel((10, 10)) == (200, 30, 30)
+    assert "Make it blue" in parse_request(fake_gemini.requests[-1].json).prompt
+    assert sent_images(fake_gemini) == [((64, 48), (200, 30, 30)), ((32, 32), (30, 200, 30))]
+
+
+def test_a_dropped_image_and_a_result_used_as_input(browse: Browse, fake_gemini: FakeGemini, tmp_path: Path) -> None:
+    """Drag and drop onto the input images, then "use as input": the result goes into the next edit."""
+    page = open_playground(browse)
+    page.get_by_label("Prompt").fill("A red square")
+    data = list(png(tmp_path / "red.png", (40, 40), (200, 30, 30)).read_bytes())
+    dropped = page.evaluate_handle(
+        "data => { const t = new DataTransfer();"
+        " t.items.add(new File([new Uint8Array(data)], 'red.png', {type: 'image/png'})); return t; }",
+        data,
+    )
+    page.locator("#drop-zone").dispatch_event("drop", {"dataTransfer": dropped})
+    expect(page.locator("#input-list img")).to_have_count(1)
+    page.get_by_role("button", name="Generate").click()
+    expect_result(browse, page)
+    assert sent_images(fake_gemini) == [((40, 40), (200, 30, 30))]
+    result_size = tuple(
+        page.evaluate(
+            "() => { const i = document.querySelector('#results img'); return [i.naturalWidth, i.naturalHeight]; }"
+        )
+    )
+    page.get_by_role("button", name="Use result 1 as input").click()
+    expect(page.locator("#input-list img")).to_have_count(2)
+    first_src = page.locator("#results img").first.get_attribute("src")
+    page.get_by_role("button", name="Generate").click()
+    page.wait_for_function(  # the second result replaced the first
+        "old => { const i = document.querySelector('#results img'); return i && i.src !== old && i.complete; }",
+        arg=first_src,
+    )
+    assert len(fake_gemini.requests) == 2
+    sizes = [size for size, _ in sent_images(fake_gemini)]
+    assert sizes == [(40, 40), result_size]
+
+
+def test_the_form_works_from_the_keyboard(browse: Browse, fake_gemini: FakeGemini) -> None:
+    page = open_playground(browse)
+    page.get_by_label("Prompt").focus()
+    page.keyboard.type("A lighthouse")
+    order = []
+    for _ in range(60):  # Tab through the controls until Generate has the focus
+        page.keyboard.press("Tab")
+        order.append(page.evaluate("document.activeElement.id"))
+        if order[-1] == "generate":
+            break
+    assert order[-1] == "generate", order
+    for control in ("aspect-ratio", "resolution", "size", "images"):
+        assert control in order
+    page.keyboard.press("Enter")
+    expect_result(browse, page)
+    assert parse_request(fake_gemini.requests[-1].json).prompt == "A lighthouse"
 
 
 def test_each_control_name_finds_one_control(browse: Browse) -> None:
