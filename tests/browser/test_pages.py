@@ -5,6 +5,7 @@ data (never a hand-written list), with every request on the gateway's origin and
 from __future__ import annotations
 
 import pytest
+from PIL import Image
 from playwright.sync_api import expect
 
 from imagegate.catalog import ModelEntry
@@ -114,3 +115,14 @@ def test_pages_fit_a_phones_width(browse: Browse, path: str) -> None:
     browse.page.set_viewport_size({"width": 390, "height": 844})
     page = browse.goto(path)
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
+
+
+def test_each_page_visited_is_saved_as_a_screenshot(browse: Browse) -> None:
+    """The earlier pages of a test are saved as <test>.<n>.png when it moves on (the last one as
+    <test>.png at its end): full-page PNGs, as tall as the page."""
+    browse.goto("/models")
+    browse.goto("/docs")
+    first = browse.shots.with_name(f"{browse.shots.stem}.1.png")
+    with Image.open(first) as shot:
+        assert shot.format == "PNG" and shot.width == 1280
+        assert shot.height > 900  # the whole page, not the viewport: /models is taller than 900 px
