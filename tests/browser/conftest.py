@@ -1,6 +1,6 @@
 """Real-browser fixtures: Debian's Chromium driven by Playwright's sync API against the real gateway.
 
-One browser per session (starting Chromium is the slow part); each test gets a fresh context, so no
+One browser for the package's tests (starting Chromium is the slow part); each test gets a fresh context, so no
 cookie, storage or cache is shared between tests. The `browse` fixture is the page a test drives:
 
 - every request the page makes is recorded, and one that leaves the gateway's origin fails the test
@@ -51,8 +51,10 @@ def artifacts_dir() -> Path:
     return ARTIFACTS
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Browser]:
+    """One Chromium for all of tests/browser, closed when they are done: the rest of the suite then
+    runs with no browser, and no Playwright event loop, left over."""
     # Chromium's sandbox refuses to start as root (CI containers); elsewhere it stays on.
     args = ["--no-sandbox"] if os.geteuid() == 0 else []
     with sync_playwright() as playwright:
