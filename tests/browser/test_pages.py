@@ -87,7 +87,7 @@ def test_docs_page_renders_with_every_asset_from_the_gateway(browse: Browse) -> 
     assert page.evaluate("document.styleSheets[0].cssRules.length") > 0
 
 
-@pytest.mark.parametrize("path", ["/", "/models", f"/models/{FLAGSHIP}"])
+@pytest.mark.parametrize("path", ["/", "/models", f"/models/{FLAGSHIP}"], ids=["playground", "models", "model-page"])
 def test_pages_load_every_asset(browse: Browse, path: str) -> None:
     page = browse.goto(path)
     assert page.evaluate("document.styleSheets[0].cssRules.length") > 0
@@ -108,7 +108,9 @@ def test_the_guards_catch_foreign_requests_and_console_errors(browse: Browse) ->
     browse.console_errors.clear()
 
 
-@pytest.mark.parametrize("path", ["/", "/models", f"/models/{FLAGSHIP}", "/docs"])
+@pytest.mark.parametrize(
+    "path", ["/", "/models", f"/models/{FLAGSHIP}", "/docs"], ids=["playground", "models", "model-page", "docs"]
+)
 def test_pages_fit_a_phones_width(browse: Browse, path: str) -> None:
     """At 390 CSS pixels (a phone held upright) the page itself never scrolls sideways: wide tables
     scroll inside their own box."""
