@@ -55,8 +55,9 @@ def artifacts_dir() -> Path:
 def browser() -> Iterator[Browser]:
     """One Chromium for all of tests/browser, closed when they are done: the rest of the suite then
     runs with no browser, and no Playwright event loop, left over."""
-    # Chromium's sandbox refuses to start as root (CI containers); elsewhere it stays on.
-    args = ["--no-sandbox"] if os.geteuid() == 0 else []
+    # Chromium's sandbox refuses to start as root (CI containers); elsewhere it stays on. A container's
+    # /dev/shm is often 64 MB, too small for Chromium's shared memory: it uses /tmp instead.
+    args = ["--disable-dev-shm-usage", *(["--no-sandbox"] if os.geteuid() == 0 else [])]
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=chromium_path(), args=args)
         yield launched
