@@ -126,6 +126,22 @@ def test_the_playground_is_html_with_the_labelled_controls(gateway: RunningGatew
     controls = [e for e in form.by_id.values() if e.tag in ("input", "select", "textarea")]
     assert controls and all(e.attrs["id"] in labelled for e in controls), [e.attrs["id"] for e in controls]
     assert form.by_id["form-error"].attrs["role"] == "alert"
+    # The mask canvas (shown once there are input images) is named by its visible text.
+    canvas = form.by_id["mask-canvas"]
+    assert canvas.tag == "canvas" and canvas.attrs["aria-labelledby"] == "mask-label"
+    assert "mask-label" in form.by_id
+
+
+def test_no_other_label_contains_a_contract_name(gateway: RunningGateway) -> None:
+    """Browser tests find controls by label text, matched as a substring unless told to be exact:
+    no second label may contain "Prompt", "Model", "Aspect ratio", ... (the provider options,
+    named prompt_upsampling or allow_fallback_model, are built only when opened, for this)."""
+    _, form = get_form(gateway)
+    names = ["API key", "Prompt", "Model", "Aspect ratio", "Resolution", "Input images"]
+    for name in names:
+        matching = [text for text in form.labels if name.lower() in text.lower()]
+        assert matching == [name], (name, matching)
+    assert [b.text for b in form.buttons if "generate" in b.text.lower()] == ["Generate"]
 
 
 def test_the_pickers_start_with_the_first_served_models_table(gateway: RunningGateway) -> None:

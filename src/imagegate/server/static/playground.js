@@ -24,7 +24,7 @@
   const FIELD_FOR = {
     model: "model", prompt: "prompt", size: "size", aspect_ratio: "aspect-ratio", resolution: "resolution",
     n: "n", seed: "seed", output_format: "output-format", output_compression: "output-compression",
-    image: "images", "image[]": "images", images: "images", mask: "images",
+    image: "images", "image[]": "images", images: "images", mask: "mask-canvas",
   };
   // The fixed controls: parameter name -> element id (provider-specific ones are built per model).
   const CORE = {
@@ -35,6 +35,7 @@
 
   let card = null; // the chosen model's card (GET /v1/models/{id})
   let inputFiles = []; // the input images, in order: with any, the request is an edit
+  let masked = false; // whether anything is painted on the mask canvas
 
   class ApiError extends Error {
     constructor(status, error) {
@@ -176,6 +177,7 @@
     $("mode").textContent = inputFiles.length
       ? `Edit, with ${inputFiles.length} input image${inputFiles.length > 1 ? "s" : ""}`
       : "Text to image";
+    $("mask-panel").hidden = !inputFiles.length || !available("mask");
     if (!card) return;
     for (const [name, id] of Object.entries(CORE)) $(id).disabled = !available(name);
     const max = card.parameters.n && card.parameters.n.maximum;
@@ -264,7 +266,58 @@
       item.append(img, remove);
       list.append(item);
     });
+    showMask();
     updateMode();
+  }
+
+  // --- the mask: painted on a canvas over the first input image --------------------------------
+
+  function showMask() {
+    const panel = $("mask-panel");
+    const base = $("mask-base");
+    if (base.src) URL.revokeObjectURL(base.src);
+    masked = false;
+    panel.hidden = !inputFiles.length;
+    if (!inputFiles.length) {
+      base.removeAttribute("src");
+      return;
+    }
+    base.onload = () => {
+      const canvas = $("mask-canvas");
+      delete canvas.dataset.painted;
+      canvas.width = base.naturalWidth; // the mask must be the first image's size, pixel for pixel
+      canvas.height = base.naturalHeight;
+      canvas.getContext("2d").clearRect(0, 0, canvas.width, canvas.height);
+    };
+    base.src = URL.createObjectURL(inputFiles[0]);
+  }
+
+  function paint(event) {
+    const canvas = $("mask-canvas");
+    const box = canvas.getBoundingClientRect();
+    const x = ((event.clientX - box.left) / box.width) * canvas.width;
+    const y = ((event.clientY - box.top) / box.height) * canvas.height;
+    const ctx = canvas.getContext("2d");
+    ctx.fillStyle = "rgba(0, 150, 255, 0.55)"; // only shown here; the mask sent is made from its alpha
+    ctx.beginPath();
+    ctx.arc(x, y, Math.max(canvas.width, canvas.height) / 20, 0, 2 * Math.PI);
+    ctx.fill();
+    masked = true;
+    canvas.dataset.painted = "true";
+  }
+
+  // Opaque everywhere, transparent where painted: the edit may change only the transparent part.
+  function maskBlob() {
+    const painted = $("mask-canvas");
+    const out = document.createElement("canvas");
+    out.width = painted.width;
+    out.height = painted.height;
+    const ctx = out.getContext("2d");
+    ctx.fillStyle = "#000";
+    ctx.fillRect(0, 0, out.width, out.height);
+    ctx.globalCompositeOperation = "destination-out";
+    ctx.drawImage(painted, 0, 0);
+    return new Promise((resolve) => out.toBlob(resolve, "image/png"));
   }
 
   // A data URI is decoded here: the CSP's connect-src ('self') does not let fetch read data: URLs.
@@ -320,7 +373,7 @@
     return p;
   }
 
-  function request(p) {
+  async function request(p) {
     if (!inputFiles.length) {
       return fetch(`${root}/v1/images/generations`, {
         method: "POST",
@@ -331,6 +384,7 @@
     const body = new FormData();
     for (const [name, value] of Object.entries(p)) body.append(name, String(value));
     for (const file of inputFiles) body.append("image[]", file, file.name || "image.png");
+    if (masked && available("mask")) body.append("mask", await maskBlob(), "mask.png");
     return fetch(`${root}/v1/images/edits`, { method: "POST", headers: authHeaders(), body });
   }
 
@@ -505,6 +559,19 @@
   $("api-key").addEventListener("change", loadModels);
   $("model").addEventListener("change", loadCard);
   $("resolution").addEventListener("change", fillRatios);
+  const canvas = $("mask-canvas");
+  canvas.addEventListener("pointerdown", (e) => {
+    canvas.setPointerCapture(e.pointerId);
+    paint(e);
+  });
+  canvas.addEventListener("pointermove", (e) => {
+    if (canvas.hasPointerCapture(e.pointerId)) paint(e);
+  });
+  $("mask-clear").addEventListener("click", () => {
+    canvas.getContext("2d").clearRect(0, 0, canvas.width, canvas.height);
+    masked = false;
+    delete canvas.dataset.painted;
+  });
   $("provider-toggle").addEventListener("click", () => {
     const open = $("provider-toggle").getAttribute("aria-expanded") !== "true";
     $("provider-toggle").setAttribute("aria-expanded", String(open));
