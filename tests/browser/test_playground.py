@@ -5,6 +5,8 @@ read from the API's own answer to the same request, never written here."""
 
 from __future__ import annotations
 
+import email
+import email.policy
 import io
 from pathlib import Path
 from typing import Any
@@ -205,3 +207,41 @@ def test_each_control_name_finds_one_control(browse: Browse) -> None:
     model = CATALOG.get(FLAGSHIP)
     assert model is not None and model.sizes is not None
     assert "16:9" in ratios and set(ratios) <= {s.aspect_ratio for s in model.sizes}
+
+
+def multipart_parts(content_type: str, body: bytes) -> dict[str, bytes]:
+    """A multipart/form-data body's parts by field name (the stdlib's MIME parser reads the format)."""
+    message = email.message_from_bytes(
+        f"Content-Type: {content_type}\r\n\r\n".encode() + body, policy=email.policy.default
+    )
+    return {
+        part.get_param("name", header="content-disposition"): part.get_payload(decode=True)
+        for part in message.iter_parts()
+    }
+
+
+def test_a_painted_mask_is_sent_with_the_edit(browse: Browse, fake_gemini: FakeGemini, tmp_path: Path) -> None:
+    page = open_playground(browse)
+    page.get_by_label("Prompt").fill("A hole in the middle")
+    page.get_by_label("Input images").set_input_files(str(png(tmp_path / "red.png", (64, 48), (200, 30, 30))))
+    page.wait_for_function("() => document.getElementById('mask-canvas').width === 64")
+    page.locator("#mask-canvas").scroll_into_view_if_needed()  # the mouse works in the viewport's coordinates
+    box = page.locator("#mask-canvas").bounding_box()
+    assert box is not None
+    centre = (box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.move(*centre)
+    page.mouse.down()
+    page.mouse.move(centre[0] + 2, centre[1] + 1)
+    page.mouse.up()
+    expect(page.locator("#mask-canvas")).to_have_attribute("data-painted", "true")
+    with page.expect_request("**/v1/images/edits") as caught:
+        page.get_by_role("button", name="Generate").click()
+    expect_result(browse, page)
+    request = caught.value
+    parts = multipart_parts(request.headers["content-type"], request.post_data_buffer or b"")
+    assert "mask" in parts, list(parts)
+    mask = Image.open(io.BytesIO(parts["mask"]))
+    assert mask.format == "PNG" and mask.size == (64, 48)  # the first image's size
+    alpha = mask.convert("RGBA").getchannel("A")
+    assert alpha.getpixel((32, 24)) == 0  # painted: may change
+    assert alpha.getpixel((0, 0)) == 255  # not painted: kept
