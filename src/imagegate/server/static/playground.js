@@ -313,10 +313,12 @@
     out.width = painted.width;
     out.height = painted.height;
     const ctx = out.getContext("2d");
-    ctx.fillStyle = "#000";
-    ctx.fillRect(0, 0, out.width, out.height);
-    ctx.globalCompositeOperation = "destination-out";
-    ctx.drawImage(painted, 0, 0);
+    // Pixel by pixel: the paint shown is translucent, but a painted pixel must be fully transparent in
+    // the mask (a half-transparent one would ask for half an edit).
+    const shown = painted.getContext("2d").getImageData(0, 0, out.width, out.height).data;
+    const mask = ctx.createImageData(out.width, out.height);
+    for (let i = 3; i < shown.length; i += 4) mask.data[i] = shown[i] ? 0 : 255;
+    ctx.putImageData(mask, 0, 0);
     return new Promise((resolve) => out.toBlob(resolve, "image/png"));
   }
 
