@@ -57,7 +57,8 @@ def expect_result(browse: Browse, page: Page) -> None:
     expect(image).to_be_visible(timeout=30_000)
     src = image.get_attribute("src") or ""
     assert src.startswith((f"{browse.gateway.url}/v1/results/", "data:image/")), src[:80]
-    assert page.evaluate("img => img.complete && img.naturalWidth > 0", image.element_handle())
+    # Visible comes before loaded: wait (within the same 30 s) for the bytes to have arrived and decoded.
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle(), timeout=30_000)
 
 
 def test_a_wrong_key_shows_the_apis_message(browse: Browse, fake_gemini: FakeGemini) -> None:
