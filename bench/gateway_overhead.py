@@ -174,6 +174,15 @@ def wait_healthy(child: Child, url: str, timeout_s: float, check: Any = None) ->
     raise RuntimeError(f"{child.name} not healthy at {url} after {timeout_s}s ({last}):\n{child.log_tail()}")
 
 
+def start_fake_upstream(env: dict[str, str], log: Path, *extra: str) -> tuple[Child, str]:
+    """bench/fake_gemini.py on a free loopback port (the other bench scripts start theirs here too);
+    returns the child and its base URL. `extra`: more of its command-line options."""
+    port = free_port()
+    command = [sys.executable, str(HERE / "fake_gemini.py"), "--host", HOST, "--port", str(port)]
+    child = Child("fake upstream", [*command, "--api-key", UPSTREAM_KEY, *extra], env, log)
+    return child, f"http://{HOST}:{port}"
+
+
 def gateway_command() -> list[str]:
     script = Path(sys.executable).with_name("imagegate")
     if script.exists():
@@ -818,25 +827,7 @@ def main(argv: list[str] | None = None) -> int:
     load_before = _loadavg()
     try:
         env = clean_env()
-        up_port = free_port()
-        upstream_url = f"http://{HOST}:{up_port}"
-        upstream = Child(
-            "fake upstream",
-            [
-                sys.executable,
-                str(HERE / "fake_gemini.py"),
-                "--host",
-                HOST,
-                "--port",
-                str(up_port),
-                "--api-key",
-                UPSTREAM_KEY,
-                "--side",
-                str(args.side),
-            ],
-            env,
-            tmp / "upstream.log",
-        )
+        upstream, upstream_url = start_fake_upstream(env, tmp / "upstream.log", "--side", str(args.side))
         children.append(upstream)
         extra = dict(item.split("=", 1) for item in args.gateway_env)
         gateways: dict[str, tuple[Child, str]] = {

@@ -83,6 +83,7 @@ from gateway_overhead import (  # noqa: E402
     own_cpu_seconds,
     percentile,
     spread,
+    start_fake_upstream,
     wait_healthy,
 )
 
@@ -768,23 +769,7 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()[0]
     try:
         base = {k: v for k, v in clean_env().items() if not k.startswith("AWS_")} | AWS_ENV
-        up_port = free_port()
-        upstream_url = f"http://{HOST}:{up_port}"
-        upstream = Child(
-            "fake upstream",
-            [
-                sys.executable,
-                str(HERE / "fake_gemini.py"),
-                "--host",
-                HOST,
-                "--port",
-                str(up_port),
-                "--api-key",
-                UPSTREAM_KEY,
-            ],
-            base,
-            tmp / "upstream.log",
-        )
+        upstream, upstream_url = start_fake_upstream(base, tmp / "upstream.log")
         children.append(upstream)
         postgres, database_url = start_postgres(pg_root, base, tmp / "postgres.log")
         children.append(postgres)
