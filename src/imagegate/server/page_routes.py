@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import jinja2
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
@@ -75,8 +75,17 @@ async def model_page(request: Request) -> Response:
     return _page(request, "model.html", {"m": view})
 
 
+async def favicon(request: Request) -> Response:
+    """GET /favicon.ico, which browsers and bookmarks ask for unprompted: the pages' one icon, the
+    SVG the templates link (`<link rel="icon">`), rather than a second copy of it as an ICO."""
+    root = request.scope.get("root_path", "").rstrip("/")
+    return RedirectResponse(f"{root}{FAVICON_PATH}", status_code=302)
+
+
+FAVICON_PATH = "/static/favicon.svg"
 PAGE_ROUTES: list[BaseRoute] = [
     Route("/", playground, methods=["GET"]),
+    Route("/favicon.ico", favicon, methods=["GET"]),
     Route("/models", model_index, methods=["GET"]),
     Route("/models/{model_id:path}", model_page, methods=["GET"]),
     Mount("/static", app=StaticFiles(packages=[("imagegate.server", "static")]), name="static"),
