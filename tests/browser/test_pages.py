@@ -128,3 +128,19 @@ def test_each_page_visited_is_saved_as_a_screenshot(browse: Browse) -> None:
     with Image.open(first) as shot:
         assert shot.format == "PNG" and shot.width == 1280
         assert shot.height > 900  # the whole page, not the viewport: /models is taller than 900 px
+
+
+@pytest.mark.parametrize("path", ["/models", f"/models/{FLAGSHIP}"], ids=["models", "model-page"])
+def test_description_columns_stay_readable_on_a_phone(browse: Browse, path: str) -> None:
+    """At 390 px a table too wide for the screen scrolls in its own box; its description cells keep a
+    readable width (at least 200 px) rather than one word a line, and the index's descriptions are not bold."""
+    browse.page.set_viewport_size({"width": 390, "height": 844})
+    page = browse.goto(path)
+    cells = "table.params td:nth-child(3), table.handling td:nth-child(4), #models th[scope=row]"
+    widths = page.eval_on_selector_all(cells, "cells => cells.map(c => c.getBoundingClientRect().width)")
+    assert widths and min(widths) >= 200, widths
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390  # the page itself still fits
+    boxes = page.eval_on_selector_all(".scroll", "boxes => boxes.map(b => b.scrollWidth > b.clientWidth)")
+    assert any(boxes)  # some tables do scroll, inside their box
+    weights = page.eval_on_selector_all("#models th .muted", "els => els.map(e => getComputedStyle(e).fontWeight)")
+    assert all(int(w) < 600 for w in weights), weights

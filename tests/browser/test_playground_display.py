@@ -78,6 +78,7 @@ def test_streamed_previews_take_the_final_images_box(browse: Browse, fake_gemini
         page.wait_for_function("() => { const i = document.getElementById('preview-image'); return i.complete; }")
         assert page.evaluate("document.getElementById('preview-image').naturalWidth") == 8  # the fake's partial
         preview = box(page, "#previews img")
+        browse.screenshot(f"{browse.shots.stem}.preview")  # what a person sees while the image is made
     finally:
         gate.set()
     expect_result(browse, page)
