@@ -144,3 +144,44 @@ def test_description_columns_stay_readable_on_a_phone(browse: Browse, path: str)
     assert any(boxes)  # some tables do scroll, inside their box
     weights = page.eval_on_selector_all("#models th .muted", "els => els.map(e => getComputedStyle(e).fontWeight)")
     assert all(int(w) < 600 for w in weights), weights
+
+
+def test_docs_contents_lead_to_each_operation_and_code_shows_as_code(browse: Browse) -> None:
+    page = browse.goto("/docs")
+    contents = page.get_by_role("navigation", name="Operations")
+    expect(contents).to_be_visible()
+    # Following an entry (a click) brings its operation's section into view, on the same page.
+    contents.get_by_role("link", name="Edit images").click()
+    section = page.locator('section[id="post-/v1/images/edits"]')
+    expect(section).to_be_in_viewport()
+    assert page.url == f"{browse.gateway.url}/docs#post-/v1/images/edits"
+    # The descriptions' `code` is shown as code, never as backticks.
+    assert "`" not in page.locator("main").inner_text()
+    expect(page.locator("td code", has_text="respond-async").first).to_be_visible()
+    # A long request body is folded: its fields show once it is opened.
+    body = section.locator("details.schema").first
+    field = body.locator("td code", has_text="prompt").first
+    expect(field).to_be_hidden()
+    body.locator("summary").click()
+    expect(field).to_be_visible()
+
+
+@pytest.mark.parametrize("path", ["/", "/models", "/docs"], ids=["playground", "models", "docs"])
+def test_the_pages_icon_loads(browse: Browse, path: str) -> None:
+    """The icon each page links loads in the page as an image (the SVG, 32x32). /favicon.ico itself is
+    checked over HTTP (tests/server/test_favicon_and_docs.py): Playwright's request interception, which
+    the `browse` fixture uses, leaves a page's /favicon.ico requests unanswered."""
+    page = browse.goto(path)
+    icon = page.locator("link[rel=icon]").evaluate("link => link.href")
+    assert origin(icon) == browse.origin
+    size = page.evaluate(
+        """url => new Promise(done => {
+          const img = new Image();
+          img.onload = () => done([img.naturalWidth, img.naturalHeight]);
+          img.onerror = () => done(null);
+          img.src = url;
+        })""",
+        icon,
+    )
+    assert size == [32, 32]
+    assert browse.responses[icon] == 200

@@ -1,5 +1,5 @@
-"""The pages' icon and the /docs page's text, over real HTTP: /favicon.ico answers (a redirect to the
-packaged SVG every page links), off with the pages; /docs shows the descriptions' `code` as <code>
+"""The pages' icon and the /docs page's text, over real HTTP: /favicon.ico answers with the packaged
+SVG every page links, off with the pages; /docs shows the descriptions' `code` as <code>
 (escaped first, so no description adds markup), has a table of contents of every operation, and
 folds a long request body in <details>."""
 
@@ -46,13 +46,12 @@ class Page(HTMLParser):
         self.text.append(data)
 
 
-def test_favicon_ico_leads_to_the_packaged_svg(gateway: RunningGateway) -> None:
-    first = httpx.get(f"{gateway.url}/favicon.ico")
-    assert first.status_code == 302 and first.headers["location"] == ICON
-    icon = httpx.get(f"{gateway.url}/favicon.ico", follow_redirects=True)
+def test_favicon_ico_is_the_packaged_svg(gateway: RunningGateway) -> None:
+    icon = httpx.get(f"{gateway.url}/favicon.ico")
     assert icon.status_code == 200
     assert icon.headers["content-type"].startswith("image/svg+xml")
     assert ET.fromstring(icon.content).tag == SVG_NS  # a well-formed SVG document
+    assert icon.content == httpx.get(f"{gateway.url}{ICON}").content  # the icon the pages link
 
 
 @pytest.mark.parametrize("path", ["/", "/models", "/models/gemini-3-pro-image-preview", "/models/nope", "/docs"])

@@ -487,10 +487,13 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "responses": {"200": {"description": "HTML.", "content": {"text/html": {}}}, **_errors(errors.NotFound)},
     },
     ("/favicon.ico", "GET"): {
-        "summary": "The pages' icon: a redirect to /static/favicon.svg (off with IMAGEGATE_PLAYGROUND=false)",
+        "summary": "The pages' icon, /static/favicon.svg (off with IMAGEGATE_PLAYGROUND=false)",
         "tags": ["docs"],
         "security": [],
-        "responses": {"302": {"description": "To the SVG icon."}, **_errors(errors.NotFound)},
+        "responses": {
+            "200": {"description": "The SVG icon.", "content": {"image/svg+xml": {}}},
+            **_errors(errors.NotFound),
+        },
     },
     ("/models", "GET"): {
         "summary": "Every model's page, listed (HTML; off with IMAGEGATE_PLAYGROUND=false)",
