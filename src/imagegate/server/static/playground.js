@@ -398,11 +398,13 @@
     button.disabled = true;
     $("status").textContent = inputFiles.length ? "Editing…" : "Generating…";
     try {
-      const response = await request(parameters());
+      const sent = parameters();
+      const response = await request(sent);
       if (!response.ok) throw await errorOf(response);
       if ((response.headers.get("content-type") || "").startsWith("text/event-stream")) await readStream(response);
       else showAnswer(await response.json());
       $("status").textContent = "Done.";
+      announceAnswer(sent);
     } catch (err) {
       $("status").textContent = "";
       showError(err);
@@ -552,6 +554,27 @@
     field.closest(".field").append(note);
     field.setAttribute("aria-invalid", "true");
     field.setAttribute("aria-errormessage", note.id);
+  }
+
+  // --- the hook playground-panels.js uses (copy as code, recent results, jobs, usage) -----------
+
+  // What the Generate button would send, and an "imagegate:answered" event on document after each
+  // answer shown (its parameters, result image srcs and effective size).
+  window.imagegatePlayground = {
+    root,
+    apiKey,
+    authHeaders,
+    parameters,
+    useAsInput,
+    inputFiles: () => inputFiles.slice(),
+    maskSent: () => masked && available("mask"),
+    maskBlob,
+  };
+
+  function announceAnswer(sent) {
+    const images = [...$("results").querySelectorAll("img")].map((img) => img.src);
+    const detail = { parameters: sent, edit: inputFiles.length > 0, images, size: $("effective-size").textContent };
+    document.dispatchEvent(new CustomEvent("imagegate:answered", { detail }));
   }
 
   // --- wiring ----------------------------------------------------------------------------------
