@@ -342,10 +342,15 @@
     img.src = record.thumb || record.url || "";
     img.alt = `Recent result ${index + 1}: ${record.prompt}`;
     img.width = THUMB_PX;
-    const caption = document.createElement("p");
+    const prompt = document.createElement("p");
+    prompt.className = "prompt";
+    prompt.textContent = record.prompt;
+    prompt.title = record.prompt; // cut to three lines: the whole prompt on hover
+    const facts = document.createElement("p");
+    facts.className = "muted";
     const when = new Date(record.time).toLocaleString();
-    caption.textContent = `${record.prompt} · ${record.model}${record.size ? ` · ${record.size}` : ""} · ${when}`;
-    item.append(img, caption);
+    facts.textContent = [record.model, record.size, when].filter(Boolean).join(" · ");
+    item.append(img, prompt, facts);
     if (record.url) {
       const actions = document.createElement("p");
       actions.className = "muted";
@@ -394,6 +399,7 @@
   const PENDING = new Set(["queued", "in_progress"]);
   const POLL_MS = 2000;
   let jobsTimer = null;
+  let endedJobs = null; // ids seen ended (null: none read yet)
 
   function jobImages(job) {
     const result = job.result;
@@ -454,8 +460,12 @@
       clearSectionError("jobs");
       $("jobs-list").replaceChildren(...page.data.map(jobItem));
       if (!page.data.length) $("jobs-note").textContent = "No jobs for this key.";
-      // A job still running is read again until it ends.
-      if (page.data.some((job) => PENDING.has(job.status))) jobsTimer = setTimeout(refreshJobs, POLL_MS);
+      // A job that ended since the last read has added to today's usage; one still running is read
+      // again until it ends.
+      const ended = page.data.filter((job) => !PENDING.has(job.status)).map((job) => job.id);
+      if (endedJobs && ended.some((id) => !endedJobs.has(id))) refreshUsage();
+      endedJobs = new Set([...(endedJobs || []), ...ended]);
+      if (ended.length < page.data.length) jobsTimer = setTimeout(refreshJobs, POLL_MS);
     } catch (err) {
       $("jobs-list").replaceChildren();
       showSectionError("jobs", err);
