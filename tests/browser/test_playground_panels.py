@@ -166,6 +166,14 @@ def test_a_copied_edit_sends_the_same_files_and_mask(browse: Browse, fake_gemini
     assert len(completed_events(done.stdout)) == 1
     assert last_upstream(fake_gemini) == asked
 
+    needs("node")
+    node = copied(page, "Node")
+    assert 'image: [fs.createReadStream("red.png"), fs.createReadStream("green.png")]' in node
+    assert 'mask: fs.createReadStream("mask.png")' in node
+    script = tmp_path / "copied.mjs"
+    script.write_text(node)
+    run(["node", "--check", str(script)], tmp_path)
+
 
 def test_recent_results_survive_a_reload_and_are_cleared(browse: Browse, fake_gemini: FakeGemini) -> None:
     page = open_playground(browse)
@@ -314,3 +322,21 @@ def test_the_panels_fit_a_phone(browse: Browse, fake_gemini: FakeGemini) -> None
     expect(page.get_by_label("The code")).to_be_visible()
     expect(page.locator("#usage-table")).to_be_visible()
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
+
+
+def test_without_the_clipboard_the_code_is_shown_selected(browse: Browse, fake_gemini: FakeGemini) -> None:
+    """Clipboard writes need a permission the page may not have: the code is then shown, selected."""
+    page = open_playground(browse)
+    page.evaluate(
+        "() => { navigator.clipboard.writeText = () => Promise.reject(new DOMException('no', 'NotAllowedError')); }"
+    )
+    page.get_by_label("Prompt").fill("A lighthouse")
+    page.get_by_role("button", name="Copy as curl").click()
+    expect(page.locator("#copy-status")).to_contain_text("The clipboard is not available here")
+    code = page.get_by_label("The code")
+    expect(code).to_be_focused()
+    assert '"prompt": "A lighthouse"' in code.input_value()
+    selected = page.evaluate(
+        "() => { const t = document.getElementById('code-shown'); return t.value.slice(t.selectionStart, t.selectionEnd); }"
+    )
+    assert selected == code.input_value()
