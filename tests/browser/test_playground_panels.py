@@ -340,3 +340,23 @@ def test_without_the_clipboard_the_code_is_shown_selected(browse: Browse, fake_g
         "() => { const t = document.getElementById('code-shown'); return t.value.slice(t.selectionStart, t.selectionEnd); }"
     )
     assert selected == code.input_value()
+
+
+class TestAGatewayWithoutKeys:
+    """No keys configured: the page works with no key typed, and once an answer came without one, the
+    panels read the jobs and usage without one too (before that, no key means no call: a keyed gateway
+    would only answer 401)."""
+
+    @pytest.fixture
+    def gateway(self, gateway_factory: Any, fake_gemini: FakeGemini) -> Any:
+        return gateway_factory(api_keys="", gemini_api_key=fake_gemini.api_key, gemini_base_url=fake_gemini.base_url)
+
+    def test_the_panels_follow_the_first_answer(self, browse: Browse, fake_gemini: FakeGemini) -> None:
+        page = browse.goto("/")
+        expect(page.locator("#usage-note")).to_have_text("Enter an API key to see its usage.")
+        assert not [url for url in browse.requests if "/v1/usage" in url or "/v1/images/jobs" in url]
+        page.get_by_label("Model").select_option(FLAGSHIP)
+        page.get_by_label("Prompt").fill("A keyless lighthouse")
+        generate(page)
+        expect(page.locator("#usage-table tfoot td").first).to_have_text("1")
+        expect(page.locator("#jobs-note")).to_have_text("No jobs yet.")

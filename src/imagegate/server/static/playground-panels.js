@@ -22,6 +22,10 @@
   if (!pg) return; // playground.js did not run: nothing to attach to
   const api = `${window.location.origin}${pg.root}/v1`;
   const FORMAT_TYPES = { png: "image/png", jpeg: "image/jpeg", jpg: "image/jpeg", webp: "image/webp" };
+  // A gateway without keys answers without one: known once an answer came with no key typed. Until
+  // then no key means no call (a keyed gateway would only answer 401).
+  let openGateway = false;
+  const canAsk = () => Boolean(pg.apiKey()) || openGateway;
 
   async function apiCall(path, options = {}) {
     const response = await fetch(pg.root + path, { ...options, headers: { ...pg.authHeaders(), ...options.headers } });
@@ -447,9 +451,12 @@
     return item;
   }
 
+  let jobsRead = 0; // the latest read wins: an earlier one still in flight is dropped
+
   async function refreshJobs() {
     clearTimeout(jobsTimer);
-    if (!pg.apiKey()) {
+    const read = ++jobsRead;
+    if (!canAsk()) {
       clearSectionError("jobs");
       $("jobs-list").replaceChildren();
       $("jobs-note").textContent = "Enter an API key to see its jobs.";
@@ -457,9 +464,10 @@
     }
     try {
       const page = await apiCall(`/v1/images/jobs?limit=${JOBS_SHOWN}`);
+      if (read !== jobsRead) return;
       clearSectionError("jobs");
       $("jobs-list").replaceChildren(...page.data.map(jobItem));
-      if (!page.data.length) $("jobs-note").textContent = "No jobs for this key.";
+      if (!page.data.length) $("jobs-note").textContent = "No jobs yet.";
       // A job that ended since the last read has added to today's usage; one still running is read
       // again until it ends.
       const ended = page.data.filter((job) => !PENDING.has(job.status)).map((job) => job.id);
@@ -467,6 +475,7 @@
       endedJobs = new Set([...(endedJobs || []), ...ended]);
       if (ended.length < page.data.length) jobsTimer = setTimeout(refreshJobs, POLL_MS);
     } catch (err) {
+      if (read !== jobsRead) return;
       $("jobs-list").replaceChildren();
       showSectionError("jobs", err);
     }
@@ -510,9 +519,12 @@
     return tr;
   }
 
+  let usageRead = 0;
+
   async function refreshUsage() {
     const table = $("usage-table");
-    if (!pg.apiKey()) {
+    const read = ++usageRead;
+    if (!canAsk()) {
       clearSectionError("usage");
       table.hidden = true;
       $("usage-note").textContent = "Enter an API key to see its usage.";
@@ -520,12 +532,14 @@
     }
     try {
       const usage = await apiCall(`/v1/usage?start=${utcMidnight()}&group_by=model`);
+      if (read !== usageRead) return;
       clearSectionError("usage");
       table.tBodies[0].replaceChildren(...usage.data.map((row) => usageRow(row.model, row, "td")));
       table.tFoot.replaceChildren(usageRow("Total", usage.total, "td"));
       table.hidden = false;
       if (!usage.data.length) $("usage-note").textContent = "Nothing yet today.";
     } catch (err) {
+      if (read !== usageRead) return;
       table.hidden = true;
       showSectionError("usage", err);
     }
@@ -540,10 +554,12 @@
   $("jobs-refresh").addEventListener("click", refreshJobs);
   $("usage-refresh").addEventListener("click", refreshUsage);
   $("api-key").addEventListener("change", () => {
+    endedJobs = null; // another key: other jobs
     refreshJobs();
     refreshUsage();
   });
   document.addEventListener("imagegate:answered", (event) => {
+    if (!pg.apiKey()) openGateway = true;
     remember(event.detail);
     refreshJobs();
     refreshUsage();
