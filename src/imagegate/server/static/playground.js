@@ -36,6 +36,7 @@
   let card = null; // the chosen model's card (GET /v1/models/{id})
   let inputFiles = []; // the input images, in order: with any, the request is an edit
   let masked = false; // whether anything is painted on the mask canvas
+  let lastSent = null; // the parameters of the last request sent
 
   class ApiError extends Error {
     constructor(status, error) {
@@ -376,6 +377,7 @@
   }
 
   async function request(p) {
+    lastSent = p; // for announceAnswer
     if (!inputFiles.length) {
       return fetch(`${root}/v1/images/generations`, {
         method: "POST",
@@ -398,13 +400,12 @@
     button.disabled = true;
     $("status").textContent = inputFiles.length ? "Editing…" : "Generating…";
     try {
-      const sent = parameters();
-      const response = await request(sent);
+      const response = await request(parameters());
       if (!response.ok) throw await errorOf(response);
       if ((response.headers.get("content-type") || "").startsWith("text/event-stream")) await readStream(response);
       else showAnswer(await response.json());
       $("status").textContent = "Done.";
-      announceAnswer(sent);
+      announceAnswer();
     } catch (err) {
       $("status").textContent = "";
       showError(err);
@@ -571,9 +572,9 @@
     maskBlob,
   };
 
-  function announceAnswer(sent) {
+  function announceAnswer() {
     const images = [...$("results").querySelectorAll("img")].map((img) => img.src);
-    const detail = { parameters: sent, edit: inputFiles.length > 0, images, size: $("effective-size").textContent };
+    const detail = { parameters: lastSent, images, size: $("effective-size").textContent };
     document.dispatchEvent(new CustomEvent("imagegate:answered", { detail }));
   }
 
