@@ -36,7 +36,6 @@
   let card = null; // the chosen model's card (GET /v1/models/{id})
   let inputFiles = []; // the input images, in order: with any, the request is an edit
   let masked = false; // whether anything is painted on the mask canvas
-  let lastSent = null; // the parameters of the last request sent
 
   class ApiError extends Error {
     constructor(status, error) {
@@ -571,6 +570,8 @@
     maskSent: () => masked && available("mask"),
     maskBlob,
   };
+
+  let lastSent = null; // the parameters of the last request sent (request() keeps them)
 
   function announceAnswer() {
     const images = [...$("results").querySelectorAll("img")].map((img) => img.src);
