@@ -360,3 +360,24 @@ class TestAGatewayWithoutKeys:
         generate(page)
         expect(page.locator("#usage-table tfoot td").first).to_have_text("1")
         expect(page.locator("#jobs-note")).to_have_text("No jobs yet.")
+
+
+def test_a_refused_cancel_shows_the_apis_message_in_jobs(browse: Browse, fake_gemini: FakeGemini) -> None:
+    """The job ended after the page listed it: the cancel's 409 message is an alert in the Jobs section."""
+    browse.expected_api_statuses.add(409)
+    fake_gemini.default_behaviour = Hang(60)
+    held = submit_job(browse, "Ended elsewhere")
+    fake_gemini.wait_for_requests(1)
+    page = open_playground(browse)
+    row = page.locator(f'#jobs-list li[data-job="{held}"]')
+    expect(row).to_have_attribute("data-status", "in_progress")
+    # The page reads the list again every few seconds while a job runs: stop that (pending timers
+    # cleared, no new ones), let a read already under way finish, so the row still offers Cancel.
+    page.evaluate("() => { for (let id = 1; id < 10000; id++) clearTimeout(id); window.setTimeout = () => 0; }")
+    page.wait_for_load_state("networkidle")
+    cancelled = httpx.post(f"{browse.gateway.url}/v1/images/jobs/{held}/cancel", headers=AUTH)
+    assert cancelled.status_code == 200
+    again = httpx.post(f"{browse.gateway.url}/v1/images/jobs/{held}/cancel", headers=AUTH)
+    assert again.status_code == 409
+    row.get_by_role("button", name=f"Cancel {held}").click()
+    expect(page.locator("#jobs").get_by_role("alert")).to_have_text(again.json()["error"]["message"])
