@@ -381,3 +381,18 @@ def test_a_refused_cancel_shows_the_apis_message_in_jobs(browse: Browse, fake_ge
     assert again.status_code == 409
     row.get_by_role("button", name=f"Cancel {held}").click()
     expect(page.locator("#jobs").get_by_role("alert")).to_have_text(again.json()["error"]["message"])
+
+
+def test_an_expired_result_keeps_its_thumbnail_only(browse: Browse) -> None:
+    """A result URL that no longer answers (expired, or from another gateway's store): no "use as input"."""
+    browse.expected_api_statuses.add(404)
+    page = browse.goto("/")
+    gone = f"{browse.gateway.url}/v1/results/expired-long-ago.png"
+    assert httpx.head(gone).status_code == 404
+    record = {"url": gone, "thumb": None, "prompt": "Old", "model": FLAGSHIP, "size": "1024x1024", "time": 0}
+    page.evaluate(f"record => localStorage.setItem('{RECENT_STORE}', JSON.stringify([record]))", record)
+    page = browse.goto("/")
+    item = page.locator("#recent-list li")
+    expect(item).to_contain_text("Its URL has expired")
+    expect(item.get_by_role("button")).to_have_count(0)
+    expect(item.locator("img")).to_have_count(0)  # no thumbnail was kept, and the URL shows nothing

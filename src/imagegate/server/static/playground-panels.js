@@ -363,7 +363,8 @@
       stillAnswers(record.url).then((ok) => {
         actions.replaceChildren();
         if (!ok) {
-          actions.textContent = "Its URL has expired: only this thumbnail is left.";
+          if (!record.thumb) img.remove(); // nothing left to show
+          actions.textContent = record.thumb ? "Its URL has expired: only this thumbnail is left." : "Its URL has expired.";
           return;
         }
         const use = document.createElement("button");
