@@ -372,9 +372,10 @@ def test_a_refused_cancel_shows_the_apis_message_in_jobs(browse: Browse, fake_ge
     row = page.locator(f'#jobs-list li[data-job="{held}"]')
     expect(row).to_have_attribute("data-status", "in_progress")
     # The page reads the list again every few seconds while a job runs: stop that (pending timers
-    # cleared, no new ones), let a read already under way finish, so the row still offers Cancel.
+    # cleared, no new ones) and let a read already under way finish (the section is aria-busy until
+    # then), so the row still offers Cancel when the job is cancelled behind the page's back.
     page.evaluate("() => { for (let id = 1; id < 10000; id++) clearTimeout(id); window.setTimeout = () => 0; }")
-    page.wait_for_load_state("networkidle")
+    expect(page.locator("#jobs")).to_have_attribute("aria-busy", "false")
     cancelled = httpx.post(f"{browse.gateway.url}/v1/images/jobs/{held}/cancel", headers=AUTH)
     assert cancelled.status_code == 200
     again = httpx.post(f"{browse.gateway.url}/v1/images/jobs/{held}/cancel", headers=AUTH)

@@ -59,6 +59,20 @@
     box.hidden = false;
   }
 
+  // aria-busy on a section while any of its calls is under way (screen readers wait for it to settle).
+  const inFlight = {};
+
+  async function busyWhile(name, work) {
+    inFlight[name] = (inFlight[name] || 0) + 1;
+    $(name).setAttribute("aria-busy", "true");
+    try {
+      return await work();
+    } finally {
+      inFlight[name] -= 1;
+      $(name).setAttribute("aria-busy", String(inFlight[name] > 0));
+    }
+  }
+
   function clearSectionError(name) {
     $(`${name}-error`).hidden = true;
     $(`${name}-error`).textContent = "";
@@ -463,6 +477,10 @@
       $("jobs-note").textContent = "Enter an API key to see its jobs.";
       return;
     }
+    await busyWhile("jobs", () => readJobs(read));
+  }
+
+  async function readJobs(read) {
     try {
       const page = await apiCall(`/v1/images/jobs?limit=${JOBS_SHOWN}`);
       if (read !== jobsRead) return;
@@ -485,7 +503,7 @@
   async function cancelJob(id, button) {
     button.disabled = true;
     try {
-      await apiCall(`/v1/images/jobs/${encodeURIComponent(id)}/cancel`, { method: "POST" });
+      await busyWhile("jobs", () => apiCall(`/v1/images/jobs/${encodeURIComponent(id)}/cancel`, { method: "POST" }));
     } catch (err) {
       showSectionError("jobs", err);
       return;
@@ -532,7 +550,7 @@
       return;
     }
     try {
-      const usage = await apiCall(`/v1/usage?start=${utcMidnight()}&group_by=model`);
+      const usage = await busyWhile("usage", () => apiCall(`/v1/usage?start=${utcMidnight()}&group_by=model`));
       if (read !== usageRead) return;
       clearSectionError("usage");
       table.tBodies[0].replaceChildren(...usage.data.map((row) => usageRow(row.model, row, "td")));
