@@ -52,7 +52,7 @@
     if (err && err.status === 401) {
       box.hidden = true;
       box.textContent = "";
-      note.textContent = `${message} (see the API key field)`;
+      note.textContent = `${message} See the API key field.`;
       return;
     }
     box.textContent = message;
