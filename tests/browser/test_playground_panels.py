@@ -101,6 +101,9 @@ def test_copied_curl_and_python_ask_for_what_the_page_asked(
     page.get_by_label("Resolution").select_option("2K")
     page.get_by_label("Aspect ratio").select_option("16:9")
     page.get_by_label("Seed").fill("7")
+    page.get_by_role("button", name="Show this model's own options").click()  # a boolean and a string one
+    page.get_by_label("allow_fallback_model").select_option("true")
+    page.get_by_label("safety_tolerance").select_option("2")
     generate(page)
     asked = last_upstream(fake_gemini)
     assert (asked.aspect_ratio, asked.image_size, asked.seed) == ("16:9", "2K", 7)
@@ -108,13 +111,16 @@ def test_copied_curl_and_python_ask_for_what_the_page_asked(
 
     curl = copied(page, "curl")
     assert "$IMAGEGATE_API_KEY" in curl and f"{browse.gateway.url}/v1/images/generations" in curl
+    assert '"allow_fallback_model": true' in curl and '"safety_tolerance": "2"' in curl
     done = run(["bash", "-c", curl + " --silent --fail"], tmp_path)
     (event,) = completed_events(done.stdout)  # the page asked for a stream: so does the code
     assert f"{event['effective']['width']}x{event['effective']['height']}" == size
     assert last_upstream(fake_gemini) == asked
 
     python = copied(page, "Python")
-    assert 'os.environ["IMAGEGATE_API_KEY"]' in python and "extra_body=" in python
+    assert 'os.environ["IMAGEGATE_API_KEY"]' in python
+    assert 'extra_body={"aspect_ratio": "16:9", "resolution": "2K", "seed": 7, ' in python  # the gateway's own
+    assert '"allow_fallback_model": True' in python and '"safety_tolerance": "2"' in python
     done = run([sys.executable, "-c", python], tmp_path)
     name, printed_size = done.stdout.split()
     assert printed_size == size
@@ -124,7 +130,8 @@ def test_copied_curl_and_python_ask_for_what_the_page_asked(
     assert len(fake_gemini.requests) == 3
 
     node = copied(page, "Node")
-    assert "process.env.IMAGEGATE_API_KEY" in node and '"aspect_ratio"' not in node and 'aspect_ratio: "16:9"' in node
+    assert "process.env.IMAGEGATE_API_KEY" in node and 'aspect_ratio: "16:9"' in node
+    assert "allow_fallback_model: true" in node
     script = tmp_path / "copied.mjs"
     script.write_text(node)
     run(["node", "--check", str(script)], tmp_path)
