@@ -271,7 +271,7 @@
   function readRecent() {
     try {
       const list = JSON.parse(localStorage.getItem(RECENT_STORE) || "[]");
-      return Array.isArray(list) ? list : [];
+      return Array.isArray(list) ? list.filter((r) => r && typeof r === "object") : [];
     } catch (_) {
       return []; // storage disabled, or not our JSON
     }
