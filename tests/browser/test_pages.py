@@ -128,3 +128,60 @@ def test_each_page_visited_is_saved_as_a_screenshot(browse: Browse) -> None:
     with Image.open(first) as shot:
         assert shot.format == "PNG" and shot.width == 1280
         assert shot.height > 900  # the whole page, not the viewport: /models is taller than 900 px
+
+
+@pytest.mark.parametrize("path", ["/models", f"/models/{FLAGSHIP}"], ids=["models", "model-page"])
+def test_description_columns_stay_readable_on_a_phone(browse: Browse, path: str) -> None:
+    """At 390 px a table too wide for the screen scrolls in its own box; its description cells keep a
+    readable width (at least 200 px) rather than one word a line, and the index's descriptions are not bold."""
+    browse.page.set_viewport_size({"width": 390, "height": 844})
+    page = browse.goto(path)
+    cells = "table.params td:nth-child(3), table.handling td:nth-child(4), #models th[scope=row]"
+    widths = page.eval_on_selector_all(cells, "cells => cells.map(c => c.getBoundingClientRect().width)")
+    assert widths and min(widths) >= 200, widths
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390  # the page itself still fits
+    boxes = page.eval_on_selector_all(".scroll", "boxes => boxes.map(b => b.scrollWidth > b.clientWidth)")
+    assert any(boxes)  # some tables do scroll, inside their box
+    weights = page.eval_on_selector_all("#models th .muted", "els => els.map(e => getComputedStyle(e).fontWeight)")
+    assert all(int(w) < 600 for w in weights), weights
+
+
+def test_docs_contents_lead_to_each_operation_and_code_shows_as_code(browse: Browse) -> None:
+    page = browse.goto("/docs")
+    contents = page.get_by_role("navigation", name="Operations")
+    expect(contents).to_be_visible()
+    # Following an entry (a click) brings its operation's section into view, on the same page.
+    contents.get_by_role("link", name="Edit images").click()
+    section = page.locator('section[id="post-/v1/images/edits"]')
+    expect(section).to_be_in_viewport()
+    assert page.url == f"{browse.gateway.url}/docs#post-/v1/images/edits"
+    # The descriptions' `code` is shown as code, never as backticks.
+    assert "`" not in page.locator("main").inner_text()
+    expect(page.locator("td code", has_text="respond-async").first).to_be_visible()
+    # A long request body is folded: its fields show once it is opened.
+    body = section.locator("details.schema").first
+    field = body.locator("td code", has_text="prompt").first
+    expect(field).to_be_hidden()
+    body.locator("summary").click()
+    expect(field).to_be_visible()
+
+
+@pytest.mark.parametrize("path", ["/", "/models", "/docs"], ids=["playground", "models", "docs"])
+def test_the_pages_icon_loads(browse: Browse, path: str) -> None:
+    """The icon each page links loads in the page as an image (the SVG, 32x32). /favicon.ico itself is
+    checked over HTTP (tests/server/test_favicon_and_docs.py): Playwright's request interception, which
+    the `browse` fixture uses, leaves a page's /favicon.ico requests unanswered."""
+    page = browse.goto(path)
+    icon = page.locator("link[rel=icon]").evaluate("link => link.href")
+    assert origin(icon) == browse.origin
+    size = page.evaluate(
+        """url => new Promise(done => {
+          const img = new Image();
+          img.onload = () => done([img.naturalWidth, img.naturalHeight]);
+          img.onerror = () => done(null);
+          img.src = url;
+        })""",
+        icon,
+    )
+    assert size == [32, 32]
+    assert browse.responses[icon] == 200

@@ -209,8 +209,8 @@ def test_assets_are_same_origin(gateway: RunningGateway) -> None:
             assert not parts.scheme and not parts.netloc, (path, tag, url)  # no CDN, no other host
         assert "script-src 'none'" in response.headers["content-security-policy"]
         assert not [tag for tag, _ in page.links if tag == "script"]
-        stylesheets = [url for tag, url in page.links if tag == "link"]
-        assert stylesheets == ["/static/pages.css"]
+        links = [url for tag, url in page.links if tag == "link"]
+        assert links == ["/static/favicon.svg", "/static/pages.css"]  # the icon and the one stylesheet
     css = httpx.get(f"{gateway.url}/static/pages.css")
     assert css.status_code == 200 and "overflow-x: auto" in css.text  # wide tables scroll on a phone
 

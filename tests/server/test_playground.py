@@ -194,7 +194,8 @@ def test_every_asset_is_same_origin_and_served(gateway: RunningGateway) -> None:
         assert httpx.get(f"{gateway.url}{url}").status_code == 200, url
     scripts = [url for tag, url in form.links if tag == "script"]
     assert scripts == ["/static/playground.js", "/static/playground-panels.js"]  # the panels after the form's
-    assert {url for tag, url in form.links if tag == "link"} == {"/static/pages.css", "/static/playground.css"}
+    links = {url for tag, url in form.links if tag == "link"}
+    assert links == {"/static/pages.css", "/static/playground.css", "/static/favicon.svg"}
 
 
 def test_the_content_security_policy_allows_only_this_origin(gateway: RunningGateway) -> None:

@@ -26,6 +26,7 @@ import re
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
@@ -485,6 +486,15 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "security": [],
         "responses": {"200": {"description": "HTML.", "content": {"text/html": {}}}, **_errors(errors.NotFound)},
     },
+    ("/favicon.ico", "GET"): {
+        "summary": "The pages' icon, /static/favicon.svg (off with IMAGEGATE_PLAYGROUND=false)",
+        "tags": ["docs"],
+        "security": [],
+        "responses": {
+            "200": {"description": "The SVG icon.", "content": {"image/svg+xml": {}}},
+            **_errors(errors.NotFound),
+        },
+    },
     ("/models", "GET"): {
         "summary": "Every model's page, listed (HTML; off with IMAGEGATE_PLAYGROUND=false)",
         "tags": ["docs"],
@@ -703,46 +713,93 @@ async def docs(request: Request) -> Response:
     return HTMLResponse(render_docs(openapi_document(_gateway(request).router, request.app.routes)))
 
 
+# The descriptions' only markup: `inline code` (catalog and schema text), and blank lines between paragraphs.
+_INLINE_CODE = re.compile(r"`([^`\n]+)`")
+_PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
+OPEN_SCHEMA_FIELDS = 6  # a body of up to this many fields is shown open; a longer one folded in <details>
+
+
+def inline_html(text: str) -> str:
+    """Description text -> HTML: escaped first, then each `...` span as <code>, so nothing in the text
+    (an operator's catalog entry included) can add markup of its own."""
+    return _INLINE_CODE.sub(r"<code>\1</code>", html.escape(text))
+
+
+def prose_html(text: str) -> str:
+    """Description text -> <p> paragraphs (split at blank lines), each as inline_html."""
+    return "".join(f"<p>{inline_html(part.strip())}</p>" for part in _PARAGRAPH_BREAK.split(text) if part.strip())
+
+
+def _anchor(method: str, path: str) -> str:
+    return f"{method}-{path}"
+
+
 def render_docs(document: dict[str, Any]) -> str:
-    """The document as one HTML page: each operation with its parameters, body fields and answers."""
+    """The document as one HTML page: a table of contents of the operations (by tag), then each
+    operation with its parameters, body fields (a long body folded) and answers."""
     e = html.escape
     sections = []
+    contents: dict[str, list[str]] = {}
     schemas = document["components"]["schemas"]
     for path, item in document["paths"].items():
         for method, operation in item.items():
+            anchor = _anchor(method, path)
+            # The link is the summary (the path beside it is text: a link named by the path would also
+            # answer to a search for the /openapi.json link); /docs#..., since every href is a path.
+            link = f'<a href="/docs#{e(quote(anchor, safe="/-_."))}">{inline_html(operation.get("summary", ""))}</a>'
+            tag = (operation.get("tags") or ["other"])[0]
+            contents.setdefault(tag, []).append(
+                f'<li><span class="method">{e(method.upper())}</span> <code>{e(path)}</code> {link}</li>'
+            )
             rows = "".join(
-                f"<tr><td><code>{e(p['name'])}</code></td><td>{e(p['in'])}</td><td>{e(p.get('description', ''))}</td></tr>"
+                f"<tr><td><code>{e(p['name'])}</code></td><td>{e(p['in'])}</td><td>{inline_html(p.get('description', ''))}</td></tr>"
                 for p in operation.get("parameters", [])
             )
-            body = ""
-            for content_type, media in operation.get("requestBody", {}).get("content", {}).items():
-                body += f"<h4>Body ({e(content_type)})</h4>" + _fields_table(_resolve(media["schema"], schemas))
+            body = "".join(
+                _body_html(content_type, _resolve(media["schema"], schemas))
+                for content_type, media in operation.get("requestBody", {}).get("content", {}).items()
+            )
             answers = "".join(
-                f"<li><code>{e(status)}</code> {e(response['description'])}</li>"
+                f"<li><code>{e(status)}</code> {inline_html(response['description'])}</li>"
                 for status, response in operation["responses"].items()
             )
             sections.append(
-                f'<section id="{e(method)}-{e(path)}"><h3><span class="method">{e(method.upper())}</span> '
-                f"<code>{e(path)}</code></h3><p>{e(operation.get('summary', ''))}</p>"
+                f'<section id="{e(anchor)}"><h3><span class="method">{e(method.upper())}</span> '
+                f"<code>{e(path)}</code></h3>{prose_html(operation.get('summary', ''))}"
                 + (f"<table><tr><th>Name</th><th>In</th><th>Description</th></tr>{rows}</table>" if rows else "")
                 + body
-                + f"<h4>Responses</h4><ul>{answers}</ul></section>"
+                + f'<h4>Responses</h4><ul class="answers">{answers}</ul></section>'
             )
+    toc = "".join(f"<li>{e(tag)}<ul>{''.join(links)}</ul></li>" for tag, links in contents.items())
     info = document["info"]
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{e(info['title'])} API reference</title>"
+        '<link rel="icon" href="/static/favicon.svg" type="image/svg+xml">'
         '<link rel="stylesheet" href="/docs/static/docs.css"></head><body><main>'
-        f"<h1>{e(info['title'])} API reference</h1><p>{e(info['description'])}</p>"
+        f"<h1>{e(info['title'])} API reference</h1>{prose_html(info['description'])}"
         '<p>The machine-readable document: <a href="/openapi.json">/openapi.json</a> (OpenAPI '
-        f"{e(document['openapi'])}).</p>" + "".join(sections) + "</main></body></html>"
+        f"{e(document['openapi'])}).</p>"
+        f'<nav id="contents" aria-labelledby="contents-heading"><h2 id="contents-heading">Operations</h2><ul>{toc}</ul></nav>'
+        + "".join(sections)
+        + "</main></body></html>"
     )
 
 
 def _resolve(schema: dict[str, Any], schemas: dict[str, Any]) -> dict[str, Any]:
     ref = schema.get("$ref", "")
     return dict(schemas[ref.rsplit("/", 1)[-1]]) if ref else schema
+
+
+def _body_html(content_type: str, schema: dict[str, Any]) -> str:
+    """A request body's fields: a table under its heading, folded in <details> when it is long."""
+    count = len(schema.get("properties", {}))
+    heading = f"Body ({html.escape(content_type)}): {count} field{'' if count == 1 else 's'}"
+    table = _fields_table(schema)
+    if count <= OPEN_SCHEMA_FIELDS:
+        return f"<h4>{heading}</h4>{table}"
+    return f'<details class="schema"><summary><h4>{heading}</h4></summary>{table}</details>'
 
 
 def _fields_table(schema: dict[str, Any]) -> str:
@@ -754,7 +811,7 @@ def _fields_table(schema: dict[str, Any]) -> str:
         bounds = " ".join(f"{b} {field[b]}" for b in ("minimum", "maximum") if b in field)
         rows.append(
             f"<tr><td><code>{e(name)}</code>{' (required)' if name in required else ''}</td>"
-            f"<td>{e(str(field.get('type', '')))}</td><td>{e(str(field.get('description', '')))}"
+            f"<td>{e(str(field.get('type', '')))}</td><td>{inline_html(str(field.get('description', '')))}"
             + (f"<br>Values: {e(', '.join(map(str, allowed)))}" if allowed else "")
             + (f"<br>{e(bounds)}" if bounds else "")
             + _availability_note(field.get("x-imagegate-models", {}))
@@ -771,4 +828,4 @@ def _availability_note(models: dict[str, Any]) -> str:
             names = [model_id for model_id, entry in models.items() if entry[mode] == state]
             if names:
                 notes.append(f"{state.replace('_', ' ').capitalize()} ({label}): {', '.join(names)}")
-    return "".join(f"<br>{html.escape(note)}" for note in notes)
+    return "".join(f'<br><small class="models">{html.escape(note)}</small>' for note in notes)

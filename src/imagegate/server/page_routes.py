@@ -1,12 +1,14 @@
-"""The web pages: the playground at / and the model pages, /models and /models/{id}: HTML rendered
-from the catalog (pages.py builds what they show), served unauthenticated like /health (the
+"""The web pages: the playground at /, the model pages /models and /models/{id} (HTML rendered
+from the catalog: pages.py builds what they show) and their icon, served unauthenticated like /health (the
 playground's own API calls carry the key the user types). IMAGEGATE_PLAYGROUND=false leaves them out."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import jinja2
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import FileResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
@@ -75,8 +77,18 @@ async def model_page(request: Request) -> Response:
     return _page(request, "model.html", {"m": view})
 
 
+async def favicon(request: Request) -> Response:
+    """GET /favicon.ico, which browsers and bookmarks ask for unprompted: the pages' one icon, the SVG
+    the templates link (`<link rel="icon">`), answered as what it is (image/svg+xml; browsers go by the
+    type, not the name) rather than kept as a second copy in ICO. Not a redirect: one request, and
+    Chromium under request interception (the browser tests) does not follow an image's redirect."""
+    return FileResponse(FAVICON, media_type="image/svg+xml", headers={"cache-control": "public, max-age=86400"})
+
+
+FAVICON = Path(__file__).parent / "static" / "favicon.svg"
 PAGE_ROUTES: list[BaseRoute] = [
     Route("/", playground, methods=["GET"]),
+    Route("/favicon.ico", favicon, methods=["GET"]),
     Route("/models", model_index, methods=["GET"]),
     Route("/models/{model_id:path}", model_page, methods=["GET"]),
     Mount("/static", app=StaticFiles(packages=[("imagegate.server", "static")]), name="static"),

@@ -32,10 +32,12 @@
     output_format: "output-format", output_compression: "output-compression",
   };
   const FORMAT_TYPES = { png: "image/png", jpeg: "image/jpeg", jpg: "image/jpeg", webp: "image/webp" };
+  const MASK_MAX_SIDE = 1024; // the mask canvas's longest side at most: painting stays quick on a big image
 
   let card = null; // the chosen model's card (GET /v1/models/{id})
   let inputFiles = []; // the input images, in order: with any, the request is an edit
   let masked = false; // whether anything is painted on the mask canvas
+  let asked = null; // the request being answered: its size ({width, height} or null) and partial_images
 
   class ApiError extends Error {
     constructor(status, error) {
@@ -285,13 +287,18 @@
     base.onload = () => {
       const canvas = $("mask-canvas");
       delete canvas.dataset.painted;
-      canvas.width = base.naturalWidth; // the mask must be the first image's size, pixel for pixel
-      canvas.height = base.naturalHeight;
+      // The canvas has the image's shape at its own pixels, or fewer for a big one (CSS scales it to
+      // the image's box); maskBlob scales the mask back up to the image's size, which the API needs.
+      const scale = Math.min(1, MASK_MAX_SIDE / Math.max(base.naturalWidth, base.naturalHeight));
+      canvas.width = Math.max(1, Math.round(base.naturalWidth * scale));
+      canvas.height = Math.max(1, Math.round(base.naturalHeight * scale));
       canvas.getContext("2d").clearRect(0, 0, canvas.width, canvas.height);
+      base.parentElement.classList.toggle("upscaled", base.naturalWidth < base.clientWidth);
     };
     base.src = URL.createObjectURL(inputFiles[0]);
   }
 
+  // The pointer's client coordinates -> the canvas's own pixels (its box is scaled by CSS).
   function paint(event) {
     const canvas = $("mask-canvas");
     const box = canvas.getBoundingClientRect();
@@ -307,18 +314,25 @@
   }
 
   // Opaque everywhere, transparent where painted: the edit may change only the transparent part.
+  // At the first image's own size: the gateway refuses a mask of another size.
   function maskBlob() {
     const painted = $("mask-canvas");
-    const out = document.createElement("canvas");
-    out.width = painted.width;
-    out.height = painted.height;
-    const ctx = out.getContext("2d");
+    const drawn = document.createElement("canvas");
+    drawn.width = painted.width;
+    drawn.height = painted.height;
     // Pixel by pixel: the paint shown is translucent, but a painted pixel must be fully transparent in
     // the mask (a half-transparent one would ask for half an edit).
-    const shown = painted.getContext("2d").getImageData(0, 0, out.width, out.height).data;
-    const mask = ctx.createImageData(out.width, out.height);
+    const shown = painted.getContext("2d").getImageData(0, 0, drawn.width, drawn.height).data;
+    const mask = drawn.getContext("2d").createImageData(drawn.width, drawn.height);
     for (let i = 3; i < shown.length; i += 4) mask.data[i] = shown[i] ? 0 : 255;
-    ctx.putImageData(mask, 0, 0);
+    drawn.getContext("2d").putImageData(mask, 0, 0);
+    const base = $("mask-base");
+    const out = document.createElement("canvas");
+    out.width = base.naturalWidth || drawn.width;
+    out.height = base.naturalHeight || drawn.height;
+    const ctx = out.getContext("2d");
+    ctx.imageSmoothingEnabled = false; // scaled up, each pixel stays painted or not: no half-transparent edge
+    ctx.drawImage(drawn, 0, 0, out.width, out.height);
     return new Promise((resolve) => out.toBlob(resolve, "image/png"));
   }
 
@@ -391,6 +405,15 @@
     return fetch(`${root}/v1/images/edits`, { method: "POST", headers: authHeaders(), body });
   }
 
+  // The size the request asks for, which the final image will (nearly always) have: a free WxH, else
+  // the picked ratio and tier's row; null when the model decides (pixel limits and no size given).
+  function askedSize(p) {
+    const free = /^(\d+)x(\d+)$/.exec(p.size || "");
+    if (free) return { width: Number(free[1]), height: Number(free[2]) };
+    const row = sizeRows().find((r) => r.resolution === p.resolution && r.aspect_ratio === p.aspect_ratio);
+    return row ? { width: row.width, height: row.height } : null;
+  }
+
   async function generate(event) {
     event.preventDefault();
     clearErrors();
@@ -399,7 +422,9 @@
     button.disabled = true;
     $("status").textContent = inputFiles.length ? "Editing…" : "Generating…";
     try {
-      const response = await request(parameters());
+      const p = parameters();
+      asked = { size: askedSize(p), partials: p.partial_images };
+      const response = await request(p);
       if (!response.ok) throw await errorOf(response);
       if ((response.headers.get("content-type") || "").startsWith("text/event-stream")) await readStream(response);
       else showAnswer(await response.json());
@@ -437,6 +462,7 @@
         if (name === "error") throw new ApiError(400, payload.error);
         if (name.endsWith(".partial_image")) showPreview(payload);
         else if (name.endsWith(".completed")) {
+          $("previews").hidden = true; // the final image takes the preview's place
           showImage(payload.url || dataURI(payload.b64_json, payload.output_format), finals++, payload.output_format);
           showEffective(payload.effective, payload.adjustments);
         }
@@ -459,19 +485,27 @@
   // --- showing the answer ----------------------------------------------------------------------
 
   function clearResults() {
-    $("previews").replaceChildren();
+    $("previews").hidden = true;
+    $("preview-image").removeAttribute("src");
     $("results").replaceChildren();
     $("effective").replaceChildren();
     $("adjustments").replaceChildren();
     $("effective-panel").hidden = true;
   }
 
+  // One preview image, its src replaced by each partial, in the box the final image will take: the
+  // asked size's shape, no wider than the image itself (a result is shown at most at its own width).
   function showPreview(event) {
-    const img = document.createElement("img");
+    const img = $("preview-image");
+    const size = asked && asked.size;
+    img.style.aspectRatio = size ? `${size.width} / ${size.height}` : "";
+    img.style.maxWidth = size ? `${size.width}px` : "";
     img.src = dataURI(event.b64_json, event.output_format);
-    img.alt = `Preview ${Number(event.partial_image_index) + 1}`;
-    img.className = "preview";
-    $("previews").append(img);
+    const of = asked && asked.partials ? ` of ${asked.partials}` : "";
+    const caption = `Preview ${Number(event.partial_image_index) + 1}${of}`;
+    img.alt = caption;
+    $("preview-caption").textContent = `${caption}, while the image is made`;
+    $("previews").hidden = false;
   }
 
   function showImage(src, index, format) {
