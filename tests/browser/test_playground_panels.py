@@ -389,6 +389,13 @@ def test_a_refused_cancel_shows_the_apis_message_in_jobs(browse: Browse, fake_ge
     assert again.status_code == 409
     row.get_by_role("button", name=f"Cancel {held}").click()
     expect(page.locator("#jobs").get_by_role("alert")).to_have_text(again.json()["error"]["message"])
+    # The list is read again after the refusal: the job shows as it is now, and the message stays
+    # (a read finishing after the refusal must not wipe it) until the user refreshes.
+    expect(row).to_have_attribute("data-status", "cancelled")
+    expect(row.get_by_role("button")).to_have_count(0)
+    expect(page.locator("#jobs").get_by_role("alert")).to_have_text(again.json()["error"]["message"])
+    page.get_by_role("button", name="Refresh jobs").click()
+    expect(page.locator("#jobs").get_by_role("alert")).to_have_count(0)
 
 
 def test_an_expired_result_keeps_its_thumbnail_only(browse: Browse) -> None:

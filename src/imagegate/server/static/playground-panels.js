@@ -467,6 +467,9 @@
   }
 
   let jobsRead = 0; // the latest read wins: an earlier one still in flight is dropped
+  // A refused cancel's message stays until the user acts again (another cancel, "Refresh jobs"):
+  // the background reads that follow (polling, a read already in flight) must not wipe it.
+  let cancelRefused = false;
 
   async function refreshJobs() {
     clearTimeout(jobsTimer);
@@ -484,7 +487,7 @@
     try {
       const page = await apiCall(`/v1/images/jobs?limit=${JOBS_SHOWN}`);
       if (read !== jobsRead) return;
-      clearSectionError("jobs");
+      if (!cancelRefused) clearSectionError("jobs");
       $("jobs-list").replaceChildren(...page.data.map(jobItem));
       if (!page.data.length) $("jobs-note").textContent = "No jobs yet.";
       // A job that ended since the last read has added to today's usage; one still running is read
@@ -502,13 +505,15 @@
 
   async function cancelJob(id, button) {
     button.disabled = true;
+    cancelRefused = false;
+    clearSectionError("jobs");
     try {
       await busyWhile("jobs", () => apiCall(`/v1/images/jobs/${encodeURIComponent(id)}/cancel`, { method: "POST" }));
     } catch (err) {
+      cancelRefused = true;
       showSectionError("jobs", err);
-      return;
     }
-    await refreshJobs();
+    await refreshJobs(); // the list as it is now: a job that ended elsewhere loses its Cancel button
   }
 
   // --- today's usage ---------------------------------------------------------------------------
@@ -570,7 +575,10 @@
     button.addEventListener("click", () => copyCode(button.dataset.lang));
   }
   $("recent-clear").addEventListener("click", clearRecent);
-  $("jobs-refresh").addEventListener("click", refreshJobs);
+  $("jobs-refresh").addEventListener("click", () => {
+    cancelRefused = false;
+    refreshJobs();
+  });
   $("usage-refresh").addEventListener("click", refreshUsage);
   $("api-key").addEventListener("change", () => {
     endedJobs = null; // another key: other jobs
