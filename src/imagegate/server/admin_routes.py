@@ -35,7 +35,9 @@ from .routes import authenticate
 
 # --- the request bodies --------------------------------------------------------------------------
 
-PerMinute = Annotated[int, Field(ge=1)]  # 0 would refuse everything: revoke the key instead
+# 0 would refuse everything: revoke the key instead. At most a signed 64-bit integer, what SQLite's
+# INTEGER and PostgreSQL's BIGINT columns hold (a larger one was a 500 OverflowError).
+PerMinute = Annotated[int, Field(ge=1, le=2**63 - 1)]
 Usd = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 ModelName = Annotated[str, StringConstraints(min_length=1, max_length=200)]
