@@ -19,6 +19,7 @@ every operation was tested and that the image operations accepted generated data
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -39,6 +40,8 @@ MAX_EXAMPLES = 60  # per operation and phase: about 4,000 cases, well under a mi
 PHASES = "examples,coverage,fuzzing,stateful"
 # The operations whose bodies reach the core logic (routing, adapters, the key store): generated
 # data must get through their validation, not only be refused by it.
+ROOT = Path(__file__).resolve().parents[2]
+HOOKS = "tests.server.schemathesis_hooks"  # real pictures in half the fuzzed edits (see the module)
 CORE_OPERATIONS = ("POST /v1/images/generations", "POST /v1/images/edits", "POST /v1/admin/keys")
 
 
@@ -106,7 +109,8 @@ def run_schemathesis(url: str, workdir: Path, *extra: str) -> tuple[subprocess.C
         str(workdir / "report.json"),
         *extra,
     ]
-    result = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=600, check=False)
+    env = {**os.environ, "SCHEMATHESIS_HOOKS": HOOKS, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "src")])}
+    result = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=600, check=False)
     report_path = workdir / "report.json"
     report: dict[str, Any] = json.loads(report_path.read_text()) if report_path.exists() else {}
     return result, report
