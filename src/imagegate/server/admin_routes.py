@@ -40,7 +40,7 @@ from .routes import authenticate
 # INTEGER and PostgreSQL's BIGINT columns hold (a larger one was a 500 OverflowError).
 PerMinute = Annotated[int, Field(ge=1, le=2**63 - 1)]
 Usd = Annotated[float, Field(ge=0, allow_inf_nan=False)]
-# Not blank once stripped: the pattern says so in the JSON Schema (min_length checks it here).
+# Not blank once stripped (KeyChanges._not_blank too): the pattern says so in the JSON Schema.
 Name = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), Field(json_schema_extra={"pattern": r"\S"})
 ]
@@ -93,6 +93,15 @@ class KeyChanges(_Body):
     budget: BudgetBody | None = None
     expires_at: ExpiresAt = None  # Unix seconds; an ISO 8601 string is read into them first
     admin: bool | SkipJsonSchema[None] = Field(default=None, json_schema_extra=_no_default)
+
+    @field_validator("name")
+    @classmethod
+    def _not_blank(cls, value: str | None) -> str | None:
+        """Python's whitespace, as the key store judges a name (keys._column_value): pydantic's
+        strip_whitespace keeps e.g. U+001D, and a name of only that was a 500 (found by schemathesis)."""
+        if value is not None and not value.strip():
+            raise ValueError("must not be blank")
+        return value
 
     @field_validator("expires_at", mode="before")
     @classmethod

@@ -327,10 +327,11 @@ _PAGE_NOT_FOUND: dict[str, Any] = {
 }
 
 
-# keys.parse_time: Unix seconds (before year 10000: at most 11 digits) or an ISO 8601 date or date-time.
+# keys.parse_time: Unix seconds (before year 10000: at most 11 digits) or an ISO 8601 date or
+# date-time; empty is the default (usage_routes.parse_period).
 _TIME: dict[str, Any] = {
     "anyOf": [
-        {"type": "string", "pattern": "^[0-9]{1,11}(\\.[0-9]+)?$"},
+        {"type": "string", "pattern": "^([0-9]{1,11}(\\.[0-9]+)?)?$"},
         {"type": "string", "format": "date"},
         {"type": "string", "format": "date-time"},
     ]
