@@ -42,7 +42,9 @@ PerMinute = Annotated[int, Field(ge=1, le=2**63 - 1)]
 Usd = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 # Not blank once stripped (KeyChanges._not_blank too): the pattern says so in the JSON Schema.
 Name = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), Field(json_schema_extra={"pattern": r"\S"})
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
+    Field(json_schema_extra={"pattern": r"\S"}),
 ]
 # Unix seconds or an ISO 8601 string (parse_time), in the future, or null: never. The JSON Schema
 # says what the before-validator below takes (pydantic's own would offer only numbers).

@@ -690,7 +690,8 @@ def _request_schema(cards: list[dict[str, Any]], mode: str, *, multipart: bool) 
 
 # A 1x1 PNG as a data URI: the JSON edit's example, an input the gateway really decodes.
 EXAMPLE_IMAGE = (
-    "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+    "data:image/png;base64,"
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
 )
 
 
@@ -706,11 +707,8 @@ def _edit_inputs(properties: dict[str, Any], *, multipart: bool) -> dict[str, An
         return {"anyOf": [{"required": ["image[]"]}, {"required": ["image"]}]}
     # parsing._image_ref: a URL or data URI, or OpenAI's {"image_url": ...} (chat-style {"url": ...} inside).
     url = {"type": "string", "minLength": 1, "description": "An http(s) URL or a data URI."}
-    wrapped = {
-        "type": "object",
-        "required": ["image_url"],
-        "properties": {"image_url": {"oneOf": [url, {"type": "object", "required": ["url"], "properties": {"url": url}}]}},
-    }
+    chat_style = {"type": "object", "required": ["url"], "properties": {"url": url}}
+    wrapped = {"type": "object", "required": ["image_url"], "properties": {"image_url": {"oneOf": [url, chat_style]}}}
     ref = {"oneOf": [url, wrapped]}
     properties["image"] = {"oneOf": [ref, {"type": "array", "items": ref, "minItems": 1}]}
     properties["images"] = {"type": "array", "items": ref, "minItems": 1}
