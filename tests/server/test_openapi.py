@@ -422,3 +422,11 @@ def test_admin_bodies_are_described_as_the_api_takes_them(gateway: RunningGatewa
     assert not changes.is_valid({"expires_at": 1e300})
     assert not changes.is_valid({"models": ["no-such-model"]})
     assert changes.is_valid({"models": ["nano-banana-pro"]})  # the catalog's ids and aliases
+
+
+def test_the_docs_page_shows_each_type_of_a_field_models_type_differently(gateway: RunningGateway) -> None:
+    page = httpx.get(f"{gateway.url}/docs").text
+    row = re.search(r"<tr><td><code>safety_tolerance</code>.*?</tr>", page, flags=re.S)
+    assert row is not None
+    assert "<td>string or integer</td>" in row.group(0) or "<td>integer or string</td>" in row.group(0)
+    assert "Values: 1, 2, 3, 4, 5, 6" in row.group(0) and "minimum 0 maximum 6" in row.group(0)

@@ -857,11 +857,13 @@ def _fields_table(schema: dict[str, Any]) -> str:
     required = set(schema.get("required", []))
     rows = []
     for name, field in schema.get("properties", {}).items():
-        allowed = field.get("enum") or field.get("examples") or []
-        bounds = " ".join(f"{b} {field[b]}" for b in ("minimum", "maximum") if b in field)
+        branches = field.get("anyOf") or [field]  # a field some models type differently: each type
+        allowed = [v for branch in branches for v in branch.get("enum") or branch.get("examples") or []]
+        bounds = " ".join(f"{b} {branch[b]}" for branch in branches for b in ("minimum", "maximum") if b in branch)
+        types = " or ".join(str(branch["type"]) for branch in branches if "type" in branch)
         rows.append(
             f"<tr><td><code>{e(name)}</code>{' (required)' if name in required else ''}</td>"
-            f"<td>{e(str(field.get('type', '')))}</td><td>{e(str(field.get('description', '')))}"
+            f"<td>{e(types)}</td><td>{e(str(field.get('description', '')))}"
             + (f"<br>Values: {e(', '.join(map(str, allowed)))}" if allowed else "")
             + (f"<br>{e(bounds)}" if bounds else "")
             + _availability_note(field.get("x-imagegate-models", {}))
