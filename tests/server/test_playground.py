@@ -13,6 +13,7 @@ import json
 import re
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
@@ -31,6 +32,7 @@ from ..conftest import API_KEY, RunningGateway
 
 CATALOG = build_catalog(FileConfig())
 SCRIPT = Path(__file__).parents[2] / "src" / "imagegate" / "server" / "static" / "playground.js"
+PANELS_SCRIPT = SCRIPT.with_name("playground-panels.js")  # copy as code, recent results, jobs, usage
 AUTH = {"authorization": f"Bearer {API_KEY}"}
 RATIO = re.compile(r"^[0-9]+(\.[0-9]+)?:[0-9]+(\.[0-9]+)?$")
 
@@ -191,7 +193,7 @@ def test_every_asset_is_same_origin_and_served(gateway: RunningGateway) -> None:
         assert not parts.scheme and not parts.netloc, (tag, url)  # no CDN, no other host
         assert httpx.get(f"{gateway.url}{url}").status_code == 200, url
     scripts = [url for tag, url in form.links if tag == "script"]
-    assert scripts == ["/static/playground.js"]
+    assert scripts == ["/static/playground.js", "/static/playground-panels.js"]  # the panels after the form's
     assert {url for tag, url in form.links if tag == "link"} == {"/static/pages.css", "/static/playground.css"}
 
 
@@ -210,7 +212,7 @@ def test_the_content_security_policy_allows_only_this_origin(gateway: RunningGat
 
 def test_playground_false_gives_404_at_the_root(gateway_factory: Any) -> None:
     gw = gateway_factory(playground=False)
-    for path in ("/", "/static/playground.js", "/static/playground.css"):
+    for path in ("/", "/static/playground.js", "/static/playground-panels.js", "/static/playground.css"):
         response = httpx.get(f"{gw.url}{path}")
         assert response.status_code == 404, path
     assert response.json()["error"]["code"] == "not_found"
@@ -283,3 +285,70 @@ def test_an_api_error_names_the_field_the_page_shows_it_next_to(gateway: Running
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "size"
     assert 'size: "size"' in SCRIPT.read_text() and form.labelled("Size (WxH, optional)").attrs["id"] == "size"
+
+
+# --- the panels (static/playground-panels.js): copy as code, recent results, jobs, today's usage ---
+
+
+def test_the_panels_script_is_served_as_javascript(gateway: RunningGateway) -> None:
+    response = httpx.get(f"{gateway.url}/static/playground-panels.js")
+    assert response.status_code == 200
+    assert response.headers["content-type"].split(";")[0] in ("text/javascript", "application/javascript")
+    assert response.text == PANELS_SCRIPT.read_text()
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_the_panels_script_is_valid_javascript_and_keeps_the_key_out_of_code_and_storage() -> None:
+    subprocess.run(["node", "--check", str(PANELS_SCRIPT)], check=True, capture_output=True)
+    source = PANELS_SCRIPT.read_text()
+    # The copied code reads the key from the environment; only results go into localStorage.
+    assert "$IMAGEGATE_API_KEY" in source and 'os.environ["IMAGEGATE_API_KEY"]' in source
+    assert "process.env.IMAGEGATE_API_KEY" in source
+    assert re.findall(r"localStorage\.(\w+)\(([^,)]*)", source) == [
+        ("getItem", "RECENT_STORE"),
+        ("setItem", "RECENT_STORE"),
+        ("removeItem", "RECENT_STORE"),
+    ]
+    assert "sessionStorage" not in source and "?key=" not in source and "api_key=" not in source.replace(
+        'api_key=os.environ["IMAGEGATE_API_KEY"]', ""
+    )
+
+
+def test_the_panels_have_their_labelled_controls(gateway: RunningGateway) -> None:
+    _, form = get_form(gateway)
+    buttons = [b.text for b in form.buttons]
+    for name in ("Copy as curl", "Copy as Python", "Copy as Node", "Clear recent results", "Refresh jobs"):
+        assert buttons.count(name) == 1, (name, buttons)
+    assert form.labelled("The code (select it and copy, if the clipboard is not allowed)").tag == "textarea"
+    for section in ("recent", "jobs", "usage"):
+        heading = form.by_id[section].attrs["aria-labelledby"]
+        assert form.by_id[heading].tag == "h2"
+    for box in ("jobs-error", "usage-error"):  # a failed call's message is an alert in its section
+        assert form.by_id[box].attrs["role"] == "alert"
+    assert form.by_id["usage-table"].tag == "table"
+
+
+def test_the_calls_the_panels_make_answer_what_they_show(gateway: RunningGateway) -> None:
+    """As the script asks: the key's jobs (id, status, model, created_at, result) and today's usage
+    from UTC midnight in Unix seconds, by model (model, requests, images, cost, currency; a total)."""
+    made = httpx.post(
+        f"{gateway.url}/v1/images/generations",
+        headers={**AUTH, "prefer": "respond-async"},
+        json={"model": "gemini-3-pro-image-preview", "prompt": "a kite"},
+    )
+    assert made.status_code == 202
+    assert "/v1/images/jobs?limit=${JOBS_SHOWN}" in PANELS_SCRIPT.read_text()
+    jobs = httpx.get(f"{gateway.url}/v1/images/jobs", params={"limit": 10}, headers=AUTH).json()
+    assert [j["id"] for j in jobs["data"]] == [made.json()["id"]]
+    assert {"id", "status", "model", "created_at", "result", "error"} <= set(jobs["data"][0])
+    assert "/v1/usage?start=${utcMidnight()}&group_by=model" in PANELS_SCRIPT.read_text()
+    midnight = int(time.time() // 86400 * 86400)
+    usage = httpx.get(f"{gateway.url}/v1/usage", params={"start": midnight, "group_by": "model"}, headers=AUTH)
+    assert usage.status_code == 200
+    fields = {"requests", "images", "cost", "currency"}
+    assert fields <= set(usage.json()["total"])
+    assert all(fields | {"model"} <= set(row) for row in usage.json()["data"])
+    for _ in range(600):  # the job ends before the gateway is stopped
+        if httpx.get(f"{gateway.url}/v1/images/jobs/{made.json()['id']}", headers=AUTH).json()["status"] == "succeeded":
+            break
+        time.sleep(0.05)

@@ -376,6 +376,7 @@
   }
 
   async function request(p) {
+    lastSent = p; // for announceAnswer
     if (!inputFiles.length) {
       return fetch(`${root}/v1/images/generations`, {
         method: "POST",
@@ -403,6 +404,7 @@
       if ((response.headers.get("content-type") || "").startsWith("text/event-stream")) await readStream(response);
       else showAnswer(await response.json());
       $("status").textContent = "Done.";
+      announceAnswer();
     } catch (err) {
       $("status").textContent = "";
       showError(err);
@@ -552,6 +554,29 @@
     field.closest(".field").append(note);
     field.setAttribute("aria-invalid", "true");
     field.setAttribute("aria-errormessage", note.id);
+  }
+
+  // --- the hook playground-panels.js uses (copy as code, recent results, jobs, usage) -----------
+
+  // What the Generate button would send, and an "imagegate:answered" event on document after each
+  // answer shown (its parameters, result image srcs and effective size).
+  window.imagegatePlayground = {
+    root,
+    apiKey,
+    authHeaders,
+    parameters,
+    useAsInput,
+    inputFiles: () => inputFiles.slice(),
+    maskSent: () => masked && available("mask"),
+    maskBlob,
+  };
+
+  let lastSent = null; // the parameters of the last request sent (request() keeps them)
+
+  function announceAnswer() {
+    const images = [...$("results").querySelectorAll("img")].map((img) => img.src);
+    const detail = { parameters: lastSent, images, size: $("effective-size").textContent };
+    document.dispatchEvent(new CustomEvent("imagegate:answered", { detail }));
   }
 
   // --- wiring ----------------------------------------------------------------------------------
