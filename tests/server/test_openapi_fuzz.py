@@ -70,7 +70,7 @@ class Caller:
 
 CALLERS = {
     # An admin key reaches every operation, the admin API included, and may generate too.
-    "admin": Caller(ADMIN_KEY, max_examples=60),
+    "admin": Caller(ADMIN_KEY, max_examples=100),
     # A tenant's key (IMAGEGATE_API_KEYS): its own jobs and usage; the admin API is only its 403.
     "tenant": Caller(API_KEY, max_examples=20, exclude_tag="admin"),
 }
