@@ -409,7 +409,7 @@ def test_headers_streams_and_pages_are_described_as_served(gateway: RunningGatew
     assert all(start.is_valid(v) for v in ("1796083200", "", "2026-12-01", "2026-12-01T00:00:00Z"))
     assert not start.is_valid("yesterday") and not start.is_valid("999999999999")
     group_by = Draft202012Validator(usage["group_by"])
-    assert group_by.is_valid("key,model") and not group_by.is_valid("colour")
+    assert group_by.is_valid("key,model") and group_by.is_valid("") and not group_by.is_valid("colour")
 
 
 def test_admin_bodies_are_described_as_the_api_takes_them(gateway: RunningGateway) -> None:

@@ -414,7 +414,12 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "tags": ["jobs"],
         "parameters": [
             {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
-            {"name": "after", "in": "query", "schema": {"type": "string"}, "description": "A job id: the cursor."},
+            {
+                "name": "after",
+                "in": "query",
+                "schema": {"type": "string"},
+                "description": "The cursor: the id of one of your jobs (another is a 400 invalid_cursor).",
+            },
             {"name": "status", "in": "query", "schema": {"enum": list(STATUSES)}},
         ],
         "responses": {"200": _ok("JobList"), **_errors(*_JOB_ERRORS)},
@@ -473,7 +478,7 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "responses": {"200": _ok("ApiKey"), **_errors(*_ADMIN_ERRORS)},
     },
     ("/v1/admin/keys/{key_id}", "DELETE"): {
-        "summary": "Revoke a stored key",
+        "summary": "Revoke a stored key (it stays listed and readable, with `revoked_at` set)",
         "tags": ["admin"],
         "parameters": [_path_param("key_id", "The key's id.")],
         "responses": {"200": _ok(None, "`{id, object: api_key, deleted: true}`"), **_errors(*_ADMIN_ERRORS)},
@@ -487,7 +492,7 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
             {
                 "name": "group_by",
                 "in": "query",
-                "schema": {"type": "string", "pattern": f"^{_GROUPING}(,{_GROUPING})*$"},
+                "schema": {"type": "string", "pattern": f"^({_GROUPING}(,{_GROUPING})*)?$"},  # empty: no grouping
                 "description": "One or several (comma-separated) of key, model, provider, day.",
             },
         ],
