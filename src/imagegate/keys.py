@@ -46,6 +46,9 @@ STATIC_ID_PREFIX = "static-"  # the id of a key from IMAGEGATE_API_KEYS (and, be
 STATIC_ADMIN_ID_PREFIX = STATIC_ID_PREFIX + "admin-"  # the id of a key from IMAGEGATE_ADMIN_KEYS
 # How long a lookup (valid, revoked or unknown) is believed; revocation is promised within 1 s.
 CACHE_SECONDS = 0.5
+# The last second datetime can show (iso() writes every time the API answers): a later "time" is
+# no date at all, and its Unix seconds overflow 64-bit integers in the answer's JSON.
+LATEST_TIME = datetime.max.replace(tzinfo=UTC).timestamp()
 MAX_CACHED = 10_000  # distinct hashes; a flood of wrong keys clears the cache rather than growing it
 
 # The policy's columns in api_keys (db.py ADDED_COLUMNS, migration 0003), which `update` may change.
@@ -83,7 +86,7 @@ def parse_time(value: str | float) -> float:
             except ValueError:
                 raise ValueError(f"{value!r} is neither Unix seconds nor an ISO 8601 date/time") from None
             seconds = (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
-    if not math.isfinite(seconds) or seconds < 0:
+    if not math.isfinite(seconds) or seconds < 0 or seconds >= LATEST_TIME:
         raise ValueError(f"{value!r} is not a time")
     return seconds
 

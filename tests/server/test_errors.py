@@ -151,6 +151,24 @@ def test_unknown_route_and_method(gateway: RunningGateway) -> None:
 
 
 @pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("GET", "/v1/images/generations", "POST"),
+        ("TRACE", "/openai/v1/images/edits", "POST"),
+        ("PUT", "/v1/admin/keys", "GET, HEAD, POST"),  # two routes share the path
+        ("POST", "/v1/admin/keys/key_x", "DELETE, GET, HEAD, PATCH"),
+        ("DELETE", "/health", "GET, HEAD"),
+        ("TRACE", "/", "GET, HEAD"),
+    ],
+)
+def test_a_405_says_which_methods_the_path_allows(gateway: RunningGateway, method: str, path: str, allow: str) -> None:
+    """RFC 9110 15.5.6: a 405 must carry Allow (schemathesis's unsupported_method check found none)."""
+    response = httpx.request(method, gateway.url + path, headers=AUTH)
+    assert_error(response, 405)
+    assert response.headers["allow"] == allow
+
+
+@pytest.mark.parametrize(
     ("behaviour", "status", "code"),
     [
         (PromptBlocked("SAFETY", "blocked"), 400, "content_policy_violation"),

@@ -283,3 +283,150 @@ def test_a_file_parameter_of_any_name_is_no_json_field() -> None:
     schema = _request_schema([card], "t2i", multipart=False)
     assert set(schema["properties"]) == {"model", "prompt"}
     assert schema["required"] == ["prompt"]
+
+
+# --- what lets a fuzzer (schemathesis, tests/server/test_openapi_fuzz.py) reach the core logic ----
+
+
+def test_operation_ids_are_the_handlers_names_and_links_name_real_operations(gateway: RunningGateway) -> None:
+    document = _document(gateway)
+    operations = {
+        op["operationId"]: (path, method) for path, item in document["paths"].items() for method, op in item.items()
+    }
+    assert len(operations) == sum(len(item) for item in document["paths"].values())  # unique
+    assert operations["create_key"] == ("/v1/admin/keys", "post")
+    assert operations["get_job"] == ("/v1/images/jobs/{job_id}", "get")
+    paths = document["paths"]
+    created = paths["/v1/admin/keys"]["post"]["responses"]["201"]["links"]
+    accepted = paths["/v1/images/generations"]["post"]["responses"]["202"]["links"]
+    assert paths["/v1/images/edits"]["post"]["responses"]["202"]["links"] == accepted
+    for links, parameter in ((created, "key_id"), (accepted, "job_id")):
+        assert links
+        for link in links.values():
+            path, method = operations[link["operationId"]]
+            names = [p["name"] for p in paths[path][method]["parameters"] if p["in"] == "path"]
+            assert link["parameters"] == {parameter: "$response.body#/id"} and names == [parameter]
+    assert {link["operationId"] for link in created.values()} == {"get_key", "update_key", "delete_key"}
+
+
+def test_a_key_id_from_the_create_link_works_on_the_linked_operations(gateway_factory: Any) -> None:
+    admin = {"authorization": "Bearer sk-admin-doc"}
+    gw = gateway_factory(admin_keys="sk-admin-doc")
+    created = httpx.post(f"{gw.url}/v1/admin/keys", json={"name": "linked"}, headers=admin)
+    assert created.status_code == 201
+    key_id = created.json()["id"]  # $response.body#/id
+    assert httpx.get(f"{gw.url}/v1/admin/keys/{key_id}", headers=admin).json()["name"] == "linked"
+    assert httpx.delete(f"{gw.url}/v1/admin/keys/{key_id}", headers=admin).json()["deleted"] is True
+
+
+def test_edits_require_an_image_and_the_json_example_really_edits(
+    gateway: RunningGateway, fake_gemini: FakeGemini
+) -> None:
+    document = _document(gateway)
+    schemas = document["components"]["schemas"]
+    multipart, json_edit = schemas["EditRequest"], schemas["EditJsonRequest"]
+    assert multipart["anyOf"] == [{"required": ["image[]"]}, {"required": ["image"]}]
+    assert json_edit["anyOf"] == [{"required": ["image"]}, {"required": ["images"]}]
+    validator = Draft202012Validator(json_edit)
+    assert not validator.is_valid({"prompt": "no image"})
+    assert not validator.is_valid({"prompt": "p", "images": []})
+    assert validator.is_valid({"prompt": "p", "images": [{"image_url": {"url": "https://example.com/a.png"}}]})
+    [example] = json_edit["examples"]
+    validator.validate(example)
+    response = httpx.post(
+        f"{gateway.url}/v1/images/edits", json=example, headers={"authorization": f"Bearer {API_KEY}"}, timeout=60
+    )
+    assert response.status_code == 200, response.text
+    assert len(fake_gemini.requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "accepted", "refused"),
+    [
+        ("prompt", ["a fox", " x "], ["", "   ", "\t\n"]),
+        ("size", ["1024x1024", "1536 X 1024", "16:9", "3/2", "auto", "AUTO", "", " 512*512 "], ["big", "1024x", "0x5"]),
+        ("aspect_ratio", ["16:9", " 4 / 3 "], ["wide", "16:", "0:1"]),
+    ],
+)
+def test_string_patterns_agree_with_what_the_gateway_takes(
+    gateway: RunningGateway, name: str, accepted: list[str], refused: list[str]
+) -> None:
+    """Each value the pattern admits is taken by the gateway (no 400 for it) and each it refuses is
+    a 400 naming the field: the document says what the parser does."""
+    field = _document(gateway)["components"]["schemas"]["GenerationRequest"]["properties"][name]
+    validator = Draft202012Validator(field)
+    for value in accepted:
+        assert validator.is_valid(value), value
+        body = {"prompt": "p", name: value}
+        response = httpx.post(
+            f"{gateway.url}/v1/images/generations",
+            json=body,
+            headers={"authorization": f"Bearer {API_KEY}"},
+            timeout=60,
+        )
+        assert response.status_code == 200, (value, response.text)
+    for value in refused:
+        assert not validator.is_valid(value), value
+        response = httpx.post(
+            f"{gateway.url}/v1/images/generations",
+            json={"prompt": "p", name: value},
+            headers={"authorization": f"Bearer {API_KEY}"},
+        )
+        assert response.status_code == 400 and response.json()["error"]["param"] == name, (value, response.text)
+
+
+def test_a_parameter_typed_differently_by_models_offers_each_type(gateway_factory: Any) -> None:
+    """BFL's safety_tolerance is an integer 0 to 6, fal's (for Nano Banana Pro) a string "1".."6"."""
+    gw = gateway_factory()
+    field = _document(gw)["components"]["schemas"]["GenerationRequest"]["properties"]["safety_tolerance"]
+    by_type = {branch["type"]: branch for branch in field["anyOf"]}
+    assert by_type["integer"]["minimum"] == 0 and by_type["integer"]["maximum"] == 6
+    assert by_type["string"]["enum"] == ["1", "2", "3", "4", "5", "6"]
+    assert "minimum" not in by_type["string"] and field["description"]
+
+
+def test_headers_streams_and_pages_are_described_as_served(gateway: RunningGateway) -> None:
+    document = _document(gateway)
+    paths = document["paths"]
+    generation = paths["/v1/images/generations"]["post"]
+    key = next(p for p in generation["parameters"] if p["name"] == "Idempotency-Key")["schema"]
+    key_validator = Draft202012Validator(key)
+    assert key_validator.is_valid("retry-1")
+    assert not key_validator.is_valid("") and not key_validator.is_valid("x" * 256)
+    # An event of the stream as schemathesis and OpenAPI 3.1 read it: {event, data}, not the whole body.
+    event = generation["responses"]["200"]["content"]["text/event-stream"]["schema"]
+    jobs_event = paths["/v1/images/jobs/{job_id}/events"]["get"]["responses"]["200"]["content"]["text/event-stream"]
+    assert jobs_event["schema"] == event
+    Draft202012Validator(event).validate({"event": "image_generation.completed", "data": '{"type": "x"}'})
+    # An unknown model's page is an HTML 404 page: documented as HTML (and JSON with the pages off).
+    page_404 = paths["/models/{model_id}"]["get"]["responses"]["404"]["content"]
+    assert set(page_404) == {"text/html", "application/json"}
+    response = httpx.get(f"{gateway.url}/models/no-such-model")
+    assert response.status_code == 404 and response.headers["content-type"].startswith("text/html")
+    # The usage period: numbers, dates, or nothing; group_by from the groupings.
+    usage = {p["name"]: p["schema"] for p in paths["/v1/usage"]["get"]["parameters"]}
+    start = Draft202012Validator(usage["start"], format_checker=Draft202012Validator.FORMAT_CHECKER)
+    assert all(start.is_valid(v) for v in ("1796083200", "", "2026-12-01", "2026-12-01T00:00:00Z"))
+    assert not start.is_valid("yesterday") and not start.is_valid("999999999999")
+    group_by = Draft202012Validator(usage["group_by"])
+    assert group_by.is_valid("key,model") and group_by.is_valid("") and not group_by.is_valid("colour")
+
+
+def test_admin_bodies_are_described_as_the_api_takes_them(gateway: RunningGateway) -> None:
+    schemas = _document(gateway)["components"]["schemas"]
+    changes = Draft202012Validator({"$ref": "#/components/schemas/KeyChanges", "components": {"schemas": schemas}})
+    assert changes.is_valid({"models": None, "budget": None, "expires_at": "2030-01-01T00:00:00Z"})
+    assert not changes.is_valid({"name": None}) and not changes.is_valid({"admin": None})  # a 400 (admin_routes)
+    assert not changes.is_valid({"name": " "})
+    assert not changes.is_valid({"rate_limits": {"requests_per_minute": 2**63}})
+    assert not changes.is_valid({"expires_at": 1e300})
+    assert not changes.is_valid({"models": ["no-such-model"]})
+    assert changes.is_valid({"models": ["nano-banana-pro"]})  # the catalog's ids and aliases
+
+
+def test_the_docs_page_shows_each_type_of_a_field_models_type_differently(gateway: RunningGateway) -> None:
+    page = httpx.get(f"{gateway.url}/docs").text
+    row = re.search(r"<tr><td><code>safety_tolerance</code>.*?</tr>", page, flags=re.S)
+    assert row is not None
+    assert "<td>string or integer</td>" in row.group(0) or "<td>integer or string</td>" in row.group(0)
+    assert "Values: 1, 2, 3, 4, 5, 6" in row.group(0) and "minimum 0 maximum 6" in row.group(0)

@@ -310,8 +310,10 @@ def test_the_panels_script_is_valid_javascript_and_keeps_the_key_out_of_code_and
         ("setItem", "RECENT_STORE"),
         ("removeItem", "RECENT_STORE"),
     ]
-    assert "sessionStorage" not in source and "?key=" not in source and "api_key=" not in source.replace(
-        'api_key=os.environ["IMAGEGATE_API_KEY"]', ""
+    assert (
+        "sessionStorage" not in source
+        and "?key=" not in source
+        and "api_key=" not in source.replace('api_key=os.environ["IMAGEGATE_API_KEY"]', "")
     )
 
 

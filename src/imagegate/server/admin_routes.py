@@ -21,13 +21,14 @@ import time
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+from pydantic.json_schema import SkipJsonSchema, WithJsonSchema
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from ..errors import AuthenticationFailed, InvalidRequest, NotFound, PermissionDenied
 from ..gateway import Gateway
-from ..keys import KeyRecord, parse_time
+from ..keys import LATEST_TIME, KeyRecord, parse_time
 from ..policy import Budget, KeyPolicy, RateLimits
 from .parsing import read_json
 from .render import json_response
@@ -35,10 +36,37 @@ from .routes import authenticate
 
 # --- the request bodies --------------------------------------------------------------------------
 
-PerMinute = Annotated[int, Field(ge=1)]  # 0 would refuse everything: revoke the key instead
+# 0 would refuse everything: revoke the key instead. At most a signed 64-bit integer, what SQLite's
+# INTEGER and PostgreSQL's BIGINT columns hold (a larger one was a 500 OverflowError).
+PerMinute = Annotated[int, Field(ge=1, le=2**63 - 1)]
 Usd = Annotated[float, Field(ge=0, allow_inf_nan=False)]
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+# Not blank once stripped (KeyChanges._not_blank too): the pattern says so in the JSON Schema.
+Name = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
+    Field(json_schema_extra={"pattern": r"\S"}),
+]
+# Unix seconds or an ISO 8601 string (parse_time), in the future, or null: never. The JSON Schema
+# says what the before-validator below takes (pydantic's own would offer only numbers).
+ExpiresAt = Annotated[
+    float | None,
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": LATEST_TIME},
+                {"type": "string", "format": "date-time"},
+                {"type": "null"},
+            ],
+            "description": "When the key stops working: Unix seconds or ISO 8601, in the future; null: never.",
+        }
+    ),
+]
 ModelName = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+
+
+def _no_default(schema: dict[str, Any]) -> None:
+    """A field whose "not sent" is None and that takes no null: its schema shows no default."""
+    schema.pop("default", None)
 
 
 class _Body(BaseModel):
@@ -59,12 +87,23 @@ class BudgetBody(_Body):
 class KeyChanges(_Body):
     """PATCH: only the fields sent change (`model_fields_set`)."""
 
-    name: Name | None = None
+    # None is "not sent" here; a null `name` or `admin` is refused (_changes), so the JSON Schema
+    # (the OpenAPI document's) does not offer null for them.
+    name: Name | SkipJsonSchema[None] = Field(default=None, json_schema_extra=_no_default)
     models: Annotated[list[ModelName], Field(min_length=1, max_length=1000)] | None = None
     rate_limits: RateLimitsBody | None = None
     budget: BudgetBody | None = None
-    expires_at: float | None = None  # Unix seconds; an ISO 8601 string is read into them first
-    admin: bool | None = None
+    expires_at: ExpiresAt = None  # Unix seconds; an ISO 8601 string is read into them first
+    admin: bool | SkipJsonSchema[None] = Field(default=None, json_schema_extra=_no_default)
+
+    @field_validator("name")
+    @classmethod
+    def _not_blank(cls, value: str | None) -> str | None:
+        """Python's whitespace, as the key store judges a name (keys._column_value): pydantic's
+        strip_whitespace keeps e.g. U+001D, and a name of only that was a 500 (found by schemathesis)."""
+        if value is not None and not value.strip():
+            raise ValueError("must not be blank")
+        return value
 
     @field_validator("expires_at", mode="before")
     @classmethod

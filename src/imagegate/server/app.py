@@ -13,8 +13,9 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
-from starlette.routing import Mount, Route
+from starlette.routing import BaseRoute, Match, Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import Scope
 
 from .. import metrics, tracing
 from ..config import Settings
@@ -69,8 +70,29 @@ async def _http_error(request: Request, exc: Exception) -> Response:
             f"Method {request.method} is not allowed on {request.url.path}.", code="method_not_allowed"
         )
         err.status_code = 405
-        return error_response(err)
+        response = error_response(err)
+        # RFC 9110 section 15.5.6: a 405 carries Allow. Starlette's lists only the first route that
+        # matched the path, and a path may have several (GET and POST /v1/admin/keys).
+        # The scope here is the mount's (root_path /v1): match from the app's top again.
+        root_path = request.scope.get("app_root_path", request.scope.get("root_path", ""))
+        top: Scope = {**request.scope, "root_path": root_path, "path_params": {}}
+        response.headers["allow"] = ", ".join(sorted(_allowed_methods(request.app.routes, top)))
+        return response
     return error_response(InvalidRequest(str(exc.detail)))
+
+
+def _allowed_methods(routes: list[BaseRoute], scope: Scope) -> set[str]:
+    """The methods of every route whose path matches the request's, through mounts."""
+    allowed: set[str] = set()
+    for route in routes:
+        match, child_scope = route.matches(scope)
+        if match is Match.NONE:
+            continue
+        if isinstance(route, Mount):
+            allowed |= _allowed_methods(route.routes, {**scope, **child_scope})
+        elif isinstance(route, Route):
+            allowed |= route.methods or set()
+    return allowed
 
 
 async def _client_gone(request: Request, exc: Exception) -> Response:

@@ -34,10 +34,13 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from .. import errors
 from ..gateway import Gateway
+from ..idempotency import MAX_KEY_LENGTH
 from ..jobs import STATUSES
+from ..params import TEXT_PARAMS
 from ..router import Router
 from . import admin_routes
 from .render import json_response, model_card
+from .usage_routes import GROUPINGS
 
 OPENAPI_VERSION = "3.1.0"
 STATIC_DIR = Path(__file__).parent / "static"
@@ -238,6 +241,18 @@ MODEL_CARD_SCHEMA: dict[str, Any] = {
     },
 }
 _LIST_OF: dict[str, Any] = {"type": "object", "properties": {"object": {"const": "list"}, "data": {"type": "array"}}}
+# One server-sent event, as OpenAPI 3.1 has a text/event-stream `schema` describe each (3.2 calls it
+# itemSchema): its `event` name and its JSON `data` (server/streaming.py _sse, jobs.py's events).
+SSE_EVENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {
+        "event": {"type": "string", "examples": ["image_generation.partial_image", "image_generation.completed"]},
+        "data": {"type": "string", "contentMediaType": "application/json"},
+        "id": {"type": "string"},
+        "retry": {"type": "integer"},
+    },
+}
 
 
 # --- operations ------------------------------------------------------------------------------------
@@ -298,9 +313,44 @@ _IDEMPOTENCY_KEY = {
     "name": "Idempotency-Key",
     "in": "header",
     "required": False,
-    "description": "The same key and body within the key's lifetime replays the first answer.",
-    "schema": {"type": "string"},
+    "description": "The same key and body within the key's lifetime replays the first answer. Not with "
+    "`Prefer: respond-async` or `stream: true` (a 400: a job id identifies the work, a stream is not replayed).",
+    # idempotency.scope_key: 1 to MAX_KEY_LENGTH printable characters (here ASCII: a header's).
+    "schema": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH, "pattern": "^[!-~]([ -~]*[!-~])?$"},
 }
+
+
+# A model page that is not there: an HTML page naming the unknown id (page_routes.model_page), or
+# OpenAI's error JSON when IMAGEGATE_PLAYGROUND=false turns the pages off.
+_PAGE_NOT_FOUND: dict[str, Any] = {
+    "description": "No such model (an HTML page), or the pages are off (JSON).",
+    "content": {"text/html": {}, **_json("Error")["content"]},
+}
+
+
+# keys.parse_time: Unix seconds (before year 10000: at most 11 digits) or an ISO 8601 date or
+# date-time; empty is the default (usage_routes.parse_period).
+_TIME: dict[str, Any] = {
+    "anyOf": [
+        {"type": "string", "pattern": "^([0-9]{1,11}(\\.[0-9]+)?)?$"},
+        {"type": "string", "format": "date"},
+        {"type": "string", "format": "date-time"},
+    ]
+}
+_GROUPING = "(" + "|".join(GROUPINGS) + ")"  # usage_routes.parse_groupings
+
+
+def _links(parameter: str, *operation_ids: str) -> dict[str, Any]:
+    """OpenAPI links from an answer's `id` to the operations that take it as `parameter`: what a
+    client does next, and what lets schemathesis's stateful phase reach the by-id operations."""
+    return {
+        operation_id: {"operationId": operation_id, "parameters": {parameter: "$response.body#/id"}}
+        for operation_id in operation_ids
+    }
+
+
+_JOB_LINKS = _links("job_id", "get_job", "cancel_job", "job_events")
+_KEY_LINKS = _links("key_id", "get_key", "update_key", "delete_key")
 
 
 def _path_param(name: str, description: str) -> dict[str, Any]:
@@ -326,10 +376,10 @@ def _images_operation(summary: str, body_ref: str, multipart: bool) -> dict[str,
                 "completed events).",
                 "content": {
                     **_json("ImagesResponse")["content"],
-                    "text/event-stream": {"schema": {"type": "string"}},  # server/streaming.py's events
+                    "text/event-stream": {"schema": SSE_EVENT_SCHEMA},  # server/streaming.py's events
                 },
             },
-            "202": _ok("Job", "Accepted as an async job (Prefer: respond-async)."),
+            "202": {**_ok("Job", "Accepted as an async job (Prefer: respond-async)."), "links": _JOB_LINKS},
             **_errors(*_IMAGE_ERRORS),
         },
     }
@@ -365,7 +415,12 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "tags": ["jobs"],
         "parameters": [
             {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
-            {"name": "after", "in": "query", "schema": {"type": "string"}, "description": "A job id: the cursor."},
+            {
+                "name": "after",
+                "in": "query",
+                "schema": {"type": "string"},
+                "description": "The cursor: the id of one of your jobs (another is a 400 invalid_cursor).",
+            },
             {"name": "status", "in": "query", "schema": {"enum": list(STATUSES)}},
         ],
         "responses": {"200": _ok("JobList"), **_errors(*_JOB_ERRORS)},
@@ -393,7 +448,7 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "responses": {
             "200": {
                 "description": "Server-sent events.",
-                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                "content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}},
             },
             **_errors(*_JOB_ERRORS),
         },
@@ -402,7 +457,7 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "summary": "Create a stored key (admin key only); the answer is the only time `key` is shown",
         "tags": ["admin"],
         "requestBody": {"required": True, **_json("NewKey")},
-        "responses": {"201": _ok("ApiKey", "Created."), **_errors(*_ADMIN_ERRORS)},
+        "responses": {"201": {**_ok("ApiKey", "Created."), "links": _KEY_LINKS}, **_errors(*_ADMIN_ERRORS)},
     },
     ("/v1/admin/keys", "GET"): {
         "summary": "Every stored key (admin key only)",
@@ -424,7 +479,7 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "responses": {"200": _ok("ApiKey"), **_errors(*_ADMIN_ERRORS)},
     },
     ("/v1/admin/keys/{key_id}", "DELETE"): {
-        "summary": "Revoke a stored key",
+        "summary": "Revoke a stored key (it stays listed and readable, with `revoked_at` set)",
         "tags": ["admin"],
         "parameters": [_path_param("key_id", "The key's id.")],
         "responses": {"200": _ok(None, "`{id, object: api_key, deleted: true}`"), **_errors(*_ADMIN_ERRORS)},
@@ -433,12 +488,12 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "summary": "Requests, images and cost over a period, optionally grouped",
         "tags": ["usage"],
         "parameters": [
-            {"name": "start", "in": "query", "schema": {"type": "string"}, "description": "Unix seconds or ISO 8601."},
-            {"name": "end", "in": "query", "schema": {"type": "string"}, "description": "Unix seconds or ISO 8601."},
+            {"name": "start", "in": "query", "schema": _TIME, "description": "Unix seconds or ISO 8601."},
+            {"name": "end", "in": "query", "schema": _TIME, "description": "Unix seconds or ISO 8601."},
             {
                 "name": "group_by",
                 "in": "query",
-                "schema": {"type": "string"},
+                "schema": {"type": "string", "pattern": f"^({_GROUPING}(,{_GROUPING})*)?$"},  # empty: no grouping
                 "description": "One or several (comma-separated) of key, model, provider, day.",
             },
         ],
@@ -506,20 +561,22 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "tags": ["docs"],
         "security": [],
         "parameters": [_path_param("model_id", "A model id or alias (may contain '/').")],
-        "responses": {"200": {"description": "HTML.", "content": {"text/html": {}}}, **_errors(errors.NotFound)},
+        "responses": {"200": {"description": "HTML.", "content": {"text/html": {}}}, "404": _PAGE_NOT_FOUND},
     },
 }
 
 
-def served_operations(routes: list[BaseRoute]) -> list[tuple[str, str]]:
-    """(path, method) of every route the app serves under /v1 and at the top level: the mirror
-    under /openai/v1 and static file mounts are not operations of their own."""
-    found: list[tuple[str, str]] = []
+def served_operations(routes: list[BaseRoute]) -> list[tuple[str, str, str]]:
+    """(path, method, endpoint name) of every route the app serves under /v1 and at the top level:
+    the mirror under /openai/v1 and static file mounts are not operations of their own."""
+    found: list[tuple[str, str, str]] = []
     for route in routes:
         if isinstance(route, Mount) and route.path == API_PREFIX:
-            found += [(API_PREFIX + r.path, m) for r in route.routes if isinstance(r, Route) for m in _methods(r)]
+            found += [
+                (API_PREFIX + r.path, m, r.name) for r in route.routes if isinstance(r, Route) for m in _methods(r)
+            ]
         elif isinstance(route, Route):
-            found += [(route.path, m) for m in _methods(route)]
+            found += [(route.path, m, route.name) for m in _methods(route)]
     return found
 
 
@@ -545,26 +602,33 @@ def _allowed_values(name: str, card: dict[str, Any]) -> list[str] | None:
     return list(values) if values else None
 
 
+# What the gateway parses out of free-form strings (normalize.py _SIZE_PIXELS and _RATIO, which
+# also take decimals and more separators; the patterns are the everyday subset), so generated
+# values reach the matching rather than only its 400. ECMA-262 regexes, as JSON Schema has them.
+_NUMBER = "[1-9][0-9]{0,4}"
+_RATIO = f"{_NUMBER} *[:/] *{_NUMBER}"
+_STRING_FORMATS: dict[str, dict[str, Any]] = {
+    "size": {"pattern": f"^ *(|[aA][uU][tT][oO]|{_NUMBER} *[xX*] *{_NUMBER}|{_RATIO}) *$"},
+    "aspect_ratio": {"pattern": f"^ *{_RATIO} *$"},
+}
+# params._string: a text parameter (the prompt) must not be empty once stripped.
+_TEXT_FORMAT = {"minLength": 1, "pattern": "\\S"}
+
+
 def parameter_schema(name: str, cards: list[dict[str, Any]]) -> dict[str, Any]:
     """One request field: its type, description, enum (where the gateway checks it), range and
     default from the catalog, and per model and mode whether it is required / supported / not
     available (`x-imagegate-models`, with each provider's handling of it; a model not listed passes
-    the field through to its upstream)."""
+    the field through to its upstream). Models that declare it with different types (BFL's integer
+    safety_tolerance, fal's string one) give one `anyOf` branch per type."""
     declared = [(card, card["parameters"][name]) for card in cards if name in card["parameters"]]
     first = declared[0][1]
-    schema: dict[str, Any] = {"type": _JSON_TYPES[first["type"]], "description": first["description"]}
-    enum: list[str] = []
-    for card, _spec in declared:
-        enum += [v for v in _allowed_values(name, card) or [] if v not in enum]
-    if enum:
-        # Ratios and tiers are matched to the nearest one the model has, so any is accepted:
-        # they are examples there, an enum only where a value outside it is a 400 (params._string).
-        schema["enum" if name not in ("aspect_ratio", "resolution") else "examples"] = enum
-    for bound in ("minimum", "maximum"):
-        values = [spec[bound] for _, spec in declared if spec.get(bound) is not None]
-        if values:
-            value = min(values) if bound == "minimum" else max(values)
-            schema[bound] = int(value) if float(value).is_integer() else value  # the catalog keeps floats
+    by_type: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
+    for card, spec in declared:
+        by_type.setdefault(_JSON_TYPES[spec["type"]], []).append((card, spec))
+    variants = [_typed_schema(name, json_type, entries) for json_type, entries in by_type.items()]
+    schema: dict[str, Any] = {"description": first["description"]}
+    schema |= variants[0] if len(variants) == 1 else {"anyOf": variants}
     defaults = {repr(spec.get("default")) for _, spec in declared}
     if len(defaults) == 1 and first.get("default") is not None:
         schema["default"] = first["default"]
@@ -578,6 +642,27 @@ def parameter_schema(name: str, cards: list[dict[str, Any]]) -> dict[str, Any]:
         }
         for card, spec in declared
     }
+    return schema
+
+
+def _typed_schema(name: str, json_type: str, declared: list[tuple[dict[str, Any], dict[str, Any]]]) -> dict[str, Any]:
+    """The field's values of one JSON type, over the models that declare it so."""
+    schema: dict[str, Any] = {"type": json_type}
+    enum: list[str] = []
+    for card, _spec in declared:
+        enum += [v for v in _allowed_values(name, card) or [] if v not in enum]
+    if enum:
+        # Ratios and tiers are matched to the nearest one the model has, so any is accepted:
+        # they are examples there, an enum only where a value outside it is a 400 (params._string).
+        schema["enum" if name not in ("aspect_ratio", "resolution") else "examples"] = enum
+    if json_type == "string":
+        schema |= _TEXT_FORMAT if name in TEXT_PARAMS else _STRING_FORMATS.get(name, {})
+    else:
+        for bound in ("minimum", "maximum"):
+            values = [spec[bound] for _, spec in declared if spec.get(bound) is not None]
+            if values:
+                value = min(values) if bound == "minimum" else max(values)
+                schema[bound] = int(value) if float(value).is_integer() else value  # the catalog keeps floats
     return schema
 
 
@@ -609,21 +694,41 @@ def _request_schema(cards: list[dict[str, Any]], mode: str, *, multipart: bool) 
     }
     properties |= {name: parameter_schema(name, cards) for name in names}
     required = [n for n in names if all(c["parameters"].get(n, {}).get(mode) == "required" for c in cards)]
+    schema: dict[str, Any] = {"type": "object", "required": required, "properties": properties}
     if mode == "edit":
-        image = {"type": "string", "contentMediaType": "application/octet-stream"}
-        if multipart:
-            description = "Input images, as repeated `image[]` parts (the openai SDK) or `image`."
-            properties["image[]"] = {"type": "array", "items": image, "description": description}
-            properties["image"] = {"oneOf": [image, {"type": "array", "items": image}], "description": description}
-            properties["mask"] = {**image, "description": "A PNG whose transparent pixels mark where to edit."}
-        else:
-            url = {"type": "string", "description": "An http(s) URL or a data URI."}
-            properties["image"] = {"oneOf": [url, {"type": "array", "items": url}]}
-            properties["images"] = {"type": "array", "items": url}
-            properties["mask"] = url
+        schema |= _edit_inputs(properties, multipart=multipart)
     example = {"model": cards[0]["id"] if cards else "", "prompt": "A lighthouse at dusk", "n": 1}
-    schema = {"type": "object", "required": required, "properties": properties}
-    return schema | ({"examples": [example]} if mode == "t2i" else {})
+    if mode == "edit" and not multipart:  # a real image: generated strings are no pictures
+        example = {**example, "prompt": "Make the sky purple", "image": EXAMPLE_IMAGE}
+    return schema | ({"examples": [example]} if mode == "t2i" or not multipart else {})
+
+
+# A 1x1 PNG as a data URI: the JSON edit's example, an input the gateway really decodes.
+EXAMPLE_IMAGE = (
+    "data:image/png;base64,"
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+)
+
+
+def _edit_inputs(properties: dict[str, Any], *, multipart: bool) -> dict[str, Any]:
+    """The edit's input images and mask (server/parsing.py: multipart files, or JSON references),
+    added to `properties`; answers the schema keywords that make one image required."""
+    if multipart:
+        image = {"type": "string", "contentMediaType": "application/octet-stream"}
+        description = "Input images, as repeated `image[]` parts (the openai SDK) or `image`."
+        properties["image[]"] = {"type": "array", "items": image, "minItems": 1, "description": description}
+        properties["image"] = {"oneOf": [image, {"type": "array", "items": image}], "description": description}
+        properties["mask"] = {**image, "description": "A PNG whose transparent pixels mark where to edit."}
+        return {"anyOf": [{"required": ["image[]"]}, {"required": ["image"]}]}
+    # parsing._image_ref: a URL or data URI, or OpenAI's {"image_url": ...} (chat-style {"url": ...} inside).
+    url = {"type": "string", "minLength": 1, "description": "An http(s) URL or a data URI."}
+    chat_style = {"type": "object", "required": ["url"], "properties": {"url": url}}
+    wrapped = {"type": "object", "required": ["image_url"], "properties": {"image_url": {"oneOf": [url, chat_style]}}}
+    ref = {"oneOf": [url, wrapped]}
+    properties["image"] = {"oneOf": [ref, {"type": "array", "items": ref, "minItems": 1}]}
+    properties["images"] = {"type": "array", "items": ref, "minItems": 1}
+    properties["mask"] = ref
+    return {"anyOf": [{"required": ["image"]}, {"required": ["images"]}]}
 
 
 # --- the document ----------------------------------------------------------------------------------
@@ -631,11 +736,14 @@ def _request_schema(cards: list[dict[str, Any]], mode: str, *, multipart: bool) 
 
 def openapi_document(router: Router, routes: list[BaseRoute]) -> dict[str, Any]:
     cards = _cards(router)
+    model_ids = [name for card in cards for name in (card["id"], *card["aliases"])]
     paths: dict[str, dict[str, Any]] = {}
-    for path, method in served_operations(routes):
+    for path, method, endpoint in served_operations(routes):
         operation = OPERATIONS.get((path, method))
         if operation is not None:
-            paths.setdefault(_CONVERTOR.sub(r"{\1}", path), {})[method.lower()] = operation
+            # The handler's name is the operationId: unique (tests/server/test_openapi.py checks),
+            # what client generators name their methods by, and what the `links` point at.
+            paths.setdefault(_CONVERTOR.sub(r"{\1}", path), {})[method.lower()] = {"operationId": endpoint, **operation}
     return {
         "openapi": OPENAPI_VERSION,
         "info": {
@@ -671,18 +779,22 @@ def openapi_document(router: Router, routes: list[BaseRoute]) -> dict[str, Any]:
                         "notice": {"type": "string"},
                     },
                 },
-                **_pydantic_schemas(),
+                **_pydantic_schemas(model_ids),
             },
         },
     }
 
 
-def _pydantic_schemas() -> dict[str, Any]:
-    """The admin request bodies from their pydantic models; their $defs move to components."""
+def _pydantic_schemas(model_ids: list[str]) -> dict[str, Any]:
+    """The admin request bodies from their pydantic models; their $defs move to components. A
+    key's `models` allow-list takes the catalog's ids and aliases (admin_routes._check_models),
+    which only the catalog knows, so they are filled in here."""
     schemas: dict[str, Any] = {}
     for model in (admin_routes.NewKey, admin_routes.KeyChanges):
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas |= schema.pop("$defs", {})
+        allow_list = schema["properties"]["models"]["anyOf"][0]
+        allow_list["items"] = {**allow_list["items"], "enum": model_ids}
         schemas[model.__name__] = schema
     return schemas
 
@@ -807,11 +919,13 @@ def _fields_table(schema: dict[str, Any]) -> str:
     required = set(schema.get("required", []))
     rows = []
     for name, field in schema.get("properties", {}).items():
-        allowed = field.get("enum") or field.get("examples") or []
-        bounds = " ".join(f"{b} {field[b]}" for b in ("minimum", "maximum") if b in field)
+        branches = field.get("anyOf") or [field]  # a field some models type differently: each type
+        allowed = [v for branch in branches for v in branch.get("enum") or branch.get("examples") or []]
+        bounds = " ".join(f"{b} {branch[b]}" for branch in branches for b in ("minimum", "maximum") if b in branch)
+        types = " or ".join(str(branch["type"]) for branch in branches if "type" in branch)
         rows.append(
             f"<tr><td><code>{e(name)}</code>{' (required)' if name in required else ''}</td>"
-            f"<td>{e(str(field.get('type', '')))}</td><td>{inline_html(str(field.get('description', '')))}"
+            f"<td>{e(types)}</td><td>{inline_html(str(field.get('description', '')))}"
             + (f"<br>Values: {e(', '.join(map(str, allowed)))}" if allowed else "")
             + (f"<br>{e(bounds)}" if bounds else "")
             + _availability_note(field.get("x-imagegate-models", {}))
