@@ -94,6 +94,19 @@ def test_generate_with_a_ratio_and_tier_shows_the_image_and_its_size(browse: Bro
     assert parsed.prompt == "A lighthouse on a cliff at dawn"
 
 
+def test_generate_works_against_an_upstream_that_does_not_stream(browse: Browse, fake_gemini: FakeGemini) -> None:
+    """The page always asks for a stream; a Gemini-compatible upstream with only generateContent
+    still gives the image (the gateway makes the plain call), just with no previews."""
+    fake_gemini.stream_method = "missing"
+    page = open_playground(browse)
+    page.get_by_label("Prompt").fill("A lighthouse")
+    page.get_by_label("Aspect ratio").select_option("16:9")
+    page.get_by_role("button", name="Generate").click()
+    expect_result(browse, page)
+    expect(page.locator("#effective-size")).to_have_text(catalog_size("16:9", "1K"))
+    assert [r.path.rpartition(":")[2] for r in fake_gemini.requests] == ["streamGenerateContent", "generateContent"]
+
+
 def test_a_bad_size_shows_the_apis_message_next_to_the_size_field(browse: Browse, fake_gemini: FakeGemini) -> None:
     browse.expected_api_statuses.add(400)
     page = open_playground(browse)

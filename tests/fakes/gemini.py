@@ -469,6 +469,7 @@ class FakeGemini(BaseFake):
         images_per_response: int = 1,
         thought_images: int = 1,
         known_models: set[str] | None = None,
+        stream_method: str = "sse",
     ) -> None:
         super().__init__()
         self.api_key = api_key
@@ -476,7 +477,12 @@ class FakeGemini(BaseFake):
         self.images_per_response = images_per_response
         self.thought_images = thought_images
         self.known_models = known_models  # None: every model name exists
+        # How streamGenerateContent is answered: "sse" as Google does with alt=sse; "missing", a
+        # Gemini-compatible server that has only generateContent (404, as for any unknown method);
+        # "json", a proxy that dropped the query, so Google's unstreamed form: a JSON array of the chunks.
+        self.stream_method = stream_method
         self._settings = dict(
+            stream_method=stream_method,
             api_key=api_key,
             output_mime=output_mime,
             images_per_response=images_per_response,
@@ -522,6 +528,13 @@ class FakeGemini(BaseFake):
             parsed = parse_request(recorded.json)
         except _Reject as reject:
             return json_response(reject.status, google_error_body(reject.status, reject.google_status, reject.message))
+        if method == "streamGenerateContent" and self.stream_method == "missing":
+            return json_response(404, google_error_body(404, "NOT_FOUND", f"Method not found: {request.url.path}"))
+        if method == "streamGenerateContent" and self.stream_method == "json":
+            behaviour = self.next_behaviour()
+            if behaviour is not None:
+                return await self._apply(behaviour, request, model, parsed)
+            return json_response(200, await run_in_threadpool(self.stream_chunks, parsed, model, Streamed()))
         if method == "streamGenerateContent":
             return await self._apply_stream(self.next_behaviour(), request, model, parsed)
         return await self._apply(self.next_behaviour(), request, model, parsed)

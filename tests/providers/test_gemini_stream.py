@@ -257,8 +257,8 @@ async def test_an_error_body_in_a_json_array_is_read(provider: GeminiProvider, f
 
 @pytest.mark.parametrize(
     "answer",
-    [Streamed(chunks=()), RawResponse(200, '{"candidates": []}', "application/json")],
-    ids=["no-events", "json-not-sse"],
+    [Streamed(chunks=()), RawResponse(200, "[]", "application/json"), RawResponse(200, "", "text/event-stream")],
+    ids=["no-events", "empty-json-array", "empty-body"],
 )
 async def test_a_2xx_without_events_is_a_bad_response(
     provider: GeminiProvider, fake_gemini: FakeGemini, answer: Any
@@ -267,6 +267,69 @@ async def test_a_2xx_without_events_is_a_bad_response(
     error = await raised(provider, streamed(Partials()))
     assert error.code == "upstream_bad_response"
     assert error.message == "gemini sent a streamed answer without any events."
+
+
+# --- upstreams that do not stream ------------------------------------------------------------
+
+
+async def test_without_the_streamed_method_the_plain_call_makes_the_image(
+    provider: GeminiProvider, fake_gemini: FakeGemini
+) -> None:
+    """A Gemini-compatible server with only generateContent: its 404 is followed by the plain call."""
+    fake_gemini.stream_method = "missing"
+    partials = Partials()
+    result = await provider.run(streamed(partials))
+    assert [r.path.rpartition(":")[2] for r in fake_gemini.requests] == ["streamGenerateContent", "generateContent"]
+    assert [pixel_at(image.data) for image in result.images] == [color_for("a red fox in snow")]
+    assert partials.images == []
+    # The plain call is the streamed one's request, without the thoughts only a stream asked for.
+    streamed_body, plain_body = (r.json for r in fake_gemini.requests)
+    assert plain_body["contents"] == streamed_body["contents"]
+    assert "thinkingConfig" not in plain_body["generationConfig"]
+
+
+async def test_an_unknown_model_is_still_refused_without_the_streamed_method(
+    provider: GeminiProvider, fake_gemini: FakeGemini
+) -> None:
+    fake_gemini.stream_method = "missing"
+    fake_gemini.known_models = {"some-other-model"}
+    plain = await raised(provider, make_request())
+    stream = await raised(provider, streamed(Partials()))
+    same_error(stream, plain)
+    assert stream.upstream_status == 404
+
+
+@pytest.mark.parametrize("status", [405, 501])
+async def test_other_method_not_offered_statuses_also_fall_back(
+    provider: GeminiProvider, fake_gemini: FakeGemini, status: int
+) -> None:
+    fake_gemini.enqueue(RawResponse(status, "Method Not Allowed", "text/plain"))
+    result = await provider.run(streamed(Partials()))
+    assert fake_gemini.requests[-1].path.endswith(":generateContent")
+    assert len(result.images) == 1
+
+
+async def test_a_streamed_call_answered_unstreamed_is_read_as_it_is(
+    provider: GeminiProvider, fake_gemini: FakeGemini
+) -> None:
+    """A proxy that dropped `alt=sse`: Google's JSON array of the chunks, read in one piece (thought
+    images in it still become partials) and with no second call."""
+    fake_gemini.stream_method = "json"
+    partials = Partials()
+    result = await provider.run(streamed(partials))
+    assert len(fake_gemini.requests) == 1
+    assert [pixel_at(image.data) for image in result.images] == [color_for("a red fox in snow")]
+    assert partials.colors() == [thought_color(0), thought_color(1)]
+    assert result.text == "Here is your image: a red fox in snow"
+
+
+async def test_a_streamed_call_answered_with_one_plain_response_is_read(
+    provider: GeminiProvider, fake_gemini: FakeGemini
+) -> None:
+    fake_gemini.enqueue(json_answer(200, image_chunk(FINAL, finishReason="STOP")))
+    result = await provider.run(streamed(Partials()))
+    assert len(fake_gemini.requests) == 1
+    assert [bytes(image.data) for image in result.images] == [FINAL]
 
 
 async def test_a_connection_dropped_mid_stream(provider: GeminiProvider, fake_gemini: FakeGemini) -> None:

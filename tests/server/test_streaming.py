@@ -222,3 +222,15 @@ def test_an_edit_streams_partial_images_too(client: OpenAI, fake_gemini: FakeGem
         )
     )
     assert [e.type for e in events] == ["image_edit.partial_image", "image_edit.completed"]
+
+
+def test_an_upstream_without_the_streamed_method_still_streams_the_image(
+    client: OpenAI, fake_gemini: FakeGemini
+) -> None:
+    """A Gemini-compatible upstream with only generateContent (the playground always streams): the
+    stream carries the image, made by the plain call, with no partial images and no error."""
+    fake_gemini.stream_method = "missing"
+    events = events_of(client.images.generate(model=MODEL, prompt="a fox", stream=True, partial_images=2))
+    assert [e.type for e in events] == ["image_generation.completed"]
+    assert detect_mime(base64.b64decode(events[0].b64_json)) == "image/png"
+    assert [r.path.rpartition(":")[2] for r in fake_gemini.requests] == ["streamGenerateContent", "generateContent"]

@@ -9,6 +9,10 @@ When the gateway streams partial images (`request.on_partial`), the call is
 `:streamGenerateContent?alt=sse` with `includeThoughts`, and each thought image is reported as it
 arrives (`stream_content`). The streamed chunks are then put together into one answer, read by
 `parse_response` like any other, so a streamed and a plain call follow one set of rules.
+Gemini-compatible servers and proxies do not all stream: a streamed method that is not there
+(404, 405, 501) is followed by the plain call, and a streamed call answered as plain JSON (one
+response, or Google's array of chunks, as without `alt=sse`) is read as it is. Either way the
+image still comes, only without partial images (which a stream never promises).
 
 An answer is ~2 MB of JSON of which all but a few hundred bytes is one image's base64. So the
 body is not parsed whole: `lift_spans` cuts each long `"data"` string out (base64 has no quote or
@@ -26,7 +30,7 @@ import binascii
 import contextlib
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -333,6 +337,14 @@ def parse_response(data: Any, *, keep_all_images: bool) -> ProviderResult:
 
 # --- streamed answers (partial images) -------------------------------------------------------
 
+# What a server without the streamed method answers it: no such path, method or feature. Nothing
+# was generated, so the plain call is made instead (an unknown model is refused by that one too).
+STREAM_NOT_OFFERED = frozenset({404, 405, 501})
+
+
+class _StreamNotOffered(UpstreamBadResponse):
+    """The streamed method is not there (STREAM_NOT_OFFERED): `stream_content` makes the plain call."""
+
 
 def with_thoughts(body: dict[str, Any]) -> dict[str, Any]:
     """`body` asking for the model's thoughts, where its interim images are: GenerationConfig's
@@ -422,13 +434,21 @@ async def stream_content(
     max_bytes: int,
     headers: dict[str, str],
     error: ErrorHook,
+    plain: Callable[[], Awaitable[ProviderResult]],
 ) -> ProviderResult:
     """One `streamGenerateContent?alt=sse` call (Gemini API and Vertex AI alike): `body` asks
     for thoughts, each thought image goes to `request.on_partial` as it arrives, and the result
     is the chunks' answer read by `parse_response`. Each chunk is parsed with `parse_body`, so an
-    image's megabytes of base64 stay a view of the event they came in."""
+    image's megabytes of base64 stay a view of the event they came in. Where the streamed method
+    is not offered, the answer is `plain()`'s (the same request as generateContent)."""
     assert request.on_partial is not None, "a streamed call is made for a listener"
     answer = StreamedAnswer(request.on_partial)
+
+    def error_or_not_offered(response: UpstreamResponse) -> ImagegateError:
+        if response.status_code in STREAM_NOT_OFFERED:
+            return _StreamNotOffered(f"{provider} has no streamed method (HTTP {response.status_code}).")
+        return error(response)
+
     events = stream_events(
         client,
         "POST",
@@ -436,19 +456,28 @@ async def stream_content(
         provider=provider,
         timeout=timeout,
         max_bytes=max_bytes,
-        error=error,
+        error=error_or_not_offered,
+        json_whole=True,
         json=with_thoughts(body),
         headers=headers,
     )
     chunks = 0
-    async with contextlib.aclosing(events):
-        async for payload in events:
-            if payload and not payload.isspace():
-                answer.add(parse_body(provider, payload))
-                chunks += 1
-            # Let go of it now, not when the next event (megabytes more) is in: what the answer
-            # or a listener still needs of it, they hold.
-            del payload
+    try:
+        async with contextlib.aclosing(events):
+            async for payload in events:
+                if payload and not payload.isspace():
+                    data = parse_body(provider, payload)
+                    # An unstreamed answer: one response, or the array of chunks Google sends without alt=sse.
+                    for chunk in data if isinstance(data, list) else [data]:
+                        answer.add(chunk)
+                        chunks += 1
+                    del data
+                # Let go of it now, not when the next event (megabytes more) is in: what the answer
+                # or a listener still needs of it, they hold.
+                del payload
+    except _StreamNotOffered as exc:
+        log.info("%s; making the plain call instead", exc.message)
+        return await plain()
     if not chunks:  # a 2xx that is not an event stream at all (a proxy's page, JSON without alt=sse)
         raise UpstreamBadResponse(f"{provider} sent a streamed answer without any events.")
     return parse_response(answer.response(), keep_all_images=request.options.get("limit_generations") is False)
@@ -496,6 +525,9 @@ class GeminiProvider(HttpProvider):
     async def _generate_content(self, request: ProviderRequest) -> ProviderResult:
         if request.on_partial is not None:
             return await self._stream_content(request)
+        return await self._plain_content(request)
+
+    async def _plain_content(self, request: ProviderRequest) -> ProviderResult:
         url = f"{self.base_url}/v1beta/models/{request.upstream_model}:generateContent"
         response = await send_checked(
             self.client,
@@ -525,6 +557,7 @@ class GeminiProvider(HttpProvider):
             max_bytes=self.max_response_bytes,
             headers={"x-goog-api-key": self.api_key},
             error=lambda response: stream_error(self.provider_id, response),
+            plain=lambda: self._plain_content(request),
         )
 
 

@@ -247,12 +247,15 @@ async def stream_events(
     timeout: float,
     max_bytes: int,
     error: ErrorHook,
+    json_whole: bool = False,
     **kwargs: Any,
 ) -> AsyncGenerator[bytes, None]:
     """One request whose 2xx answer is an event stream: the `data` of each event, as it arrives
     (see `SSEDecoder`). `send_checked`'s contract otherwise: a non-2xx answer is read (capped) and
     raised as `error(response)`; `max_bytes` caps the whole stream (`UpstreamResponseTooLarge`);
     httpx's failures map through `transport_error` (`timeout` bounds each read, as for `send`).
+    With `json_whole`, a 2xx answer that says it is JSON rather than an event stream is yielded
+    whole, as one event: an upstream or proxy that answered the streamed call unstreamed.
 
     Always httpx, never aio.py's aiohttp: that path buffers a whole answer, which is what makes it
     cheap, and a stream must hand over each event as it comes. Close it with `contextlib.aclosing`
@@ -262,6 +265,9 @@ async def stream_events(
             if not 200 <= response.status_code < 300:
                 body = await _read_capped(response, max_bytes)
                 raise error(UpstreamResponse(response.status_code, response.headers, body))
+            if json_whole and _is_json(response.headers):
+                yield await _read_capped(response, max_bytes)
+                return
             decoder = SSEDecoder()
             total = 0
             async for chunk in response.aiter_bytes():
@@ -280,6 +286,11 @@ async def stream_events(
         raise transport_error(provider, exc) from exc
     except (httpx.InvalidURL, UnicodeError) as exc:
         raise UpstreamBadResponse(f"{provider} sent a URL that cannot be requested.") from exc
+
+
+def _is_json(headers: httpx.Headers) -> bool:
+    media_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    return media_type == "application/json"
 
 
 # --- reading answers -------------------------------------------------------------------------

@@ -250,6 +250,9 @@ class VertexProvider(ImageProvider):
     async def _generate_content(self, request: ProviderRequest) -> ProviderResult:
         if request.on_partial is not None:
             return await self._stream_content(request)
+        return await self._plain_content(request)
+
+    async def _plain_content(self, request: ProviderRequest) -> ProviderResult:
         url = self.url_for(request.upstream_model)
         body = build_vertex_body(request)
         token = await self.tokens.token()
@@ -291,6 +294,7 @@ class VertexProvider(ImageProvider):
             max_bytes=self.max_response_bytes,
             headers={"authorization": f"Bearer {token}"},
             error=lambda response: stream_error(self.provider_id, response),
+            plain=lambda: self._plain_content(request),
         )
 
     async def _post(self, url: str, body: dict[str, Any], token: str) -> UpstreamResponse:
