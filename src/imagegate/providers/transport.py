@@ -289,8 +289,8 @@ async def stream_events(
 
 
 def _is_json(headers: httpx.Headers) -> bool:
-    media_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    return media_type == "application/json"
+    media_type: str = headers.get("content-type", "")
+    return media_type.split(";", 1)[0].strip().lower() == "application/json"
 
 
 # --- reading answers -------------------------------------------------------------------------
