@@ -32,6 +32,7 @@ from imagegate.errors import (
 from imagegate.normalize import resolve_layout
 from imagegate.providers import OpenAIProvider, ProviderRequest
 from imagegate.providers.base import TokenSplit
+from tests.fakes.hostile import json_answer
 from tests.fakes.images import color_for, pixel_at, solid_png
 from tests.fakes.openai_upstream import (
     INPUT_TOKENS_PER_IMAGE,
@@ -288,8 +289,8 @@ async def test_an_error_answer_to_the_streamed_call_maps_as_for_the_json_call(
 
 @pytest.mark.parametrize(
     "answer",
-    [sse(), RawResponse(200, '{"created": 1, "data": []}', "application/json")],
-    ids=["no-events", "json-not-sse"],
+    [sse(), RawResponse(200, "", "text/event-stream")],
+    ids=["no-events", "empty-body"],
 )
 async def test_a_2xx_without_events_is_a_bad_response(
     provider: OpenAIProvider, fake_openai: FakeOpenAI, answer: Any
@@ -298,6 +299,27 @@ async def test_a_2xx_without_events_is_a_bad_response(
     error = await raised(provider, make_request(partials=Partials()))
     assert isinstance(error, UpstreamBadResponse)
     assert error.message == "openai sent a streamed answer without any events."
+
+
+async def test_a_server_that_ignores_stream_is_read_as_a_plain_answer(
+    provider: OpenAIProvider, fake_openai: FakeOpenAI
+) -> None:
+    """An OpenAI-compatible server that does not stream answers its plain JSON: the image comes, with
+    no partial images, from that one call."""
+    image = solid_png(8, 8, (1, 2, 3))
+    fake_openai.enqueue(json_answer(200, {"created": 1, "data": [{"b64_json": base64.b64encode(image).decode()}]}))
+    partials = Partials()
+    result = await provider.run(make_request(partials=partials))
+    assert [bytes(i.data) for i in result.images] == [image]
+    assert partials.images == [] and len(fake_openai.requests) == 1
+
+
+async def test_an_unstreamed_answer_without_images_is_no_image(
+    provider: OpenAIProvider, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.enqueue(RawResponse(200, '{"created": 1, "data": []}', "application/json"))
+    error = await raised(provider, make_request(partials=Partials()))
+    assert isinstance(error, NoImageGenerated) and error.message == "openai returned no images."
 
 
 async def test_a_stream_without_a_completed_event_is_no_image(

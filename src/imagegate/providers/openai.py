@@ -180,6 +180,9 @@ class StreamedImages:
         self.events = 0
         self.images: list[ProviderImage] = []
         self.usages: list[dict[str, Any]] = []
+        # An OpenAI-compatible server that ignores `stream` answers its plain JSON (`{"data": [...]}`,
+        # no event `type`): kept whole, and read as a plain call's answer (`unstreamed`).
+        self.unstreamed: dict[str, Any] | None = None
 
     async def add(self, payload: bytes) -> None:
         name = self.provider
@@ -190,6 +193,9 @@ class StreamedImages:
         kind = data.get("type")
         if isinstance(data.get("error"), dict) or kind == "error":
             raise event_error(name, data)
+        if kind is None and self.events == 1 and isinstance(data.get("data"), list):
+            self.unstreamed = data
+            return
         if not isinstance(kind, str):
             return  # not an image event: nothing of the answer's
         if kind.endswith(".partial_image"):
@@ -305,6 +311,7 @@ class OpenAIProvider(HttpProvider):
             max_bytes=self.max_response_bytes,
             headers=self._auth,
             error=self.error,
+            json_whole=True,
             **body,
         )
         async with contextlib.aclosing(events):
@@ -314,6 +321,8 @@ class OpenAIProvider(HttpProvider):
                 if payload and not payload.isspace():
                     await answer.add(payload)
                 del payload  # not held while the next event (megabytes more) comes in
+        if answer.unstreamed is not None:
+            return await self._parse(answer.unstreamed)
         return answer.result()
 
     async def _parse(self, data: Any) -> ProviderResult:
