@@ -23,7 +23,7 @@ from ..errors import ImagegateError, InvalidRequest, NotFound
 from ..gateway import Gateway
 from . import admin_routes, health, job_routes, openapi, page_routes, routes, usage_routes
 from .disconnect import CLIENT_CLOSED_REQUEST
-from .middleware import ApiCORSMiddleware, BodySizeLimitMiddleware, RequestIdMiddleware
+from .middleware import COMPRESSED, ApiCORSMiddleware, BodySizeLimitMiddleware, RequestIdMiddleware
 from .observability import ObservabilityMiddleware, metrics_endpoint
 from .render import error_response
 from .serving import follow_master
@@ -50,9 +50,9 @@ MONITORING_ROUTES = [
 ]
 # Unauthenticated, like /health: the OpenAPI document and its HTML reference (server/openapi.py).
 DOCS_ROUTES = [
-    Route("/openapi.json", openapi.openapi_json, methods=["GET"]),
-    Route("/docs", openapi.docs, methods=["GET"]),
-    Mount("/docs/static", app=StaticFiles(directory=openapi.STATIC_DIR), name="docs-static"),
+    Route("/openapi.json", openapi.openapi_json, methods=["GET"], middleware=COMPRESSED),
+    Route("/docs", openapi.docs, methods=["GET"], middleware=COMPRESSED),
+    Mount("/docs/static", app=StaticFiles(directory=openapi.STATIC_DIR), name="docs-static", middleware=COMPRESSED),
 ]
 
 

@@ -1,4 +1,5 @@
-"""ASGI middleware: request ids on every response, a cap on the request body size, and CORS.
+"""ASGI middleware: request ids on every response, a cap on the request body size, CORS, and
+compression for the web pages.
 
 The cap counts bytes as they stream in, so an oversized upload is refused without being held
 in memory, whatever Content-Length claims.
@@ -10,12 +11,19 @@ import json
 import secrets
 
 from starlette.datastructures import Headers
+from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
+from starlette.middleware.gzip import GZipMiddleware
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import PayloadTooLarge
 from ..logs import request_id_var
+
+# gzip for the pages, their assets and the OpenAPI document (text that shrinks about 4x), set per
+# route: never on the image API, whose answers are base64 or bytes of already compressed images,
+# where gzip would only add CPU to the hot path. Starlette leaves event streams and images alone.
+COMPRESSED = [Middleware(GZipMiddleware, minimum_size=1000, compresslevel=6)]
 
 
 class RequestIdMiddleware:

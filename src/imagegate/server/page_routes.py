@@ -15,6 +15,7 @@ from starlette.templating import Jinja2Templates
 
 from ..gateway import Gateway
 from . import pages
+from .middleware import COMPRESSED
 from .routes import _public_base_url
 
 # Autoescape on: names, descriptions and notes may come from an operator's config file.
@@ -87,9 +88,9 @@ async def favicon(request: Request) -> Response:
 
 FAVICON = Path(__file__).parent / "static" / "favicon.svg"
 PAGE_ROUTES: list[BaseRoute] = [
-    Route("/", playground, methods=["GET"]),
+    Route("/", playground, methods=["GET"], middleware=COMPRESSED),
     Route("/favicon.ico", favicon, methods=["GET"]),
-    Route("/models", model_index, methods=["GET"]),
-    Route("/models/{model_id:path}", model_page, methods=["GET"]),
-    Mount("/static", app=StaticFiles(packages=[("imagegate.server", "static")]), name="static"),
+    Route("/models", model_index, methods=["GET"], middleware=COMPRESSED),
+    Route("/models/{model_id:path}", model_page, methods=["GET"], middleware=COMPRESSED),
+    Mount("/static", app=StaticFiles(packages=[("imagegate.server", "static")]), name="static", middleware=COMPRESSED),
 ]
