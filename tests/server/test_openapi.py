@@ -272,6 +272,7 @@ def test_a_file_parameter_of_any_name_is_no_json_field() -> None:
     card = {
         "id": "m",
         "aliases": [],
+        "available": True,
         "aspect_ratios": [],
         "resolution_tiers": [],
         "providers": [],
@@ -430,3 +431,17 @@ def test_the_docs_page_shows_each_type_of_a_field_models_type_differently(gatewa
     assert row is not None
     assert "<td>string or integer</td>" in row.group(0) or "<td>integer or string</td>" in row.group(0)
     assert "Values: 1, 2, 3, 4, 5, 6" in row.group(0) and "minimum 0 maximum 6" in row.group(0)
+
+
+def test_the_model_enum_is_the_models_this_gateway_serves(gateway: RunningGateway, gateway_factory: Any) -> None:
+    """Only Gemini configured: the request bodies offer its models (a schema-driven client or fuzzer
+    then never picks one whose provider is missing, a 503); with nothing configured, every model."""
+    cards = httpx.get(f"{gateway.url}/v1/models", headers={"authorization": f"Bearer {API_KEY}"}).json()["data"]
+    served = [card["id"] for card in cards if card["available"]]
+    assert served and len(served) < len(cards)  # the catalog has models of other providers
+    schemas = _document(gateway)["components"]["schemas"]
+    for name in ("GenerationRequest", "EditRequest", "EditJsonRequest"):
+        assert schemas[name]["properties"]["model"]["enum"] == served, name
+    bare = gateway_factory()
+    bare_schemas = _document(bare)["components"]["schemas"]
+    assert bare_schemas["GenerationRequest"]["properties"]["model"]["enum"] == [card["id"] for card in cards]

@@ -684,12 +684,17 @@ def _request_schema(cards: list[dict[str, Any]], mode: str, *, multipart: bool) 
             for n, spec in card["parameters"].items()
             if n not in names and n not in _FILE_FIELDS and spec["type"] != "file"
         ]  # files are the edit's parts below, whatever an operator's catalog calls them
-    model_ids = [name for card in cards for name in (card["id"], *card["aliases"])]
+    # The models this gateway can serve now (a provider is configured for them): the others are a
+    # 503 provider_not_configured, the operator's to fix, and GET /v1/models lists them as
+    # `available: false`. With none configured, the document still names every model.
+    served = [card for card in cards if card["available"]] or cards
+    model_ids = [name for card in served for name in (card["id"], *card["aliases"])]
     properties: dict[str, Any] = {
         "model": {
             "type": "string",
             "enum": model_ids,
-            "description": "A catalog model id or alias; by default IMAGEGATE_DEFAULT_MODEL, else the catalog's first.",
+            "description": "A model id or alias this gateway serves (GET /v1/models: `available`); by default "
+            "IMAGEGATE_DEFAULT_MODEL, else the catalog's first.",
         }
     }
     properties |= {name: parameter_schema(name, cards) for name in names}
@@ -697,7 +702,7 @@ def _request_schema(cards: list[dict[str, Any]], mode: str, *, multipart: bool) 
     schema: dict[str, Any] = {"type": "object", "required": required, "properties": properties}
     if mode == "edit":
         schema |= _edit_inputs(properties, multipart=multipart)
-    example = {"model": cards[0]["id"] if cards else "", "prompt": "A lighthouse at dusk", "n": 1}
+    example = {"model": served[0]["id"] if served else "", "prompt": "A lighthouse at dusk", "n": 1}
     if mode == "edit" and not multipart:  # a real image: generated strings are no pictures
         example = {**example, "prompt": "Make the sky purple", "image": EXAMPLE_IMAGE}
     return schema | ({"examples": [example]} if mode == "t2i" or not multipart else {})
