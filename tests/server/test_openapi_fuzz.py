@@ -170,3 +170,21 @@ def test_schemathesis_finds_no_server_error(every_provider: RunningGateway, tmp_
     assert not {"GET /v1/images/jobs/{job_id}", "GET /v1/admin/keys/{key_id}"} & set(
         report["warnings"]["missing_test_data"]
     ), report["warnings"]
+
+
+def test_with_only_gemini_configured_schemathesis_finds_no_server_error(
+    gateway_factory: Any, fake_gemini: FakeGemini, tmp_path: Path
+) -> None:
+    """The usual deployment has some providers, not all: the document then offers only the models
+    this gateway serves (openapi.py), so generated requests never pick one whose provider is
+    missing (a 503 provider_not_configured, the operator's to fix)."""
+    gw: RunningGateway = gateway_factory(
+        admin_keys=ADMIN_KEY, gemini_api_key=fake_gemini.api_key, gemini_base_url=fake_gemini.base_url
+    )
+    result, report = run_schemathesis(gw.url, tmp_path, Caller(ADMIN_KEY, max_examples=20))
+    output = result.stdout + result.stderr
+    print(output)
+    assert result.returncode == 0, output
+    assert report["complete"] and report["failures"] == [] and report["errors"] == [], output
+    assert report["operations"]["selected"] == report["operations"]["tested"] == report["operations"]["total"]
+    assert report["test_cases"]["generated"] > 500, report["test_cases"]
