@@ -463,7 +463,7 @@
         if (name.endsWith(".partial_image")) showPreview(payload);
         else if (name.endsWith(".completed")) {
           $("previews").hidden = true; // the final image takes the preview's place
-          showImage(payload.url || dataURI(payload.b64_json, payload.output_format), finals++, payload.output_format);
+          showImage(resultSource(payload.url, payload.b64_json, payload.output_format), finals++, payload.output_format);
           showEffective(payload.effective, payload.adjustments);
         }
       }
@@ -473,13 +473,21 @@
 
   function showAnswer(answer) {
     answer.data.forEach((item, index) => {
-      showImage(item.url || dataURI(item.b64_json, answer.output_format), index, answer.output_format);
+      showImage(resultSource(item.url, item.b64_json, answer.output_format), index, answer.output_format);
     });
     showEffective(answer.effective, answer.adjustments);
   }
 
   function dataURI(b64, format) {
     return `data:${FORMAT_TYPES[format] || "image/png"};base64,${b64}`;
+  }
+
+  // What a result img shows: its URL when that is this origin's; a URL elsewhere (results presigned
+  // in S3, an IMAGEGATE_PUBLIC_URL on another host) is outside the page's CSP (img-src 'self'), so
+  // the answer's own base64 is shown instead where it came with it.
+  function resultSource(url, b64, format) {
+    const ours = url && new URL(url, location.href).origin === location.origin;
+    return ours || (url && !b64) ? url : dataURI(b64, format);
   }
 
   // --- showing the answer ----------------------------------------------------------------------
