@@ -180,3 +180,18 @@ def test_provider_options_toggle_only_for_models_that_have_them(browse: Browse) 
     expect(toggle).to_be_visible()
     toggle.click()
     expect(page.get_by_label("safety_tolerance", exact=False).first).to_be_visible()
+
+
+def test_effective_settings_keep_name_and_value_on_one_line_on_a_phone(browse: Browse) -> None:
+    browse.page.set_viewport_size({"width": 390, "height": 900})
+    page = open_playground(browse)
+    page.get_by_label("Prompt").fill("A lighthouse")
+    page.get_by_role("button", name="Generate").click()
+    expect_result(browse, page)
+    rows = page.eval_on_selector_all(
+        "#effective dt",
+        "dts => dts.map(dt => [dt.getBoundingClientRect().top, dt.nextElementSibling.getBoundingClientRect().top])",
+    )
+    assert len(rows) >= 5
+    assert all(abs(name - value) <= 2 for name, value in rows), rows
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= 390
