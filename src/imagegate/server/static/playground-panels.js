@@ -21,27 +21,13 @@
   const pg = window.imagegatePlayground;
   if (!pg) return; // playground.js did not run: nothing to attach to
   const api = `${window.location.origin}${pg.root}/v1`;
-  const FORMAT_TYPES = { png: "image/png", jpeg: "image/jpeg", jpg: "image/jpeg", webp: "image/webp" };
   // A gateway without keys answers without one: known once an answer came with no key typed. Until
   // then no key means no call (a keyed gateway would only answer 401).
   let openGateway = false;
   const canAsk = () => Boolean(pg.apiKey()) || openGateway;
 
-  async function apiCall(path, options = {}) {
-    const response = await fetch(pg.root + path, { ...options, headers: { ...pg.authHeaders(), ...options.headers } });
-    let body = null;
-    try {
-      body = await response.json();
-    } catch (_) {
-      body = null;
-    }
-    if (!response.ok) {
-      const error = new Error((body && body.error && body.error.message) || `The gateway answered HTTP ${response.status}.`);
-      error.status = response.status;
-      throw error;
-    }
-    return body;
-  }
+  // The API's JSON, or an error carrying the API's message and the HTTP status (playground.js's).
+  const apiCall = pg.getJSON;
 
   // An error in a section: the API's message as an alert, or, for a refused key, as plain text
   // (the API key field already carries that alert).
@@ -425,7 +411,7 @@
     if (!result || !Array.isArray(result.data)) return [];
     return result.data.map((item, index) => {
       const img = document.createElement("img");
-      img.src = item.url || `data:${FORMAT_TYPES[result.output_format] || "image/png"};base64,${item.b64_json}`;
+      img.src = pg.resultSource(item.url, item.b64_json, result.output_format);
       img.alt = `Job ${job.id} image ${index + 1}`;
       return img;
     });

@@ -68,8 +68,9 @@
     return new ApiError(response.status, body && body.error);
   }
 
-  async function getJSON(path) {
-    const response = await fetch(root + path, { headers: authHeaders() });
+  // One call to this gateway's API with the key: its JSON, or an ApiError with the API's message.
+  async function getJSON(path, options = {}) {
+    const response = await fetch(root + path, { ...options, headers: { ...authHeaders(), ...options.headers } });
     if (!response.ok) throw await errorOf(response);
     return response.json();
   }
@@ -606,6 +607,8 @@
     root,
     apiKey,
     authHeaders,
+    getJSON,
+    resultSource,
     parameters,
     useAsInput,
     inputFiles: () => inputFiles.slice(),
