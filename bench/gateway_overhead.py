@@ -288,14 +288,32 @@ async def measure(
         cpu_before = {name: fn() for name, fn in cpu_sources.items()}
         latencies, errors, wall, size = await drive(client, target, total, concurrency)
         cpu_after = {name: fn() for name, fn in cpu_sources.items()}
+    return summarize_run(
+        target.name, target.response_format, concurrency, round_no, latencies, errors, wall, size, cpu_before, cpu_after
+    )
+
+
+def summarize_run(
+    target: str,
+    response_format: str,
+    concurrency: int,
+    round_no: int,
+    latencies: list[float],
+    errors: list[str],
+    wall: float,
+    response_bytes: int,
+    cpu_before: dict[str, float],
+    cpu_after: dict[str, float],
+) -> RunResult:
+    """One run's figures from its latencies (seconds), errors, wall time and CPU readings (seconds,
+    by source, before and after). Also bench/shared_backends.py's."""
     done = len(latencies)
-    latencies.sort()
-    ms = [v * 1000 for v in latencies]
+    ms = sorted(v * 1000 for v in latencies)
     if errors:
         print(f"  ! {len(errors)} errors, first: {errors[0]}", file=sys.stderr)
     return RunResult(
-        target=target.name,
-        response_format=target.response_format,
+        target=target,
+        response_format=response_format,
         concurrency=concurrency,
         round=round_no,
         requests=done,
@@ -307,9 +325,9 @@ async def measure(
         p99_ms=round(percentile(ms, 99), 2),
         mean_ms=round(sum(ms) / done, 2) if done else float("nan"),
         max_ms=round(ms[-1], 2) if ms else float("nan"),
-        response_bytes=size,
+        response_bytes=response_bytes,
         cpu_ms_per_request={
-            name: round((cpu_after[name] - cpu_before[name]) * 1000 / max(done, 1), 2) for name in cpu_sources
+            name: round((cpu_after[name] - cpu_before[name]) * 1000 / max(done, 1), 2) for name in cpu_before
         },
     )
 

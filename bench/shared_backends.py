@@ -81,9 +81,9 @@ from gateway_overhead import (  # noqa: E402
     gateway_command,
     median,
     own_cpu_seconds,
-    percentile,
     spread,
     start_fake_upstream,
+    summarize_run,
     wait_healthy,
 )
 
@@ -413,30 +413,8 @@ async def measure(
         commands = redis.total() - commands_before - 1  # our first INFO
     sent = len(warm) + len(latencies)
     setup.sent += sent
-    done = len(latencies)
-    ms = sorted(v * 1000 for v in latencies)
-    if errors:
-        print(f"  ! {len(errors)} errors, first: {errors[0]}", file=sys.stderr)
-    result = RunResult(
-        target=setup.name,
-        response_format=fmt,
-        concurrency=concurrency,
-        round=round_no,
-        requests=done,
-        errors=len(errors),
-        wall_s=round(wall, 3),
-        throughput_rps=round(done / wall, 2) if wall else 0.0,
-        p50_ms=round(percentile(ms, 50), 2),
-        p95_ms=round(percentile(ms, 95), 2),
-        p99_ms=round(percentile(ms, 99), 2),
-        mean_ms=round(sum(ms) / done, 2) if done else float("nan"),
-        max_ms=round(ms[-1], 2) if ms else float("nan"),
-        response_bytes=0,
-        cpu_ms_per_request={
-            name: round((cpu_after[name] - cpu_before[name]) * 1000 / max(done, 1), 2) for name in cpu_sources
-        },
-    )
-    return Run(result, round(commands / max(done, 1), 2), sent)
+    result = summarize_run(setup.name, fmt, concurrency, round_no, latencies, errors, wall, 0, cpu_before, cpu_after)
+    return Run(result, round(commands / max(len(latencies), 1), 2), sent)
 
 
 class Checks:
