@@ -9,10 +9,6 @@ inserts exactly once, each row delivered or not as its client saw it.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import textwrap
 import time
 from collections.abc import Iterator
@@ -23,6 +19,8 @@ import pytest
 from imagegate import usage as usage_module
 from imagegate.db import Database
 from imagegate.usage import UsageLog, UsageRecord
+
+from .test_usage_writer import kill_9_after
 
 
 def record(request_id: str, images: int = 1) -> UsageRecord:
@@ -224,21 +222,7 @@ def test_a_killed_processs_journal_is_inserted_once_by_a_running_writer(
 ) -> None:
     monkeypatch.setattr(usage_module, "SWEEP_SECONDS", 0.05)
     running = UsageLog(db, background=True)  # a sibling worker, up before and after the kill
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    child = subprocess.Popen(
-        [sys.executable, "-c", KILLED, str(db.path), flush_seconds], stdout=subprocess.PIPE, env=env, text=True
-    )
-    assert child.stdout is not None
-    accepted = 0
-    try:
-        for line in child.stdout:
-            accepted = int(line)
-            if accepted >= 500:
-                break
-    finally:
-        child.send_signal(signal.SIGKILL)
-        child.wait()
-        child.stdout.close()
+    accepted = kill_9_after(KILLED, [str(db.path), flush_seconds], 500)
     wait_until(
         lambda: not list(db.path.parent.glob("usage-journal.*")) and not list(db.path.parent.glob("*.replaying")),
         "the killed process's journal to be claimed",

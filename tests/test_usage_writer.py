@@ -130,20 +130,27 @@ WRITER = textwrap.dedent("""
 """)
 
 
-def test_kill_9_mid_burst_loses_no_accepted_record(db: Database) -> None:
+def kill_9_after(script: str, args: list[str], at_least: int) -> int:
+    """Run `script` (python -c, this interpreter's path), which prints its running count of accepted
+    records; SIGKILL it once the count reaches `at_least` (or it ends), and return the last count."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    child = subprocess.Popen([sys.executable, "-c", WRITER, str(db.path)], stdout=subprocess.PIPE, env=env, text=True)
+    child = subprocess.Popen([sys.executable, "-c", script, *args], stdout=subprocess.PIPE, env=env, text=True)
     assert child.stdout is not None
     accepted = 0
     try:
         for line in child.stdout:
             accepted = int(line)
-            if accepted >= 1500:
+            if accepted >= at_least:
                 break
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait()
         child.stdout.close()
+    return accepted
+
+
+def test_kill_9_mid_burst_loses_no_accepted_record(db: Database) -> None:
+    accepted = kill_9_after(WRITER, [str(db.path)], 1500)
     assert accepted >= 1500
     written_before = len(request_ids(db))
     UsageLog(db)  # the next start

@@ -26,9 +26,6 @@
   let openGateway = false;
   const canAsk = () => Boolean(pg.apiKey()) || openGateway;
 
-  // The API's JSON, or an error carrying the API's message and the HTTP status (playground.js's).
-  const apiCall = pg.getJSON;
-
   // An error in a section: the API's message as an alert, or, for a refused key, as plain text
   // (the API key field already carries that alert).
   function showSectionError(name, err) {
@@ -471,7 +468,7 @@
 
   async function readJobs(read) {
     try {
-      const page = await apiCall(`/v1/images/jobs?limit=${JOBS_SHOWN}`);
+      const page = await pg.getJSON(`/v1/images/jobs?limit=${JOBS_SHOWN}`);
       if (read !== jobsRead) return;
       if (!cancelRefused) clearSectionError("jobs");
       $("jobs-list").replaceChildren(...page.data.map(jobItem));
@@ -494,7 +491,7 @@
     cancelRefused = false;
     clearSectionError("jobs");
     try {
-      await busyWhile("jobs", () => apiCall(`/v1/images/jobs/${encodeURIComponent(id)}/cancel`, { method: "POST" }));
+      await busyWhile("jobs", () => pg.getJSON(`/v1/images/jobs/${encodeURIComponent(id)}/cancel`, { method: "POST" }));
     } catch (err) {
       cancelRefused = true;
       showSectionError("jobs", err);
@@ -541,7 +538,7 @@
       return;
     }
     try {
-      const usage = await busyWhile("usage", () => apiCall(`/v1/usage?start=${utcMidnight()}&group_by=model`));
+      const usage = await busyWhile("usage", () => pg.getJSON(`/v1/usage?start=${utcMidnight()}&group_by=model`));
       if (read !== usageRead) return;
       clearSectionError("usage");
       table.tBodies[0].replaceChildren(...usage.data.map((row) => usageRow(row.model, row, "td")));
