@@ -102,6 +102,47 @@ def test_shutdown_flushes_what_the_writer_had_not_written(db: Database, monkeypa
     assert leftovers(db) == []
 
 
+def test_flushes_empty_the_two_journals_in_place_instead_of_making_files(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No file is made or deleted per flush (on ext4 without a journal, every file made later scans
+    past the inodes freed in the last minutes). An open descriptor keeps the first journal's inode
+    from being reused, so a journal made anew at its path would be another file."""
+    monkeypatch.setattr(usage_module, "FLUSH_SECONDS", 3600.0)  # only this test flushes
+    log = UsageLog(db, background=True)
+    log.record(record("f0"))
+    first = os.open(log.journals[0], os.O_RDONLY)
+    try:
+        for index in range(1, 7):
+            log.flush()
+            log.record(record(f"f{index}"))
+        log.flush()
+        assert os.path.samestat(os.fstat(first), os.stat(log.journals[0]))
+        assert [os.stat(journal).st_size for journal in log.journals] == [0, 0]
+        assert request_ids(db) == [f"f{index}" for index in range(7)]
+        assert leftovers(db) == sorted(journal.name for journal in log.journals)
+    finally:
+        os.close(first)
+    log.close()
+    assert leftovers(db) == []
+
+
+def test_rows_in_both_journals_of_a_dead_process_are_inserted_once(db: Database) -> None:
+    """A process killed after its writer's commit and before it emptied the file: the rows are in
+    the table and still in the journal, and its other journal has the rest."""
+    UsageLog(db).record(record("committed"), at=1.0)
+    pid = "999999999"  # no such process
+    db.path.with_name(f"usage-journal.{pid}.jsonl").write_text(usage_module._line(1.0, record("committed")))
+    db.path.with_name(f"usage-journal.{pid}.b.jsonl").write_text(
+        usage_module._line(2.0, record("later")) + usage_module._mark_line("committed")
+    )
+    UsageLog(db)
+    assert request_ids(db) == ["committed", "later"]
+    delivered = {str(r[0]): int(r[1]) for r in db.execute("SELECT request_id, delivered FROM usage")}
+    assert delivered == {"committed": 1, "later": 0}
+    assert leftovers(db) == []
+
+
 def test_a_dead_processs_journal_is_inserted_at_the_next_start_and_a_live_ones_is_not(db: Database) -> None:
     dead = db.path.with_name("usage-journal.999999999.jsonl")  # no such pid
     dead.write_text(usage_module._line(1.0, record("from-the-dead")))

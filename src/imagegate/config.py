@@ -18,6 +18,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .memory import DEFAULT_KEEP_BYTES
+
 
 class ProviderSettings(BaseModel):
     """A config file's [providers.<id>] table: the common fields, and any setting the provider
@@ -131,6 +133,9 @@ class Settings(BaseSettings):
     # Usage rows: appended to a journal and written by a background thread (usage.py), or inserted
     # in the request (inline: a row is in the table before the answer goes out).
     usage_writer: Literal["background", "inline"] = "background"  # IMAGEGATE_USAGE_WRITER
+    # Freed memory glibc keeps for the next request instead of returning it (memory.py); 0: glibc's
+    # defaults. IMAGEGATE_MALLOC_KEEP_BYTES
+    malloc_keep_bytes: int = Field(default=DEFAULT_KEEP_BYTES, ge=0)
 
     # OpenAI wire compatibility. Standard fields a model lacks (quality, style, ...) are served
     # without it and reported, unless strict_parameters makes them a 400. A request without

@@ -7,15 +7,22 @@ JSON-lines spool file next to the database (or, when even that fails, stays in m
 inserted on the next successful write, or at the next start.
 
 The gateway writes usage off the request path (`UsageLog(..., background=True)`): `record`
-appends one line to this process's journal file (`usage-journal.<pid>.jsonl`, one small O_APPEND
-write, ~10 us, safe on the event loop) and a writer thread moves the journal into the database
-every FLUSH_SECONDS. So a record is in the journal or the database
-at every moment: the writer claims the journal by renaming it (as the spool is claimed) and
-deletes the claimed file only after its rows are in; a row already there is not inserted twice
-(request id and time). `close()` flushes; a process killed before it could (kill -9) leaves
-its journal, which the running writers of the same data dir (sibling workers) claim within
-SWEEP_SECONDS, as the next start does, like a dead process's claimed spool. The queue is that file:
-a database that stalls makes it grow on disk, never in memory, and never blocks a request.
+appends one line to this process's journal file (one small O_APPEND write, ~10 us, safe on the
+event loop) and a writer thread moves the journal into the database every FLUSH_SECONDS. A process
+has two journals, `usage-journal.<pid>.jsonl` and `usage-journal.<pid>.b.jsonl`, and appends to
+one while the writer inserts the other's rows and then empties it. So a record is in a journal or
+the database at every moment, and a row already there is not inserted twice (request id and
+time), which also covers a writer stopped between its commit and emptying the file. Two files
+emptied in place, not one renamed away and made again at each flush: a file made and deleted five
+times a second leaves its freed inodes behind, and on ext4 without a journal each new file
+(a hosted result) then scans past all of those deleted in the last minutes (`recently_deleted`),
+which was 15 % of the gateway's CPU on the url path (perf, bench/gateway_overhead.py).
+
+`close()` flushes both and removes them; a process killed before it could (kill -9) leaves its
+journals, which the running writers of the same data dir (sibling workers) claim within
+SWEEP_SECONDS by renaming them, as the next start does, like a dead process's claimed spool. The
+queue is those files: a database that stalls makes them grow on disk, never in memory, and never
+blocks a request.
 
 Delivered or not: a row is journaled as undelivered when the upstream calls made its images
 (they are paid for), before the answer goes out. Once the answer has been written to its client
@@ -31,6 +38,7 @@ reads, so marks and rows meet in whichever order they arrive.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -127,7 +135,12 @@ class UsageLog:
     def __init__(self, db: Database, spool: Path | None = None, *, background: bool = False) -> None:
         self.db = db
         self.spool = spool or db.path.with_name(SPOOL_NAME)
-        self.journal = self.spool.with_name(f"{JOURNAL_PREFIX}{os.getpid()}.jsonl")
+        # Appends go to journals[active]; the writer swaps them, then inserts and empties the other.
+        self.journals = (
+            self.spool.with_name(f"{JOURNAL_PREFIX}{os.getpid()}.jsonl"),
+            self.spool.with_name(f"{JOURNAL_PREFIX}{os.getpid()}.b.jsonl"),
+        )
+        self._active = 0
         self._unwritten: list[tuple[float, UsageRecord]] = []  # neither in the database nor the spool
         self._next_sweep = 0.0  # monotonic time of the next claim of dead processes' journals
         self._replay_lock = threading.Lock()
@@ -139,6 +152,11 @@ class UsageLog:
         if background:
             self._writer = threading.Thread(target=self._write_loop, name="imagegate-usage-writer", daemon=True)
             self._writer.start()
+
+    @property
+    def journal(self) -> Path:
+        """The journal records are appended to now."""
+        return self.journals[self._active]
 
     @property
     def queued(self) -> bool:
@@ -202,25 +220,26 @@ class UsageLog:
                     last_error = time.monotonic()
 
     def flush(self, *, sweep: bool = False) -> int:
-        """Move this process's journal into the database now; returns the rows inserted. Costs one
-        failed rename when there is nothing to do. `sweep`: also claim dead processes' journals
-        (the writer does every SWEEP_SECONDS). What was spooled or left by others goes in first,
-        so that this journal's delivered marks find their rows."""
+        """Move what this process journaled into the database now; returns the rows inserted.
+        Appends move to the other journal first, so this one is only read here. Costs one stat
+        when there is nothing to do. `sweep`: also claim dead processes' journals (the writer does
+        every SWEEP_SECONDS). What was spooled or left by others goes in first, so that this
+        journal's delivered marks find their rows."""
         inserted = 0
         if sweep or self._unwritten or self.spool.exists():
             self._next_sweep = time.monotonic() + SWEEP_SECONDS
             inserted += self.replay(quiet=not sweep)
-        target = self.spool.with_name(f"{self.spool.name}.{os.getpid()}.{secrets.token_hex(4)}.replaying")
-        claimed: Path | None = None
         with self._journal_lock:
-            try:
-                os.rename(self.journal, target)
-                claimed = target
-            except FileNotFoundError:
-                pass
-        if claimed is not None:
+            written = self.journals[self._active]
+            self._active = 1 - self._active
+        try:
+            empty = os.stat(written).st_size == 0
+        except FileNotFoundError:
+            empty = True
+        if not empty:
             with self._replay_lock:
-                inserted += max(0, self._replay_file(claimed))  # on failure its rows went to the spool
+                # On failure its rows went to the spool; either way the file is left empty.
+                inserted += max(0, self._replay_file(written, empty_it=True))
         return inserted
 
     def close(self) -> None:
@@ -231,6 +250,12 @@ class UsageLog:
             self._writer.join()
             self._writer = None
         self.flush()
+        self.flush()  # both journals
+        with self._journal_lock:
+            for journal in self.journals:
+                with contextlib.suppress(FileNotFoundError):
+                    if os.stat(journal).st_size == 0:  # one a racing append filled waits for a restart
+                        journal.unlink()
 
     def _insert(self, created_at: float, usage: UsageRecord) -> None:
         self.db.execute(_INSERT + f"VALUES ({_PLACES}, {_DELIVERED})", _values(created_at, usage))
@@ -327,7 +352,7 @@ class UsageLog:
         except FileNotFoundError:
             pass
         for journal in self.spool.parent.glob(f"{JOURNAL_PREFIX}*.jsonl"):  # a dead process's, never flushed
-            pid = journal.name.removeprefix(JOURNAL_PREFIX).removesuffix(".jsonl")
+            pid = journal.name.removeprefix(JOURNAL_PREFIX).split(".")[0]  # <pid>.jsonl or <pid>.b.jsonl
             if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
                 try:
                     os.rename(
@@ -343,12 +368,12 @@ class UsageLog:
         ]
         return [*orphans, *mine]
 
-    def _replay_file(self, path: Path) -> int:
+    def _replay_file(self, path: Path, *, empty_it: bool = False) -> int:
         """Insert a journal or spool file's rows and apply its delivered marks, all in one
         transaction (one commit, not one per row: the background writer's commits were most of
-        its syscalls), then delete it; returns the rows. A row whose mark is in the file is
-        inserted as delivered. On a database error nothing of it is inserted and all of it goes
-        back to the spool."""
+        its syscalls), then delete it (`empty_it`: truncate it, one of this process's journals);
+        returns the rows. A row whose mark is in the file is inserted as delivered. On a database
+        error nothing of it is inserted and all of it goes back to the spool."""
         lines = path.read_text(errors="replace").splitlines()
         rows: list[tuple[float, UsageRecord, bool]] = []
         marks: dict[str, None] = {}  # in order, once each
@@ -371,9 +396,9 @@ class UsageLog:
         except DatabaseError:
             with open(self.spool, "a") as fh:  # back to the spool, for the next try
                 fh.write("".join(f"{line}\n" for line in lines))
-            path.unlink()
+            _remove(path, empty_it)
             return -1
-        path.unlink()
+        _remove(path, empty_it)
         return len(rows)
 
     def totals(
@@ -475,6 +500,13 @@ def _parse_spooled(entry: dict[str, Any]) -> tuple[float, UsageRecord, bool]:
     known = {f.name for f in dataclasses.fields(UsageRecord)}
     record = UsageRecord(**{k: v for k, v in entry["record"].items() if k in known})
     return float(entry["created_at"]), record, bool(entry.get("delivered", True))
+
+
+def _remove(path: Path, empty_it: bool) -> None:
+    if empty_it:
+        os.truncate(path, 0)
+    else:
+        path.unlink()
 
 
 def _process_alive(claimed: Path) -> bool:

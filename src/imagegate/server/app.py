@@ -17,7 +17,7 @@ from starlette.routing import BaseRoute, Match, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 
-from .. import metrics, tracing
+from .. import memory, metrics, tracing
 from ..config import Settings
 from ..errors import ImagegateError, InvalidRequest, NotFound
 from ..gateway import Gateway
@@ -199,4 +199,6 @@ def create_app(settings: Settings) -> Starlette:
 def app_from_env() -> Starlette:
     """The app factory uvicorn's worker processes import (each builds its own settings)."""
     follow_master()  # a worker must not outlive its master (even one killed by SIGKILL)
-    return create_app(Settings())
+    settings = Settings()
+    memory.keep_request_buffers(settings.malloc_keep_bytes)
+    return create_app(settings)

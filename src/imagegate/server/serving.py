@@ -56,7 +56,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 from uvicorn.supervisors import Multiprocess
 
-from .. import metrics
+from .. import memory, metrics
 from ..config import Settings
 from ..errors import ImagegateError, RequestTimeout, ServerBusy
 from . import delivery
@@ -557,6 +557,7 @@ def serve(settings: Settings, *, log_level: str = "info") -> None:
     if settings.workers == 1:
         from .app import create_app
 
+        memory.keep_request_buffers(settings.malloc_keep_bytes)
         server = uvicorn.Server(build_config(create_app(settings), settings, log_level=log_level))
         try:
             server.run()
