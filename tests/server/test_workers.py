@@ -51,7 +51,10 @@ def _wait_for(condition: object, timeout_s: float) -> bool:
 
 @linux_only
 def test_workers_stop_when_the_master_is_killed(tmp_path: Path) -> None:
-    server = ServeProcess(tmp_path, args=("--workers", "2"), startup_timeout_s=60)
+    # TMPDIR: the master's metrics directory, which a SIGKILLed master cannot remove, stays in tmp_path.
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    server = ServeProcess(tmp_path, env={"TMPDIR": str(scratch)}, args=("--workers", "2"), startup_timeout_s=60)
     workers: list[int] = []
     try:
         server.wait_ready()
