@@ -38,7 +38,6 @@ reads, so marks and rows meet in whichever order they arrive.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -232,11 +231,7 @@ class UsageLog:
         with self._journal_lock:
             written = self.journals[self._active]
             self._active = 1 - self._active
-        try:
-            empty = os.stat(written).st_size == 0
-        except FileNotFoundError:
-            empty = True
-        if not empty:
+        if _has_lines(written):
             with self._replay_lock:
                 # On failure its rows went to the spool; either way the file is left empty.
                 inserted += max(0, self._replay_file(written, empty_it=True))
@@ -253,9 +248,8 @@ class UsageLog:
         self.flush()  # both journals
         with self._journal_lock:
             for journal in self.journals:
-                with contextlib.suppress(FileNotFoundError):
-                    if os.stat(journal).st_size == 0:  # one a racing append filled waits for a restart
-                        journal.unlink()
+                if not _has_lines(journal):  # one a racing append filled waits for a restart
+                    journal.unlink(missing_ok=True)
 
     def _insert(self, created_at: float, usage: UsageRecord) -> None:
         self.db.execute(_INSERT + f"VALUES ({_PLACES}, {_DELIVERED})", _values(created_at, usage))
@@ -500,6 +494,14 @@ def _parse_spooled(entry: dict[str, Any]) -> tuple[float, UsageRecord, bool]:
     known = {f.name for f in dataclasses.fields(UsageRecord)}
     record = UsageRecord(**{k: v for k, v in entry["record"].items() if k in known})
     return float(entry["created_at"]), record, bool(entry.get("delivered", True))
+
+
+def _has_lines(path: Path) -> bool:
+    """Whether the file exists and is not empty."""
+    try:
+        return os.stat(path).st_size > 0
+    except FileNotFoundError:
+        return False
 
 
 def _remove(path: Path, empty_it: bool) -> None:
